@@ -1,0 +1,273 @@
+//! Consuming one queue: decode, hand to the handler, settle.
+//!
+//! Settling follows the handler's [`Outcome`]:
+//! - `Ack`: the handler has stored what the message led to; ack.
+//! - `Retry`: a passing failure (the store is busy); requeue after a pause.
+//!   A quorum queue's delivery limit stops a message that always fails.
+//! - `DeadLetter`: the message can never succeed (unknown entity, wrong
+//!   payload); republish it to the queue's dead-letter exchange with the
+//!   reason in `x-dead-letter-reason`, then ack. If that republish fails the
+//!   message is rejected without requeue, and RabbitMQ dead-letters it.
+//!
+//! Undecodable bodies never reach the handler: they are dead-lettered with
+//! the decode error as the reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::Channel;
+use tokio::sync::watch;
+
+use super::{
+    ConsumerSpec, Inner, DEAD_LETTER_REASON_HEADER, ORIGINAL_QUEUE_HEADER, TRACEPARENT_HEADER,
+};
+use crate::envelope::Envelope;
+
+/// Pause before a delivery whose handler asked to retry goes back to the
+/// queue, so a failing dependency is not hammered in a tight loop.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Where to send the answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub queue: String,
+    pub correlation_id: String,
+}
+
+/// A decoded delivery, as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub envelope: Envelope,
+    /// Set when the sender waits for an answer.
+    pub reply_to: Option<ReplyTo>,
+    /// The broker has delivered this message before (a previous consumer
+    /// died or did not ack): the handler's idempotence matters here.
+    pub redelivered: bool,
+    pub traceparent: Option<String>,
+}
+
+/// What to do with a delivery once its handler is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ack,
+    Retry(String),
+    DeadLetter(String),
+}
+
+pub(super) async fn run(
+    inner: Arc<Inner>,
+    channel: Channel,
+    spec: ConsumerSpec,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if let Err(error) = consume(&inner, &channel, &spec, &mut shutdown).await {
+        tracing::warn!(queue = %spec.queue, %error, "consumer stopped");
+    }
+}
+
+async fn consume(
+    inner: &Arc<Inner>,
+    channel: &Channel,
+    spec: &ConsumerSpec,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), lapin::Error> {
+    channel
+        .basic_qos(inner.config.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("{}/{}", inner.config.connection_name, spec.queue);
+    let mut deliveries = channel
+        .basic_consume(
+            spec.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let dead_letter_exchange = inner
+        .config
+        .topology
+        .find_queue(&spec.queue)
+        .and_then(|q| q.dead_letter_exchange.clone());
+
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            _ = super::stopping(shutdown) => break,
+            Some((delivery, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                settle(inner, channel, &spec.queue, dead_letter_exchange.as_deref(), delivery, outcome).await;
+            }
+            next = deliveries.next() => match next {
+                Some(Ok(delivery)) => {
+                    let work = start(spec, delivery);
+                    in_flight.push(work);
+                }
+                Some(Err(error)) => return Err(error),
+                None => break,
+            },
+        }
+    }
+    // Take no more; finish and settle what is in hand.
+    let _ = channel
+        .basic_cancel(tag.as_str().into(), Default::default())
+        .await;
+    while let Some((delivery, outcome)) = in_flight.next().await {
+        settle(
+            inner,
+            channel,
+            &spec.queue,
+            dead_letter_exchange.as_deref(),
+            delivery,
+            outcome,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Decodes and calls the handler synchronously (so delivery order is kept
+/// for whatever the handler does before its first await), returning the
+/// future that finishes the work.
+fn start(
+    spec: &ConsumerSpec,
+    delivery: Delivery,
+) -> futures::future::BoxFuture<'static, (Delivery, Outcome)> {
+    match decode(&delivery) {
+        Ok(incoming) => {
+            let work = (spec.handler)(incoming);
+            Box::pin(async move { (delivery, work.await) })
+        }
+        Err(reason) => Box::pin(async move { (delivery, Outcome::DeadLetter(reason)) }),
+    }
+}
+
+fn decode(delivery: &Delivery) -> Result<Incoming, String> {
+    let envelope = Envelope::from_json(&delivery.data).map_err(|e| e.to_string())?;
+    let properties = &delivery.properties;
+    let reply_to = match (properties.reply_to(), properties.correlation_id()) {
+        (Some(queue), Some(correlation_id)) => Some(ReplyTo {
+            queue: queue.to_string(),
+            correlation_id: correlation_id.to_string(),
+        }),
+        _ => None,
+    };
+    let traceparent = properties.headers().as_ref().and_then(|h| {
+        match h.inner().get(TRACEPARENT_HEADER) {
+            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+            _ => None,
+        }
+    });
+    Ok(Incoming {
+        envelope,
+        reply_to,
+        redelivered: delivery.redelivered,
+        traceparent,
+    })
+}
+
+async fn settle(
+    inner: &Arc<Inner>,
+    channel: &Channel,
+    queue: &str,
+    dead_letter_exchange: Option<&str>,
+    delivery: Delivery,
+    outcome: Outcome,
+) {
+    let result = match outcome {
+        Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Outcome::Retry(reason) => {
+            tracing::warn!(%queue, %reason, "handler failed; message requeued");
+            tokio::time::sleep(RETRY_PAUSE).await;
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+        Outcome::DeadLetter(reason) => {
+            tracing::warn!(%queue, %reason, message_type = ?delivery.properties.kind(), "message dead-lettered");
+            dead_letter(inner, channel, queue, dead_letter_exchange, &delivery, &reason).await
+        }
+    };
+    if let Err(error) = result {
+        // The delivery stays unacked; the broker redelivers it on another
+        // connection.
+        tracing::warn!(%queue, %error, "could not settle a delivery");
+    }
+}
+
+async fn dead_letter(
+    inner: &Arc<Inner>,
+    _channel: &Channel,
+    queue: &str,
+    dead_letter_exchange: Option<&str>,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<bool, lapin::Error> {
+    let reject = || {
+        delivery.acker.reject(BasicRejectOptions { requeue: false })
+    };
+    let Some(exchange) = dead_letter_exchange else {
+        return reject().await;
+    };
+    let Some(session) = inner
+        .session
+        .read()
+        .expect("session lock is never poisoned")
+        .clone()
+    else {
+        return reject().await;
+    };
+    let mut headers = delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    headers.insert(
+        DEAD_LETTER_REASON_HEADER.into(),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert(
+        ORIGINAL_QUEUE_HEADER.into(),
+        AMQPValue::LongString(queue.into()),
+    );
+    let properties = delivery
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2);
+    let published = session
+        .publisher
+        .basic_publish(
+            exchange.into(),
+            queue.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &delivery.data,
+            properties,
+        )
+        .await;
+    let confirmed = match published {
+        Ok(confirm) => match confirm.await {
+            Ok(c) => c.is_ack() && c.take_message().is_none(),
+            Err(_) => false,
+        },
+        Err(_) => false,
+    };
+    if confirmed {
+        delivery.acker.ack(BasicAckOptions::default()).await
+    } else {
+        reject().await
+    }
+}

@@ -1,0 +1,366 @@
+//! The AMQP layer both services use, on lapin and tokio.
+//!
+//! One [`Bus`] per process owns one connection and keeps it alive: a
+//! supervisor task connects (retrying with exponential backoff), declares the
+//! topology, starts the registered consumers, watches for the connection to
+//! fail, and then does it all again. Callers never restart anything; while
+//! the connection is down, [`Bus::publish`] and [`Bus::request`] fail fast
+//! with [`BusError::NotConnected`] so an HTTP handler can answer 503.
+//!
+//! - Publishing ([`Bus::publish`]) waits for the broker's confirm: a nack,
+//!   an unroutable mandatory message or a lost connection is an error the
+//!   caller sees, never "delivered".
+//! - Requests ([`Bus::request`]) go over direct reply-to with a timeout; a
+//!   reply that arrives after its timeout is dropped.
+//! - Consumers ([`Bus::consume`]) ack after their handler succeeds, requeue
+//!   on [`Outcome::Retry`], and dead-letter with the reason in the
+//!   `x-dead-letter-reason` header on [`Outcome::DeadLetter`] or when the
+//!   body does not decode. See [`consumer`].
+
+mod consumer;
+pub mod outbox;
+mod rpc;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use lapin::options::BasicPublishOptions;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use tokio::sync::{oneshot, watch};
+
+use crate::envelope::{DecodeError, Envelope};
+use crate::topology::Topology;
+
+pub use consumer::{Incoming, Outcome, ReplyTo};
+use session::Session;
+
+/// Header carrying why a message was dead-lettered.
+pub const DEAD_LETTER_REASON_HEADER: &str = "x-dead-letter-reason";
+/// Header carrying the queue a dead-lettered message was consumed from.
+pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
+/// Header carrying the entity id, so the console shows whom a message is for.
+pub const ENTITY_ID_HEADER: &str = "entity-id";
+/// W3C trace context, carried across the broker.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// Settings for one [`Bus`].
+#[derive(Clone)]
+pub struct BusConfig {
+    pub url: String,
+    /// Shown in the management console's connection list, e.g.
+    /// `order-service@host-1`.
+    pub connection_name: String,
+    /// Written as the AMQP `app_id` of everything published.
+    pub app_id: String,
+    /// Unacked deliveries per consumer.
+    pub prefetch: u16,
+    pub topology: Topology,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl std::fmt::Debug for BusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL holds the password: never print it.
+        f.debug_struct("BusConfig")
+            .field("connection_name", &self.connection_name)
+            .field("prefetch", &self.prefetch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BusConfig {
+    pub fn new(url: impl Into<String>, app_id: &str, topology: Topology) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+        Self {
+            url: url.into(),
+            connection_name: format!("{app_id}@{host}"),
+            app_id: app_id.into(),
+            prefetch: DEFAULT_PREFETCH,
+            topology,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Enough unacked deliveries to keep many actors busy at once, few enough
+/// that a crash redelivers a bounded batch.
+pub const DEFAULT_PREFETCH: u16 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("not connected to RabbitMQ")]
+    NotConnected,
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for {exchange}/{routing_key}")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
+    #[error("the reply could not be decoded: {0}")]
+    BadReply(#[from] DecodeError),
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub exchange: String,
+    pub routing_key: String,
+    /// Fail when no queue is bound. Right for signals (someone must get
+    /// them), wrong for events (nobody listening is fine).
+    pub mandatory: bool,
+}
+
+impl Route {
+    pub fn new(exchange: &str, routing_key: &str, mandatory: bool) -> Self {
+        Self {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            mandatory,
+        }
+    }
+}
+
+/// A handler for one consumed queue. It is called in delivery order (so
+/// work it starts synchronously, such as sending to an actor's mailbox,
+/// keeps that order); the futures it returns run concurrently up to the
+/// prefetch limit.
+pub type Handler = Arc<dyn Fn(Incoming) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+#[derive(Clone)]
+struct ConsumerSpec {
+    queue: String,
+    handler: Handler,
+}
+
+type Pending = Mutex<HashMap<String, oneshot::Sender<Result<Envelope, DecodeError>>>>;
+
+struct Inner {
+    config: BusConfig,
+    consumers: Mutex<Vec<ConsumerSpec>>,
+    session: RwLock<Option<Arc<Session>>>,
+    connected: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
+    pending: Pending,
+    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// A self-healing connection to RabbitMQ. Cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+impl Bus {
+    pub fn new(config: BusConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                consumers: Mutex::new(Vec::new()),
+                session: RwLock::new(None),
+                connected: watch::channel(false).0,
+                shutdown: watch::channel(false).0,
+                pending: Mutex::new(HashMap::new()),
+                supervisor: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Registers a consumer; it starts on every (re)connect after
+    /// [`Bus::start`].
+    pub fn consume(&self, queue: &str, handler: Handler) {
+        self.inner
+            .consumers
+            .lock()
+            .expect("consumer list lock is never poisoned")
+            .push(ConsumerSpec {
+                queue: queue.into(),
+                handler,
+            });
+    }
+
+    /// Starts the supervisor on the current tokio runtime. Returns at once;
+    /// use [`Bus::wait_connected`] to wait for the first connection.
+    pub fn start(&self) {
+        let inner = self.inner.clone();
+        let handle = tokio::spawn(session::supervise(inner));
+        *self
+            .inner
+            .supervisor
+            .lock()
+            .expect("supervisor lock is never poisoned") = Some(handle);
+    }
+
+    pub fn is_connected(&self) -> bool {
+        *self.inner.connected.borrow()
+    }
+
+    /// A receiver that sees every change of the connection state.
+    pub fn connection_state(&self) -> watch::Receiver<bool> {
+        self.inner.connected.subscribe()
+    }
+
+    /// Waits until connected; false if `timeout` passes first.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.connected.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Closes the current connection as if the network had dropped it; the
+    /// supervisor reconnects. For tests and operators' drills.
+    pub async fn force_reconnect(&self) {
+        if let Some(session) = self.session() {
+            let _ = session
+                .connection
+                .close(320, "forced reconnect".into())
+                .await;
+        }
+    }
+
+    /// Stops consuming, lets in-flight handlers finish and settle their
+    /// deliveries, then closes the connection.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        let handle = self
+            .inner
+            .supervisor
+            .lock()
+            .expect("supervisor lock is never poisoned")
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.await;
+        }
+    }
+
+    fn session(&self) -> Option<Arc<Session>> {
+        self.inner
+            .session
+            .read()
+            .expect("session lock is never poisoned")
+            .clone()
+    }
+
+    fn properties(&self, envelope: &Envelope, persistent: bool) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ENTITY_ID_HEADER.into(),
+            AMQPValue::LongString(envelope.entity_id.as_str().into()),
+        );
+        BasicProperties::default()
+            .with_message_id(envelope.message_id.to_string().into())
+            .with_type(envelope.message_type().into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(if persistent { 2 } else { 1 })
+            .with_timestamp(envelope.sent_at.timestamp().max(0) as u64)
+            .with_app_id(self.inner.config.app_id.as_str().into())
+            .with_headers(headers)
+    }
+
+    /// Publishes a persistent message and waits for the broker's confirm.
+    pub async fn publish(&self, route: &Route, envelope: &Envelope) -> Result<(), BusError> {
+        self.publish_all(std::slice::from_ref(&(route.clone(), envelope.clone())))
+            .await
+    }
+
+    /// Publishes many persistent messages, pipelining the confirms: all are
+    /// sent, then all confirms are awaited. Fails if any one fails.
+    pub async fn publish_all(&self, messages: &[(Route, Envelope)]) -> Result<(), BusError> {
+        let session = self.session().ok_or(BusError::NotConnected)?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for (route, envelope) in messages {
+            let confirm = session
+                .publisher
+                .basic_publish(
+                    route.exchange.as_str().into(),
+                    route.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: route.mandatory,
+                        ..Default::default()
+                    },
+                    &envelope.to_json(),
+                    self.properties(envelope, true),
+                )
+                .await?;
+            confirms.push((route, confirm));
+        }
+        for (route, confirm) in confirms {
+            let confirmation = confirm.await?;
+            if confirmation.is_nack() {
+                return Err(BusError::Nacked);
+            }
+            if confirmation.take_message().is_some() {
+                return Err(BusError::Unroutable {
+                    exchange: route.exchange.clone(),
+                    routing_key: route.routing_key.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `envelope` and waits up to `timeout` for the reply. Queries are
+    /// transient and expire with the timeout; signals (`persistent`) stay
+    /// queued when nobody answers in time, and run when the receiver returns.
+    pub async fn request(
+        &self,
+        route: &Route,
+        envelope: &Envelope,
+        timeout: Duration,
+        persistent: bool,
+    ) -> Result<Envelope, BusError> {
+        let session = self.session().ok_or(BusError::NotConnected)?;
+        rpc::request(self, &session, route, envelope, timeout, persistent).await
+    }
+
+    /// Answers a request. Replies are not confirmed: a requester that has
+    /// gone away has nothing to receive them.
+    pub async fn reply(&self, to: &ReplyTo, envelope: &Envelope) -> Result<(), BusError> {
+        let session = self.session().ok_or(BusError::NotConnected)?;
+        let properties = self
+            .properties(envelope, false)
+            .with_correlation_id(to.correlation_id.as_str().into());
+        session
+            .publisher
+            .basic_publish(
+                "".into(),
+                to.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &envelope.to_json(),
+                properties,
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn set_session(&self, session: Option<Arc<Session>>) {
+        let connected = session.is_some();
+        *self.session.write().expect("session lock is never poisoned") = session;
+        self.connected.send_replace(connected);
+    }
+
+    fn consumers(&self) -> Vec<ConsumerSpec> {
+        self.consumers
+            .lock()
+            .expect("consumer list lock is never poisoned")
+            .clone()
+    }
+}
+
+/// Resolves once shutdown has been asked for.
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}

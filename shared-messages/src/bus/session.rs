@@ -1,0 +1,224 @@
+//! One connection's lifetime: connect, declare, consume, notice the loss.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::task::JoinSet;
+
+use super::{consumer, rpc, Inner};
+use crate::topology::{ExchangeType, QueueKind, QueueSpec, Topology};
+
+/// The channels of one live connection.
+pub(super) struct Session {
+    pub(super) connection: Connection,
+    /// Confirm mode; signals, events, dead letters and replies.
+    pub(super) publisher: Channel,
+    /// Requests and their direct reply-to consumer (must be one channel).
+    pub(super) rpc: Channel,
+}
+
+/// Runs until shutdown: connect, serve, and on any loss start over.
+pub(super) async fn supervise(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut backoff = inner.config.reconnect_min;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        match connect(&inner).await {
+            Ok(session) => {
+                backoff = inner.config.reconnect_min;
+                let stopped = serve(&inner, session).await;
+                if stopped {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "cannot reach RabbitMQ");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = super::stopping(&mut shutdown) => break,
+        }
+        backoff = (backoff * 2).min(inner.config.reconnect_max);
+    }
+    inner.set_session(None);
+}
+
+async fn connect(inner: &Arc<Inner>) -> Result<Arc<Session>, lapin::Error> {
+    let properties =
+        ConnectionProperties::default().with_connection_name(inner.config.connection_name.as_str().into());
+    let connection = Connection::connect(&inner.config.url, properties).await?;
+    let declare = connection.create_channel().await?;
+    declare_topology(&declare, &inner.config.topology).await?;
+    let _ = declare.close(200, "declared".into()).await;
+
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let rpc = connection.create_channel().await?;
+    let replies = rpc
+        .basic_consume(
+            rpc::DIRECT_REPLY_TO.into(),
+            format!("{}.replies", inner.config.connection_name).into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let session = Arc::new(Session {
+        connection,
+        publisher,
+        rpc,
+    });
+    tokio::spawn(rpc::route_replies(inner.clone(), replies));
+    Ok(session)
+}
+
+/// Serves one session until it is lost (false) or shutdown is asked (true).
+async fn serve(inner: &Arc<Inner>, session: Arc<Session>) -> bool {
+    let mut shutdown = inner.shutdown.subscribe();
+    let mut events = session.connection.events_listener();
+    let mut consumers = JoinSet::new();
+    for spec in inner.consumers() {
+        let channel = match session.connection.create_channel().await {
+            Ok(channel) => channel,
+            Err(error) => {
+                tracing::warn!(%error, "cannot open a consumer channel");
+                return false;
+            }
+        };
+        consumers.spawn(consumer::run(
+            inner.clone(),
+            channel,
+            spec,
+            shutdown.clone(),
+        ));
+    }
+    inner.set_session(Some(session.clone()));
+    tracing::info!(connection = %inner.config.connection_name, "connected to RabbitMQ");
+
+    // A connection can die without an event reaching us (e.g. an I/O error
+    // while nothing is sent); the status check covers that.
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    let stopped = loop {
+        tokio::select! {
+            _ = super::stopping(&mut shutdown) => break true,
+            event = events.next() => match event {
+                Some(lapin::Event::Error(error)) => {
+                    tracing::warn!(%error, "RabbitMQ connection lost");
+                    break false;
+                }
+                Some(_) => {}
+                None => break false,
+            },
+            _ = check.tick() => {
+                if !session.connection.status().connected() {
+                    tracing::warn!("RabbitMQ connection closed");
+                    break false;
+                }
+            }
+        }
+    };
+    // Publishing stops at once; consumers settle what they hold (on a lost
+    // connection their acks fail and the broker redelivers, which the
+    // handlers' idempotence makes harmless).
+    inner.set_session(None);
+    if stopped {
+        while consumers.join_next().await.is_some() {}
+        let _ = session.connection.close(200, "shutting down".into()).await;
+    } else {
+        consumers.abort_all();
+        while consumers.join_next().await.is_some() {}
+    }
+    stopped
+}
+
+async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+    for exchange in &topology.exchanges {
+        let kind = match exchange.kind {
+            ExchangeType::Direct => ExchangeKind::Direct,
+            ExchangeType::Topic => ExchangeKind::Topic,
+        };
+        channel
+            .exchange_declare(
+                exchange.name.as_str().into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for queue in &topology.queues {
+        channel
+            .queue_declare(
+                queue.name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                queue_arguments(queue),
+            )
+            .await?;
+    }
+    for binding in &topology.bindings {
+        channel
+            .queue_bind(
+                binding.queue.as_str().into(),
+                binding.exchange.as_str().into(),
+                binding.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The `x-` arguments of a queue, as RabbitMQ wants them.
+pub(crate) fn queue_arguments(queue: &QueueSpec) -> FieldTable {
+    let mut args = FieldTable::default();
+    match queue.kind {
+        QueueKind::Quorum { delivery_limit } => {
+            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            if let Some(limit) = delivery_limit {
+                args.insert("x-delivery-limit".into(), AMQPValue::LongInt(limit));
+            }
+        }
+        QueueKind::Classic { message_ttl_ms } => {
+            args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
+            if let Some(ttl) = message_ttl_ms {
+                args.insert("x-message-ttl".into(), AMQPValue::LongInt(ttl));
+            }
+        }
+    }
+    // Expired queries are not worth keeping: only quorum (signal and event)
+    // queues let RabbitMQ dead-letter by itself. The consumer still
+    // dead-letters undecodable queries explicitly, with a reason.
+    let broker_dead_letters = matches!(queue.kind, QueueKind::Quorum { .. });
+    if let (Some(dlx), true) = (&queue.dead_letter_exchange, broker_dead_letters) {
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.as_str().into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(queue.name.as_str().into()),
+        );
+    }
+    args
+}

@@ -1,0 +1,269 @@
+//! The versioned JSON envelope.
+//!
+//! ```json
+//! {
+//!   "messageType": "PauseFulfillment",
+//!   "schemaVersion": 1,
+//!   "messageId": "6f1c1a8e-...",
+//!   "entityId": "fulfillment-ORD-1703123456789-ABC123DEF",
+//!   "sentAt": "2026-11-25T10:00:00Z",
+//!   "payload": {}
+//! }
+//! ```
+//!
+//! Decoding happens in two steps so that every failure is named: first the
+//! envelope itself (malformed JSON or missing fields), then the type and
+//! version (unknown type, unsupported version), then the payload against the
+//! type's schema.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::messages::Message;
+
+/// The schema version this build writes and reads. A message with any other
+/// version is rejected rather than guessed at.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// One message with its metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub message_id: Uuid,
+    /// The workflow the message is about (a fulfillment or order workflow id).
+    pub entity_id: String,
+    pub sent_at: DateTime<Utc>,
+    pub message: Message,
+}
+
+/// Why bytes could not be turned into an [`Envelope`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("malformed envelope: {0}")]
+    Malformed(String),
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    #[error("unsupported schema version {version} for {message_type} (this build reads {SCHEMA_VERSION})")]
+    UnsupportedVersion { message_type: String, version: u32 },
+    #[error("invalid payload for {message_type}: {reason}")]
+    InvalidPayload { message_type: String, reason: String },
+}
+
+/// The envelope's fields as they appear on the wire.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireEnvelope {
+    message_type: String,
+    schema_version: u32,
+    message_id: Uuid,
+    entity_id: String,
+    sent_at: DateTime<Utc>,
+    #[serde(default)]
+    payload: serde_json::Value,
+}
+
+impl Envelope {
+    /// A new message with a random id, sent now.
+    pub fn new(entity_id: impl Into<String>, message: Message) -> Self {
+        Self::with_id(Uuid::new_v4(), entity_id, message)
+    }
+
+    /// A new message with a chosen id: use a deterministic id (see
+    /// [`crate::ids`]) when a resend must be recognised as the same message.
+    pub fn with_id(message_id: Uuid, entity_id: impl Into<String>, message: Message) -> Self {
+        Self {
+            message_id,
+            entity_id: entity_id.into(),
+            sent_at: Utc::now(),
+            message,
+        }
+    }
+
+    /// The message type as written in `messageType` and the AMQP `type`.
+    pub fn message_type(&self) -> &'static str {
+        self.message.type_name()
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let tagged =
+            serde_json::to_value(&self.message).expect("message types always serialize to JSON");
+        let payload = tagged
+            .get("payload")
+            .cloned()
+            .unwrap_or(serde_json::Value::Object(Default::default()));
+        let wire = WireEnvelope {
+            message_type: self.message_type().to_owned(),
+            schema_version: SCHEMA_VERSION,
+            message_id: self.message_id,
+            entity_id: self.entity_id.clone(),
+            sent_at: self.sent_at,
+            payload,
+        };
+        serde_json::to_vec(&wire).expect("envelopes always serialize to JSON")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let wire: WireEnvelope =
+            serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        if !Message::TYPE_NAMES.contains(&wire.message_type.as_str()) {
+            return Err(DecodeError::UnknownType(wire.message_type));
+        }
+        if wire.schema_version != SCHEMA_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                message_type: wire.message_type,
+                version: wire.schema_version,
+            });
+        }
+        let tagged = serde_json::json!({
+            "messageType": wire.message_type,
+            "payload": wire.payload,
+        });
+        let message =
+            serde_json::from_value(tagged).map_err(|e| DecodeError::InvalidPayload {
+                message_type: wire.message_type.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            message_id: wire.message_id,
+            entity_id: wire.entity_id,
+            sent_at: wire.sent_at,
+            message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::*;
+
+    fn sample_messages() -> Vec<Message> {
+        let address = Address {
+            street: "1 Main St".into(),
+            city: "Springfield".into(),
+            state: "IL".into(),
+            zip_code: "62701".into(),
+            country: "USA".into(),
+        };
+        vec![
+            Message::StartFulfillmentWorkflow(StartFulfillmentWorkflow {
+                order_id: "ORD-1".into(),
+            }),
+            Message::StartFulfillment(StartFulfillment {
+                request: FulfillmentRequest {
+                    order_id: "ORD-1".into(),
+                    customer_id: "c-1".into(),
+                    customer_name: Some("Ada".into()),
+                    customer_email: Some("ada@example.com".into()),
+                    items: vec![OrderItem {
+                        product_id: "product-1".into(),
+                        product_name: "Widget".into(),
+                        quantity: 2,
+                        price: 29.99,
+                    }],
+                    shipping_address: address.clone(),
+                },
+            }),
+            Message::PauseFulfillment(PauseFulfillment {}),
+            Message::ResumeFulfillment(ResumeFulfillment {}),
+            Message::CancelFulfillment(CancelFulfillment {
+                reason: "customer asked".into(),
+            }),
+            Message::UpdateShippingAddress(UpdateShippingAddress { address }),
+            Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
+            Message::GetFulfillmentProgress(GetFulfillmentProgress {}),
+            Message::SignalReply(SignalReply::rejected(
+                ReplyError::conflict("already shipped"),
+                Some(FulfillmentStatus::Shipped),
+            )),
+            Message::QueryFailed(ReplyError::not_found("no such fulfillment")),
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for message in sample_messages() {
+            let envelope = Envelope::new("fulfillment-ORD-1", message);
+            let decoded = Envelope::from_json(&envelope.to_json()).expect("decodes");
+            assert_eq!(decoded, envelope);
+        }
+    }
+
+    #[test]
+    fn wire_format_is_camel_case_with_type_and_version() {
+        let envelope = Envelope::new(
+            "fulfillment-ORD-1",
+            Message::CancelFulfillment(CancelFulfillment {
+                reason: "why".into(),
+            }),
+        );
+        let json: serde_json::Value = serde_json::from_slice(&envelope.to_json()).expect("json");
+        assert_eq!(json["messageType"], "CancelFulfillment");
+        assert_eq!(json["schemaVersion"], 1);
+        assert_eq!(json["entityId"], "fulfillment-ORD-1");
+        assert_eq!(json["payload"]["reason"], "why");
+        assert!(json["messageId"].is_string());
+        assert!(json["sentAt"].is_string());
+    }
+
+    #[test]
+    fn malformed_json_is_a_typed_error() {
+        assert!(matches!(
+            Envelope::from_json(b"{not json"),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            Envelope::from_json(br#"{"messageType":"PauseFulfillment"}"#),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    fn raw(message_type: &str, version: u32, payload: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "messageType": message_type,
+            "schemaVersion": version,
+            "messageId": Uuid::new_v4(),
+            "entityId": "fulfillment-x",
+            "sentAt": "2026-01-01T00:00:00Z",
+            "payload": payload,
+        }))
+        .expect("json")
+    }
+
+    #[test]
+    fn unknown_type_is_rejected_by_name() {
+        assert_eq!(
+            Envelope::from_json(&raw("ExplodeFulfillment", 1, serde_json::json!({}))),
+            Err(DecodeError::UnknownType("ExplodeFulfillment".into()))
+        );
+    }
+
+    #[test]
+    fn other_versions_are_rejected() {
+        assert_eq!(
+            Envelope::from_json(&raw("PauseFulfillment", 2, serde_json::json!({}))),
+            Err(DecodeError::UnsupportedVersion {
+                message_type: "PauseFulfillment".into(),
+                version: 2
+            })
+        );
+    }
+
+    #[test]
+    fn payload_that_does_not_fit_its_type_is_rejected() {
+        let err = Envelope::from_json(&raw(
+            "CancelFulfillment",
+            1,
+            serde_json::json!({"reason": 42}),
+        ))
+        .expect_err("a number is not a reason");
+        assert!(matches!(err, DecodeError::InvalidPayload { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn type_names_cover_every_variant() {
+        for message in sample_messages() {
+            assert!(Message::TYPE_NAMES.contains(&message.type_name()));
+        }
+    }
+}

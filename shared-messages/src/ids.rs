@@ -1,0 +1,65 @@
+//! Identifiers shared by both services.
+//!
+//! Ids are derived, not invented, wherever a resend must be recognised: the
+//! fulfillment of an order is always `fulfillment-<orderId>`, and a message
+//! sent as the effect of a step has a UUID derived from the entity and the
+//! step, so a replay after a crash carries the same id and is ignored by the
+//! receiver.
+
+use uuid::Uuid;
+
+/// Namespace for deterministic message ids (UUID v5).
+const MESSAGE_NAMESPACE: Uuid = Uuid::from_u128(0x6c1f_0e5a_3b7d_4c1e_9a40_51b2_7d8e_c3f1);
+
+/// `order-workflow-<orderId>`
+pub fn order_workflow_id(order_id: &str) -> String {
+    format!("order-workflow-{order_id}")
+}
+
+/// `fulfillment-<orderId>`: one order never gets a second fulfillment.
+pub fn fulfillment_workflow_id(order_id: &str) -> String {
+    format!("fulfillment-{order_id}")
+}
+
+/// The order id inside an `order-workflow-<orderId>` id.
+pub fn order_id_from_workflow_id(workflow_id: &str) -> Option<&str> {
+    workflow_id
+        .strip_prefix("order-workflow-")
+        .filter(|id| !id.is_empty())
+}
+
+/// The order id inside a `fulfillment-<orderId>` id.
+pub fn order_id_from_fulfillment_id(fulfillment_id: &str) -> Option<&str> {
+    fulfillment_id
+        .strip_prefix("fulfillment-")
+        .filter(|id| !id.is_empty())
+}
+
+/// A message id that is the same every time the same entity takes the same
+/// step, e.g. `effect_message_id("fulfillment-ORD-1", "status:3:PACKING")`.
+pub fn effect_message_id(entity_id: &str, step: &str) -> Uuid {
+    Uuid::new_v5(&MESSAGE_NAMESPACE, format!("{entity_id}/{step}").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_derive_from_the_order_id() {
+        assert_eq!(order_workflow_id("ORD-1"), "order-workflow-ORD-1");
+        assert_eq!(fulfillment_workflow_id("ORD-1"), "fulfillment-ORD-1");
+        assert_eq!(order_id_from_workflow_id("order-workflow-ORD-1"), Some("ORD-1"));
+        assert_eq!(order_id_from_fulfillment_id("fulfillment-ORD-1"), Some("ORD-1"));
+        assert_eq!(order_id_from_workflow_id("order-workflow-"), None);
+        assert_eq!(order_id_from_fulfillment_id("ORD-1"), None);
+    }
+
+    #[test]
+    fn effect_ids_are_deterministic_and_distinct() {
+        let a = effect_message_id("fulfillment-ORD-1", "start");
+        assert_eq!(a, effect_message_id("fulfillment-ORD-1", "start"));
+        assert_ne!(a, effect_message_id("fulfillment-ORD-2", "start"));
+        assert_ne!(a, effect_message_id("fulfillment-ORD-1", "cancel"));
+    }
+}

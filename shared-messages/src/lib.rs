@@ -1,0 +1,28 @@
+//! The contract between order-service and fulfillment-service, and the small
+//! AMQP layer both stand on.
+//!
+//! This crate is the one place where the two services agree. Neither service
+//! depends on the other; both depend on this.
+//!
+//! - [`envelope`]: the versioned JSON envelope every message travels in, and
+//!   decoding that turns bad input into a typed [`envelope::DecodeError`].
+//! - [`messages`]: every signal, query, reply and event, with the domain
+//!   types they carry (addresses, items, statuses, progress).
+//! - [`topology`]: exchange, queue and routing-key names, and the
+//!   declarative description each service declares at start-up.
+//! - [`bus`]: the connection supervisor (connect, reconnect with backoff,
+//!   re-declare, resume consuming), confirmed publishing, request/reply over
+//!   direct reply-to, and consumers that ack, retry or dead-letter.
+//!
+//! The wire format is documented for non-Rust clients in
+//! `docs/message-contract.md`.
+#![forbid(unsafe_code)]
+
+pub mod bus;
+pub mod envelope;
+pub mod ids;
+pub mod messages;
+pub mod topology;
+
+pub use envelope::{DecodeError, Envelope, SCHEMA_VERSION};
+pub use messages::Message;

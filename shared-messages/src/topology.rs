@@ -1,0 +1,302 @@
+//! Every exchange, queue and binding, named in one place.
+//!
+//! Queues read `<consumer>.<what>` so the management console explains
+//! itself. Each service declares, idempotently and at every (re)connect, the
+//! topology it consumes from and the queues it sends signals to, so a signal
+//! sent while the receiver has never run still waits in its queue. Both
+//! services build their declarations from the same functions here, so the
+//! arguments always agree (RabbitMQ refuses a re-declaration that differs).
+//!
+//! | exchange (type) | routing key | queue | consumer |
+//! |---|---|---|---|
+//! | `fulfillment.signals` (direct) | `signal` | `fulfillment.signals` (quorum) | fulfillment-service |
+//! | `fulfillment.queries` (direct) | `query` | `fulfillment.queries` (classic, expiring) | fulfillment-service |
+//! | `fulfillment.events` (topic) | `fulfillment.status.<status>` | `order-service.fulfillment-events` (quorum) | order-service |
+//! | `fulfillment.dead-letter` (direct) | queue name | `fulfillment.signals.dlq`, `fulfillment.queries.dlq` | operators |
+//! | `order-service.dead-letter` (direct) | queue name | `order-service.fulfillment-events.dlq` | operators |
+
+use crate::messages::FulfillmentStatus;
+
+pub const FULFILLMENT_SIGNALS_EXCHANGE: &str = "fulfillment.signals";
+pub const FULFILLMENT_SIGNALS_QUEUE: &str = "fulfillment.signals";
+pub const FULFILLMENT_SIGNAL_KEY: &str = "signal";
+
+pub const FULFILLMENT_QUERIES_EXCHANGE: &str = "fulfillment.queries";
+pub const FULFILLMENT_QUERIES_QUEUE: &str = "fulfillment.queries";
+pub const FULFILLMENT_QUERY_KEY: &str = "query";
+
+pub const FULFILLMENT_EVENTS_EXCHANGE: &str = "fulfillment.events";
+/// Binding key that matches every fulfillment status event.
+pub const FULFILLMENT_EVENTS_ALL: &str = "fulfillment.status.#";
+
+pub const FULFILLMENT_DEAD_LETTER_EXCHANGE: &str = "fulfillment.dead-letter";
+
+pub const ORDER_FULFILLMENT_EVENTS_QUEUE: &str = "order-service.fulfillment-events";
+pub const ORDER_DEAD_LETTER_EXCHANGE: &str = "order-service.dead-letter";
+
+/// How often a quorum queue redelivers a message whose handler keeps
+/// failing before RabbitMQ dead-letters it. RabbitMQ 3.10 has no default
+/// limit, so without this a poison message would loop forever.
+pub const DELIVERY_LIMIT: i32 = 20;
+
+/// Upper bound on how long a query waits in its queue. Requesters also set a
+/// per-message expiration equal to their own timeout; this caps queries from
+/// clients that do not.
+pub const QUERY_QUEUE_TTL_MS: i32 = 60_000;
+
+/// The routing key a status event is published with, e.g.
+/// `fulfillment.status.ready_to_ship`.
+pub fn fulfillment_event_key(status: FulfillmentStatus) -> String {
+    format!("fulfillment.status.{}", status.as_str().to_ascii_lowercase())
+}
+
+/// The queue that holds what was dead-lettered from `queue`.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dlq")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeType {
+    Direct,
+    Topic,
+}
+
+impl ExchangeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Topic => "topic",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    pub name: String,
+    pub kind: ExchangeType,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// Replicated, durable; for signals, events and dead letters.
+    Quorum { delivery_limit: Option<i32> },
+    /// Durable definition, transient messages that expire; for queries.
+    Classic { message_ttl_ms: Option<i32> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    pub kind: QueueKind,
+    /// Where RabbitMQ itself dead-letters (delivery limit reached, rejected
+    /// without requeue). The consumer uses the same exchange when it
+    /// dead-letters a message with a reason.
+    pub dead_letter_exchange: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingSpec {
+    pub queue: String,
+    pub exchange: String,
+    pub routing_key: String,
+}
+
+/// A set of declarations, applied in order: exchanges, queues, bindings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    pub exchanges: Vec<ExchangeSpec>,
+    pub queues: Vec<QueueSpec>,
+    pub bindings: Vec<BindingSpec>,
+}
+
+impl Topology {
+    pub fn exchange(mut self, name: &str, kind: ExchangeType) -> Self {
+        let spec = ExchangeSpec {
+            name: name.into(),
+            kind,
+        };
+        if !self.exchanges.contains(&spec) {
+            self.exchanges.push(spec);
+        }
+        self
+    }
+
+    pub fn queue(mut self, spec: QueueSpec) -> Self {
+        if !self.queues.contains(&spec) {
+            self.queues.push(spec);
+        }
+        self
+    }
+
+    pub fn bind(mut self, queue: &str, exchange: &str, routing_key: &str) -> Self {
+        let spec = BindingSpec {
+            queue: queue.into(),
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+        };
+        if !self.bindings.contains(&spec) {
+            self.bindings.push(spec);
+        }
+        self
+    }
+
+    /// Everything in `self` and `other`, without repeats.
+    pub fn merge(mut self, other: Topology) -> Self {
+        for e in other.exchanges {
+            self = self.exchange(&e.name, e.kind);
+        }
+        for q in other.queues {
+            self = self.queue(q);
+        }
+        for b in other.bindings {
+            self = self.bind(&b.queue, &b.exchange, &b.routing_key);
+        }
+        self
+    }
+
+    pub fn find_queue(&self, name: &str) -> Option<&QueueSpec> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+
+    /// A consumed queue with its dead-letter exchange and `<queue>.dlq`,
+    /// bound under the queue's name.
+    pub fn consumed_queue(self, name: &str, kind: QueueKind, dead_letter_exchange: &str) -> Self {
+        let dlq = dead_letter_queue(name);
+        self.exchange(dead_letter_exchange, ExchangeType::Direct)
+            .queue(QueueSpec {
+                name: dlq.clone(),
+                kind: QueueKind::Quorum {
+                    delivery_limit: None,
+                },
+                dead_letter_exchange: None,
+            })
+            .bind(&dlq, dead_letter_exchange, name)
+            .queue(QueueSpec {
+                name: name.into(),
+                kind,
+                dead_letter_exchange: Some(dead_letter_exchange.into()),
+            })
+    }
+}
+
+/// Signals to fulfillment: declared by fulfillment-service, which consumes
+/// them, and by every sender, so signals wait even before it first runs.
+pub fn fulfillment_signals() -> Topology {
+    Topology::default()
+        .exchange(FULFILLMENT_SIGNALS_EXCHANGE, ExchangeType::Direct)
+        .consumed_queue(
+            FULFILLMENT_SIGNALS_QUEUE,
+            QueueKind::Quorum {
+                delivery_limit: Some(DELIVERY_LIMIT),
+            },
+            FULFILLMENT_DEAD_LETTER_EXCHANGE,
+        )
+        .bind(
+            FULFILLMENT_SIGNALS_QUEUE,
+            FULFILLMENT_SIGNALS_EXCHANGE,
+            FULFILLMENT_SIGNAL_KEY,
+        )
+}
+
+/// Queries to fulfillment.
+pub fn fulfillment_queries() -> Topology {
+    Topology::default()
+        .exchange(FULFILLMENT_QUERIES_EXCHANGE, ExchangeType::Direct)
+        .consumed_queue(
+            FULFILLMENT_QUERIES_QUEUE,
+            QueueKind::Classic {
+                message_ttl_ms: Some(QUERY_QUEUE_TTL_MS),
+            },
+            FULFILLMENT_DEAD_LETTER_EXCHANGE,
+        )
+        .bind(
+            FULFILLMENT_QUERIES_QUEUE,
+            FULFILLMENT_QUERIES_EXCHANGE,
+            FULFILLMENT_QUERY_KEY,
+        )
+}
+
+/// The exchange fulfillment status events are published to.
+pub fn fulfillment_events() -> Topology {
+    Topology::default().exchange(FULFILLMENT_EVENTS_EXCHANGE, ExchangeType::Topic)
+}
+
+/// What fulfillment-service declares.
+pub fn fulfillment_service() -> Topology {
+    fulfillment_signals()
+        .merge(fulfillment_queries())
+        .merge(fulfillment_events())
+}
+
+/// What order-service declares: its own subscription to fulfillment events,
+/// and the fulfillment queues it sends to.
+pub fn order_service() -> Topology {
+    fulfillment_events()
+        .consumed_queue(
+            ORDER_FULFILLMENT_EVENTS_QUEUE,
+            QueueKind::Quorum {
+                delivery_limit: Some(DELIVERY_LIMIT),
+            },
+            ORDER_DEAD_LETTER_EXCHANGE,
+        )
+        .bind(
+            ORDER_FULFILLMENT_EVENTS_QUEUE,
+            FULFILLMENT_EVENTS_EXCHANGE,
+            FULFILLMENT_EVENTS_ALL,
+        )
+        .merge(fulfillment_signals())
+        .merge(fulfillment_queries())
+}
+
+/// Everything, as an operator would load it into a fresh broker.
+pub fn all() -> Topology {
+    fulfillment_service().merge(order_service())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_keys_match_the_subscription() {
+        assert_eq!(
+            fulfillment_event_key(FulfillmentStatus::ReadyToShip),
+            "fulfillment.status.ready_to_ship"
+        );
+    }
+
+    #[test]
+    fn every_consumed_queue_has_a_bound_dead_letter_queue() {
+        let t = all();
+        for q in t.queues.iter().filter(|q| q.dead_letter_exchange.is_some()) {
+            let dlx = q.dead_letter_exchange.as_deref().expect("filtered");
+            let dlq = dead_letter_queue(&q.name);
+            assert!(t.find_queue(&dlq).is_some(), "{dlq} declared");
+            assert!(t.bindings.iter().any(|b| b.queue == dlq
+                && b.exchange == dlx
+                && b.routing_key == q.name));
+        }
+    }
+
+    #[test]
+    fn shared_declarations_agree_between_services() {
+        let f = fulfillment_service();
+        let o = order_service();
+        for q in &o.queues {
+            if let Some(same) = f.find_queue(&q.name) {
+                assert_eq!(same, q);
+            }
+        }
+        // merge is idempotent
+        assert_eq!(all(), all().merge(all()));
+    }
+
+    #[test]
+    fn every_binding_refers_to_declared_names() {
+        let t = all();
+        for b in &t.bindings {
+            assert!(t.find_queue(&b.queue).is_some(), "{}", b.queue);
+            assert!(t.exchanges.iter().any(|e| e.name == b.exchange), "{}", b.exchange);
+        }
+    }
+}
