@@ -1,0 +1,890 @@
+//! The fulfillment workflow as a pure state machine.
+//!
+//! `(state, input) -> Decision { state to store, events to publish, reply }`,
+//! with no broker, no store and no clock of its own (the caller passes
+//! `now`), so unit tests drive every path without sleeping.
+//!
+//! Steps: one per order line picked, then a quality check, packing, the
+//! shipping label and shipping, so `totalSteps = items + 4`. The step in
+//! hand is `Fulfillment::step` (0-based; equals `totalSteps` once shipped).
+//! The status follows from the step: picking and the quality check run as
+//! `PICKING`, packing as `PACKING`, the label and the hand-over to the
+//! carrier as `READY_TO_SHIP`; when the last step completes the fulfillment
+//! is `SHIPPED`. A step is complete only when its `StepDone` is applied, so
+//! a step interrupted by a pause or a crash runs again from its start.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use shared_messages::bus::Route;
+use shared_messages::messages::{
+    Address, CompletedStep, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus,
+    FulfillmentStatusChanged, FulfillmentStatusView, ReplyError,
+};
+use shared_messages::topology::{fulfillment_event_key, FULFILLMENT_EVENTS_EXCHANGE};
+use shared_messages::{ids, Envelope, Message};
+use uuid::Uuid;
+
+/// How many processed message ids each fulfillment remembers. A broker
+/// redelivers within seconds of a failure, so the last 64 cover every
+/// realistic redelivery while keeping the stored state small.
+pub const REMEMBERED_MESSAGE_IDS: usize = 64;
+
+/// Steps after picking: quality check, pack, label, ship.
+const STEPS_AFTER_PICKING: u32 = 4;
+
+/// Carriers a label may be printed for; chosen from the fulfillment id.
+const CARRIERS: [&str; 4] = ["UPS", "FedEx", "DHL", "USPS"];
+
+/// Days from label to the estimated delivery.
+const DELIVERY_DAYS: i64 = 3;
+
+/// The stored state of one fulfillment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fulfillment {
+    pub id: String,
+    pub order_id: String,
+    pub status: FulfillmentStatus,
+    /// The order details; `None` while a workflow created by
+    /// `StartFulfillmentWorkflow` waits for its start.
+    pub request: Option<FulfillmentRequest>,
+    pub shipping_address: Option<Address>,
+    /// 0-based index of the step in hand; `total_steps()` once shipped.
+    pub step: u32,
+    /// The status to return to on resume.
+    pub paused_from: Option<FulfillmentStatus>,
+    pub tracking_number: Option<String>,
+    pub shipping_carrier: Option<String>,
+    pub estimated_delivery: Option<DateTime<Utc>>,
+    pub cancellation_reason: Option<String>,
+    pub error: Option<String>,
+    pub completed_steps: Vec<CompletedStep>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Number of transitions so far; names each event deterministically.
+    pub seq: u64,
+    /// The last [`REMEMBERED_MESSAGE_IDS`] signal ids applied.
+    pub processed: VecDeque<Uuid>,
+}
+
+/// What can happen to a fulfillment.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Create it and wait (`StartFulfillmentWorkflow`).
+    Create {
+        order_id: String,
+    },
+    /// Start it, creating it first when it does not exist.
+    Start(FulfillmentRequest),
+    Pause,
+    Resume,
+    Cancel {
+        reason: String,
+    },
+    UpdateAddress(Address),
+    /// The timer of step `step` has run out.
+    StepDone {
+        step: u32,
+    },
+}
+
+impl Input {
+    /// Inputs that may create a fulfillment that does not exist yet.
+    pub fn creates(&self) -> bool {
+        matches!(self, Input::Create { .. } | Input::Start(_))
+    }
+}
+
+/// How a signal was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub status: FulfillmentStatus,
+    /// This input created the fulfillment.
+    pub created: bool,
+}
+
+pub type Reply = Result<Accepted, ReplyError>;
+
+/// The outcome of one input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The state to store, when anything changed.
+    pub state: Option<Fulfillment>,
+    /// Events to store in the outbox in the same transaction.
+    pub events: Vec<(Route, Envelope)>,
+    pub reply: Reply,
+}
+
+impl Decision {
+    fn unchanged(reply: Reply) -> Self {
+        Self {
+            state: None,
+            events: Vec::new(),
+            reply,
+        }
+    }
+}
+
+/// Settings the views depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub step_delay: Duration,
+}
+
+/// A new fulfillment from `input` (which must be a creating input).
+pub fn create(
+    id: &str,
+    input: &Input,
+    message_id: Option<Uuid>,
+    now: DateTime<Utc>,
+    timing: Timing,
+) -> Decision {
+    let (order_id, request) = match input {
+        Input::Create { order_id } => {
+            if order_id.trim().is_empty() {
+                return Decision::unchanged(Err(ReplyError::invalid("orderId must not be empty")));
+            }
+            (order_id.clone(), None)
+        }
+        Input::Start(request) => {
+            if let Err(why) = request.validate() {
+                return Decision::unchanged(Err(ReplyError::invalid(why)));
+            }
+            (request.order_id.clone(), Some(request.clone()))
+        }
+        _ => {
+            return Decision::unchanged(Err(ReplyError::not_found(format!("no fulfillment {id}"))))
+        }
+    };
+    let status = if request.is_some() {
+        FulfillmentStatus::Picking
+    } else {
+        FulfillmentStatus::Waiting
+    };
+    let mut state = Fulfillment {
+        id: id.to_owned(),
+        order_id,
+        status,
+        shipping_address: request.as_ref().map(|r| r.shipping_address.clone()),
+        request,
+        step: 0,
+        paused_from: None,
+        tracking_number: None,
+        shipping_carrier: None,
+        estimated_delivery: None,
+        cancellation_reason: None,
+        error: None,
+        completed_steps: Vec::new(),
+        created_at: now,
+        updated_at: now,
+        seq: 0,
+        processed: VecDeque::new(),
+    };
+    state.remember(message_id);
+    transition(state, None, now, timing, true)
+}
+
+/// Applies `input` to `state`.
+pub fn decide(
+    state: &Fulfillment,
+    input: &Input,
+    message_id: Option<Uuid>,
+    now: DateTime<Utc>,
+    timing: Timing,
+) -> Decision {
+    use FulfillmentStatus as S;
+    if let Some(id) = message_id {
+        if state.processed.contains(&id) {
+            return Decision::unchanged(Ok(state.accepted()));
+        }
+    }
+    let status = state.status;
+    let mut next = state.clone();
+    match input {
+        Input::Create { .. } => return state.noop(message_id, now),
+        Input::Start(request) => {
+            if status != S::Waiting {
+                // Signal-with-start for a running one: already started.
+                return state.noop(message_id, now);
+            }
+            if let Err(why) = request.validate() {
+                return Decision::unchanged(Err(ReplyError::invalid(why)));
+            }
+            next.order_id = request.order_id.clone();
+            next.shipping_address = Some(request.shipping_address.clone());
+            next.request = Some(request.clone());
+            next.status = S::Picking;
+        }
+        Input::Pause => match status {
+            S::Paused => return state.noop(message_id, now),
+            s if s.is_active() => {
+                next.paused_from = Some(s);
+                next.status = S::Paused;
+            }
+            _ => return Decision::unchanged(Err(state.not_now("paused"))),
+        },
+        Input::Resume => match status {
+            S::Paused => {
+                next.status = state.paused_from.unwrap_or_else(|| state.status_of_step());
+                next.paused_from = None;
+            }
+            s if s.is_active() => return state.noop(message_id, now),
+            _ => return Decision::unchanged(Err(state.not_now("resumed"))),
+        },
+        Input::Cancel { reason } => match status {
+            S::Cancelled => return state.noop(message_id, now),
+            s if s.is_final() => return Decision::unchanged(Err(state.not_now("cancelled"))),
+            _ => {
+                next.status = S::Cancelled;
+                next.paused_from = None;
+                next.cancellation_reason = Some(reason.clone());
+            }
+        },
+        Input::UpdateAddress(address) => {
+            if let Err(why) = address.validate() {
+                return Decision::unchanged(Err(ReplyError::invalid(why)));
+            }
+            if status.is_final() {
+                return Decision::unchanged(Err(state.not_now("re-addressed")));
+            }
+            if let Some(tracking) = &state.tracking_number {
+                return Decision::unchanged(Err(ReplyError::conflict(format!(
+                    "the shipping label for {} is already printed (tracking number {tracking}); \
+                     the address can no longer change",
+                    state.id
+                ))));
+            }
+            if state.shipping_address.as_ref() == Some(address) {
+                return state.noop(message_id, now);
+            }
+            next.shipping_address = Some(address.clone());
+            if let Some(request) = next.request.as_mut() {
+                request.shipping_address = address.clone();
+            }
+        }
+        Input::StepDone { step } => {
+            if !status.is_active() || *step != state.step {
+                // A timer that outlived a pause or cancel: nothing to do.
+                return Decision::unchanged(Ok(state.accepted()));
+            }
+            next.complete_step(now);
+        }
+    }
+    next.remember(message_id);
+    next.updated_at = now;
+    transition(next, Some(status), now, timing, false)
+}
+
+/// Bumps the transition counter and writes the event for `state`.
+fn transition(
+    mut state: Fulfillment,
+    previous: Option<FulfillmentStatus>,
+    now: DateTime<Utc>,
+    timing: Timing,
+    created: bool,
+) -> Decision {
+    state.seq += 1;
+    let event = FulfillmentStatusChanged {
+        previous_status: previous,
+        fulfillment: state.status_view(),
+        progress: state.progress_view(now, timing),
+    };
+    let message_id = ids::effect_message_id(&state.id, &format!("status:{}", state.seq));
+    let mut envelope = Envelope::with_id(
+        message_id,
+        state.id.clone(),
+        Message::FulfillmentStatusChanged(Box::new(event)),
+    );
+    envelope.sent_at = now;
+    let route = Route::new(
+        FULFILLMENT_EVENTS_EXCHANGE,
+        &fulfillment_event_key(state.status),
+        false,
+    );
+    let reply = Ok(Accepted {
+        status: state.status,
+        created,
+    });
+    Decision {
+        state: Some(state),
+        events: vec![(route, envelope)],
+        reply,
+    }
+}
+
+trait StatusExt {
+    fn is_active(self) -> bool;
+}
+
+impl StatusExt for FulfillmentStatus {
+    /// A status in which steps run.
+    fn is_active(self) -> bool {
+        matches!(
+            self,
+            FulfillmentStatus::Picking
+                | FulfillmentStatus::Packing
+                | FulfillmentStatus::ReadyToShip
+        )
+    }
+}
+
+impl Fulfillment {
+    pub fn total_items(&self) -> u32 {
+        self.request
+            .as_ref()
+            .map_or(0, |r| u32::try_from(r.items.len()).unwrap_or(u32::MAX))
+    }
+
+    pub fn total_steps(&self) -> u32 {
+        self.total_items().saturating_add(STEPS_AFTER_PICKING)
+    }
+
+    /// Steps are running (the actor keeps a timer for `step`).
+    pub fn is_running(&self) -> bool {
+        self.status.is_active()
+    }
+
+    pub fn items_picked(&self) -> u32 {
+        self.step.min(self.total_items())
+    }
+
+    /// The status a fulfillment has while working on its current step.
+    fn status_of_step(&self) -> FulfillmentStatus {
+        let n = self.total_items();
+        match self.step {
+            s if s <= n => FulfillmentStatus::Picking,
+            s if s == n + 1 => FulfillmentStatus::Packing,
+            s if s < self.total_steps() => FulfillmentStatus::ReadyToShip,
+            _ => FulfillmentStatus::Shipped,
+        }
+    }
+
+    /// The name of step `step` (0-based).
+    pub fn step_name(&self, step: u32) -> String {
+        let n = self.total_items();
+        if step < n {
+            let product = self
+                .request
+                .as_ref()
+                .and_then(|r| r.items.get(step as usize))
+                .map_or("item", |i| i.product_name.as_str());
+            return format!("Picking item {} of {n}: {product}", step + 1);
+        }
+        match step - n {
+            0 => "Quality check".into(),
+            1 => "Packing".into(),
+            2 => "Printing shipping label".into(),
+            _ => "Shipping".into(),
+        }
+    }
+
+    /// What the fulfillment is doing now, in words.
+    pub fn current_step_name(&self) -> String {
+        match self.status {
+            FulfillmentStatus::Waiting => "Waiting for start".into(),
+            FulfillmentStatus::Shipped => "Shipped".into(),
+            FulfillmentStatus::Cancelled => "Cancelled".into(),
+            FulfillmentStatus::Failed => "Failed".into(),
+            FulfillmentStatus::Paused => format!("Paused at: {}", self.step_name(self.step)),
+            _ => self.step_name(self.step),
+        }
+    }
+
+    fn complete_step(&mut self, now: DateTime<Utc>) {
+        let done = self.step;
+        let n = self.total_items();
+        if done == n + 2 {
+            self.print_label(now);
+        }
+        self.completed_steps.push(CompletedStep {
+            step: done + 1,
+            name: self.step_name(done),
+            completed_at: now,
+        });
+        self.step = done + 1;
+        self.status = self.status_of_step();
+    }
+
+    fn print_label(&mut self, now: DateTime<Utc>) {
+        let hash = ids::effect_message_id(&self.id, "label")
+            .simple()
+            .to_string();
+        let tracking = format!("TRK-{}", hash[..12].to_ascii_uppercase());
+        let carrier = CARRIERS[usize::from(hash.as_bytes()[12]) % CARRIERS.len()];
+        self.tracking_number = Some(tracking);
+        self.shipping_carrier = Some(carrier.into());
+        self.estimated_delivery = Some(now + chrono::Duration::days(DELIVERY_DAYS));
+    }
+
+    fn remember(&mut self, message_id: Option<Uuid>) {
+        if let Some(id) = message_id {
+            self.processed.push_back(id);
+            while self.processed.len() > REMEMBERED_MESSAGE_IDS {
+                self.processed.pop_front();
+            }
+        }
+    }
+
+    fn accepted(&self) -> Accepted {
+        Accepted {
+            status: self.status,
+            created: false,
+        }
+    }
+
+    /// An accepted signal that changes nothing but is remembered, so its
+    /// redelivery after a later change is still recognised.
+    fn noop(&self, message_id: Option<Uuid>, now: DateTime<Utc>) -> Decision {
+        match message_id {
+            Some(_) if !self.status.is_final() => {
+                let mut next = self.clone();
+                next.remember(message_id);
+                next.updated_at = now;
+                Decision {
+                    state: Some(next),
+                    events: Vec::new(),
+                    reply: Ok(self.accepted()),
+                }
+            }
+            _ => Decision::unchanged(Ok(self.accepted())),
+        }
+    }
+
+    fn not_now(&self, what: &str) -> ReplyError {
+        let why = match self.status {
+            FulfillmentStatus::Waiting => "it has not started yet".to_owned(),
+            FulfillmentStatus::Shipped => "it has already shipped".to_owned(),
+            FulfillmentStatus::Cancelled => format!(
+                "it was cancelled ({})",
+                self.cancellation_reason
+                    .as_deref()
+                    .unwrap_or("no reason given")
+            ),
+            FulfillmentStatus::Failed => "it has failed".to_owned(),
+            other => format!("it is {other}"),
+        };
+        ReplyError::conflict(format!("fulfillment {} cannot be {what}: {why}", self.id))
+    }
+
+    pub fn status_view(&self) -> FulfillmentStatusView {
+        FulfillmentStatusView {
+            fulfillment_workflow_id: self.id.clone(),
+            order_id: self.order_id.clone(),
+            status: self.status,
+            current_step: self.current_step_name(),
+            tracking_number: self.tracking_number.clone(),
+            shipping_carrier: self.shipping_carrier.clone(),
+            estimated_delivery: self.estimated_delivery,
+            is_paused: self.status == FulfillmentStatus::Paused,
+            shipping_address: self.shipping_address.clone(),
+            cancellation_reason: self.cancellation_reason.clone(),
+            error: self.error.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
+    /// Progress as of `now` (which only moves the estimated completion).
+    pub fn progress_view(&self, now: DateTime<Utc>, timing: Timing) -> FulfillmentProgressView {
+        let total = self.total_steps();
+        let done = self.step.min(total);
+        let percentage = if self.status == FulfillmentStatus::Shipped {
+            100
+        } else {
+            // Rounded to the nearest whole percent.
+            (done * 100 + total / 2) / total.max(1)
+        };
+        let current_step = match self.status {
+            FulfillmentStatus::Waiting => 0,
+            _ => (done + 1).min(total),
+        };
+        let estimated_completion = if self.is_running() {
+            let remaining = u64::from(total - done);
+            let millis = u64::try_from(timing.step_delay.as_millis()).unwrap_or(u64::MAX);
+            let ms = i64::try_from(remaining.saturating_mul(millis)).unwrap_or(i64::MAX);
+            Some(now + chrono::Duration::milliseconds(ms))
+        } else if self.status == FulfillmentStatus::Shipped {
+            self.completed_steps.last().map(|s| s.completed_at)
+        } else {
+            None
+        };
+        FulfillmentProgressView {
+            fulfillment_workflow_id: self.id.clone(),
+            order_id: self.order_id.clone(),
+            status: self.status,
+            current_step,
+            step_name: self.current_step_name(),
+            total_steps: total,
+            percentage,
+            items_picked: self.items_picked(),
+            total_items: self.total_items(),
+            estimated_completion,
+            completed_steps: self.completed_steps.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_messages::messages::{OrderItem, ReplyErrorCode};
+    use FulfillmentStatus as S;
+
+    const TIMING: Timing = Timing {
+        step_delay: Duration::from_millis(1000),
+    };
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("valid time")
+            .with_timezone(&Utc)
+    }
+
+    fn address(street: &str) -> Address {
+        Address {
+            street: street.into(),
+            city: "Springfield".into(),
+            state: "IL".into(),
+            zip_code: "62701".into(),
+            country: "USA".into(),
+        }
+    }
+
+    fn request(items: usize) -> FulfillmentRequest {
+        FulfillmentRequest {
+            order_id: "ORD-1".into(),
+            customer_id: "c-1".into(),
+            customer_name: None,
+            customer_email: None,
+            items: (0..items)
+                .map(|i| OrderItem {
+                    product_id: format!("product-{i}"),
+                    product_name: format!("Thing {i}"),
+                    quantity: 1,
+                    price: 1.0,
+                })
+                .collect(),
+            shipping_address: address("1 Main St"),
+        }
+    }
+
+    fn started(items: usize) -> Fulfillment {
+        let d = create(
+            "fulfillment-ORD-1",
+            &Input::Start(request(items)),
+            None,
+            now(),
+            TIMING,
+        );
+        assert_eq!(
+            d.reply,
+            Ok(Accepted {
+                status: S::Picking,
+                created: true
+            })
+        );
+        d.state.expect("created")
+    }
+
+    /// Applies an input that must be accepted and change the state.
+    fn apply(state: &Fulfillment, input: Input) -> Fulfillment {
+        let d = decide(state, &input, Some(Uuid::new_v4()), now(), TIMING);
+        assert!(
+            d.reply.is_ok(),
+            "{input:?} on {:?}: {:?}",
+            state.status,
+            d.reply
+        );
+        d.state.expect("changed")
+    }
+
+    fn step(state: &Fulfillment) -> Fulfillment {
+        apply(state, Input::StepDone { step: state.step })
+    }
+
+    fn progress(state: &Fulfillment) -> (S, u32, u32, u32, u32) {
+        let p = state.progress_view(now(), TIMING);
+        (
+            p.status,
+            p.current_step,
+            p.percentage,
+            p.items_picked,
+            p.total_items,
+        )
+    }
+
+    fn rejected(state: &Fulfillment, input: Input) -> ReplyError {
+        let d = decide(state, &input, Some(Uuid::new_v4()), now(), TIMING);
+        assert_eq!(d.state, None, "a rejection changes nothing");
+        assert!(d.events.is_empty());
+        d.reply.expect_err("rejected")
+    }
+
+    #[test]
+    fn happy_path_step_by_step_with_exact_progress() {
+        let mut f = started(2);
+        assert_eq!(f.total_steps(), 6);
+        let expected = [
+            (S::Picking, 1, 0, 0, 2),
+            (S::Picking, 2, 17, 1, 2),
+            (S::Picking, 3, 33, 2, 2), // quality check
+            (S::Packing, 4, 50, 2, 2),
+            (S::ReadyToShip, 5, 67, 2, 2), // label
+            (S::ReadyToShip, 6, 83, 2, 2), // ship
+            (S::Shipped, 6, 100, 2, 2),
+        ];
+        for (i, want) in expected.iter().enumerate() {
+            assert_eq!(progress(&f), *want, "after {i} steps");
+            assert_eq!(f.completed_steps.len(), i);
+            if i == 4 {
+                assert!(f.tracking_number.is_none(), "label not printed yet");
+            }
+            if f.status != S::Shipped {
+                f = step(&f);
+            }
+        }
+        let tracking = f.tracking_number.clone().expect("label printed");
+        assert!(
+            tracking.starts_with("TRK-") && tracking.len() == 16,
+            "{tracking}"
+        );
+        assert!(f.shipping_carrier.is_some());
+        assert!(f.estimated_delivery.is_some());
+        assert_eq!(f.completed_steps[0].name, "Picking item 1 of 2: Thing 0");
+        assert_eq!(f.completed_steps[5].step, 6);
+        assert_eq!(f.seq, 7, "one transition per step plus the start");
+    }
+
+    #[test]
+    fn every_transition_has_one_event_with_a_deterministic_id() {
+        let f = started(1);
+        let d = decide(&f, &Input::StepDone { step: 0 }, None, now(), TIMING);
+        assert_eq!(d.events.len(), 1);
+        let (route, envelope) = &d.events[0];
+        assert_eq!(route.routing_key, "fulfillment.status.picking");
+        assert_eq!(
+            envelope.message_id,
+            ids::effect_message_id("fulfillment-ORD-1", "status:2")
+        );
+        let Message::FulfillmentStatusChanged(event) = &envelope.message else {
+            panic!("an event")
+        };
+        assert_eq!(event.previous_status, Some(S::Picking));
+        assert_eq!(event.progress.items_picked, 1);
+    }
+
+    #[test]
+    fn create_waiting_then_start() {
+        let d = create(
+            "fulfillment-ORD-1",
+            &Input::Create {
+                order_id: "ORD-1".into(),
+            },
+            None,
+            now(),
+            TIMING,
+        );
+        let f = d.state.expect("created");
+        assert_eq!(f.status, S::Waiting);
+        assert_eq!(progress(&f), (S::Waiting, 0, 0, 0, 0));
+        assert_eq!(rejected(&f, Input::Pause).code, ReplyErrorCode::Conflict);
+        let f = apply(&f, Input::Start(request(3)));
+        assert_eq!(progress(&f), (S::Picking, 1, 0, 0, 3));
+        // a second start is a no-op
+        let d = decide(&f, &Input::Start(request(3)), None, now(), TIMING);
+        assert_eq!(d.state, None);
+        assert_eq!(d.reply.map(|a| a.status), Ok(S::Picking));
+    }
+
+    #[test]
+    fn invalid_start_is_rejected_as_invalid() {
+        let d = create(
+            "fulfillment-ORD-1",
+            &Input::Start(request(0)),
+            None,
+            now(),
+            TIMING,
+        );
+        assert_eq!(d.state, None);
+        assert_eq!(d.reply.expect_err("no items").code, ReplyErrorCode::Invalid);
+    }
+
+    #[test]
+    fn pause_and_resume_return_to_the_paused_step() {
+        let mut f = started(2);
+        for _ in 0..3 {
+            f = step(&f); // two picks and the quality check
+        }
+        assert_eq!(f.status, S::Packing);
+        let paused = apply(&f, Input::Pause);
+        assert_eq!(paused.status, S::Paused);
+        assert_eq!(progress(&paused), (S::Paused, 4, 50, 2, 2));
+        // a timer that fires late does not advance a paused fulfillment
+        let d = decide(&paused, &Input::StepDone { step: 3 }, None, now(), TIMING);
+        assert_eq!(d.state, None);
+        // pausing again is a no-op success
+        let d = decide(&paused, &Input::Pause, None, now(), TIMING);
+        assert_eq!(d.state, None);
+        assert_eq!(d.reply.map(|a| a.status), Ok(S::Paused));
+        let resumed = apply(&paused, Input::Resume);
+        assert_eq!(resumed.status, S::Packing, "back to the paused status");
+        assert_eq!(resumed.step, 3, "and to the paused step");
+        // resuming a running one is a no-op success
+        let d = decide(&resumed, &Input::Resume, None, now(), TIMING);
+        assert_eq!(d.state, None);
+        assert_eq!(d.reply.map(|a| a.status), Ok(S::Packing));
+        let packed = step(&resumed);
+        assert_eq!(packed.status, S::ReadyToShip);
+    }
+
+    #[test]
+    fn pause_while_picking_resumes_picking_the_same_item() {
+        let f = step(&started(3));
+        let resumed = apply(&apply(&f, Input::Pause), Input::Resume);
+        assert_eq!(progress(&resumed), (S::Picking, 2, 14, 1, 3));
+    }
+
+    #[test]
+    fn cancel_mid_picking() {
+        let f = step(&started(3));
+        let cancelled = apply(
+            &f,
+            Input::Cancel {
+                reason: "customer asked".into(),
+            },
+        );
+        assert_eq!(cancelled.status, S::Cancelled);
+        assert_eq!(
+            cancelled.cancellation_reason.as_deref(),
+            Some("customer asked")
+        );
+        assert_eq!(cancelled.items_picked(), 1);
+        let d = decide(
+            &cancelled,
+            &Input::StepDone { step: 1 },
+            None,
+            now(),
+            TIMING,
+        );
+        assert_eq!(d.state, None, "a stale timer changes nothing");
+        // cancelling again is an idempotent success
+        let d = decide(
+            &cancelled,
+            &Input::Cancel { reason: "x".into() },
+            None,
+            now(),
+            TIMING,
+        );
+        assert_eq!(d.reply.map(|a| a.status), Ok(S::Cancelled));
+        assert_eq!(d.state, None);
+    }
+
+    #[test]
+    fn cancel_from_paused_and_waiting() {
+        let paused = apply(&started(1), Input::Pause);
+        let c = apply(&paused, Input::Cancel { reason: "r".into() });
+        assert_eq!(c.status, S::Cancelled);
+        let waiting = create(
+            "f",
+            &Input::Create {
+                order_id: "o".into(),
+            },
+            None,
+            now(),
+            TIMING,
+        )
+        .state
+        .expect("created");
+        assert_eq!(
+            apply(&waiting, Input::Cancel { reason: "r".into() }).status,
+            S::Cancelled
+        );
+    }
+
+    #[test]
+    fn address_changes_until_the_label_is_printed() {
+        let mut f = started(1);
+        f = apply(&f, Input::UpdateAddress(address("2 New St")));
+        assert_eq!(f.shipping_address, Some(address("2 New St")));
+        for _ in 0..3 {
+            f = step(&f); // pick, check, pack
+        }
+        assert_eq!(f.status, S::ReadyToShip);
+        f = apply(&f, Input::UpdateAddress(address("3 Late St")));
+        f = step(&f); // label
+        let err = rejected(&f, Input::UpdateAddress(address("4 Too Late St")));
+        assert_eq!(err.code, ReplyErrorCode::Conflict);
+        assert!(err.message.contains("label"), "{}", err.message);
+        assert_eq!(f.shipping_address, Some(address("3 Late St")));
+        let err = rejected(&f, Input::UpdateAddress(address("")));
+        assert_eq!(err.code, ReplyErrorCode::Invalid);
+    }
+
+    #[test]
+    fn duplicate_message_ids_change_nothing() {
+        let f = started(2);
+        let id = Uuid::new_v4();
+        let paused = decide(&f, &Input::Pause, Some(id), now(), TIMING)
+            .state
+            .expect("paused");
+        let resumed = apply(&paused, Input::Resume);
+        let d = decide(&resumed, &Input::Pause, Some(id), now(), TIMING);
+        assert_eq!(d.state, None, "the repeated pause is recognised");
+        assert!(d.events.is_empty());
+        assert_eq!(d.reply.map(|a| a.status), Ok(S::Picking));
+    }
+
+    #[test]
+    fn remembered_ids_are_bounded() {
+        let mut f = started(1);
+        for _ in 0..(REMEMBERED_MESSAGE_IDS + 10) {
+            f = apply(&f, Input::Pause);
+            f = apply(&f, Input::Resume);
+        }
+        assert_eq!(f.processed.len(), REMEMBERED_MESSAGE_IDS);
+    }
+
+    #[test]
+    fn final_states_reject_changes() {
+        let mut f = started(1);
+        while f.status != S::Shipped {
+            f = step(&f);
+        }
+        for input in [
+            Input::Pause,
+            Input::Resume,
+            Input::Cancel { reason: "r".into() },
+            Input::UpdateAddress(address("x")),
+        ] {
+            let err = rejected(&f, input);
+            assert_eq!(err.code, ReplyErrorCode::Conflict);
+            assert!(err.message.contains("shipped"), "{}", err.message);
+        }
+        // a repeated start stays an idempotent success
+        let d = decide(
+            &f,
+            &Input::Start(request(1)),
+            Some(Uuid::new_v4()),
+            now(),
+            TIMING,
+        );
+        assert_eq!(d.state, None);
+        assert_eq!(d.reply.map(|a| a.status), Ok(S::Shipped));
+        let cancelled = apply(&started(1), Input::Cancel { reason: "r".into() });
+        assert_eq!(
+            rejected(&cancelled, Input::Resume).code,
+            ReplyErrorCode::Conflict
+        );
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let f = step(&started(2));
+        let json = serde_json::to_string(&f).expect("json");
+        let back: Fulfillment = serde_json::from_str(&json).expect("parse");
+        assert_eq!(back, f);
+    }
+}
