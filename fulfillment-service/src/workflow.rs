@@ -220,7 +220,7 @@ pub fn decide(
         }
         Input::Pause => match status {
             S::Paused => return state.noop(message_id, now),
-            s if s.is_active() => {
+            s if is_active(s) => {
                 next.paused_from = Some(s);
                 next.status = S::Paused;
             }
@@ -231,7 +231,7 @@ pub fn decide(
                 next.status = state.paused_from.unwrap_or_else(|| state.status_of_step());
                 next.paused_from = None;
             }
-            s if s.is_active() => return state.noop(message_id, now),
+            s if is_active(s) => return state.noop(message_id, now),
             _ => return Decision::unchanged(Err(state.not_now("resumed"))),
         },
         Input::Cancel { reason } => match status {
@@ -266,7 +266,7 @@ pub fn decide(
             }
         }
         Input::StepDone { step } => {
-            if !status.is_active() || *step != state.step {
+            if !is_active(status) || *step != state.step {
                 // A timer that outlived a pause or cancel: nothing to do.
                 return Decision::unchanged(Ok(state.accepted()));
             }
@@ -315,20 +315,12 @@ fn transition(
     }
 }
 
-trait StatusExt {
-    fn is_active(self) -> bool;
-}
-
-impl StatusExt for FulfillmentStatus {
-    /// A status in which steps run.
-    fn is_active(self) -> bool {
-        matches!(
-            self,
-            FulfillmentStatus::Picking
-                | FulfillmentStatus::Packing
-                | FulfillmentStatus::ReadyToShip
-        )
-    }
+/// A status in which steps run.
+fn is_active(status: FulfillmentStatus) -> bool {
+    matches!(
+        status,
+        FulfillmentStatus::Picking | FulfillmentStatus::Packing | FulfillmentStatus::ReadyToShip
+    )
 }
 
 impl Fulfillment {
@@ -344,7 +336,7 @@ impl Fulfillment {
 
     /// Steps are running (the actor keeps a timer for `step`).
     pub fn is_running(&self) -> bool {
-        self.status.is_active()
+        is_active(self.status)
     }
 
     pub fn items_picked(&self) -> u32 {

@@ -1,0 +1,180 @@
+//! `/fulfillments`: create, list, status, progress, pause, resume, cancel,
+//! shipping address. Writes go to the fulfillment's actor directly (not
+//! through the broker) and answer once the outcome is stored.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use shared_messages::ids;
+use shared_messages::messages::{Address, FulfillmentRequest, FulfillmentStatus};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::workflow::{Accepted, Input};
+
+/// Page size when none is asked for, and the most one page may hold.
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 500;
+/// Said when a cancel gives no reason.
+const DEFAULT_CANCEL_REASON: &str = "cancelled through the fulfillment API";
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/fulfillments")
+            .route(web::post().to(create))
+            .route(web::get().to(list)),
+    )
+    .route("/fulfillments/{id}/status", web::get().to(status))
+    .route("/fulfillments/{id}/progress", web::get().to(progress))
+    .route("/fulfillments/{id}/pause", web::post().to(pause))
+    .route("/fulfillments/{id}/resume", web::post().to(resume))
+    .route("/fulfillments/{id}/cancel", web::post().to(cancel))
+    .route(
+        "/fulfillments/{id}/shipping-address",
+        web::patch().to(shipping_address),
+    );
+}
+
+async fn create(
+    state: web::Data<AppState>,
+    body: web::Json<FulfillmentRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let request = body.into_inner();
+    request.validate().map_err(ApiError::InvalidInput)?;
+    let id = ids::fulfillment_workflow_id(&request.order_id);
+    let accepted = apply(&state, &id, Input::Start(request)).await?;
+    let view = state.view(&id)?;
+    Ok(if accepted.created {
+        HttpResponse::Created().json(view)
+    } else {
+        HttpResponse::Ok().json(view)
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    status: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
+    let status = match params.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(
+            FulfillmentStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| {
+                let known: Vec<&str> = FulfillmentStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::InvalidInput(format!(
+                    "unknown status {s:?}; use one of {}",
+                    known.join(", ")
+                ))
+            })?,
+        ),
+    };
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::InvalidInput(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let offset = params.offset.unwrap_or(0);
+    let items: Vec<_> = state
+        .registry
+        .list(status, limit, offset)?
+        .iter()
+        .map(|f| f.status_view())
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "fulfillments": items,
+        "limit": limit,
+        "offset": offset,
+    })))
+}
+
+async fn status(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.view(&id)?))
+}
+
+async fn progress(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let f = state.find(&id)?;
+    Ok(HttpResponse::Ok().json(f.progress_view(chrono::Utc::now(), state.registry.timing())))
+}
+
+async fn pause(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    signal_and_show(&state, &id, Input::Pause).await
+}
+
+async fn resume(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    signal_and_show(&state, &id, Input::Resume).await
+}
+
+#[derive(Deserialize)]
+struct CancelBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn cancel(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: Result<web::Bytes, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.map_err(|e| {
+        if e.as_response_error().status_code() == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: super::BODY_LIMIT,
+            }
+        } else {
+            ApiError::InvalidBody(e.to_string())
+        }
+    })?;
+    let reason = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<CancelBody>(&body)
+            .map_err(|e| ApiError::InvalidBody(format!("expected {{\"reason\": \"...\"}}: {e}")))?
+            .reason
+    };
+    let reason = reason
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_CANCEL_REASON.into());
+    signal_and_show(&state, &id, Input::Cancel { reason }).await
+}
+
+async fn shipping_address(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Json<Address>,
+) -> Result<HttpResponse, ApiError> {
+    let address = body.into_inner();
+    address.validate().map_err(ApiError::InvalidInput)?;
+    signal_and_show(&state, &id, Input::UpdateAddress(address)).await
+}
+
+async fn apply(state: &AppState, id: &str, input: Input) -> Result<Accepted, ApiError> {
+    Ok(state.registry.signal(id, None, input).await??)
+}
+
+async fn signal_and_show(
+    state: &AppState,
+    id: &str,
+    input: Input,
+) -> Result<HttpResponse, ApiError> {
+    apply(state, id, input).await?;
+    Ok(HttpResponse::Ok().json(state.view(id)?))
+}

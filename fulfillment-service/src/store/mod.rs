@@ -1,0 +1,60 @@
+//! Where fulfillments live between messages and across restarts.
+//!
+//! One small interface, [`Store`]: a transition and the events it causes
+//! are written in one transaction ([`Store::save`]), and the outbox half
+//! ([`OutboxStore`]) is what the relay publishes from. [`sqlite`] is the
+//! default implementation; PostgreSQL would implement the same trait.
+
+pub mod sqlite;
+
+use shared_messages::bus::outbox::OutboxStore;
+use shared_messages::bus::Route;
+use shared_messages::messages::FulfillmentStatus;
+use shared_messages::Envelope;
+
+use crate::workflow::Fulfillment;
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored state of {id} cannot be read: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("unsupported STORE_URL {0:?}: use sqlite://<path>")]
+    UnsupportedUrl(String),
+    #[error("cannot create the store directory {path}: {source}")]
+    Directory {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The fulfillment store.
+pub trait Store: OutboxStore {
+    /// One fulfillment, finished or not.
+    fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError>;
+    /// Stores `state` and appends `events` to the outbox, atomically.
+    fn save(&self, state: &Fulfillment, events: &[(Route, Envelope)]) -> Result<(), StoreError>;
+    /// Every fulfillment that has not reached a final status.
+    fn unfinished(&self) -> Result<Vec<Fulfillment>, StoreError>;
+    /// Newest first, optionally of one status.
+    fn list(
+        &self,
+        status: Option<FulfillmentStatus>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Fulfillment>, StoreError>;
+    /// The store answers.
+    fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store named by `url`.
+pub fn open(url: &str) -> Result<SqliteStore, StoreError> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .ok_or_else(|| StoreError::UnsupportedUrl(url.to_owned()))?;
+    SqliteStore::open(path)
+}

@@ -1,0 +1,321 @@
+//! The embedded SQLite store: one file, WAL journal, created on first start.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use shared_messages::bus::outbox::{OutboxMessage, OutboxStore};
+use shared_messages::bus::Route;
+use shared_messages::messages::FulfillmentStatus;
+use shared_messages::Envelope;
+
+use super::{Store, StoreError};
+use crate::workflow::Fulfillment;
+
+/// Schema versions, applied in order; `PRAGMA user_version` records how
+/// many have run. Append, never edit.
+const MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE fulfillments (
+        id         TEXT PRIMARY KEY,
+        order_id   TEXT NOT NULL,
+        status     TEXT NOT NULL,
+        finished   INTEGER NOT NULL,
+        state      TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX fulfillments_by_status ON fulfillments (status, created_at);
+    CREATE INDEX fulfillments_unfinished ON fulfillments (finished);
+    CREATE TABLE outbox (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        exchange    TEXT NOT NULL,
+        routing_key TEXT NOT NULL,
+        mandatory   INTEGER NOT NULL,
+        envelope    BLOB NOT NULL
+    );
+"#];
+
+/// How long a writer waits for a lock held by another connection.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its directory) and migrates.
+    pub fn open(path: &str) -> Result<Self, StoreError> {
+        let conn = if path == ":memory:" {
+            Connection::open_in_memory()?
+        } else {
+            if let Some(dir) = Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+            Connection::open(path)?
+        };
+        conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        migrate(&conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-done
+        // transaction behind (rusqlite rolls back on drop), so a poisoned
+        // lock is still safe to use.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let done: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let done = usize::try_from(done).unwrap_or(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn parse(id: &str, json: &str) -> Result<Fulfillment, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        id: id.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn rows_to_states(
+    rows: impl Iterator<Item = rusqlite::Result<(String, String)>>,
+) -> Result<Vec<Fulfillment>, StoreError> {
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, json) = row?;
+        out.push(parse(&id, &json)?);
+    }
+    Ok(out)
+}
+
+impl Store for SqliteStore {
+    fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
+        let conn = self.conn();
+        let json: Option<String> = conn
+            .query_row("SELECT state FROM fulfillments WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        json.map(|j| parse(id, &j)).transpose()
+    }
+
+    fn save(&self, state: &Fulfillment, events: &[(Route, Envelope)]) -> Result<(), StoreError> {
+        let json = serde_json::to_string(state).map_err(|e| StoreError::Corrupt {
+            id: state.id.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                 finished = excluded.finished, state = excluded.state,
+                 updated_at = excluded.updated_at",
+            params![
+                state.id,
+                state.order_id,
+                state.status.as_str(),
+                state.status.is_final(),
+                json,
+                state.created_at.to_rfc3339(),
+                state.updated_at.to_rfc3339(),
+            ],
+        )?;
+        for (route, envelope) in events {
+            tx.execute(
+                "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    route.exchange,
+                    route.routing_key,
+                    route.mandatory,
+                    envelope.to_json()
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn unfinished(&self) -> Result<Vec<Fulfillment>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, state FROM fulfillments WHERE finished = 0 ORDER BY created_at")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows_to_states(rows)
+    }
+
+    fn list(
+        &self,
+        status: Option<FulfillmentStatus>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<Vec<Fulfillment>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, state FROM fulfillments WHERE (?1 IS NULL OR status = ?1)
+             ORDER BY created_at DESC, id LIMIT ?2 OFFSET ?3",
+        )?;
+        let rows = stmt.query_map(params![status.map(|s| s.as_str()), limit, offset], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        rows_to_states(rows)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.conn().query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+impl OutboxStore for SqliteStore {
+    fn pending(&self, limit: usize) -> Result<Vec<OutboxMessage>, String> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(
+                "SELECT seq, exchange, routing_key, mandatory, envelope FROM outbox ORDER BY seq LIMIT ?1",
+            )
+            .map_err(|e| e.to_string())?;
+        let rows = stmt
+            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, bool>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, exchange, routing_key, mandatory, body) = row.map_err(|e| e.to_string())?;
+            let envelope = Envelope::from_json(&body)
+                .map_err(|e| format!("outbox row {seq} cannot be decoded: {e}"))?;
+            out.push(OutboxMessage {
+                seq,
+                route: Route::new(&exchange, &routing_key, mandatory),
+                envelope,
+            });
+        }
+        Ok(out)
+    }
+
+    fn remove(&self, seqs: &[i64]) -> Result<(), String> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| e.to_string())?;
+        {
+            let mut stmt = tx
+                .prepare("DELETE FROM outbox WHERE seq = ?1")
+                .map_err(|e| e.to_string())?;
+            for seq in seqs {
+                stmt.execute([seq]).map_err(|e| e.to_string())?;
+            }
+        }
+        tx.commit().map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::{create, decide, Input, Timing};
+    use chrono::Utc;
+    use shared_messages::messages::{Address, FulfillmentRequest, OrderItem};
+
+    fn request() -> FulfillmentRequest {
+        FulfillmentRequest {
+            order_id: "ORD-1".into(),
+            customer_id: "c".into(),
+            customer_name: None,
+            customer_email: None,
+            items: vec![OrderItem {
+                product_id: "p".into(),
+                product_name: "P".into(),
+                quantity: 1,
+                price: 1.0,
+            }],
+            shipping_address: Address {
+                street: "s".into(),
+                city: "c".into(),
+                state: "st".into(),
+                zip_code: "z".into(),
+                country: "co".into(),
+            },
+        }
+    }
+
+    const TIMING: Timing = Timing {
+        step_delay: std::time::Duration::ZERO,
+    };
+
+    #[test]
+    fn state_and_events_are_stored_together_and_survive_reopen() {
+        let dir = std::env::temp_dir().join(format!("fstore-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("nested").join("f.db");
+        let path = path.to_str().expect("utf-8 path");
+        {
+            let store = SqliteStore::open(path).expect("open");
+            let d = create("f-1", &Input::Start(request()), None, Utc::now(), TIMING);
+            let state = d.state.expect("created");
+            store.save(&state, &d.events).expect("save");
+            let d = decide(
+                &state,
+                &Input::Cancel { reason: "r".into() },
+                None,
+                Utc::now(),
+                TIMING,
+            );
+            store
+                .save(d.state.as_ref().expect("cancelled"), &d.events)
+                .expect("save");
+            let c = create("f-2", &Input::Start(request()), None, Utc::now(), TIMING);
+            store
+                .save(c.state.as_ref().expect("created"), &c.events)
+                .expect("save");
+        }
+        let store = SqliteStore::open(path).expect("reopen");
+        assert_eq!(
+            store.load("f-1").expect("load").map(|f| f.status),
+            Some(FulfillmentStatus::Cancelled)
+        );
+        assert_eq!(store.load("nope").expect("load"), None);
+        let unfinished: Vec<String> = store
+            .unfinished()
+            .expect("unfinished")
+            .into_iter()
+            .map(|f| f.id)
+            .collect();
+        assert_eq!(unfinished, vec!["f-2".to_owned()]);
+        let cancelled = store
+            .list(Some(FulfillmentStatus::Cancelled), 10, 0)
+            .expect("list");
+        assert_eq!(cancelled.len(), 1);
+        assert_eq!(store.list(None, 1, 1).expect("list").len(), 1);
+        let pending = store.pending(10).expect("pending");
+        assert_eq!(pending.len(), 3);
+        assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(pending[1].route.routing_key, "fulfillment.status.cancelled");
+        store.remove(&[pending[0].seq]).expect("remove");
+        assert_eq!(store.pending(10).expect("pending").len(), 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
