@@ -1,0 +1,213 @@
+//! One actix actor per open order, and the registry that finds them.
+//!
+//! The actor is a thin shell over [`crate::workflow`]: it feeds an input
+//! in, stores the new state together with the signals it causes (one
+//! transaction; the outbox relay publishes them), and only then performs
+//! the effects: arm a timer, take the next step, poll fulfillment. A
+//! finished order's actor stops; its final state stays in the store.
+
+mod registry;
+
+pub use registry::{ApplyError, Orders, Timings};
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use rand::Rng;
+use shared_messages::bus::Route;
+use shared_messages::messages::GetFulfillmentStatus;
+use shared_messages::{Envelope, Message as WireMessage};
+
+use crate::workflow::{self, Effect, Input, OrderState, Timer};
+use crate::{bus, inventory, payment};
+
+/// Wait before retrying a step whose state could not be stored.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+pub struct OrderActor {
+    state: OrderState,
+    orders: Orders,
+    polling: Option<SpawnHandle>,
+    poll_in_flight: bool,
+}
+
+/// Feed one input to the order; answers the new state or why not.
+#[derive(Message)]
+#[rtype(result = "Result<OrderState, ApplyError>")]
+pub struct Apply(pub Input);
+
+impl OrderActor {
+    pub fn new(state: OrderState, orders: Orders) -> Self {
+        Self {
+            state,
+            orders,
+            polling: None,
+            poll_in_flight: false,
+        }
+    }
+
+    fn apply(&mut self, input: Input, ctx: &mut Context<Self>) -> Result<OrderState, ApplyError> {
+        let transition =
+            workflow::handle(&self.state, input, Utc::now()).map_err(ApplyError::Rejected)?;
+        if !transition.changed {
+            return Ok(self.state.clone());
+        }
+        let outbox: Vec<(Route, Envelope)> = transition
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Signal(route, envelope) => Some((route.clone(), (**envelope).clone())),
+                _ => None,
+            })
+            .collect();
+        self.orders
+            .store()
+            .save(&transition.state, &outbox)
+            .map_err(ApplyError::Store)?;
+        if transition.state.status != self.state.status {
+            tracing::info!(
+                order_id = %self.state.order_id,
+                from = %self.state.status,
+                to = %transition.state.status,
+                "order transition"
+            );
+        }
+        self.state = transition.state;
+        if !outbox.is_empty() {
+            self.orders.outbox_signal().notify();
+        }
+        self.perform(transition.effects, ctx);
+        if self.state.status.is_final() {
+            ctx.stop();
+        }
+        Ok(self.state.clone())
+    }
+
+    /// Applies an input that nobody waits for (a timer's); when the store
+    /// fails, the step is tried again later.
+    fn apply_internal(&mut self, input: Input, ctx: &mut Context<Self>) {
+        match self.apply(input, ctx) {
+            Ok(_) | Err(ApplyError::Rejected(_)) => {}
+            Err(error) => {
+                tracing::error!(order_id = %self.state.order_id, %error, "step not stored; retrying");
+                ctx.run_later(STORE_RETRY, |act, ctx| {
+                    let effects = workflow::resume(&act.state);
+                    act.perform(effects, ctx);
+                });
+            }
+        }
+    }
+
+    fn perform(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        for effect in effects {
+            match effect {
+                Effect::Schedule(Timer::Inventory) => {
+                    ctx.run_later(self.orders.timings().inventory_delay, |act, ctx| {
+                        let result =
+                            inventory::reserve(&act.state.order_id, &act.state.details.items);
+                        act.apply_internal(Input::InventoryChecked(result), ctx);
+                    });
+                }
+                Effect::Schedule(Timer::Payment) => {
+                    ctx.run_later(self.orders.timings().payment_delay, |act, ctx| {
+                        let roll: f64 = rand::rng().random();
+                        let d = &act.state.details;
+                        let result = payment::charge(
+                            &act.state.order_id,
+                            &d.payment_method,
+                            d.total_amount(),
+                            act.orders.timings().payment_decline_rate,
+                            roll,
+                        );
+                        act.apply_internal(Input::PaymentProcessed(result), ctx);
+                    });
+                }
+                Effect::Advance => {
+                    ctx.run_later(Duration::ZERO, |act, ctx| {
+                        act.apply_internal(Input::Advance, ctx)
+                    });
+                }
+                // Stored in the outbox with the state; the relay sends it.
+                Effect::Signal(..) => {}
+                Effect::StartPolling => {
+                    if self.polling.is_none() {
+                        let every = self.orders.timings().poll_interval;
+                        self.polling = Some(ctx.run_interval(every, |act, ctx| act.poll(ctx)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reconciliation: asks fulfillment for its status. Events usually get
+    /// here first; this catches anything they missed. Timeouts are normal
+    /// while fulfillment-service is down and are ignored.
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        if self.poll_in_flight || !self.state.status.is_waiting_on_fulfillment() {
+            return;
+        }
+        let Some(fulfillment_id) = self.state.fulfillment_workflow_id.clone() else {
+            return;
+        };
+        let bus = self.orders.bus().clone();
+        if !bus.is_connected() {
+            return;
+        }
+        self.poll_in_flight = true;
+        let timeout = self.orders.timings().query_timeout;
+        let request = async move {
+            let envelope = Envelope::new(
+                fulfillment_id,
+                WireMessage::GetFulfillmentStatus(GetFulfillmentStatus {}),
+            );
+            bus.request(&bus::query_route(), &envelope, timeout, false)
+                .await
+        };
+        ctx.spawn(request.into_actor(self).map(|result, act, ctx| {
+            act.poll_in_flight = false;
+            match result {
+                Ok(reply) => match reply.message {
+                    WireMessage::FulfillmentStatusReply(view) => {
+                        let input = Input::Fulfillment {
+                            message_id: None,
+                            view,
+                            progress: None,
+                        };
+                        act.apply_internal(input, ctx);
+                    }
+                    WireMessage::QueryFailed(error) => {
+                        tracing::debug!(order_id = %act.state.order_id, ?error, "poll: fulfillment answered with an error");
+                    }
+                    other => {
+                        tracing::warn!(order_id = %act.state.order_id, reply = other.type_name(), "poll: unexpected reply");
+                    }
+                },
+                Err(error) => {
+                    tracing::debug!(order_id = %act.state.order_id, %error, "poll: no answer");
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for OrderActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let effects = workflow::resume(&self.state);
+        self.perform(effects, ctx);
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.orders.forget(&self.state.order_id, &ctx.address());
+    }
+}
+
+impl Handler<Apply> for OrderActor {
+    type Result = Result<OrderState, ApplyError>;
+
+    fn handle(&mut self, msg: Apply, ctx: &mut Self::Context) -> Self::Result {
+        self.apply(msg.0, ctx)
+    }
+}

@@ -1,0 +1,191 @@
+//! The registry: order id -> the address of its running actor.
+//!
+//! Only open orders have actors. A lookup that misses loads the order from
+//! the store and, when it is still open, spawns its actor (so an actor that
+//! stopped or was never started after a restart is brought back); finished
+//! orders are answered from the store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use actix::prelude::*;
+use chrono::Utc;
+use shared_messages::bus::outbox::OutboxSignal;
+use shared_messages::bus::Bus;
+
+use super::{Apply, OrderActor};
+use crate::store::{Store, StoreError};
+use crate::validation;
+use crate::workflow::{self, Input, OrderDetails, OrderState, Rejection};
+
+/// Step durations and intervals the actors use.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    pub inventory_delay: Duration,
+    pub payment_delay: Duration,
+    pub poll_interval: Duration,
+    pub query_timeout: Duration,
+    pub payment_decline_rate: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("no such order")]
+    NotFound,
+    #[error(transparent)]
+    Rejected(Rejection),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("the order's actor is restarting; try again")]
+    Unavailable,
+}
+
+struct Inner {
+    actors: Mutex<HashMap<String, Addr<OrderActor>>>,
+    arbiter: ArbiterHandle,
+    store: Arc<dyn Store>,
+    bus: Bus,
+    outbox: OutboxSignal,
+    timings: Timings,
+}
+
+/// Creates orders, finds their actors and feeds them. Cheap to clone.
+#[derive(Clone)]
+pub struct Orders {
+    inner: Arc<Inner>,
+}
+
+enum Lookup {
+    Running(Addr<OrderActor>),
+    Finished(Box<OrderState>),
+    Missing,
+}
+
+impl Orders {
+    /// Actors run on `arbiter` (the main system's), whoever creates them.
+    pub fn new(
+        arbiter: ArbiterHandle,
+        store: Arc<dyn Store>,
+        bus: Bus,
+        outbox: OutboxSignal,
+        timings: Timings,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                actors: Mutex::new(HashMap::new()),
+                arbiter,
+                store,
+                bus,
+                outbox,
+                timings,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+    pub fn outbox_signal(&self) -> &OutboxSignal {
+        &self.inner.outbox
+    }
+    pub fn timings(&self) -> &Timings {
+        &self.inner.timings
+    }
+
+    fn actors(&self) -> MutexGuard<'_, HashMap<String, Addr<OrderActor>>> {
+        self.inner.actors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Open orders with a running actor.
+    pub fn running(&self) -> usize {
+        self.actors().len()
+    }
+
+    fn spawn(&self, state: OrderState) -> Addr<OrderActor> {
+        let orders = self.clone();
+        OrderActor::start_in_arbiter(&self.inner.arbiter, move |_| OrderActor::new(state, orders))
+    }
+
+    /// Stores a new order and starts its saga.
+    pub fn create(&self, details: OrderDetails) -> Result<OrderState, StoreError> {
+        let now = Utc::now();
+        let state = loop {
+            let state = OrderState::new(&validation::new_order_id(now), details.clone(), now);
+            match self.inner.store.insert(&state) {
+                Ok(()) => break state,
+                // 36^9 ids per millisecond: a clash is vanishingly rare.
+                Err(StoreError::Duplicate(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let addr = self.spawn(state.clone());
+        self.actors().insert(state.order_id.clone(), addr);
+        tracing::info!(order_id = %state.order_id, "order created");
+        Ok(state)
+    }
+
+    /// Respawns every open order from the store, at its step.
+    pub fn recover(&self) -> Result<usize, StoreError> {
+        let open = self.inner.store.unfinished()?;
+        let count = open.len();
+        let mut actors = self.actors();
+        for state in open {
+            if !actors.contains_key(&state.order_id) {
+                let id = state.order_id.clone();
+                actors.insert(id, self.spawn(state));
+            }
+        }
+        Ok(count)
+    }
+
+    /// Called by an actor as it stops.
+    pub(super) fn forget(&self, order_id: &str, addr: &Addr<OrderActor>) {
+        let mut actors = self.actors();
+        if actors.get(order_id) == Some(addr) {
+            actors.remove(order_id);
+        }
+    }
+
+    fn lookup(&self, order_id: &str) -> Result<Lookup, StoreError> {
+        let mut actors = self.actors();
+        if let Some(addr) = actors.get(order_id).filter(|a| a.connected()) {
+            return Ok(Lookup::Running(addr.clone()));
+        }
+        match self.inner.store.get(order_id)? {
+            None => Ok(Lookup::Missing),
+            Some(state) if state.status.is_final() => Ok(Lookup::Finished(Box::new(state))),
+            Some(state) => {
+                let addr = self.spawn(state);
+                actors.insert(order_id.into(), addr.clone());
+                Ok(Lookup::Running(addr))
+            }
+        }
+    }
+
+    /// Feeds `input` to the order and answers its new state.
+    pub async fn apply(&self, order_id: &str, input: Input) -> Result<OrderState, ApplyError> {
+        for _ in 0..3 {
+            match self.lookup(order_id).map_err(ApplyError::Store)? {
+                Lookup::Missing => return Err(ApplyError::NotFound),
+                Lookup::Finished(state) => {
+                    // A finished order never changes: the pure workflow
+                    // says whether the input is refused or a no-op.
+                    return workflow::handle(&state, input, Utc::now())
+                        .map(|_| *state)
+                        .map_err(ApplyError::Rejected);
+                }
+                Lookup::Running(addr) => match addr.send(Apply(input.clone())).await {
+                    Ok(result) => return result,
+                    // It stopped between lookup and send (just finished):
+                    // look again.
+                    Err(_) => continue,
+                },
+            }
+        }
+        Err(ApplyError::Unavailable)
+    }
+}

@@ -1,0 +1,197 @@
+//! Typed settings from the environment (names as in DESIGN.md).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where orders are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite file; its directory is created when missing.
+    SqliteFile(PathBuf),
+    /// A throwaway in-memory SQLite database (`sqlite::memory:`), for tests.
+    SqliteMemory,
+}
+
+impl StoreLocation {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+            return Ok(Self::SqliteMemory);
+        }
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            if path.is_empty() {
+                return Err("STORE_URL names no file: use sqlite://./data/orders.db".into());
+            }
+            return Ok(Self::SqliteFile(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(
+                "STORE_URL: the PostgreSQL store is not available in this build; use sqlite://..."
+                    .into(),
+            );
+        }
+        Err("STORE_URL must start with sqlite://".into())
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    /// Holds the broker password: never printed (see the Debug impl).
+    pub amqp_url: String,
+    pub http_addr: String,
+    pub store: StoreLocation,
+    pub inventory_delay: Duration,
+    pub payment_delay: Duration,
+    pub poll_interval: Duration,
+    pub query_timeout: Duration,
+    pub payment_decline_rate: f64,
+    pub log_filter: String,
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("amqp_url", &redact(&self.amqp_url))
+            .field("http_addr", &self.http_addr)
+            .field("store", &self.store)
+            .field("inventory_delay", &self.inventory_delay)
+            .field("payment_delay", &self.payment_delay)
+            .field("poll_interval", &self.poll_interval)
+            .field("query_timeout", &self.query_timeout)
+            .field("payment_decline_rate", &self.payment_decline_rate)
+            .field("log_filter", &self.log_filter)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.into(),
+    }
+}
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+impl Config {
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests need not touch the process
+    /// environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let get = |name: &str, default: &str| lookup(name).unwrap_or_else(|| default.into());
+        let millis = |name: &str, default: u64| -> Result<Duration, String> {
+            match lookup(name) {
+                None => Ok(Duration::from_millis(default)),
+                Some(v) => v
+                    .trim()
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|_| {
+                        format!("{name} must be a whole number of milliseconds, got {v:?}")
+                    }),
+            }
+        };
+        let rate = match lookup("PAYMENT_DECLINE_RATE") {
+            None => 0.0,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => r,
+                _ => {
+                    return Err(format!(
+                        "PAYMENT_DECLINE_RATE must be a number from 0 to 1, got {v:?}"
+                    ))
+                }
+            },
+        };
+        let log_format = match get("LOG_FORMAT", "pretty").to_ascii_lowercase().as_str() {
+            "json" => LogFormat::Json,
+            "pretty" | "text" => LogFormat::Pretty,
+            other => return Err(format!("LOG_FORMAT must be json or pretty, got {other:?}")),
+        };
+        let query_timeout = millis("QUERY_TIMEOUT_MS", 5000)?;
+        if query_timeout.is_zero() {
+            return Err("QUERY_TIMEOUT_MS must be at least 1".into());
+        }
+        let poll_interval = millis("POLL_INTERVAL_MS", 5000)?;
+        if poll_interval.is_zero() {
+            return Err("POLL_INTERVAL_MS must be at least 1".into());
+        }
+        Ok(Self {
+            amqp_url: get("AMQP_URL", DEFAULT_AMQP_URL),
+            http_addr: get("HTTP_ADDR", "0.0.0.0:3232"),
+            store: StoreLocation::parse(&get("STORE_URL", "sqlite://./data/orders.db"))?,
+            inventory_delay: millis("INVENTORY_DELAY_MS", 1000)?,
+            payment_delay: millis("PAYMENT_DELAY_MS", 1000)?,
+            poll_interval,
+            query_timeout,
+            payment_decline_rate: rate,
+            log_filter: get("RUST_LOG", "info"),
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[]).expect("defaults are valid");
+        assert_eq!(c.http_addr, "0.0.0.0:3232");
+        assert_eq!(c.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(
+            c.store,
+            StoreLocation::SqliteFile("./data/orders.db".into())
+        );
+        assert_eq!(c.poll_interval, Duration::from_secs(5));
+        assert_eq!(c.payment_delay, Duration::from_secs(1));
+        assert_eq!(c.payment_decline_rate, 0.0);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        assert!(config(&[("PAYMENT_DELAY_MS", "soon")])
+            .expect_err("bad")
+            .contains("PAYMENT_DELAY_MS"));
+        assert!(config(&[("PAYMENT_DECLINE_RATE", "2")]).is_err());
+        assert!(config(&[("STORE_URL", "mysql://x")]).is_err());
+    }
+
+    #[test]
+    fn the_password_never_prints() {
+        let c = config(&[("AMQP_URL", "amqp://user:s3cret@host:5672/%2f")]).expect("valid");
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("user:***@host"), "{printed}");
+    }
+}

@@ -1,0 +1,275 @@
+//! `/orders`: create, list, status, progress, cancel, update, and the
+//! order's fulfillment pause and resume.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use shared_messages::ids::order_id_from_workflow_id;
+use shared_messages::messages::{PauseFulfillment, ResumeFulfillment};
+use shared_messages::Message;
+
+use super::views::{ProgressView, StatusView};
+use super::{optional_json, ApiError, AppState};
+use crate::actor::ApplyError;
+use crate::bus;
+use crate::validation::{demo_order, CreateOrder};
+use crate::workflow::{DetailsUpdate, Input, OrderDetails, OrderState, OrderStatus, Rejection};
+
+/// Most orders one list page returns.
+const MAX_PAGE: u32 = 100;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/orders", web::post().to(create))
+        .route("/orders", web::get().to(list))
+        .route("/orders/demo", web::post().to(create_demo))
+        .route("/orders/{workflow_id}/status", web::get().to(status))
+        .route("/orders/{workflow_id}/progress", web::get().to(progress))
+        .route(
+            "/orders/{workflow_id}/fulfillment/pause",
+            web::post().to(pause),
+        )
+        .route(
+            "/orders/{workflow_id}/fulfillment/resume",
+            web::post().to(resume),
+        )
+        .route("/orders/{workflow_id}", web::delete().to(cancel))
+        .route("/orders/{workflow_id}", web::patch().to(update));
+}
+
+/// Accepts `order-workflow-<orderId>` (as the original) or a bare order id.
+fn order_id(workflow_id: &str) -> &str {
+    order_id_from_workflow_id(workflow_id).unwrap_or(workflow_id)
+}
+
+fn load(state: &AppState, workflow_id: &str) -> Result<OrderState, ApiError> {
+    state
+        .orders
+        .store()
+        .get(order_id(workflow_id))
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::NotFound(format!("no order with workflow id {workflow_id}")))
+}
+
+fn require_broker(state: &AppState) -> Result<(), ApiError> {
+    if state.orders.bus().is_connected() {
+        Ok(())
+    } else {
+        Err(ApiError::BrokerUnavailable)
+    }
+}
+
+fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse, ApiError> {
+    require_broker(state)?;
+    let order = state.orders.create(details).map_err(ApiError::internal)?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "orderId": order.order_id,
+        "workflowId": order.workflow_id,
+        "message": "Order created successfully",
+    })))
+}
+
+async fn create(
+    state: web::Data<AppState>,
+    body: web::Json<CreateOrder>,
+) -> Result<HttpResponse, ApiError> {
+    let details = body
+        .into_inner()
+        .validate()
+        .map_err(ApiError::InvalidField)?;
+    created(&state, details)
+}
+
+async fn create_demo(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    created(&state, demo_order())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    status: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u64>,
+}
+
+async fn list(
+    state: web::Data<AppState>,
+    params: web::Query<ListParams>,
+) -> Result<HttpResponse, ApiError> {
+    let status = match params.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(OrderStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| {
+            let known: Vec<&str> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::InvalidParameter(format!(
+                "unknown status {s:?}; expected one of {}",
+                known.join(", ")
+            ))
+        })?),
+    };
+    let limit = params.limit.unwrap_or(20);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::InvalidParameter(format!(
+            "limit must be from 1 to {MAX_PAGE}"
+        )));
+    }
+    let offset = params.offset.unwrap_or(0);
+    let page = state
+        .orders
+        .store()
+        .list(status, limit, offset)
+        .map_err(ApiError::internal)?;
+    let orders: Vec<StatusView> = page.orders.iter().map(StatusView::from).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "orders": orders,
+        "total": page.total,
+        "limit": limit,
+        "offset": offset,
+    })))
+}
+
+async fn status(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let order = load(&state, &path)?;
+    Ok(HttpResponse::Ok().json(StatusView::from(&order)))
+}
+
+async fn progress(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let order = load(&state, &path)?;
+    Ok(HttpResponse::Ok().json(ProgressView::from(&order)))
+}
+
+async fn pause(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    control(
+        &state,
+        &path,
+        Message::PauseFulfillment(PauseFulfillment {}),
+        "Fulfillment paused",
+    )
+    .await
+}
+
+async fn resume(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    control(
+        &state,
+        &path,
+        Message::ResumeFulfillment(ResumeFulfillment {}),
+        "Fulfillment resumed",
+    )
+    .await
+}
+
+/// Sends pause or resume to the order's fulfillment and answers its verdict.
+async fn control(
+    state: &AppState,
+    workflow_id: &str,
+    signal: Message,
+    done: &str,
+) -> Result<HttpResponse, ApiError> {
+    let order = load(state, workflow_id)?;
+    let Some(fulfillment_id) = order.fulfillment_workflow_id.clone() else {
+        return Err(ApiError::Conflict(format!(
+            "fulfillment has not started yet; the order is in {}",
+            order.status
+        )));
+    };
+    require_broker(state)?;
+    let reply = bus::signal_with_reply(
+        state.orders.bus(),
+        &fulfillment_id,
+        signal,
+        state.query_timeout,
+    )
+    .await
+    .map_err(|e| ApiError::from_bus(e, state.timeout_ms(), true))?;
+    match reply.message {
+        Message::SignalReply(r) if r.accepted => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "message": done,
+            "fulfillmentWorkflowId": fulfillment_id,
+            "status": r.status,
+        }))),
+        Message::SignalReply(r) => Err(match r.error {
+            // The order knows its fulfillment is coming; until fulfillment
+            // has it, this is a state conflict, not a missing resource.
+            Some(e) => ApiError::Conflict(e.message),
+            None => ApiError::Conflict(format!("fulfillment {fulfillment_id} refused the signal")),
+        }),
+        Message::QueryFailed(e) => Err(ApiError::from_reply(e)),
+        other => Err(ApiError::BadReply(format!(
+            "fulfillment-service answered {} to a signal",
+            other.type_name()
+        ))),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: Option<String>,
+}
+
+fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
+    match error {
+        ApplyError::NotFound => {
+            ApiError::NotFound(format!("no order with workflow id {workflow_id}"))
+        }
+        ApplyError::Rejected(Rejection::Invalid(m)) => ApiError::InvalidField(m),
+        ApplyError::Rejected(r) => ApiError::Conflict(r.to_string()),
+        ApplyError::Store(e) => ApiError::internal(e),
+        ApplyError::Unavailable => ApiError::Unavailable(ApplyError::Unavailable.to_string()),
+    }
+}
+
+async fn cancel(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: Result<web::Bytes, actix_web::Error>,
+) -> Result<HttpResponse, ApiError> {
+    let body: CancelBody = optional_json(body)?.unwrap_or_default();
+    require_broker(&state)?;
+    let order = state
+        .orders
+        .apply(
+            order_id(&path),
+            Input::Cancel {
+                reason: body.reason,
+            },
+        )
+        .await
+        .map_err(|e| apply_error(&path, e))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "message": "Order cancelled",
+        "orderId": order.order_id,
+        "workflowId": order.workflow_id,
+        "status": order.status,
+        "cancellationReason": order.cancellation_reason,
+    })))
+}
+
+async fn update(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: web::Json<DetailsUpdate>,
+) -> Result<HttpResponse, ApiError> {
+    let update = body.into_inner();
+    if update == DetailsUpdate::default() {
+        return Err(ApiError::InvalidField(
+            "nothing to change: send customerEmail, customerName or shippingAddress".into(),
+        ));
+    }
+    require_broker(&state)?;
+    let order = state
+        .orders
+        .apply(order_id(&path), Input::UpdateDetails(update))
+        .await
+        .map_err(|e| apply_error(&path, e))?;
+    Ok(HttpResponse::Ok().json(StatusView::from(&order)))
+}

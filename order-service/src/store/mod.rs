@@ -1,0 +1,53 @@
+//! Where orders live: one small interface, SQLite behind it.
+//!
+//! Each order is one row: its id, status, whether it is finished, and its
+//! whole state as JSON. Signals an order sends are written to the outbox
+//! table in the same transaction as the state that caused them; the
+//! outbox relay (`shared_messages::bus::outbox`) publishes and removes them.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use shared_messages::bus::outbox::OutboxStore;
+use shared_messages::bus::Route;
+use shared_messages::Envelope;
+
+use crate::workflow::{OrderState, OrderStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("order {0} already exists")]
+    Duplicate(String),
+    #[error("store error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("stored order {id} cannot be read: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("cannot open the store: {0}")]
+    Open(String),
+}
+
+/// One page of orders, newest first.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub orders: Vec<OrderState>,
+    pub total: u64,
+}
+
+pub trait Store: OutboxStore {
+    /// Stores a new order; fails with `Duplicate` when the id is taken.
+    fn insert(&self, state: &OrderState) -> Result<(), StoreError>;
+    /// Stores a transition and the signals it causes, atomically.
+    fn save(&self, state: &OrderState, outbox: &[(Route, Envelope)]) -> Result<(), StoreError>;
+    fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError>;
+    fn list(
+        &self,
+        status: Option<OrderStatus>,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Page, StoreError>;
+    /// Every order that is not shipped, cancelled or failed.
+    fn unfinished(&self) -> Result<Vec<OrderState>, StoreError>;
+    /// Succeeds when the store answers.
+    fn ping(&self) -> Result<(), StoreError>;
+}

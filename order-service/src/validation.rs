@@ -1,0 +1,239 @@
+//! Order ids and the checks on what customers send.
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Deserialize;
+use shared_messages::messages::{Address, OrderItem};
+
+use crate::workflow::OrderDetails;
+
+/// Characters of the random part of an order id.
+const ID_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+/// Longest string accepted in any field, so one order cannot bloat the store.
+const MAX_FIELD: usize = 500;
+/// Most lines in one order.
+const MAX_ITEMS: usize = 200;
+
+/// `ORD-<epoch millis>-<9 uppercase alphanumerics>`, as in the original.
+pub fn new_order_id(now: DateTime<Utc>) -> String {
+    let mut rng = rand::rng();
+    let suffix: String = (0..9)
+        .map(|_| char::from(ID_ALPHABET[rng.random_range(0..ID_ALPHABET.len())]))
+        .collect();
+    format!("ORD-{}-{suffix}", now.timestamp_millis())
+}
+
+/// The body of `POST /orders`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateOrder {
+    pub customer_id: String,
+    pub customer_email: String,
+    pub customer_name: String,
+    pub items: Vec<OrderItem>,
+    pub shipping_address: Address,
+    pub payment_method: String,
+}
+
+impl CreateOrder {
+    /// Checks every field; the error names the first wrong one.
+    pub fn validate(self) -> Result<OrderDetails, String> {
+        not_empty("customerId", &self.customer_id)?;
+        email(&self.customer_email)?;
+        not_empty("customerName", &self.customer_name)?;
+        not_empty("paymentMethod", &self.payment_method)?;
+        if self.items.is_empty() {
+            return Err("items must contain at least one item".into());
+        }
+        if self.items.len() > MAX_ITEMS {
+            return Err(format!("items must not have more than {MAX_ITEMS} lines"));
+        }
+        for (i, item) in self.items.iter().enumerate() {
+            not_empty(&format!("items[{i}].productId"), &item.product_id)?;
+            not_empty(&format!("items[{i}].productName"), &item.product_name)?;
+            if item.quantity == 0 {
+                return Err(format!("items[{i}].quantity must be at least 1"));
+            }
+            if !item.price.is_finite() || item.price < 0.0 {
+                return Err(format!("items[{i}].price must not be negative"));
+            }
+        }
+        let a = &self.shipping_address;
+        for (name, value) in [
+            ("street", &a.street),
+            ("city", &a.city),
+            ("state", &a.state),
+            ("zipCode", &a.zip_code),
+            ("country", &a.country),
+        ] {
+            if value.len() > MAX_FIELD {
+                return Err(format!(
+                    "shippingAddress.{name} is longer than {MAX_FIELD} characters"
+                ));
+            }
+        }
+        a.validate().map_err(|e| format!("shippingAddress: {e}"))?;
+        Ok(OrderDetails {
+            customer_id: self.customer_id,
+            customer_email: self.customer_email,
+            customer_name: self.customer_name,
+            items: self.items,
+            shipping_address: self.shipping_address,
+            payment_method: self.payment_method,
+        })
+    }
+}
+
+fn not_empty(field: &str, value: &str) -> Result<(), String> {
+    if value.trim().is_empty() {
+        return Err(format!("{field} must not be empty"));
+    }
+    if value.len() > MAX_FIELD {
+        return Err(format!("{field} is longer than {MAX_FIELD} characters"));
+    }
+    Ok(())
+}
+
+/// A plausible email address: one `@`, something before it, a dotted
+/// domain after it, no spaces.
+pub fn email(value: &str) -> Result<(), String> {
+    let bad = || {
+        Err(format!(
+            "customerEmail is not a valid email address: {value:?}"
+        ))
+    };
+    if value.len() > MAX_FIELD || value.chars().any(char::is_whitespace) {
+        return bad();
+    }
+    let Some((local, domain)) = value.split_once('@') else {
+        return bad();
+    };
+    if local.is_empty()
+        || domain.contains('@')
+        || !domain.contains('.')
+        || domain.starts_with('.')
+        || domain.ends_with('.')
+    {
+        return bad();
+    }
+    Ok(())
+}
+
+/// The original demo's order.
+pub fn demo_order() -> OrderDetails {
+    OrderDetails {
+        customer_id: "demo-customer-001".into(),
+        customer_email: "demo@example.com".into(),
+        customer_name: "Demo Customer".into(),
+        items: vec![
+            OrderItem {
+                product_id: "product-1".into(),
+                product_name: "Wireless Headphones".into(),
+                quantity: 2,
+                price: 29.99,
+            },
+            OrderItem {
+                product_id: "product-2".into(),
+                product_name: "Smart Watch".into(),
+                quantity: 1,
+                price: 79.99,
+            },
+        ],
+        shipping_address: Address {
+            street: "123 Main St".into(),
+            city: "Anytown".into(),
+            state: "CA".into(),
+            zip_code: "12345".into(),
+            country: "USA".into(),
+        },
+        payment_method: "credit_card".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body() -> serde_json::Value {
+        serde_json::json!({
+            "customerId": "c1", "customerEmail": "a@b.co", "customerName": "A",
+            "items": [{"productId": "product-1", "productName": "P", "quantity": 1, "price": 1.5}],
+            "shippingAddress": {"street": "s", "city": "c", "state": "st", "zipCode": "z", "country": "US"},
+            "paymentMethod": "credit_card"
+        })
+    }
+
+    fn check(body: serde_json::Value) -> Result<OrderDetails, String> {
+        serde_json::from_value::<CreateOrder>(body)
+            .map_err(|e| e.to_string())?
+            .validate()
+    }
+
+    #[test]
+    fn order_ids_have_the_original_shape() {
+        let now = Utc::now();
+        let id = new_order_id(now);
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts[0], "ORD");
+        assert_eq!(parts[1], now.timestamp_millis().to_string());
+        assert_eq!(parts[2].len(), 9);
+        assert!(parts[2].bytes().all(|b| ID_ALPHABET.contains(&b)), "{id}");
+        assert_ne!(new_order_id(now), new_order_id(now));
+    }
+
+    #[test]
+    fn a_good_body_passes() {
+        let d = check(body()).expect("valid");
+        assert_eq!(d.items.len(), 1);
+        assert!(check(serde_json::to_value(demo_order_body()).expect("json")).is_ok());
+    }
+
+    fn demo_order_body() -> serde_json::Value {
+        let d = demo_order();
+        serde_json::json!({
+            "customerId": d.customer_id, "customerEmail": d.customer_email,
+            "customerName": d.customer_name, "items": d.items,
+            "shippingAddress": d.shipping_address, "paymentMethod": d.payment_method
+        })
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: [(&str, serde_json::Value, &str); 6] = [
+            ("/items", serde_json::json!([]), "items"),
+            (
+                "/items/0/quantity",
+                serde_json::json!(0),
+                "items[0].quantity",
+            ),
+            ("/items/0/price", serde_json::json!(-1.0), "items[0].price"),
+            (
+                "/customerEmail",
+                serde_json::json!("not-an-email"),
+                "customerEmail",
+            ),
+            ("/shippingAddress/city", serde_json::json!(" "), "city"),
+            ("/customerId", serde_json::json!(""), "customerId"),
+        ];
+        for (pointer, value, named) in cases {
+            let mut b = body();
+            *b.pointer_mut(pointer).expect("pointer exists") = value;
+            let err = check(b).expect_err(pointer);
+            assert!(err.contains(named), "{pointer}: {err}");
+        }
+    }
+
+    #[test]
+    fn emails() {
+        for ok in ["a@b.co", "first.last+tag@example.org"] {
+            assert!(email(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "a", "@b.co", "a@b", "a@@b.co", "a b@c.de", "a@.co", "a@co.",
+        ] {
+            assert!(email(bad).is_err(), "{bad}");
+        }
+    }
+}
