@@ -103,7 +103,11 @@ pub fn handle_signal(
                 send_reply(&bus, &to, &fulfillment_id, Message::SignalReply(answer)).await;
                 Outcome::Ack
             }
-            (Err(error), None) if error.code != ReplyErrorCode::Conflict => {
+            // Nothing to act on, and nobody to tell: the operator's turn.
+            (Err(error), None) if error.code == ReplyErrorCode::NotFound => {
+                Outcome::DeadLetter(error.message.clone())
+            }
+            (Err(error), None) if error.code == ReplyErrorCode::Invalid => {
                 Outcome::DeadLetter(format!("{message_type} rejected: {}", error.message))
             }
             (Err(error), None) => {

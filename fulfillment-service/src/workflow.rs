@@ -214,8 +214,15 @@ pub fn decide(
                 return Decision::unchanged(Err(ReplyError::invalid(why)));
             }
             next.order_id = request.order_id.clone();
-            next.shipping_address = Some(request.shipping_address.clone());
-            next.request = Some(request.clone());
+            // An address changed while waiting wins over the order's.
+            let address = state
+                .shipping_address
+                .clone()
+                .unwrap_or_else(|| request.shipping_address.clone());
+            let mut request = request.clone();
+            request.shipping_address = address.clone();
+            next.shipping_address = Some(address);
+            next.request = Some(request);
             next.status = S::Picking;
         }
         Input::Pause => match status {
