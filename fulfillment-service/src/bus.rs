@@ -18,6 +18,7 @@ use shared_messages::bus::{Bus, BusConfig, Incoming, Outcome, ReplyTo};
 use shared_messages::messages::{ReplyError, ReplyErrorCode, SignalReply};
 use shared_messages::topology::{self, FULFILLMENT_QUERIES_QUEUE, FULFILLMENT_SIGNALS_QUEUE};
 use shared_messages::{Envelope, Message};
+use tracing::Instrument;
 
 use crate::actor::Registry;
 use crate::workflow::Input;
@@ -69,7 +70,10 @@ pub fn handle_signal(
     incoming: Incoming,
 ) -> BoxFuture<'static, Outcome> {
     let Incoming {
-        envelope, reply_to, ..
+        envelope,
+        reply_to,
+        redelivered: incoming_redelivered,
+        ..
     } = incoming;
     let message_type = envelope.message_type();
     let input = match input_of(envelope.message) {
@@ -78,8 +82,15 @@ pub fn handle_signal(
     };
     let fulfillment_id = envelope.entity_id;
     let message_id = envelope.message_id;
+    let span = tracing::info_span!(
+        "signal",
+        fulfillment_id = %fulfillment_id,
+        message_id = %message_id,
+        message_type,
+        redelivered = incoming_redelivered,
+    );
     // Enqueued now, in delivery order.
-    let outcome = registry.signal(&fulfillment_id, Some(message_id), input);
+    let outcome = span.in_scope(|| registry.signal(&fulfillment_id, Some(message_id), input));
     let bus = bus.clone();
     let registry = registry.clone();
     async move {
@@ -117,6 +128,7 @@ pub fn handle_signal(
             (Ok(_), None) => Outcome::Ack,
         }
     }
+    .instrument(span)
     .boxed()
 }
 
@@ -148,6 +160,12 @@ pub fn handle_query(
         }
     };
     let fulfillment_id = envelope.entity_id;
+    let span = tracing::debug_span!(
+        "query",
+        fulfillment_id = %fulfillment_id,
+        message_id = %envelope.message_id,
+        progress,
+    );
     let loaded = registry.load(&fulfillment_id);
     let timing = registry.timing();
     let bus = bus.clone();
@@ -165,6 +183,7 @@ pub fn handle_query(
         send_reply(&bus, &to, &fulfillment_id, answer).await;
         Outcome::Ack
     }
+    .instrument(span)
     .boxed()
 }
 

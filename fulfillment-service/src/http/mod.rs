@@ -80,3 +80,256 @@ fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
 fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
     ApiError::InvalidInput(format!("bad query string: {err}")).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use actix_web::{test, App};
+    use serde_json::{json, Value};
+    use shared_messages::bus::outbox::OutboxSignal;
+    use shared_messages::bus::BusConfig;
+    use shared_messages::topology::Topology;
+
+    use super::*;
+    use crate::actor::Deps;
+    use crate::store::SqliteStore;
+    use crate::workflow::Timing;
+
+    /// Handlers over an in-memory store and a bus that never connects;
+    /// steps take a minute, so nothing moves during a test.
+    fn state() -> web::Data<AppState> {
+        let deps = Deps {
+            store: Arc::new(SqliteStore::open(":memory:").expect("in-memory store")),
+            outbox: OutboxSignal::new(),
+            timing: Timing {
+                step_delay: Duration::from_secs(60),
+            },
+        };
+        let registry = Registry::new(deps, actix::System::current().arbiter().clone());
+        let bus = Bus::new(BusConfig::new(
+            "amqp://127.0.0.1:1/%2f",
+            "http-test",
+            Topology::default(),
+        ));
+        web::Data::new(AppState { registry, bus })
+    }
+
+    fn order(order_id: &str) -> Value {
+        json!({
+            "orderId": order_id,
+            "customerId": "c-1",
+            "items": [{"productId": "p-1", "productName": "Widget", "quantity": 2, "price": 9.5}],
+            "shippingAddress": {"street": "1 Main St", "city": "Springfield", "state": "IL",
+                                "zipCode": "62701", "country": "USA"}
+        })
+    }
+
+    macro_rules! call {
+        ($app:expr, $req:expr) => {{
+            let response = test::call_service(&$app, $req.to_request()).await;
+            let status = response.status().as_u16();
+            let body: Value = test::read_body_json(response).await;
+            (status, body)
+        }};
+    }
+
+    #[actix_web::test]
+    async fn the_lifecycle_over_http() {
+        let app = test::init_service(App::new().app_data(state()).configure(configure)).await;
+        let (code, body) = call!(
+            app,
+            test::TestRequest::post()
+                .uri("/fulfillments")
+                .set_json(order("ORD-1"))
+        );
+        assert_eq!(code, 201, "{body}");
+        assert_eq!(body["fulfillmentWorkflowId"], "fulfillment-ORD-1");
+        assert_eq!(body["status"], "PICKING");
+        let (code, _) = call!(
+            app,
+            test::TestRequest::post()
+                .uri("/fulfillments")
+                .set_json(order("ORD-1"))
+        );
+        assert_eq!(code, 200, "idempotent");
+
+        let (code, body) = call!(
+            app,
+            test::TestRequest::get().uri("/fulfillments/fulfillment-ORD-1/progress")
+        );
+        assert_eq!(code, 200);
+        assert_eq!(
+            (
+                &body["currentStep"],
+                &body["totalSteps"],
+                &body["percentage"]
+            ),
+            (&json!(1), &json!(5), &json!(0))
+        );
+
+        for _ in 0..2 {
+            let (code, body) = call!(
+                app,
+                test::TestRequest::post().uri("/fulfillments/fulfillment-ORD-1/pause")
+            );
+            assert_eq!((code, &body["status"]), (200, &json!("PAUSED")), "{body}");
+        }
+        let (code, body) = call!(
+            app,
+            test::TestRequest::post().uri("/fulfillments/fulfillment-ORD-1/resume")
+        );
+        assert_eq!((code, &body["status"]), (200, &json!("PICKING")), "{body}");
+
+        let (code, body) = call!(
+            app,
+            test::TestRequest::patch()
+                .uri("/fulfillments/fulfillment-ORD-1/shipping-address")
+                .set_json(json!({"street": "2 New St", "city": "a", "state": "b", "zipCode": "c", "country": "d"}))
+        );
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["shippingAddress"]["street"], "2 New St");
+
+        let (code, body) = call!(
+            app,
+            test::TestRequest::post().uri("/fulfillments/fulfillment-ORD-1/cancel")
+        );
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["status"], "CANCELLED");
+        assert_eq!(
+            body["cancellationReason"],
+            "cancelled through the fulfillment API"
+        );
+        let (code, body) = call!(
+            app,
+            test::TestRequest::post().uri("/fulfillments/fulfillment-ORD-1/pause")
+        );
+        assert_eq!((code, &body["error"]), (409, &json!("conflict")), "{body}");
+
+        let (code, body) = call!(
+            app,
+            test::TestRequest::get().uri("/fulfillments?status=cancelled")
+        );
+        assert_eq!(code, 200);
+        assert_eq!(
+            body["fulfillments"].as_array().map(Vec::len),
+            Some(1),
+            "{body}"
+        );
+    }
+
+    #[actix_web::test]
+    async fn bad_input_answers_json_errors() {
+        let app = test::init_service(App::new().app_data(state()).configure(configure)).await;
+        let cases = [
+            (
+                test::TestRequest::post()
+                    .uri("/fulfillments")
+                    .insert_header(("content-type", "application/json"))
+                    .set_payload("{oops"),
+                400,
+                "invalid_body",
+            ),
+            (
+                test::TestRequest::post()
+                    .uri("/fulfillments")
+                    .set_json(json!({"orderId": "x"})),
+                400,
+                "invalid_input",
+            ),
+            (
+                test::TestRequest::post()
+                    .uri("/fulfillments")
+                    .set_json(json!({"orderId": 5})),
+                400,
+                "invalid_input",
+            ),
+            (
+                test::TestRequest::post()
+                    .uri("/fulfillments")
+                    .insert_header(("content-type", "text/plain"))
+                    .set_payload("hi"),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                test::TestRequest::post()
+                    .uri("/fulfillments")
+                    .insert_header(("content-type", "application/json"))
+                    .set_payload(vec![b' '; BODY_LIMIT + 1]),
+                413,
+                "payload_too_large",
+            ),
+            (
+                test::TestRequest::get().uri("/fulfillments?status=LOST"),
+                400,
+                "invalid_input",
+            ),
+            (
+                test::TestRequest::get().uri("/fulfillments?limit=-1"),
+                400,
+                "invalid_input",
+            ),
+            (
+                test::TestRequest::get().uri("/fulfillments?limit=0"),
+                400,
+                "invalid_input",
+            ),
+            (
+                test::TestRequest::get().uri("/fulfillments/nope/status"),
+                404,
+                "not_found",
+            ),
+            (
+                test::TestRequest::post().uri("/fulfillments/nope/resume"),
+                404,
+                "not_found",
+            ),
+            (
+                test::TestRequest::post()
+                    .uri("/fulfillments/nope/cancel")
+                    .insert_header(("content-type", "application/json"))
+                    .set_payload("[1"),
+                400,
+                "invalid_body",
+            ),
+            (
+                test::TestRequest::get().uri("/no/such/route"),
+                404,
+                "not_found",
+            ),
+            (test::TestRequest::get().uri("/readyz"), 503, "not_ready"),
+        ];
+        for (request, want_code, want_error) in cases {
+            let (code, body) = call!(app, request);
+            assert_eq!(
+                (code, body["error"].as_str()),
+                (want_code, Some(want_error)),
+                "{body}"
+            );
+            assert!(
+                body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{body}"
+            );
+        }
+        let mut empty = order("ORD-2");
+        empty["items"] = json!([]);
+        let (code, body) = call!(
+            app,
+            test::TestRequest::post()
+                .uri("/fulfillments")
+                .set_json(empty)
+        );
+        assert_eq!(code, 400);
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("items"),
+            "{body}"
+        );
+        let (code, body) = call!(app, test::TestRequest::get().uri("/healthz"));
+        assert_eq!((code, body), (200, json!({"status": "ok"})));
+    }
+}
