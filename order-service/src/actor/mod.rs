@@ -10,7 +10,7 @@ mod registry;
 
 pub use registry::{ApplyError, Orders, Timings};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use chrono::Utc;
@@ -30,6 +30,8 @@ pub struct OrderActor {
     orders: Orders,
     polling: Option<SpawnHandle>,
     poll_in_flight: bool,
+    /// When fulfillment last told this order something (event or poll).
+    last_heard: Option<Instant>,
 }
 
 /// Feed one input to the order; answers the new state or why not.
@@ -44,10 +46,14 @@ impl OrderActor {
             orders,
             polling: None,
             poll_in_flight: false,
+            last_heard: None,
         }
     }
 
     fn apply(&mut self, input: Input, ctx: &mut Context<Self>) -> Result<OrderState, ApplyError> {
+        if matches!(input, Input::Fulfillment { .. }) {
+            self.last_heard = Some(Instant::now());
+        }
         let transition =
             workflow::handle(&self.state, input, Utc::now()).map_err(ApplyError::Rejected)?;
         if !transition.changed {
@@ -133,7 +139,13 @@ impl OrderActor {
                 Effect::StartPolling => {
                     if self.polling.is_none() {
                         let every = self.orders.timings().poll_interval;
-                        self.polling = Some(ctx.run_interval(every, |act, ctx| act.poll(ctx)));
+                        // A random first delay spreads the polls of many
+                        // orders (e.g. all recovered at once) over the interval.
+                        let first = every.mul_f64(rand::rng().random_range(0.5..1.0));
+                        self.polling = Some(ctx.run_later(first, move |act, ctx| {
+                            act.poll(ctx);
+                            act.polling = Some(ctx.run_interval(every, |act, ctx| act.poll(ctx)));
+                        }));
                     }
                 }
             }
@@ -145,6 +157,17 @@ impl OrderActor {
     /// while fulfillment-service is down and are ignored.
     fn poll(&mut self, ctx: &mut Context<Self>) {
         if self.poll_in_flight || !self.state.status.is_waiting_on_fulfillment() {
+            return;
+        }
+        // Events keep the order current; poll only when they have been
+        // quiet for half an interval or more (a paused fulfillment, lost events,
+        // fulfillment-service down). This keeps polling cheap with many
+        // open orders.
+        let interval = self.orders.timings().poll_interval;
+        if self
+            .last_heard
+            .is_some_and(|at| at.elapsed() < interval / 2)
+        {
             return;
         }
         let Some(fulfillment_id) = self.state.fulfillment_workflow_id.clone() else {

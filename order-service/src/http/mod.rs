@@ -2,12 +2,13 @@
 //!
 //! One module per resource, each with `configure`: [`orders`] (the order
 //! routes), [`fulfillment`] (fulfillment by its id, through RabbitMQ),
-//! [`health`]. Every error is JSON (see [`error`]), including malformed
+//! [`health`], [`meta`] (`/metrics`, `/openapi.json`). Every error is JSON (see [`error`]), including malformed
 //! bodies, bad path or query parameters and unknown routes.
 
 pub mod error;
 pub mod fulfillment;
 pub mod health;
+pub mod meta;
 pub mod orders;
 pub mod views;
 
@@ -46,6 +47,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(web::PathConfig::default().error_handler(path_error))
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .configure(health::configure)
+    .configure(meta::configure)
     // fulfillment routes first: `/orders/fulfillment/...` is not an order id
     .configure(fulfillment::configure)
     .configure(orders::configure)
@@ -100,4 +102,124 @@ pub fn optional_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(|e| ApiError::InvalidBody(format!("invalid JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use actix_web::{test, App};
+    use serde_json::Value;
+    use shared_messages::bus::outbox::OutboxSignal;
+    use shared_messages::bus::{Bus, BusConfig};
+
+    use super::*;
+    use crate::actor::Timings;
+    use crate::config::StoreLocation;
+    use crate::store::{SqliteStore, Store};
+
+    /// The app over an in-memory store and a bus that never connects.
+    fn state() -> web::Data<AppState> {
+        let store =
+            Arc::new(SqliteStore::open(&StoreLocation::SqliteMemory).expect("memory store"));
+        let bus = Bus::new(BusConfig::new(
+            "amqp://127.0.0.1:1/%2f",
+            "order-service-test",
+            shared_messages::topology::order_service(),
+        ));
+        let timings = Timings {
+            inventory_delay: Duration::from_secs(60),
+            payment_delay: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(60),
+            query_timeout: Duration::from_millis(100),
+            payment_decline_rate: 0.0,
+        };
+        let orders = Orders::new(
+            actix::Arbiter::current(),
+            store as Arc<dyn Store>,
+            bus,
+            OutboxSignal::new(),
+            timings,
+        );
+        web::Data::new(AppState {
+            orders,
+            query_timeout: Duration::from_millis(100),
+        })
+    }
+
+    async fn call(req: test::TestRequest) -> (u16, Value) {
+        let app = test::init_service(App::new().app_data(state()).configure(configure)).await;
+        let res = test::call_service(&app, req.to_request()).await;
+        let code = res.status().as_u16();
+        let body = test::read_body(res).await;
+        (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    #[actix_web::test]
+    async fn malformed_and_oversized_bodies_answer_json() {
+        let (code, body) = call(
+            test::TestRequest::post()
+                .uri("/orders")
+                .insert_header(("content-type", "application/json"))
+                .set_payload("{nope"),
+        )
+        .await;
+        assert_eq!((code, body["error"].as_str()), (400, Some("invalid_body")));
+        let (code, body) = call(
+            test::TestRequest::post()
+                .uri("/orders")
+                .insert_header(("content-type", "application/json"))
+                .set_payload(vec![b' '; MAX_BODY_BYTES + 1]),
+        )
+        .await;
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (413, Some("payload_too_large"))
+        );
+        let (code, body) = call(
+            test::TestRequest::delete()
+                .uri("/orders/order-workflow-ORD-1-X")
+                .insert_header(("content-type", "application/json"))
+                .set_payload("{\"reason\": 3}"),
+        )
+        .await;
+        assert_eq!((code, body["error"].as_str()), (400, Some("invalid_body")));
+    }
+
+    #[actix_web::test]
+    async fn unknown_orders_routes_and_statuses() {
+        let (code, body) =
+            call(test::TestRequest::get().uri("/orders/order-workflow-ORD-1-X/status")).await;
+        assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
+        let (code, _) = call(test::TestRequest::get().uri("/orders?status=LOST")).await;
+        assert_eq!(code, 400);
+        let (code, _) = call(test::TestRequest::get().uri("/orders?limit=0")).await;
+        assert_eq!(code, 400);
+        let (code, body) = call(test::TestRequest::get().uri("/orders?status=SHIPPED")).await;
+        assert_eq!((code, body["total"].as_u64()), (200, Some(0)));
+        let (code, body) = call(test::TestRequest::get().uri("/nowhere")).await;
+        assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
+    }
+
+    #[actix_web::test]
+    async fn without_the_broker_writes_answer_503_and_readyz_says_why() {
+        let (code, body) = call(test::TestRequest::post().uri("/orders/demo")).await;
+        assert_eq!(
+            (code, body["error"].as_str()),
+            (503, Some("broker_unavailable"))
+        );
+        let (code, body) =
+            call(test::TestRequest::get().uri("/orders/fulfillment/fulfillment-ORD-1/status"))
+                .await;
+        assert_eq!(code, 503, "{body}");
+        let (code, body) = call(test::TestRequest::get().uri("/readyz")).await;
+        assert_eq!((code, body["broker"].as_bool()), (503, Some(false)));
+        let (code, _) = call(test::TestRequest::get().uri("/healthz")).await;
+        assert_eq!(code, 200);
+        let app = test::init_service(App::new().app_data(state()).configure(configure)).await;
+        let res =
+            test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
+        let text = String::from_utf8(test::read_body(res).await.to_vec()).expect("utf-8");
+        assert!(text.contains("order_service_broker_connected 0"), "{text}");
+    }
 }

@@ -48,6 +48,10 @@ pub trait Store: OutboxStore {
     ) -> Result<Page, StoreError>;
     /// Every order that is not shipped, cancelled or failed.
     fn unfinished(&self) -> Result<Vec<OrderState>, StoreError>;
+    /// How many orders are in each status (statuses with none are left out).
+    fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError>;
+    /// Signals stored and not yet confirmed by the broker.
+    fn outbox_len(&self) -> Result<u64, StoreError>;
     /// Succeeds when the store answers.
     fn ping(&self) -> Result<(), StoreError>;
 }

@@ -241,6 +241,30 @@ impl Store for SqliteStore {
         rows(&mut stmt, [])
     }
 
+    fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT status, COUNT(*) FROM orders GROUP BY status")?;
+        let raw: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(s, n)| {
+                Some((
+                    OrderStatus::parse(&s)?,
+                    u64::try_from(n).unwrap_or_default(),
+                ))
+            })
+            .collect())
+    }
+
+    fn outbox_len(&self) -> Result<u64, StoreError> {
+        let conn = self.conn();
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or_default())
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         let conn = self.conn();
         conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
@@ -359,6 +383,13 @@ mod tests {
         assert_eq!(page.total, 5);
         assert_eq!(page.orders.len(), 1);
         assert_eq!(s.unfinished().expect("unfinished").len(), 2);
+        let mut counts = s.count_by_status().expect("counts");
+        counts.sort_by_key(|(_, n)| *n);
+        assert_eq!(
+            counts,
+            vec![(OrderStatus::Pending, 2), (OrderStatus::Shipped, 3)]
+        );
+        assert_eq!(s.outbox_len().expect("outbox"), 0);
         s.ping().expect("ping");
     }
 
