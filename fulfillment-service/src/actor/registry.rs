@@ -88,6 +88,10 @@ impl Registry {
         self.inner.deps.store.list(status, limit, offset)
     }
 
+    pub fn store(&self) -> &dyn crate::store::Store {
+        self.inner.deps.store.as_ref()
+    }
+
     pub fn ping_store(&self) -> Result<(), StoreError> {
         self.inner.deps.store.ping()
     }

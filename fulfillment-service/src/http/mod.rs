@@ -3,6 +3,7 @@
 pub mod error;
 mod fulfillments;
 mod health;
+mod meta;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{web, HttpRequest};
@@ -47,6 +48,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(web::PathConfig::default().error_handler(path_error))
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .configure(health::configure)
+    .configure(meta::configure)
     .configure(fulfillments::configure)
     .default_service(web::to(not_found));
 }
@@ -331,5 +333,20 @@ mod tests {
         );
         let (code, body) = call!(app, test::TestRequest::get().uri("/healthz"));
         assert_eq!((code, body), (200, json!({"status": "ok"})));
+        let (code, body) = call!(app, test::TestRequest::get().uri("/openapi.json"));
+        assert_eq!(code, 200);
+        assert!(
+            body["paths"]["/fulfillments/{id}/pause"]["post"].is_object(),
+            "{body}"
+        );
+        let response =
+            test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
+        assert_eq!(response.status().as_u16(), 200);
+        let text = String::from_utf8(test::read_body(response).await.to_vec()).expect("utf-8");
+        assert!(
+            text.contains("fulfillments{status=\"PICKING\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("fulfillment_broker_connected 0"), "{text}");
     }
 }

@@ -46,6 +46,10 @@ pub trait Store: OutboxStore {
         limit: u32,
         offset: u32,
     ) -> Result<Vec<Fulfillment>, StoreError>;
+    /// How many fulfillments there are of each stored status.
+    fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Events stored but not yet confirmed by the broker.
+    fn outbox_len(&self) -> Result<u64, StoreError>;
     /// The store answers.
     fn ping(&self) -> Result<(), StoreError>;
 }

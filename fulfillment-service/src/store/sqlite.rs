@@ -180,6 +180,25 @@ impl Store for SqliteStore {
         rows_to_states(rows)
     }
 
+    fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM fulfillments GROUP BY status")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (status, n) = row?;
+            out.push((status, u64::try_from(n).unwrap_or(0)));
+        }
+        Ok(out)
+    }
+
+    fn outbox_len(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     fn ping(&self) -> Result<(), StoreError> {
         self.conn().query_row("SELECT 1", [], |_| Ok(()))?;
         Ok(())
@@ -312,6 +331,10 @@ mod tests {
         assert_eq!(store.list(None, 1, 1).expect("list").len(), 1);
         let pending = store.pending(10).expect("pending");
         assert_eq!(pending.len(), 3);
+        assert_eq!(store.outbox_len().expect("count"), 3);
+        let mut counts = store.count_by_status().expect("counts");
+        counts.sort();
+        assert_eq!(counts, vec![("CANCELLED".into(), 1), ("PICKING".into(), 1)]);
         assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
         assert_eq!(pending[1].route.routing_key, "fulfillment.status.cancelled");
         store.remove(&[pending[0].seq]).expect("remove");
