@@ -637,6 +637,30 @@ async fn poison_messages_are_dead_lettered_and_the_service_keeps_working() -> Re
     );
     let _ = connection.close(200, "done".into()).await;
 
+    // A query nobody waits for has no one to answer: dead-lettered too.
+    let query = Envelope::new(
+        "fulfillment-nobody",
+        Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
+    );
+    h.bus
+        .publish(
+            &Route::new(FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY, true),
+            &query,
+        )
+        .await?;
+    let dead_queries = eventually("a dead-lettered query", DEADLINE, || async {
+        let messages = h
+            .vhost
+            .peek(&dead_letter_queue(FULFILLMENT_QUERIES_QUEUE), 10)
+            .await?;
+        Ok((messages.len() == 1).then_some(messages))
+    })
+    .await?;
+    let reason = dead_queries[0]["properties"]["headers"]["x-dead-letter-reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("without reply_to"), "{reason}");
+
     // Still working.
     let order = unique_order();
     let id = ids::fulfillment_workflow_id(&order);
