@@ -51,6 +51,8 @@ impl OrderActor {
     }
 
     fn apply(&mut self, input: Input, ctx: &mut Context<Self>) -> Result<OrderState, ApplyError> {
+        let span = tracing::debug_span!("order_input", order_id = %self.state.order_id, status = %self.state.status);
+        let _entered = span.enter();
         if matches!(input, Input::Fulfillment { .. }) {
             self.last_heard = Some(Instant::now());
         }
