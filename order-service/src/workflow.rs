@@ -438,12 +438,39 @@ pub fn handle(
                     return Ok(unchanged(state));
                 }
             }
-            if !state.status.is_waiting_on_fulfillment()
-                || state.fulfillment_workflow_id.as_deref()
-                    != Some(view.fulfillment_workflow_id.as_str())
+            if state.fulfillment_workflow_id.as_deref()
+                != Some(view.fulfillment_workflow_id.as_str())
             {
-                // Final orders and orders that have not handed over yet
-                // take nothing from fulfillment.
+                // Not handed over yet, or another fulfillment.
+                return Ok(unchanged(state));
+            }
+            if state.status == OrderStatus::Cancelled {
+                // The order is over, but its fulfillment may still be
+                // winding down (the cancel signal on its way): keep the
+                // order's view of it current, nothing else.
+                if is_stale(state, &view) {
+                    return Ok(unchanged(state));
+                }
+                if let Some(id) = message_id {
+                    next.remember(id);
+                }
+                next.fulfillment_status = Some(view.status);
+                next.fulfillment_updated_at = Some(view.updated_at);
+                if let Some(progress) = progress {
+                    next.fulfillment_progress = Some(*progress);
+                }
+                let changed = next != *state;
+                if changed {
+                    next.updated_at = now;
+                }
+                return Ok(Transition {
+                    state: next,
+                    effects,
+                    changed,
+                });
+            }
+            if !state.status.is_waiting_on_fulfillment() {
+                // Shipped and failed orders take nothing more.
                 return Ok(unchanged(state));
             }
             if let Some(id) = message_id {
@@ -910,6 +937,35 @@ mod tests {
             matches!(&env.message, Message::CancelFulfillment(c) if c.reason == "Customer requested cancellation")
         );
         assert!(t.state.step_done(STEP_CANCEL_FULFILLMENT).is_some());
+    }
+
+    #[test]
+    fn a_cancelled_order_still_records_its_fulfillment_winding_down() {
+        let s = started();
+        let s = step(&s, event(FulfillmentStatus::Picking, 10).1).state;
+        let cancelled = step(
+            &s,
+            Input::Cancel {
+                reason: Some("changed my mind".into()),
+            },
+        )
+        .state;
+        let steps = cancelled.history.len();
+        let t = step(&cancelled, event(FulfillmentStatus::Cancelled, 20).1);
+        assert_eq!(t.state.status, OrderStatus::Cancelled);
+        assert_eq!(
+            t.state.fulfillment_status,
+            Some(FulfillmentStatus::Cancelled)
+        );
+        assert_eq!(
+            t.state.cancellation_reason.as_deref(),
+            Some("changed my mind")
+        );
+        assert_eq!(t.state.history.len(), steps, "no second compensation");
+        assert!(t.effects.is_empty());
+        // older reports change nothing
+        let late = step(&t.state, event(FulfillmentStatus::Picking, 15).1);
+        assert!(!late.changed);
     }
 
     #[test]

@@ -325,6 +325,16 @@ async fn cancel_mid_fulfillment_reaches_both_services() -> Result<()> {
         view["cancellationReason"],
         "Customer requested cancellation"
     );
+    // the order hears of it too, and stays cancelled with its own reason
+    eventually(
+        "the order to see its fulfillment cancelled",
+        DEADLINE,
+        || async {
+            let order = system.status(&wf).await?;
+            Ok((order["fulfillmentStatus"] == "CANCELLED").then_some(order))
+        },
+    )
+    .await?;
 
     let (code, body) = system
         .http

@@ -43,6 +43,7 @@ pub enum ApplyError {
 
 struct Inner {
     actors: Mutex<HashMap<String, Addr<OrderActor>>>,
+    finished_writes: Mutex<()>,
     arbiter: ArbiterHandle,
     store: Arc<dyn Store>,
     bus: Bus,
@@ -58,7 +59,7 @@ pub struct Orders {
 
 enum Lookup {
     Running(Addr<OrderActor>),
-    Finished(Box<OrderState>),
+    Finished,
     Missing,
 }
 
@@ -74,6 +75,7 @@ impl Orders {
         Self {
             inner: Arc::new(Inner {
                 actors: Mutex::new(HashMap::new()),
+                finished_writes: Mutex::new(()),
                 arbiter,
                 store,
                 bus,
@@ -157,7 +159,7 @@ impl Orders {
         }
         match self.inner.store.get(order_id)? {
             None => Ok(Lookup::Missing),
-            Some(state) if state.status.is_final() => Ok(Lookup::Finished(Box::new(state))),
+            Some(state) if state.status.is_final() => Ok(Lookup::Finished),
             Some(state) => {
                 let addr = self.spawn(state);
                 actors.insert(order_id.into(), addr.clone());
@@ -166,18 +168,40 @@ impl Orders {
         }
     }
 
+    /// A finished order has no actor: the pure workflow says whether the
+    /// input is refused or a no-op, or (a cancelled order hearing from its
+    /// fulfillment) updates what the order knows of it. One lock serialises
+    /// these rare writes so two events cannot overwrite each other.
+    fn apply_finished(&self, order_id: &str, input: Input) -> Result<OrderState, ApplyError> {
+        let _one_at_a_time = self
+            .inner
+            .finished_writes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let state = self
+            .inner
+            .store
+            .get(order_id)
+            .map_err(ApplyError::Store)?
+            .ok_or(ApplyError::NotFound)?;
+        let transition =
+            workflow::handle(&state, input, Utc::now()).map_err(ApplyError::Rejected)?;
+        if transition.changed {
+            // Final orders cause no effects, so there is no outbox to write.
+            self.inner
+                .store
+                .save(&transition.state, &[])
+                .map_err(ApplyError::Store)?;
+        }
+        Ok(transition.state)
+    }
+
     /// Feeds `input` to the order and answers its new state.
     pub async fn apply(&self, order_id: &str, input: Input) -> Result<OrderState, ApplyError> {
         for _ in 0..3 {
             match self.lookup(order_id).map_err(ApplyError::Store)? {
                 Lookup::Missing => return Err(ApplyError::NotFound),
-                Lookup::Finished(state) => {
-                    // A finished order never changes: the pure workflow
-                    // says whether the input is refused or a no-op.
-                    return workflow::handle(&state, input, Utc::now())
-                        .map(|_| *state)
-                        .map_err(ApplyError::Rejected);
-                }
+                Lookup::Finished => return self.apply_finished(order_id, input),
                 Lookup::Running(addr) => match addr.send(Apply(input.clone())).await {
                     Ok(result) => return result,
                     // It stopped between lookup and send (just finished):
