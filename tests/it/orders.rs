@@ -560,3 +560,19 @@ async fn a_restarted_order_service_resumes_open_orders() -> Result<()> {
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn orders_ship_after_the_broker_drops_every_connection() -> Result<()> {
+    let system = System::start("orders-reconnect", &[], Some(20)).await?;
+    let mut workflows = Vec::new();
+    for _ in 0..5 {
+        workflows.push(system.create_demo().await?);
+    }
+    let closed = system.vhost.close_connections().await?;
+    assert!(closed >= 2, "both services were connected ({closed})");
+    system.orders.wait_ready().await?;
+    for wf in &workflows {
+        system.wait_status(wf, "SHIPPED").await?;
+    }
+    Ok(())
+}
