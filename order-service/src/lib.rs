@@ -48,6 +48,11 @@ use crate::actor::{Orders, Timings};
 use crate::config::Config;
 use crate::store::{SqliteStore, Store};
 
+/// How long shutdown waits for in-flight deliveries to settle and the
+/// connection to close. Anything unacked is redelivered after exit, and
+/// its effects are idempotent, so waiting longer buys nothing.
+const BUS_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The running service: HTTP server, bus, actors.
 pub struct Application {
     port: u16,
@@ -128,7 +133,12 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.server.await.context("HTTP server")?;
         tracing::info!("HTTP stopped; closing the broker connection");
-        self.bus.shutdown().await;
+        if tokio::time::timeout(BUS_SHUTDOWN_GRACE, self.bus.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?BUS_SHUTDOWN_GRACE, "broker connection did not close in time; exiting anyway");
+        }
         Ok(())
     }
 }
