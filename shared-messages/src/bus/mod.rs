@@ -232,7 +232,7 @@ impl Bus {
     /// Stops consuming, lets in-flight handlers finish and settle their
     /// deliveries, then closes the connection.
     pub async fn shutdown(&self) {
-        let _ = self.inner.shutdown.send(true);
+        self.inner.shutdown.send_replace(true);
         let handle = self
             .inner
             .supervisor

@@ -15,6 +15,10 @@ use tokio::task::JoinSet;
 use super::{consumer, rpc, Inner};
 use crate::topology::{ExchangeType, QueueKind, QueueSpec, Topology};
 
+/// How long one attempt to connect and declare may take before it is
+/// abandoned and retried (a half-open TCP connection would otherwise hang).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The channels of one live connection.
 pub(super) struct Session {
     pub(super) connection: Connection,
@@ -32,16 +36,23 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
         if *shutdown.borrow() {
             break;
         }
-        match connect(&inner).await {
-            Ok(session) => {
+        let attempt = tokio::select! {
+            attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&inner)) => attempt,
+            _ = super::stopping(&mut shutdown) => break,
+        };
+        match attempt {
+            Ok(Ok(session)) => {
                 backoff = inner.config.reconnect_min;
                 let stopped = serve(&inner, session).await;
                 if stopped {
                     break;
                 }
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::warn!(%error, retry_in = ?backoff, "cannot reach RabbitMQ");
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?CONNECT_TIMEOUT, retry_in = ?backoff, "RabbitMQ did not answer");
             }
         }
         tokio::select! {

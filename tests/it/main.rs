@@ -1,0 +1,9 @@
+//! System and integration tests: the real broker, the real binaries.
+//!
+//! Every test makes its own vhost, so the suite runs in parallel and beside
+//! a running system. Run with `./scripts/test.sh`, which starts RabbitMQ
+//! first when it is not running.
+
+mod bus;
+mod fulfillment;
+mod orders;
