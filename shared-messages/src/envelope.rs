@@ -46,7 +46,10 @@ pub enum DecodeError {
     #[error("unsupported schema version {version} for {message_type} (this build reads {SCHEMA_VERSION})")]
     UnsupportedVersion { message_type: String, version: u32 },
     #[error("invalid payload for {message_type}: {reason}")]
-    InvalidPayload { message_type: String, reason: String },
+    InvalidPayload {
+        message_type: String,
+        reason: String,
+    },
 }
 
 /// The envelope's fields as they appear on the wire.
@@ -118,11 +121,10 @@ impl Envelope {
             "messageType": wire.message_type,
             "payload": wire.payload,
         });
-        let message =
-            serde_json::from_value(tagged).map_err(|e| DecodeError::InvalidPayload {
-                message_type: wire.message_type.clone(),
-                reason: e.to_string(),
-            })?;
+        let message = serde_json::from_value(tagged).map_err(|e| DecodeError::InvalidPayload {
+            message_type: wire.message_type.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             message_id: wire.message_id,
             entity_id: wire.entity_id,

@@ -49,8 +49,14 @@ mod tests {
     fn ids_derive_from_the_order_id() {
         assert_eq!(order_workflow_id("ORD-1"), "order-workflow-ORD-1");
         assert_eq!(fulfillment_workflow_id("ORD-1"), "fulfillment-ORD-1");
-        assert_eq!(order_id_from_workflow_id("order-workflow-ORD-1"), Some("ORD-1"));
-        assert_eq!(order_id_from_fulfillment_id("fulfillment-ORD-1"), Some("ORD-1"));
+        assert_eq!(
+            order_id_from_workflow_id("order-workflow-ORD-1"),
+            Some("ORD-1")
+        );
+        assert_eq!(
+            order_id_from_fulfillment_id("fulfillment-ORD-1"),
+            Some("ORD-1")
+        );
         assert_eq!(order_id_from_workflow_id("order-workflow-"), None);
         assert_eq!(order_id_from_fulfillment_id("ORD-1"), None);
     }

@@ -37,7 +37,10 @@ impl Address {
         if empty.is_empty() {
             Ok(())
         } else {
-            Err(format!("address fields must not be empty: {}", empty.join(", ")))
+            Err(format!(
+                "address fields must not be empty: {}",
+                empty.join(", ")
+            ))
         }
     }
 }

@@ -47,7 +47,10 @@ pub const QUERY_QUEUE_TTL_MS: i32 = 60_000;
 /// The routing key a status event is published with, e.g.
 /// `fulfillment.status.ready_to_ship`.
 pub fn fulfillment_event_key(status: FulfillmentStatus) -> String {
-    format!("fulfillment.status.{}", status.as_str().to_ascii_lowercase())
+    format!(
+        "fulfillment.status.{}",
+        status.as_str().to_ascii_lowercase()
+    )
 }
 
 /// The queue that holds what was dead-lettered from `queue`.
@@ -92,6 +95,46 @@ pub struct QueueSpec {
     /// without requeue). The consumer uses the same exchange when it
     /// dead-letters a message with a reason.
     pub dead_letter_exchange: Option<String>,
+}
+
+/// The value of one `x-` queue argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueArgument {
+    Text(String),
+    Int(i32),
+}
+
+impl QueueSpec {
+    /// The `x-` arguments RabbitMQ gets for this queue; the one source for
+    /// both the declarations at start-up and `definitions.json`.
+    pub fn arguments(&self) -> Vec<(&'static str, QueueArgument)> {
+        let mut args = Vec::new();
+        match self.kind {
+            QueueKind::Quorum { delivery_limit } => {
+                args.push(("x-queue-type", QueueArgument::Text("quorum".into())));
+                if let Some(limit) = delivery_limit {
+                    args.push(("x-delivery-limit", QueueArgument::Int(limit)));
+                }
+            }
+            QueueKind::Classic { message_ttl_ms } => {
+                args.push(("x-queue-type", QueueArgument::Text("classic".into())));
+                if let Some(ttl) = message_ttl_ms {
+                    args.push(("x-message-ttl", QueueArgument::Int(ttl)));
+                }
+            }
+        }
+        // Expired queries are not worth keeping: only quorum (signal and
+        // event) queues let RabbitMQ dead-letter by itself. Consumers still
+        // dead-letter undecodable queries explicitly, with a reason.
+        if let (Some(dlx), QueueKind::Quorum { .. }) = (&self.dead_letter_exchange, self.kind) {
+            args.push(("x-dead-letter-exchange", QueueArgument::Text(dlx.clone())));
+            args.push((
+                "x-dead-letter-routing-key",
+                QueueArgument::Text(self.name.clone()),
+            ));
+        }
+        args
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,9 +296,79 @@ pub fn all() -> Topology {
     fulfillment_service().merge(order_service())
 }
 
+/// `topology` in RabbitMQ's definitions format (what the management API's
+/// `/api/definitions` and `load_definitions` take), for vhost `vhost`.
+/// `deploy/rabbitmq/definitions.json` is `definitions(&all(), "/")`; a test
+/// keeps the file and the code from drifting apart.
+pub fn definitions(topology: &Topology, vhost: &str) -> serde_json::Value {
+    use serde_json::json;
+    let exchanges: Vec<_> = topology
+        .exchanges
+        .iter()
+        .map(|e| {
+            json!({
+                "name": e.name, "vhost": vhost, "type": e.kind.as_str(),
+                "durable": true, "auto_delete": false, "internal": false, "arguments": {}
+            })
+        })
+        .collect();
+    let queues: Vec<_> = topology
+        .queues
+        .iter()
+        .map(|q| {
+            let arguments: serde_json::Map<String, serde_json::Value> = q
+                .arguments()
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        QueueArgument::Text(t) => json!(t),
+                        QueueArgument::Int(n) => json!(n),
+                    };
+                    (k.to_owned(), v)
+                })
+                .collect();
+            json!({
+                "name": q.name, "vhost": vhost, "durable": true,
+                "auto_delete": false, "arguments": arguments
+            })
+        })
+        .collect();
+    let bindings: Vec<_> = topology
+        .bindings
+        .iter()
+        .map(|b| {
+            json!({
+                "source": b.exchange, "vhost": vhost, "destination": b.queue,
+                "destination_type": "queue", "routing_key": b.routing_key, "arguments": {}
+            })
+        })
+        .collect();
+    json!({ "exchanges": exchanges, "queues": queues, "bindings": bindings })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `deploy/rabbitmq/definitions.json` is generated from this module;
+    /// run with `BLESS=1` to rewrite it after a topology change.
+    #[test]
+    fn deploy_definitions_match_the_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/rabbitmq/definitions.json");
+        let expected = definitions(&all(), "/");
+        let pretty = serde_json::to_string_pretty(&expected).expect("json") + "\n";
+        if std::env::var_os("BLESS").is_some() {
+            std::fs::write(&path, &pretty).expect("write definitions.json");
+        }
+        let on_disk =
+            std::fs::read_to_string(&path).expect("deploy/rabbitmq/definitions.json exists");
+        let on_disk: serde_json::Value = serde_json::from_str(&on_disk).expect("valid JSON");
+        assert_eq!(
+            on_disk, expected,
+            "deploy/rabbitmq/definitions.json is out of date: run `BLESS=1 cargo test -p shared-messages`"
+        );
+    }
 
     #[test]
     fn event_keys_match_the_subscription() {
@@ -272,9 +385,10 @@ mod tests {
             let dlx = q.dead_letter_exchange.as_deref().expect("filtered");
             let dlq = dead_letter_queue(&q.name);
             assert!(t.find_queue(&dlq).is_some(), "{dlq} declared");
-            assert!(t.bindings.iter().any(|b| b.queue == dlq
-                && b.exchange == dlx
-                && b.routing_key == q.name));
+            assert!(t
+                .bindings
+                .iter()
+                .any(|b| b.queue == dlq && b.exchange == dlx && b.routing_key == q.name));
         }
     }
 
@@ -296,7 +410,11 @@ mod tests {
         let t = all();
         for b in &t.bindings {
             assert!(t.find_queue(&b.queue).is_some(), "{}", b.queue);
-            assert!(t.exchanges.iter().any(|e| e.name == b.exchange), "{}", b.exchange);
+            assert!(
+                t.exchanges.iter().any(|e| e.name == b.exchange),
+                "{}",
+                b.exchange
+            );
         }
     }
 }

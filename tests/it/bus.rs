@@ -74,7 +74,9 @@ async fn confirmed_publishes_are_consumed_and_acked() -> Result<()> {
     let (handler, mut rx) = collecting();
     let bus = connected_bus(&vhost, "bus-test", &[(FULFILLMENT_SIGNALS_QUEUE, handler)]).await;
 
-    let sent: Vec<Envelope> = (0..20).map(|i| pause(&format!("fulfillment-{i}"))).collect();
+    let sent: Vec<Envelope> = (0..20)
+        .map(|i| pause(&format!("fulfillment-{i}")))
+        .collect();
     let batch: Vec<(Route, Envelope)> = sent.iter().map(|e| (signal_route(), e.clone())).collect();
     bus.publish_all(&batch).await?;
 
@@ -167,14 +169,22 @@ async fn many_requests_in_flight_get_their_own_replies() -> Result<()> {
     // The server bus answers on its own connection; register its consumer
     // on a second bus so the handler can hold the first.
     let handler = responder(server.clone(), Duration::ZERO);
-    let answering = connected_bus(&vhost, "bus-answering", &[(FULFILLMENT_QUERIES_QUEUE, handler)]).await;
+    let answering = connected_bus(
+        &vhost,
+        "bus-answering",
+        &[(FULFILLMENT_QUERIES_QUEUE, handler)],
+    )
+    .await;
     let client = connected_bus(&vhost, "bus-client", &[]).await;
 
     let requests = (0..64).map(|i| {
         let client = client.clone();
         async move {
             let entity = format!("fulfillment-{i}");
-            let query = Envelope::new(&entity, Message::GetFulfillmentStatus(GetFulfillmentStatus {}));
+            let query = Envelope::new(
+                &entity,
+                Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
+            );
             let reply = client
                 .request(&query_route(), &query, Duration::from_secs(10), false)
                 .await?;
@@ -195,12 +205,24 @@ async fn a_query_nobody_consumes_times_out_within_its_bound() -> Result<()> {
     let client = connected_bus(&vhost, "bus-client", &[]).await;
     let timeout = Duration::from_millis(300);
     let started = Instant::now();
-    let query = Envelope::new("fulfillment-x", Message::GetFulfillmentStatus(GetFulfillmentStatus {}));
+    let query = Envelope::new(
+        "fulfillment-x",
+        Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
+    );
     let result = client.request(&query_route(), &query, timeout, false).await;
     let elapsed = started.elapsed();
-    assert!(matches!(result, Err(BusError::Timeout(t)) if t == timeout), "{result:?}");
-    assert!(elapsed >= timeout, "returned before its timeout: {elapsed:?}");
-    assert!(elapsed < timeout * 5, "took far longer than its bound: {elapsed:?}");
+    assert!(
+        matches!(result, Err(BusError::Timeout(t)) if t == timeout),
+        "{result:?}"
+    );
+    assert!(
+        elapsed >= timeout,
+        "returned before its timeout: {elapsed:?}"
+    );
+    assert!(
+        elapsed < timeout * 5,
+        "took far longer than its bound: {elapsed:?}"
+    );
     // The expired query does not linger in the queue.
     eventually("the expired query to leave the queue", DEADLINE, || async {
         Ok((queue_depth(&vhost, FULFILLMENT_QUERIES_QUEUE).await? == Some(0)).then_some(()))
@@ -214,16 +236,27 @@ async fn a_late_reply_is_dropped_and_does_not_answer_the_next_request() -> Resul
     let vhost = TestVhost::create("bus-late").await?;
     let server = connected_bus(&vhost, "bus-server", &[]).await;
     let handler = responder(server.clone(), Duration::from_millis(400));
-    let _answering = connected_bus(&vhost, "bus-answering", &[(FULFILLMENT_QUERIES_QUEUE, handler)]).await;
+    let _answering = connected_bus(
+        &vhost,
+        "bus-answering",
+        &[(FULFILLMENT_QUERIES_QUEUE, handler)],
+    )
+    .await;
     let client = connected_bus(&vhost, "bus-client", &[]).await;
 
-    let first = Envelope::new("fulfillment-first", Message::GetFulfillmentStatus(GetFulfillmentStatus {}));
+    let first = Envelope::new(
+        "fulfillment-first",
+        Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
+    );
     let result = client
         .request(&query_route(), &first, Duration::from_millis(100), false)
         .await;
     assert!(matches!(result, Err(BusError::Timeout(_))), "{result:?}");
 
-    let second = Envelope::new("fulfillment-second", Message::GetFulfillmentStatus(GetFulfillmentStatus {}));
+    let second = Envelope::new(
+        "fulfillment-second",
+        Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
+    );
     let reply = client
         .request(&query_route(), &second, Duration::from_secs(5), false)
         .await?;
@@ -260,9 +293,11 @@ async fn poison_messages_land_in_the_dead_letter_queue_with_their_reason() -> Re
         )
         .await?;
     // A well-formed message the handler refuses.
-    bus.publish(&signal_route(), &pause("fulfillment-unknown")).await?;
+    bus.publish(&signal_route(), &pause("fulfillment-unknown"))
+        .await?;
     // And a good one after both: the consumer keeps working.
-    bus.publish(&signal_route(), &pause("fulfillment-good")).await?;
+    bus.publish(&signal_route(), &pause("fulfillment-good"))
+        .await?;
 
     let dlq = dead_letter_queue(FULFILLMENT_SIGNALS_QUEUE);
     let messages = eventually("two dead letters", DEADLINE, || async {
@@ -272,17 +307,37 @@ async fn poison_messages_land_in_the_dead_letter_queue_with_their_reason() -> Re
     .await?;
     let reasons: Vec<String> = messages
         .iter()
-        .map(|m| m["properties"]["headers"]["x-dead-letter-reason"].as_str().unwrap_or("").to_owned())
+        .map(|m| {
+            m["properties"]["headers"]["x-dead-letter-reason"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
         .collect();
-    assert!(reasons.iter().any(|r| r.starts_with("malformed envelope")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r == "no fulfillment fulfillment-unknown"), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.starts_with("malformed envelope")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r == "no fulfillment fulfillment-unknown"),
+        "{reasons:?}"
+    );
     for m in &messages {
-        assert_eq!(m["properties"]["headers"]["x-original-queue"], FULFILLMENT_SIGNALS_QUEUE);
+        assert_eq!(
+            m["properties"]["headers"]["x-original-queue"],
+            FULFILLMENT_SIGNALS_QUEUE
+        );
     }
-    eventually("the good message to be handled and the queue drained", DEADLINE, || async {
-        let drained = queue_depth(&vhost, FULFILLMENT_SIGNALS_QUEUE).await? == Some(0);
-        Ok((drained && calls.load(Ordering::SeqCst) == 2).then_some(()))
-    })
+    eventually(
+        "the good message to be handled and the queue drained",
+        DEADLINE,
+        || async {
+            let drained = queue_depth(&vhost, FULFILLMENT_SIGNALS_QUEUE).await? == Some(0);
+            Ok((drained && calls.load(Ordering::SeqCst) == 2).then_some(()))
+        },
+    )
     .await?;
     bus.shutdown().await;
     Ok(())
@@ -312,7 +367,10 @@ async fn a_retried_delivery_comes_back_until_it_succeeds() -> Result<()> {
     bus.publish(&signal_route(), &sent).await?;
     let delivered = recv(&mut rx).await;
     assert_eq!(delivered.envelope, sent);
-    assert!(delivered.redelivered, "the second delivery is marked redelivered");
+    assert!(
+        delivered.redelivered,
+        "the second delivery is marked redelivered"
+    );
     assert_eq!(attempts.load(Ordering::SeqCst), 2);
     Ok(())
 }
@@ -322,7 +380,8 @@ async fn publishing_and_consuming_resume_after_the_connection_is_closed() -> Res
     let vhost = TestVhost::create("bus-reconnect").await?;
     let (handler, mut rx) = collecting();
     let bus = connected_bus(&vhost, "bus-test", &[(FULFILLMENT_SIGNALS_QUEUE, handler)]).await;
-    bus.publish(&signal_route(), &pause("fulfillment-before")).await?;
+    bus.publish(&signal_route(), &pause("fulfillment-before"))
+        .await?;
     assert_eq!(recv(&mut rx).await.envelope.entity_id, "fulfillment-before");
 
     let mut state = bus.connection_state();
@@ -333,7 +392,10 @@ async fn publishing_and_consuming_resume_after_the_connection_is_closed() -> Res
         async move { Ok(down.then_some(())) }
     })
     .await?;
-    assert!(bus.wait_connected(DEADLINE).await, "the bus reconnects by itself");
+    assert!(
+        bus.wait_connected(DEADLINE).await,
+        "the bus reconnects by itself"
+    );
 
     let after = pause("fulfillment-after");
     bus.publish(&signal_route(), &after).await?;
@@ -357,7 +419,10 @@ async fn topology_declaration_is_idempotent_across_services() -> Result<()> {
         topology::fulfillment_service(),
     ));
     fulfillment.start();
-    assert!(fulfillment.wait_connected(DEADLINE).await, "re-declaration with the same arguments succeeds");
+    assert!(
+        fulfillment.wait_connected(DEADLINE).await,
+        "re-declaration with the same arguments succeeds"
+    );
     for queue in &topology::all().queues {
         let info = vhost.queue_info(&queue.name).await?;
         assert_eq!(info["durable"], true, "{}", queue.name);
@@ -365,5 +430,31 @@ async fn topology_declaration_is_idempotent_across_services() -> Result<()> {
     let signals = vhost.queue_info(FULFILLMENT_SIGNALS_QUEUE).await?;
     assert_eq!(signals["arguments"]["x-queue-type"], "quorum");
     assert_eq!(signals["arguments"]["x-delivery-limit"], DELIVERY_LIMIT);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_exported_definitions_load_and_agree_with_the_declarations() -> Result<()> {
+    let vhost = TestVhost::create("bus-definitions").await?;
+    let definitions = topology::definitions(&topology::all(), &vhost.name);
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/api/definitions/{}",
+            system_tests::management_base(),
+            system_tests::encode(&vhost.name)
+        ))
+        .json(&definitions)
+        .send()
+        .await?;
+    assert!(
+        response.status().is_success(),
+        "import: {}",
+        response.status()
+    );
+    // A queue declared with other arguments than the imported ones would
+    // close the channel (PRECONDITION_FAILED) and the bus would not connect.
+    let bus = connected_bus(&vhost, "bus-test", &[]).await;
+    bus.publish(&signal_route(), &pause("fulfillment-x"))
+        .await?;
     Ok(())
 }

@@ -114,18 +114,23 @@ impl TestVhost {
     pub async fn close_connections(&self) -> Result<usize> {
         let client = reqwest::Client::new();
         let url = self.api("vhosts/{vhost}/connections");
-        let connections: Vec<Value> = eventually("a connection to close", Duration::from_secs(15), || {
-            let request = client.get(&url).send();
-            async move {
-                let listed: Vec<Value> = request.await?.json().await?;
-                Ok((!listed.is_empty()).then_some(listed))
-            }
-        })
-        .await?;
+        let connections: Vec<Value> =
+            eventually("a connection to close", Duration::from_secs(15), || {
+                let request = client.get(&url).send();
+                async move {
+                    let listed: Vec<Value> = request.await?.json().await?;
+                    Ok((!listed.is_empty()).then_some(listed))
+                }
+            })
+            .await?;
         for c in &connections {
             let name = c["name"].as_str().unwrap_or_default();
             client
-                .delete(format!("{}/api/connections/{}", management_base(), encode(name)))
+                .delete(format!(
+                    "{}/api/connections/{}",
+                    management_base(),
+                    encode(name)
+                ))
                 .header("X-Reason", "test: forced close")
                 .send()
                 .await?;
@@ -162,7 +167,9 @@ where
         }
         if start.elapsed() > deadline {
             match last_error {
-                Some(e) => bail!("timed out after {deadline:?} waiting for {what}; last error: {e:#}"),
+                Some(e) => {
+                    bail!("timed out after {deadline:?} waiting for {what}; last error: {e:#}")
+                }
                 None => bail!("timed out after {deadline:?} waiting for {what}"),
             }
         }
@@ -209,12 +216,18 @@ impl Service {
         env: &[(&str, &str)],
     ) -> Result<Self> {
         let http_addr = format!("127.0.0.1:{}", free_port());
-        let store = format!("sqlite://{}", data_dir.join(format!("{binary}.db")).display());
+        let store = format!(
+            "sqlite://{}",
+            data_dir.join(format!("{binary}.db")).display()
+        );
         let mut all_env: Vec<(String, String)> = vec![
             ("AMQP_URL".into(), vhost.amqp_url.clone()),
             ("HTTP_ADDR".into(), http_addr.clone()),
             ("STORE_URL".into(), store),
-            ("RUST_LOG".into(), std::env::var("TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into())),
+            (
+                "RUST_LOG".into(),
+                std::env::var("TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
         ];
         for (k, v) in env {
             all_env.retain(|(key, _)| key != k);
@@ -248,10 +261,20 @@ impl Service {
         self.child = Some(child);
         let url = format!("{}/healthz", self.base_url);
         let client = reqwest::Client::new();
-        eventually(&format!("{} /healthz", self.name), Duration::from_secs(20), || {
-            let request = client.get(&url).send();
-            async move { Ok(request.await.ok().filter(|r| r.status().is_success()).map(|_| ())) }
-        })
+        eventually(
+            &format!("{} /healthz", self.name),
+            Duration::from_secs(20),
+            || {
+                let request = client.get(&url).send();
+                async move {
+                    Ok(request
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| ()))
+                }
+            },
+        )
         .await
     }
 
@@ -259,10 +282,20 @@ impl Service {
     pub async fn wait_ready(&self) -> Result<()> {
         let url = format!("{}/readyz", self.base_url);
         let client = reqwest::Client::new();
-        eventually(&format!("{} /readyz", self.name), Duration::from_secs(20), || {
-            let request = client.get(&url).send();
-            async move { Ok(request.await.ok().filter(|r| r.status().is_success()).map(|_| ())) }
-        })
+        eventually(
+            &format!("{} /readyz", self.name),
+            Duration::from_secs(20),
+            || {
+                let request = client.get(&url).send();
+                async move {
+                    Ok(request
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| ()))
+                }
+            },
+        )
         .await
     }
 

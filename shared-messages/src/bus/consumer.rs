@@ -158,12 +158,14 @@ fn decode(delivery: &Delivery) -> Result<Incoming, String> {
         }),
         _ => None,
     };
-    let traceparent = properties.headers().as_ref().and_then(|h| {
-        match h.inner().get(TRACEPARENT_HEADER) {
-            Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-            _ => None,
-        }
-    });
+    let traceparent =
+        properties
+            .headers()
+            .as_ref()
+            .and_then(|h| match h.inner().get(TRACEPARENT_HEADER) {
+                Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+                _ => None,
+            });
     Ok(Incoming {
         envelope,
         reply_to,
@@ -195,7 +197,15 @@ async fn settle(
         }
         Outcome::DeadLetter(reason) => {
             tracing::warn!(%queue, %reason, message_type = ?delivery.properties.kind(), "message dead-lettered");
-            dead_letter(inner, channel, queue, dead_letter_exchange, &delivery, &reason).await
+            dead_letter(
+                inner,
+                channel,
+                queue,
+                dead_letter_exchange,
+                &delivery,
+                &reason,
+            )
+            .await
         }
     };
     if let Err(error) = result {
@@ -213,9 +223,7 @@ async fn dead_letter(
     delivery: &Delivery,
     reason: &str,
 ) -> Result<bool, lapin::Error> {
-    let reject = || {
-        delivery.acker.reject(BasicRejectOptions { requeue: false })
-    };
+    let reject = || delivery.acker.reject(BasicRejectOptions { requeue: false });
     let Some(exchange) = dead_letter_exchange else {
         return reject().await;
     };
@@ -227,11 +235,7 @@ async fn dead_letter(
     else {
         return reject().await;
     };
-    let mut headers = delivery
-        .properties
-        .headers()
-        .clone()
-        .unwrap_or_default();
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert(
         DEAD_LETTER_REASON_HEADER.into(),
         AMQPValue::LongString(reason.into()),

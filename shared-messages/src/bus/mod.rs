@@ -348,7 +348,10 @@ impl Bus {
 impl Inner {
     fn set_session(&self, session: Option<Arc<Session>>) {
         let connected = session.is_some();
-        *self.session.write().expect("session lock is never poisoned") = session;
+        *self
+            .session
+            .write()
+            .expect("session lock is never poisoned") = session;
         self.connected.send_replace(connected);
     }
 

@@ -94,7 +94,10 @@ async fn publish_batch(bus: &Bus, store: &dyn OutboxStore) -> Result<usize, BusE
         .collect();
     match bus.publish_all(&messages).await {
         Ok(()) => {}
-        Err(BusError::Unroutable { exchange, routing_key }) => {
+        Err(BusError::Unroutable {
+            exchange,
+            routing_key,
+        }) => {
             // Nothing is bound to receive these (e.g. events nobody
             // subscribes to); keeping them would block the outbox forever.
             tracing::warn!(%exchange, %routing_key, "outbox message had no route; dropped");

@@ -13,7 +13,7 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::task::JoinSet;
 
 use super::{consumer, rpc, Inner};
-use crate::topology::{ExchangeType, QueueKind, QueueSpec, Topology};
+use crate::topology::{ExchangeType, QueueArgument, QueueSpec, Topology};
 
 /// How long one attempt to connect and declare may take before it is
 /// abandoned and retried (a half-open TCP connection would otherwise hang).
@@ -65,8 +65,8 @@ pub(super) async fn supervise(inner: Arc<Inner>) {
 }
 
 async fn connect(inner: &Arc<Inner>) -> Result<Arc<Session>, lapin::Error> {
-    let properties =
-        ConnectionProperties::default().with_connection_name(inner.config.connection_name.as_str().into());
+    let properties = ConnectionProperties::default()
+        .with_connection_name(inner.config.connection_name.as_str().into());
     let connection = Connection::connect(&inner.config.url, properties).await?;
     let declare = connection.create_channel().await?;
     declare_topology(&declare, &inner.config.topology).await?;
@@ -200,36 +200,15 @@ async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), 
     Ok(())
 }
 
-/// The `x-` arguments of a queue, as RabbitMQ wants them.
-pub(crate) fn queue_arguments(queue: &QueueSpec) -> FieldTable {
+/// The `x-` arguments of a queue, as lapin wants them.
+fn queue_arguments(queue: &QueueSpec) -> FieldTable {
     let mut args = FieldTable::default();
-    match queue.kind {
-        QueueKind::Quorum { delivery_limit } => {
-            args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-            if let Some(limit) = delivery_limit {
-                args.insert("x-delivery-limit".into(), AMQPValue::LongInt(limit));
-            }
-        }
-        QueueKind::Classic { message_ttl_ms } => {
-            args.insert("x-queue-type".into(), AMQPValue::LongString("classic".into()));
-            if let Some(ttl) = message_ttl_ms {
-                args.insert("x-message-ttl".into(), AMQPValue::LongInt(ttl));
-            }
-        }
-    }
-    // Expired queries are not worth keeping: only quorum (signal and event)
-    // queues let RabbitMQ dead-letter by itself. The consumer still
-    // dead-letters undecodable queries explicitly, with a reason.
-    let broker_dead_letters = matches!(queue.kind, QueueKind::Quorum { .. });
-    if let (Some(dlx), true) = (&queue.dead_letter_exchange, broker_dead_letters) {
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(dlx.as_str().into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(queue.name.as_str().into()),
-        );
+    for (name, value) in queue.arguments() {
+        let value = match value {
+            QueueArgument::Text(text) => AMQPValue::LongString(text.as_str().into()),
+            QueueArgument::Int(n) => AMQPValue::LongInt(n),
+        };
+        args.insert(name.into(), value);
     }
     args
 }
