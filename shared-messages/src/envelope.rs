@@ -269,3 +269,32 @@ mod tests {
         }
     }
 }
+
+/// Every example in `docs/message-contract.md` decodes, and every message
+/// type has one, so the page cannot drift from the code.
+#[cfg(test)]
+mod contract_document {
+    use super::*;
+
+    #[test]
+    fn every_example_decodes_and_every_type_is_shown() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/message-contract.md");
+        let doc = std::fs::read_to_string(path).expect("docs/message-contract.md exists");
+        let mut shown = Vec::new();
+        for block in doc.split("```json").skip(1) {
+            let json = block.split("```").next().expect("a closed block");
+            let envelope = Envelope::from_json(json.as_bytes())
+                .unwrap_or_else(|e| panic!("example does not decode: {e}\n{json}"));
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&envelope.to_json()).expect("json"),
+                serde_json::from_str::<serde_json::Value>(json).expect("json"),
+                "example does not round-trip exactly"
+            );
+            shown.push(envelope.message_type());
+        }
+        for name in Message::TYPE_NAMES {
+            assert!(shown.contains(name), "{name} has no example");
+        }
+    }
+}
