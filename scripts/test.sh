@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 log() { printf '==> %s\n' "$*" >&2; }
 
 scripts/rabbitmq.sh
+scripts/postgres.sh
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -4,12 +4,25 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where orders are stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum StoreLocation {
     /// A SQLite file; its directory is created when missing.
     SqliteFile(PathBuf),
     /// A throwaway in-memory SQLite database (`sqlite::memory:`), for tests.
     SqliteMemory,
+    /// A PostgreSQL database (`postgres://user:password@host/db`); may hold
+    /// a password, so it prints redacted.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SqliteFile(path) => f.debug_tuple("SqliteFile").field(path).finish(),
+            Self::SqliteMemory => f.write_str("SqliteMemory"),
+            Self::Postgres(url) => f.debug_tuple("Postgres").field(&redact(url)).finish(),
+        }
+    }
 }
 
 impl StoreLocation {
@@ -27,12 +40,9 @@ impl StoreLocation {
             return Ok(Self::SqliteFile(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(
-                "STORE_URL: the PostgreSQL store is not available in this build; use sqlite://..."
-                    .into(),
-            );
+            return Ok(Self::Postgres(url.to_owned()));
         }
-        Err("STORE_URL must start with sqlite://".into())
+        Err("STORE_URL must start with sqlite:// or postgres://".into())
     }
 }
 
@@ -189,9 +199,23 @@ mod tests {
 
     #[test]
     fn the_password_never_prints() {
-        let c = config(&[("AMQP_URL", "amqp://user:s3cret@host:5672/%2f")]).expect("valid");
+        let c = config(&[
+            ("AMQP_URL", "amqp://user:s3cret@host:5672/%2f"),
+            ("STORE_URL", "postgres://app:pg-s3cret@db:5432/orders"),
+        ])
+        .expect("valid");
         let printed = format!("{c:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(printed.contains("user:***@host"), "{printed}");
+        assert!(printed.contains("app:***@db:5432/orders"), "{printed}");
+    }
+
+    #[test]
+    fn a_postgres_url_selects_postgres() {
+        let c = config(&[("STORE_URL", "postgresql://db/orders")]).expect("valid");
+        assert_eq!(
+            c.store,
+            StoreLocation::Postgres("postgresql://db/orders".into())
+        );
     }
 }

@@ -14,7 +14,7 @@
 //! | [`validation`] | order ids, request bodies, the demo order |
 //! | [`actor`] | one actix actor per open order, and the registry |
 //! | [`bus`] | the fulfillment-events consumer, queries and signals |
-//! | [`store`] | orders and the outbox in SQLite |
+//! | [`store`] | orders and the outbox, in SQLite or PostgreSQL |
 //! | [`http`] | the REST API, compatible with the original demo |
 //! | [`telemetry`] | logging |
 //!
@@ -35,18 +35,16 @@ pub mod validation;
 pub mod workflow;
 
 use std::net::TcpListener;
-use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use shared_messages::bus::outbox::{relay, OutboxSignal, OutboxStore};
+use shared_messages::bus::outbox::{relay, OutboxSignal};
 use shared_messages::bus::{Bus, BusConfig};
 use shared_messages::topology;
 
 use crate::actor::{Orders, Timings};
 use crate::config::Config;
-use crate::store::{SqliteStore, Store};
 
 /// How long shutdown waits for in-flight deliveries to settle and the
 /// connection to close. Anything unacked is redelivered after exit, and
@@ -65,7 +63,7 @@ impl Application {
     /// Builds everything and binds the HTTP port (use port 0 in tests).
     /// Must run inside the actix system (`#[actix_web::main]`).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = Arc::new(SqliteStore::open(&config.store).context("opening the order store")?);
+        let opened = store::open(&config.store).context("opening the order store")?;
         let bus = Bus::new(BusConfig::new(
             config.amqp_url.clone(),
             "order-service",
@@ -74,7 +72,7 @@ impl Application {
         let outbox = OutboxSignal::new();
         let orders = Orders::new(
             actix::Arbiter::current(),
-            store.clone() as Arc<dyn Store>,
+            opened.store,
             bus.clone(),
             outbox.clone(),
             Timings {
@@ -93,7 +91,7 @@ impl Application {
             bus::event_handler(orders.clone()),
         );
         bus.start();
-        tokio::spawn(relay(bus.clone(), store as Arc<dyn OutboxStore>, outbox));
+        tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
 
         let listener = TcpListener::bind(&config.http_addr)
             .with_context(|| format!("binding HTTP to {}", config.http_addr))?;

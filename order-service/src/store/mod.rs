@@ -1,19 +1,47 @@
-//! Where orders live: one small interface, SQLite behind it.
+//! Where orders live: one small interface, SQLite or PostgreSQL behind it.
 //!
 //! Each order is one row: its id, status, whether it is finished, and its
 //! whole state as JSON. Signals an order sends are written to the outbox
 //! table in the same transaction as the state that caused them; the
 //! outbox relay (`shared_messages::bus::outbox`) publishes and removes them.
+//! [`open`] picks the implementation from `STORE_URL`.
 
+mod pg_worker;
+mod postgres;
 mod sqlite;
 
+pub use self::postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+use std::sync::Arc;
 
 use shared_messages::bus::outbox::OutboxStore;
 use shared_messages::bus::Route;
 use shared_messages::Envelope;
 
+use crate::config::StoreLocation;
 use crate::workflow::{OrderState, OrderStatus};
+
+/// An open store, seen as the order store and as the relay's outbox.
+pub struct Opened {
+    pub store: Arc<dyn Store>,
+    pub outbox: Arc<dyn OutboxStore>,
+}
+
+/// Opens (creating and migrating) the store at `location`.
+pub fn open(location: &StoreLocation) -> Result<Opened, StoreError> {
+    fn both<S: Store>(store: S) -> Opened {
+        let store = Arc::new(store);
+        Opened {
+            store: store.clone(),
+            outbox: store,
+        }
+    }
+    Ok(match location {
+        StoreLocation::Postgres(url) => both(PostgresStore::open(url)?),
+        sqlite => both(SqliteStore::open(sqlite)?),
+    })
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -21,6 +49,8 @@ pub enum StoreError {
     Duplicate(String),
     #[error("store error: {0}")]
     Database(#[from] rusqlite::Error),
+    #[error("store error: {0}")]
+    Postgres(#[from] ::postgres::Error),
     #[error("stored order {id} cannot be read: {reason}")]
     Corrupt { id: String, reason: String },
     #[error("cannot open the store: {0}")]

@@ -60,6 +60,9 @@ impl SqliteStore {
                 }
                 Connection::open(Path::new(path))?
             }
+            StoreLocation::Postgres(_) => {
+                return Err(StoreError::Open("not a SQLite location".into()))
+            }
         };
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
