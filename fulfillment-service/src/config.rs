@@ -83,6 +83,11 @@ impl Config {
     pub fn amqp_url_redacted(&self) -> String {
         redact(&self.amqp_url)
     }
+
+    /// The store URL with any password replaced, for logs.
+    pub fn store_url_redacted(&self) -> String {
+        redact(&self.store_url)
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -90,7 +95,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("amqp_url", &self.amqp_url_redacted())
             .field("http_addr", &self.http_addr)
-            .field("store_url", &self.store_url)
+            .field("store_url", &self.store_url_redacted())
             .field("step_delay", &self.step_delay)
             .field("query_timeout", &self.query_timeout)
             .field("log_format", &self.log_format)
@@ -99,7 +104,7 @@ impl std::fmt::Debug for Config {
 }
 
 /// `amqp://user:secret@host` -> `amqp://user:***@host`.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -124,6 +129,12 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("guest:guest"), "{printed}");
         assert!(printed.contains("guest:***@127.0.0.1"), "{printed}");
+        let pg = Config::from_lookup(|n| {
+            (n == "STORE_URL").then(|| "postgres://app:pg-s3cret@db/fulfillment".into())
+        })
+        .expect("a postgres store");
+        let printed = format!("{pg:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
     }
 
     #[test]

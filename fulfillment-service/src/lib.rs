@@ -14,8 +14,8 @@
 //! - [`actor`]: the per-fulfillment actor (timers, persistence) and the
 //!   [`actor::Registry`] that finds, spawns and recovers actors.
 //! - [`bus`]: the signal and query consumers on the shared AMQP layer.
-//! - [`store`]: the [`store::Store`] trait and its SQLite implementation,
-//!   including the outbox.
+//! - [`store`]: the [`store::Store`] trait and its SQLite and PostgreSQL
+//!   implementations, including the outbox.
 //! - [`http`]: the HTTP API, one module per resource, and its errors.
 //! - [`config`], [`telemetry`]: settings from the environment, logging.
 #![forbid(unsafe_code)]
@@ -29,7 +29,6 @@ pub mod telemetry;
 pub mod workflow;
 
 use std::net::TcpListener;
-use std::sync::Arc;
 
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
@@ -56,13 +55,11 @@ impl Application {
     /// Opens the store, recovers unfinished fulfillments, connects the bus
     /// and binds the HTTP listener. Call inside the actix system.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = Arc::new(
-            store::open(&config.store_url)
-                .with_context(|| format!("opening the store at {}", config.store_url))?,
-        );
+        let opened = store::open(&config.store_url)
+            .with_context(|| format!("opening the store at {}", config.store_url_redacted()))?;
         let outbox = OutboxSignal::new();
         let deps = Deps {
-            store: store.clone(),
+            store: opened.store,
             outbox: outbox.clone(),
             timing: Timing {
                 step_delay: config.step_delay,
@@ -76,7 +73,7 @@ impl Application {
 
         let bus = bus::connect(&config.amqp_url, registry.clone());
         bus.start();
-        tokio::spawn(relay(bus.clone(), store, outbox));
+        tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
 
         let listener = TcpListener::bind(&config.http_addr)
             .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
@@ -98,7 +95,7 @@ impl Application {
             http = %config.http_addr,
             port,
             amqp = %config.amqp_url_redacted(),
-            store = %config.store_url,
+            store = %config.store_url_redacted(),
             "fulfillment-service started"
         );
         Ok(Self { port, server, bus })

@@ -3,26 +3,37 @@
 //! One small interface, [`Store`]: a transition and the events it causes
 //! are written in one transaction ([`Store::save`]), and the outbox half
 //! ([`OutboxStore`]) is what the relay publishes from. [`sqlite`] is the
-//! default implementation; PostgreSQL would implement the same trait.
+//! default implementation, [`postgres`] the one for shared state; [`open`]
+//! picks one from `STORE_URL`.
 
+mod pg_worker;
+pub mod postgres;
 pub mod sqlite;
+
+use std::sync::Arc;
 
 use shared_messages::bus::outbox::OutboxStore;
 use shared_messages::bus::Route;
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
 
+use crate::config;
 use crate::workflow::Fulfillment;
 
+pub use self::postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("store error: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error("stored state of {id} cannot be read: {reason}")]
     Corrupt { id: String, reason: String },
-    #[error("unsupported STORE_URL {0:?}: use sqlite://<path>")]
+    #[error("unsupported STORE_URL {0:?}: use sqlite://<path> or postgres://...")]
     UnsupportedUrl(String),
     #[error("cannot create the store directory {path}: {source}")]
     Directory {
@@ -54,11 +65,27 @@ pub trait Store: OutboxStore {
     fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// Opens the store named by `url`.
-pub fn open(url: &str) -> Result<SqliteStore, StoreError> {
+/// An open store, seen as the fulfillment store and as the relay's outbox.
+pub struct Opened {
+    pub store: Arc<dyn Store>,
+    pub outbox: Arc<dyn OutboxStore>,
+}
+
+/// Opens (creating and migrating) the store named by `url`.
+pub fn open(url: &str) -> Result<Opened, StoreError> {
+    fn both<S: Store>(store: S) -> Opened {
+        let store = Arc::new(store);
+        Opened {
+            store: store.clone(),
+            outbox: store,
+        }
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(both(PostgresStore::open(url)?));
+    }
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
-        .ok_or_else(|| StoreError::UnsupportedUrl(url.to_owned()))?;
-    SqliteStore::open(path)
+        .ok_or_else(|| StoreError::UnsupportedUrl(config::redact(url)))?;
+    Ok(both(SqliteStore::open(path)?))
 }

@@ -1,0 +1,86 @@
+//! A PostgreSQL connection owned by a thread of its own.
+//!
+//! The `postgres` crate is synchronous on the outside but drives a tokio
+//! runtime of its own inside; calling it from a thread that already runs
+//! tokio (every actix actor, HTTP worker and the outbox relay here) panics.
+//! So one plain thread owns the [`postgres::Client`] and runs the jobs sent
+//! to it one at a time; a caller blocks on the answer exactly as it would
+//! on SQLite. A broken connection is dropped and opened again for the next
+//! job, so the store comes back by itself after PostgreSQL restarts.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+
+use postgres::{Client, NoTls};
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// The worker thread has stopped (it cannot, short of a bug).
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerGone;
+
+/// The worker's connection, opened again when it breaks.
+pub struct Connection {
+    url: String,
+    client: Option<Client>,
+}
+
+impl Connection {
+    fn client(&mut self) -> Result<&mut Client, postgres::Error> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            self.client = Some(Client::connect(&self.url, NoTls)?);
+        }
+        Ok(self.client.as_mut().expect("connected just above"))
+    }
+}
+
+/// Hands jobs to the connection's thread. The thread ends when this is
+/// dropped.
+pub struct Worker {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Worker {
+    /// Starts the thread; it connects on its first job.
+    pub fn start(url: &str, name: &str) -> Result<Self, std::io::Error> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let mut connection = Connection {
+            url: url.to_owned(),
+            client: None,
+        };
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                for job in queue {
+                    // A job that panics must not take the store down with
+                    // it; its caller sees the worker's answer channel close.
+                    if catch_unwind(AssertUnwindSafe(|| job(&mut connection))).is_err() {
+                        connection.client = None;
+                    }
+                }
+            })?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `f` on the connection's thread and waits for its result.
+    pub fn call<T, E>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<postgres::Error> + From<WorkerGone> + Send + 'static,
+    {
+        let (answer, result) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |connection| {
+            let outcome = match connection.client() {
+                Ok(client) => f(client),
+                Err(error) => Err(error.into()),
+            };
+            let _ = answer.send(outcome);
+        });
+        self.jobs.send(job).map_err(|_| WorkerGone)?;
+        result.recv().map_err(|_| WorkerGone)?
+    }
+}
