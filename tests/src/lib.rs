@@ -185,14 +185,17 @@ pub fn free_port() -> u16 {
         .expect("the OS always has a free loopback port")
 }
 
-/// Where cargo put the workspace's binaries (next to the test binary).
+/// Where cargo put the workspace's binaries: beside the running binary, in
+/// `target/<profile>/`. A test binary runs from `target/<profile>/deps/`,
+/// a `--bin` such as the load generator from `target/<profile>/` itself.
 pub fn binary_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary knows its path");
-    // target/<profile>/deps/it-xxxx -> target/<profile>/<name>
-    let dir = exe
+    let exe = std::env::current_exe().expect("the running binary knows its path");
+    let mut dir = exe
         .parent()
-        .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps");
+        .expect("binaries live in target/<profile> or target/<profile>/deps");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().expect("deps/ is inside target/<profile>");
+    }
     dir.join(name)
 }
 
