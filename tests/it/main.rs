@@ -5,5 +5,6 @@
 //! first when it is not running.
 
 mod bus;
+mod durability;
 mod fulfillment;
 mod orders;

@@ -8,6 +8,14 @@
 //! - [`Service`]: one service binary running against a vhost, killed when
 //!   dropped.
 //! - [`eventually`]: wait until a condition holds, or fail at a deadline.
+//! - [`PrivateBroker`]: a RabbitMQ node of a test's own, to stop and start.
+//! - [`TestDatabase`]: a fresh PostgreSQL database, dropped when dropped.
+
+pub mod broker;
+pub mod postgres;
+
+pub use broker::PrivateBroker;
+pub use postgres::TestDatabase;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -218,13 +226,24 @@ impl Service {
         data_dir: &Path,
         env: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::start_on(binary, &vhost.amqp_url, data_dir, env).await
+    }
+
+    /// As [`Service::start`], against any broker URL (e.g. a
+    /// [`PrivateBroker`]'s).
+    pub async fn start_on(
+        binary: &'static str,
+        amqp_url: &str,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let http_addr = format!("127.0.0.1:{}", free_port());
         let store = format!(
             "sqlite://{}",
             data_dir.join(format!("{binary}.db")).display()
         );
         let mut all_env: Vec<(String, String)> = vec![
-            ("AMQP_URL".into(), vhost.amqp_url.clone()),
+            ("AMQP_URL".into(), amqp_url.to_owned()),
             ("HTTP_ADDR".into(), http_addr.clone()),
             ("STORE_URL".into(), store),
             (
