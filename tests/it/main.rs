@@ -8,3 +8,4 @@ mod bus;
 mod durability;
 mod fulfillment;
 mod orders;
+mod shutdown;
