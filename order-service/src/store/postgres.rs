@@ -341,7 +341,7 @@ pub(crate) mod testdb {
 
     /// Runs `sql` on the server's `postgres` database, on a thread of its
     /// own so that async tests may call it too.
-    fn admin(sql: String) -> Result<(), String> {
+    pub fn admin(sql: String) -> Result<(), String> {
         let url = format!("{}/postgres", server());
         std::thread::spawn(move || {
             let mut client = Client::connect(&url, NoTls).map_err(|e| {
@@ -482,6 +482,25 @@ mod tests {
         s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()))
             .expect("insert inside a runtime");
         assert!(s.get("ORD-1").expect("get").is_some());
+    }
+
+    #[test]
+    fn the_store_reconnects_after_the_server_drops_its_connection() {
+        let db = TestDb::create("orders_reconnect");
+        let s = PostgresStore::open(&db.url).expect("open");
+        s.ping().expect("ping");
+        super::testdb::admin(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = '{}' AND pid <> pg_backend_pid()",
+            db.name
+        ))
+        .expect("terminating the store's connection");
+        // The call that finds the connection dead fails; the next reconnects.
+        let _ = s.ping();
+        s.ping()
+            .expect("a new connection after the old one was dropped");
+        s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()))
+            .expect("insert on the new connection");
     }
 
     #[test]
