@@ -237,7 +237,8 @@ impl System {
     /// one ended otherwise.
     async fn wait_all_shipped(&self, workflows: &[String]) -> Result<()> {
         let what = format!("all {} orders to be SHIPPED", workflows.len());
-        eventually(&what, DEADLINE, || async {
+        let waiting = Mutex::new(Vec::new());
+        let result = eventually(&what, DEADLINE, || async {
             for failed in ["CANCELLED", "FAILED"] {
                 let ended = self.listed(failed).await?;
                 if let Some(wf) = workflows.iter().find(|wf| ended.contains(*wf)) {
@@ -245,12 +246,29 @@ impl System {
                 }
             }
             let shipped = self.listed("SHIPPED").await?;
-            Ok(workflows
+            let left: Vec<String> = workflows
                 .iter()
-                .all(|wf| shipped.contains(wf))
-                .then_some(()))
+                .filter(|wf| !shipped.contains(*wf))
+                .cloned()
+                .collect();
+            let done = left.is_empty();
+            *waiting.lock().expect("waiting lock") = left;
+            Ok(done.then_some(()))
         })
-        .await
+        .await;
+        if result.is_err() {
+            let left = waiting.lock().expect("waiting lock").clone();
+            let mut seen = Vec::new();
+            for wf in left.iter().take(3) {
+                seen.push(
+                    self.status(wf)
+                        .await
+                        .map_or_else(|e| e.to_string(), |s| s.to_string()),
+                );
+            }
+            return result.with_context(|| format!("{} not shipped, e.g.: {seen:?}", left.len()));
+        }
+        result
     }
 
     /// The proof that nothing was duplicated: each order has exactly one
