@@ -11,19 +11,27 @@
 //!
 //! Undecodable bodies never reach the handler: they are dead-lettered with
 //! the decode error as the reason.
+//!
+//! Acks are coalesced: handlers finish in any order, and once every delivery
+//! up to a tag is settled, one `basic.ack` with `multiple` covers all the
+//! acked ones (see [`AckWindow`]). Each ack frame costs a hand-off to lapin's
+//! I/O thread and, on a quorum queue, a Raft command in the broker; under
+//! load most of them go. An ack is never delayed for a handler still
+//! running: only completions already in hand are combined.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::Channel;
+use lapin::{Acker, Channel};
 use tokio::sync::watch;
 
 use super::{
@@ -34,6 +42,10 @@ use crate::envelope::Envelope;
 /// Pause before a delivery whose handler asked to retry goes back to the
 /// queue, so a failing dependency is not hammered in a tight loop.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Most finished deliveries held back behind one still running before they
+/// are acked one by one (they hold prefetch slots while held).
+const HOLD_MAX: usize = 64;
 
 /// Where to send the answer to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,14 +110,23 @@ async fn consume(
         .and_then(|q| q.dead_letter_exchange.clone());
 
     let mut in_flight = FuturesUnordered::new();
+    let mut acks = AckWindow::default();
+    let dlx = dead_letter_exchange.as_deref();
+    let queue = spec.queue.as_str();
     loop {
         tokio::select! {
             _ = super::stopping(shutdown) => break,
             Some((delivery, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                settle(inner, channel, &spec.queue, dead_letter_exchange.as_deref(), delivery, outcome).await;
+                settle(inner, channel, queue, dlx, delivery, outcome, &mut acks).await;
+                // Whatever else has finished meanwhile goes in the same ack.
+                while let Some(Some((delivery, outcome))) = in_flight.next().now_or_never() {
+                    settle(inner, channel, queue, dlx, delivery, outcome, &mut acks).await;
+                }
+                send_acks(queue, &mut acks).await;
             }
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => {
+                    acks.received(delivery.delivery_tag);
                     let work = start(spec, delivery);
                     in_flight.push(work);
                 }
@@ -119,17 +140,85 @@ async fn consume(
         .basic_cancel(tag.as_str().into(), Default::default())
         .await;
     while let Some((delivery, outcome)) = in_flight.next().await {
-        settle(
-            inner,
-            channel,
-            &spec.queue,
-            dead_letter_exchange.as_deref(),
-            delivery,
-            outcome,
-        )
-        .await;
+        settle(inner, channel, queue, dlx, delivery, outcome, &mut acks).await;
+        send_acks(queue, &mut acks).await;
     }
+    send_acks(queue, &mut acks).await;
     Ok(())
+}
+
+/// Sends the acks that `acks` allows now.
+async fn send_acks(queue: &str, acks: &mut AckWindow<Acker>) {
+    for (acker, multiple) in acks.take() {
+        if let Err(error) = acker.ack(BasicAckOptions { multiple }).await {
+            // Unacked deliveries go back to the queue when the channel
+            // closes, and the handlers' idempotence makes that harmless.
+            tracing::warn!(%queue, %error, "could not ack deliveries");
+        }
+    }
+}
+
+/// Which finished deliveries of one channel can be acked, and how: every
+/// delivery tag up to the oldest one still being handled is settled, so
+/// one ack with `multiple` covers the acked ones among them (those settled
+/// otherwise, by nack or reject, are no longer outstanding and are not
+/// touched by it).
+#[derive(Debug)]
+pub(crate) struct AckWindow<A> {
+    /// Received, handler not finished.
+    running: BTreeSet<u64>,
+    /// Handler said ack; not acked yet.
+    done: BTreeMap<u64, A>,
+}
+
+impl<A> Default for AckWindow<A> {
+    fn default() -> Self {
+        Self {
+            running: BTreeSet::new(),
+            done: BTreeMap::new(),
+        }
+    }
+}
+
+impl<A> AckWindow<A> {
+    pub(crate) fn received(&mut self, tag: u64) {
+        self.running.insert(tag);
+    }
+
+    /// Settled by the caller itself (nack, reject, or its own ack).
+    pub(crate) fn settled(&mut self, tag: u64) {
+        self.running.remove(&tag);
+    }
+
+    /// To be acked; `acker` acks `tag` (and, with `multiple`, all before).
+    pub(crate) fn done(&mut self, tag: u64, acker: A) {
+        self.running.remove(&tag);
+        self.done.insert(tag, acker);
+    }
+
+    /// The acks to send now, each with its `multiple` flag.
+    pub(crate) fn take(&mut self) -> Vec<(A, bool)> {
+        let mut out = Vec::new();
+        let ready = match self.running.first() {
+            Some(&oldest) => {
+                let held = self.done.split_off(&oldest);
+                std::mem::replace(&mut self.done, held)
+            }
+            None => std::mem::take(&mut self.done),
+        };
+        let count = ready.len();
+        if let Some((_, last)) = ready.into_iter().next_back() {
+            out.push((last, count > 1));
+        }
+        if self.done.len() > HOLD_MAX {
+            out.extend(
+                std::mem::take(&mut self.done)
+                    .into_values()
+                    .map(|a| (a, false)),
+            );
+        }
+        out
+    }
 }
 
 /// Decodes and calls the handler synchronously (so delivery order is kept
@@ -174,6 +263,7 @@ fn decode(delivery: &Delivery) -> Result<Incoming, String> {
     })
 }
 
+/// Settles a delivery whose handler is done; an ack is left to `acks`.
 async fn settle(
     inner: &Arc<Inner>,
     channel: &Channel,
@@ -181,9 +271,14 @@ async fn settle(
     dead_letter_exchange: Option<&str>,
     delivery: Delivery,
     outcome: Outcome,
+    acks: &mut AckWindow<Acker>,
 ) {
+    let tag = delivery.delivery_tag;
     let result = match outcome {
-        Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
+        Outcome::Ack => {
+            acks.done(tag, delivery.acker);
+            return;
+        }
         Outcome::Retry(reason) => {
             tracing::warn!(%queue, %reason, "handler failed; message requeued");
             tokio::time::sleep(RETRY_PAUSE).await;
@@ -208,6 +303,7 @@ async fn settle(
             .await
         }
     };
+    acks.settled(tag);
     if let Err(error) = result {
         // The delivery stays unacked; the broker redelivers it on another
         // connection.
@@ -273,5 +369,68 @@ async fn dead_letter(
         delivery.acker.ack(BasicAckOptions::default()).await
     } else {
         reject().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(tags: std::ops::RangeInclusive<u64>) -> AckWindow<u64> {
+        let mut w = AckWindow::default();
+        for tag in tags {
+            w.received(tag);
+        }
+        w
+    }
+
+    #[test]
+    fn in_order_completions_are_acked_together() {
+        let mut w = window(1..=3);
+        for tag in 1..=3 {
+            w.done(tag, tag);
+        }
+        assert_eq!(w.take(), vec![(3, true)]);
+        assert!(w.take().is_empty());
+    }
+
+    #[test]
+    fn a_single_completion_is_acked_alone() {
+        let mut w = window(1..=1);
+        w.done(1, 1);
+        assert_eq!(w.take(), vec![(1, false)]);
+    }
+
+    #[test]
+    fn nothing_is_acked_past_a_running_handler() {
+        let mut w = window(1..=4);
+        w.done(1, 1);
+        w.done(3, 3);
+        w.done(4, 4);
+        assert_eq!(w.take(), vec![(1, false)]);
+        w.done(2, 2);
+        assert_eq!(w.take(), vec![(4, true)]);
+    }
+
+    #[test]
+    fn deliveries_settled_otherwise_do_not_block() {
+        let mut w = window(1..=3);
+        w.settled(1);
+        w.done(2, 2);
+        w.done(3, 3);
+        assert_eq!(w.take(), vec![(3, true)]);
+    }
+
+    #[test]
+    fn too_many_held_back_are_acked_one_by_one() {
+        let mut w = window(1..=(HOLD_MAX as u64 + 2));
+        for tag in 2..=(HOLD_MAX as u64 + 2) {
+            w.done(tag, tag);
+        }
+        let acks = w.take();
+        assert_eq!(acks.len(), HOLD_MAX + 1);
+        assert!(acks.iter().all(|(_, multiple)| !multiple));
+        w.done(1, 1);
+        assert_eq!(w.take(), vec![(1, false)]);
     }
 }
