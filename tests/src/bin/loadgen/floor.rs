@@ -47,6 +47,9 @@ pub struct Floor {
     /// The same messages until all are consumed and acked.
     pub publish_consume: Rate,
     pub message_bytes: usize,
+    /// RabbitMQ's CPU time per message during the publish/consume floor
+    /// (0 when the broker does not run on this machine).
+    pub broker_cpu_us_per_message: f64,
 }
 
 /// About the size of a service's query or signal envelope.
@@ -108,7 +111,13 @@ pub async fn measure(
     responder.abort();
 
     progress.set_message("floor: confirmed publish + consume");
+    let meter = crate::procs::CpuMeter::start(&[("rabbitmq", crate::procs::rabbitmq())]);
     let (confirmed_publish, publish_consume) = publish_consume(&server, messages, &body).await?;
+    let broker_cpu_us_per_message = meter
+        .stop()
+        .seconds
+        .get("rabbitmq")
+        .map_or(0.0, |s| 1e6 * s / messages as f64);
     let _ = server.close(200, "done".into()).await;
     let _ = client.close(200, "done".into()).await;
     Ok(Floor {
@@ -118,6 +127,7 @@ pub async fn measure(
         confirmed_publish,
         publish_consume,
         message_bytes: body.len(),
+        broker_cpu_us_per_message,
     })
 }
 

@@ -18,12 +18,29 @@ pub fn by_http_addr(addr: &str) -> Option<u32> {
     })
 }
 
-/// RabbitMQ's Erlang VM on this machine, if it runs here.
+/// RabbitMQ's Erlang VM on this machine, if it runs here: the oldest
+/// `beam.smp` (tests may start brokers of their own beside it).
 pub fn rabbitmq() -> Option<u32> {
-    pids().find(|pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .is_ok_and(|comm| comm.trim() == "beam.smp")
-    })
+    pids()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "beam.smp")
+        })
+        .min()
+}
+
+/// Busy and total CPU seconds of the whole machine, from `/proc/stat`.
+fn machine_cpu() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some(((total - idle) / TICKS_PER_SECOND, total / TICKS_PER_SECOND))
 }
 
 fn pids() -> impl Iterator<Item = u32> {
@@ -62,6 +79,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 #[derive(Debug, Clone, Default)]
 pub struct CpuMeter {
     start: BTreeMap<String, (u32, f64)>,
+    machine: Option<(f64, f64)>,
     wall: Option<std::time::Instant>,
 }
 
@@ -69,6 +87,11 @@ pub struct CpuMeter {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CpuUse {
     pub wall_seconds: f64,
+    /// Busy CPU seconds of the whole machine (all CPUs), including
+    /// processes not measured here (other work on a shared machine).
+    pub machine_busy_seconds: f64,
+    /// Of all CPUs' time, the share that was busy.
+    pub machine_busy_share: f64,
     /// name -> CPU seconds.
     pub seconds: BTreeMap<String, f64>,
 }
@@ -84,12 +107,19 @@ impl CpuMeter {
             .collect();
         Self {
             start,
+            machine: machine_cpu(),
             wall: Some(std::time::Instant::now()),
         }
     }
 
     pub fn stop(&self) -> CpuUse {
+        let (busy, share) = match (self.machine, machine_cpu()) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0, (b1 - b0) / (t1 - t0)),
+            _ => (0.0, 0.0),
+        };
         CpuUse {
+            machine_busy_seconds: busy,
+            machine_busy_share: share,
             wall_seconds: self.wall.map_or(0.0, |w| w.elapsed().as_secs_f64()),
             seconds: self
                 .start

@@ -265,23 +265,31 @@ impl Report {
                 .join(", ")
         );
         let shipped = o.shipped.max(1) as f64;
-        let total: f64 = self.cpu.seconds.values().sum();
+        let measured: f64 = self.cpu.seconds.values().sum();
         println!(
-            "CPU during the order run ({:.1} s on {} CPUs, {:.0}% used): {}",
+            "CPU during the order run ({:.1} s; the machine's {} CPUs {:.0}% busy, {:.0}% of it by processes not listed here):",
             self.cpu.wall_seconds,
             m.cpus,
-            100.0 * ratio(total, self.cpu.wall_seconds * m.cpus as f64),
-            self.cpu
-                .seconds
-                .iter()
-                .map(|(k, v)| format!(
-                    "{k} {:.2} ms/order ({:.0}% of a core)",
-                    1e3 * v / shipped,
-                    100.0 * ratio(*v, self.cpu.wall_seconds)
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
+            100.0 * self.cpu.machine_busy_share,
+            100.0 * ratio(
+                (self.cpu.machine_busy_seconds - measured).max(0.0),
+                self.cpu.machine_busy_seconds
+            ),
         );
+        for (name, seconds) in &self.cpu.seconds {
+            println!(
+                "  {name:<20} {:>6.2} ms per order  {:>4.0}% of a core",
+                1e3 * seconds / shipped,
+                100.0 * ratio(*seconds, self.cpu.wall_seconds)
+            );
+        }
+        if let Some(rabbit) = self.cpu.seconds.get("rabbitmq") {
+            println!(
+                "  rabbitmq per message published: {:.0} us in the order flow, {:.0} us at the floor (confirmed publish + consume)",
+                1e6 * rabbit / self.published.total.max(1) as f64,
+                self.floor.broker_cpu_us_per_message
+            );
+        }
         println!("\ntargets:");
         println!(
             "  query p50 {:.2} ms <= 2 x raw round trip + HTTP hop = {:.2} ms: {}",
