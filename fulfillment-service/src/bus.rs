@@ -73,8 +73,9 @@ pub fn handle_signal(
         envelope,
         reply_to,
         redelivered: incoming_redelivered,
-        ..
+        traceparent,
     } = incoming;
+    let traceparent = traceparent.or_else(|| envelope.traceparent.clone());
     let message_type = envelope.message_type();
     let input = match input_of(envelope.message) {
         Ok(input) => input,
@@ -90,7 +91,8 @@ pub fn handle_signal(
         redelivered = incoming_redelivered,
     );
     // Enqueued now, in delivery order.
-    let outcome = span.in_scope(|| registry.signal(&fulfillment_id, Some(message_id), input));
+    let outcome =
+        span.in_scope(|| registry.signal(&fulfillment_id, Some(message_id), traceparent, input));
     let bus = bus.clone();
     let registry = registry.clone();
     async move {

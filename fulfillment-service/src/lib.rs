@@ -24,6 +24,7 @@ pub mod actor;
 pub mod bus;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod store;
 pub mod telemetry;
 pub mod workflow;
@@ -84,6 +85,7 @@ impl Application {
         });
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(http::observe::observe))
                 .app_data(state.clone())
                 .configure(http::configure)
         })

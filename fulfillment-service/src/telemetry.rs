@@ -1,4 +1,6 @@
-//! Logs through `tracing`: JSON for machines, text for people.
+//! Logs through `tracing`: JSON for machines (`LOG_FORMAT=json`), text for
+//! people. Spans of HTTP requests, messages and transitions carry
+//! `trace_id`, so every line says which order's trace it belongs to.
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,7 +15,15 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr);
     // `try_init` fails only when a subscriber is already installed.
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
+        // Each line has the event's fields at the top level and the spans
+        // it happened in (with `trace_id`, `fulfillment_id`, ...) in
+        // `span` and `spans`.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
 }

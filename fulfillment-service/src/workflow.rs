@@ -68,6 +68,10 @@ pub struct Fulfillment {
     pub seq: u64,
     /// The last [`REMEMBERED_MESSAGE_IDS`] signal ids applied.
     pub processed: VecDeque<Uuid>,
+    /// W3C trace context of the signal that created it (the order's
+    /// trace); every event it publishes carries a child of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// What can happen to a fulfillment.
@@ -119,6 +123,21 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Keeps `traceparent` with a fulfillment that has none yet (the one
+    /// it is created with sticks), and stamps every event with a child of
+    /// the fulfillment's trace.
+    pub fn traced(mut self, traceparent: Option<&str>) -> Self {
+        if let Some(state) = self.state.as_mut() {
+            if state.traceparent.is_none() {
+                state.traceparent = traceparent.map(str::to_owned);
+            }
+            for (_, event) in &mut self.events {
+                event.traceparent = shared_messages::trace::child_of(state.traceparent.as_deref());
+            }
+        }
+        self
+    }
+
     fn unchanged(reply: Reply) -> Self {
         Self {
             state: None,
@@ -182,6 +201,7 @@ pub fn create(
         updated_at: now,
         seq: 0,
         processed: VecDeque::new(),
+        traceparent: None,
     };
     state.remember(message_id);
     transition(state, None, now, timing, true)

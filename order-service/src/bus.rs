@@ -18,6 +18,7 @@ use tracing::Instrument;
 use shared_messages::bus::{Bus, BusError, Handler, Incoming, Outcome, Route};
 use shared_messages::messages::{GetFulfillmentProgress, GetFulfillmentStatus};
 use shared_messages::topology::{FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY};
+use shared_messages::trace;
 use shared_messages::{Envelope, Message};
 
 use crate::actor::{ApplyError, Orders};
@@ -50,7 +51,7 @@ pub async fn handle_event(orders: &Orders, incoming: Incoming) -> Outcome {
     };
     let order_id = event.fulfillment.order_id.clone();
     let fulfillment_id = event.fulfillment.fulfillment_workflow_id.clone();
-    let span = tracing::debug_span!(
+    let span = tracing::info_span!(
         "fulfillment_event",
         %order_id,
         %fulfillment_id,
@@ -86,7 +87,8 @@ pub async fn query_status(
     let envelope = Envelope::new(
         fulfillment_id,
         Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
-    );
+    )
+    .traced(trace::current_child());
     bus.request(&query_route(), &envelope, timeout, false).await
 }
 
@@ -99,7 +101,8 @@ pub async fn query_progress(
     let envelope = Envelope::new(
         fulfillment_id,
         Message::GetFulfillmentProgress(GetFulfillmentProgress {}),
-    );
+    )
+    .traced(trace::current_child());
     bus.request(&query_route(), &envelope, timeout, false).await
 }
 
@@ -112,7 +115,7 @@ pub async fn signal_with_reply(
     message: Message,
     timeout: Duration,
 ) -> Result<Envelope, BusError> {
-    let envelope = Envelope::new(fulfillment_id, message);
+    let envelope = Envelope::new(fulfillment_id, message).traced(trace::current_child());
     bus.request(
         &crate::workflow::fulfillment_signal_route(),
         &envelope,

@@ -16,7 +16,8 @@
 //! | [`bus`] | the fulfillment-events consumer, queries and signals |
 //! | [`store`] | orders and the outbox, in SQLite or PostgreSQL |
 //! | [`http`] | the REST API, compatible with the original demo |
-//! | [`telemetry`] | logging |
+//! | [`telemetry`] | logging (spans carry `trace_id`) |
+//! | [`metrics`] | Prometheus metrics at `/metrics` |
 //!
 //! Start-up ([`Application::build`]): open the store (migrations), respawn
 //! every unfinished order's actor at its step, register the consumer,
@@ -28,6 +29,7 @@ pub mod bus;
 pub mod config;
 pub mod http;
 pub mod inventory;
+pub mod metrics;
 pub mod payment;
 pub mod store;
 pub mod telemetry;
@@ -102,6 +104,7 @@ impl Application {
         });
         let server = HttpServer::new(move || {
             App::new()
+                .wrap(actix_web::middleware::from_fn(http::observe::observe))
                 .app_data(state.clone())
                 .configure(http::configure)
         })

@@ -1,4 +1,6 @@
 //! Logging: readable text by default, JSON lines with `LOG_FORMAT=json`.
+//! Spans of HTTP requests, messages and transitions carry `trace_id`, so
+//! every line says which order's trace it belongs to.
 
 use tracing_subscriber::EnvFilter;
 
@@ -15,7 +17,15 @@ where
         .with_env_filter(filter)
         .with_writer(sink);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        // Each line has the event's fields at the top level and the spans
+        // it happened in (with `trace_id`, `order_id`, ...) in `span` and
+        // `spans`.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
 }

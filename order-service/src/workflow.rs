@@ -201,6 +201,10 @@ pub struct OrderState {
     pub processed_messages: VecDeque<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// W3C trace context of the request that created the order; every
+    /// message the order sends carries a child of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl OrderState {
@@ -225,6 +229,7 @@ impl OrderState {
             processed_messages: VecDeque::new(),
             created_at: now,
             updated_at: now,
+            traceparent: None,
         }
     }
 

@@ -34,6 +34,10 @@ pub struct Envelope {
     pub entity_id: String,
     pub sent_at: DateTime<Utc>,
     pub message: Message,
+    /// W3C trace context of the order this message belongs to (see
+    /// [`crate::trace`]). Written to the wire so that it survives a
+    /// service's outbox; also sent as the AMQP `traceparent` header.
+    pub traceparent: Option<String>,
 }
 
 /// Why bytes could not be turned into an [`Envelope`].
@@ -63,6 +67,8 @@ struct WireEnvelope {
     sent_at: DateTime<Utc>,
     #[serde(default)]
     payload: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
 }
 
 impl Envelope {
@@ -79,7 +85,14 @@ impl Envelope {
             entity_id: entity_id.into(),
             sent_at: Utc::now(),
             message,
+            traceparent: None,
         }
+    }
+
+    /// The same message, carrying `traceparent` (when there is one).
+    pub fn traced(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
     }
 
     /// The message type as written in `messageType` and the AMQP `type`.
@@ -101,6 +114,7 @@ impl Envelope {
             entity_id: self.entity_id.clone(),
             sent_at: self.sent_at,
             payload,
+            traceparent: self.traceparent.clone(),
         };
         serde_json::to_vec(&wire).expect("envelopes always serialize to JSON")
     }
@@ -130,6 +144,7 @@ impl Envelope {
             entity_id: wire.entity_id,
             sent_at: wire.sent_at,
             message,
+            traceparent: wire.traceparent,
         })
     }
 }

@@ -12,7 +12,10 @@
 //!   declarative description each service declares at start-up.
 //! - [`bus`]: the connection supervisor (connect, reconnect with backoff,
 //!   re-declare, resume consuming), confirmed publishing, request/reply over
-//!   direct reply-to, and consumers that ack, retry or dead-letter.
+//!   direct reply-to, and consumers that ack, retry or dead-letter; their
+//!   Prometheus metrics ([`bus::metrics`]).
+//! - [`trace`]: W3C `traceparent`, carried so one order's spans in both
+//!   services share one trace id.
 //!
 //! The wire format is documented for non-Rust clients in
 //! `docs/message-contract.md`.
@@ -23,6 +26,7 @@ pub mod envelope;
 pub mod ids;
 pub mod messages;
 pub mod topology;
+pub mod trace;
 
 pub use envelope::{DecodeError, Envelope, SCHEMA_VERSION};
 pub use messages::Message;

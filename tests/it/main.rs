@@ -7,5 +7,6 @@
 mod bus;
 mod durability;
 mod fulfillment;
+mod operations;
 mod orders;
 mod shutdown;

@@ -116,6 +116,31 @@ impl TestVhost {
         Ok(response.json().await?)
     }
 
+    /// Grants (`true`) or revokes (`false`) the `guest` user's access to
+    /// this vhost: revoked, a client that reconnects is refused until it
+    /// is granted again.
+    pub async fn set_guest_access(&self, allowed: bool) -> Result<()> {
+        let url = self.api("permissions/{vhost}/guest");
+        let client = reqwest::Client::new();
+        let response = if allowed {
+            client
+                .put(&url)
+                .json(&serde_json::json!({"configure": ".*", "write": ".*", "read": ".*"}))
+                .send()
+                .await?
+        } else {
+            client.delete(&url).send().await?
+        };
+        if !response.status().is_success() {
+            bail!(
+                "setting guest access on {}: {}",
+                self.name,
+                response.status()
+            );
+        }
+        Ok(())
+    }
+
     /// Closes every client connection on this vhost, as a network fault
     /// would. Waits (up to 15 s) until the management API lists at least
     /// one, since it learns of new connections with a delay.
@@ -213,6 +238,8 @@ pub struct Service {
     pub base_url: String,
     pub http_addr: String,
     pub env: Vec<(String, String)>,
+    /// Where stdout and stderr go (appended), when captured.
+    pub log_file: Option<PathBuf>,
     child: Option<tokio::process::Child>,
 }
 
@@ -260,10 +287,56 @@ impl Service {
             base_url: format!("http://{http_addr}"),
             http_addr,
             env: all_env,
+            log_file: None,
             child: None,
         };
         service.spawn().await?;
         Ok(service)
+    }
+
+    /// As [`Service::start`], with stdout and stderr appended to `log_file`
+    /// (read it with [`Service::log`]).
+    pub async fn start_logged(
+        binary: &'static str,
+        vhost: &TestVhost,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        log_file: &Path,
+    ) -> Result<Self> {
+        let http_addr = format!("127.0.0.1:{}", free_port());
+        let mut service = Self {
+            name: binary,
+            base_url: format!("http://{http_addr}"),
+            http_addr: http_addr.clone(),
+            env: Vec::new(),
+            log_file: Some(log_file.to_owned()),
+            child: None,
+        };
+        let store = format!(
+            "sqlite://{}",
+            data_dir.join(format!("{binary}.db")).display()
+        );
+        service.env = vec![
+            ("AMQP_URL".into(), vhost.amqp_url.clone()),
+            ("HTTP_ADDR".into(), http_addr),
+            ("STORE_URL".into(), store),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        for (k, v) in env {
+            service.env.retain(|(key, _)| key != k);
+            service.env.push(((*k).into(), (*v).into()));
+        }
+        service.spawn().await?;
+        Ok(service)
+    }
+
+    /// What the service has written to its log file so far (empty when
+    /// not captured).
+    pub fn log(&self) -> String {
+        self.log_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 
     async fn spawn(&mut self) -> Result<()> {
@@ -274,7 +347,16 @@ impl Service {
                 path.display()
             );
         }
-        let child = tokio::process::Command::new(&path)
+        let mut command = tokio::process::Command::new(&path);
+        if let Some(log) = &self.log_file {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .with_context(|| format!("opening {}", log.display()))?;
+            command.stdout(file.try_clone()?).stderr(file);
+        }
+        let child = command
             .envs(self.env.iter().cloned())
             .stdin(Stdio::null())
             .kill_on_drop(true)

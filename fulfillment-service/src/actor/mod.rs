@@ -16,7 +16,10 @@ use std::time::Duration;
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, SpawnHandle};
 use chrono::Utc;
 use shared_messages::bus::outbox::OutboxSignal;
+use shared_messages::trace;
 use uuid::Uuid;
+
+use crate::metrics::{TransitionLabels, METRICS};
 
 use crate::store::{Store, StoreError};
 use crate::workflow::{self, Fulfillment, Input, Reply, Timing};
@@ -39,7 +42,7 @@ impl Deps {
     /// Stores a decision's state and events; nudges the relay.
     fn persist(&self, decision: &workflow::Decision) -> Result<(), StoreError> {
         if let Some(state) = &decision.state {
-            self.store.save(state, &decision.events)?;
+            METRICS.store_write("save", || self.store.save(state, &decision.events))?;
             if !decision.events.is_empty() {
                 self.outbox.notify();
             }
@@ -53,6 +56,8 @@ impl Deps {
 #[rtype(result = "Result<Reply, StoreError>")]
 pub struct Signal {
     pub message_id: Option<Uuid>,
+    /// The sender's trace; a fulfillment created by this signal keeps it.
+    pub traceparent: Option<String>,
     pub input: Input,
 }
 
@@ -78,15 +83,25 @@ impl FulfillmentActor {
         &mut self,
         ctx: &mut Context<Self>,
         message_id: Option<Uuid>,
+        traceparent: Option<&str>,
         input: Input,
     ) -> Result<Reply, StoreError> {
+        let span = tracing::info_span!(
+            "fulfillment_input",
+            fulfillment_id = %self.state.id,
+            order_id = %self.state.order_id,
+            status = %self.state.status,
+            trace_id = %trace::trace_id_of(self.state.traceparent.as_deref().or(traceparent)),
+        );
+        let _entered = span.enter();
         let decision = workflow::decide(
             &self.state,
             &input,
             message_id,
             Utc::now(),
             self.deps.timing,
-        );
+        )
+        .traced(traceparent);
         self.deps.persist(&decision)?;
         if let Some(state) = decision.state {
             if state.status != self.state.status || state.step != self.state.step {
@@ -96,6 +111,18 @@ impl FulfillmentActor {
                     step = state.step,
                     "fulfillment transition"
                 );
+            }
+            if state.status != self.state.status {
+                let (from, to) = (self.state.status.as_str(), state.status.as_str());
+                METRICS
+                    .transitions
+                    .get_or_create(&TransitionLabels {
+                        from: from.into(),
+                        to: to.into(),
+                    })
+                    .inc();
+                METRICS.actor(from, -1);
+                METRICS.actor(to, 1);
             }
             self.state = state;
         }
@@ -120,7 +147,7 @@ impl FulfillmentActor {
             let delay = delay.unwrap_or(self.deps.timing.step_delay);
             let handle = ctx.run_later(delay, move |act, ctx| {
                 act.timer = None;
-                if let Err(error) = act.apply(ctx, None, Input::StepDone { step }) {
+                if let Err(error) = act.apply(ctx, None, None, Input::StepDone { step }) {
                     tracing::error!(fulfillment_id = %act.state.id, %error, "cannot store a completed step; retrying");
                     let retry = act.deps.timing.step_delay.max(STORE_RETRY);
                     act.arm(ctx, Some(retry));
@@ -135,11 +162,13 @@ impl Actor for FulfillmentActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        METRICS.actor(self.state.status.as_str(), 1);
         // A recovered fulfillment runs its current step again from the start.
         self.arm(ctx, None);
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
+        METRICS.actor(self.state.status.as_str(), -1);
         self.registry.forget(&self.state.id, &ctx.address());
     }
 }
@@ -148,6 +177,6 @@ impl Handler<Signal> for FulfillmentActor {
     type Result = Result<Reply, StoreError>;
 
     fn handle(&mut self, msg: Signal, ctx: &mut Self::Context) -> Self::Result {
-        self.apply(ctx, msg.message_id, msg.input)
+        self.apply(ctx, msg.message_id, msg.traceparent.as_deref(), msg.input)
     }
 }

@@ -112,11 +112,12 @@ impl Registry {
         &self,
         id: &str,
         message_id: Option<Uuid>,
+        traceparent: Option<String>,
         input: Input,
     ) -> BoxFuture<'static, Result<Reply, StoreError>> {
         let mut actors = self.actors();
         if let Some(addr) = actors.get(id).filter(|a| a.connected()) {
-            return self.send(addr, id, message_id, input);
+            return self.send(addr, id, message_id, traceparent, input);
         }
         // Not running: finished, not yet spawned, or unknown. The lock is
         // held so two creators of one id cannot race.
@@ -128,13 +129,15 @@ impl Registry {
         let decision = match stored {
             Some(state) if !state.status.is_final() => {
                 let addr = self.spawn(state);
-                let request = self.send(&addr, id, message_id, input);
+                let request = self.send(&addr, id, message_id, traceparent, input);
                 actors.insert(id.to_owned(), addr);
                 return request;
             }
-            Some(state) => workflow::decide(&state, &input, message_id, Utc::now(), deps.timing),
+            Some(state) => workflow::decide(&state, &input, message_id, Utc::now(), deps.timing)
+                .traced(traceparent.as_deref()),
             None if input.creates() => {
                 workflow::create(id, &input, message_id, Utc::now(), deps.timing)
+                    .traced(traceparent.as_deref())
             }
             None => {
                 return future::ready(Ok(Err(ReplyError::not_found(format!(
@@ -147,7 +150,13 @@ impl Registry {
             return future::ready(Err(error)).boxed();
         }
         if let Some(state) = decision.state.filter(|s| !s.status.is_final()) {
-            tracing::info!(fulfillment_id = %id, status = %state.status, "fulfillment created");
+            tracing::info!(
+                fulfillment_id = %id,
+                order_id = %state.order_id,
+                status = %state.status,
+                trace_id = %shared_messages::trace::trace_id_of(state.traceparent.as_deref()),
+                "fulfillment created"
+            );
             actors.insert(id.to_owned(), self.spawn(state));
         }
         future::ready(Ok(decision.reply)).boxed()
@@ -158,10 +167,12 @@ impl Registry {
         addr: &Addr<FulfillmentActor>,
         id: &str,
         message_id: Option<Uuid>,
+        traceparent: Option<String>,
         input: Input,
     ) -> BoxFuture<'static, Result<Reply, StoreError>> {
         let request = addr.send(Signal {
             message_id,
+            traceparent: traceparent.clone(),
             input: input.clone(),
         });
         let registry = self.clone();
@@ -171,7 +182,7 @@ impl Registry {
                 Ok(outcome) => outcome,
                 // The actor stopped (it just finished) before it took the
                 // message: decide again against the stored state.
-                Err(_) => registry.signal(&id, message_id, input).await,
+                Err(_) => registry.signal(&id, message_id, traceparent, input).await,
             }
         }
         .boxed()

@@ -167,7 +167,12 @@ async fn shipping_address(
 }
 
 async fn apply(state: &AppState, id: &str, input: Input) -> Result<Accepted, ApiError> {
-    Ok(state.registry.signal(id, None, input).await??)
+    // A fulfillment created over HTTP starts (or continues) the request's trace.
+    let traceparent = shared_messages::trace::current().map(|t| t.traceparent());
+    Ok(state
+        .registry
+        .signal(id, None, traceparent, input)
+        .await??)
 }
 
 async fn signal_and_show(

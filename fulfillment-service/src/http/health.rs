@@ -2,7 +2,6 @@
 
 use actix_web::{web, HttpResponse};
 
-use super::error::ApiError;
 use super::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -16,21 +15,30 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    if !state.bus.is_connected() {
-        return Err(ApiError::NotReady(
-            "not connected to RabbitMQ; reconnecting (check AMQP_URL and the broker)".into(),
-        ));
+/// 200 with `{"status": "ready", "broker": true, "store": true}`, or 503
+/// with `{"error": "not_ready", "message": why, "broker", "store"}`.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let broker = state.bus.is_connected();
+    let store = state.registry.ping_store();
+    if broker && store.is_ok() {
+        return HttpResponse::Ok().json(serde_json::json!({
+            "status": "ready",
+            "broker": true,
+            "store": true,
+            "runningFulfillments": state.registry.live(),
+        }));
     }
-    if let Err(error) = state.registry.ping_store() {
-        return Err(ApiError::NotReady(format!(
-            "the store does not answer: {error}"
-        )));
+    let mut why = Vec::new();
+    if !broker {
+        why.push("not connected to RabbitMQ; reconnecting (check AMQP_URL and the broker)".into());
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "status": "ready",
-        "broker": "connected",
-        "store": "ok",
-        "runningFulfillments": state.registry.live(),
-    })))
+    if let Err(error) = &store {
+        why.push(format!("the store does not answer: {error}"));
+    }
+    HttpResponse::ServiceUnavailable().json(serde_json::json!({
+        "error": "not_ready",
+        "message": why.join("; "),
+        "broker": broker,
+        "store": store.is_ok(),
+    }))
 }

@@ -1,58 +1,43 @@
 //! `/metrics` (Prometheus text) and `/openapi.json`.
 
-use std::fmt::Write as _;
-
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 use shared_messages::messages::FulfillmentStatus;
 
-use super::error::ApiError;
 use super::AppState;
+use crate::metrics::{StatusLabels, METRICS};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(metrics))
         .route("/openapi.json", web::get().to(openapi));
 }
 
-async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let store = state.registry.store();
-    let counts = store.count_by_status()?;
-    let mut out = String::new();
-    let _ = writeln!(out, "# HELP fulfillments Stored fulfillments by status.");
-    let _ = writeln!(out, "# TYPE fulfillments gauge");
+    // Read at scrape time: what the store holds now.
+    let counts = store.count_by_status();
+    METRICS.store_up.set(i64::from(counts.is_ok()));
+    let counts = counts.unwrap_or_default();
     for status in FulfillmentStatus::ALL {
         let n = counts
             .iter()
             .find(|(s, _)| s == status.as_str())
             .map_or(0, |(_, n)| *n);
-        let _ = writeln!(out, "fulfillments{{status=\"{status}\"}} {n}");
+        METRICS
+            .fulfillments
+            .get_or_create(&StatusLabels {
+                status: status.as_str().into(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
-    let gauges = [
-        (
-            "fulfillment_actors_running",
-            "Fulfillment actors in memory.",
-            state.registry.live() as u64,
-        ),
-        (
-            "fulfillment_outbox_pending",
-            "Events stored but not yet confirmed by the broker.",
-            store.outbox_len()?,
-        ),
-        (
-            "fulfillment_broker_connected",
-            "1 while connected to RabbitMQ.",
-            u64::from(state.bus.is_connected()),
-        ),
-    ];
-    for (name, help, value) in gauges {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-        );
+    if let Ok(n) = store.outbox_len() {
+        METRICS
+            .outbox_pending
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(out))
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(METRICS.encode())
 }
 
 async fn openapi() -> HttpResponse {

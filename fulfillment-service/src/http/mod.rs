@@ -4,6 +4,7 @@ pub mod error;
 mod fulfillments;
 mod health;
 mod meta;
+pub mod observe;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{web, HttpRequest};
@@ -344,9 +345,12 @@ mod tests {
         assert_eq!(response.status().as_u16(), 200);
         let text = String::from_utf8(test::read_body(response).await.to_vec()).expect("utf-8");
         assert!(
-            text.contains("fulfillments{status=\"PICKING\"} 0"),
+            text.contains("fulfillment_service_fulfillments{status=\"PICKING\"} 0"),
             "{text}"
         );
-        assert!(text.contains("fulfillment_broker_connected 0"), "{text}");
+        assert!(
+            text.contains("fulfillment_service_broker_connected 0"),
+            "{text}"
+        );
     }
 }

@@ -17,8 +17,10 @@ use chrono::Utc;
 use rand::Rng;
 use shared_messages::bus::Route;
 use shared_messages::messages::GetFulfillmentStatus;
+use shared_messages::trace;
 use shared_messages::{Envelope, Message as WireMessage};
 
+use crate::metrics::{TransitionLabels, METRICS};
 use crate::workflow::{self, Effect, Input, OrderState, Timer};
 use crate::{bus, inventory, payment};
 
@@ -51,7 +53,13 @@ impl OrderActor {
     }
 
     fn apply(&mut self, input: Input, ctx: &mut Context<Self>) -> Result<OrderState, ApplyError> {
-        let span = tracing::debug_span!("order_input", order_id = %self.state.order_id, status = %self.state.status);
+        let span = tracing::info_span!(
+            "order_input",
+            order_id = %self.state.order_id,
+            fulfillment_id = self.state.fulfillment_workflow_id.as_deref().unwrap_or(""),
+            status = %self.state.status,
+            trace_id = %trace::trace_id_of(self.state.traceparent.as_deref()),
+        );
         let _entered = span.enter();
         if matches!(input, Input::Fulfillment { .. }) {
             self.last_heard = Some(Instant::now());
@@ -65,21 +73,37 @@ impl OrderActor {
             .effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Signal(route, envelope) => Some((route.clone(), (**envelope).clone())),
+                Effect::Signal(route, envelope) => Some((
+                    route.clone(),
+                    (**envelope)
+                        .clone()
+                        .traced(trace::child_of(self.state.traceparent.as_deref())),
+                )),
                 _ => None,
             })
             .collect();
-        self.orders
-            .store()
-            .save(&transition.state, &outbox)
+        METRICS
+            .store_write("save", || {
+                self.orders.store().save(&transition.state, &outbox)
+            })
             .map_err(ApplyError::Store)?;
         if transition.state.status != self.state.status {
+            let (from, to) = (self.state.status.as_str(), transition.state.status.as_str());
             tracing::info!(
                 order_id = %self.state.order_id,
-                from = %self.state.status,
-                to = %transition.state.status,
+                from,
+                to,
                 "order transition"
             );
+            METRICS
+                .transitions
+                .get_or_create(&TransitionLabels {
+                    from: from.into(),
+                    to: to.into(),
+                })
+                .inc();
+            METRICS.actor(from, -1);
+            METRICS.actor(to, 1);
         }
         self.state = transition.state;
         if !outbox.is_empty() {
@@ -181,11 +205,13 @@ impl OrderActor {
         }
         self.poll_in_flight = true;
         let timeout = self.orders.timings().query_timeout;
+        let traceparent = trace::child_of(self.state.traceparent.as_deref());
         let request = async move {
             let envelope = Envelope::new(
                 fulfillment_id,
                 WireMessage::GetFulfillmentStatus(GetFulfillmentStatus {}),
-            );
+            )
+            .traced(traceparent);
             bus.request(&bus::query_route(), &envelope, timeout, false)
                 .await
         };
@@ -220,11 +246,13 @@ impl Actor for OrderActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        METRICS.actor(self.state.status.as_str(), 1);
         let effects = workflow::resume(&self.state);
         self.perform(effects, ctx);
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
+        METRICS.actor(self.state.status.as_str(), -1);
         self.orders.forget(&self.state.order_id, &ctx.address());
     }
 }

@@ -15,6 +15,7 @@ use shared_messages::bus::outbox::OutboxSignal;
 use shared_messages::bus::Bus;
 
 use super::{Apply, OrderActor};
+use crate::metrics::METRICS;
 use crate::store::{Store, StoreError};
 use crate::validation;
 use crate::workflow::{self, Input, OrderDetails, OrderState, Rejection};
@@ -112,12 +113,18 @@ impl Orders {
         OrderActor::start_in_arbiter(&self.inner.arbiter, move |_| OrderActor::new(state, orders))
     }
 
-    /// Stores a new order and starts its saga.
-    pub fn create(&self, details: OrderDetails) -> Result<OrderState, StoreError> {
+    /// Stores a new order and starts its saga, in the trace `traceparent`
+    /// (the creating request's).
+    pub fn create(
+        &self,
+        details: OrderDetails,
+        traceparent: Option<String>,
+    ) -> Result<OrderState, StoreError> {
         let now = Utc::now();
         let state = loop {
-            let state = OrderState::new(&validation::new_order_id(now), details.clone(), now);
-            match self.inner.store.insert(&state) {
+            let mut state = OrderState::new(&validation::new_order_id(now), details.clone(), now);
+            state.traceparent = traceparent.clone();
+            match METRICS.store_write("insert", || self.inner.store.insert(&state)) {
                 Ok(()) => break state,
                 // 36^9 ids per millisecond: a clash is vanishingly rare.
                 Err(StoreError::Duplicate(_)) => continue,
@@ -126,7 +133,11 @@ impl Orders {
         };
         let addr = self.spawn(state.clone());
         self.actors().insert(state.order_id.clone(), addr);
-        tracing::info!(order_id = %state.order_id, "order created");
+        tracing::info!(
+            order_id = %state.order_id,
+            trace_id = %shared_messages::trace::trace_id_of(state.traceparent.as_deref()),
+            "order created"
+        );
         Ok(state)
     }
 
@@ -188,9 +199,8 @@ impl Orders {
             workflow::handle(&state, input, Utc::now()).map_err(ApplyError::Rejected)?;
         if transition.changed {
             // Final orders cause no effects, so there is no outbox to write.
-            self.inner
-                .store
-                .save(&transition.state, &[])
+            METRICS
+                .store_write("save", || self.inner.store.save(&transition.state, &[]))
                 .map_err(ApplyError::Store)?;
         }
         Ok(transition.state)

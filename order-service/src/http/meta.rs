@@ -1,11 +1,10 @@
 //! `/metrics` (Prometheus text) and `/openapi.json` (every route).
 
-use std::fmt::Write;
-
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Value};
 
-use super::{ApiError, AppState};
+use super::AppState;
+use crate::metrics::{StatusLabels, METRICS};
 use crate::workflow::OrderStatus;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -13,48 +12,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/openapi.json", web::get().to(openapi));
 }
 
-async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let store = state.orders.store();
-    let counts = store.count_by_status().map_err(ApiError::internal)?;
-    let outbox = store.outbox_len().map_err(ApiError::internal)?;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP order_service_orders Orders in the store by status."
-    );
-    let _ = writeln!(out, "# TYPE order_service_orders gauge");
+    // Read at scrape time: what the store holds now.
+    let counts = store.count_by_status();
+    METRICS.store_up.set(i64::from(counts.is_ok()));
+    let counts = counts.unwrap_or_default();
     for status in OrderStatus::ALL {
         let n = counts
             .iter()
             .find(|(s, _)| *s == status)
             .map_or(0, |(_, n)| *n);
-        let _ = writeln!(out, "order_service_orders{{status=\"{status}\"}} {n}");
+        METRICS
+            .orders
+            .get_or_create(&StatusLabels {
+                status: status.as_str().into(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
-    let _ = writeln!(
-        out,
-        "# HELP order_service_open_actors Open orders with a running actor."
-    );
-    let _ = writeln!(out, "# TYPE order_service_open_actors gauge");
-    let _ = writeln!(out, "order_service_open_actors {}", state.orders.running());
-    let _ = writeln!(
-        out,
-        "# HELP order_service_outbox_pending Signals stored, not yet confirmed by RabbitMQ."
-    );
-    let _ = writeln!(out, "# TYPE order_service_outbox_pending gauge");
-    let _ = writeln!(out, "order_service_outbox_pending {outbox}");
-    let _ = writeln!(
-        out,
-        "# HELP order_service_broker_connected 1 when connected to RabbitMQ."
-    );
-    let _ = writeln!(out, "# TYPE order_service_broker_connected gauge");
-    let _ = writeln!(
-        out,
-        "order_service_broker_connected {}",
-        u8::from(state.orders.bus().is_connected())
-    );
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(out))
+    if let Ok(n) = store.outbox_len() {
+        METRICS
+            .outbox_pending
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(METRICS.encode())
 }
 
 async fn openapi() -> HttpResponse {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod fulfillment;
 pub mod health;
 pub mod meta;
+pub mod observe;
 pub mod orders;
 pub mod views;
 

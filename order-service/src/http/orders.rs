@@ -59,7 +59,12 @@ fn require_broker(state: &AppState) -> Result<(), ApiError> {
 
 fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse, ApiError> {
     require_broker(state)?;
-    let order = state.orders.create(details).map_err(ApiError::internal)?;
+    // The order keeps the request's trace (new, or the caller's).
+    let traceparent = shared_messages::trace::current().map(|t| t.traceparent());
+    let order = state
+        .orders
+        .create(details, traceparent)
+        .map_err(ApiError::internal)?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "orderId": order.order_id,
         "workflowId": order.workflow_id,

@@ -15,22 +15,27 @@
 //! - Consumers ([`Bus::consume`]) ack after their handler succeeds, requeue
 //!   on [`Outcome::Retry`], and dead-letter with the reason in the
 //!   `x-dead-letter-reason` header on [`Outcome::DeadLetter`] or when the
-//!   body does not decode. See [`consumer`].
+//!   body does not decode. See [`consumer`]. Each delivery is handled in
+//!   a `message` span (`message_id`, `message_type`, `entity_id`,
+//!   `trace_id`) and counted in [`metrics`].
 
 mod consumer;
+pub mod metrics;
 pub mod outbox;
 mod rpc;
 mod session;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use tokio::sync::{oneshot, watch};
+use tracing::Instrument;
 
 use crate::envelope::{DecodeError, Envelope};
 use crate::topology::Topology;
@@ -177,8 +182,10 @@ impl Bus {
     }
 
     /// Registers a consumer; it starts on every (re)connect after
-    /// [`Bus::start`].
+    /// [`Bus::start`]. The handler runs inside a `message` span and its
+    /// outcome and duration are counted (see [`metrics`]).
     pub fn consume(&self, queue: &str, handler: Handler) {
+        let handler = observed(queue, handler);
         self.inner
             .consumers
             .lock()
@@ -258,6 +265,12 @@ impl Bus {
             ENTITY_ID_HEADER.into(),
             AMQPValue::LongString(envelope.entity_id.as_str().into()),
         );
+        if let Some(traceparent) = &envelope.traceparent {
+            headers.insert(
+                TRACEPARENT_HEADER.into(),
+                AMQPValue::LongString(traceparent.as_str().into()),
+            );
+        }
         BasicProperties::default()
             .with_message_id(envelope.message_id.to_string().into())
             .with_type(envelope.message_type().into())
@@ -293,9 +306,9 @@ impl Bus {
                     self.properties(envelope, true),
                 )
                 .await?;
-            confirms.push((route, confirm));
+            confirms.push((route, envelope, confirm));
         }
-        for (route, confirm) in confirms {
+        for (route, envelope, confirm) in confirms {
             let confirmation = confirm.await?;
             if confirmation.is_nack() {
                 return Err(BusError::Nacked);
@@ -306,6 +319,13 @@ impl Bus {
                     routing_key: route.routing_key.clone(),
                 });
             }
+            metrics::METRICS
+                .published
+                .get_or_create(&metrics::PublishedLabels {
+                    exchange: route.exchange.clone(),
+                    message_type: envelope.message_type().into(),
+                })
+                .inc();
         }
         Ok(())
     }
@@ -320,8 +340,27 @@ impl Bus {
         timeout: Duration,
         persistent: bool,
     ) -> Result<Envelope, BusError> {
-        let session = self.session().ok_or(BusError::NotConnected)?;
-        rpc::request(self, &session, route, envelope, timeout, persistent).await
+        let started = Instant::now();
+        let result = match self.session() {
+            Some(session) => {
+                rpc::request(self, &session, route, envelope, timeout, persistent).await
+            }
+            None => Err(BusError::NotConnected),
+        };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(BusError::Timeout(_)) => "timeout",
+            Err(BusError::NotConnected) => "not_connected",
+            Err(_) => "error",
+        };
+        metrics::METRICS
+            .request_seconds
+            .get_or_create(&metrics::RequestLabels {
+                message_type: envelope.message_type().into(),
+                outcome: outcome.into(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Answers a request. Replies are not confirmed: a requester that has
@@ -341,13 +380,79 @@ impl Bus {
                 properties,
             )
             .await?;
+        metrics::METRICS
+            .published
+            .get_or_create(&metrics::PublishedLabels {
+                exchange: String::new(),
+                message_type: envelope.message_type().into(),
+            })
+            .inc();
         Ok(())
     }
+}
+
+/// Wraps a consumer's handler: a `message` span around all it does, and
+/// its outcome and duration in [`metrics`]. The handler is still called
+/// synchronously, so delivery order is kept.
+fn observed(queue: &str, handler: Handler) -> Handler {
+    let queue: Arc<str> = queue.into();
+    Arc::new(move |incoming: Incoming| {
+        let envelope = &incoming.envelope;
+        let message_type = envelope.message_type();
+        let traceparent = incoming
+            .traceparent
+            .as_deref()
+            .or(envelope.traceparent.as_deref());
+        let span = tracing::info_span!(
+            "message",
+            queue = %queue,
+            message_type,
+            message_id = %envelope.message_id,
+            entity_id = %envelope.entity_id,
+            trace_id = %crate::trace::trace_id_of(traceparent),
+            redelivered = incoming.redelivered,
+        );
+        let started = Instant::now();
+        let work = span.in_scope(|| handler(incoming));
+        let queue = queue.clone();
+        async move {
+            let outcome = work.await;
+            let m = &*metrics::METRICS;
+            let by_type = metrics::QueueTypeLabels {
+                queue: queue.to_string(),
+                message_type: message_type.into(),
+            };
+            m.handle_seconds
+                .get_or_create(&by_type)
+                .observe(started.elapsed().as_secs_f64());
+            m.consumed
+                .get_or_create(&metrics::ConsumedLabels {
+                    queue: queue.to_string(),
+                    message_type: message_type.into(),
+                    outcome: metrics::outcome_label(&outcome).into(),
+                })
+                .inc();
+            if matches!(outcome, Outcome::DeadLetter(_)) {
+                m.dead_lettered.get_or_create(&by_type).inc();
+            }
+            tracing::debug!(
+                outcome = metrics::outcome_label(&outcome),
+                "message handled"
+            );
+            outcome
+        }
+        .instrument(span)
+        .boxed()
+    })
 }
 
 impl Inner {
     fn set_session(&self, session: Option<Arc<Session>>) {
         let connected = session.is_some();
+        metrics::METRICS.connected.set(i64::from(connected));
+        if connected {
+            metrics::METRICS.connects.inc();
+        }
         *self
             .session
             .write()
