@@ -12,7 +12,7 @@ By default it builds the release binaries of both services (when run through
 cargo), starts them on a vhost of its own with every delay 0, measures, and
 removes the vhost. With --order-url it targets services already running.
 
-  --orders N            orders for the end-to-end run (default 1000)
+  --orders N            orders for the end-to-end run (default 2000)
   --concurrency C       orders in flight at once (default 32)
   --queries N           fulfillment queries at concurrency 1 (default 1000;
                         four times as many at concurrency 64)
@@ -53,7 +53,7 @@ pub struct Args {
 impl Args {
     pub fn parse() -> Result<Option<Self>> {
         let mut args = Self {
-            orders: 1000,
+            orders: 2000,
             concurrency: 32,
             queries: 1000,
             signals: 100,

@@ -46,6 +46,11 @@ pub struct Floor {
     pub confirmed_publish: Rate,
     /// The same messages until all are consumed and acked.
     pub publish_consume: Rate,
+    /// One persistent publish to a quorum queue, awaiting its confirm
+    /// before the next: the latency of one durable hop.
+    pub confirm_one_at_a_time: Summary,
+    /// RabbitMQ's CPU per message when confirms are awaited one by one.
+    pub broker_cpu_us_per_message_one_at_a_time: f64,
     pub message_bytes: usize,
     /// RabbitMQ's CPU time per message during the publish/consume floor
     /// (0 when the broker does not run on this machine).
@@ -118,9 +123,20 @@ pub async fn measure(
         .seconds
         .get("rabbitmq")
         .map_or(0.0, |s| 1e6 * s / messages as f64);
+    progress.set_message("floor: confirmed publish, one at a time");
+    let sequential = (messages / 20).max(100);
+    let meter = crate::procs::CpuMeter::start(&[("rabbitmq", crate::procs::rabbitmq())]);
+    let one_at_a_time = confirm_one_at_a_time(&server, sequential, &body).await?;
+    let broker_cpu_us_per_message_one_at_a_time = meter
+        .stop()
+        .seconds
+        .get("rabbitmq")
+        .map_or(0.0, |s| 1e6 * s / sequential as f64);
     let _ = server.close(200, "done".into()).await;
     let _ = client.close(200, "done".into()).await;
     Ok(Floor {
+        confirm_one_at_a_time: Summary::of(&one_at_a_time),
+        broker_cpu_us_per_message_one_at_a_time,
         rpc_c1: Summary::of(&c1),
         rpc_c64: Summary::of(&c64),
         rpc_c64_rate: c64_rate,
@@ -346,6 +362,55 @@ async fn publish_consume(
         Rate::of(count as u64, published),
         Rate::of(count as u64, consumed_at - start),
     ))
+}
+
+/// Publishes `count` persistent messages to a quorum queue, each confirm
+/// awaited before the next publish; the time of each.
+async fn confirm_one_at_a_time(
+    connection: &Connection,
+    count: usize,
+    body: &[u8],
+) -> Result<Vec<Duration>> {
+    let channel = connection.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let queue = "loadgen.floor.sequential";
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+        check(confirm).await.context("floor publish")?;
+        samples.push(start.elapsed());
+    }
+    let _ = channel.queue_delete(queue.into(), Default::default()).await;
+    Ok(samples)
 }
 
 async fn check(confirm: lapin::PublisherConfirm) -> Result<()> {

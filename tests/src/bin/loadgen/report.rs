@@ -154,6 +154,11 @@ impl Report {
         };
         row("floor: raw request/reply, c=1", &f.rpc_c1, None);
         row("floor: raw request/reply, c=64", &f.rpc_c64, None);
+        row(
+            "floor: one confirmed publish (quorum)",
+            &f.confirm_one_at_a_time,
+            None,
+        );
         let rpc1 = Some(f.rpc_c1.p50_ms);
         let rpc64 = Some(f.rpc_c64.p50_ms);
         row(
@@ -285,9 +290,10 @@ impl Report {
         }
         if let Some(rabbit) = self.cpu.seconds.get("rabbitmq") {
             println!(
-                "  rabbitmq per message published: {:.0} us in the order flow, {:.0} us at the floor (confirmed publish + consume)",
+                "  rabbitmq per message published: {:.0} us in the order flow; at the floor {:.0} us (confirms pipelined, consumed) and {:.0} us (one confirm at a time)",
                 1e6 * rabbit / self.published.total.max(1) as f64,
-                self.floor.broker_cpu_us_per_message
+                self.floor.broker_cpu_us_per_message,
+                self.floor.broker_cpu_us_per_message_one_at_a_time
             );
         }
         println!("\ntargets:");
