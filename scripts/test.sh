@@ -10,6 +10,15 @@ log() { printf '==> %s\n' "$*" >&2; }
 scripts/rabbitmq.sh
 scripts/postgres.sh
 
+# Headless Chromium renders each service's page in the system tests
+# (tests/it/operations.rs); Debian's package, installed when missing.
+if ! command -v chromium >/dev/null 2>&1; then
+  log "Chromium is not installed; installing it with apt"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

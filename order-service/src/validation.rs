@@ -25,14 +25,18 @@ pub fn new_order_id(now: DateTime<Utc>) -> String {
 }
 
 /// The body of `POST /orders`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateOrder {
     pub customer_id: String,
+    #[schema(format = "email")]
     pub customer_email: String,
     pub customer_name: String,
+    /// At least one line.
     pub items: Vec<OrderItem>,
     pub shipping_address: Address,
+    /// `declined_card` always declines.
+    #[schema(example = "credit_card")]
     pub payment_method: String,
 }
 

@@ -31,7 +31,7 @@ use uuid::Uuid;
 pub const REMEMBERED_MESSAGES: usize = 64;
 
 /// The states of an order, with the original demo's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     Pending,
@@ -282,7 +282,8 @@ pub enum Input {
     UpdateDetails(DetailsUpdate),
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+/// The body of `PATCH /orders/{workflowId}`: any of these, at least one.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DetailsUpdate {
     pub customer_email: Option<String>,

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A postal address.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Address {
@@ -46,6 +47,7 @@ impl Address {
 }
 
 /// One line of an order.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderItem {
@@ -56,6 +58,7 @@ pub struct OrderItem {
 }
 
 /// What a fulfillment needs to know about the order it ships.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FulfillmentRequest {
@@ -88,6 +91,7 @@ impl FulfillmentRequest {
 }
 
 /// The states of a fulfillment workflow.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum FulfillmentStatus {
@@ -144,6 +148,7 @@ impl std::fmt::Display for FulfillmentStatus {
 }
 
 /// A step that has been completed, with when.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CompletedStep {
@@ -153,6 +158,7 @@ pub struct CompletedStep {
 }
 
 /// The answer to `GetFulfillmentStatus`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FulfillmentStatusView {
@@ -173,6 +179,7 @@ pub struct FulfillmentStatusView {
 }
 
 /// The answer to `GetFulfillmentProgress`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FulfillmentProgressView {

@@ -1,5 +1,7 @@
 //! Operations: one trace id across both services' logs, metrics that move,
-//! readiness that follows the broker connection.
+//! readiness that follows the broker connection, OpenAPI documents that
+//! cover every route, and each service's page rendered in headless Chromium
+//! (screenshots in `target/ui/`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -431,7 +433,354 @@ async fn readyz_is_503_while_the_broker_is_unreachable_and_200_after() -> Result
     Ok(())
 }
 
-#[allow(dead_code)]
+/// Every `$ref` in `doc` resolves, every schema's `required` names exist,
+/// every operation answers something described, every `{param}` of a path
+/// is declared. Answers the problems found.
+fn check_openapi(doc: &Value) -> Vec<String> {
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push(r);
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    fn schemas<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+        match v {
+            Value::Object(map) => {
+                if map.contains_key("required") && map.contains_key("properties") {
+                    out.push(v);
+                }
+                map.values().for_each(|v| schemas(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| schemas(v, out)),
+            _ => {}
+        }
+    }
+    let mut problems = Vec::new();
+    if !doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")) {
+        problems.push(format!("openapi is {}, not 3.x", doc["openapi"]));
+    }
+    for field in ["title", "version"] {
+        if !doc["info"][field].is_string() {
+            problems.push(format!("info.{field} missing"));
+        }
+    }
+    let mut all = Vec::new();
+    refs(doc, &mut all);
+    for r in all {
+        let target = r
+            .strip_prefix("#/")
+            .map(|p| p.split('/').fold(doc, |v, key| &v[key]));
+        if !target.is_some_and(|t| t.is_object()) {
+            problems.push(format!("$ref {r} does not resolve"));
+        }
+    }
+    let mut with_required = Vec::new();
+    schemas(doc, &mut with_required);
+    for schema in with_required {
+        for name in schema["required"].as_array().into_iter().flatten() {
+            let name = name.as_str().unwrap_or_default();
+            if schema["properties"][name].is_null() {
+                problems.push(format!("required {name} is not a property of {schema}"));
+            }
+        }
+    }
+    let Some(paths) = doc["paths"].as_object() else {
+        problems.push("no paths".into());
+        return problems;
+    };
+    for (path, item) in paths {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            let responses = op["responses"].as_object();
+            if responses.is_none_or(|r| r.is_empty()) {
+                problems.push(format!("{method} {path} has no responses"));
+            }
+            for (code, response) in responses.into_iter().flatten() {
+                if !response["description"].is_string() {
+                    problems.push(format!("{method} {path} {code} has no description"));
+                }
+            }
+            for param in path
+                .split('{')
+                .skip(1)
+                .filter_map(|p| p.split_once('}').map(|(name, _)| name))
+            {
+                let declared = op["parameters"].as_array().is_some_and(|ps| {
+                    ps.iter()
+                        .any(|p| p["name"] == param && p["in"] == "path" && p["required"] == true)
+                });
+                if !declared {
+                    problems.push(format!(
+                        "{method} {path}: path parameter {param} undeclared"
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// Every documented operation, sent to the live service with made-up ids:
+/// each must reach a route (no "no route" 404, no 405). Answers the
+/// `(method, path)` pairs documented.
+async fn probe_documented(service: &Service, doc: &Value) -> Result<Vec<(String, String)>> {
+    let client = reqwest::Client::new();
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().context("paths")? {
+        for method in item.as_object().context("path item")?.keys() {
+            let concrete: String = path
+                .split('{')
+                .enumerate()
+                .map(|(i, part)| match (i, part.split_once('}')) {
+                    (0, _) | (_, None) => part.to_owned(),
+                    (_, Some((_, rest))) => format!("probe-unknown-id{rest}"),
+                })
+                .collect();
+            let m = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())?;
+            let mut request = client.request(m.clone(), service.url(&concrete));
+            if m == reqwest::Method::POST || m == reqwest::Method::PATCH {
+                request = request.json(&serde_json::json!({}));
+            }
+            let response = request.send().await?;
+            let code = response.status().as_u16();
+            let text = response.text().await?;
+            ensure!(
+                code != 405 && !(code == 404 && text.contains("no route for")),
+                "{}: {method} {path} is documented but not served ({code} {text})",
+                service.name
+            );
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    Ok(documented)
+}
+
+#[tokio::test]
+async fn openapi_documents_are_valid_and_cover_every_route_served() -> Result<()> {
+    let system = System::start("ops-openapi", "5").await?;
+    for service in [&system.orders, &system.fulfillment] {
+        let (code, doc) = system.http.get(&service.url("/openapi.json")).await?;
+        ensure!(code == 200, "{}: /openapi.json {code}", service.name);
+        let problems = check_openapi(&doc);
+        ensure!(problems.is_empty(), "{}: {problems:#?}", service.name);
+        ensure!(doc["info"]["title"] == service.name, "{}", doc["info"]);
+        let documented = probe_documented(service, &doc).await?;
+        ensure!(documented.len() >= 13, "{documented:?}");
+        // Every operation names its errors with the shared error body.
+        for (method, path) in &documented {
+            let op = &doc["paths"][path][method];
+            let error_refs = op["responses"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(code, _)| code.starts_with('4') || code.starts_with('5'))
+                .all(|(_, r)| {
+                    r["content"]["application/json"]["schema"]["$ref"]
+                        .as_str()
+                        .is_some_and(|s| s.ends_with("/ErrorBody") || s.ends_with("/Readiness"))
+                });
+            ensure!(
+                error_refs,
+                "{method} {path}: an error without its body schema"
+            );
+        }
+        // The routes the server matched during all of the above (from its
+        // own HTTP metrics) are all documented.
+        let metrics = scrape(service).await?;
+        let prefix = service.name.replace('-', "_");
+        for line in metrics.lines() {
+            let Some(rest) = line.strip_prefix(&format!("{prefix}_http_request_seconds_count{{"))
+            else {
+                continue;
+            };
+            let field = |name: &str| {
+                rest.split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|v| v.split('"').next())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let (method, route) = (field("method").to_ascii_lowercase(), field("route"));
+            if route == "unmatched" {
+                continue;
+            }
+            ensure!(
+                documented.contains(&(method.clone(), route.clone())),
+                "{}: served {method} {route} is not documented",
+                service.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Headless Chromium, as the tests run it (root, no sandbox, nothing from
+/// the network but the page).
+fn chromium(args: &[String]) -> Result<std::process::Output> {
+    let profile = tempfile::tempdir()?;
+    let mut all: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    all.push(format!("--user-data-dir={}", profile.path().display()));
+    all.extend_from_slice(args);
+    std::process::Command::new("chromium")
+        .args(&all)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running chromium: install Debian's chromium package (./scripts/test.sh does)")
+}
+
+/// The page after its scripts ran (and fetched the lists).
+fn render(url: &str) -> Result<String> {
+    let out = chromium(&[
+        "--virtual-time-budget=5000".into(),
+        "--dump-dom".into(),
+        url.into(),
+    ])?;
+    ensure!(out.status.success(), "chromium --dump-dom: {out:?}");
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// The statuses the rendered page shows, by row id.
+fn rows(dom: &str) -> Vec<(String, String)> {
+    dom.split("<tr data-id=\"")
+        .skip(1)
+        .filter_map(|row| {
+            let (id, rest) = row.split_once('"')?;
+            let status = rest.split("data-status=\"").nth(1)?.split('"').next()?;
+            let badge = rest.split("class=\"badge").nth(1)?.split('>').nth(1)?;
+            let badge = badge.split('<').next()?;
+            (badge == status).then(|| (id.to_owned(), status.to_owned()))
+        })
+        .collect()
+}
+
 fn target_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/ui")
+}
+
+/// Takes a screenshot and checks it is a PNG of the window's size with
+/// more than a blank page in it.
+fn screenshot(url: &str, file: &str) -> Result<PathBuf> {
+    let dir = target_dir();
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(file);
+    let _ = std::fs::remove_file(&path);
+    let out = chromium(&[
+        "--virtual-time-budget=5000".into(),
+        "--window-size=1200,560".into(),
+        format!("--screenshot={}", path.display()),
+        url.into(),
+    ])?;
+    ensure!(out.status.success(), "chromium --screenshot: {out:?}");
+    let png = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    ensure!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "{} is not a PNG",
+        path.display()
+    );
+    let width = u32::from_be_bytes(png[16..20].try_into()?);
+    let height = u32::from_be_bytes(png[20..24].try_into()?);
+    ensure!((width, height) == (1200, 560), "{width}x{height}");
+    // A blank page compresses to a few hundred bytes; text and bars do not.
+    ensure!(
+        png.len() > 10_000,
+        "{} is only {} bytes",
+        path.display(),
+        png.len()
+    );
+    Ok(path)
+}
+
+#[tokio::test]
+async fn each_service_page_lists_its_workflows_in_headless_chromium() -> Result<()> {
+    let system = System::start("ops-ui", "5").await?;
+    let mut placed = Vec::new();
+    for _ in 0..3 {
+        placed.push(system.create_demo(None).await?.0);
+    }
+    // One that fails for stock, so the page shows more than one status.
+    let failing = serde_json::json!({
+        "customerId": "cust-ui", "customerEmail": "ui@example.com", "customerName": "Ui Example",
+        "items": [{"productId": "product-5", "productName": "Sold out", "quantity": 1, "price": 5.0}],
+        "shippingAddress": {"street": "1 Main St", "city": "Town", "state": "CA", "zipCode": "90210", "country": "USA"},
+        "paymentMethod": "credit_card"
+    });
+    let (code, body) = system
+        .http
+        .post(&system.orders.url("/orders"), Some(&failing))
+        .await?;
+    ensure!(code == 201, "{code} {body}");
+    let failed = body["workflowId"]
+        .as_str()
+        .context("workflowId")?
+        .to_owned();
+    let mut expected = Vec::new();
+    for workflow_id in &placed {
+        system.wait_shipped(workflow_id).await?;
+        expected.push((
+            workflow_id.trim_start_matches("order-workflow-").to_owned(),
+            "SHIPPED",
+        ));
+    }
+    let url = system.orders.url(&format!("/orders/{failed}/status"));
+    eventually("the product-5 order to fail", DEADLINE, || async {
+        let (_, body) = system.http.get(&url).await?;
+        Ok((body["status"] == "FAILED").then_some(()))
+    })
+    .await?;
+    expected.push((
+        failed.trim_start_matches("order-workflow-").to_owned(),
+        "FAILED",
+    ));
+
+    let (code, page) = system.http.get(&system.orders.url("/")).await?;
+    ensure!(
+        code == 200 && page.is_null(),
+        "GET / answers HTML, not JSON"
+    );
+    let dom = render(&system.orders.url("/"))?;
+    let shown = rows(&dom);
+    for (order_id, status) in &expected {
+        ensure!(
+            shown.contains(&(order_id.clone(), (*status).to_owned())),
+            "order {order_id} {status} not on the page: {shown:?}\n{dom}"
+        );
+    }
+    ensure!(
+        dom.contains("100%"),
+        "no full progress bar on the orders page"
+    );
+
+    let dom = render(&system.fulfillment.url("/"))?;
+    let shown = rows(&dom);
+    for workflow_id in &placed {
+        let id = format!(
+            "fulfillment-{}",
+            workflow_id.trim_start_matches("order-workflow-")
+        );
+        ensure!(
+            shown.contains(&(id.clone(), "SHIPPED".to_owned())),
+            "{id} SHIPPED not on the page: {shown:?}\n{dom}"
+        );
+    }
+    screenshot(&system.orders.url("/"), "ui-orders.png")?;
+    screenshot(&system.fulfillment.url("/"), "ui-fulfillments.png")?;
+    Ok(())
 }

@@ -7,6 +7,17 @@ use shared_messages::messages::{ReplyError, ReplyErrorCode};
 
 use crate::store::StoreError;
 
+/// Every error answer: a stable code and a message a person can act on.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// `invalid_body`, `invalid_input`, `not_found`, `conflict`,
+    /// `payload_too_large`, `unsupported_media_type`, `store_unavailable`,
+    /// `not_ready`.
+    #[schema(example = "not_found")]
+    pub error: String,
+    pub message: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -76,9 +87,9 @@ impl ResponseError for ApiError {
             // The cause goes to the log, never into the body.
             tracing::error!(error = %source, "store failure answered 503");
         }
-        HttpResponse::build(self.status_code()).json(serde_json::json!({
-            "error": self.code(),
-            "message": self.to_string(),
-        }))
+        HttpResponse::build(self.status_code()).json(ErrorBody {
+            error: self.code().into(),
+            message: self.to_string(),
+        })
     }
 }

@@ -5,9 +5,11 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use shared_messages::ids;
-use shared_messages::messages::{Address, FulfillmentRequest, FulfillmentStatus};
+use shared_messages::messages::{
+    Address, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus, FulfillmentStatusView,
+};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::AppState;
 use crate::workflow::{Accepted, Input};
 
@@ -18,23 +20,33 @@ const MAX_LIMIT: u32 = 500;
 const DEFAULT_CANCEL_REASON: &str = "cancelled through the fulfillment API";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/fulfillments")
-            .route(web::post().to(create))
-            .route(web::get().to(list)),
-    )
-    .route("/fulfillments/{id}/status", web::get().to(status))
-    .route("/fulfillments/{id}/progress", web::get().to(progress))
-    .route("/fulfillments/{id}/pause", web::post().to(pause))
-    .route("/fulfillments/{id}/resume", web::post().to(resume))
-    .route("/fulfillments/{id}/cancel", web::post().to(cancel))
-    .route(
-        "/fulfillments/{id}/shipping-address",
-        web::patch().to(shipping_address),
-    );
+    cfg.route("/fulfillments", web::post().to(create))
+        .route("/fulfillments", web::get().to(list))
+        .route("/fulfillments/{id}/status", web::get().to(status))
+        .route("/fulfillments/{id}/progress", web::get().to(progress))
+        .route("/fulfillments/{id}/pause", web::post().to(pause))
+        .route("/fulfillments/{id}/resume", web::post().to(resume))
+        .route("/fulfillments/{id}/cancel", web::post().to(cancel))
+        .route(
+            "/fulfillments/{id}/shipping-address",
+            web::patch().to(shipping_address),
+        );
 }
 
-async fn create(
+/// Start a fulfillment (created if new; a repeat of the same order answers
+/// the existing one with 200).
+#[utoipa::path(post, path = "/fulfillments", tag = "fulfillments",
+    request_body = FulfillmentRequest,
+    responses(
+        (status = 201, description = "created and started", body = FulfillmentStatusView),
+        (status = 200, description = "it already existed; started if it was waiting", body = FulfillmentStatusView),
+        (status = 400, description = "malformed body or a wrong field", body = ErrorBody),
+        (status = 409, description = "not startable in its current state", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
+    ))]
+pub(crate) async fn create(
     state: web::Data<AppState>,
     body: web::Json<FulfillmentRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -50,15 +62,36 @@ async fn create(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListParams {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// Only fulfillments in this status (any case).
+    #[param(value_type = Option<FulfillmentStatus>)]
     status: Option<String>,
+    /// Page size, 1 to 500 (default 50).
     limit: Option<u32>,
+    /// Fulfillments to skip (default 0).
     offset: Option<u32>,
 }
 
-async fn list(
+/// `GET /fulfillments`: one page, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct FulfillmentListView {
+    pub fulfillments: Vec<FulfillmentStatusView>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// List fulfillments, newest first, optionally of one status.
+#[utoipa::path(get, path = "/fulfillments", tag = "fulfillments",
+    params(ListParams),
+    responses(
+        (status = 200, description = "one page", body = FulfillmentListView),
+        (status = 400, description = "unknown status, or limit out of range", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
+    ))]
+pub(crate) async fn list(
     state: web::Data<AppState>,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
@@ -87,21 +120,37 @@ async fn list(
         .iter()
         .map(|f| f.status_view())
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "fulfillments": items,
-        "limit": limit,
-        "offset": offset,
-    })))
+    Ok(HttpResponse::Ok().json(FulfillmentListView {
+        fulfillments: items,
+        limit,
+        offset,
+    }))
 }
 
-async fn status(
+/// The fulfillment's status.
+#[utoipa::path(get, path = "/fulfillments/{id}/status", tag = "fulfillments",
+    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
+    responses(
+        (status = 200, description = "the fulfillment", body = FulfillmentStatusView),
+        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
+    ))]
+pub(crate) async fn status(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.view(&id)?))
 }
 
-async fn progress(
+/// The fulfillment's progress: step, items picked, percentage, steps done.
+#[utoipa::path(get, path = "/fulfillments/{id}/progress", tag = "fulfillments",
+    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
+    responses(
+        (status = 200, description = "its progress", body = FulfillmentProgressView),
+        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
+    ))]
+pub(crate) async fn progress(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -109,27 +158,58 @@ async fn progress(
     Ok(HttpResponse::Ok().json(f.progress_view(chrono::Utc::now(), state.registry.timing())))
 }
 
-async fn pause(
+/// Pause at once; a step in progress is interrupted and run again on resume.
+#[utoipa::path(post, path = "/fulfillments/{id}/pause", tag = "fulfillments",
+    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
+    responses(
+        (status = 200, description = "paused", body = FulfillmentStatusView),
+        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        (status = 409, description = "not pausable in its current state", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
+    ))]
+pub(crate) async fn pause(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     signal_and_show(&state, &id, Input::Pause).await
 }
 
-async fn resume(
+/// Resume at the step that was paused.
+#[utoipa::path(post, path = "/fulfillments/{id}/resume", tag = "fulfillments",
+    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
+    responses(
+        (status = 200, description = "resumed", body = FulfillmentStatusView),
+        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        (status = 409, description = "not paused", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
+    ))]
+pub(crate) async fn resume(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     signal_and_show(&state, &id, Input::Resume).await
 }
 
-#[derive(Deserialize)]
-struct CancelBody {
+/// The optional body of a cancel.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct CancelBody {
     #[serde(default)]
     reason: Option<String>,
 }
 
-async fn cancel(
+/// Cancel at once, with an optional reason.
+#[utoipa::path(post, path = "/fulfillments/{id}/cancel", tag = "fulfillments",
+    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
+    request_body(content = Option<CancelBody>, description = "optional"),
+    responses(
+        (status = 200, description = "cancelled", body = FulfillmentStatusView),
+        (status = 400, description = "the body is not `{reason}`", body = ErrorBody),
+        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        (status = 409, description = "already shipped, cancelled or failed", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
+    ))]
+pub(crate) async fn cancel(
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: Result<web::Bytes, actix_web::Error>,
@@ -156,7 +236,18 @@ async fn cancel(
     signal_and_show(&state, &id, Input::Cancel { reason }).await
 }
 
-async fn shipping_address(
+/// A new shipping address (until the label is printed).
+#[utoipa::path(patch, path = "/fulfillments/{id}/shipping-address", tag = "fulfillments",
+    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
+    request_body = Address,
+    responses(
+        (status = 200, description = "updated", body = FulfillmentStatusView),
+        (status = 400, description = "malformed body or a wrong field", body = ErrorBody),
+        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        (status = 409, description = "the label is already printed, or it is finished", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
+    ))]
+pub(crate) async fn shipping_address(
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: web::Json<Address>,

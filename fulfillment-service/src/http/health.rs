@@ -1,6 +1,9 @@
-//! `/healthz` (the process answers) and `/readyz` (broker and store).
+//! `/healthz` (alive; never checks the broker) and `/readyz` (broker
+//! connected and store answering).
 
 use actix_web::{web, HttpResponse};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 
@@ -9,36 +12,69 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz));
 }
 
-/// Never checks the broker: a liveness probe that does causes restart
-/// storms when RabbitMQ blips.
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+/// `{"status": "ok"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
-/// 200 with `{"status": "ready", "broker": true, "store": true}`, or 503
-/// with `{"error": "not_ready", "message": why, "broker", "store"}`.
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+/// Ready: `{"status": "ready", "broker": true, "store": true}`; not ready:
+/// `{"error": "not_ready", "message": why, "broker", "store"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "ready")]
+    pub status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "not_ready")]
+    pub error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Connected to RabbitMQ.
+    pub broker: bool,
+    /// The fulfillment store answers.
+    pub store: bool,
+}
+
+/// Liveness: the process answers. Never checks the broker, so a RabbitMQ
+/// outage does not restart the service.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "alive", body = Liveness)))]
+pub(crate) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Liveness { status: "ok" })
+}
+
+/// Readiness: connected to RabbitMQ and the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "ready", body = Readiness),
+        (status = 503, description = "not ready, and why", body = Readiness),
+    ))]
+pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let broker = state.bus.is_connected();
-    let store = state.registry.ping_store();
-    if broker && store.is_ok() {
-        return HttpResponse::Ok().json(serde_json::json!({
-            "status": "ready",
-            "broker": true,
-            "store": true,
-            "runningFulfillments": state.registry.live(),
-        }));
+    let store = state.registry.ping_store().is_ok();
+    if broker && store {
+        return HttpResponse::Ok().json(Readiness {
+            status: Some("ready"),
+            error: None,
+            message: None,
+            broker,
+            store,
+        });
     }
-    let mut why = Vec::new();
+    let mut missing = Vec::new();
     if !broker {
-        why.push("not connected to RabbitMQ; reconnecting (check AMQP_URL and the broker)".into());
+        missing.push("not connected to RabbitMQ");
     }
-    if let Err(error) = &store {
-        why.push(format!("the store does not answer: {error}"));
+    if !store {
+        missing.push("the fulfillment store does not answer");
     }
-    HttpResponse::ServiceUnavailable().json(serde_json::json!({
-        "error": "not_ready",
-        "message": why.join("; "),
-        "broker": broker,
-        "store": store.is_ok(),
-    }))
+    HttpResponse::ServiceUnavailable().json(Readiness {
+        status: None,
+        error: Some("not_ready"),
+        message: Some(missing.join("; ")),
+        broker,
+        store,
+    })
 }

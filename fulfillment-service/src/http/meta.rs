@@ -1,10 +1,12 @@
-//! `/metrics` (Prometheus text) and `/openapi.json`.
+//! `/metrics` (Prometheus text) and `/openapi.json` (every route, generated
+//! with utoipa from the handlers' `#[utoipa::path]` and the types'
+//! `ToSchema`).
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 use shared_messages::messages::FulfillmentStatus;
+use utoipa::OpenApi;
 
-use super::AppState;
+use super::{fulfillments, health, ui, AppState};
 use crate::metrics::{StatusLabels, METRICS};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -12,7 +14,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/openapi.json", web::get().to(openapi));
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// Prometheus metrics in the OpenMetrics text format (names in the README).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
+pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let store = state.registry.store();
     // Read at scrape time: what the store holds now.
     let counts = store.count_by_status();
@@ -40,48 +45,103 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(METRICS.encode())
 }
 
-async fn openapi() -> HttpResponse {
-    let id = json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"},
-                     "example": "fulfillment-ORD-1"}]);
-    let error = json!({"description": "error", "content": {"application/json": {"schema": {
-        "$ref": "#/components/schemas/Error"}}}});
-    let view = |what: &str| json!({"description": what, "content": {"application/json": {}}});
-    let write = |summary: &str| {
-        json!({"summary": summary, "parameters": id,
-               "responses": {"200": view("status view after the change"), "404": error, "409": error}})
-    };
-    let doc = json!({
-        "openapi": "3.0.3",
-        "info": {"title": "fulfillment-service", "version": env!("CARGO_PKG_VERSION")},
-        "paths": {
-            "/fulfillments": {
-                "post": {"summary": "create and start a fulfillment (FulfillmentRequest, camelCase)",
-                         "requestBody": {"required": true, "content": {"application/json": {}}},
-                         "responses": {"201": view("created"), "200": view("already exists"),
-                                       "400": error, "413": error, "415": error}},
-                "get": {"summary": "list fulfillments, newest first",
-                        "parameters": [
-                            {"name": "status", "in": "query", "schema": {"type": "string",
-                             "enum": FulfillmentStatus::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>()}},
-                            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-                            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}],
-                        "responses": {"200": view("{fulfillments, limit, offset}"), "400": error}}
-            },
-            "/fulfillments/{id}/status": {"get": {"summary": "status view", "parameters": id,
-                "responses": {"200": view("status"), "404": error}}},
-            "/fulfillments/{id}/progress": {"get": {"summary": "progress view", "parameters": id,
-                "responses": {"200": view("progress"), "404": error}}},
-            "/fulfillments/{id}/pause": {"post": write("pause")},
-            "/fulfillments/{id}/resume": {"post": write("resume")},
-            "/fulfillments/{id}/cancel": {"post": write("cancel; body {\"reason\": \"...\"} optional")},
-            "/fulfillments/{id}/shipping-address": {"patch": write("change the shipping address before the label is printed")},
-            "/healthz": {"get": {"summary": "liveness", "responses": {"200": view("ok")}}},
-            "/readyz": {"get": {"summary": "readiness: broker connected and store open",
-                                "responses": {"200": view("ready"), "503": error}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}}
-        },
-        "components": {"schemas": {"Error": {"type": "object", "required": ["error", "message"],
-            "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}}}
-    });
-    HttpResponse::Ok().json(doc)
+/// OpenAPI 3.1 document of every route, generated from the handlers and
+/// the types they take and answer.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "this document", content_type = "application/json", body = Object)))]
+pub(crate) async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(document())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "fulfillment-service",
+        description = "One workflow per fulfillment: wait, pick, quality check, pack, label, ship; pausable, resumable, cancellable, re-addressable. The same actors take signals and queries over RabbitMQ. Errors are `{error, message}` with a stable code."
+    ),
+    paths(
+        fulfillments::create, fulfillments::list, fulfillments::status, fulfillments::progress,
+        fulfillments::pause, fulfillments::resume, fulfillments::cancel,
+        fulfillments::shipping_address,
+        health::healthz, health::readyz, metrics, openapi, ui::page,
+    ),
+    tags(
+        (name = "fulfillments", description = "fulfillments by id"),
+        (name = "operations", description = "health, metrics, this document, the page for people"),
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of every route.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc
+}
+
+/// Every `(method, path)` the server routes, read from the `configure`
+/// functions' source, so a route added there and not documented fails the
+/// tests below. Paths are as actix writes them (`{id}`), which is
+/// also how the document writes them.
+#[cfg(test)]
+pub(crate) fn routes_in_source() -> Vec<(String, String)> {
+    let sources = [
+        include_str!("fulfillments.rs"),
+        include_str!("health.rs"),
+        include_str!("meta.rs"),
+        include_str!("ui.rs"),
+    ];
+    let mut routes = Vec::new();
+    for source in sources {
+        // Only the `configure` function registers routes.
+        let Some(start) = source.find("pub fn configure(") else {
+            continue;
+        };
+        let body = &source[start..];
+        let mut rest = &body[..body.find("\n}\n").unwrap_or(body.len())];
+        while let Some(at) = rest.find(".route(") {
+            rest = &rest[at + ".route(".len()..];
+            let Some(open) = rest.find('"') else { break };
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('"') else { break };
+            let path = &after[..close];
+            let Some(web) = after.find("web::") else {
+                break;
+            };
+            let method: String = after[web + 5..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphabetic())
+                .collect();
+            routes.push((method, path.to_owned()));
+            rest = &after[close..];
+        }
+    }
+    routes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_and_every_documented_route_exists() {
+        let doc = serde_json::to_value(document()).expect("serializes");
+        let routes = routes_in_source();
+        assert!(routes.len() >= 13, "{routes:?}");
+        for (method, path) in &routes {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} is served but not in /openapi.json"
+            );
+        }
+        let paths = doc["paths"].as_object().expect("paths");
+        for (path, item) in paths {
+            for method in item.as_object().expect("path item").keys() {
+                assert!(
+                    routes.iter().any(|(m, p)| m == method && p == path),
+                    "{method} {path} is documented but not served"
+                );
+            }
+        }
+    }
 }

@@ -3,8 +3,9 @@
 pub mod error;
 mod fulfillments;
 mod health;
-mod meta;
+pub mod meta;
 pub mod observe;
+mod ui;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{web, HttpRequest};
@@ -50,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .configure(health::configure)
     .configure(meta::configure)
+    .configure(ui::configure)
     .configure(fulfillments::configure)
     .default_service(web::to(not_found));
 }

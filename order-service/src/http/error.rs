@@ -6,6 +6,18 @@ use actix_web::{HttpResponse, ResponseError};
 use shared_messages::bus::BusError;
 use shared_messages::messages::{ReplyError, ReplyErrorCode};
 
+/// Every error answer: a stable code and a message a person can act on.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// `invalid_body`, `invalid_field`, `invalid_parameter`,
+    /// `payload_too_large`, `not_found`, `conflict`, `broker_unavailable`,
+    /// `fulfillment_timeout`, `bad_reply`, `unavailable`, `internal`,
+    /// `not_ready`.
+    #[schema(example = "not_found")]
+    pub error: String,
+    pub message: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The body is not JSON or does not fit the expected shape.
@@ -105,10 +117,10 @@ impl ResponseError for ApiError {
         if let Self::Internal(cause) = self {
             tracing::error!(%cause, "request failed");
         }
-        HttpResponse::build(self.status_code()).json(serde_json::json!({
-            "error": self.code(),
-            "message": self.to_string(),
-        }))
+        HttpResponse::build(self.status_code()).json(ErrorBody {
+            error: self.code().into(),
+            message: self.to_string(),
+        })
     }
 }
 

@@ -2,9 +2,13 @@
 //! id, queried and signalled through RabbitMQ (never over HTTP).
 
 use actix_web::{web, HttpResponse};
-use shared_messages::messages::{Address, UpdateShippingAddress};
+use shared_messages::messages::{
+    Address, FulfillmentProgressView, FulfillmentStatusView, UpdateShippingAddress,
+};
 use shared_messages::Message;
 
+use super::error::ErrorBody;
+use super::views::SignalView;
 use super::{ApiError, AppState};
 use crate::bus;
 
@@ -35,7 +39,17 @@ fn answer(reply: Message) -> Result<HttpResponse, ApiError> {
     }
 }
 
-async fn status(
+/// The fulfillment's status, queried through RabbitMQ.
+#[utoipa::path(get, path = "/orders/fulfillment/{fulfillment_id}/status", tag = "fulfillment",
+    params(("fulfillment_id" = String, Path, description = "`fulfillment-<orderId>`")),
+    responses(
+        (status = 200, description = "the fulfillment", body = FulfillmentStatusView),
+        (status = 404, description = "fulfillment-service has no such fulfillment", body = ErrorBody),
+        (status = 502, description = "fulfillment-service sent an unreadable reply", body = ErrorBody),
+        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+        (status = 504, description = "fulfillment-service did not answer in time", body = ErrorBody),
+    ))]
+pub(crate) async fn status(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -45,7 +59,17 @@ async fn status(
     answer(reply.message)
 }
 
-async fn progress(
+/// The fulfillment's progress, queried through RabbitMQ.
+#[utoipa::path(get, path = "/orders/fulfillment/{fulfillment_id}/progress", tag = "fulfillment",
+    params(("fulfillment_id" = String, Path, description = "`fulfillment-<orderId>`")),
+    responses(
+        (status = 200, description = "the fulfillment's progress", body = FulfillmentProgressView),
+        (status = 404, description = "fulfillment-service has no such fulfillment", body = ErrorBody),
+        (status = 502, description = "fulfillment-service sent an unreadable reply", body = ErrorBody),
+        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+        (status = 504, description = "fulfillment-service did not answer in time", body = ErrorBody),
+    ))]
+pub(crate) async fn progress(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -55,7 +79,19 @@ async fn progress(
     answer(reply.message)
 }
 
-async fn shipping_address(
+/// A new shipping address for the fulfillment (before its label is printed).
+#[utoipa::path(patch, path = "/orders/fulfillment/{fulfillment_id}/shipping-address", tag = "fulfillment",
+    params(("fulfillment_id" = String, Path, description = "`fulfillment-<orderId>`")),
+    request_body = Address,
+    responses(
+        (status = 200, description = "updated", body = SignalView),
+        (status = 400, description = "a field of the address is wrong", body = ErrorBody),
+        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        (status = 409, description = "the label is already printed", body = ErrorBody),
+        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+        (status = 504, description = "fulfillment-service did not answer in time; the signal stays queued", body = ErrorBody),
+    ))]
+pub(crate) async fn shipping_address(
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: web::Json<Address>,
@@ -72,11 +108,11 @@ async fn shipping_address(
     .await
     .map_err(|e| ApiError::from_bus(e, state.timeout_ms(), true))?;
     match reply.message {
-        Message::SignalReply(r) if r.accepted => Ok(HttpResponse::Ok().json(serde_json::json!({
-            "message": "Shipping address updated",
-            "fulfillmentWorkflowId": fulfillment_id,
-            "status": r.status,
-        }))),
+        Message::SignalReply(r) if r.accepted => Ok(HttpResponse::Ok().json(SignalView {
+            message: "Shipping address updated".into(),
+            fulfillment_workflow_id: fulfillment_id,
+            status: r.status,
+        })),
         Message::SignalReply(r) => Err(match r.error {
             Some(e) => ApiError::from_reply(e),
             None => ApiError::Conflict(format!(

@@ -2,6 +2,8 @@
 //! connected and store answering).
 
 use actix_web::{web, HttpResponse};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
 
@@ -10,29 +12,69 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz));
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+/// `{"status": "ok"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    #[schema(example = "ok")]
+    pub status: &'static str,
 }
 
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+/// Ready: `{"status": "ready", "broker": true, "store": true}`; not ready:
+/// `{"error": "not_ready", "message": why, "broker", "store"}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "ready")]
+    pub status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "not_ready")]
+    pub error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Connected to RabbitMQ.
+    pub broker: bool,
+    /// The order store answers.
+    pub store: bool,
+}
+
+/// Liveness: the process answers. Never checks the broker, so a RabbitMQ
+/// outage does not restart the service.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "alive", body = Liveness)))]
+pub(crate) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Liveness { status: "ok" })
+}
+
+/// Readiness: connected to RabbitMQ and the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "ready", body = Readiness),
+        (status = 503, description = "not ready, and why", body = Readiness),
+    ))]
+pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let broker = state.orders.bus().is_connected();
     let store = state.orders.store().ping().is_ok();
     if broker && store {
-        HttpResponse::Ok()
-            .json(serde_json::json!({"status": "ready", "broker": true, "store": true}))
-    } else {
-        let mut missing = Vec::new();
-        if !broker {
-            missing.push("not connected to RabbitMQ");
-        }
-        if !store {
-            missing.push("the order store does not answer");
-        }
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({
-            "error": "not_ready",
-            "message": missing.join("; "),
-            "broker": broker,
-            "store": store,
-        }))
+        return HttpResponse::Ok().json(Readiness {
+            status: Some("ready"),
+            error: None,
+            message: None,
+            broker,
+            store,
+        });
     }
+    let mut missing = Vec::new();
+    if !broker {
+        missing.push("not connected to RabbitMQ");
+    }
+    if !store {
+        missing.push("the order store does not answer");
+    }
+    HttpResponse::ServiceUnavailable().json(Readiness {
+        status: None,
+        error: Some("not_ready"),
+        message: Some(missing.join("; ")),
+        broker,
+        store,
+    })
 }

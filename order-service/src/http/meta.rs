@@ -1,9 +1,11 @@
-//! `/metrics` (Prometheus text) and `/openapi.json` (every route).
+//! `/metrics` (Prometheus text) and `/openapi.json` (every route, generated
+//! with utoipa from the handlers' `#[utoipa::path]` and the types'
+//! `ToSchema`).
 
 use actix_web::{web, HttpResponse};
-use serde_json::{json, Value};
+use utoipa::OpenApi;
 
-use super::AppState;
+use super::{fulfillment, health, orders, ui, AppState};
 use crate::metrics::{StatusLabels, METRICS};
 use crate::workflow::OrderStatus;
 
@@ -12,7 +14,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/openapi.json", web::get().to(openapi));
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+/// Prometheus metrics in the OpenMetrics text format (names in the README).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
+pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let store = state.orders.store();
     // Read at scrape time: what the store holds now.
     let counts = store.count_by_status();
@@ -40,107 +45,105 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(METRICS.encode())
 }
 
-async fn openapi() -> HttpResponse {
+/// OpenAPI 3.1 document of every route, generated from the handlers and
+/// the types they take and answer.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "this document", content_type = "application/json", body = Object)))]
+pub(crate) async fn openapi() -> HttpResponse {
     HttpResponse::Ok().json(document())
 }
 
-fn op(summary: &str, responses: &[(&str, &str)]) -> Value {
-    let mut r = serde_json::Map::new();
-    for (code, what) in responses {
-        r.insert((*code).into(), json!({"description": what}));
-    }
-    json!({"summary": summary, "responses": r})
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "order-service",
+        description = "Orders as sagas: stock, payment, then fulfillment, reached only through RabbitMQ. Errors are `{error, message}` with a stable code."
+    ),
+    paths(
+        orders::create, orders::create_demo, orders::list, orders::status, orders::progress,
+        orders::pause, orders::resume, orders::cancel, orders::update,
+        fulfillment::status, fulfillment::progress, fulfillment::shipping_address,
+        health::healthz, health::readyz, metrics, openapi, ui::page,
+    ),
+    tags(
+        (name = "orders", description = "orders and their fulfillment, by order"),
+        (name = "fulfillment", description = "a fulfillment by its id, through RabbitMQ"),
+        (name = "operations", description = "health, metrics, this document, the page for people"),
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of every route.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc
 }
 
-fn with_body(mut operation: Value, schema: &str) -> Value {
-    operation["requestBody"] = json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}});
-    operation
-}
-
-/// The OpenAPI 3 document of every route.
-pub fn document() -> Value {
-    let errors = [
-        ("400", "bad input"),
-        ("404", "unknown order"),
-        ("503", "RabbitMQ unavailable"),
+/// Every `(method, path)` the server routes, read from the `configure`
+/// functions' source, so a route added there and not documented fails the
+/// tests below. Paths are as actix writes them (`{workflow_id}`), which is
+/// also how the document writes them.
+#[cfg(test)]
+pub(crate) fn routes_in_source() -> Vec<(String, String)> {
+    let sources = [
+        include_str!("orders.rs"),
+        include_str!("fulfillment.rs"),
+        include_str!("health.rs"),
+        include_str!("meta.rs"),
+        include_str!("ui.rs"),
     ];
-    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
-        errors
-            .iter()
-            .copied()
-            .chain(extra.iter().copied())
-            .collect()
-    };
-    let address = json!({"type": "object", "required": ["street", "city", "state", "zipCode", "country"],
-        "properties": {"street": {"type": "string"}, "city": {"type": "string"}, "state": {"type": "string"},
-                       "zipCode": {"type": "string"}, "country": {"type": "string"}}});
-    let statuses: Vec<&str> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
-    json!({
-        "openapi": "3.0.3",
-        "info": {"title": "order-service", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Orders as sagas; fulfillment is reached only through RabbitMQ."},
-        "paths": {
-            "/orders": {
-                "post": with_body(op("Create an order", &with(&[("201", "created: {orderId, workflowId, message}")])), "CreateOrder"),
-                "get": {"summary": "List orders, newest first",
-                        "parameters": [
-                            {"name": "status", "in": "query", "schema": {"type": "string", "enum": statuses}},
-                            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
-                            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}}],
-                        "responses": {"200": {"description": "{orders, total, limit, offset}"}, "400": {"description": "unknown status or bad limit"}}}
-            },
-            "/orders/demo": {"post": op("Create the original demo's order", &[("201", "created"), ("503", "RabbitMQ unavailable")])},
-            "/orders/{workflowId}/status": {"get": op("Order status", &with(&[("200", "status view")]))},
-            "/orders/{workflowId}/progress": {"get": op("Order steps with timestamps", &with(&[("200", "progress view")]))},
-            "/orders/{workflowId}/fulfillment/pause": {"post": op("Pause the order's fulfillment", &with(&[("200", "paused"), ("409", "not started yet or not pausable"), ("504", "fulfillment-service did not answer; the signal stays queued")]))},
-            "/orders/{workflowId}/fulfillment/resume": {"post": op("Resume the order's fulfillment", &with(&[("200", "resumed"), ("409", "not paused or not started"), ("504", "fulfillment-service did not answer; the signal stays queued")]))},
-            "/orders/{workflowId}": {
-                "delete": with_body(op("Cancel the order (and its fulfillment), compensating", &with(&[("200", "cancelled"), ("409", "already shipped, cancelled or failed")])), "CancelOrder"),
-                "patch": with_body(op("Change contact details or address before fulfillment starts", &with(&[("200", "status view"), ("409", "fulfillment has started")])), "UpdateOrder")
-            },
-            "/orders/fulfillment/{fulfillmentWorkflowId}/status": {"get": op("Fulfillment status, queried through RabbitMQ", &with(&[("200", "fulfillment status view"), ("504", "fulfillment-service did not answer in time")]))},
-            "/orders/fulfillment/{fulfillmentWorkflowId}/progress": {"get": op("Fulfillment progress, queried through RabbitMQ", &with(&[("200", "fulfillment progress view"), ("504", "fulfillment-service did not answer in time")]))},
-            "/orders/fulfillment/{fulfillmentWorkflowId}/shipping-address": {"patch": with_body(op("New shipping address for a fulfillment", &with(&[("200", "updated"), ("409", "label already printed"), ("504", "fulfillment-service did not answer; the signal stays queued")])), "Address")},
-            "/healthz": {"get": op("Alive", &[("200", "ok")])},
-            "/readyz": {"get": op("Broker connected and store open", &[("200", "ready"), ("503", "not ready")])},
-            "/metrics": {"get": op("Prometheus metrics", &[("200", "text exposition format")])},
-            "/openapi.json": {"get": op("This document", &[("200", "OpenAPI 3")])}
-        },
-        "components": {"schemas": {
-            "Address": address,
-            "CreateOrder": {"type": "object",
-                "required": ["customerId", "customerEmail", "customerName", "items", "shippingAddress", "paymentMethod"],
-                "properties": {
-                    "customerId": {"type": "string"}, "customerEmail": {"type": "string", "format": "email"},
-                    "customerName": {"type": "string"},
-                    "items": {"type": "array", "minItems": 1, "items": {"type": "object",
-                        "required": ["productId", "productName", "quantity", "price"],
-                        "properties": {"productId": {"type": "string"}, "productName": {"type": "string"},
-                                       "quantity": {"type": "integer", "minimum": 1}, "price": {"type": "number", "minimum": 0}}}},
-                    "shippingAddress": {"$ref": "#/components/schemas/Address"},
-                    "paymentMethod": {"type": "string", "description": "\"declined_card\" always declines"}}},
-            "CancelOrder": {"type": "object", "properties": {"reason": {"type": "string"}}},
-            "UpdateOrder": {"type": "object", "properties": {"customerEmail": {"type": "string"}, "customerName": {"type": "string"},
-                "shippingAddress": {"$ref": "#/components/schemas/Address"}}},
-            "Error": {"type": "object", "required": ["error", "message"],
-                "properties": {"error": {"type": "string"}, "message": {"type": "string"}}}
-        }}
-    })
+    let mut routes = Vec::new();
+    for source in sources {
+        // Only the `configure` function registers routes.
+        let Some(start) = source.find("pub fn configure(") else {
+            continue;
+        };
+        let body = &source[start..];
+        let mut rest = &body[..body.find("\n}\n").unwrap_or(body.len())];
+        while let Some(at) = rest.find(".route(") {
+            rest = &rest[at + ".route(".len()..];
+            let Some(open) = rest.find('"') else { break };
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('"') else { break };
+            let path = &after[..close];
+            let Some(web) = after.find("web::") else {
+                break;
+            };
+            let method: String = after[web + 5..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphabetic())
+                .collect();
+            routes.push((method, path.to_owned()));
+            rest = &after[close..];
+        }
+    }
+    routes
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn the_document_names_every_route() {
-        let doc = super::document();
-        for path in [
-            "/orders",
-            "/orders/demo",
-            "/orders/{workflowId}",
-            "/orders/fulfillment/{fulfillmentWorkflowId}/shipping-address",
-            "/metrics",
-        ] {
-            assert!(doc["paths"][path].is_object(), "{path}");
+    fn every_route_is_documented_and_every_documented_route_exists() {
+        let doc = serde_json::to_value(document()).expect("serializes");
+        let routes = routes_in_source();
+        assert!(routes.len() >= 15, "{routes:?}");
+        for (method, path) in &routes {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} is served but not in /openapi.json"
+            );
+        }
+        let paths = doc["paths"].as_object().expect("paths");
+        for (path, item) in paths {
+            for method in item.as_object().expect("path item").keys() {
+                assert!(
+                    routes.iter().any(|(m, p)| m == method && p == path),
+                    "{method} {path} is documented but not served"
+                );
+            }
         }
     }
 }

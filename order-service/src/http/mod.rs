@@ -2,7 +2,8 @@
 //!
 //! One module per resource, each with `configure`: [`orders`] (the order
 //! routes), [`fulfillment`] (fulfillment by its id, through RabbitMQ),
-//! [`health`], [`meta`] (`/metrics`, `/openapi.json`). Every error is JSON (see [`error`]), including malformed
+//! [`health`], [`meta`] (`/metrics`, `/openapi.json`), [`ui`] (`GET /`, the
+//! page for people), [`observe`] (spans, trace context and HTTP metrics). Every error is JSON (see [`error`]), including malformed
 //! bodies, bad path or query parameters and unknown routes.
 
 pub mod error;
@@ -11,6 +12,7 @@ pub mod health;
 pub mod meta;
 pub mod observe;
 pub mod orders;
+pub mod ui;
 pub mod views;
 
 use std::time::Duration;
@@ -49,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(web::QueryConfig::default().error_handler(query_error))
     .configure(health::configure)
     .configure(meta::configure)
+    .configure(ui::configure)
     // fulfillment routes first: `/orders/fulfillment/...` is not an order id
     .configure(fulfillment::configure)
     .configure(orders::configure)

@@ -7,7 +7,10 @@ use shared_messages::ids::order_id_from_workflow_id;
 use shared_messages::messages::{PauseFulfillment, ResumeFulfillment};
 use shared_messages::Message;
 
-use super::views::{ProgressView, StatusView};
+use super::error::ErrorBody;
+use super::views::{
+    CancelledView, CreatedView, OrderListView, ProgressView, SignalView, StatusView,
+};
 use super::{optional_json, ApiError, AppState};
 use crate::actor::ApplyError;
 use crate::bus;
@@ -65,14 +68,23 @@ fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse, ApiE
         .orders
         .create(details, traceparent)
         .map_err(ApiError::internal)?;
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "orderId": order.order_id,
-        "workflowId": order.workflow_id,
-        "message": "Order created successfully",
-    })))
+    Ok(HttpResponse::Created().json(CreatedView {
+        order_id: order.order_id,
+        workflow_id: order.workflow_id,
+        message: "Order created successfully".into(),
+    }))
 }
 
-async fn create(
+/// Create an order; its saga starts at once.
+#[utoipa::path(post, path = "/orders", tag = "orders",
+    request_body = CreateOrder,
+    responses(
+        (status = 201, description = "created; follow it by its workflowId", body = CreatedView),
+        (status = 400, description = "the body is not JSON or a field is wrong", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn create(
     state: web::Data<AppState>,
     body: web::Json<CreateOrder>,
 ) -> Result<HttpResponse, ApiError> {
@@ -83,19 +95,37 @@ async fn create(
     created(&state, details)
 }
 
-async fn create_demo(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// Create the original demo's order (two `product-1`, one `product-2`).
+#[utoipa::path(post, path = "/orders/demo", tag = "orders",
+    responses(
+        (status = 201, description = "created", body = CreatedView),
+        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn create_demo(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     created(&state, demo_order())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListParams {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// Only orders in this status (any case).
+    #[param(value_type = Option<OrderStatus>)]
     status: Option<String>,
+    /// Page size, 1 to 100 (default 20).
     limit: Option<u32>,
+    /// Orders to skip (default 0).
     offset: Option<u64>,
 }
 
-async fn list(
+/// List orders, newest first, optionally of one status.
+#[utoipa::path(get, path = "/orders", tag = "orders",
+    params(ListParams),
+    responses(
+        (status = 200, description = "one page of orders", body = OrderListView),
+        (status = 400, description = "unknown status, or limit out of range", body = ErrorBody),
+    ))]
+pub(crate) async fn list(
     state: web::Data<AppState>,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
@@ -122,15 +152,22 @@ async fn list(
         .list(status, limit, offset)
         .map_err(ApiError::internal)?;
     let orders: Vec<StatusView> = page.orders.iter().map(StatusView::from).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "orders": orders,
-        "total": page.total,
-        "limit": limit,
-        "offset": offset,
-    })))
+    Ok(HttpResponse::Ok().json(OrderListView {
+        orders,
+        total: page.total,
+        limit,
+        offset,
+    }))
 }
 
-async fn status(
+/// The order's status, including its fulfillment's.
+#[utoipa::path(get, path = "/orders/{workflow_id}/status", tag = "orders",
+    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
+    responses(
+        (status = 200, description = "the order", body = StatusView),
+        (status = 404, description = "no such order", body = ErrorBody),
+    ))]
+pub(crate) async fn status(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -138,7 +175,14 @@ async fn status(
     Ok(HttpResponse::Ok().json(StatusView::from(&order)))
 }
 
-async fn progress(
+/// The order's steps with their timestamps, and its fulfillment's progress.
+#[utoipa::path(get, path = "/orders/{workflow_id}/progress", tag = "orders",
+    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
+    responses(
+        (status = 200, description = "the order's progress", body = ProgressView),
+        (status = 404, description = "no such order", body = ErrorBody),
+    ))]
+pub(crate) async fn progress(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -146,7 +190,17 @@ async fn progress(
     Ok(HttpResponse::Ok().json(ProgressView::from(&order)))
 }
 
-async fn pause(
+/// Pause the order's fulfillment; answers fulfillment's verdict.
+#[utoipa::path(post, path = "/orders/{workflow_id}/fulfillment/pause", tag = "orders",
+    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
+    responses(
+        (status = 200, description = "paused", body = SignalView),
+        (status = 404, description = "no such order", body = ErrorBody),
+        (status = 409, description = "fulfillment not started yet, or not pausable now", body = ErrorBody),
+        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+        (status = 504, description = "fulfillment-service did not answer in time; the signal stays queued", body = ErrorBody),
+    ))]
+pub(crate) async fn pause(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -159,7 +213,17 @@ async fn pause(
     .await
 }
 
-async fn resume(
+/// Resume the order's paused fulfillment, at the step that was paused.
+#[utoipa::path(post, path = "/orders/{workflow_id}/fulfillment/resume", tag = "orders",
+    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
+    responses(
+        (status = 200, description = "resumed", body = SignalView),
+        (status = 404, description = "no such order", body = ErrorBody),
+        (status = 409, description = "fulfillment not started yet, or not paused", body = ErrorBody),
+        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+        (status = 504, description = "fulfillment-service did not answer in time; the signal stays queued", body = ErrorBody),
+    ))]
+pub(crate) async fn resume(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
@@ -196,11 +260,11 @@ async fn control(
     .await
     .map_err(|e| ApiError::from_bus(e, state.timeout_ms(), true))?;
     match reply.message {
-        Message::SignalReply(r) if r.accepted => Ok(HttpResponse::Ok().json(serde_json::json!({
-            "message": done,
-            "fulfillmentWorkflowId": fulfillment_id,
-            "status": r.status,
-        }))),
+        Message::SignalReply(r) if r.accepted => Ok(HttpResponse::Ok().json(SignalView {
+            message: done.into(),
+            fulfillment_workflow_id: fulfillment_id,
+            status: r.status,
+        })),
         Message::SignalReply(r) => Err(match r.error {
             // The order knows its fulfillment is coming; until fulfillment
             // has it, this is a state conflict, not a missing resource.
@@ -215,9 +279,11 @@ async fn control(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The optional body of `DELETE /orders/{workflowId}`.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CancelBody {
+pub struct CancelBody {
+    /// Why; recorded as the cancellation reason.
     reason: Option<String>,
 }
 
@@ -233,7 +299,19 @@ fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
     }
 }
 
-async fn cancel(
+/// Cancel the order, compensating what was done (release the stock,
+/// refund, cancel the fulfillment).
+#[utoipa::path(delete, path = "/orders/{workflow_id}", tag = "orders",
+    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
+    request_body(content = Option<CancelBody>, description = "optional"),
+    responses(
+        (status = 200, description = "cancelled", body = CancelledView),
+        (status = 400, description = "the body is not `{reason}`", body = ErrorBody),
+        (status = 404, description = "no such order", body = ErrorBody),
+        (status = 409, description = "already shipped, cancelled or failed", body = ErrorBody),
+        (status = 503, description = "RabbitMQ unavailable, or the order's actor is restarting", body = ErrorBody),
+    ))]
+pub(crate) async fn cancel(
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: Result<web::Bytes, actix_web::Error>,
@@ -250,16 +328,27 @@ async fn cancel(
         )
         .await
         .map_err(|e| apply_error(&path, e))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "message": "Order cancelled",
-        "orderId": order.order_id,
-        "workflowId": order.workflow_id,
-        "status": order.status,
-        "cancellationReason": order.cancellation_reason,
-    })))
+    Ok(HttpResponse::Ok().json(CancelledView {
+        message: "Order cancelled".into(),
+        order_id: order.order_id,
+        workflow_id: order.workflow_id,
+        status: order.status,
+        cancellation_reason: order.cancellation_reason,
+    }))
 }
 
-async fn update(
+/// Change the contact details or the address before fulfillment starts.
+#[utoipa::path(patch, path = "/orders/{workflow_id}", tag = "orders",
+    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
+    request_body = DetailsUpdate,
+    responses(
+        (status = 200, description = "the updated order", body = StatusView),
+        (status = 400, description = "nothing to change, or a field is wrong", body = ErrorBody),
+        (status = 404, description = "no such order", body = ErrorBody),
+        (status = 409, description = "fulfillment has started", body = ErrorBody),
+        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+    ))]
+pub(crate) async fn update(
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: web::Json<DetailsUpdate>,

@@ -3,18 +3,20 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use shared_messages::messages::{Address, FulfillmentProgressView, FulfillmentStatus, OrderItem};
+use utoipa::ToSchema;
 
 use crate::workflow::{
     OrderState, OrderStatus, StepStatus, MAIN_STEPS, STEP_CANCEL_FULFILLMENT, STEP_REFUND,
     STEP_RELEASE,
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusView {
     pub order_id: String,
     pub workflow_id: String,
     pub status: OrderStatus,
+    #[schema(value_type = String)]
     pub current_step: &'static str,
     pub payment_id: Option<String>,
     pub reservation_ids: Vec<String>,
@@ -61,20 +63,22 @@ impl From<&OrderState> for StatusView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepView {
     pub name: String,
     /// `completed`, `failed`, `in_progress`, `pending` or `skipped`.
+    #[schema(value_type = String)]
     pub status: &'static str,
     /// `saga` for the forward steps, `compensation` for undoing ones.
+    #[schema(value_type = String)]
     pub kind: &'static str,
     pub completed_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProgressView {
     pub order_id: String,
@@ -82,6 +86,7 @@ pub struct ProgressView {
     pub status: OrderStatus,
     /// 1-based number of the step in hand (equals `totalSteps` when shipped).
     pub current_step: u32,
+    #[schema(value_type = String)]
     pub step_name: &'static str,
     pub total_steps: u32,
     pub percentage: u32,
@@ -161,6 +166,49 @@ impl From<&OrderState> for ProgressView {
             fulfillment: s.fulfillment_progress.clone(),
         }
     }
+}
+
+/// `201` of `POST /orders` and `POST /orders/demo`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedView {
+    #[schema(example = "ORD-1703123456789-ABC123DEF")]
+    pub order_id: String,
+    #[schema(example = "order-workflow-ORD-1703123456789-ABC123DEF")]
+    pub workflow_id: String,
+    pub message: String,
+}
+
+/// `GET /orders`: one page, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderListView {
+    pub orders: Vec<StatusView>,
+    /// Orders matching the filter, on all pages.
+    pub total: u64,
+    pub limit: u32,
+    pub offset: u64,
+}
+
+/// The fulfillment's verdict on a pause, resume or new address.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignalView {
+    pub message: String,
+    pub fulfillment_workflow_id: String,
+    /// The fulfillment's status after the signal.
+    pub status: Option<FulfillmentStatus>,
+}
+
+/// `DELETE /orders/{workflowId}`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelledView {
+    pub message: String,
+    pub order_id: String,
+    pub workflow_id: String,
+    pub status: OrderStatus,
+    pub cancellation_reason: Option<String>,
 }
 
 #[cfg(test)]
