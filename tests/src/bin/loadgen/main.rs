@@ -81,7 +81,9 @@ async fn run(args: &Args) -> Result<Report> {
     let http = Http::new();
     let order_url = system.order_url();
     let fulfillment_url = system.fulfillment_url();
-    let completions = events::Completions::subscribe(&system.amqp_url()).await?;
+    let completions = events::Completions::subscribe(&system.amqp_url())
+        .await
+        .context("subscribing to fulfillment events")?;
     let vhost = system.vhost();
     let before = broker::published(&vhost).await?;
     spinner.finish_and_clear();
@@ -103,7 +105,8 @@ async fn run(args: &Args) -> Result<Report> {
         args.concurrency,
         &progress,
     )
-    .await?;
+    .await
+    .context("orders end to end")?;
     let cpu = meter.stop();
     progress.finish();
 
@@ -129,7 +132,8 @@ async fn run(args: &Args) -> Result<Report> {
         args.floor_messages,
         &spinner,
     )
-    .await?;
+    .await
+    .context("measuring the broker's floor")?;
     drop(floor_vhost);
     spinner.set_message("waiting for the management API's message counts");
     let published = counting.await?.context("message counts")?.since(&before);
@@ -165,7 +169,9 @@ async fn run(args: &Args) -> Result<Report> {
         ),
     ] {
         let progress = bar(requests, name);
-        let result = workload::gets(&http, urls, requests, concurrency, &progress).await?;
+        let result = workload::gets(&http, urls, requests, concurrency, &progress)
+            .await
+            .with_context(|| name.to_string())?;
         progress.finish();
         gets.insert(name, result);
     }

@@ -91,7 +91,9 @@ pub async fn run(args: &Args) -> Result<()> {
     // Open fulfillments: signals in confirmed windows, then wait for all.
     let bar = crate::bar(n, "StartFulfillmentWorkflow published");
     let start = Instant::now();
-    publish_starts(&vhost.amqp_url, n, &bar).await?;
+    publish_starts(&vhost.amqp_url, n, &bar)
+        .await
+        .context("publishing StartFulfillmentWorkflow signals")?;
     let signals_published = Rate::of(n as u64, start.elapsed());
     bar.finish();
     let bar = crate::bar(n, "fulfillments WAITING (by /metrics)");

@@ -160,6 +160,23 @@ pub fn build_services() -> Result<()> {
         .unwrap_or_default();
     let mut command = std::process::Command::new(cargo);
     command.args(["build", "-p", "order-service", "-p", "fulfillment-service"]);
+    // `cargo run` describes this package in the environment; build scripts
+    // that watch those variables (ring's) would rebuild on every run.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "OUT_DIR",
+            ]
+            .contains(&key.as_ref())
+        {
+            command.env_remove(key.as_ref());
+        }
+    }
     match profile.as_str() {
         "release" => {
             command.arg("--release");
