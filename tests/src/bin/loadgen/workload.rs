@@ -326,18 +326,28 @@ pub async fn running_orders(http: &Http, order_url: &str, count: usize) -> Resul
             "{order_url}/orders/fulfillment/{}/status",
             order.fulfillment_id
         );
-        system_tests::eventually(
-            &format!("{} PICKING", order.fulfillment_id),
-            Duration::from_secs(30),
-            || {
-                let (http, url) = (http.clone(), url.clone());
-                async move {
-                    let (code, body) = http.get(&url).await?;
-                    Ok((code == 200 && body["status"] == "PICKING").then_some(()))
-                }
-            },
-        )
-        .await?;
+        let start = Instant::now();
+        loop {
+            let (code, body) = http.get(&url).await?;
+            let status = body["status"].as_str().unwrap_or_default();
+            if code == 200 && status == "PICKING" {
+                break;
+            }
+            if ["SHIPPED", "CANCELLED", "FAILED"].contains(&status) {
+                bail!(
+                    "{} is already {status}: its steps are too short to pause \
+                     (run fulfillment-service with a long STEP_DELAY_MS)",
+                    order.fulfillment_id
+                );
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "{} not PICKING after 30 s ({code} {body})",
+                    order.fulfillment_id
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     Ok(orders)
 }
