@@ -98,13 +98,19 @@ pub async fn run(args: &Args) -> Result<()> {
     bar.finish();
     let bar = crate::bar(n, "fulfillments WAITING (by /metrics)");
     loop {
-        let waiting = metric(
-            &http,
+        let waiting = match metric(
             &service.url("/metrics"),
-            "fulfillments{status=\"WAITING\"}",
+            "fulfillments",
+            "status=\"WAITING\"",
         )
         .await
-        .unwrap_or(0);
+        {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                bail!("fulfillment-service's /metrics has no fulfillments{{status=\"WAITING\"}}")
+            }
+            Err(_) => 0, // busy; ask again
+        };
         bar.set_position(waiting);
         if waiting as usize >= n {
             break;
@@ -156,7 +162,18 @@ pub async fn run(args: &Args) -> Result<()> {
     let restart_to_ready_seconds = started.elapsed().as_secs_f64();
     spinner.finish_and_clear();
     let rss_after_restart_kib = child.id().and_then(procs::rss_kib).unwrap_or_default();
-    let recovered_actors = ready_body["runningFulfillments"].as_u64().unwrap_or(0);
+    let metrics_url = service.url("/metrics");
+    let recovered_actors = match ready_body["runningFulfillments"].as_u64() {
+        Some(n) => n,
+        None => match metric(&metrics_url, "actors", "").await {
+            Ok(Some(n)) => n,
+            _ => metric(&metrics_url, "actors_running", "")
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(0),
+        },
+    };
     let _ = child.kill().await;
 
     let report = ScaleReport {
@@ -249,14 +266,25 @@ async fn confirmed(confirm: lapin::PublisherConfirm) -> Result<()> {
     Ok(())
 }
 
-/// One Prometheus sample's value.
-async fn metric(http: &Http, url: &str, sample: &str) -> Result<u64> {
+/// The sum of the Prometheus samples named `name` (or `<prefix>_name`: the
+/// services prefix their metrics) whose labels contain `label`; `None` when
+/// there is no such sample.
+async fn metric(url: &str, name: &str, label: &str) -> Result<Option<u64>> {
     let text = reqwest::get(url).await?.text().await?;
-    let _ = http;
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("{sample} not in /metrics"))
+    let suffix = format!("_{name}");
+    let mut sum = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+        if (metric == name || metric.ends_with(&suffix)) && labels.contains(label) {
+            if let Ok(v) = value.parse::<f64>() {
+                *sum.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    Ok(sum.map(|s: f64| s as u64))
 }
 
 /// `wrk` for `STATUS_LOAD` when installed, else this process's HTTP client.
