@@ -110,9 +110,8 @@ impl Store for SqliteStore {
     fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
         let conn = self.conn();
         let json: Option<String> = conn
-            .query_row("SELECT state FROM fulfillments WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT state FROM fulfillments WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
             .optional()?;
         json.map(|j| parse(id, &j)).transpose()
     }
@@ -124,13 +123,14 @@ impl Store for SqliteStore {
         })?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status,
                  finished = excluded.finished, state = excluded.state,
                  updated_at = excluded.updated_at",
-            params![
+        )?
+        .execute(params![
                 state.id,
                 state.order_id,
                 state.status.as_str(),
@@ -138,18 +138,17 @@ impl Store for SqliteStore {
                 json,
                 state.created_at.to_rfc3339(),
                 state.updated_at.to_rfc3339(),
-            ],
-        )?;
+            ])?;
         for (route, envelope) in events {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES (?1, ?2, ?3, ?4)",
-                params![
+            )?
+            .execute(params![
                     route.exchange,
                     route.routing_key,
                     route.mandatory,
                     envelope.to_json()
-                ],
-            )?;
+                ])?;
         }
         tx.commit()?;
         Ok(())

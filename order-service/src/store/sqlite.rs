@@ -162,29 +162,29 @@ impl Store for SqliteStore {
     fn save(&self, state: &OrderState, outbox: &[(Route, Envelope)]) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE orders SET status = ?2, finished = ?3, state = ?4, updated_at = ?5 WHERE id = ?1",
-            params![
+        )?
+        .execute(params![
                 state.order_id,
                 state.status.as_str(),
                 state.status.is_final(),
                 encode(state),
                 state.updated_at.to_rfc3339(),
-            ],
-        )?;
+            ])?;
         let now = Utc::now().to_rfc3339();
         for (route, envelope) in outbox {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    route.exchange,
-                    route.routing_key,
-                    route.mandatory,
-                    envelope.to_json(),
-                    now
-                ],
-            )?;
+            )?
+            .execute(params![
+                route.exchange,
+                route.routing_key,
+                route.mandatory,
+                envelope.to_json(),
+                now
+            ])?;
         }
         tx.commit()?;
         Ok(())
@@ -193,9 +193,8 @@ impl Store for SqliteStore {
     fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {
         let conn = self.conn();
         let json: Option<String> = conn
-            .query_row("SELECT state FROM orders WHERE id = ?1", [order_id], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT state FROM orders WHERE id = ?1")?
+            .query_row([order_id], |r| r.get(0))
             .optional()?;
         json.map(|j| decode(order_id, &j)).transpose()
     }
@@ -313,7 +312,8 @@ impl OutboxStore for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| e.to_string())?;
         for seq in seqs {
-            tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])
+            tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")
+                .and_then(|mut stmt| stmt.execute([seq]))
                 .map_err(|e| e.to_string())?;
         }
         tx.commit().map_err(|e| e.to_string())
