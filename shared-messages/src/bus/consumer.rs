@@ -231,7 +231,15 @@ fn start(
     match decode(&delivery) {
         Ok(incoming) => {
             let work = (spec.handler)(incoming);
-            Box::pin(async move { (delivery, work.await) })
+            Box::pin(async move {
+                let outcome = work.await;
+                if matches!(outcome, Outcome::Retry(_)) {
+                    // Paused here, in this delivery's own future, so the
+                    // consumer goes on with the others meanwhile.
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                (delivery, outcome)
+            })
         }
         Err(reason) => Box::pin(async move { (delivery, Outcome::DeadLetter(reason)) }),
     }
@@ -281,7 +289,6 @@ async fn settle(
         }
         Outcome::Retry(reason) => {
             tracing::warn!(%queue, %reason, "handler failed; message requeued");
-            tokio::time::sleep(RETRY_PAUSE).await;
             delivery
                 .acker
                 .nack(BasicNackOptions {
