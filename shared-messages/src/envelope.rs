@@ -56,20 +56,79 @@ pub enum DecodeError {
     },
 }
 
-/// The envelope's fields as they appear on the wire.
-#[derive(Serialize, Deserialize)]
+/// The envelope as it is read from the wire: the payload stays raw text
+/// until the type and version say how to read it.
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct WireEnvelope {
+struct WireIn<'a> {
     message_type: String,
     schema_version: u32,
     message_id: Uuid,
     entity_id: String,
     sent_at: DateTime<Utc>,
+    #[serde(default, borrow)]
+    payload: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
-    payload: serde_json::Value,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     traceparent: Option<String>,
 }
+
+/// The envelope as it is written: borrowed, serialized straight to bytes.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireOut<'a> {
+    message_type: &'static str,
+    schema_version: u32,
+    message_id: Uuid,
+    entity_id: &'a str,
+    sent_at: DateTime<Utc>,
+    payload: Payload<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<&'a str>,
+}
+
+/// Serializes a message's payload alone (its variant's content).
+struct Payload<'a>(&'a Message);
+
+/// One arm per message type, for both directions, from one list.
+macro_rules! payload_codec {
+    ($($variant:ident),* $(,)?) => {
+        impl Serialize for Payload<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self.0 {
+                    $(Message::$variant(p) => p.serialize(s),)*
+                }
+            }
+        }
+
+        /// The message of type `message_type` read from `payload`; `None`
+        /// for a type this build does not know.
+        fn decode_payload(
+            message_type: &str,
+            payload: &str,
+        ) -> Option<Result<Message, serde_json::Error>> {
+            match message_type {
+                $(stringify!($variant) => Some(serde_json::from_str(payload).map(Message::$variant)),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+payload_codec!(
+    StartFulfillmentWorkflow,
+    StartFulfillment,
+    PauseFulfillment,
+    ResumeFulfillment,
+    CancelFulfillment,
+    UpdateShippingAddress,
+    GetFulfillmentStatus,
+    GetFulfillmentProgress,
+    FulfillmentStatusChanged,
+    SignalReply,
+    FulfillmentStatusReply,
+    FulfillmentProgressReply,
+    QueryFailed,
+);
 
 impl Envelope {
     /// A new message with a random id, sent now.
@@ -101,26 +160,20 @@ impl Envelope {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
-        let tagged =
-            serde_json::to_value(&self.message).expect("message types always serialize to JSON");
-        let payload = tagged
-            .get("payload")
-            .cloned()
-            .unwrap_or(serde_json::Value::Object(Default::default()));
-        let wire = WireEnvelope {
-            message_type: self.message_type().to_owned(),
+        let wire = WireOut {
+            message_type: self.message_type(),
             schema_version: SCHEMA_VERSION,
             message_id: self.message_id,
-            entity_id: self.entity_id.clone(),
+            entity_id: &self.entity_id,
             sent_at: self.sent_at,
-            payload,
-            traceparent: self.traceparent.clone(),
+            payload: Payload(&self.message),
+            traceparent: self.traceparent.as_deref(),
         };
         serde_json::to_vec(&wire).expect("envelopes always serialize to JSON")
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let wire: WireEnvelope =
+        let wire: WireIn =
             serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         if !Message::TYPE_NAMES.contains(&wire.message_type.as_str()) {
             return Err(DecodeError::UnknownType(wire.message_type));
@@ -131,14 +184,13 @@ impl Envelope {
                 version: wire.schema_version,
             });
         }
-        let tagged = serde_json::json!({
-            "messageType": wire.message_type,
-            "payload": wire.payload,
-        });
-        let message = serde_json::from_value(tagged).map_err(|e| DecodeError::InvalidPayload {
-            message_type: wire.message_type.clone(),
-            reason: e.to_string(),
-        })?;
+        let payload = wire.payload.map_or("{}", |raw| raw.get());
+        let message = decode_payload(&wire.message_type, payload)
+            .ok_or_else(|| DecodeError::UnknownType(wire.message_type.clone()))?
+            .map_err(|e| DecodeError::InvalidPayload {
+                message_type: wire.message_type.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(Self {
             message_id: wire.message_id,
             entity_id: wire.entity_id,
