@@ -330,6 +330,18 @@ async fn poison_messages_land_in_the_dead_letter_queue_with_their_reason() -> Re
             FULFILLMENT_SIGNALS_QUEUE
         );
     }
+    // Both are counted, the undecodable one under its own type label.
+    let dead_lettered = |message_type: &str| {
+        shared_messages::bus::metrics::METRICS
+            .dead_lettered
+            .get_or_create(&shared_messages::bus::metrics::QueueTypeLabels {
+                queue: FULFILLMENT_SIGNALS_QUEUE.into(),
+                message_type: message_type.into(),
+            })
+            .get()
+    };
+    assert_eq!(dead_lettered(shared_messages::bus::metrics::UNDECODABLE), 1);
+    assert_eq!(dead_lettered("PauseFulfillment"), 1);
     eventually(
         "the good message to be handled and the queue drained",
         DEADLINE,

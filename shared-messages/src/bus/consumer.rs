@@ -241,7 +241,10 @@ fn start(
                 (delivery, outcome)
             })
         }
-        Err(reason) => Box::pin(async move { (delivery, Outcome::DeadLetter(reason)) }),
+        Err(reason) => {
+            super::metrics::undecodable(&spec.queue);
+            Box::pin(async move { (delivery, Outcome::DeadLetter(reason)) })
+        }
     }
 }
 

@@ -82,7 +82,7 @@ pub fn register(registry: &mut Registry) {
     );
     registry.register(
         "messages_dead_lettered",
-        "Messages sent to a dead-letter queue by their handler, by queue and message type",
+        "Messages sent to a dead-letter queue, by queue and message type (`undecodable` for bodies that did not decode)",
         m.dead_lettered.clone(),
     );
     registry.register(
@@ -110,6 +110,28 @@ pub fn register(registry: &mut Registry) {
         "Connections to RabbitMQ established (the first and every reconnection)",
         m.connects.clone(),
     );
+}
+
+/// The `message_type` label of a body that did not decode.
+pub const UNDECODABLE: &str = "undecodable";
+
+/// Counts a delivery dead-lettered before any handler ran, because its
+/// body did not decode.
+pub(super) fn undecodable(queue: &str) {
+    let m = &*METRICS;
+    m.consumed
+        .get_or_create(&ConsumedLabels {
+            queue: queue.into(),
+            message_type: UNDECODABLE.into(),
+            outcome: "dead_letter".into(),
+        })
+        .inc();
+    m.dead_lettered
+        .get_or_create(&QueueTypeLabels {
+            queue: queue.into(),
+            message_type: UNDECODABLE.into(),
+        })
+        .inc();
 }
 
 pub(super) fn outcome_label(outcome: &Outcome) -> &'static str {
