@@ -16,7 +16,6 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use shared_messages::bus::{Bus, BusError, Handler, Incoming, Outcome, Route};
-use shared_messages::messages::{GetFulfillmentProgress, GetFulfillmentStatus};
 use shared_messages::topology::{FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY};
 use shared_messages::trace;
 use shared_messages::{Envelope, Message};
@@ -78,31 +77,17 @@ pub async fn handle_event(orders: &Orders, incoming: Incoming) -> Outcome {
     }
 }
 
-/// Asks fulfillment for the status of `fulfillment_id`.
-pub async fn query_status(
+/// Asks fulfillment a query (`GetFulfillmentStatus`,
+/// `GetFulfillmentProgress`) about `fulfillment_id`, within the trace
+/// `traceparent`.
+pub async fn query(
     bus: &Bus,
     fulfillment_id: &str,
+    query: Message,
+    traceparent: Option<String>,
     timeout: Duration,
 ) -> Result<Envelope, BusError> {
-    let envelope = Envelope::new(
-        fulfillment_id,
-        Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
-    )
-    .traced(trace::current_child());
-    bus.request(&query_route(), &envelope, timeout, false).await
-}
-
-/// Asks fulfillment for the progress of `fulfillment_id`.
-pub async fn query_progress(
-    bus: &Bus,
-    fulfillment_id: &str,
-    timeout: Duration,
-) -> Result<Envelope, BusError> {
-    let envelope = Envelope::new(
-        fulfillment_id,
-        Message::GetFulfillmentProgress(GetFulfillmentProgress {}),
-    )
-    .traced(trace::current_child());
+    let envelope = Envelope::new(fulfillment_id, query).traced(traceparent);
     bus.request(&query_route(), &envelope, timeout, false).await
 }
 

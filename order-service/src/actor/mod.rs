@@ -207,13 +207,8 @@ impl OrderActor {
         let timeout = self.orders.timings().query_timeout;
         let traceparent = trace::child_of(self.state.traceparent.as_deref());
         let request = async move {
-            let envelope = Envelope::new(
-                fulfillment_id,
-                WireMessage::GetFulfillmentStatus(GetFulfillmentStatus {}),
-            )
-            .traced(traceparent);
-            bus.request(&bus::query_route(), &envelope, timeout, false)
-                .await
+            let query = WireMessage::GetFulfillmentStatus(GetFulfillmentStatus {});
+            bus::query(&bus, &fulfillment_id, query, traceparent, timeout).await
         };
         ctx.spawn(request.into_actor(self).map(|result, act, ctx| {
             act.poll_in_flight = false;

@@ -5,7 +5,8 @@ use actix_web::{web, HttpResponse};
 use shared_messages::messages::{
     Address, FulfillmentProgressView, FulfillmentStatusView, UpdateShippingAddress,
 };
-use shared_messages::Message;
+use shared_messages::messages::{GetFulfillmentProgress, GetFulfillmentStatus};
+use shared_messages::{trace, Message};
 
 use super::error::ErrorBody;
 use super::views::SignalView;
@@ -53,9 +54,15 @@ pub(crate) async fn status(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let reply = bus::query_status(state.orders.bus(), &path, state.query_timeout)
-        .await
-        .map_err(|e| ApiError::from_bus(e, state.timeout_ms(), false))?;
+    let reply = bus::query(
+        state.orders.bus(),
+        &path,
+        Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
+        trace::current_child(),
+        state.query_timeout,
+    )
+    .await
+    .map_err(|e| ApiError::from_bus(e, state.timeout_ms(), false))?;
     answer(reply.message)
 }
 
@@ -73,9 +80,15 @@ pub(crate) async fn progress(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let reply = bus::query_progress(state.orders.bus(), &path, state.query_timeout)
-        .await
-        .map_err(|e| ApiError::from_bus(e, state.timeout_ms(), false))?;
+    let reply = bus::query(
+        state.orders.bus(),
+        &path,
+        Message::GetFulfillmentProgress(GetFulfillmentProgress {}),
+        trace::current_child(),
+        state.query_timeout,
+    )
+    .await
+    .map_err(|e| ApiError::from_bus(e, state.timeout_ms(), false))?;
     answer(reply.message)
 }
 
