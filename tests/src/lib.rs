@@ -363,31 +363,20 @@ impl Service {
             .spawn()
             .with_context(|| format!("starting {}", path.display()))?;
         self.child = Some(child);
-        let url = format!("{}/healthz", self.base_url);
-        let client = reqwest::Client::new();
-        eventually(
-            &format!("{} /healthz", self.name),
-            Duration::from_secs(20),
-            || {
-                let request = client.get(&url).send();
-                async move {
-                    Ok(request
-                        .await
-                        .ok()
-                        .filter(|r| r.status().is_success())
-                        .map(|_| ()))
-                }
-            },
-        )
-        .await
+        self.wait_ok("/healthz").await
     }
 
     /// Waits until `/readyz` says ready (broker connected, store open).
     pub async fn wait_ready(&self) -> Result<()> {
-        let url = format!("{}/readyz", self.base_url);
+        self.wait_ok("/readyz").await
+    }
+
+    /// Waits (up to 20 s) until `path` answers 2xx.
+    async fn wait_ok(&self, path: &str) -> Result<()> {
+        let url = self.url(path);
         let client = reqwest::Client::new();
         eventually(
-            &format!("{} /readyz", self.name),
+            &format!("{} {path}", self.name),
             Duration::from_secs(20),
             || {
                 let request = client.get(&url).send();
