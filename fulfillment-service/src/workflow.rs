@@ -23,7 +23,9 @@ use shared_messages::messages::{
     Address, CompletedStep, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus,
     FulfillmentStatusChanged, FulfillmentStatusView, ReplyError,
 };
-use shared_messages::topology::{fulfillment_event_key, FULFILLMENT_EVENTS_EXCHANGE};
+use shared_messages::topology::{
+    fulfillment_event_key, fulfillment_progress_key, FULFILLMENT_EVENTS_EXCHANGE,
+};
 use shared_messages::{ids, Envelope, Message};
 use uuid::Uuid;
 
@@ -305,7 +307,9 @@ pub fn decide(
     transition(next, Some(status), now, timing, false)
 }
 
-/// Bumps the transition counter and writes the event for `state`.
+/// Bumps the transition counter and writes the event for `state`: a
+/// status event when the status changed (or the fulfillment is new), a
+/// progress event otherwise.
 fn transition(
     mut state: Fulfillment,
     previous: Option<FulfillmentStatus>,
@@ -326,11 +330,14 @@ fn transition(
         Message::FulfillmentStatusChanged(Box::new(event)),
     );
     envelope.sent_at = now;
-    let route = Route::new(
-        FULFILLMENT_EVENTS_EXCHANGE,
-        &fulfillment_event_key(state.status),
-        false,
-    );
+    // A new status is a status event (what order-service binds); a step
+    // within the same status is a progress event.
+    let key = if previous == Some(state.status) {
+        fulfillment_progress_key(state.status)
+    } else {
+        fulfillment_event_key(state.status)
+    };
+    let route = Route::new(FULFILLMENT_EVENTS_EXCHANGE, &key, false);
     let reply = Ok(Accepted {
         status: state.status,
         created,
@@ -683,7 +690,8 @@ mod tests {
         let d = decide(&f, &Input::StepDone { step: 0 }, None, now(), TIMING);
         assert_eq!(d.events.len(), 1);
         let (route, envelope) = &d.events[0];
-        assert_eq!(route.routing_key, "fulfillment.status.picking");
+        // An item picked is progress within PICKING, not a new status.
+        assert_eq!(route.routing_key, "fulfillment.progress.picking");
         assert_eq!(
             envelope.message_id,
             ids::effect_message_id("fulfillment-ORD-1", "status:2")
@@ -693,6 +701,50 @@ mod tests {
         };
         assert_eq!(event.previous_status, Some(S::Picking));
         assert_eq!(event.progress.items_picked, 1);
+    }
+
+    #[test]
+    fn status_changes_are_status_events_and_steps_within_a_status_progress_events() {
+        let created = create(
+            "fulfillment-ORD-1",
+            &Input::Start(request(2)),
+            None,
+            now(),
+            TIMING,
+        );
+        let mut keys = vec![created.events[0].0.routing_key.clone()];
+        let mut f = created.state.expect("created");
+        while f.status != S::Shipped {
+            let d = decide(&f, &Input::StepDone { step: f.step }, None, now(), TIMING);
+            keys.extend(d.events.iter().map(|(r, _)| r.routing_key.clone()));
+            f = d.state.expect("a step moves on");
+        }
+        assert_eq!(
+            keys,
+            [
+                "fulfillment.status.picking",
+                "fulfillment.progress.picking",
+                "fulfillment.progress.picking",
+                "fulfillment.status.packing",
+                "fulfillment.status.ready_to_ship",
+                "fulfillment.progress.ready_to_ship",
+                "fulfillment.status.shipped",
+            ]
+        );
+        let f = started(1);
+        let paused = decide(&f, &Input::Pause, None, now(), TIMING);
+        assert_eq!(paused.events[0].0.routing_key, "fulfillment.status.paused");
+        let moved = decide(
+            &f,
+            &Input::UpdateAddress(address("9 Elsewhere Road")),
+            None,
+            now(),
+            TIMING,
+        );
+        assert_eq!(
+            moved.events[0].0.routing_key,
+            "fulfillment.progress.picking"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! | `fulfillment.signals` (direct) | `signal` | `fulfillment.signals` (quorum) | fulfillment-service |
 //! | `fulfillment.queries` (direct) | `query` | `fulfillment.queries` (classic, expiring) | fulfillment-service |
 //! | `fulfillment.events` (topic) | `fulfillment.status.<status>` | `order-service.fulfillment-events` (quorum) | order-service |
+//! | `fulfillment.events` (topic) | `fulfillment.progress.<status>` | none by default | whoever binds it |
 //! | `fulfillment.dead-letter` (direct) | queue name | `fulfillment.signals.dlq`, `fulfillment.queries.dlq` | operators |
 //! | `order-service.dead-letter` (direct) | queue name | `order-service.fulfillment-events.dlq` | operators |
 
@@ -26,8 +27,13 @@ pub const FULFILLMENT_QUERIES_QUEUE: &str = "fulfillment.queries";
 pub const FULFILLMENT_QUERY_KEY: &str = "query";
 
 pub const FULFILLMENT_EVENTS_EXCHANGE: &str = "fulfillment.events";
-/// Binding key that matches every fulfillment status event.
+/// Binding key that matches every fulfillment status event (a change of
+/// status), the ones order-service acts on.
 pub const FULFILLMENT_EVENTS_ALL: &str = "fulfillment.status.#";
+/// Binding key that matches every progress event: a step done or an
+/// address changed without a change of status. Nothing binds it by
+/// default; a dashboard that wants every step binds it (or `fulfillment.#`).
+pub const FULFILLMENT_PROGRESS_ALL: &str = "fulfillment.progress.#";
 
 pub const FULFILLMENT_DEAD_LETTER_EXCHANGE: &str = "fulfillment.dead-letter";
 
@@ -49,6 +55,15 @@ pub const QUERY_QUEUE_TTL_MS: i32 = 60_000;
 pub fn fulfillment_event_key(status: FulfillmentStatus) -> String {
     format!(
         "fulfillment.status.{}",
+        status.as_str().to_ascii_lowercase()
+    )
+}
+
+/// The routing key a progress event (a transition within one status) is
+/// published with, e.g. `fulfillment.progress.picking`.
+pub fn fulfillment_progress_key(status: FulfillmentStatus) -> String {
+    format!(
+        "fulfillment.progress.{}",
         status.as_str().to_ascii_lowercase()
     )
 }
@@ -376,6 +391,16 @@ mod tests {
             fulfillment_event_key(FulfillmentStatus::ReadyToShip),
             "fulfillment.status.ready_to_ship"
         );
+        assert_eq!(
+            fulfillment_progress_key(FulfillmentStatus::Picking),
+            "fulfillment.progress.picking"
+        );
+        // order-service's binding takes status events, not progress events.
+        let matches = |key: &str| key.starts_with(FULFILLMENT_EVENTS_ALL.trim_end_matches('#'));
+        assert!(matches(&fulfillment_event_key(FulfillmentStatus::Shipped)));
+        assert!(!matches(&fulfillment_progress_key(
+            FulfillmentStatus::Shipped
+        )));
     }
 
     #[test]

@@ -37,11 +37,16 @@ impl Harness {
     async fn start(label: &str, step_delay_ms: u64) -> Result<Self> {
         let vhost = TestVhost::create(label).await?;
         // The client declares order-service's topology, so the events queue
-        // exists (and collects) before the service publishes anything.
+        // exists (and collects) before the service publishes anything, and
+        // binds the progress events too, so it sees every transition.
         let bus = Bus::new(BusConfig::new(
             vhost.amqp_url.clone(),
             "fulfillment-test",
-            topology::order_service(),
+            topology::order_service().bind(
+                ORDER_FULFILLMENT_EVENTS_QUEUE,
+                FULFILLMENT_EVENTS_EXCHANGE,
+                FULFILLMENT_PROGRESS_ALL,
+            ),
         ));
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();

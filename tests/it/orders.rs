@@ -278,6 +278,35 @@ async fn original_walkthrough_pause_resume_readdress_and_ship() -> Result<()> {
 }
 
 #[tokio::test]
+async fn order_progress_shows_each_item_picked_between_status_events() -> Result<()> {
+    // Items picked are progress events, which order-service does not
+    // subscribe to: its progress route asks fulfillment while it runs.
+    let system = System::start("order-live-progress", &[], Some(500)).await?;
+    let wf = system.create_demo().await?;
+    let progress = eventually("one of two items picked", DEADLINE, || async {
+        let (code, body) = system
+            .http
+            .get(&system.url(&format!("/orders/{wf}/progress")))
+            .await?;
+        ensure!(code == 200, "progress of {wf}: {code} {body}");
+        Ok((body["fulfillment"]["itemsPicked"] == 1).then_some(body))
+    })
+    .await?;
+    assert_eq!(progress["fulfillment"]["status"], "PICKING", "{progress}");
+    assert_eq!(progress["fulfillment"]["totalItems"], 2, "{progress}");
+    // The order itself heard only the status event that started picking.
+    let status = system.status(&wf).await?;
+    assert_eq!(status["fulfillmentStatus"], "PICKING", "{status}");
+    system.wait_status(&wf, "SHIPPED").await?;
+    let (_, done) = system
+        .http
+        .get(&system.url(&format!("/orders/{wf}/progress")))
+        .await?;
+    assert_eq!(done["fulfillment"]["percentage"], 100, "{done}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn cancel_mid_fulfillment_reaches_both_services() -> Result<()> {
     let system = System::start("orders-cancel", &[], Some(300)).await?;
     let wf = system.create_demo().await?;

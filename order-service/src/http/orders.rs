@@ -1,10 +1,15 @@
 //! `/orders`: create, list, status, progress, cancel, update, and the
 //! order's fulfillment pause and resume.
 
+use std::time::Duration;
+
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use shared_messages::ids::order_id_from_workflow_id;
-use shared_messages::messages::{PauseFulfillment, ResumeFulfillment};
+use shared_messages::messages::{
+    FulfillmentProgressView, GetFulfillmentProgress, PauseFulfillment, ResumeFulfillment,
+};
+use shared_messages::trace;
 use shared_messages::Message;
 
 use super::error::ErrorBody;
@@ -19,6 +24,9 @@ use crate::workflow::{DetailsUpdate, Input, OrderDetails, OrderState, OrderStatu
 
 /// Most orders one list page returns.
 const MAX_PAGE: u32 = 100;
+/// How long the progress route waits for a live answer from fulfillment
+/// before it shows the progress of the last event instead.
+const LIVE_PROGRESS_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/orders", web::post().to(create))
@@ -187,7 +195,46 @@ pub(crate) async fn progress(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let order = load(&state, &path)?;
-    Ok(HttpResponse::Ok().json(ProgressView::from(&order)))
+    let mut view = ProgressView::from(&order);
+    if let Some(live) = live_fulfillment_progress(&state, &order).await {
+        view.fulfillment = Some(live);
+    }
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// The progress of an order's running fulfillment, asked for now. Status
+/// events bring each change of status; the steps in between (each item
+/// picked, the label printed) are progress events order-service does not
+/// subscribe to, so a reader gets them here. `None` when the order is not
+/// waiting on its fulfillment or no answer comes quickly; the view then
+/// shows the progress of the last event.
+async fn live_fulfillment_progress(
+    state: &AppState,
+    order: &OrderState,
+) -> Option<FulfillmentProgressView> {
+    let fulfillment_id = order.fulfillment_workflow_id.as_deref()?;
+    if !order.status.is_waiting_on_fulfillment() || !state.orders.bus().is_connected() {
+        return None;
+    }
+    let reply = bus::query(
+        state.orders.bus(),
+        fulfillment_id,
+        Message::GetFulfillmentProgress(GetFulfillmentProgress {}),
+        trace::current_child(),
+        state.query_timeout.min(LIVE_PROGRESS_TIMEOUT),
+    )
+    .await;
+    match reply.map(|r| r.message) {
+        Ok(Message::FulfillmentProgressReply(progress)) => Some(*progress),
+        Ok(other) => {
+            tracing::debug!(%fulfillment_id, reply = other.type_name(), "live progress: no progress reply");
+            None
+        }
+        Err(error) => {
+            tracing::debug!(%fulfillment_id, %error, "live progress: no answer");
+            None
+        }
+    }
 }
 
 /// Pause the order's fulfillment; answers fulfillment's verdict.

@@ -91,6 +91,8 @@ pub struct ProgressView {
     pub total_steps: u32,
     pub percentage: u32,
     pub steps: Vec<StepView>,
+    /// The fulfillment's progress: asked for live while the fulfillment
+    /// runs, else as of its last status event.
     pub fulfillment: Option<FulfillmentProgressView>,
 }
 
