@@ -1,19 +1,25 @@
 //! One actix actor per running fulfillment, and the registry that finds it.
 //!
 //! The actor is a thin shell over [`crate::workflow`]: it feeds an input
-//! in, stores the new state with its events (one transaction), and only
+//! in, has the new state stored with its events (one transaction, shared
+//! with other actors' writes by the [`Writer`]'s group commit), and only
 //! then updates its memory, arms or cancels its step timer and answers.
-//! The step timer is an actor timer (`run_later`) whose handle is cancelled
-//! on pause and cancel, so a step in progress is interrupted and, on resume,
-//! run again from its start. A fulfillment that reaches a final status
-//! stops its actor; its state stays readable from the store.
+//! While its write is in flight the actor takes no other input, so inputs
+//! apply one at a time, in order. The step timer is an actor timer
+//! (`run_later`, or at once when the step delay is 0) whose handle is
+//! cancelled on pause and cancel, so a step in progress is interrupted
+//! and, on resume, run again from its start. A fulfillment that reaches a
+//! final status stops its actor; its state stays readable from the store.
 
 mod registry;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message, SpawnHandle};
+use actix::fut::{self, ActorFutureExt, LocalBoxActorFuture, WrapFuture};
+use actix::{
+    Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message, SpawnHandle,
+};
 use chrono::Utc;
 use shared_messages::bus::outbox::OutboxSignal;
 use shared_messages::trace;
@@ -21,7 +27,7 @@ use uuid::Uuid;
 
 use crate::metrics::{TransitionLabels, METRICS};
 
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Write, Writer};
 use crate::workflow::{self, Fulfillment, Input, Reply, Timing};
 
 pub use registry::Registry;
@@ -34,12 +40,15 @@ const STORE_RETRY: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct Deps {
     pub store: Arc<dyn Store>,
+    /// Where running actors' transitions are stored (group commit).
+    pub writer: Writer,
     pub outbox: OutboxSignal,
     pub timing: Timing,
 }
 
 impl Deps {
-    /// Stores a decision's state and events; nudges the relay.
+    /// Stores a decision's state and events at once, outside the group
+    /// commit (a fulfillment being created); nudges the relay.
     fn persist(&self, decision: &workflow::Decision) -> Result<(), StoreError> {
         if let Some(state) = &decision.state {
             METRICS.store_write("save", || self.store.save(state, &decision.events))?;
@@ -79,13 +88,16 @@ impl FulfillmentActor {
         }
     }
 
+    /// Decides `input` and stores the outcome; the returned future, run
+    /// with `ctx.wait` (directly or as an [`AtomicResponse`]), holds every
+    /// other input back until the write has committed, then takes the new
+    /// state and answers.
     fn apply(
         &mut self,
-        ctx: &mut Context<Self>,
         message_id: Option<Uuid>,
         traceparent: Option<&str>,
         input: Input,
-    ) -> Result<Reply, StoreError> {
+    ) -> LocalBoxActorFuture<Self, Result<Reply, StoreError>> {
         let span = tracing::info_span!(
             "fulfillment_input",
             fulfillment_id = %self.state.id,
@@ -93,44 +105,82 @@ impl FulfillmentActor {
             status = %self.state.status,
             trace_id = %trace::trace_id_of(self.state.traceparent.as_deref().or(traceparent)),
         );
-        let _entered = span.enter();
-        let decision = workflow::decide(
-            &self.state,
-            &input,
-            message_id,
-            Utc::now(),
-            self.deps.timing,
+        let decision = span.in_scope(|| {
+            workflow::decide(
+                &self.state,
+                &input,
+                message_id,
+                Utc::now(),
+                self.deps.timing,
+            )
+            .traced(traceparent)
+        });
+        let reply = decision.reply;
+        let Some(state) = decision.state else {
+            return Box::pin(fut::ready(()).map(move |(), act: &mut Self, ctx| {
+                act.arm(ctx, None);
+                Ok(reply)
+            }));
+        };
+        let write = Write {
+            state,
+            events: decision.events,
+        };
+        let writer = self.deps.writer.clone();
+        Box::pin(
+            async move { writer.save(write).await }
+                .into_actor(self)
+                .map(move |stored, act, ctx| {
+                    let _entered = span.enter();
+                    act.take(stored?, ctx);
+                    Ok(reply)
+                }),
         )
-        .traced(traceparent);
-        self.deps.persist(&decision)?;
-        if let Some(state) = decision.state {
-            if state.status != self.state.status || state.step != self.state.step {
-                tracing::info!(
-                    fulfillment_id = %state.id,
-                    status = %state.status,
-                    step = state.step,
-                    "fulfillment transition"
-                );
-            }
-            if state.status != self.state.status {
-                let (from, to) = (self.state.status.as_str(), state.status.as_str());
-                METRICS
-                    .transitions
-                    .get_or_create(&TransitionLabels {
-                        from: from.into(),
-                        to: to.into(),
-                    })
-                    .inc();
-                METRICS.actor(from, -1);
-                METRICS.actor(to, 1);
-            }
-            self.state = state;
+    }
+
+    /// Makes a stored state the actor's own.
+    fn take(&mut self, state: Fulfillment, ctx: &mut Context<Self>) {
+        if state.status != self.state.status || state.step != self.state.step {
+            tracing::info!(
+                fulfillment_id = %state.id,
+                status = %state.status,
+                step = state.step,
+                "fulfillment transition"
+            );
         }
+        if state.status != self.state.status {
+            let (from, to) = (self.state.status.as_str(), state.status.as_str());
+            METRICS
+                .transitions
+                .get_or_create(&TransitionLabels {
+                    from: from.into(),
+                    to: to.into(),
+                })
+                .inc();
+            METRICS.actor(from, -1);
+            METRICS.actor(to, 1);
+        }
+        self.state = state;
         self.arm(ctx, None);
         if self.state.status.is_final() {
             ctx.stop();
         }
-        Ok(decision.reply)
+    }
+
+    /// Completes step `step`; when its write fails, the step runs again
+    /// after a pause.
+    fn step_done(&mut self, step: u32, ctx: &mut Context<Self>) {
+        self.timer = None;
+        let work = self
+            .apply(None, None, Input::StepDone { step })
+            .map(|result, act, ctx| {
+                if let Err(error) = result {
+                    tracing::error!(fulfillment_id = %act.state.id, %error, "cannot store a completed step; retrying");
+                    let retry = act.deps.timing.step_delay.max(STORE_RETRY);
+                    act.arm(ctx, Some(retry));
+                }
+            });
+        ctx.wait(work);
     }
 
     /// Makes the timer match the state: one timer for the step in hand
@@ -145,14 +195,14 @@ impl FulfillmentActor {
         }
         if let Some(step) = wanted {
             let delay = delay.unwrap_or(self.deps.timing.step_delay);
-            let handle = ctx.run_later(delay, move |act, ctx| {
-                act.timer = None;
-                if let Err(error) = act.apply(ctx, None, None, Input::StepDone { step }) {
-                    tracing::error!(fulfillment_id = %act.state.id, %error, "cannot store a completed step; retrying");
-                    let retry = act.deps.timing.step_delay.max(STORE_RETRY);
-                    act.arm(ctx, Some(retry));
-                }
-            });
+            let handle = if delay.is_zero() {
+                // At once, without a 1 ms timer tick; still cancellable.
+                ctx.spawn(
+                    fut::ready(()).map(move |(), act: &mut Self, ctx| act.step_done(step, ctx)),
+                )
+            } else {
+                ctx.run_later(delay, move |act, ctx| act.step_done(step, ctx))
+            };
             self.timer = Some((step, handle));
         }
     }
@@ -174,9 +224,9 @@ impl Actor for FulfillmentActor {
 }
 
 impl Handler<Signal> for FulfillmentActor {
-    type Result = Result<Reply, StoreError>;
+    type Result = AtomicResponse<Self, Result<Reply, StoreError>>;
 
-    fn handle(&mut self, msg: Signal, ctx: &mut Self::Context) -> Self::Result {
-        self.apply(ctx, msg.message_id, msg.traceparent.as_deref(), msg.input)
+    fn handle(&mut self, msg: Signal, _ctx: &mut Self::Context) -> Self::Result {
+        AtomicResponse::new(self.apply(msg.message_id, msg.traceparent.as_deref(), msg.input))
     }
 }

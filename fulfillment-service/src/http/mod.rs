@@ -99,15 +99,19 @@ mod tests {
 
     use super::*;
     use crate::actor::Deps;
-    use crate::store::SqliteStore;
+    use crate::store::{SqliteStore, Store, Writer};
     use crate::workflow::Timing;
 
     /// Handlers over an in-memory store and a bus that never connects;
     /// steps take a minute, so nothing moves during a test.
     fn state() -> web::Data<AppState> {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(":memory:").expect("in-memory store"));
+        let outbox = OutboxSignal::new();
         let deps = Deps {
-            store: Arc::new(SqliteStore::open(":memory:").expect("in-memory store")),
-            outbox: OutboxSignal::new(),
+            writer: Writer::start(store.clone(), outbox.clone()).expect("writer thread"),
+            store,
+            outbox,
             timing: Timing {
                 step_delay: Duration::from_secs(60),
             },

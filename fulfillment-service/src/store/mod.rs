@@ -9,6 +9,7 @@
 mod pg_worker;
 pub mod postgres;
 pub mod sqlite;
+pub mod writer;
 
 use std::sync::Arc;
 
@@ -22,6 +23,14 @@ use crate::workflow::Fulfillment;
 
 pub use self::postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use writer::Writer;
+
+/// One transition to store: the new state and the events it causes.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub state: Fulfillment,
+    pub events: Vec<(Route, Envelope)>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -48,6 +57,9 @@ pub trait Store: OutboxStore {
     fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError>;
     /// Stores `state` and appends `events` to the outbox, atomically.
     fn save(&self, state: &Fulfillment, events: &[(Route, Envelope)]) -> Result<(), StoreError>;
+    /// Stores every write in one transaction: all of them or none (the
+    /// group commit of [`Writer`]).
+    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError>;
     /// Every fulfillment that has not reached a final status.
     fn unfinished(&self) -> Result<Vec<Fulfillment>, StoreError>;
     /// Newest first, optionally of one status.

@@ -15,7 +15,7 @@ use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
 
 use super::pg_worker::{Worker, WorkerGone};
-use super::{Store, StoreError};
+use super::{Store, StoreError, Write};
 use crate::workflow::Fulfillment;
 
 /// Schema versions, applied in order; the applied ones are recorded in
@@ -130,40 +130,53 @@ impl Store for PostgresStore {
     }
 
     fn save(&self, state: &Fulfillment, events: &[(Route, Envelope)]) -> Result<(), StoreError> {
-        let json = serde_json::to_string(state).map_err(|e| StoreError::Corrupt {
-            id: state.id.clone(),
-            reason: e.to_string(),
-        })?;
-        let state = state.clone();
-        let events = events.to_vec();
+        self.save_all(&[Write {
+            state: state.clone(),
+            events: events.to_vec(),
+        }])
+    }
+
+    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let rows = writes
+            .iter()
+            .map(|w| {
+                let json = serde_json::to_string(&w.state).map_err(|e| StoreError::Corrupt {
+                    id: w.state.id.clone(),
+                    reason: e.to_string(),
+                })?;
+                Ok((w.clone(), json))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
         self.worker.call(move |client| {
             let mut tx = client.transaction()?;
-            tx.execute(
-                "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status,
-                     finished = excluded.finished, state = excluded.state,
-                     updated_at = excluded.updated_at",
-                &[
-                    &state.id,
-                    &state.order_id,
-                    &state.status.as_str(),
-                    &state.status.is_final(),
-                    &json,
-                    &state.created_at.to_rfc3339(),
-                    &state.updated_at.to_rfc3339(),
-                ],
-            )?;
-            for (route, envelope) in &events {
+            for (Write { state, events }, json) in &rows {
                 tx.execute(
-                    "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES ($1, $2, $3, $4)",
+                    "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)
+                     ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                         finished = excluded.finished, state = excluded.state,
+                         updated_at = excluded.updated_at",
                     &[
-                        &route.exchange,
-                        &route.routing_key,
-                        &route.mandatory,
-                        &envelope.to_json(),
+                        &state.id,
+                        &state.order_id,
+                        &state.status.as_str(),
+                        &state.status.is_final(),
+                        json,
+                        &state.created_at.to_rfc3339(),
+                        &state.updated_at.to_rfc3339(),
                     ],
                 )?;
+                for (route, envelope) in events {
+                    tx.execute(
+                        "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES ($1, $2, $3, $4)",
+                        &[
+                            &route.exchange,
+                            &route.routing_key,
+                            &route.mandatory,
+                            &envelope.to_json(),
+                        ],
+                    )?;
+                }
             }
             tx.commit()?;
             Ok(())

@@ -9,7 +9,7 @@ use shared_messages::bus::Route;
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, Write};
 use crate::workflow::Fulfillment;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how
@@ -95,6 +95,46 @@ fn parse(id: &str, json: &str) -> Result<Fulfillment, StoreError> {
     })
 }
 
+/// One state and its events, inside the caller's transaction.
+fn write(
+    tx: &rusqlite::Transaction<'_>,
+    state: &Fulfillment,
+    events: &[(Route, Envelope)],
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(state).map_err(|e| StoreError::Corrupt {
+        id: state.id.clone(),
+        reason: e.to_string(),
+    })?;
+    tx.prepare_cached(
+        "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+             finished = excluded.finished, state = excluded.state,
+             updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        state.id,
+        state.order_id,
+        state.status.as_str(),
+        state.status.is_final(),
+        json,
+        state.created_at.to_rfc3339(),
+        state.updated_at.to_rfc3339(),
+    ])?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (route, envelope) in events {
+        insert.execute(params![
+            route.exchange,
+            route.routing_key,
+            route.mandatory,
+            envelope.to_json()
+        ])?;
+    }
+    Ok(())
+}
+
 fn rows_to_states(
     rows: impl Iterator<Item = rusqlite::Result<(String, String)>>,
 ) -> Result<Vec<Fulfillment>, StoreError> {
@@ -117,38 +157,18 @@ impl Store for SqliteStore {
     }
 
     fn save(&self, state: &Fulfillment, events: &[(Route, Envelope)]) -> Result<(), StoreError> {
-        let json = serde_json::to_string(state).map_err(|e| StoreError::Corrupt {
-            id: state.id.clone(),
-            reason: e.to_string(),
-        })?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.prepare_cached(
-            "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status,
-                 finished = excluded.finished, state = excluded.state,
-                 updated_at = excluded.updated_at",
-        )?
-        .execute(params![
-                state.id,
-                state.order_id,
-                state.status.as_str(),
-                state.status.is_final(),
-                json,
-                state.created_at.to_rfc3339(),
-                state.updated_at.to_rfc3339(),
-            ])?;
-        for (route, envelope) in events {
-            tx.prepare_cached(
-                "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![
-                    route.exchange,
-                    route.routing_key,
-                    route.mandatory,
-                    envelope.to_json()
-                ])?;
+        write(&tx, state, events)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for w in writes {
+            write(&tx, &w.state, &w.events)?;
         }
         tx.commit()?;
         Ok(())
