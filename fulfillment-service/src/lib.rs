@@ -59,8 +59,12 @@ impl Application {
         let opened = store::open(&config.store_url)
             .with_context(|| format!("opening the store at {}", config.store_url_redacted()))?;
         let outbox = OutboxSignal::new();
-        let writer = store::Writer::start(opened.store.clone(), outbox.clone())
-            .context("starting the store writer thread")?;
+        let writer = store::Writer::start(
+            "store-writer",
+            store::Batched(opened.store.clone()),
+            outbox.clone(),
+        )
+        .context("starting the store writer thread")?;
         let deps = Deps {
             writer,
             store: opened.store,

@@ -151,6 +151,7 @@ mod tests {
             OutboxSignal::new(),
             timings,
         )
+        .expect("the store writer thread starts")
     }
 
     fn incoming(message: Message) -> Incoming {

@@ -84,7 +84,8 @@ impl Application {
                 query_timeout: config.query_timeout,
                 payment_decline_rate: config.payment_decline_rate,
             },
-        );
+        )
+        .context("starting the store writer thread")?;
         let recovered = orders.recover().context("loading unfinished orders")?;
         tracing::info!(recovered, "unfinished orders resumed");
 

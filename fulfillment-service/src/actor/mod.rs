@@ -132,7 +132,7 @@ impl FulfillmentActor {
                 .into_actor(self)
                 .map(move |stored, act, ctx| {
                     let _entered = span.enter();
-                    act.take(stored?, ctx);
+                    act.take(stored?.state, ctx);
                     Ok(reply)
                 }),
         )

@@ -99,7 +99,7 @@ mod tests {
 
     use super::*;
     use crate::actor::Deps;
-    use crate::store::{SqliteStore, Store, Writer};
+    use crate::store::{Batched, SqliteStore, Store, Writer};
     use crate::workflow::Timing;
 
     /// Handlers over an in-memory store and a bus that never connects;
@@ -109,7 +109,8 @@ mod tests {
             Arc::new(SqliteStore::open(":memory:").expect("in-memory store"));
         let outbox = OutboxSignal::new();
         let deps = Deps {
-            writer: Writer::start(store.clone(), outbox.clone()).expect("writer thread"),
+            writer: Writer::start("store-writer", Batched(store.clone()), outbox.clone())
+                .expect("writer thread"),
             store,
             outbox,
             timing: Timing {

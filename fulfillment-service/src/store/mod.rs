@@ -9,21 +9,25 @@
 mod pg_worker;
 pub mod postgres;
 pub mod sqlite;
-pub mod writer;
 
 use std::sync::Arc;
 
+use shared_messages::bus::group_commit::{BatchStore, CommitError, GroupCommit};
 use shared_messages::bus::outbox::OutboxStore;
 use shared_messages::bus::Route;
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
 
 use crate::config;
+use crate::metrics::METRICS;
 use crate::workflow::Fulfillment;
 
 pub use self::postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-pub use writer::Writer;
+
+/// The group commit the actors write through (see
+/// [`shared_messages::bus::group_commit`]).
+pub type Writer = GroupCommit<Batched>;
 
 /// One transition to store: the new state and the events it causes.
 #[derive(Debug, Clone)]
@@ -49,6 +53,31 @@ pub enum StoreError {
         path: String,
         source: std::io::Error,
     },
+}
+
+impl From<CommitError<StoreError>> for StoreError {
+    fn from(error: CommitError<StoreError>) -> Self {
+        match error {
+            CommitError::Store(error) => error,
+            CommitError::Stopped => StoreError::Unavailable("the store writer has stopped".into()),
+        }
+    }
+}
+
+/// The fulfillment store as the group commit sees it.
+pub struct Batched(pub Arc<dyn Store>);
+
+impl BatchStore for Batched {
+    type Write = Write;
+    type Error = StoreError;
+
+    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
+        METRICS.store_write("save", || self.0.save_all(writes))
+    }
+
+    fn has_messages(write: &Write) -> bool {
+        !write.events.is_empty()
+    }
 }
 
 /// The fulfillment store.
@@ -100,4 +129,75 @@ pub fn open(url: &str) -> Result<Opened, StoreError> {
         .or_else(|| url.strip_prefix("sqlite:"))
         .ok_or_else(|| StoreError::UnsupportedUrl(config::redact(url)))?;
     Ok(both(SqliteStore::open(path)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+    use crate::workflow::{create, Input, Timing};
+    use chrono::Utc;
+    use shared_messages::bus::outbox::OutboxSignal;
+    use shared_messages::bus::outbox::OutboxStore;
+    use shared_messages::messages::{Address, FulfillmentRequest, OrderItem};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn write(n: usize) -> Write {
+        let request = FulfillmentRequest {
+            order_id: format!("ORD-{n}"),
+            customer_id: "c-1".into(),
+            customer_name: None,
+            customer_email: None,
+            items: vec![OrderItem {
+                product_id: "p".into(),
+                product_name: "Thing".into(),
+                quantity: 1,
+                price: 1.0,
+            }],
+            shipping_address: Address {
+                street: "1 Main St".into(),
+                city: "Springfield".into(),
+                state: "IL".into(),
+                zip_code: "62701".into(),
+                country: "USA".into(),
+            },
+        };
+        let decision = create(
+            &format!("fulfillment-ORD-{n}"),
+            &Input::Start(request),
+            None,
+            Utc::now(),
+            Timing {
+                step_delay: Duration::ZERO,
+            },
+        );
+        Write {
+            state: decision.state.expect("created"),
+            events: decision.events,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_are_all_stored_with_their_events() {
+        let store = Arc::new(SqliteStore::open(":memory:").expect("opens"));
+        let writer = Writer::start("test-writer", Batched(store.clone()), OutboxSignal::new())
+            .expect("starts");
+        let saves = (0..50).map(|n| writer.save(write(n)));
+        let stored = futures::future::join_all(saves).await;
+        for (n, result) in stored.into_iter().enumerate() {
+            let state = result.expect("stored").state;
+            assert_eq!(state.id, format!("fulfillment-ORD-{n}"));
+            assert_eq!(
+                store.load(&state.id).expect("reads"),
+                Some(state),
+                "stored as given"
+            );
+        }
+        assert_eq!(
+            store.pending(100).expect("reads").len(),
+            50,
+            "one event each"
+        );
+    }
 }

@@ -1,9 +1,11 @@
 //! One actix actor per open order, and the registry that finds them.
 //!
 //! The actor is a thin shell over [`crate::workflow`]: it feeds an input
-//! in, stores the new state together with the signals it causes (one
-//! transaction; the outbox relay publishes them), and only then performs
-//! the effects: arm a timer, take the next step, poll fulfillment. A
+//! in, has the new state stored together with the signals it causes (one
+//! transaction, shared with other actors' writes by the group commit; the
+//! outbox relay publishes the signals), and only then performs the
+//! effects: arm a timer, take the next step, poll fulfillment. While its
+//! write is in flight the actor takes no other input. A
 //! finished order's actor stops; its final state stays in the store.
 
 mod registry;
@@ -12,6 +14,7 @@ pub use registry::{ApplyError, Orders, Timings};
 
 use std::time::{Duration, Instant};
 
+use actix::fut::{self, LocalBoxActorFuture};
 use actix::prelude::*;
 use chrono::Utc;
 use rand::Rng;
@@ -21,6 +24,7 @@ use shared_messages::trace;
 use shared_messages::{Envelope, Message as WireMessage};
 
 use crate::metrics::{TransitionLabels, METRICS};
+use crate::store::Write;
 use crate::workflow::{self, Effect, Input, OrderState, Timer};
 use crate::{bus, inventory, payment};
 
@@ -52,7 +56,12 @@ impl OrderActor {
         }
     }
 
-    fn apply(&mut self, input: Input, ctx: &mut Context<Self>) -> Result<OrderState, ApplyError> {
+    /// Feeds `input` to the workflow and has the outcome stored; the
+    /// returned future, run with `ctx.wait` (directly or as an
+    /// [`AtomicResponse`]), holds every other input back until the write
+    /// has committed, then takes the new state, performs its effects and
+    /// answers it.
+    fn apply(&mut self, input: Input) -> LocalBoxActorFuture<Self, Result<OrderState, ApplyError>> {
         let span = tracing::info_span!(
             "order_input",
             order_id = %self.state.order_id,
@@ -60,14 +69,15 @@ impl OrderActor {
             status = %self.state.status,
             trace_id = %trace::trace_id_of(self.state.traceparent.as_deref()),
         );
-        let _entered = span.enter();
         if matches!(input, Input::Fulfillment { .. }) {
             self.last_heard = Some(Instant::now());
         }
-        let transition =
-            workflow::handle(&self.state, input, Utc::now()).map_err(ApplyError::Rejected)?;
+        let transition = match span.in_scope(|| workflow::handle(&self.state, input, Utc::now())) {
+            Ok(transition) => transition,
+            Err(rejection) => return Box::pin(fut::ready(Err(ApplyError::Rejected(rejection)))),
+        };
         if !transition.changed {
-            return Ok(self.state.clone());
+            return Box::pin(fut::ready(Ok(self.state.clone())));
         }
         let outbox: Vec<(Route, Envelope)> = transition
             .effects
@@ -82,13 +92,28 @@ impl OrderActor {
                 _ => None,
             })
             .collect();
-        METRICS
-            .store_write("save", || {
-                self.orders.store().save(&transition.state, &outbox)
-            })
-            .map_err(ApplyError::Store)?;
-        if transition.state.status != self.state.status {
-            let (from, to) = (self.state.status.as_str(), transition.state.status.as_str());
+        let write = Write {
+            state: transition.state,
+            outbox,
+        };
+        let effects = transition.effects;
+        let writer = self.orders.writer().clone();
+        Box::pin(
+            async move { writer.save(write).await }
+                .into_actor(self)
+                .map(move |stored, act, ctx| {
+                    let _entered = span.enter();
+                    let stored = stored.map_err(|e| ApplyError::Store(e.into()))?;
+                    act.take(stored.state, effects, ctx);
+                    Ok(act.state.clone())
+                }),
+        )
+    }
+
+    /// Makes a stored state the actor's own and performs its effects.
+    fn take(&mut self, state: OrderState, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        if state.status != self.state.status {
+            let (from, to) = (self.state.status.as_str(), state.status.as_str());
             tracing::info!(
                 order_id = %self.state.order_id,
                 from,
@@ -105,29 +130,40 @@ impl OrderActor {
             METRICS.actor(from, -1);
             METRICS.actor(to, 1);
         }
-        self.state = transition.state;
-        if !outbox.is_empty() {
-            self.orders.outbox_signal().notify();
-        }
-        self.perform(transition.effects, ctx);
+        self.state = state;
+        self.perform(effects, ctx);
         if self.state.status.is_final() {
             ctx.stop();
         }
-        Ok(self.state.clone())
     }
 
     /// Applies an input that nobody waits for (a timer's); when the store
     /// fails, the step is tried again later.
     fn apply_internal(&mut self, input: Input, ctx: &mut Context<Self>) {
-        match self.apply(input, ctx) {
+        let work = self.apply(input).map(|result, act, ctx| match result {
             Ok(_) | Err(ApplyError::Rejected(_)) => {}
             Err(error) => {
-                tracing::error!(order_id = %self.state.order_id, %error, "step not stored; retrying");
+                tracing::error!(order_id = %act.state.order_id, %error, "step not stored; retrying");
                 ctx.run_later(STORE_RETRY, |act, ctx| {
                     let effects = workflow::resume(&act.state);
                     act.perform(effects, ctx);
                 });
             }
+        });
+        ctx.wait(work);
+    }
+
+    /// Runs `f` after `delay`, or at once (without a timer tick) when the
+    /// delay is zero.
+    fn after(
+        ctx: &mut Context<Self>,
+        delay: Duration,
+        f: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
+        if delay.is_zero() {
+            ctx.spawn(fut::ready(()).map(move |(), act: &mut Self, ctx| f(act, ctx)));
+        } else {
+            ctx.run_later(delay, f);
         }
     }
 
@@ -135,14 +171,14 @@ impl OrderActor {
         for effect in effects {
             match effect {
                 Effect::Schedule(Timer::Inventory) => {
-                    ctx.run_later(self.orders.timings().inventory_delay, |act, ctx| {
+                    Self::after(ctx, self.orders.timings().inventory_delay, |act, ctx| {
                         let result =
                             inventory::reserve(&act.state.order_id, &act.state.details.items);
                         act.apply_internal(Input::InventoryChecked(result), ctx);
                     });
                 }
                 Effect::Schedule(Timer::Payment) => {
-                    ctx.run_later(self.orders.timings().payment_delay, |act, ctx| {
+                    Self::after(ctx, self.orders.timings().payment_delay, |act, ctx| {
                         let roll: f64 = rand::rng().random();
                         let d = &act.state.details;
                         let result = payment::charge(
@@ -156,7 +192,7 @@ impl OrderActor {
                     });
                 }
                 Effect::Advance => {
-                    ctx.run_later(Duration::ZERO, |act, ctx| {
+                    Self::after(ctx, Duration::ZERO, |act, ctx| {
                         act.apply_internal(Input::Advance, ctx)
                     });
                 }
@@ -253,9 +289,9 @@ impl Actor for OrderActor {
 }
 
 impl Handler<Apply> for OrderActor {
-    type Result = Result<OrderState, ApplyError>;
+    type Result = AtomicResponse<Self, Result<OrderState, ApplyError>>;
 
-    fn handle(&mut self, msg: Apply, ctx: &mut Self::Context) -> Self::Result {
-        self.apply(msg.0, ctx)
+    fn handle(&mut self, msg: Apply, _ctx: &mut Self::Context) -> Self::Result {
+        AtomicResponse::new(self.apply(msg.0))
     }
 }

@@ -16,7 +16,7 @@ use shared_messages::bus::Bus;
 
 use super::{Apply, OrderActor};
 use crate::metrics::METRICS;
-use crate::store::{Store, StoreError};
+use crate::store::{Batched, Store, StoreError, Writer};
 use crate::validation;
 use crate::workflow::{self, Input, OrderDetails, OrderState, Rejection};
 
@@ -47,6 +47,8 @@ struct Inner {
     finished_writes: Mutex<()>,
     arbiter: ArbiterHandle,
     store: Arc<dyn Store>,
+    /// Where actors' transitions are stored (group commit).
+    writer: Writer,
     bus: Bus,
     outbox: OutboxSignal,
     timings: Timings,
@@ -65,29 +67,35 @@ enum Lookup {
 }
 
 impl Orders {
-    /// Actors run on `arbiter` (the main system's), whoever creates them.
+    /// Actors run on `arbiter` (the main system's), whoever creates them;
+    /// their writes go through a group commit on a thread of its own.
     pub fn new(
         arbiter: ArbiterHandle,
         store: Arc<dyn Store>,
         bus: Bus,
         outbox: OutboxSignal,
         timings: Timings,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        let writer = Writer::start("store-writer", Batched(store.clone()), outbox.clone())?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 actors: Mutex::new(HashMap::new()),
                 finished_writes: Mutex::new(()),
                 arbiter,
                 store,
+                writer,
                 bus,
                 outbox,
                 timings,
             }),
-        }
+        })
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+    pub fn writer(&self) -> &Writer {
+        &self.inner.writer
     }
     pub fn bus(&self) -> &Bus {
         &self.inner.bus

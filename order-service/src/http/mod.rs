@@ -144,7 +144,8 @@ mod tests {
             bus,
             OutboxSignal::new(),
             timings,
-        );
+        )
+        .expect("the store writer thread starts");
         web::Data::new(AppState {
             orders,
             query_timeout: Duration::from_millis(100),

@@ -15,11 +15,13 @@ pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
 
+use shared_messages::bus::group_commit::{BatchStore, CommitError, GroupCommit};
 use shared_messages::bus::outbox::OutboxStore;
 use shared_messages::bus::Route;
 use shared_messages::Envelope;
 
 use crate::config::StoreLocation;
+use crate::metrics::METRICS;
 use crate::workflow::{OrderState, OrderStatus};
 
 /// An open store, seen as the order store and as the relay's outbox.
@@ -55,7 +57,45 @@ pub enum StoreError {
     Corrupt { id: String, reason: String },
     #[error("cannot open the store: {0}")]
     Open(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
 }
+
+impl From<CommitError<StoreError>> for StoreError {
+    fn from(error: CommitError<StoreError>) -> Self {
+        match error {
+            CommitError::Store(error) => error,
+            CommitError::Stopped => StoreError::Unavailable("the store writer has stopped".into()),
+        }
+    }
+}
+
+/// One transition to store: the order's new state and the signals it sends.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub state: OrderState,
+    pub outbox: Vec<(Route, Envelope)>,
+}
+
+/// The order store as the group commit sees it.
+pub struct Batched(pub Arc<dyn Store>);
+
+impl BatchStore for Batched {
+    type Write = Write;
+    type Error = StoreError;
+
+    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
+        METRICS.store_write("save", || self.0.save_all(writes))
+    }
+
+    fn has_messages(write: &Write) -> bool {
+        !write.outbox.is_empty()
+    }
+}
+
+/// The group commit the actors write through (see
+/// [`shared_messages::bus::group_commit`]).
+pub type Writer = GroupCommit<Batched>;
 
 /// One page of orders, newest first.
 #[derive(Debug, Clone)]
@@ -69,6 +109,9 @@ pub trait Store: OutboxStore {
     fn insert(&self, state: &OrderState) -> Result<(), StoreError>;
     /// Stores a transition and the signals it causes, atomically.
     fn save(&self, state: &OrderState, outbox: &[(Route, Envelope)]) -> Result<(), StoreError>;
+    /// Stores every write in one transaction: all of them or none (the
+    /// group commit of [`Writer`]).
+    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError>;
     fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError>;
     fn list(
         &self,

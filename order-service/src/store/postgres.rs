@@ -15,7 +15,7 @@ use shared_messages::bus::Route;
 use shared_messages::Envelope;
 
 use super::pg_worker::{Worker, WorkerGone};
-use super::{Page, Store, StoreError};
+use super::{Page, Store, StoreError, Write};
 use crate::workflow::{OrderState, OrderStatus};
 
 /// Schema versions, applied in order; the applied ones are recorded in
@@ -191,6 +191,18 @@ impl Store for PostgresStore {
         self.worker.call(move |client| {
             let mut tx = client.transaction()?;
             save_in(&mut tx, &state, &outbox)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let writes = writes.to_vec();
+        self.worker.call(move |client| {
+            let mut tx = client.transaction()?;
+            for w in &writes {
+                save_in(&mut tx, &w.state, &w.outbox)?;
+            }
             tx.commit()?;
             Ok(())
         })

@@ -14,7 +14,7 @@ use shared_messages::bus::outbox::{OutboxMessage, OutboxStore};
 use shared_messages::bus::Route;
 use shared_messages::Envelope;
 
-use super::{Page, Store, StoreError};
+use super::{Page, Store, StoreError, Write};
 use crate::config::StoreLocation;
 use crate::workflow::{OrderState, OrderStatus};
 
@@ -132,6 +132,42 @@ fn rows(
     raw.iter().map(|(id, json)| decode(id, json)).collect()
 }
 
+/// One transition and its signals, inside the caller's transaction.
+fn save_in(
+    tx: &rusqlite::Transaction<'_>,
+    state: &OrderState,
+    outbox: &[(Route, Envelope)],
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE orders SET status = ?2, finished = ?3, state = ?4, updated_at = ?5 WHERE id = ?1",
+    )?
+    .execute(params![
+        state.order_id,
+        state.status.as_str(),
+        state.status.is_final(),
+        encode(state),
+        state.updated_at.to_rfc3339(),
+    ])?;
+    if outbox.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now().to_rfc3339();
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (route, envelope) in outbox {
+        insert.execute(params![
+            route.exchange,
+            route.routing_key,
+            route.mandatory,
+            envelope.to_json(),
+            now
+        ])?;
+    }
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn insert(&self, state: &OrderState) -> Result<(), StoreError> {
         let conn = self.conn();
@@ -162,29 +198,16 @@ impl Store for SqliteStore {
     fn save(&self, state: &OrderState, outbox: &[(Route, Envelope)]) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        tx.prepare_cached(
-            "UPDATE orders SET status = ?2, finished = ?3, state = ?4, updated_at = ?5 WHERE id = ?1",
-        )?
-        .execute(params![
-                state.order_id,
-                state.status.as_str(),
-                state.status.is_final(),
-                encode(state),
-                state.updated_at.to_rfc3339(),
-            ])?;
-        let now = Utc::now().to_rfc3339();
-        for (route, envelope) in outbox {
-            tx.prepare_cached(
-                "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                route.exchange,
-                route.routing_key,
-                route.mandatory,
-                envelope.to_json(),
-                now
-            ])?;
+        save_in(&tx, state, outbox)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for w in writes {
+            save_in(&tx, &w.state, &w.outbox)?;
         }
         tx.commit()?;
         Ok(())

@@ -20,6 +20,7 @@
 //!   `trace_id`) and counted in [`metrics`].
 
 mod consumer;
+pub mod group_commit;
 pub mod metrics;
 pub mod outbox;
 mod rpc;

@@ -1,0 +1,176 @@
+//! Group commit, the write side of the outbox: actors hand their
+//! transitions (a state and the messages it causes) to one writer thread,
+//! which stores whatever has queued up meanwhile in one transaction.
+//!
+//! Under load many workflows finish a step at about the same time; one
+//! transaction for all of them divides the commit's cost (WAL pages, file
+//! locks, the round trip to a database server) by the batch size, and the
+//! actors' thread goes on with other work while the disk works. A write is
+//! answered only once its transaction has committed, so nothing is acked
+//! or published before it is stored. A batch that fails is retried one
+//! write at a time, so one bad write fails alone.
+
+use std::sync::mpsc;
+use std::thread;
+
+use tokio::sync::oneshot;
+
+use super::outbox::OutboxSignal;
+
+/// The most writes one transaction takes.
+pub const MAX_BATCH: usize = 256;
+
+/// What a service's store does for the writer.
+pub trait BatchStore: Send + 'static {
+    /// One transition: the new state and its outbox messages.
+    type Write: Send + 'static;
+    type Error: Send + 'static;
+    /// Stores every write in one transaction: all of them or none.
+    fn save_all(&self, writes: &[Self::Write]) -> Result<(), Self::Error>;
+    /// The write has outbox messages (the relay is nudged after it).
+    fn has_messages(write: &Self::Write) -> bool;
+}
+
+/// Why a write was not stored.
+#[derive(Debug)]
+pub enum CommitError<E> {
+    /// The store refused it.
+    Store(E),
+    /// The writer thread has stopped (the service is shutting down).
+    Stopped,
+}
+
+type Answer<S> = oneshot::Sender<Result<<S as BatchStore>::Write, <S as BatchStore>::Error>>;
+
+struct Job<S: BatchStore> {
+    write: S::Write,
+    done: Answer<S>,
+}
+
+/// The handle actors write through; cheap to clone. The thread stops when
+/// the last handle is dropped, after storing what was sent.
+pub struct GroupCommit<S: BatchStore> {
+    jobs: mpsc::Sender<Job<S>>,
+}
+
+impl<S: BatchStore> Clone for GroupCommit<S> {
+    fn clone(&self) -> Self {
+        Self {
+            jobs: self.jobs.clone(),
+        }
+    }
+}
+
+impl<S: BatchStore> GroupCommit<S> {
+    /// Starts the writer thread `name`; it nudges `outbox` after each
+    /// commit that stored messages.
+    pub fn start(name: &str, store: S, outbox: OutboxSignal) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel();
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || run(&store, &outbox, &queue))?;
+        Ok(Self { jobs })
+    }
+
+    /// Stores `write` (in the transaction of whatever else is queued) and
+    /// gives it back once committed.
+    pub async fn save(&self, write: S::Write) -> Result<S::Write, CommitError<S::Error>> {
+        let (done, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { write, done })
+            .map_err(|_| CommitError::Stopped)?;
+        match answer.await {
+            Ok(result) => result.map_err(CommitError::Store),
+            Err(_) => Err(CommitError::Stopped),
+        }
+    }
+}
+
+fn run<S: BatchStore>(store: &S, outbox: &OutboxSignal, queue: &mpsc::Receiver<Job<S>>) {
+    while let Ok(first) = queue.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (writes, answers): (Vec<S::Write>, Vec<Answer<S>>) =
+            jobs.into_iter().map(|j| (j.write, j.done)).unzip();
+        let results: Vec<Result<(), S::Error>> = match store.save_all(&writes) {
+            Ok(()) => writes.iter().map(|_| Ok(())).collect(),
+            Err(error) if writes.len() == 1 => vec![Err(error)],
+            Err(_) => {
+                tracing::warn!(
+                    writes = writes.len(),
+                    "group commit failed; storing one write at a time"
+                );
+                writes
+                    .iter()
+                    .map(|w| store.save_all(std::slice::from_ref(w)))
+                    .collect()
+            }
+        };
+        let mut stored_messages = false;
+        for ((write, answer), result) in writes.into_iter().zip(answers).zip(results) {
+            stored_messages |= result.is_ok() && S::has_messages(&write);
+            // The caller may be gone (its actor stopping); nothing to tell.
+            let _ = answer.send(result.map(|()| write));
+        }
+        if stored_messages {
+            outbox.notify();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records each transaction; refuses any that holds a negative write.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Vec<i32>>>>);
+
+    impl BatchStore for Recorder {
+        type Write = i32;
+        type Error = String;
+        fn save_all(&self, writes: &[i32]) -> Result<(), String> {
+            if writes.iter().any(|w| *w < 0) {
+                return Err(format!("refused {writes:?}"));
+            }
+            self.0.lock().expect("lock").push(writes.to_vec());
+            Ok(())
+        }
+        fn has_messages(_: &i32) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn every_write_is_stored_once_and_a_bad_one_fails_alone() {
+        let store = Recorder::default();
+        let writer = GroupCommit::start("test-writer", store.clone(), OutboxSignal::new())
+            .expect("thread starts");
+        let writes = (-1..100).map(|n| writer.save(n));
+        let results = futures::future::join_all(writes).await;
+        assert!(
+            matches!(results[0], Err(CommitError::Store(_))),
+            "-1 refused"
+        );
+        for (n, result) in (0..100).zip(&results[1..]) {
+            assert_eq!(result.as_ref().ok(), Some(&n));
+        }
+        let mut stored: Vec<i32> = store.0.lock().expect("lock").concat();
+        stored.sort_unstable();
+        assert_eq!(stored, (0..100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_write_after_the_thread_stopped_is_refused() {
+        let (jobs, queue) = mpsc::channel::<Job<Recorder>>();
+        drop(queue);
+        let writer = GroupCommit { jobs };
+        assert!(matches!(writer.save(1).await, Err(CommitError::Stopped)));
+    }
+}
