@@ -91,10 +91,13 @@ impl FulfillmentActor {
             fulfillment_id = %self.state.id,
             order_id = %self.state.order_id,
             status = %self.state.status,
-            trace_id = %trace::trace_id_of(self.state.traceparent.as_deref().or(traceparent)),
+            trace_id = tracing::field::Empty,
         );
+        // In the fulfillment's own trace (the one it was created in), which
+        // a signal from another trace does not change.
+        let position = trace::follow(&span, self.state.traceparent.as_deref().or(traceparent));
         let _entered = span.enter();
-        let decision = workflow::decide(
+        let mut decision = workflow::decide(
             &self.state,
             &input,
             message_id,
@@ -102,6 +105,10 @@ impl FulfillmentActor {
             self.deps.timing,
         )
         .traced(traceparent);
+        // Events name this span as their sender when spans are exported.
+        for (_, event) in &mut decision.events {
+            event.traceparent = trace::child_of(position.as_deref());
+        }
         self.deps.persist(&decision)?;
         if let Some(state) = decision.state {
             if state.status != self.state.status || state.step != self.state.step {
