@@ -25,6 +25,12 @@ pub struct Config {
     pub step_delay: Duration,
     pub query_timeout: Duration,
     pub log_format: LogFormat,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: when set, spans are exported there
+    /// over OTLP/HTTP (the exporter reads it, and the other standard
+    /// `OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables, itself).
+    pub otlp_endpoint: Option<String>,
+    /// `OTEL_SERVICE_NAME`: the name exported spans carry.
+    pub service_name: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +82,21 @@ impl Config {
             step_delay: millis("STEP_DELAY_MS", DEFAULT_STEP_DELAY_MS)?,
             query_timeout: millis("QUERY_TIMEOUT_MS", DEFAULT_QUERY_TIMEOUT_MS)?,
             log_format,
+            otlp_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
+            service_name: get("OTEL_SERVICE_NAME")
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| env!("CARGO_PKG_NAME").into()),
         })
+    }
+
+    /// The name spans are exported under, when they are exported.
+    pub fn exported_as(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_ref()
+            .map(|_| self.service_name.as_str())
     }
 
     /// The broker URL with the password replaced, for logs.
@@ -99,6 +119,8 @@ impl std::fmt::Debug for Config {
             .field("step_delay", &self.step_delay)
             .field("query_timeout", &self.query_timeout)
             .field("log_format", &self.log_format)
+            .field("otlp_endpoint", &self.otlp_endpoint.as_deref().map(redact))
+            .field("service_name", &self.service_name)
             .finish()
     }
 }
@@ -135,6 +157,21 @@ mod tests {
         .expect("a postgres store");
         let printed = format!("{pg:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
+        assert_eq!(config.exported_as(), None);
+    }
+
+    #[test]
+    fn spans_are_exported_when_an_otlp_endpoint_is_set() {
+        let endpoint =
+            |n: &str| (n == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://c:4318".into());
+        let config = Config::from_lookup(endpoint).expect("valid");
+        assert_eq!(config.exported_as(), Some("fulfillment-service"));
+        let named = Config::from_lookup(|n| match n {
+            "OTEL_SERVICE_NAME" => Some("fulfillment-eu".into()),
+            other => endpoint(other),
+        })
+        .expect("valid");
+        assert_eq!(named.exported_as(), Some("fulfillment-eu"));
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //! - [`store`]: the [`store::Store`] trait and its SQLite and PostgreSQL
 //!   implementations, including the outbox.
 //! - [`http`]: the HTTP API, one module per resource, and its errors.
-//! - [`config`], [`telemetry`]: settings from the environment, logging.
+//! - [`config`], [`telemetry`]: settings from the environment, logging,
+//!   OTLP span export when configured.
 #![forbid(unsafe_code)]
 
 pub mod actor;

@@ -6,8 +6,10 @@ use fulfillment_service::{telemetry, Application};
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    telemetry::init(config.log_format);
+    let telemetry = telemetry::init(config.log_format, config.exported_as())?;
     tracing::debug!(?config, "configuration");
-    let app = Application::build(config).await?;
-    app.run_until_stopped().await
+    let result = async { Application::build(config).await?.run_until_stopped().await }.await;
+    // Stopped (SIGTERM, SIGINT) or failed: the last spans go out first.
+    telemetry.shutdown();
+    result
 }

@@ -66,6 +66,12 @@ pub struct Config {
     pub payment_decline_rate: f64,
     pub log_filter: String,
     pub log_format: LogFormat,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: when set, spans are exported there
+    /// over OTLP/HTTP (the exporter reads it, and the other standard
+    /// `OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables, itself).
+    pub otlp_endpoint: Option<String>,
+    /// `OTEL_SERVICE_NAME`: the name exported spans carry.
+    pub service_name: String,
 }
 
 impl std::fmt::Debug for Config {
@@ -81,6 +87,8 @@ impl std::fmt::Debug for Config {
             .field("payment_decline_rate", &self.payment_decline_rate)
             .field("log_filter", &self.log_filter)
             .field("log_format", &self.log_format)
+            .field("otlp_endpoint", &self.otlp_endpoint.as_deref().map(redact))
+            .field("service_name", &self.service_name)
             .finish()
     }
 }
@@ -157,7 +165,21 @@ impl Config {
             payment_decline_rate: rate,
             log_filter: get("RUST_LOG", "info"),
             log_format,
+            otlp_endpoint: lookup("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
+            service_name: lookup("OTEL_SERVICE_NAME")
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| env!("CARGO_PKG_NAME").into()),
         })
+    }
+
+    /// The name spans are exported under, when they are exported.
+    pub fn exported_as(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_ref()
+            .map(|_| self.service_name.as_str())
     }
 }
 
@@ -186,6 +208,25 @@ mod tests {
         assert_eq!(c.poll_interval, Duration::from_secs(5));
         assert_eq!(c.payment_delay, Duration::from_secs(1));
         assert_eq!(c.payment_decline_rate, 0.0);
+        assert_eq!(c.exported_as(), None);
+    }
+
+    #[test]
+    fn spans_are_exported_when_an_otlp_endpoint_is_set() {
+        let c = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).expect("valid");
+        assert_eq!(c.exported_as(), Some("order-service"));
+        let c = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_SERVICE_NAME", "orders-eu"),
+        ])
+        .expect("valid");
+        assert_eq!(c.exported_as(), Some("orders-eu"));
+        assert_eq!(
+            config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])
+                .expect("valid")
+                .exported_as(),
+            None
+        );
     }
 
     #[test]

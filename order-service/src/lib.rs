@@ -16,7 +16,7 @@
 //! | [`bus`] | the fulfillment-events consumer, queries and signals |
 //! | [`store`] | orders and the outbox, in SQLite or PostgreSQL |
 //! | [`http`] | the REST API, compatible with the original demo |
-//! | [`telemetry`] | logging (spans carry `trace_id`) |
+//! | [`telemetry`] | logging (spans carry `trace_id`), OTLP span export when configured |
 //! | [`metrics`] | Prometheus metrics at `/metrics` |
 //!
 //! Start-up ([`Application::build`]): open the store (migrations), respawn

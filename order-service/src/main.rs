@@ -6,8 +6,15 @@ use order_service::{telemetry, Application};
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env().map_err(anyhow::Error::msg)?;
-    telemetry::init(&config.log_filter, config.log_format, std::io::stderr);
+    let telemetry = telemetry::init(
+        &config.log_filter,
+        config.log_format,
+        config.exported_as(),
+        std::io::stderr,
+    )?;
     tracing::info!(?config, "starting order-service");
-    let app = Application::build(config).await?;
-    app.run_until_stopped().await
+    let result = async { Application::build(config).await?.run_until_stopped().await }.await;
+    // Stopped (SIGTERM, SIGINT) or failed: the last spans go out first.
+    telemetry.shutdown();
+    result
 }

@@ -1,31 +1,154 @@
 //! Logging: readable text by default, JSON lines with `LOG_FORMAT=json`.
 //! Spans of HTTP requests, messages and transitions carry `trace_id`, so
 //! every line says which order's trace it belongs to.
+//!
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans are also exported
+//! over OTLP/HTTP (protobuf, `<endpoint>/v1/traces`) by a batch span
+//! processor (the standard `OTEL_BSP_*` settings apply), under
+//! `OTEL_SERVICE_NAME`. [`link`] is registered with
+//! [`shared_messages::trace`], so the exported trace is the one in the logs
+//! and on the wire, and every span's parent is the one that caused it, in
+//! this service or across RabbitMQ. Without the variable nothing of
+//! OpenTelemetry is installed.
 
-use tracing_subscriber::EnvFilter;
+use anyhow::Context as _;
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::Resource;
+use shared_messages::trace::TraceContext;
+use tracing::Subscriber;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber, writing to `sink` (stderr in the binary).
+/// The span exporter, when one is installed.
+#[must_use = "shut it down at exit, or queued spans are lost"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still queued and stops the exporter (waits up to
+    /// the SDK's 5 s). Call it once the service has stopped.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(error) = provider.shutdown() {
+                tracing::warn!(%error, "spans not exported at shutdown");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber, writing to `sink` (stderr in the binary),
+/// and, when `exported_as` names the service, the span exporter.
 /// Calling it twice is harmless: the second call changes nothing.
-pub fn init<W>(filter: &str, format: LogFormat, sink: W)
+pub fn init<W>(
+    filter: &str,
+    format: LogFormat,
+    exported_as: Option<&str>,
+    sink: W,
+) -> anyhow::Result<Telemetry>
 where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(sink);
-    let _ = match format {
-        // Each line has the event's fields at the top level and the spans
-        // it happened in (with `trace_id`, `order_id`, ...) in `span` and
-        // `spans`.
-        LogFormat::Json => builder
+    let Some(service_name) = exported_as else {
+        // `try_init` fails only when a subscriber is already installed.
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(log_layer(format, sink))
+            .try_init();
+        return Ok(Telemetry { provider: None });
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpBinary)
+        .build()
+        .context("OTLP span exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service_name.to_owned())
+                .build(),
+        )
+        .build();
+    // This service's spans and the bus's, whatever RUST_LOG says of the
+    // log; never the exporter's own HTTP client.
+    let exported = Targets::new()
+        .with_target(env!("CARGO_CRATE_NAME"), tracing::Level::INFO)
+        .with_target("shared_messages", tracing::Level::INFO);
+    let installed = tracing_subscriber::registry()
+        .with(log_layer(format, sink).with_filter(filter))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer(env!("CARGO_PKG_NAME")))
+                .with_filter(exported),
+        )
+        .try_init()
+        .is_ok();
+    if installed {
+        shared_messages::trace::link_spans(link);
+    }
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
+}
+
+/// Each line has the event's fields at the top level and the spans it
+/// happened in (with `trace_id`, `order_id`, ...) in `span` and `spans`.
+fn log_layer<S, W>(format: LogFormat, sink: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer().with_writer(sink);
+    match format {
+        LogFormat::Json => layer
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(true)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+            .boxed(),
+        LogFormat::Pretty => layer.boxed(),
+    }
+}
+
+/// The [`shared_messages::trace::SpanLink`] for the OpenTelemetry layer:
+/// `span`'s exported parent is `parent` (a root without one), and its own
+/// position is handed on.
+fn link(span: &tracing::Span, parent: Option<&TraceContext>) -> Option<TraceContext> {
+    let parent_cx = match parent {
+        Some(parent) => {
+            let remote = SpanContext::new(
+                TraceId::from_hex(parent.trace_id()).ok()?,
+                SpanId::from_hex(parent.span_id()).ok()?,
+                TraceFlags::new(u8::from_str_radix(parent.flags(), 16).ok()?),
+                true,
+                TraceState::default(),
+            );
+            opentelemetry::Context::new().with_remote_span_context(remote)
+        }
+        None => opentelemetry::Context::new(),
     };
+    span.set_parent(parent_cx).ok()?;
+    let cx = span.context();
+    let own = cx.span().span_context().clone();
+    if !own.is_valid() {
+        return None;
+    }
+    TraceContext::parse(&format!(
+        "00-{}-{}-{:02x}",
+        own.trace_id(),
+        own.span_id(),
+        own.trace_flags().to_u8()
+    ))
 }

@@ -15,7 +15,8 @@
 //!   direct reply-to, and consumers that ack, retry or dead-letter; their
 //!   Prometheus metrics ([`bus::metrics`]).
 //! - [`trace`]: W3C `traceparent`, carried so one order's spans in both
-//!   services share one trace id.
+//!   services share one trace id; a service that exports its spans
+//!   registers a link there (no OpenTelemetry dependency here).
 //!
 //! The wire format is documented for non-Rust clients in
 //! `docs/message-contract.md`.

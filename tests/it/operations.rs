@@ -1,13 +1,21 @@
-//! Operations: one trace id across both services' logs, metrics that move,
+//! Operations: one trace id across both services' logs and their spans
+//! exported over OTLP, metrics that move,
 //! readiness that follows the broker connection, OpenAPI documents that
 //! cover every route, and each service's page rendered in headless Chromium
 //! (screenshots in `target/ui/`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use prost::Message as _;
 use serde_json::Value;
 use system_tests::{eventually, Http, Service, TestVhost};
 
@@ -31,11 +39,23 @@ struct System {
 
 impl System {
     async fn start(label: &str, step_delay_ms: &str) -> Result<Self> {
+        Self::start_with(label, step_delay_ms, &[]).await
+    }
+
+    /// As [`System::start`], with `both` added to each service's settings.
+    async fn start_with(label: &str, step_delay_ms: &str, both: &[(&str, &str)]) -> Result<Self> {
         let vhost = TestVhost::create(label).await?;
         let dir = tempfile::tempdir()?;
         let json = [("LOG_FORMAT", "json"), ("RUST_LOG", "info")];
         let mut env = ORDER_ENV.to_vec();
         env.extend_from_slice(&json);
+        env.extend_from_slice(both);
+        let mut fulfillment_env = vec![
+            ("STEP_DELAY_MS", step_delay_ms),
+            ("LOG_FORMAT", "json"),
+            ("RUST_LOG", "info"),
+        ];
+        fulfillment_env.extend_from_slice(both);
         let orders = Service::start_logged(
             "order-service",
             &vhost,
@@ -48,11 +68,7 @@ impl System {
             "fulfillment-service",
             &vhost,
             dir.path(),
-            &[
-                ("STEP_DELAY_MS", step_delay_ms),
-                ("LOG_FORMAT", "json"),
-                ("RUST_LOG", "info"),
-            ],
+            &fulfillment_env,
             &dir.path().join("fulfillment-service.log"),
         )
         .await?;
@@ -186,6 +202,216 @@ async fn one_order_has_one_trace_id_in_both_services_logs() -> Result<()> {
             "fulfillment-service handled no StartFulfillment in trace {trace}"
         );
     }
+    Ok(())
+}
+
+/// An OTLP/HTTP receiver on loopback: keeps every body POSTed to
+/// `/v1/traces` and answers 200 with an empty (valid) response. Stops
+/// accepting when dropped.
+struct OtlpReceiver {
+    endpoint: String,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl OtlpReceiver {
+    fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (kept, stopped) = (bodies.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let kept = kept.clone();
+                // Ends when the service closes the connection.
+                std::thread::spawn(move || Self::serve(stream, &kept));
+            }
+        });
+        Ok(Self {
+            endpoint,
+            bodies,
+            stop,
+        })
+    }
+
+    /// HTTP/1.1 with keep-alive and `content-length` bodies, as the
+    /// exporter sends them.
+    fn serve(stream: TcpStream, bodies: &Mutex<Vec<Vec<u8>>>) -> std::io::Result<()> {
+        let mut writer = stream.try_clone()?;
+        let mut reader = BufReader::new(stream);
+        loop {
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line)? == 0 {
+                return Ok(());
+            }
+            let mut length = 0;
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header)?;
+                let header = header.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body)?;
+            if request_line.starts_with("POST /v1/traces ") {
+                bodies
+                    .lock()
+                    .expect("no test thread panics holding it")
+                    .push(body);
+            }
+            writer.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+            )?;
+        }
+    }
+
+    /// Every span received so far, decoded.
+    fn spans(&self) -> Result<Vec<ExportedSpan>> {
+        let bodies = self
+            .bodies
+            .lock()
+            .expect("no test thread panics holding it");
+        let mut spans = Vec::new();
+        for body in bodies.iter() {
+            let request = ExportTraceServiceRequest::decode(body.as_slice())
+                .context("a body that is not an OTLP trace export")?;
+            for resource_spans in request.resource_spans {
+                let service = resource_spans
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.name")
+                    .and_then(|a| a.value.as_ref()?.value.as_ref())
+                    .and_then(|v| match v {
+                        any_value::Value::StringValue(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                    spans.push(ExportedSpan {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                    });
+                }
+            }
+        }
+        Ok(spans)
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees `stop`.
+        let _ = TcpStream::connect(self.endpoint.trim_start_matches("http://"));
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ExportedSpan {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    /// Empty for a root.
+    parent_span_id: String,
+}
+
+/// One trace's spans come from both services, with one root, every other
+/// span's parent exported, and message spans under a sender in the other
+/// service both ways.
+fn linked(spans: &[ExportedSpan]) -> bool {
+    let by_id: HashMap<&str, &ExportedSpan> =
+        spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let roots = spans.iter().filter(|s| s.parent_span_id.is_empty()).count();
+    let dangling = spans
+        .iter()
+        .any(|s| !s.parent_span_id.is_empty() && !by_id.contains_key(s.parent_span_id.as_str()));
+    let crossing = |from: &str, to: &str| {
+        spans.iter().any(|s| {
+            s.service == to
+                && s.name == "message"
+                && by_id
+                    .get(s.parent_span_id.as_str())
+                    .is_some_and(|parent| parent.service == from)
+        })
+    };
+    roots == 1
+        && !dangling
+        && crossing("order-service", "fulfillment-service")
+        && crossing("fulfillment-service", "order-service")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn with_an_otlp_endpoint_both_services_export_one_trace_per_order() -> Result<()> {
+    let receiver = OtlpReceiver::start()?;
+    let system = System::start_with(
+        "ops-otlp",
+        "5",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await?;
+    let (workflow_id, answered) = system.create_demo(None).await?;
+    let trace = trace_id(&answered).to_owned();
+    system.wait_shipped(&workflow_id).await?;
+
+    // Spans are exported as they end, in batches: wait until the order's
+    // trace holds spans of both services, every span's parent among them
+    // but for the one root, and, across RabbitMQ, consumers' message spans
+    // under the spans that sent them, in the other service.
+    let spans = eventually(
+        &format!("both services' spans of trace {trace}, linked"),
+        DEADLINE,
+        || async {
+            let spans: Vec<ExportedSpan> = receiver
+                .spans()?
+                .into_iter()
+                .filter(|s| s.trace_id == trace)
+                .collect();
+            Ok(linked(&spans).then_some(spans))
+        },
+    )
+    .await
+    .with_context(|| format!("{:#?}", receiver.spans()))?;
+    let root = spans
+        .iter()
+        .find(|s| s.parent_span_id.is_empty())
+        .context("a root")?;
+    ensure!(
+        root.service == "order-service" && root.name == "http_request",
+        "the trace starts at {root:?}"
+    );
+    // The logs name the same trace.
+    let (order_lines, fulfillment_lines) = (
+        lines_with_trace(&system.orders.log(), &trace),
+        lines_with_trace(&system.fulfillment.log(), &trace),
+    );
+    ensure!(
+        !order_lines.is_empty() && !fulfillment_lines.is_empty(),
+        "trace {trace} is not in both logs"
+    );
     Ok(())
 }
 

@@ -103,9 +103,12 @@ impl FulfillmentActor {
             fulfillment_id = %self.state.id,
             order_id = %self.state.order_id,
             status = %self.state.status,
-            trace_id = %trace::trace_id_of(self.state.traceparent.as_deref().or(traceparent)),
+            trace_id = tracing::field::Empty,
         );
-        let decision = span.in_scope(|| {
+        // In the fulfillment's own trace (the one it was created in), which
+        // a signal from another trace does not change.
+        let position = trace::follow(&span, self.state.traceparent.as_deref().or(traceparent));
+        let mut decision = span.in_scope(|| {
             workflow::decide(
                 &self.state,
                 &input,
@@ -115,6 +118,10 @@ impl FulfillmentActor {
             )
             .traced(traceparent)
         });
+        // Events name this span as their sender when spans are exported.
+        for (_, event) in &mut decision.events {
+            event.traceparent = trace::child_of(position.as_deref());
+        }
         let reply = decision.reply;
         let Some(state) = decision.state else {
             return Box::pin(fut::ready(()).map(move |(), act: &mut Self, ctx| {

@@ -1,5 +1,6 @@
 //! The middleware around every request: a `http_request` span carrying the
-//! trace id (continued from the caller's `traceparent` header, else new),
+//! trace id (continued from the caller's `traceparent` header, else new;
+//! the span's parent when spans are exported),
 //! the trace made current for whatever the handler sends, the `traceparent`
 //! answered in the response, and the request counted in
 //! `fulfillment_service_http_request_seconds` by route pattern and status code.
@@ -12,7 +13,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::HttpMessage;
 use shared_messages::bus::TRACEPARENT_HEADER;
-use shared_messages::trace::{self, TraceContext};
+use shared_messages::trace;
 use tracing::Instrument;
 
 use crate::metrics::{HttpLabels, METRICS};
@@ -21,12 +22,6 @@ pub async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let context = TraceContext::continue_or_new(
-        req.headers()
-            .get(TRACEPARENT_HEADER)
-            .and_then(|v| v.to_str().ok()),
-    );
-    req.extensions_mut().insert(context.clone());
     let method = req.method().to_string();
     let span = tracing::info_span!(
         "http_request",
@@ -34,8 +29,15 @@ pub async fn observe(
         path = %req.path(),
         route = tracing::field::Empty,
         status = tracing::field::Empty,
-        trace_id = %context.trace_id(),
+        trace_id = tracing::field::Empty,
     );
+    let context = trace::start(
+        &span,
+        req.headers()
+            .get(TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok()),
+    );
+    req.extensions_mut().insert(context.clone());
     let started = Instant::now();
     let result = trace::scope(context.clone(), next.call(req))
         .instrument(span.clone())

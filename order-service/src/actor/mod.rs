@@ -67,8 +67,11 @@ impl OrderActor {
             order_id = %self.state.order_id,
             fulfillment_id = self.state.fulfillment_workflow_id.as_deref().unwrap_or(""),
             status = %self.state.status,
-            trace_id = %trace::trace_id_of(self.state.traceparent.as_deref()),
+            trace_id = tracing::field::Empty,
         );
+        // In the order's trace, under the request that created it; what
+        // this input sends names this span when spans are exported.
+        let traceparent = trace::follow(&span, self.state.traceparent.as_deref());
         if matches!(input, Input::Fulfillment { .. }) {
             self.last_heard = Some(Instant::now());
         }
@@ -87,7 +90,7 @@ impl OrderActor {
                     route.clone(),
                     (**envelope)
                         .clone()
-                        .traced(trace::child_of(self.state.traceparent.as_deref())),
+                        .traced(trace::child_of(traceparent.as_deref())),
                 )),
                 _ => None,
             })

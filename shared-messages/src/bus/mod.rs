@@ -397,22 +397,25 @@ impl Bus {
 /// synchronously, so delivery order is kept.
 fn observed(queue: &str, handler: Handler) -> Handler {
     let queue: Arc<str> = queue.into();
-    Arc::new(move |incoming: Incoming| {
+    Arc::new(move |mut incoming: Incoming| {
         let envelope = &incoming.envelope;
         let message_type = envelope.message_type();
-        let traceparent = incoming
-            .traceparent
-            .as_deref()
-            .or(envelope.traceparent.as_deref());
         let span = tracing::info_span!(
             "message",
             queue = %queue,
             message_type,
             message_id = %envelope.message_id,
             entity_id = %envelope.entity_id,
-            trace_id = %crate::trace::trace_id_of(traceparent),
+            trace_id = tracing::field::Empty,
             redelivered = incoming.redelivered,
         );
+        // The handler continues from here: the sender's position, or this
+        // span's own when spans are exported (see `trace::follow`).
+        let traceparent = incoming
+            .traceparent
+            .as_deref()
+            .or(envelope.traceparent.as_deref());
+        incoming.traceparent = crate::trace::follow(&span, traceparent);
         let started = Instant::now();
         let work = span.in_scope(|| handler(incoming));
         let queue = queue.clone();
