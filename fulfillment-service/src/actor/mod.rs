@@ -22,7 +22,10 @@ use actix::{
 };
 use chrono::Utc;
 use shared_messages::bus::outbox::OutboxSignal;
+use shared_messages::bus::Route;
 use shared_messages::trace;
+use shared_messages::Envelope;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::metrics::{TransitionLabels, METRICS};
@@ -48,7 +51,7 @@ pub struct Deps {
 
 impl Deps {
     /// Stores a decision's state and events at once, outside the group
-    /// commit (a fulfillment being created); nudges the relay.
+    /// commit (a signal to a finished fulfillment); nudges the relay.
     fn persist(&self, decision: &workflow::Decision) -> Result<(), StoreError> {
         if let Some(state) = &decision.state {
             METRICS.store_write("save", || self.store.save(state, &decision.events))?;
@@ -70,22 +73,83 @@ pub struct Signal {
     pub input: Input,
 }
 
+/// A fulfillment whose creation is not stored yet: the events it causes,
+/// the answer to its creating signal, and who waits for that answer.
+pub struct Creation {
+    pub events: Vec<(Route, Envelope)>,
+    pub reply: Reply,
+    pub answer: oneshot::Sender<Result<Reply, StoreError>>,
+    /// The span of the creating signal (its message, in the order's trace).
+    pub span: tracing::Span,
+}
+
 pub struct FulfillmentActor {
     state: Fulfillment,
     deps: Deps,
     registry: Registry,
     /// The armed step timer and the step it completes.
     timer: Option<(u32, SpawnHandle)>,
+    /// Set until a new fulfillment's first write has committed.
+    creation: Option<Creation>,
 }
 
 impl FulfillmentActor {
+    /// The actor of a stored fulfillment.
     pub fn new(state: Fulfillment, deps: Deps, registry: Registry) -> Self {
         Self {
             state,
             deps,
             registry,
             timer: None,
+            creation: None,
         }
+    }
+
+    /// The actor of a fulfillment just decided on: it stores it (group
+    /// commit) before it takes any signal, answers `creation`, and stops
+    /// if the write fails.
+    pub fn creating(
+        state: Fulfillment,
+        creation: Creation,
+        deps: Deps,
+        registry: Registry,
+    ) -> Self {
+        Self {
+            creation: Some(creation),
+            ..Self::new(state, deps, registry)
+        }
+    }
+
+    /// Stores a new fulfillment; until then its mailbox waits.
+    fn store_creation(&mut self, creation: Creation, ctx: &mut Context<Self>) {
+        let write = Write {
+            state: self.state.clone(),
+            events: creation.events,
+        };
+        let writer = self.deps.writer.clone();
+        let work = async move { writer.save(write).await }
+            .into_actor(self)
+            .map(move |stored, act, ctx| match stored {
+                Ok(_) => {
+                    let _entered = creation.span.enter();
+                    tracing::info!(
+                        fulfillment_id = %act.state.id,
+                        order_id = %act.state.order_id,
+                        status = %act.state.status,
+                        trace_id = %trace::trace_id_of(act.state.traceparent.as_deref()),
+                        "fulfillment created"
+                    );
+                    let _ = creation.answer.send(Ok(creation.reply));
+                    act.arm(ctx, None);
+                }
+                Err(error) => {
+                    // Signals queued behind it fail over to the registry,
+                    // which decides them again against the store.
+                    let _ = creation.answer.send(Err(error.into()));
+                    ctx.stop();
+                }
+            });
+        ctx.wait(work);
     }
 
     /// Decides `input` and stores the outcome; the returned future, run
@@ -220,8 +284,11 @@ impl Actor for FulfillmentActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         METRICS.actor(self.state.status.as_str(), 1);
-        // A recovered fulfillment runs its current step again from the start.
-        self.arm(ctx, None);
+        match self.creation.take() {
+            Some(creation) => self.store_creation(creation, ctx),
+            // A recovered fulfillment runs its current step again from the start.
+            None => self.arm(ctx, None),
+        }
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {

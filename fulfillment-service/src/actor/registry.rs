@@ -10,7 +10,9 @@ use futures::future::{self, BoxFuture, FutureExt};
 use shared_messages::messages::ReplyError;
 use uuid::Uuid;
 
-use super::{Deps, FulfillmentActor, Signal};
+use tokio::sync::oneshot;
+
+use super::{Creation, Deps, FulfillmentActor, Signal};
 use crate::store::StoreError;
 use crate::workflow::{self, Fulfillment, Input, Reply, Timing};
 
@@ -69,6 +71,38 @@ impl Registry {
         FulfillmentActor::start_in_arbiter(&self.inner.arbiter, move |_| {
             FulfillmentActor::new(state, deps, registry)
         })
+    }
+
+    /// Spawns the actor of a new fulfillment, which stores it first; the
+    /// future answers once it is stored.
+    fn spawn_new(
+        &self,
+        decision: workflow::Decision,
+        state: Fulfillment,
+    ) -> (
+        Addr<FulfillmentActor>,
+        BoxFuture<'static, Result<Reply, StoreError>>,
+    ) {
+        let (answer, outcome) = oneshot::channel();
+        let creation = Creation {
+            events: decision.events,
+            reply: decision.reply,
+            answer,
+            span: tracing::Span::current(),
+        };
+        let deps = self.inner.deps.clone();
+        let registry = self.clone();
+        let addr = FulfillmentActor::start_in_arbiter(&self.inner.arbiter, move |_| {
+            FulfillmentActor::creating(state, creation, deps, registry)
+        });
+        let stored = async move {
+            outcome.await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "the new fulfillment's actor stopped".into(),
+                ))
+            })
+        };
+        (addr, stored.boxed())
     }
 
     pub(super) fn forget(&self, id: &str, addr: &Addr<FulfillmentActor>) {
@@ -136,8 +170,18 @@ impl Registry {
             Some(state) => workflow::decide(&state, &input, message_id, Utc::now(), deps.timing)
                 .traced(traceparent.as_deref()),
             None if input.creates() => {
-                workflow::create(id, &input, message_id, Utc::now(), deps.timing)
-                    .traced(traceparent.as_deref())
+                let mut decision =
+                    workflow::create(id, &input, message_id, Utc::now(), deps.timing)
+                        .traced(traceparent.as_deref());
+                let Some(state) = decision.state.take() else {
+                    // Refused (e.g. invalid): nothing to store.
+                    return future::ready(Ok(decision.reply)).boxed();
+                };
+                // In the map at once, so the signals after this one queue
+                // behind the creation instead of creating it again.
+                let (addr, stored) = self.spawn_new(decision, state);
+                actors.insert(id.to_owned(), addr);
+                return stored;
             }
             None => {
                 return future::ready(Ok(Err(ReplyError::not_found(format!(
@@ -146,18 +190,10 @@ impl Registry {
                 .boxed()
             }
         };
+        // A signal to a finished fulfillment: at most a remembered message
+        // id, stored at once.
         if let Err(error) = deps.persist(&decision) {
             return future::ready(Err(error)).boxed();
-        }
-        if let Some(state) = decision.state.filter(|s| !s.status.is_final()) {
-            tracing::info!(
-                fulfillment_id = %id,
-                order_id = %state.order_id,
-                status = %state.status,
-                trace_id = %shared_messages::trace::trace_id_of(state.traceparent.as_deref()),
-                "fulfillment created"
-            );
-            actors.insert(id.to_owned(), self.spawn(state));
         }
         future::ready(Ok(decision.reply)).boxed()
     }
@@ -186,5 +222,78 @@ impl Registry {
             }
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shared_messages::bus::outbox::OutboxSignal;
+    use shared_messages::messages::{Address, FulfillmentRequest, FulfillmentStatus, OrderItem};
+
+    use super::*;
+    use crate::store::{Batched, SqliteStore, Store, Writer};
+    use crate::workflow::Accepted;
+
+    fn registry(store: Arc<dyn Store>) -> Registry {
+        let outbox = OutboxSignal::new();
+        let deps = Deps {
+            writer: Writer::start("test-writer", Batched(store.clone()), outbox.clone())
+                .expect("writer thread"),
+            store,
+            outbox,
+            timing: Timing {
+                step_delay: Duration::from_secs(60),
+            },
+        };
+        Registry::new(deps, actix::System::current().arbiter().clone())
+    }
+
+    fn start() -> Input {
+        Input::Start(FulfillmentRequest {
+            order_id: "ORD-1".into(),
+            customer_id: "c-1".into(),
+            customer_name: None,
+            customer_email: None,
+            items: vec![OrderItem {
+                product_id: "p-1".into(),
+                product_name: "Widget".into(),
+                quantity: 1,
+                price: 1.0,
+            }],
+            shipping_address: Address {
+                street: "1 Main St".into(),
+                city: "Springfield".into(),
+                state: "IL".into(),
+                zip_code: "62701".into(),
+                country: "USA".into(),
+            },
+        })
+    }
+
+    #[actix_web::test]
+    async fn a_signal_sent_while_its_fulfillment_is_being_created_applies_after_the_creation() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(":memory:").expect("store"));
+        let registry = registry(store.clone());
+        let id = "fulfillment-ORD-1";
+        // Both are sent before either is stored.
+        let created = registry.signal(id, Some(Uuid::new_v4()), None, start());
+        let paused = registry.signal(id, Some(Uuid::new_v4()), None, Input::Pause);
+        let (created, paused) = futures::join!(created, paused);
+        assert_eq!(
+            created.expect("stored"),
+            Ok(Accepted {
+                status: FulfillmentStatus::Picking,
+                created: true
+            })
+        );
+        assert_eq!(
+            paused.expect("stored").map(|a| a.status),
+            Ok(FulfillmentStatus::Paused)
+        );
+        let stored = store.load(id).expect("reads").expect("stored");
+        assert_eq!(stored.status, FulfillmentStatus::Paused);
+        assert_eq!(registry.live(), 1, "one actor, not two");
     }
 }
