@@ -117,9 +117,10 @@ python - "$here/compose.yaml" "$render_dir/dev.yaml" <<'PY' || fail "compose and
 import sys, yaml
 expected = {
     "order-service": {"AMQP_URL", "HTTP_ADDR", "STORE_URL", "PAYMENT_DELAY_MS", "INVENTORY_DELAY_MS",
-                      "POLL_INTERVAL_MS", "QUERY_TIMEOUT_MS", "RUST_LOG", "LOG_FORMAT"},
+                      "POLL_INTERVAL_MS", "QUERY_TIMEOUT_MS", "RUST_LOG", "LOG_FORMAT",
+                      "OTEL_EXPORTER_OTLP_ENDPOINT"},
     "fulfillment-service": {"AMQP_URL", "HTTP_ADDR", "STORE_URL", "STEP_DELAY_MS", "QUERY_TIMEOUT_MS",
-                            "RUST_LOG", "LOG_FORMAT"},
+                            "RUST_LOG", "LOG_FORMAT", "OTEL_EXPORTER_OTLP_ENDPOINT"},
 }
 compose = yaml.safe_load(open(sys.argv[1]))
 docs = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
