@@ -257,7 +257,7 @@ impl Report {
         );
 
         println!(
-            "\norders: {} shipped, {} not, at concurrency {}; {:.1} messages published per order: {}",
+            "\norders: {} shipped, {} not, at concurrency {}; {:.1} messages published per order: {}; {:.1} status reads per order by this tool",
             o.shipped,
             o.not_shipped,
             o.concurrency,
@@ -267,7 +267,8 @@ impl Report {
                 .iter()
                 .map(|(k, v)| format!("{k} {:.1}", *v as f64 / o.shipped.max(1) as f64))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            o.status_reads_per_order,
         );
         let shipped = o.shipped.max(1) as f64;
         let measured: f64 = self.cpu.seconds.values().sum();

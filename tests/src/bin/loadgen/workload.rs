@@ -37,6 +37,9 @@ pub struct OrdersResult {
     pub created_to_fulfillment_shipped: Summary,
     /// Created -> the order's own status route says `SHIPPED`.
     pub created_to_order_shipped: Summary,
+    /// `GET /orders/{id}/status` reads per shipped order, the last one
+    /// included: load on order-service that is the tool's, not the flow's.
+    pub status_reads_per_order: f64,
 }
 
 /// Places `count` demo orders, `concurrency` at a time, each waiting until
@@ -82,9 +85,11 @@ pub async fn orders(
     let mut shipped = Vec::new();
     let mut orders = Vec::new();
     let mut not_shipped = 0;
+    let mut status_reads = 0u64;
     for result in results {
         match result {
             Ok(r) => {
+                status_reads += u64::from(r.status_reads);
                 create.push(r.create);
                 event.push(r.event);
                 shipped.push(r.shipped);
@@ -106,6 +111,7 @@ pub async fn orders(
             create: Summary::of(&create),
             created_to_fulfillment_shipped: Summary::of(&event),
             created_to_order_shipped: Summary::of(&shipped),
+            status_reads_per_order: status_reads as f64 / shipped.len().max(1) as f64,
         },
         orders,
     ))
@@ -116,6 +122,7 @@ struct OneOrder {
     create: Duration,
     event: Duration,
     shipped: Duration,
+    status_reads: u32,
 }
 
 async fn one_order(http: &Http, url: &str, completions: &Completions) -> Result<OneOrder> {
@@ -144,7 +151,9 @@ async fn one_order(http: &Http, url: &str, completions: &Completions) -> Result<
     // The order learns it from the same event; read until it shows.
     let status_url = format!("{url}/orders/{workflow_id}/status");
     let mut pause = Duration::from_millis(1);
+    let mut status_reads = 0;
     loop {
+        status_reads += 1;
         let (code, body) = http.get(&status_url).await?;
         if code == 200 && body["status"] == "SHIPPED" {
             break;
@@ -166,6 +175,7 @@ async fn one_order(http: &Http, url: &str, completions: &Completions) -> Result<
         create,
         event,
         shipped: start.elapsed(),
+        status_reads,
     })
 }
 
