@@ -60,6 +60,9 @@ impl From<CommitError<StoreError>> for StoreError {
         match error {
             CommitError::Store(error) => error,
             CommitError::Stopped => StoreError::Unavailable("the store writer has stopped".into()),
+            CommitError::Panicked => {
+                StoreError::Unavailable("the store failed while writing (a panic)".into())
+            }
         }
     }
 }

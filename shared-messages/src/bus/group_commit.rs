@@ -38,9 +38,12 @@ pub enum CommitError<E> {
     Store(E),
     /// The writer thread has stopped (the service is shutting down).
     Stopped,
+    /// The store panicked while writing it; the writer goes on.
+    Panicked,
 }
 
-type Answer<S> = oneshot::Sender<Result<<S as BatchStore>::Write, <S as BatchStore>::Error>>;
+type Answer<S> =
+    oneshot::Sender<Result<<S as BatchStore>::Write, CommitError<<S as BatchStore>::Error>>>;
 
 struct Job<S: BatchStore> {
     write: S::Write,
@@ -79,9 +82,20 @@ impl<S: BatchStore> GroupCommit<S> {
         self.jobs
             .send(Job { write, done })
             .map_err(|_| CommitError::Stopped)?;
-        match answer.await {
-            Ok(result) => result.map_err(CommitError::Store),
-            Err(_) => Err(CommitError::Stopped),
+        answer.await.unwrap_or(Err(CommitError::Stopped))
+    }
+}
+
+/// One transaction; a panic in the store fails it instead of the thread.
+fn save<S: BatchStore>(store: &S, writes: &[S::Write]) -> Result<(), CommitError<S::Error>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.save_all(writes))) {
+        Ok(result) => result.map_err(CommitError::Store),
+        Err(_) => {
+            tracing::error!(
+                writes = writes.len(),
+                "the store panicked during a group commit"
+            );
+            Err(CommitError::Panicked)
         }
     }
 }
@@ -97,7 +111,7 @@ fn run<S: BatchStore>(store: &S, outbox: &OutboxSignal, queue: &mpsc::Receiver<J
         }
         let (writes, answers): (Vec<S::Write>, Vec<Answer<S>>) =
             jobs.into_iter().map(|j| (j.write, j.done)).unzip();
-        let results: Vec<Result<(), S::Error>> = match store.save_all(&writes) {
+        let results: Vec<Result<(), CommitError<S::Error>>> = match save(store, &writes) {
             Ok(()) => writes.iter().map(|_| Ok(())).collect(),
             Err(error) if writes.len() == 1 => vec![Err(error)],
             Err(_) => {
@@ -107,7 +121,7 @@ fn run<S: BatchStore>(store: &S, outbox: &OutboxSignal, queue: &mpsc::Receiver<J
                 );
                 writes
                     .iter()
-                    .map(|w| store.save_all(std::slice::from_ref(w)))
+                    .map(|w| save(store, std::slice::from_ref(w)))
                     .collect()
             }
         };
@@ -164,6 +178,32 @@ mod tests {
         let mut stored: Vec<i32> = store.0.lock().expect("lock").concat();
         stored.sort_unstable();
         assert_eq!(stored, (0..100).collect::<Vec<_>>());
+    }
+
+    /// Panics on 13; stores the rest.
+    struct Fragile;
+
+    impl BatchStore for Fragile {
+        type Write = i32;
+        type Error = String;
+        fn save_all(&self, writes: &[i32]) -> Result<(), String> {
+            assert!(!writes.contains(&13), "unlucky");
+            Ok(())
+        }
+        fn has_messages(_: &i32) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
+        let writer =
+            GroupCommit::start("test-writer", Fragile, OutboxSignal::new()).expect("thread starts");
+        let results = futures::future::join_all([12, 13, 14].map(|n| writer.save(n))).await;
+        assert!(matches!(results[1], Err(CommitError::Panicked)));
+        assert_eq!(results[0].as_ref().ok(), Some(&12));
+        assert_eq!(results[2].as_ref().ok(), Some(&14));
+        assert_eq!(writer.save(15).await.ok(), Some(15), "still writing");
     }
 
     #[tokio::test]
