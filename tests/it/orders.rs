@@ -307,6 +307,43 @@ async fn order_progress_shows_each_item_picked_between_status_events() -> Result
 }
 
 #[tokio::test]
+async fn a_status_request_waits_for_the_status_asked_for() -> Result<()> {
+    let system = System::start("order-wait-status", &[], Some(300)).await?;
+    let wf = system.create_demo().await?;
+    let status = |query: &str| {
+        let url = system.url(&format!("/orders/{wf}/status?{query}"));
+        let http = &system.http;
+        async move { http.get(&url).await }
+    };
+    // A wait that runs out answers the order as it is.
+    let (code, now) = status("waitFor=SHIPPED&timeoutMs=0").await?;
+    assert_eq!(code, 200, "{now}");
+    assert_ne!(
+        now["status"], "SHIPPED",
+        "six 300 ms steps are not over yet"
+    );
+    // One request that answers when the order ships.
+    let (code, shipped) = status("waitFor=shipped&timeoutMs=30000").await?;
+    assert_eq!(code, 200, "{shipped}");
+    assert_eq!(shipped["status"], "SHIPPED", "{shipped}");
+    assert_eq!(shipped["fulfillmentStatus"], "SHIPPED", "{shipped}");
+    // A final order answers at once, whatever was asked for.
+    let (code, done) = status("waitFor=PENDING&timeoutMs=30000").await?;
+    assert_eq!((code, &done["status"]), (200, &json!("SHIPPED")), "{done}");
+    for bad in [
+        "waitFor=NOPE",
+        "waitFor=SHIPPED&timeoutMs=30001",
+        "waitFor=SHIPPED&timeoutMs=soon",
+        "waitfor=SHIPPED",
+    ] {
+        let (code, body) = status(bad).await?;
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert_eq!(body["error"], "invalid_parameter", "{bad}: {body}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn cancel_mid_fulfillment_reaches_both_services() -> Result<()> {
     let system = System::start("orders-cancel", &[], Some(300)).await?;
     let wf = system.create_demo().await?;

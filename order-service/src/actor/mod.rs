@@ -132,6 +132,7 @@ impl OrderActor {
                 .inc();
             METRICS.actor(from, -1);
             METRICS.actor(to, 1);
+            self.orders.status_changed(&state.order_id);
         }
         self.state = state;
         self.perform(effects, ctx);

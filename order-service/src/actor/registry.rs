@@ -13,6 +13,7 @@ use actix::prelude::*;
 use chrono::Utc;
 use shared_messages::bus::outbox::OutboxSignal;
 use shared_messages::bus::Bus;
+use tokio::sync::oneshot;
 
 use super::{Apply, OrderActor};
 use crate::metrics::METRICS;
@@ -44,6 +45,8 @@ pub enum ApplyError {
 
 struct Inner {
     actors: Mutex<HashMap<String, Addr<OrderActor>>>,
+    /// Who waits for an order's next change of status (`waitFor`).
+    watchers: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     finished_writes: Mutex<()>,
     arbiter: ArbiterHandle,
     store: Arc<dyn Store>,
@@ -80,6 +83,7 @@ impl Orders {
         Ok(Self {
             inner: Arc::new(Inner {
                 actors: Mutex::new(HashMap::new()),
+                watchers: Mutex::new(HashMap::new()),
                 finished_writes: Mutex::new(()),
                 arbiter,
                 store,
@@ -161,6 +165,37 @@ impl Orders {
             }
         }
         Ok(count)
+    }
+
+    /// Resolves at the order's next stored change of status (or never, if
+    /// there is none). Register before reading the status, so a change in
+    /// between is not missed.
+    pub fn watch(&self, order_id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut watchers = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let waiting = watchers.entry(order_id.to_owned()).or_default();
+        // Waits that timed out leave closed senders behind.
+        waiting.retain(|w| !w.is_closed());
+        waiting.push(tx);
+        rx
+    }
+
+    /// Wakes whoever waits for `order_id`'s status to change (after the
+    /// change is stored).
+    pub(super) fn status_changed(&self, order_id: &str) {
+        let waiting = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(order_id);
+        for watcher in waiting.into_iter().flatten() {
+            let _ = watcher.send(());
+        }
     }
 
     /// Called by an actor as it stops.

@@ -126,6 +126,22 @@ pub(crate) struct ListParams {
     offset: Option<u64>,
 }
 
+/// An order status given as a query parameter (any case; empty is none).
+fn parse_status(value: Option<&str>) -> Result<Option<OrderStatus>, ApiError> {
+    match value {
+        None | Some("") => Ok(None),
+        Some(s) => OrderStatus::parse(&s.to_ascii_uppercase())
+            .map(Some)
+            .ok_or_else(|| {
+                let known: Vec<&str> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::InvalidParameter(format!(
+                    "unknown status {s:?}; expected one of {}",
+                    known.join(", ")
+                ))
+            }),
+    }
+}
+
 /// List orders, newest first, optionally of one status.
 #[utoipa::path(get, path = "/orders", tag = "orders",
     params(ListParams),
@@ -137,16 +153,7 @@ pub(crate) async fn list(
     state: web::Data<AppState>,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let status = match params.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(OrderStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| {
-            let known: Vec<&str> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
-            ApiError::InvalidParameter(format!(
-                "unknown status {s:?}; expected one of {}",
-                known.join(", ")
-            ))
-        })?),
-    };
+    let status = parse_status(params.status.as_deref())?;
     let limit = params.limit.unwrap_or(20);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::InvalidParameter(format!(
@@ -168,19 +175,64 @@ pub(crate) async fn list(
     }))
 }
 
-/// The order's status, including its fulfillment's.
+/// `GET /orders/{id}/status` query: optionally wait for a status.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+pub(crate) struct StatusParams {
+    /// Answer once the order has this status (any case) or a final one
+    /// (`SHIPPED`, `CANCELLED`, `FAILED`), or when `timeoutMs` has passed,
+    /// instead of at once: a client waits without polling.
+    #[param(value_type = Option<OrderStatus>)]
+    wait_for: Option<String>,
+    /// How long to wait, 0 to 30000 ms (default 10000); only with `waitFor`.
+    timeout_ms: Option<u64>,
+}
+
+/// The longest a status request may wait (`timeoutMs`).
+const MAX_WAIT_MS: u64 = 30_000;
+const DEFAULT_WAIT_MS: u64 = 10_000;
+
+/// The order's status, including its fulfillment's; with `waitFor`, once
+/// the order has that status (or a final one) or the wait is over.
 #[utoipa::path(get, path = "/orders/{workflow_id}/status", tag = "orders",
-    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
+    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id"),
+        StatusParams),
     responses(
-        (status = 200, description = "the order", body = StatusView),
+        (status = 200, description = "the order (with `waitFor`: in that status, in a final one, or as it is when the wait ran out)", body = StatusView),
+        (status = 400, description = "unknown `waitFor` status, or `timeoutMs` out of range", body = ErrorBody),
         (status = 404, description = "no such order", body = ErrorBody),
     ))]
 pub(crate) async fn status(
     state: web::Data<AppState>,
     path: web::Path<String>,
+    params: web::Query<StatusParams>,
 ) -> Result<HttpResponse, ApiError> {
-    let order = load(&state, &path)?;
-    Ok(HttpResponse::Ok().json(StatusView::from(&order)))
+    let wait_for = parse_status(params.wait_for.as_deref())?;
+    let timeout_ms = params.timeout_ms.unwrap_or(DEFAULT_WAIT_MS);
+    if timeout_ms > MAX_WAIT_MS {
+        return Err(ApiError::InvalidParameter(format!(
+            "timeoutMs must be from 0 to {MAX_WAIT_MS}"
+        )));
+    }
+    let Some(wait_for) = wait_for else {
+        let order = load(&state, &path)?;
+        return Ok(HttpResponse::Ok().json(StatusView::from(&order)));
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    loop {
+        // Watch before reading, so a change between the two still wakes us.
+        let changed = state.orders.watch(order_id(&path));
+        let order = load(&state, &path)?;
+        if order.status == wait_for
+            || order.status.is_final()
+            || tokio::time::Instant::now() >= deadline
+        {
+            return Ok(HttpResponse::Ok().json(StatusView::from(&order)));
+        }
+        // Woken by a change of status, or the wait is over.
+        let _ = tokio::time::timeout_at(deadline, changed).await;
+    }
 }
 
 /// The order's steps with their timestamps, and its fulfillment's progress.

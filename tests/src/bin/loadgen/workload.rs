@@ -44,8 +44,9 @@ pub struct OrdersResult {
 
 /// Places `count` demo orders, `concurrency` at a time, each waiting until
 /// its status route says `SHIPPED`. Completion is learnt from the broker's
-/// fulfillment events; the status route is then read (with backoff) until
-/// the order itself shows it.
+/// fulfillment events; the status route is then asked to wait for
+/// `SHIPPED` (read again with backoff where it does not wait) until the
+/// order itself shows it.
 pub async fn orders(
     http: &Http,
     order_url: &str,
@@ -148,8 +149,10 @@ async fn one_order(http: &Http, url: &str, completions: &Completions) -> Result<
         bail!("{fulfillment_id} ended {status}");
     }
     let event = at - start;
-    // The order learns it from the same event; read until it shows.
-    let status_url = format!("{url}/orders/{workflow_id}/status");
+    // The order learns it from the same event; wait until it shows. The
+    // status route waits for `SHIPPED` itself (`waitFor`); a service
+    // without that answers at once, and is read again with backoff.
+    let status_url = format!("{url}/orders/{workflow_id}/status?waitFor=SHIPPED&timeoutMs=10000");
     let mut pause = Duration::from_millis(1);
     let mut status_reads = 0;
     loop {
