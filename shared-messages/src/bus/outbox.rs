@@ -57,7 +57,7 @@ impl OutboxSignal {
 pub async fn relay(bus: Bus, store: Arc<dyn OutboxStore>, signal: OutboxSignal) {
     let mut shutdown = bus.inner.shutdown.subscribe();
     loop {
-        let drained = match publish_batch(&bus, store.as_ref()).await {
+        let drained = match publish_batch(&bus, &store).await {
             Ok(n) => n == BATCH,
             Err(error) => {
                 tracing::debug!(%error, "outbox relay waiting for the broker");
@@ -74,14 +74,26 @@ pub async fn relay(bus: Bus, store: Arc<dyn OutboxStore>, signal: OutboxSignal) 
         }
     }
     // Last chance to send what is stored before the connection closes.
-    let _ = publish_batch(&bus, store.as_ref()).await;
+    let _ = publish_batch(&bus, &store).await;
 }
 
-async fn publish_batch(bus: &Bus, store: &dyn OutboxStore) -> Result<usize, BusError> {
+/// Runs a store call on tokio's blocking pool, so the thread the relay
+/// shares with the service's actors does not wait on the disk.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn OutboxStore>,
+    call: impl FnOnce(&dyn OutboxStore) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || call(store.as_ref()))
+        .await
+        .unwrap_or_else(|e| Err(format!("outbox store call failed: {e}")))
+}
+
+async fn publish_batch(bus: &Bus, store: &Arc<dyn OutboxStore>) -> Result<usize, BusError> {
     if !bus.is_connected() {
         return Err(BusError::NotConnected);
     }
-    let rows = store.pending(BATCH).map_err(|e| {
+    let rows = blocking(store, |s| s.pending(BATCH)).await.map_err(|e| {
         tracing::error!(error = %e, "cannot read the outbox");
         BusError::NotConnected
     })?;
@@ -105,7 +117,7 @@ async fn publish_batch(bus: &Bus, store: &dyn OutboxStore) -> Result<usize, BusE
         Err(error) => return Err(error),
     }
     let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-    if let Err(error) = store.remove(&seqs) {
+    if let Err(error) = blocking(store, move |s| s.remove(&seqs)).await {
         tracing::error!(%error, "cannot clear published outbox rows; they will be sent again");
     }
     Ok(rows.len())
