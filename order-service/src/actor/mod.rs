@@ -98,6 +98,7 @@ impl OrderActor {
         let write = Write {
             state: transition.state,
             outbox,
+            insert: false,
         };
         let effects = transition.effects;
         let writer = self.orders.writer().clone();

@@ -17,7 +17,9 @@ use tokio::sync::oneshot;
 
 use super::{Apply, OrderActor};
 use crate::metrics::METRICS;
-use crate::store::{Batched, Store, StoreError, Writer};
+use shared_messages::bus::group_commit::CommitError;
+
+use crate::store::{Batched, Store, StoreError, Write, Writer};
 use crate::validation;
 use crate::workflow::{self, Input, OrderDetails, OrderState, Rejection};
 
@@ -125,26 +127,36 @@ impl Orders {
         OrderActor::start_in_arbiter(&self.inner.arbiter, move |_| OrderActor::new(state, orders))
     }
 
-    /// Stores a new order and starts its saga, in the trace `traceparent`
-    /// (the creating request's).
-    pub fn create(
+    /// Stores a new order (through the group commit) and starts its saga,
+    /// in the trace `traceparent` (the creating request's).
+    pub async fn create(
         &self,
         details: OrderDetails,
         traceparent: Option<String>,
     ) -> Result<OrderState, StoreError> {
-        let now = Utc::now();
         let state = loop {
+            let now = Utc::now();
             let mut state = OrderState::new(&validation::new_order_id(now), details.clone(), now);
             state.traceparent = traceparent.clone();
-            match METRICS.store_write("insert", || self.inner.store.insert(&state)) {
-                Ok(()) => break state,
+            let write = Write {
+                state,
+                outbox: Vec::new(),
+                insert: true,
+            };
+            match self.inner.writer.save(write).await {
+                Ok(stored) => break stored.state,
                 // 36^9 ids per millisecond: a clash is vanishingly rare.
-                Err(StoreError::Duplicate(_)) => continue,
-                Err(e) => return Err(e),
+                Err(CommitError::Store(StoreError::Duplicate(_))) => continue,
+                Err(error) => return Err(error.into()),
             }
         };
-        let addr = self.spawn(state.clone());
-        self.actors().insert(state.order_id.clone(), addr);
+        {
+            let mut actors = self.actors();
+            // A lookup may have found it in the store and spawned it already.
+            if !actors.contains_key(&state.order_id) {
+                actors.insert(state.order_id.clone(), self.spawn(state.clone()));
+            }
+        }
         tracing::info!(
             order_id = %state.order_id,
             trace_id = %shared_messages::trace::trace_id_of(state.traceparent.as_deref()),

@@ -68,13 +68,14 @@ fn require_broker(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse, ApiError> {
+async fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse, ApiError> {
     require_broker(state)?;
     // The order keeps the request's trace (new, or the caller's).
     let traceparent = shared_messages::trace::current().map(|t| t.traceparent());
     let order = state
         .orders
         .create(details, traceparent)
+        .await
         .map_err(ApiError::internal)?;
     Ok(HttpResponse::Created().json(CreatedView {
         order_id: order.order_id,
@@ -100,7 +101,7 @@ pub(crate) async fn create(
         .into_inner()
         .validate()
         .map_err(ApiError::InvalidField)?;
-    created(&state, details)
+    created(&state, details).await
 }
 
 /// Create the original demo's order (two `product-1`, one `product-2`).
@@ -110,7 +111,7 @@ pub(crate) async fn create(
         (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
     ))]
 pub(crate) async fn create_demo(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    created(&state, demo_order())
+    created(&state, demo_order()).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -73,11 +73,14 @@ impl From<CommitError<StoreError>> for StoreError {
     }
 }
 
-/// One transition to store: the order's new state and the signals it sends.
+/// One write for the group commit: a new order (`insert`, failing with
+/// `Duplicate` when the id is taken), or a transition of an existing one
+/// with the signals it sends.
 #[derive(Debug, Clone)]
 pub struct Write {
     pub state: OrderState,
     pub outbox: Vec<(Route, Envelope)>,
+    pub insert: bool,
 }
 
 /// The order store as the group commit sees it.
@@ -112,8 +115,8 @@ pub trait Store: OutboxStore {
     fn insert(&self, state: &OrderState) -> Result<(), StoreError>;
     /// Stores a transition and the signals it causes, atomically.
     fn save(&self, state: &OrderState, outbox: &[(Route, Envelope)]) -> Result<(), StoreError>;
-    /// Stores every write in one transaction: all of them or none (the
-    /// group commit of [`Writer`]).
+    /// Stores every write (inserts and transitions) in one transaction:
+    /// all of them or none (the group commit of [`Writer`]).
     fn save_all(&self, writes: &[Write]) -> Result<(), StoreError>;
     fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError>;
     fn list(

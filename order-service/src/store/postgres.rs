@@ -128,6 +128,30 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A new order; `Duplicate` when its id is taken.
+fn insert_in(client: &mut impl GenericClient, state: &OrderState) -> Result<(), StoreError> {
+    let result = client.execute(
+        "INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)",
+        &[
+            &state.order_id,
+            &state.workflow_id,
+            &state.status.as_str(),
+            &state.status.is_final(),
+            &encode(state),
+            &state.created_at.to_rfc3339(),
+            &state.updated_at.to_rfc3339(),
+        ],
+    );
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            Err(StoreError::Duplicate(state.order_id.clone()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn save_in(
     client: &mut impl GenericClient,
     state: &OrderState,
@@ -161,28 +185,7 @@ fn save_in(
 impl Store for PostgresStore {
     fn insert(&self, state: &OrderState) -> Result<(), StoreError> {
         let state = state.clone();
-        self.worker.call(move |client| {
-            let result = client.execute(
-                "INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)",
-                &[
-                    &state.order_id,
-                    &state.workflow_id,
-                    &state.status.as_str(),
-                    &state.status.is_final(),
-                    &encode(&state),
-                    &state.created_at.to_rfc3339(),
-                    &state.updated_at.to_rfc3339(),
-                ],
-            );
-            match result {
-                Ok(_) => Ok(()),
-                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                    Err(StoreError::Duplicate(state.order_id.clone()))
-                }
-                Err(e) => Err(e.into()),
-            }
-        })
+        self.worker.call(move |client| insert_in(client, &state))
     }
 
     fn save(&self, state: &OrderState, outbox: &[(Route, Envelope)]) -> Result<(), StoreError> {
@@ -201,7 +204,11 @@ impl Store for PostgresStore {
         self.worker.call(move |client| {
             let mut tx = client.transaction()?;
             for w in &writes {
-                save_in(&mut tx, &w.state, &w.outbox)?;
+                if w.insert {
+                    insert_in(&mut tx, &w.state)?;
+                } else {
+                    save_in(&mut tx, &w.state, &w.outbox)?;
+                }
             }
             tx.commit()?;
             Ok(())

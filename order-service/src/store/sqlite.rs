@@ -132,6 +132,33 @@ fn rows(
     raw.iter().map(|(id, json)| decode(id, json)).collect()
 }
 
+/// A new order; `Duplicate` when its id is taken.
+fn insert_in(conn: &Connection, state: &OrderState) -> Result<(), StoreError> {
+    let result = conn
+        .prepare_cached(
+            "INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            state.order_id,
+            state.workflow_id,
+            state.status.as_str(),
+            state.status.is_final(),
+            encode(state),
+            state.created_at.to_rfc3339(),
+            state.updated_at.to_rfc3339(),
+        ]);
+    match result {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::Duplicate(state.order_id.clone()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// One transition and its signals, inside the caller's transaction.
 fn save_in(
     tx: &rusqlite::Transaction<'_>,
@@ -170,29 +197,7 @@ fn save_in(
 
 impl Store for SqliteStore {
     fn insert(&self, state: &OrderState) -> Result<(), StoreError> {
-        let conn = self.conn();
-        let result = conn.execute(
-            "INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                state.order_id,
-                state.workflow_id,
-                state.status.as_str(),
-                state.status.is_final(),
-                encode(state),
-                state.created_at.to_rfc3339(),
-                state.updated_at.to_rfc3339(),
-            ],
-        );
-        match result {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(StoreError::Duplicate(state.order_id.clone()))
-            }
-            Err(e) => Err(e.into()),
-        }
+        insert_in(&self.conn(), state)
     }
 
     fn save(&self, state: &OrderState, outbox: &[(Route, Envelope)]) -> Result<(), StoreError> {
@@ -207,7 +212,11 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         for w in writes {
-            save_in(&tx, &w.state, &w.outbox)?;
+            if w.insert {
+                insert_in(&tx, &w.state)?;
+            } else {
+                save_in(&tx, &w.state, &w.outbox)?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -361,6 +370,31 @@ mod tests {
         assert_eq!(s.get("ORD-1").expect("get"), Some(order.clone()));
         assert!(matches!(s.insert(&order), Err(StoreError::Duplicate(_))));
         assert_eq!(s.get("ORD-2").expect("get"), None);
+    }
+
+    #[test]
+    fn a_group_commit_inserts_and_updates_together_or_not_at_all() {
+        let s = store();
+        let first = OrderState::new("ORD-1", demo_order(), Utc::now());
+        let write = |state: &OrderState, insert| Write {
+            state: state.clone(),
+            outbox: Vec::new(),
+            insert,
+        };
+        s.save_all(&[write(&first, true)]).expect("insert");
+        let mut moved = first.clone();
+        moved.status = OrderStatus::Confirmed;
+        let second = OrderState::new("ORD-2", demo_order(), Utc::now());
+        // A taken id fails the whole transaction, the update with it.
+        assert!(matches!(
+            s.save_all(&[write(&moved, false), write(&first, true)]),
+            Err(StoreError::Duplicate(_))
+        ));
+        assert_eq!(s.get("ORD-1").expect("get"), Some(first));
+        s.save_all(&[write(&moved, false), write(&second, true)])
+            .expect("both");
+        assert_eq!(s.get("ORD-1").expect("get"), Some(moved));
+        assert_eq!(s.get("ORD-2").expect("get"), Some(second));
     }
 
     #[test]
