@@ -123,18 +123,33 @@ async fn run(args: &Args) -> Result<Report> {
             .await
         })
     };
-    let floor_vhost = system_tests::TestVhost::create("loadgen-floor").await?;
     let spinner = ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let floor = floor::measure(
-        &floor_vhost.amqp_url,
-        args.queries,
-        args.floor_messages,
-        &spinner,
-    )
-    .await
-    .context("measuring the broker's floor")?;
-    drop(floor_vhost);
+    // lapin has been seen to fail a connection mid-measurement ("invalid
+    // connection state") with nothing logged by the broker; one more try,
+    // on a fresh vhost, keeps such a run from being lost.
+    let mut attempt = 1;
+    let floor = loop {
+        let floor_vhost = system_tests::TestVhost::create("loadgen-floor").await?;
+        let measured = floor::measure(
+            &floor_vhost.amqp_url,
+            args.queries,
+            args.floor_messages,
+            &spinner,
+        )
+        .await;
+        drop(floor_vhost);
+        match measured {
+            Ok(floor) => break floor,
+            Err(error) if attempt == 1 => {
+                spinner.println(format!(
+                    "measuring the broker's floor failed ({error:#}); measuring it again"
+                ));
+                attempt += 1;
+            }
+            Err(error) => return Err(error.context("measuring the broker's floor")),
+        }
+    };
     spinner.set_message("waiting for the management API's message counts");
     let published = counting.await?.context("message counts")?.since(&before);
     spinner.finish_and_clear();
