@@ -18,6 +18,9 @@
 //!   body does not decode. See [`consumer`]. Each delivery is handled in
 //!   a `message` span (`message_id`, `message_type`, `entity_id`,
 //!   `trace_id`) and counted in [`metrics`].
+//! - The transactional outbox: [`group_commit`] stores the services'
+//!   transitions with the messages they cause, many per transaction, and
+//!   [`outbox::relay`] publishes what is stored.
 
 mod consumer;
 pub mod group_commit;
