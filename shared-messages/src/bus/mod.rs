@@ -15,7 +15,7 @@
 //! - Consumers ([`Bus::consume`]) ack after their handler succeeds, requeue
 //!   on [`Outcome::Retry`], and dead-letter with the reason in the
 //!   `x-dead-letter-reason` header on [`Outcome::DeadLetter`] or when the
-//!   body does not decode. See [`consumer`]. Each delivery is handled in
+//!   body does not decode (`consumer.rs`). Each delivery is handled in
 //!   a `message` span (`message_id`, `message_type`, `entity_id`,
 //!   `trace_id`) and counted in [`metrics`].
 //! - The transactional outbox: [`group_commit`] stores the services'
