@@ -27,7 +27,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod store;
-pub mod telemetry;
+pub use shared_messages::telemetry;
 pub mod workflow;
 
 use std::net::TcpListener;

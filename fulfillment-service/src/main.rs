@@ -6,7 +6,16 @@ use fulfillment_service::{telemetry, Application};
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    let telemetry = telemetry::init(config.log_format, config.exported_as())?;
+    // `RUST_LOG` filters the log (default `info`); stderr, so a test
+    // harness that ignores it stays quiet.
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let telemetry = telemetry::init(
+        &filter,
+        config.log_format,
+        config.exported_as(),
+        env!("CARGO_CRATE_NAME"),
+        std::io::stderr,
+    )?;
     tracing::debug!(?config, "configuration");
     let result = async { Application::build(config).await?.run_until_stopped().await }.await;
     // Stopped (SIGTERM, SIGINT) or failed: the last spans go out first.

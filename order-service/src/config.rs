@@ -46,12 +46,7 @@ impl StoreLocation {
     }
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Pretty,
-    Json,
-}
+pub use shared_messages::telemetry::LogFormat;
 
 #[derive(Clone)]
 pub struct Config {

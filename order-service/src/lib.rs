@@ -32,7 +32,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod payment;
 pub mod store;
-pub mod telemetry;
+pub use shared_messages::telemetry;
 pub mod validation;
 pub mod workflow;
 

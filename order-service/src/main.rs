@@ -10,6 +10,7 @@ async fn main() -> anyhow::Result<()> {
         &config.log_filter,
         config.log_format,
         config.exported_as(),
+        env!("CARGO_CRATE_NAME"),
         std::io::stderr,
     )?;
     tracing::info!(?config, "starting order-service");

@@ -26,6 +26,8 @@ pub mod bus;
 pub mod envelope;
 pub mod ids;
 pub mod messages;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 pub mod topology;
 pub mod trace;
 

@@ -1,24 +1,23 @@
-//! Logging: readable text by default, JSON lines with `LOG_FORMAT=json`.
-//! Spans of HTTP requests, messages and transitions carry `trace_id`, so
-//! every line says which order's trace it belongs to.
+//! Logging and span export for both services (feature `telemetry`):
+//! readable text by default, JSON lines with `LOG_FORMAT=json`. Spans of
+//! HTTP requests, messages and transitions carry `trace_id`, so every line
+//! says which order's trace it belongs to.
 //!
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans are also exported
 //! over OTLP/HTTP (protobuf, `<endpoint>/v1/traces`) by a batch span
-//! processor (the standard `OTEL_BSP_*` settings apply), under
-//! `OTEL_SERVICE_NAME`. [`link`] is registered with
-//! [`shared_messages::trace`], so the exported trace is the one in the logs
-//! and on the wire, and every span's parent is the one that caused it, in
-//! this service or across RabbitMQ. Without the variable nothing of
-//! OpenTelemetry is installed.
+//! processor (the standard `OTEL_BSP_*` settings apply), under the
+//! service's name. A span link is registered with [`crate::trace`], so the
+//! exported trace is the one in the logs and on the wire, and every span's
+//! parent is the one that caused it, in this service or across RabbitMQ.
+//! Without the variable nothing of OpenTelemetry is installed.
 
-use anyhow::Context as _;
+use crate::trace::TraceContext;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use shared_messages::trace::TraceContext;
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::filter::Targets;
@@ -27,7 +26,12 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::LogFormat;
+/// Log output format (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
 
 /// The span exporter, when one is installed.
 #[must_use = "shut it down at exit, or queued spans are lost"]
@@ -48,14 +52,17 @@ impl Telemetry {
 }
 
 /// Installs the global subscriber, writing to `sink` (stderr in the binary),
-/// and, when `exported_as` names the service, the span exporter.
+/// and, when `exported_as` names the service, the span exporter for the
+/// spans of the crate `target` (the service's, `env!("CARGO_CRATE_NAME")`)
+/// and of this one.
 /// Calling it twice is harmless: the second call changes nothing.
 pub fn init<W>(
     filter: &str,
     format: LogFormat,
     exported_as: Option<&str>,
+    target: &'static str,
     sink: W,
-) -> anyhow::Result<Telemetry>
+) -> Result<Telemetry, opentelemetry_otlp::ExporterBuildError>
 where
     W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + Send + Sync + 'static,
 {
@@ -71,8 +78,7 @@ where
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpBinary)
-        .build()
-        .context("OTLP span exporter (OTEL_EXPORTER_OTLP_ENDPOINT)")?;
+        .build()?;
     let provider = SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
         .with_resource(
@@ -84,19 +90,19 @@ where
     // This service's spans and the bus's, whatever RUST_LOG says of the
     // log; never the exporter's own HTTP client.
     let exported = Targets::new()
-        .with_target(env!("CARGO_CRATE_NAME"), tracing::Level::INFO)
-        .with_target("shared_messages", tracing::Level::INFO);
+        .with_target(target, tracing::Level::INFO)
+        .with_target(env!("CARGO_CRATE_NAME"), tracing::Level::INFO);
     let installed = tracing_subscriber::registry()
         .with(log_layer(format, sink).with_filter(filter))
         .with(
             tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer(env!("CARGO_PKG_NAME")))
+                .with_tracer(provider.tracer(target))
                 .with_filter(exported),
         )
         .try_init()
         .is_ok();
     if installed {
-        shared_messages::trace::link_spans(link);
+        crate::trace::link_spans(link);
     }
     Ok(Telemetry {
         provider: Some(provider),
@@ -104,7 +110,8 @@ where
 }
 
 /// Each line has the event's fields at the top level and the spans it
-/// happened in (with `trace_id`, `order_id`, ...) in `span` and `spans`.
+/// happened in (with `trace_id`, `order_id`, `fulfillment_id`, ...) in
+/// `span` and `spans`.
 fn log_layer<S, W>(format: LogFormat, sink: W) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -122,7 +129,7 @@ where
     }
 }
 
-/// The [`shared_messages::trace::SpanLink`] for the OpenTelemetry layer:
+/// The [`crate::trace::SpanLink`] for the OpenTelemetry layer:
 /// `span`'s exported parent is `parent` (a root without one), and its own
 /// position is handed on.
 fn link(span: &tracing::Span, parent: Option<&TraceContext>) -> Option<TraceContext> {
