@@ -8,6 +8,8 @@
 //!   decoding that turns bad input into a typed [`envelope::DecodeError`].
 //! - [`messages`]: every signal, query, reply and event, with the domain
 //!   types they carry (addresses, items, statuses, progress).
+//! - [`history`]: the shape of a workflow's history (`GET .../history`),
+//!   the same on both services.
 //! - [`topology`]: exchange, queue and routing-key names, and the
 //!   declarative description each service declares at start-up.
 //! - [`bus`]: the connection supervisor (connect, reconnect with backoff,
@@ -24,6 +26,7 @@
 
 pub mod bus;
 pub mod envelope;
+pub mod history;
 pub mod ids;
 pub mod messages;
 #[cfg(feature = "telemetry")]
