@@ -10,12 +10,15 @@
 //! - [`eventually`]: wait until a condition holds, or fail at a deadline.
 //! - [`PrivateBroker`]: a RabbitMQ node of a test's own, to stop and start.
 //! - [`TestDatabase`]: a fresh PostgreSQL database, dropped when dropped.
+//! - [`TcpProxy`]: a TCP proxy a test takes down to cut a server off.
 
 pub mod broker;
 pub mod postgres;
+pub mod proxy;
 
 pub use broker::PrivateBroker;
 pub use postgres::TestDatabase;
+pub use proxy::TcpProxy;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
