@@ -143,6 +143,7 @@ mod tests {
             poll_interval: Duration::from_secs(60),
             query_timeout: Duration::from_millis(100),
             payment_decline_rate: 0.0,
+            ..Timings::default()
         };
         Orders::new(
             actix::Arbiter::current(),
@@ -219,7 +220,7 @@ mod tests {
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
         order.status = OrderStatus::FulfillmentInProgress;
         order.fulfillment_workflow_id = Some("fulfillment-ORD-1".into());
-        orders.store().insert(&order).expect("insert");
+        orders.store().insert(&order, &[]).expect("insert");
         orders.recover().expect("recover");
         let event = incoming(shipped("ORD-1"));
         assert_eq!(handle_event(&orders, event.clone()).await, Outcome::Ack);

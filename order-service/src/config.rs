@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::workflow::RetryPolicy;
+
 /// Where orders are stored.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreLocation {
@@ -59,6 +61,17 @@ pub struct Config {
     pub poll_interval: Duration,
     pub query_timeout: Duration,
     pub payment_decline_rate: f64,
+    /// `FULFILLMENT_DEADLINE_MS` (15 minutes): an order whose fulfillment
+    /// has not finished this long after the hand-over is marked overdue.
+    pub fulfillment_deadline: Duration,
+    /// `INVENTORY_RETRY_*`: the inventory activity's retry policy.
+    pub inventory_retry: RetryPolicy,
+    /// `PAYMENT_RETRY_*`: the payment activity's retry policy.
+    pub payment_retry: RetryPolicy,
+    /// `INVENTORY_TRANSIENT_FAILURE_RATE` (0): simulated transient failures.
+    pub inventory_transient_failure_rate: f64,
+    /// `PAYMENT_TRANSIENT_FAILURE_RATE` (0): simulated transient failures.
+    pub payment_transient_failure_rate: f64,
     pub log_filter: String,
     pub log_format: LogFormat,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: when set, spans are exported there
@@ -80,6 +93,17 @@ impl std::fmt::Debug for Config {
             .field("poll_interval", &self.poll_interval)
             .field("query_timeout", &self.query_timeout)
             .field("payment_decline_rate", &self.payment_decline_rate)
+            .field("fulfillment_deadline", &self.fulfillment_deadline)
+            .field("inventory_retry", &self.inventory_retry)
+            .field("payment_retry", &self.payment_retry)
+            .field(
+                "inventory_transient_failure_rate",
+                &self.inventory_transient_failure_rate,
+            )
+            .field(
+                "payment_transient_failure_rate",
+                &self.payment_transient_failure_rate,
+            )
             .field("log_filter", &self.log_filter)
             .field("log_format", &self.log_format)
             .field("otlp_endpoint", &self.otlp_endpoint.as_deref().map(redact))
@@ -101,6 +125,10 @@ pub fn redact(url: &str) -> String {
         None => url.into(),
     }
 }
+
+/// Fifteen minutes: far longer than a fulfillment takes with the default
+/// step delays, short enough that a stuck order is seen the same shift.
+pub const DEFAULT_FULFILLMENT_DEADLINE_MS: u64 = 15 * 60 * 1000;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -125,16 +153,53 @@ impl Config {
                     }),
             }
         };
-        let rate = match lookup("PAYMENT_DECLINE_RATE") {
-            None => 0.0,
-            Some(v) => match v.trim().parse::<f64>() {
-                Ok(r) if (0.0..=1.0).contains(&r) => r,
-                _ => {
-                    return Err(format!(
-                        "PAYMENT_DECLINE_RATE must be a number from 0 to 1, got {v:?}"
-                    ))
-                }
-            },
+        let fraction = |name: &str| -> Result<f64, String> {
+            match lookup(name) {
+                None => Ok(0.0),
+                Some(v) => match v.trim().parse::<f64>() {
+                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                    _ => Err(format!("{name} must be a number from 0 to 1, got {v:?}")),
+                },
+            }
+        };
+        let rate = fraction("PAYMENT_DECLINE_RATE")?;
+        let policy = |prefix: &str| -> Result<RetryPolicy, String> {
+            let default = RetryPolicy::default();
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let initial_interval = millis(
+                &format!("{prefix}_INITIAL_INTERVAL_MS"),
+                ms(default.initial_interval),
+            )?;
+            let maximum_interval = millis(
+                &format!("{prefix}_MAXIMUM_INTERVAL_MS"),
+                ms(default.maximum_interval),
+            )?;
+            let name = format!("{prefix}_BACKOFF_COEFFICIENT");
+            let backoff_coefficient = match lookup(&name) {
+                None => default.backoff_coefficient,
+                Some(v) => match v.trim().parse::<f64>() {
+                    Ok(c) if c.is_finite() && c >= 1.0 => c,
+                    _ => return Err(format!("{name} must be a number of at least 1, got {v:?}")),
+                },
+            };
+            let name = format!("{prefix}_MAXIMUM_ATTEMPTS");
+            let maximum_attempts = match lookup(&name) {
+                None => default.maximum_attempts,
+                Some(v) => v.trim().parse::<u32>().map_err(|_| {
+                    format!("{name} must be a whole number (0 for no limit), got {v:?}")
+                })?,
+            };
+            if maximum_interval < initial_interval {
+                return Err(format!(
+                    "{prefix}_MAXIMUM_INTERVAL_MS must not be less than {prefix}_INITIAL_INTERVAL_MS"
+                ));
+            }
+            Ok(RetryPolicy {
+                initial_interval,
+                backoff_coefficient,
+                maximum_interval,
+                maximum_attempts,
+            })
         };
         let log_format = match get("LOG_FORMAT", "pretty").to_ascii_lowercase().as_str() {
             "json" => LogFormat::Json,
@@ -158,6 +223,14 @@ impl Config {
             poll_interval,
             query_timeout,
             payment_decline_rate: rate,
+            fulfillment_deadline: millis(
+                "FULFILLMENT_DEADLINE_MS",
+                DEFAULT_FULFILLMENT_DEADLINE_MS,
+            )?,
+            inventory_retry: policy("INVENTORY_RETRY")?,
+            payment_retry: policy("PAYMENT_RETRY")?,
+            inventory_transient_failure_rate: fraction("INVENTORY_TRANSIENT_FAILURE_RATE")?,
+            payment_transient_failure_rate: fraction("PAYMENT_TRANSIENT_FAILURE_RATE")?,
             log_filter: get("RUST_LOG", "info"),
             log_format,
             otlp_endpoint: lookup("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -204,6 +277,41 @@ mod tests {
         assert_eq!(c.payment_delay, Duration::from_secs(1));
         assert_eq!(c.payment_decline_rate, 0.0);
         assert_eq!(c.exported_as(), None);
+        assert_eq!(c.fulfillment_deadline, Duration::from_secs(900));
+        assert_eq!(c.payment_retry, RetryPolicy::default());
+        assert_eq!(c.inventory_transient_failure_rate, 0.0);
+    }
+
+    #[test]
+    fn retry_policies_come_from_their_prefix() {
+        let c = config(&[
+            ("PAYMENT_RETRY_INITIAL_INTERVAL_MS", "10"),
+            ("PAYMENT_RETRY_BACKOFF_COEFFICIENT", "1.5"),
+            ("PAYMENT_RETRY_MAXIMUM_INTERVAL_MS", "100"),
+            ("PAYMENT_RETRY_MAXIMUM_ATTEMPTS", "0"),
+            ("INVENTORY_TRANSIENT_FAILURE_RATE", "0.3"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.payment_retry,
+            RetryPolicy {
+                initial_interval: Duration::from_millis(10),
+                backoff_coefficient: 1.5,
+                maximum_interval: Duration::from_millis(100),
+                maximum_attempts: 0,
+            }
+        );
+        assert_eq!(c.inventory_retry, RetryPolicy::default());
+        assert_eq!(c.inventory_transient_failure_rate, 0.3);
+        for bad in [
+            ("INVENTORY_RETRY_BACKOFF_COEFFICIENT", "0.5"),
+            ("INVENTORY_RETRY_MAXIMUM_ATTEMPTS", "-1"),
+            ("INVENTORY_RETRY_MAXIMUM_INTERVAL_MS", "1"),
+            ("PAYMENT_TRANSIENT_FAILURE_RATE", "1.5"),
+        ] {
+            let error = config(&[bad]).expect_err("rejected");
+            assert!(error.contains(bad.0.trim_end_matches("_MS")), "{error}");
+        }
     }
 
     #[test]

@@ -83,6 +83,11 @@ impl Application {
                 poll_interval: config.poll_interval,
                 query_timeout: config.query_timeout,
                 payment_decline_rate: config.payment_decline_rate,
+                fulfillment_deadline: config.fulfillment_deadline,
+                inventory_retry: config.inventory_retry,
+                payment_retry: config.payment_retry,
+                inventory_transient_failure_rate: config.inventory_transient_failure_rate,
+                payment_transient_failure_rate: config.payment_transient_failure_rate,
             },
         )
         .context("starting the store writer thread")?;

@@ -50,6 +50,14 @@ pub struct Metrics {
     pub orders: Family<StatusLabels, Gauge>,
     pub outbox_pending: Gauge,
     pub store_up: Gauge,
+    pub overdue: Counter,
+    pub quarantined: Counter,
+    pub activity_failures: Family<ActivityLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActivityLabels {
+    pub activity: String,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -64,6 +72,9 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         orders: Family::default(),
         outbox_pending: Gauge::default(),
         store_up: Gauge::default(),
+        overdue: Counter::default(),
+        quarantined: Counter::default(),
+        activity_failures: Family::default(),
     };
     registry.register(
         "http_request_seconds",
@@ -99,6 +110,21 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "store_up",
         "1 when the order store answers (read at scrape time)",
         m.store_up.clone(),
+    );
+    registry.register(
+        "overdue_orders",
+        "Orders whose fulfillment did not finish within FULFILLMENT_DEADLINE_MS",
+        m.overdue.clone(),
+    );
+    registry.register(
+        "quarantined_rows",
+        "Stored orders that could not be read at recovery, set aside (GET /quarantine)",
+        m.quarantined.clone(),
+    );
+    registry.register(
+        "activity_attempt_failures",
+        "Failed attempts of the inventory and payment activities (each retried per its policy)",
+        m.activity_failures.clone(),
     );
     Metrics { registry, ..m }
 });

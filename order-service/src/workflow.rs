@@ -8,14 +8,23 @@
 //! ```text
 //! PENDING -> INVENTORY_RESERVED -> PAYMENT_PROCESSING -> PAYMENT_CONFIRMED
 //!   -> CONFIRMED -> FULFILLMENT_STARTED -> FULFILLMENT_IN_PROGRESS -> SHIPPED
-//! any non-final state -> CANCELLED | FAILED (after compensation)
+//! before the hand-over: cancel -> CANCELLED (after compensation)
+//! after it: cancel -> CANCELLING -> CANCELLED (the fulfillment confirmed,
+//!   then compensation) | SHIPPED (it had shipped: nothing is refunded)
+//! any non-final state -> FAILED (after compensation)
 //! ```
+//!
+//! Every transition also yields its history entries (`Transition::events`),
+//! stored in the same transaction as the state: an input that changes
+//! nothing yields none.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared_messages::bus::Route;
+use shared_messages::history::HistoryEvent;
 use shared_messages::ids::{effect_message_id, fulfillment_workflow_id};
 use shared_messages::messages::{
     Address, CancelFulfillment, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus,
@@ -41,13 +50,15 @@ pub enum OrderStatus {
     Confirmed,
     FulfillmentStarted,
     FulfillmentInProgress,
+    /// A cancel was asked of the fulfillment; its answer decides.
+    Cancelling,
     Shipped,
     Cancelled,
     Failed,
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 10] = [
+    pub const ALL: [OrderStatus; 11] = [
         Self::Pending,
         Self::InventoryReserved,
         Self::PaymentProcessing,
@@ -55,6 +66,7 @@ impl OrderStatus {
         Self::Confirmed,
         Self::FulfillmentStarted,
         Self::FulfillmentInProgress,
+        Self::Cancelling,
         Self::Shipped,
         Self::Cancelled,
         Self::Failed,
@@ -69,6 +81,7 @@ impl OrderStatus {
             Self::Confirmed => "CONFIRMED",
             Self::FulfillmentStarted => "FULFILLMENT_STARTED",
             Self::FulfillmentInProgress => "FULFILLMENT_IN_PROGRESS",
+            Self::Cancelling => "CANCELLING",
             Self::Shipped => "SHIPPED",
             Self::Cancelled => "CANCELLED",
             Self::Failed => "FAILED",
@@ -84,9 +97,13 @@ impl OrderStatus {
         matches!(self, Self::Shipped | Self::Cancelled | Self::Failed)
     }
 
-    /// The order has handed over to fulfillment and follows it.
+    /// The order has handed over to fulfillment and follows it (a
+    /// cancelling order waits for the fulfillment's answer).
     pub fn is_waiting_on_fulfillment(self) -> bool {
-        matches!(self, Self::FulfillmentStarted | Self::FulfillmentInProgress)
+        matches!(
+            self,
+            Self::FulfillmentStarted | Self::FulfillmentInProgress | Self::Cancelling
+        )
     }
 
     /// What the order is doing, for people.
@@ -99,6 +116,7 @@ impl OrderStatus {
             Self::Confirmed => "Order confirmed",
             Self::FulfillmentStarted => "Waiting for fulfillment",
             Self::FulfillmentInProgress => "Fulfillment in progress",
+            Self::Cancelling => "Cancelling: waiting for the fulfillment to confirm",
             Self::Shipped => "Shipped",
             Self::Cancelled => "Cancelled",
             Self::Failed => "Failed",
@@ -205,6 +223,73 @@ pub struct OrderState {
     /// message the order sends carries a child of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// The `seq` of the newest history entry stored.
+    #[serde(default)]
+    pub history_seq: u64,
+    /// An activity (inventory, payment) waiting to be tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<PendingRetry>,
+    /// The fulfillment has not finished within `FULFILLMENT_DEADLINE_MS`.
+    #[serde(default)]
+    pub overdue: bool,
+    /// Why a cancel was refused (the fulfillment had shipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_refused: Option<String>,
+    /// History entries of the transition being made; taken out into
+    /// [`Transition::events`], never stored with the state.
+    #[serde(skip)]
+    recorded: Vec<HistoryEvent>,
+}
+
+/// An activity that failed transiently and runs again at `due_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingRetry {
+    pub activity: Timer,
+    /// Attempts that have failed so far.
+    pub attempt: u32,
+    pub due_at: DateTime<Utc>,
+}
+
+/// A retry policy in Temporal's terms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// The wait before the first retry.
+    pub initial_interval: Duration,
+    /// Each wait is the previous one times this (at least 1).
+    pub backoff_coefficient: f64,
+    /// No wait is longer than this.
+    pub maximum_interval: Duration,
+    /// Attempts in all, the first included; 0 means no limit.
+    pub maximum_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    /// 1 s, doubling, at most 30 s apart, 10 attempts.
+    fn default() -> Self {
+        Self {
+            initial_interval: Duration::from_secs(1),
+            backoff_coefficient: 2.0,
+            maximum_interval: Duration::from_secs(30),
+            maximum_attempts: 10,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after the `failed`-th failed attempt (1-based).
+    pub fn delay_after(&self, failed: u32) -> Duration {
+        let exponent = i32::try_from(failed.saturating_sub(1)).unwrap_or(i32::MAX);
+        let factor = self.backoff_coefficient.max(1.0).powi(exponent);
+        let secs =
+            (self.initial_interval.as_secs_f64() * factor).min(self.maximum_interval.as_secs_f64());
+        Duration::try_from_secs_f64(secs).unwrap_or(self.maximum_interval)
+    }
+
+    /// Whether another attempt may follow the `failed`-th failure.
+    pub fn allows_retry_after(&self, failed: u32) -> bool {
+        self.maximum_attempts == 0 || failed < self.maximum_attempts
+    }
 }
 
 impl OrderState {
@@ -230,7 +315,30 @@ impl OrderState {
             created_at: now,
             updated_at: now,
             traceparent: None,
+            history_seq: 0,
+            retry: None,
+            overdue: false,
+            cancel_refused: None,
+            recorded: Vec::new(),
         }
+    }
+
+    /// Adds a history entry to the transition being made.
+    fn emit(
+        &mut self,
+        kind: &str,
+        message_id: Option<Uuid>,
+        detail: serde_json::Value,
+        now: DateTime<Utc>,
+    ) {
+        self.history_seq += 1;
+        self.recorded.push(HistoryEvent {
+            seq: self.history_seq,
+            kind: kind.into(),
+            at: now,
+            message_id,
+            detail,
+        });
     }
 
     pub fn step_done(&self, name: &str) -> Option<&StepRecord> {
@@ -260,6 +368,24 @@ impl OrderState {
     }
 }
 
+/// A new order and its first history entry (`OrderCreated`).
+pub fn create(
+    order_id: &str,
+    details: OrderDetails,
+    now: DateTime<Utc>,
+) -> (OrderState, Vec<HistoryEvent>) {
+    let mut state = OrderState::new(order_id, details, now);
+    let detail = serde_json::json!({
+        "orderId": order_id,
+        "customerId": state.details.customer_id,
+        "items": state.details.items.len(),
+        "totalAmount": state.details.total_amount(),
+    });
+    state.emit("OrderCreated", None, detail, now);
+    let events = std::mem::take(&mut state.recorded);
+    (state, events)
+}
+
 /// Something that happened to an order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
@@ -276,6 +402,17 @@ pub enum Input {
         view: Box<FulfillmentStatusView>,
         progress: Option<Box<FulfillmentProgressView>>,
     },
+    /// An activity failed in a way that may pass (a timeout, a 503): it
+    /// is tried again as `policy` says, until its attempts run out.
+    ActivityFailed {
+        activity: Timer,
+        error: String,
+        policy: RetryPolicy,
+    },
+    /// A poll found no such fulfillment: its start was lost.
+    FulfillmentNotFound,
+    /// `FULFILLMENT_DEADLINE_MS` has passed since the hand-over.
+    DeadlinePassed,
     /// Cancel the order (HTTP).
     Cancel { reason: Option<String> },
     /// Change contact details or the address before fulfillment starts.
@@ -291,8 +428,9 @@ pub struct DetailsUpdate {
     pub shipping_address: Option<Address>,
 }
 
-/// Timers the actor arms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Timers the actor arms: the activities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Timer {
     /// The simulated inventory check (`INVENTORY_DELAY_MS`).
     Inventory,
@@ -323,13 +461,39 @@ pub enum Rejection {
     Invalid(String),
 }
 
+impl Timer {
+    pub fn activity_name(self) -> &'static str {
+        match self {
+            Self::Inventory => "inventory",
+            Self::Payment => "payment",
+        }
+    }
+
+    /// The status the order waits in while this activity runs.
+    fn status(self) -> OrderStatus {
+        match self {
+            Self::Inventory => OrderStatus::Pending,
+            Self::Payment => OrderStatus::PaymentProcessing,
+        }
+    }
+
+    fn step(self) -> &'static str {
+        match self {
+            Self::Inventory => STEP_RESERVE,
+            Self::Payment => STEP_PAYMENT,
+        }
+    }
+}
+
 /// The result of one input: the new state (equal to the old one when the
-/// input changed nothing) and what to do next.
+/// input changed nothing), what to do next, and the history entries to
+/// store with the state.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
     pub state: OrderState,
     pub effects: Vec<Effect>,
     pub changed: bool,
+    pub events: Vec<HistoryEvent>,
 }
 
 /// The route of every signal to fulfillment.
@@ -346,11 +510,44 @@ pub fn resume(state: &OrderState) -> Vec<Effect> {
         OrderStatus::InventoryReserved | OrderStatus::PaymentConfirmed | OrderStatus::Confirmed => {
             vec![Effect::Advance]
         }
-        OrderStatus::FulfillmentStarted | OrderStatus::FulfillmentInProgress => {
+        OrderStatus::FulfillmentStarted
+        | OrderStatus::FulfillmentInProgress
+        | OrderStatus::Cancelling => {
             vec![Effect::StartPolling]
         }
         OrderStatus::Shipped | OrderStatus::Cancelled | OrderStatus::Failed => Vec::new(),
     }
+}
+
+/// The signal-with-start of the order's fulfillment; the same message id
+/// every time it is sent, so a re-send is recognised as the same.
+fn start_signal(state: &OrderState) -> (String, Envelope) {
+    let fulfillment_id = fulfillment_workflow_id(&state.order_id);
+    let request = FulfillmentRequest {
+        order_id: state.order_id.clone(),
+        customer_id: state.details.customer_id.clone(),
+        customer_name: Some(state.details.customer_name.clone()),
+        customer_email: Some(state.details.customer_email.clone()),
+        items: state.details.items.clone(),
+        shipping_address: state.details.shipping_address.clone(),
+    };
+    let envelope = Envelope::with_id(
+        effect_message_id(&state.workflow_id, "start-fulfillment"),
+        fulfillment_id.clone(),
+        Message::StartFulfillment(StartFulfillment { request }),
+    );
+    (fulfillment_id, envelope)
+}
+
+/// The request to cancel the order's fulfillment (one message id per order).
+fn cancel_signal(fulfillment_id: &str, state: &OrderState, reason: &str) -> Envelope {
+    Envelope::with_id(
+        effect_message_id(&state.workflow_id, "cancel-fulfillment"),
+        fulfillment_id.to_owned(),
+        Message::CancelFulfillment(CancelFulfillment {
+            reason: reason.to_owned(),
+        }),
+    )
 }
 
 /// Applies one input.
@@ -360,14 +557,22 @@ pub fn handle(
     now: DateTime<Utc>,
 ) -> Result<Transition, Rejection> {
     let mut next = state.clone();
+    next.recorded.clear();
     let mut effects = Vec::new();
     match input {
         Input::InventoryChecked(result) => {
             if state.status != OrderStatus::Pending {
                 return Ok(unchanged(state));
             }
+            next.retry = None;
             match result {
                 Ok(reservations) => {
+                    next.emit(
+                        "StockReserved",
+                        None,
+                        serde_json::json!({ "reservationIds": reservations }),
+                        now,
+                    );
                     next.reservation_ids = reservations;
                     next.reservation_held = true;
                     next.status = OrderStatus::InventoryReserved;
@@ -375,6 +580,12 @@ pub fn handle(
                     effects.push(Effect::Advance);
                 }
                 Err(reason) => {
+                    next.emit(
+                        "StockUnavailable",
+                        None,
+                        serde_json::json!({ "reason": reason }),
+                        now,
+                    );
                     next.record(STEP_RESERVE, StepStatus::Failed, Some(reason.clone()), now);
                     fail(&mut next, reason, now);
                 }
@@ -384,8 +595,18 @@ pub fn handle(
             if state.status != OrderStatus::PaymentProcessing {
                 return Ok(unchanged(state));
             }
+            next.retry = None;
             match result {
                 Ok(payment_id) => {
+                    next.emit(
+                        "PaymentCharged",
+                        None,
+                        serde_json::json!({
+                            "paymentId": payment_id,
+                            "amount": state.details.total_amount(),
+                        }),
+                        now,
+                    );
                     next.payment_id = Some(payment_id);
                     next.payment_captured = true;
                     next.status = OrderStatus::PaymentConfirmed;
@@ -393,9 +614,67 @@ pub fn handle(
                     effects.push(Effect::Advance);
                 }
                 Err(reason) => {
+                    next.emit(
+                        "PaymentDeclined",
+                        None,
+                        serde_json::json!({ "reason": reason }),
+                        now,
+                    );
                     next.record(STEP_PAYMENT, StepStatus::Failed, Some(reason.clone()), now);
                     fail(&mut next, reason, now);
                 }
+            }
+        }
+        Input::ActivityFailed {
+            activity,
+            error,
+            policy,
+        } => {
+            if state.status != activity.status() {
+                return Ok(unchanged(state));
+            }
+            let failed = state
+                .retry
+                .as_ref()
+                .filter(|r| r.activity == activity)
+                .map_or(0, |r| r.attempt)
+                + 1;
+            let retry = policy.allows_retry_after(failed);
+            let due_at = now
+                + chrono::Duration::from_std(policy.delay_after(failed))
+                    .unwrap_or_else(|_| chrono::Duration::seconds(30));
+            next.emit(
+                "ActivityAttemptFailed",
+                None,
+                serde_json::json!({
+                    "activity": activity.activity_name(),
+                    "attempt": failed,
+                    "error": error,
+                    "retry": retry,
+                    "nextAttemptAt": retry.then_some(due_at),
+                }),
+                now,
+            );
+            if retry {
+                next.retry = Some(PendingRetry {
+                    activity,
+                    attempt: failed,
+                    due_at,
+                });
+                effects.push(Effect::Schedule(activity));
+            } else {
+                next.retry = None;
+                let reason = format!(
+                    "{} failed after {failed} attempts: {error}",
+                    activity.activity_name()
+                );
+                next.record(
+                    activity.step(),
+                    StepStatus::Failed,
+                    Some(reason.clone()),
+                    now,
+                );
+                fail(&mut next, reason, now);
             }
         }
         Input::Advance => match state.status {
@@ -409,19 +688,12 @@ pub fn handle(
                 effects.push(Effect::Advance);
             }
             OrderStatus::Confirmed => {
-                let fulfillment_id = fulfillment_workflow_id(&state.order_id);
-                let request = FulfillmentRequest {
-                    order_id: state.order_id.clone(),
-                    customer_id: state.details.customer_id.clone(),
-                    customer_name: Some(state.details.customer_name.clone()),
-                    customer_email: Some(state.details.customer_email.clone()),
-                    items: state.details.items.clone(),
-                    shipping_address: state.details.shipping_address.clone(),
-                };
-                let envelope = Envelope::with_id(
-                    effect_message_id(&state.workflow_id, "start-fulfillment"),
-                    fulfillment_id.clone(),
-                    Message::StartFulfillment(StartFulfillment { request }),
+                let (fulfillment_id, envelope) = start_signal(state);
+                next.emit(
+                    "FulfillmentRequested",
+                    Some(envelope.message_id),
+                    serde_json::json!({ "fulfillmentWorkflowId": fulfillment_id }),
+                    now,
                 );
                 next.fulfillment_workflow_id = Some(fulfillment_id);
                 next.status = OrderStatus::FulfillmentStarted;
@@ -434,6 +706,54 @@ pub fn handle(
             }
             _ => return Ok(unchanged(state)),
         },
+        Input::FulfillmentNotFound => {
+            if !state.status.is_waiting_on_fulfillment() {
+                return Ok(unchanged(state));
+            }
+            let (fulfillment_id, envelope) = start_signal(state);
+            next.emit(
+                "FulfillmentRequested",
+                Some(envelope.message_id),
+                serde_json::json!({
+                    "fulfillmentWorkflowId": fulfillment_id,
+                    "resent": true,
+                    "why": "the fulfillment was not found",
+                }),
+                now,
+            );
+            effects.push(Effect::Signal(
+                fulfillment_signal_route(),
+                Box::new(envelope),
+            ));
+            if state.status == OrderStatus::Cancelling {
+                // The cancel may have been refused for want of a fulfillment:
+                // ask again, after the start.
+                let reason = state
+                    .cancellation_reason
+                    .clone()
+                    .unwrap_or_else(|| "Cancelled on request".into());
+                let envelope = cancel_signal(&fulfillment_id, state, &reason);
+                effects.push(Effect::Signal(
+                    fulfillment_signal_route(),
+                    Box::new(envelope),
+                ));
+            }
+        }
+        Input::DeadlinePassed => {
+            if !state.status.is_waiting_on_fulfillment() || state.overdue {
+                return Ok(unchanged(state));
+            }
+            next.overdue = true;
+            next.emit(
+                "FulfillmentOverdue",
+                None,
+                serde_json::json!({
+                    "fulfillmentWorkflowId": state.fulfillment_workflow_id,
+                    "fulfillmentStatus": state.fulfillment_status,
+                }),
+                now,
+            );
+        }
         Input::Fulfillment {
             message_id,
             view,
@@ -452,8 +772,8 @@ pub fn handle(
             }
             if state.status == OrderStatus::Cancelled {
                 // The order is over, but its fulfillment may still be
-                // winding down (the cancel signal on its way): keep the
-                // order's view of it current, nothing else.
+                // winding down: keep the order's view of it current,
+                // nothing else.
                 if is_stale(state, &view) {
                     return Ok(unchanged(state));
                 }
@@ -465,15 +785,7 @@ pub fn handle(
                 if let Some(progress) = progress {
                     next.fulfillment_progress = Some(*progress);
                 }
-                let changed = next != *state;
-                if changed {
-                    next.updated_at = now;
-                }
-                return Ok(Transition {
-                    state: next,
-                    effects,
-                    changed,
-                });
+                return Ok(finish(state, next, effects, now));
             }
             if !state.status.is_waiting_on_fulfillment() {
                 // Shipped and failed orders take nothing more.
@@ -483,11 +795,18 @@ pub fn handle(
                 next.remember(id);
             }
             if is_stale(state, &view) {
-                return Ok(Transition {
-                    changed: next != *state,
-                    state: next,
-                    effects,
-                });
+                return Ok(finish(state, next, effects, now));
+            }
+            if state.fulfillment_status != Some(view.status) {
+                next.emit(
+                    "FulfillmentStatusReported",
+                    message_id,
+                    serde_json::json!({
+                        "fulfillmentStatus": view.status,
+                        "via": if message_id.is_some() { "event" } else { "poll" },
+                    }),
+                    now,
+                );
             }
             next.fulfillment_status = Some(view.status);
             next.fulfillment_updated_at = Some(view.updated_at);
@@ -497,6 +816,7 @@ pub fn handle(
             if view.tracking_number.is_some() {
                 next.tracking_number = view.tracking_number.clone();
             }
+            let cancelling = state.status == OrderStatus::Cancelling;
             match view.status {
                 FulfillmentStatus::Waiting => {}
                 FulfillmentStatus::Picking
@@ -512,14 +832,47 @@ pub fn handle(
                     if next.step_done(STEP_FULFILLMENT).is_none() {
                         next.record(STEP_FULFILLMENT, StepStatus::Completed, None, now);
                     }
+                    if cancelling {
+                        // The goods left: the cancel lost, nothing is undone.
+                        let refusal = format!(
+                            "the cancel was refused: fulfillment {} has already shipped{}",
+                            view.fulfillment_workflow_id,
+                            view.tracking_number
+                                .as_deref()
+                                .map(|t| format!(" (tracking number {t})"))
+                                .unwrap_or_default()
+                        );
+                        next.emit(
+                            "CancelRefused",
+                            message_id,
+                            serde_json::json!({
+                                "reason": refusal,
+                                "requestedReason": state.cancellation_reason,
+                            }),
+                            now,
+                        );
+                        next.cancel_refused = Some(refusal);
+                        next.cancellation_reason = None;
+                    }
                     next.status = OrderStatus::Shipped;
                     next.record(STEP_SHIP, StepStatus::Completed, None, now);
                 }
                 FulfillmentStatus::Cancelled => {
-                    let reason = view
-                        .cancellation_reason
-                        .clone()
-                        .unwrap_or_else(|| "fulfillment was cancelled".into());
+                    // Our own request confirmed (keep its reason), or a
+                    // cancel made on the fulfillment's side (take its).
+                    let reason = if cancelling {
+                        state.cancellation_reason.clone()
+                    } else {
+                        None
+                    }
+                    .or_else(|| view.cancellation_reason.clone())
+                    .unwrap_or_else(|| "fulfillment was cancelled".into());
+                    next.emit(
+                        "FulfillmentCancelled",
+                        message_id,
+                        serde_json::json!({ "reason": view.cancellation_reason }),
+                        now,
+                    );
                     compensate(&mut next, now);
                     next.status = OrderStatus::Cancelled;
                     next.cancellation_reason = Some(reason);
@@ -543,29 +896,52 @@ pub fn handle(
             if state.status.is_final() {
                 return Err(Rejection::AlreadyFinal(state.status));
             }
+            if state.status == OrderStatus::Cancelling {
+                // Asked already; the fulfillment's answer decides.
+                return Ok(unchanged(state));
+            }
             let reason = reason
                 .map(|r| r.trim().to_owned())
                 .filter(|r| !r.is_empty())
                 .unwrap_or_else(|| "Cancelled on request".into());
-            if state.status.is_waiting_on_fulfillment() {
-                if let Some(fulfillment_id) = &state.fulfillment_workflow_id {
-                    let envelope = Envelope::with_id(
-                        effect_message_id(&state.workflow_id, "cancel-fulfillment"),
-                        fulfillment_id.clone(),
-                        Message::CancelFulfillment(CancelFulfillment {
-                            reason: reason.clone(),
+            match (
+                state.status.is_waiting_on_fulfillment(),
+                &state.fulfillment_workflow_id,
+            ) {
+                (true, Some(fulfillment_id)) => {
+                    // The fulfillment owns the goods: ask, and undo nothing
+                    // until it confirms.
+                    let envelope = cancel_signal(fulfillment_id, state, &reason);
+                    next.emit(
+                        "CancelRequested",
+                        Some(envelope.message_id),
+                        serde_json::json!({
+                            "reason": reason,
+                            "fulfillmentWorkflowId": fulfillment_id,
                         }),
+                        now,
                     );
                     effects.push(Effect::Signal(
                         fulfillment_signal_route(),
                         Box::new(envelope),
                     ));
                     next.record(STEP_CANCEL_FULFILLMENT, StepStatus::Completed, None, now);
+                    next.status = OrderStatus::Cancelling;
+                    next.cancellation_reason = Some(reason);
+                }
+                _ => {
+                    next.emit(
+                        "CancelRequested",
+                        None,
+                        serde_json::json!({ "reason": reason }),
+                        now,
+                    );
+                    next.retry = None;
+                    compensate(&mut next, now);
+                    next.status = OrderStatus::Cancelled;
+                    next.cancellation_reason = Some(reason);
                 }
             }
-            compensate(&mut next, now);
-            next.status = OrderStatus::Cancelled;
-            next.cancellation_reason = Some(reason);
         }
         Input::UpdateDetails(update) => {
             if state.status.is_final()
@@ -574,38 +950,75 @@ pub fn handle(
             {
                 return Err(Rejection::FulfillmentStarted(state.status));
             }
+            let mut changed_fields = Vec::new();
             if let Some(email) = update.customer_email {
                 crate::validation::email(&email).map_err(Rejection::Invalid)?;
                 next.details.customer_email = email;
+                changed_fields.push("customerEmail");
             }
             if let Some(name) = update.customer_name {
                 if name.trim().is_empty() {
                     return Err(Rejection::Invalid("customerName must not be empty".into()));
                 }
                 next.details.customer_name = name;
+                changed_fields.push("customerName");
             }
             if let Some(address) = update.shipping_address {
                 address.validate().map_err(Rejection::Invalid)?;
                 next.details.shipping_address = address;
+                changed_fields.push("shippingAddress");
+            }
+            if next.details != state.details {
+                next.emit(
+                    "DetailsUpdated",
+                    None,
+                    serde_json::json!({ "fields": changed_fields }),
+                    now,
+                );
             }
         }
     }
+    Ok(finish(state, next, effects, now))
+}
+
+/// Closes a transition: a change of status gets its `StatusChanged`
+/// entry, the entries move out of the state, and `updated_at` moves when
+/// anything changed.
+fn finish(
+    state: &OrderState,
+    mut next: OrderState,
+    effects: Vec<Effect>,
+    now: DateTime<Utc>,
+) -> Transition {
+    if next.status != state.status {
+        next.emit(
+            "StatusChanged",
+            None,
+            serde_json::json!({ "from": state.status, "to": next.status }),
+            now,
+        );
+    }
+    let events = std::mem::take(&mut next.recorded);
     let changed = next != *state;
     if changed {
         next.updated_at = now;
     }
-    Ok(Transition {
+    Transition {
         state: next,
         effects,
         changed,
-    })
+        events,
+    }
 }
 
 fn unchanged(state: &OrderState) -> Transition {
+    let mut state = state.clone();
+    state.recorded.clear();
     Transition {
-        state: state.clone(),
+        state,
         effects: Vec::new(),
         changed: false,
+        events: Vec::new(),
     }
 }
 
@@ -641,16 +1054,24 @@ fn is_stale(state: &OrderState, view: &FulfillmentStatusView) -> bool {
 }
 
 /// Undoes what was done: releases the reservation, refunds the payment.
+/// Each happens at most once (the flags are cleared with it).
 fn compensate(state: &mut OrderState, now: DateTime<Utc>) {
     if state.payment_captured {
         state.payment_captured = false;
         let detail = state.payment_id.as_ref().map(|p| format!("refunded {p}"));
         state.record(STEP_REFUND, StepStatus::Completed, detail, now);
+        let detail = serde_json::json!({
+            "paymentId": state.payment_id,
+            "amount": state.details.total_amount(),
+        });
+        state.emit("PaymentRefunded", None, detail, now);
     }
     if state.reservation_held {
         state.reservation_held = false;
         let detail = Some(format!("released {}", state.reservation_ids.join(", ")));
         state.record(STEP_RELEASE, StepStatus::Completed, detail, now);
+        let detail = serde_json::json!({ "reservationIds": state.reservation_ids });
+        state.emit("StockReleased", None, detail, now);
     }
 }
 
@@ -921,16 +1342,29 @@ mod tests {
         assert!(!late.changed);
     }
 
-    #[test]
-    fn cancel_during_fulfillment_signals_cancel_with_a_deterministic_id() {
-        let s = started();
-        let t = step(
-            &s,
+    fn kinds(t: &Transition) -> Vec<&str> {
+        t.events.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    fn cancel(state: &OrderState, reason: &str) -> Transition {
+        step(
+            state,
             Input::Cancel {
-                reason: Some("Customer requested cancellation".into()),
+                reason: Some(reason.into()),
             },
+        )
+    }
+
+    #[test]
+    fn cancel_during_fulfillment_asks_and_undoes_nothing_yet() {
+        let s = started();
+        let t = cancel(&s, "Customer requested cancellation");
+        assert_eq!(t.state.status, OrderStatus::Cancelling);
+        assert!(
+            t.state.payment_captured,
+            "no refund before the fulfillment confirms"
         );
-        assert_eq!(t.state.status, OrderStatus::Cancelled);
+        assert!(t.state.reservation_held);
         let Some(Effect::Signal(route, env)) = t.effects.first() else {
             panic!("expected a signal, got {:?}", t.effects);
         };
@@ -942,7 +1376,147 @@ mod tests {
         assert!(
             matches!(&env.message, Message::CancelFulfillment(c) if c.reason == "Customer requested cancellation")
         );
-        assert!(t.state.step_done(STEP_CANCEL_FULFILLMENT).is_some());
+        assert_eq!(kinds(&t), vec!["CancelRequested", "StatusChanged"]);
+        assert_eq!(t.events[0].message_id, Some(env.message_id));
+        assert_eq!(resume(&t.state), vec![Effect::StartPolling]);
+        // asked again: nothing new
+        let again = cancel(&t.state, "twice");
+        assert!(!again.changed);
+        assert!(again.events.is_empty());
+        // details cannot change while cancelling
+        assert!(handle(
+            &t.state,
+            Input::UpdateDetails(DetailsUpdate {
+                customer_name: Some("B".into()),
+                ..Default::default()
+            }),
+            t0()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn each_status_answers_cancel_as_the_goods_allow() {
+        // before the hand-over: compensated at once
+        let pending = new_order();
+        let t = cancel(&pending, "r");
+        assert_eq!(t.state.status, OrderStatus::Cancelled);
+        assert!(t.effects.is_empty());
+        assert_eq!(kinds(&t), vec!["CancelRequested", "StatusChanged"]);
+        let reserved = step(&pending, Input::InventoryChecked(Ok(vec!["R".into()]))).state;
+        let processing = step(&reserved, Input::Advance).state;
+        let confirmed_payment =
+            step(&processing, Input::PaymentProcessed(Ok("PAY-ORD-1".into()))).state;
+        let confirmed = step(&confirmed_payment, Input::Advance).state;
+        assert_eq!(confirmed.status, OrderStatus::Confirmed);
+        for (s, refunds) in [
+            (&reserved, false),
+            (&processing, false),
+            (&confirmed_payment, true),
+            (&confirmed, true),
+        ] {
+            let t = cancel(s, "r");
+            assert_eq!(t.state.status, OrderStatus::Cancelled, "{}", s.status);
+            assert!(!t.state.reservation_held && !t.state.payment_captured);
+            assert_eq!(
+                kinds(&t).contains(&"PaymentRefunded"),
+                refunds,
+                "{}",
+                s.status
+            );
+            assert!(kinds(&t).contains(&"StockReleased"));
+            assert!(t.effects.is_empty(), "nothing to ask: no fulfillment yet");
+        }
+        // after it: a request
+        let started = started();
+        let in_progress = step(&started, event(FulfillmentStatus::Picking, 10).1).state;
+        for s in [&started, &in_progress] {
+            let t = cancel(s, "r");
+            assert_eq!(t.state.status, OrderStatus::Cancelling, "{}", s.status);
+            assert!(t.state.payment_captured);
+        }
+        // final: refused
+        let shipped = step(&started, event(FulfillmentStatus::Shipped, 9).1).state;
+        let cancelled = cancel(&pending, "r").state;
+        let failed = step(&pending, Input::InventoryChecked(Err("x".into()))).state;
+        for s in [&shipped, &cancelled, &failed] {
+            assert_eq!(
+                handle(s, Input::Cancel { reason: None }, t0()),
+                Err(Rejection::AlreadyFinal(s.status))
+            );
+        }
+    }
+
+    #[test]
+    fn a_confirmed_cancel_compensates_once_with_the_requested_reason() {
+        let s = started();
+        let s = step(&s, event(FulfillmentStatus::Picking, 10).1).state;
+        let cancelling = cancel(&s, "changed my mind").state;
+        let (id, confirmed) = event(FulfillmentStatus::Cancelled, 20);
+        let t = step(&cancelling, confirmed.clone());
+        assert_eq!(t.state.status, OrderStatus::Cancelled);
+        assert_eq!(
+            t.state.cancellation_reason.as_deref(),
+            Some("changed my mind")
+        );
+        assert!(!t.state.payment_captured && !t.state.reservation_held);
+        let k = kinds(&t);
+        assert_eq!(k.iter().filter(|k| **k == "PaymentRefunded").count(), 1);
+        assert_eq!(k.iter().filter(|k| **k == "StockReleased").count(), 1);
+        assert_eq!(k.last(), Some(&"StatusChanged"));
+        assert!(t.effects.is_empty());
+        // the same event again, or a poll saying the same: nothing
+        let again = step(&t.state, confirmed);
+        assert!(!again.changed && again.events.is_empty());
+        assert!(t.state.processed_messages.contains(&id));
+        let polled = step(
+            &t.state,
+            Input::Fulfillment {
+                message_id: None,
+                view: view(FulfillmentStatus::Cancelled, 20),
+                progress: None,
+            },
+        );
+        assert!(!polled.changed && polled.events.is_empty());
+        // an older report after it: nothing
+        let late = step(&t.state, event(FulfillmentStatus::Picking, 15).1);
+        assert!(!late.changed);
+    }
+
+    #[test]
+    fn shipped_while_cancelling_ends_shipped_and_refunds_nothing() {
+        let s = started();
+        let cancelling = cancel(&s, "too late").state;
+        let t = step(&cancelling, event(FulfillmentStatus::Shipped, 30).1);
+        assert_eq!(t.state.status, OrderStatus::Shipped);
+        assert!(t.state.payment_captured, "nothing refunded");
+        assert!(t.state.reservation_held);
+        assert_eq!(t.state.cancellation_reason, None);
+        assert!(t
+            .state
+            .cancel_refused
+            .as_deref()
+            .is_some_and(|r| r.contains("shipped")));
+        let k = kinds(&t);
+        assert!(k.contains(&"CancelRefused"));
+        assert!(!k.contains(&"PaymentRefunded"));
+        assert_eq!(t.state.tracking_number.as_deref(), Some("TRK123"));
+        // a cancelled report arriving after (out of order) changes nothing
+        let late = step(&t.state, event(FulfillmentStatus::Cancelled, 40).1);
+        assert!(!late.changed);
+        // progress reports while cancelling keep it cancelling
+        let t = step(&cancelling, event(FulfillmentStatus::Packing, 20).1);
+        assert_eq!(t.state.status, OrderStatus::Cancelling);
+        assert!(t.state.payment_captured);
+        assert_eq!(t.state.fulfillment_status, Some(FulfillmentStatus::Packing));
+    }
+
+    #[test]
+    fn a_failed_fulfillment_while_cancelling_fails_and_compensates() {
+        let cancelling = cancel(&started(), "r").state;
+        let t = step(&cancelling, event(FulfillmentStatus::Failed, 9).1);
+        assert_eq!(t.state.status, OrderStatus::Failed);
+        assert!(!t.state.payment_captured);
     }
 
     #[test]
@@ -950,28 +1524,178 @@ mod tests {
         let s = started();
         let s = step(&s, event(FulfillmentStatus::Picking, 10).1).state;
         let cancelled = step(
-            &s,
-            Input::Cancel {
-                reason: Some("changed my mind".into()),
-            },
+            &cancel(&s, "changed my mind").state,
+            event(FulfillmentStatus::Cancelled, 20).1,
         )
         .state;
         let steps = cancelled.history.len();
-        let t = step(&cancelled, event(FulfillmentStatus::Cancelled, 20).1);
+        let t = step(&cancelled, event(FulfillmentStatus::Cancelled, 25).1);
         assert_eq!(t.state.status, OrderStatus::Cancelled);
-        assert_eq!(
-            t.state.fulfillment_status,
-            Some(FulfillmentStatus::Cancelled)
-        );
-        assert_eq!(
-            t.state.cancellation_reason.as_deref(),
-            Some("changed my mind")
-        );
         assert_eq!(t.state.history.len(), steps, "no second compensation");
         assert!(t.effects.is_empty());
-        // older reports change nothing
-        let late = step(&t.state, event(FulfillmentStatus::Picking, 15).1);
-        assert!(!late.changed);
+        assert!(t.events.is_empty());
+    }
+
+    #[test]
+    fn not_found_resends_the_start_with_the_same_id() {
+        let s = started();
+        let t = step(&s, Input::FulfillmentNotFound);
+        let ids: Vec<Uuid> = t
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Signal(_, env) => Some(env.message_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            ids,
+            vec![effect_message_id(
+                "order-workflow-ORD-1",
+                "start-fulfillment"
+            )]
+        );
+        assert_eq!(kinds(&t), vec!["FulfillmentRequested"]);
+        assert_eq!(t.state.status, OrderStatus::FulfillmentStarted);
+        // while cancelling, the cancel follows the start
+        let c = cancel(&s, "r").state;
+        let t = step(&c, Input::FulfillmentNotFound);
+        let types: Vec<&str> = t
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Signal(_, env) => Some(env.message_type()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(types, vec!["StartFulfillment", "CancelFulfillment"]);
+        // before the hand-over or once final: nothing
+        assert!(!step(&new_order(), Input::FulfillmentNotFound).changed);
+        let shipped = step(&s, event(FulfillmentStatus::Shipped, 9).1).state;
+        assert!(!step(&shipped, Input::FulfillmentNotFound).changed);
+    }
+
+    #[test]
+    fn the_deadline_marks_an_order_overdue_once() {
+        let s = started();
+        let t = step(&s, Input::DeadlinePassed);
+        assert!(t.state.overdue);
+        assert_eq!(t.state.status, OrderStatus::FulfillmentStarted);
+        assert_eq!(kinds(&t), vec!["FulfillmentOverdue"]);
+        assert!(!step(&t.state, Input::DeadlinePassed).changed);
+        assert!(!step(&new_order(), Input::DeadlinePassed).changed);
+    }
+
+    fn policy(max: u32) -> RetryPolicy {
+        RetryPolicy {
+            initial_interval: std::time::Duration::from_millis(100),
+            backoff_coefficient: 2.0,
+            maximum_interval: std::time::Duration::from_millis(300),
+            maximum_attempts: max,
+        }
+    }
+
+    #[test]
+    fn a_policy_backs_off_to_its_cap() {
+        let p = policy(3);
+        let ms = |n| p.delay_after(n).as_millis();
+        assert_eq!((ms(1), ms(2), ms(3), ms(9)), (100, 200, 300, 300));
+        assert!(p.allows_retry_after(2));
+        assert!(!p.allows_retry_after(3));
+        assert!(policy(0).allows_retry_after(1_000_000));
+    }
+
+    #[test]
+    fn transient_failures_retry_then_succeed_or_give_up() {
+        let s = new_order();
+        let failed = |s: &OrderState| {
+            step(
+                s,
+                Input::ActivityFailed {
+                    activity: Timer::Inventory,
+                    error: "503".into(),
+                    policy: policy(3),
+                },
+            )
+        };
+        let t = failed(&s);
+        assert_eq!(t.state.status, OrderStatus::Pending);
+        assert_eq!(t.effects, vec![Effect::Schedule(Timer::Inventory)]);
+        let retry = t.state.retry.clone().expect("a pending retry");
+        assert_eq!(retry.attempt, 1);
+        assert_eq!(
+            retry.due_at,
+            t0() + Duration::seconds(1) + Duration::milliseconds(100)
+        );
+        assert_eq!(kinds(&t), vec!["ActivityAttemptFailed"]);
+        assert_eq!(t.events[0].detail["attempt"], 1);
+        // the pending retry is stored: a restart re-arms it
+        assert_eq!(resume(&t.state), vec![Effect::Schedule(Timer::Inventory)]);
+        let t2 = failed(&t.state);
+        assert_eq!(t2.state.retry.as_ref().map(|r| r.attempt), Some(2));
+        // success clears it
+        let ok = step(&t2.state, Input::InventoryChecked(Ok(vec!["R".into()])));
+        assert_eq!(ok.state.retry, None);
+        assert_eq!(ok.state.status, OrderStatus::InventoryReserved);
+        // the third failure is the last
+        let t3 = failed(&t2.state);
+        assert_eq!(t3.state.status, OrderStatus::Failed);
+        assert!(t3
+            .state
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("after 3 attempts")));
+        // a failure of another activity than the running one: nothing
+        let other = step(
+            &s,
+            Input::ActivityFailed {
+                activity: Timer::Payment,
+                error: "x".into(),
+                policy: policy(3),
+            },
+        );
+        assert!(!other.changed);
+    }
+
+    #[test]
+    fn a_decline_is_final_even_with_retries_left() {
+        let s = step(&new_order(), Input::InventoryChecked(Ok(vec!["R".into()]))).state;
+        let s = step(&s, Input::Advance).state;
+        let s = step(
+            &s,
+            Input::ActivityFailed {
+                activity: Timer::Payment,
+                error: "timeout".into(),
+                policy: policy(5),
+            },
+        )
+        .state;
+        let t = step(&s, Input::PaymentProcessed(Err("card declined".into())));
+        assert_eq!(t.state.status, OrderStatus::Failed);
+        assert_eq!(t.state.retry, None);
+        assert_eq!(
+            kinds(&t),
+            vec!["PaymentDeclined", "StockReleased", "StatusChanged"]
+        );
+    }
+
+    #[test]
+    fn history_is_numbered_and_only_what_changed_adds_to_it() {
+        let (s, created) = create("ORD-1", details(), t0());
+        assert_eq!(created.len(), 1);
+        assert_eq!(created[0].kind, "OrderCreated");
+        assert_eq!((created[0].seq, s.history_seq), (1, 1));
+        let t = step(&s, Input::InventoryChecked(Ok(vec!["R".into()])));
+        let seqs: Vec<u64> = t.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![2, 3]);
+        assert_eq!(kinds(&t), vec!["StockReserved", "StatusChanged"]);
+        // the same input again changes nothing and adds nothing
+        let again = step(&t.state, Input::InventoryChecked(Ok(vec!["R".into()])));
+        assert!(!again.changed && again.events.is_empty());
+        // the entries never travel inside the stored state
+        let json = serde_json::to_value(&t.state).expect("json");
+        assert_eq!(json["historySeq"], 3);
+        assert!(json.get("recorded").is_none());
     }
 
     #[test]

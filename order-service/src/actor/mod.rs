@@ -10,7 +10,7 @@
 
 mod registry;
 
-pub use registry::{ApplyError, Orders, Timings};
+pub use registry::{ApplyError, Orders, Quarantined, Timings};
 
 use std::time::{Duration, Instant};
 
@@ -19,11 +19,11 @@ use actix::prelude::*;
 use chrono::Utc;
 use rand::Rng;
 use shared_messages::bus::Route;
-use shared_messages::messages::GetFulfillmentStatus;
+use shared_messages::messages::{GetFulfillmentStatus, ReplyErrorCode};
 use shared_messages::trace;
 use shared_messages::{Envelope, Message as WireMessage};
 
-use crate::metrics::{TransitionLabels, METRICS};
+use crate::metrics::{ActivityLabels, TransitionLabels, METRICS};
 use crate::store::Write;
 use crate::workflow::{self, Effect, Input, OrderState, Timer};
 use crate::{bus, inventory, payment};
@@ -38,6 +38,7 @@ pub struct OrderActor {
     poll_in_flight: bool,
     /// When fulfillment last told this order something (event or poll).
     last_heard: Option<Instant>,
+    deadline: Option<SpawnHandle>,
 }
 
 /// Feed one input to the order; answers the new state or why not.
@@ -53,6 +54,7 @@ impl OrderActor {
             polling: None,
             poll_in_flight: false,
             last_heard: None,
+            deadline: None,
         }
     }
 
@@ -98,6 +100,7 @@ impl OrderActor {
         let write = Write {
             state: transition.state,
             outbox,
+            events: transition.events,
             insert: false,
         };
         let effects = transition.effects;
@@ -134,6 +137,10 @@ impl OrderActor {
             METRICS.actor(from, -1);
             METRICS.actor(to, 1);
             self.orders.status_changed(&state.order_id);
+        }
+        if state.overdue && !self.state.overdue {
+            tracing::warn!(order_id = %state.order_id, "fulfillment overdue");
+            METRICS.overdue.inc();
         }
         self.state = state;
         self.perform(effects, ctx);
@@ -176,24 +183,46 @@ impl OrderActor {
         for effect in effects {
             match effect {
                 Effect::Schedule(Timer::Inventory) => {
-                    Self::after(ctx, self.orders.timings().inventory_delay, |act, ctx| {
-                        let result =
-                            inventory::reserve(&act.state.order_id, &act.state.details.items);
-                        act.apply_internal(Input::InventoryChecked(result), ctx);
+                    let delay = self.activity_delay(Timer::Inventory);
+                    Self::after(ctx, delay, |act, ctx| {
+                        let timings = act.orders.timings();
+                        let input = match transient_failure(
+                            Timer::Inventory,
+                            timings.inventory_transient_failure_rate,
+                            timings.inventory_retry,
+                        ) {
+                            Some(failed) => failed,
+                            None => Input::InventoryChecked(inventory::reserve(
+                                &act.state.order_id,
+                                &act.state.details.items,
+                            )),
+                        };
+                        act.apply_internal(input, ctx);
                     });
                 }
                 Effect::Schedule(Timer::Payment) => {
-                    Self::after(ctx, self.orders.timings().payment_delay, |act, ctx| {
-                        let roll: f64 = rand::rng().random();
-                        let d = &act.state.details;
-                        let result = payment::charge(
-                            &act.state.order_id,
-                            &d.payment_method,
-                            d.total_amount(),
-                            act.orders.timings().payment_decline_rate,
-                            roll,
-                        );
-                        act.apply_internal(Input::PaymentProcessed(result), ctx);
+                    let delay = self.activity_delay(Timer::Payment);
+                    Self::after(ctx, delay, |act, ctx| {
+                        let timings = act.orders.timings();
+                        let input = match transient_failure(
+                            Timer::Payment,
+                            timings.payment_transient_failure_rate,
+                            timings.payment_retry,
+                        ) {
+                            Some(failed) => failed,
+                            None => {
+                                let roll: f64 = rand::rng().random();
+                                let d = &act.state.details;
+                                Input::PaymentProcessed(payment::charge(
+                                    &act.state.order_id,
+                                    &d.payment_method,
+                                    d.total_amount(),
+                                    timings.payment_decline_rate,
+                                    roll,
+                                ))
+                            }
+                        };
+                        act.apply_internal(input, ctx);
                     });
                 }
                 Effect::Advance => {
@@ -204,6 +233,7 @@ impl OrderActor {
                 // Stored in the outbox with the state; the relay sends it.
                 Effect::Signal(..) => {}
                 Effect::StartPolling => {
+                    self.arm_deadline(ctx);
                     if self.polling.is_none() {
                         let every = self.orders.timings().poll_interval;
                         // A random first delay spreads the polls of many
@@ -217,6 +247,42 @@ impl OrderActor {
                 }
             }
         }
+    }
+
+    /// How long until the activity runs: its pending retry's due time
+    /// (kept in the state, so a restart keeps it), else its usual delay.
+    fn activity_delay(&self, activity: Timer) -> Duration {
+        match &self.state.retry {
+            Some(retry) if retry.activity == activity => (retry.due_at - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO),
+            _ => match activity {
+                Timer::Inventory => self.orders.timings().inventory_delay,
+                Timer::Payment => self.orders.timings().payment_delay,
+            },
+        }
+    }
+
+    /// Marks the order overdue when its fulfillment has not finished
+    /// `FULFILLMENT_DEADLINE_MS` after the hand-over (counted from the
+    /// stored hand-over time, so a restart keeps it).
+    fn arm_deadline(&mut self, ctx: &mut Context<Self>) {
+        if self.deadline.is_some() || self.state.overdue {
+            return;
+        }
+        let Some(started) = self
+            .state
+            .step_done(workflow::STEP_START_FULFILLMENT)
+            .map(|s| s.at)
+        else {
+            return;
+        };
+        let deadline = self.orders.timings().fulfillment_deadline;
+        let elapsed = (Utc::now() - started).to_std().unwrap_or(Duration::ZERO);
+        let remaining = deadline.saturating_sub(elapsed);
+        self.deadline = Some(ctx.run_later(remaining, |act, ctx| {
+            act.apply_internal(Input::DeadlinePassed, ctx);
+        }));
     }
 
     /// Reconciliation: asks fulfillment for its status. Events usually get
@@ -263,6 +329,10 @@ impl OrderActor {
                         };
                         act.apply_internal(input, ctx);
                     }
+                    WireMessage::QueryFailed(error) if error.code == ReplyErrorCode::NotFound => {
+                        tracing::warn!(order_id = %act.state.order_id, "poll: no such fulfillment; sending its start again");
+                        act.apply_internal(Input::FulfillmentNotFound, ctx);
+                    }
                     WireMessage::QueryFailed(error) => {
                         tracing::debug!(order_id = %act.state.order_id, ?error, "poll: fulfillment answered with an error");
                     }
@@ -276,6 +346,28 @@ impl OrderActor {
             }
         }));
     }
+}
+
+/// A simulated transient failure of `activity`, at `rate`: the input that
+/// reports it (to be retried as `policy` says), or `None` to run it.
+fn transient_failure(activity: Timer, rate: f64, policy: workflow::RetryPolicy) -> Option<Input> {
+    if rate <= 0.0 || rand::rng().random::<f64>() >= rate {
+        return None;
+    }
+    METRICS
+        .activity_failures
+        .get_or_create(&ActivityLabels {
+            activity: activity.activity_name().into(),
+        })
+        .inc();
+    Some(Input::ActivityFailed {
+        activity,
+        error: format!(
+            "{} service unavailable (simulated transient failure)",
+            activity.activity_name()
+        ),
+        policy,
+    })
 }
 
 impl Actor for OrderActor {

@@ -21,9 +21,9 @@ use shared_messages::bus::group_commit::CommitError;
 
 use crate::store::{Batched, Store, StoreError, Write, Writer};
 use crate::validation;
-use crate::workflow::{self, Input, OrderDetails, OrderState, Rejection};
+use crate::workflow::{self, Input, OrderDetails, OrderState, Rejection, RetryPolicy};
 
-/// Step durations and intervals the actors use.
+/// Step durations, intervals and retry policies the actors use.
 #[derive(Debug, Clone)]
 pub struct Timings {
     pub inventory_delay: Duration,
@@ -31,6 +31,40 @@ pub struct Timings {
     pub poll_interval: Duration,
     pub query_timeout: Duration,
     pub payment_decline_rate: f64,
+    /// How long after the hand-over an unfinished fulfillment makes its
+    /// order overdue.
+    pub fulfillment_deadline: Duration,
+    pub inventory_retry: RetryPolicy,
+    pub payment_retry: RetryPolicy,
+    /// Simulated transient failures of each activity (0 to 1).
+    pub inventory_transient_failure_rate: f64,
+    pub payment_transient_failure_rate: f64,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            inventory_delay: Duration::ZERO,
+            payment_delay: Duration::ZERO,
+            poll_interval: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(5),
+            payment_decline_rate: 0.0,
+            fulfillment_deadline: Duration::from_secs(15 * 60),
+            inventory_retry: RetryPolicy::default(),
+            payment_retry: RetryPolicy::default(),
+            inventory_transient_failure_rate: 0.0,
+            payment_transient_failure_rate: 0.0,
+        }
+    }
+}
+
+/// A stored order recovery could not read, set aside (`GET /quarantine`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Quarantined {
+    pub entity_id: String,
+    pub reason: String,
+    pub quarantined_at: chrono::DateTime<Utc>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +83,7 @@ struct Inner {
     actors: Mutex<HashMap<String, Addr<OrderActor>>>,
     /// Who waits for an order's next change of status (`waitFor`).
     watchers: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
+    quarantine: Mutex<Vec<Quarantined>>,
     finished_writes: Mutex<()>,
     arbiter: ArbiterHandle,
     store: Arc<dyn Store>,
@@ -86,6 +121,7 @@ impl Orders {
             inner: Arc::new(Inner {
                 actors: Mutex::new(HashMap::new()),
                 watchers: Mutex::new(HashMap::new()),
+                quarantine: Mutex::new(Vec::new()),
                 finished_writes: Mutex::new(()),
                 arbiter,
                 store,
@@ -136,11 +172,13 @@ impl Orders {
     ) -> Result<OrderState, StoreError> {
         let state = loop {
             let now = Utc::now();
-            let mut state = OrderState::new(&validation::new_order_id(now), details.clone(), now);
+            let (mut state, events) =
+                workflow::create(&validation::new_order_id(now), details.clone(), now);
             state.traceparent = traceparent.clone();
             let write = Write {
                 state,
                 outbox: Vec::new(),
+                events,
                 insert: true,
             };
             match self.inner.writer.save(write).await {
@@ -165,12 +203,33 @@ impl Orders {
         Ok(state)
     }
 
-    /// Respawns every open order from the store, at its step.
+    /// Respawns every open order from the store, at its step. An order
+    /// that cannot be read is quarantined (logged, counted, listed on
+    /// `GET /quarantine`) and the rest recover.
     pub fn recover(&self) -> Result<usize, StoreError> {
         let open = self.inner.store.unfinished()?;
-        let count = open.len();
+        if !open.unreadable.is_empty() {
+            let now = Utc::now();
+            let mut quarantine = self
+                .inner
+                .quarantine
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            for row in open.unreadable {
+                tracing::error!(order_id = %row.order_id, reason = %row.reason, "stored order cannot be read; quarantined");
+                METRICS.quarantined.inc();
+                if !quarantine.iter().any(|q| q.entity_id == row.order_id) {
+                    quarantine.push(Quarantined {
+                        entity_id: row.order_id,
+                        reason: row.reason,
+                        quarantined_at: now,
+                    });
+                }
+            }
+        }
+        let count = open.orders.len();
         let mut actors = self.actors();
-        for state in open {
+        for state in open.orders {
             if !actors.contains_key(&state.order_id) {
                 let id = state.order_id.clone();
                 actors.insert(id, self.spawn(state));
@@ -179,9 +238,43 @@ impl Orders {
         Ok(count)
     }
 
+    /// Stored orders recovery could not read.
+    pub fn quarantined(&self) -> Vec<Quarantined> {
+        self.inner
+            .quarantine
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Drops the watchers of `order_id` nobody waits on any more (their
+    /// waits ended), and the entry with them when none is left.
+    pub fn unwatch(&self, order_id: &str) {
+        let mut watchers = self
+            .inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(waiting) = watchers.get_mut(order_id) {
+            waiting.retain(|w| !w.is_closed());
+            if waiting.is_empty() {
+                watchers.remove(order_id);
+            }
+        }
+    }
+
+    /// Orders with someone waiting on them (bounded by open requests).
+    pub fn watched(&self) -> usize {
+        self.inner
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Resolves at the order's next stored change of status (or never, if
     /// there is none). Register before reading the status, so a change in
-    /// between is not missed.
+    /// between is not missed; call [`Orders::unwatch`] when the wait ends.
     pub fn watch(&self, order_id: &str) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         let mut watchers = self
@@ -255,7 +348,11 @@ impl Orders {
         if transition.changed {
             // Final orders cause no effects, so there is no outbox to write.
             METRICS
-                .store_write("save", || self.inner.store.save(&transition.state, &[]))
+                .store_write("save", || {
+                    self.inner
+                        .store
+                        .save(&transition.state, &[], &transition.events)
+                })
                 .map_err(ApplyError::Store)?;
         }
         Ok(transition.state)

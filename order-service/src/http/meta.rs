@@ -5,7 +5,7 @@
 use actix_web::{web, HttpResponse};
 use utoipa::OpenApi;
 
-use super::{fulfillment, health, orders, ui, AppState};
+use super::{fulfillment, health, orders, quarantine, ui, AppState};
 use crate::metrics::{StatusLabels, METRICS};
 use crate::workflow::OrderStatus;
 
@@ -61,7 +61,8 @@ pub(crate) async fn openapi() -> HttpResponse {
     ),
     paths(
         orders::create, orders::create_demo, orders::list, orders::status, orders::progress,
-        orders::pause, orders::resume, orders::cancel, orders::update,
+        orders::pause, orders::resume, orders::cancel, orders::update, orders::history,
+        quarantine::list,
         fulfillment::status, fulfillment::progress, fulfillment::shipping_address,
         health::healthz, health::readyz, metrics, openapi, ui::page,
     ),
@@ -92,6 +93,7 @@ pub(crate) fn routes_in_source() -> Vec<(String, String)> {
         include_str!("health.rs"),
         include_str!("meta.rs"),
         include_str!("ui.rs"),
+        include_str!("quarantine.rs"),
     ];
     let mut routes = Vec::new();
     for source in sources {

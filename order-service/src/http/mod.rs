@@ -12,6 +12,7 @@ pub mod health;
 pub mod meta;
 pub mod observe;
 pub mod orders;
+pub mod quarantine;
 pub mod ui;
 pub mod views;
 
@@ -52,6 +53,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .configure(health::configure)
     .configure(meta::configure)
     .configure(ui::configure)
+    .configure(quarantine::configure)
     // fulfillment routes first: `/orders/fulfillment/...` is not an order id
     .configure(fulfillment::configure)
     .configure(orders::configure)
@@ -137,6 +139,7 @@ mod tests {
             poll_interval: Duration::from_secs(60),
             query_timeout: Duration::from_millis(100),
             payment_decline_rate: 0.0,
+            ..Timings::default()
         };
         let orders = Orders::new(
             actix::Arbiter::current(),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use shared_messages::history::History;
 use shared_messages::ids::order_id_from_workflow_id;
 use shared_messages::messages::{
     FulfillmentProgressView, GetFulfillmentProgress, PauseFulfillment, ResumeFulfillment,
@@ -34,6 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/orders/demo", web::post().to(create_demo))
         .route("/orders/{workflow_id}/status", web::get().to(status))
         .route("/orders/{workflow_id}/progress", web::get().to(progress))
+        .route("/orders/{workflow_id}/history", web::get().to(history))
         .route(
             "/orders/{workflow_id}/fulfillment/pause",
             web::post().to(pause),
@@ -221,19 +223,63 @@ pub(crate) async fn status(
         return Ok(HttpResponse::Ok().json(StatusView::from(&order)));
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    loop {
+    let order = wait_until(&state, &path, deadline, |o| o.status == wait_for).await?;
+    Ok(HttpResponse::Ok().json(StatusView::from(&order)))
+}
+
+/// The order once `done(order)` holds, it is final, or `deadline` has
+/// passed. An unknown or finished order registers no watcher, and every
+/// watcher registered is dropped when the wait ends.
+async fn wait_until(
+    state: &AppState,
+    workflow_id: &str,
+    deadline: tokio::time::Instant,
+    done: impl Fn(&OrderState) -> bool,
+) -> Result<OrderState, ApiError> {
+    let order = load(state, workflow_id)?;
+    if done(&order) || order.status.is_final() || tokio::time::Instant::now() >= deadline {
+        return Ok(order);
+    }
+    let id = order_id(workflow_id);
+    let result = loop {
         // Watch before reading, so a change between the two still wakes us.
-        let changed = state.orders.watch(order_id(&path));
-        let order = load(&state, &path)?;
-        if order.status == wait_for
-            || order.status.is_final()
-            || tokio::time::Instant::now() >= deadline
-        {
-            return Ok(HttpResponse::Ok().json(StatusView::from(&order)));
+        let changed = state.orders.watch(id);
+        let order = match load(state, workflow_id) {
+            Ok(order) => order,
+            Err(error) => break Err(error),
+        };
+        if done(&order) || order.status.is_final() || tokio::time::Instant::now() >= deadline {
+            break Ok(order);
         }
         // Woken by a change of status, or the wait is over.
         let _ = tokio::time::timeout_at(deadline, changed).await;
-    }
+    };
+    state.orders.unwatch(id);
+    result
+}
+
+/// Every input, decision and effect of the order, oldest first, each with
+/// its time, type and message id (like Temporal's event history).
+#[utoipa::path(get, path = "/orders/{workflow_id}/history", tag = "orders",
+    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
+    responses(
+        (status = 200, description = "the order's history", body = History),
+        (status = 404, description = "no such order", body = ErrorBody),
+    ))]
+pub(crate) async fn history(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let order = load(&state, &path)?;
+    let events = state
+        .orders
+        .store()
+        .history(&order.order_id)
+        .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(History {
+        workflow_id: order.workflow_id,
+        events,
+    }))
 }
 
 /// The order's steps with their timestamps, and its fulfillment's progress.
@@ -399,16 +445,22 @@ fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
     }
 }
 
-/// Cancel the order, compensating what was done (release the stock,
-/// refund, cancel the fulfillment).
+/// Cancel the order. Before the hand-over to fulfillment it is cancelled
+/// at once (stock released, payment refunded). After it, the fulfillment
+/// decides (it owns the goods): the order is `CANCELLING` until the
+/// fulfillment confirms (then compensated and `CANCELLED`: 200) or answers
+/// that it has shipped (the order ends `SHIPPED`, nothing refunded: 409).
+/// The answer waits up to `QUERY_TIMEOUT_MS` for that outcome; 202 while
+/// it is still pending (follow it on the status or history route).
 #[utoipa::path(delete, path = "/orders/{workflow_id}", tag = "orders",
     params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
     request_body(content = Option<CancelBody>, description = "optional"),
     responses(
         (status = 200, description = "cancelled", body = CancelledView),
+        (status = 202, description = "cancel requested, the fulfillment has not answered yet (`status` is `CANCELLING`)", body = CancelledView),
         (status = 400, description = "the body is not `{reason}`", body = ErrorBody),
         (status = 404, description = "no such order", body = ErrorBody),
-        (status = 409, description = "already shipped, cancelled or failed", body = ErrorBody),
+        (status = 409, description = "already shipped (the cancel was refused), cancelled or failed", body = ErrorBody),
         (status = 503, description = "RabbitMQ unavailable, or the order's actor is restarting", body = ErrorBody),
     ))]
 pub(crate) async fn cancel(
@@ -428,13 +480,36 @@ pub(crate) async fn cancel(
         )
         .await
         .map_err(|e| apply_error(&path, e))?;
-    Ok(HttpResponse::Ok().json(CancelledView {
-        message: "Order cancelled".into(),
+    let order = if order.status == OrderStatus::Cancelling {
+        let deadline = tokio::time::Instant::now() + state.query_timeout;
+        wait_until(&state, &path, deadline, |o| {
+            o.status != OrderStatus::Cancelling
+        })
+        .await?
+    } else {
+        order
+    };
+    let view = |message: &str, order: OrderState| CancelledView {
+        message: message.into(),
         order_id: order.order_id,
         workflow_id: order.workflow_id,
         status: order.status,
         cancellation_reason: order.cancellation_reason,
-    }))
+    };
+    match order.status {
+        OrderStatus::Cancelled => Ok(HttpResponse::Ok().json(view("Order cancelled", order))),
+        OrderStatus::Cancelling => Ok(HttpResponse::Accepted().json(view(
+            "Cancel requested; waiting for the fulfillment to confirm (see the order's status or history)",
+            order,
+        ))),
+        OrderStatus::Shipped => Err(ApiError::Conflict(order.cancel_refused.unwrap_or_else(
+            || "the cancel was refused: the order has already shipped".into(),
+        ))),
+        other => Err(ApiError::Conflict(format!(
+            "the order ended {other} while its cancel was pending: {}",
+            order.error.as_deref().unwrap_or("no reason recorded")
+        ))),
+    }
 }
 
 /// Change the contact details or the address before fulfillment starts.

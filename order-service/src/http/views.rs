@@ -24,6 +24,10 @@ pub struct StatusView {
     pub fulfillment_workflow_id: Option<String>,
     pub fulfillment_status: Option<FulfillmentStatus>,
     pub cancellation_reason: Option<String>,
+    /// Why a cancel was refused (the fulfillment had already shipped).
+    pub cancel_refused: Option<String>,
+    /// The fulfillment has not finished within `FULFILLMENT_DEADLINE_MS`.
+    pub overdue: bool,
     pub error: Option<String>,
     pub customer_id: String,
     pub customer_email: String,
@@ -49,6 +53,8 @@ impl From<&OrderState> for StatusView {
             fulfillment_workflow_id: s.fulfillment_workflow_id.clone(),
             fulfillment_status: s.fulfillment_status,
             cancellation_reason: s.cancellation_reason.clone(),
+            cancel_refused: s.cancel_refused.clone(),
+            overdue: s.overdue,
             error: s.error.clone(),
             customer_id: s.details.customer_id.clone(),
             customer_email: s.details.customer_email.clone(),

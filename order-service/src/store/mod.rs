@@ -18,6 +18,7 @@ use std::sync::Arc;
 use shared_messages::bus::group_commit::{BatchStore, CommitError, GroupCommit};
 use shared_messages::bus::outbox::OutboxStore;
 use shared_messages::bus::Route;
+use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
 use crate::config::StoreLocation;
@@ -75,12 +76,28 @@ impl From<CommitError<StoreError>> for StoreError {
 
 /// One write for the group commit: a new order (`insert`, failing with
 /// `Duplicate` when the id is taken), or a transition of an existing one
-/// with the signals it sends.
+/// with the signals it sends; either with its history entries.
 #[derive(Debug, Clone)]
 pub struct Write {
     pub state: OrderState,
     pub outbox: Vec<(Route, Envelope)>,
+    pub events: Vec<HistoryEvent>,
     pub insert: bool,
+}
+
+/// A stored order that cannot be read (e.g. written by a version with
+/// other fields); recovery sets it aside instead of failing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreadable {
+    pub order_id: String,
+    pub reason: String,
+}
+
+/// The open orders recovery restarts, and those it cannot read.
+#[derive(Debug, Default)]
+pub struct Unfinished {
+    pub orders: Vec<OrderState>,
+    pub unreadable: Vec<Unreadable>,
 }
 
 /// The order store as the group commit sees it.
@@ -111,10 +128,17 @@ pub struct Page {
 }
 
 pub trait Store: OutboxStore {
-    /// Stores a new order; fails with `Duplicate` when the id is taken.
-    fn insert(&self, state: &OrderState) -> Result<(), StoreError>;
-    /// Stores a transition and the signals it causes, atomically.
-    fn save(&self, state: &OrderState, outbox: &[(Route, Envelope)]) -> Result<(), StoreError>;
+    /// Stores a new order and its first history entries; fails with
+    /// `Duplicate` when the id is taken.
+    fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError>;
+    /// Stores a transition, the signals it causes and its history
+    /// entries, atomically.
+    fn save(
+        &self,
+        state: &OrderState,
+        outbox: &[(Route, Envelope)],
+        events: &[HistoryEvent],
+    ) -> Result<(), StoreError>;
     /// Stores every write (inserts and transitions) in one transaction:
     /// all of them or none (the group commit of [`Writer`]).
     fn save_all(&self, writes: &[Write]) -> Result<(), StoreError>;
@@ -125,12 +149,42 @@ pub trait Store: OutboxStore {
         limit: u32,
         offset: u64,
     ) -> Result<Page, StoreError>;
-    /// Every order that is not shipped, cancelled or failed.
-    fn unfinished(&self) -> Result<Vec<OrderState>, StoreError>;
+    /// Every order that is not shipped, cancelled or failed; rows that
+    /// cannot be read are listed apart, never fail the whole.
+    fn unfinished(&self) -> Result<Unfinished, StoreError>;
+    /// The order's history, oldest first (empty for an unknown order).
+    fn history(&self, order_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
     /// How many orders are in each status (statuses with none are left out).
     fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError>;
     /// Signals stored and not yet confirmed by the broker.
     fn outbox_len(&self) -> Result<u64, StoreError>;
     /// Succeeds when the store answers.
     fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// A history row as read back from either store.
+fn history_event(
+    order_id: &str,
+    seq: i64,
+    kind: String,
+    at: &str,
+    message_id: Option<&str>,
+    detail: &str,
+) -> Result<HistoryEvent, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        id: format!("{order_id} (history entry {seq})"),
+        reason,
+    };
+    Ok(HistoryEvent {
+        seq: u64::try_from(seq).map_err(|e| corrupt(e.to_string()))?,
+        kind,
+        at: chrono::DateTime::parse_from_rfc3339(at)
+            .map_err(|e| corrupt(e.to_string()))?
+            .with_timezone(&chrono::Utc),
+        message_id: message_id
+            .map(uuid::Uuid::parse_str)
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?,
+        detail: serde_json::from_str(detail).map_err(|e| corrupt(e.to_string()))?,
+    })
 }

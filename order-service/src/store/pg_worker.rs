@@ -10,6 +10,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use postgres::{Client, NoTls};
 
@@ -25,14 +26,42 @@ pub struct Connection {
     client: Option<Client>,
 }
 
+/// Longest wait for a connection to open: a PostgreSQL that does not
+/// answer fails the call (retried by the caller) instead of hanging it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalives find a peer that vanished (a failed-over host) on an
+/// idle connection within about a minute.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Longest a statement may run; every statement here is a short indexed
+/// read or write, so anything near this is a stuck server.
+const STATEMENT_TIMEOUT_MS: u64 = 15_000;
+
 impl Connection {
     fn client(&mut self) -> Result<&mut Client, postgres::Error> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            self.client = Some(Client::connect(&self.url, NoTls)?);
+            self.client = Some(connect(&self.url)?);
         }
         Ok(self.client.as_mut().expect("connected just above"))
     }
+}
+
+/// Opens a connection with the timeouts above (a URL's own
+/// `connect_timeout` or keepalive settings are replaced).
+fn connect(url: &str) -> Result<Client, postgres::Error> {
+    let mut config: postgres::Config = url.parse()?;
+    config
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3);
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute(&format!(
+        "SET statement_timeout = {STATEMENT_TIMEOUT_MS}; SET idle_in_transaction_session_timeout = {}",
+        STATEMENT_TIMEOUT_MS * 2
+    ))?;
+    Ok(client)
 }
 
 /// Hands jobs to the connection's thread. The thread ends when this is

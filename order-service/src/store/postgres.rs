@@ -12,17 +12,19 @@ use postgres::error::SqlState;
 use postgres::{Client, GenericClient};
 use shared_messages::bus::outbox::{OutboxMessage, OutboxStore};
 use shared_messages::bus::Route;
+use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
 use super::pg_worker::{Worker, WorkerGone};
-use super::{Page, Store, StoreError, Write};
+use super::{Page, Store, StoreError, Unfinished, Unreadable, Write};
 use crate::workflow::{OrderState, OrderStatus};
 
 /// Schema versions, applied in order; the applied ones are recorded in
 /// `schema_migrations`. Append, never edit.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE orders (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE orders (
         id TEXT PRIMARY KEY,
         workflow_id TEXT NOT NULL UNIQUE,
         status TEXT NOT NULL,
@@ -44,7 +46,20 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         claimed_by TEXT,
         claimed_until TIMESTAMPTZ
     );",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE order_history (
+            order_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            at TEXT NOT NULL,
+            message_id TEXT,
+            detail TEXT NOT NULL,
+            PRIMARY KEY (order_id, seq)
+        );",
+    ),
+];
 
 /// Serialises migrations of replicas that start together
 /// (`pg_advisory_xact_lock`); any constant unique to this schema.
@@ -128,8 +143,36 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// History entries, inside the caller's transaction. An entry already
+/// stored (a commit whose answer was lost, retried) is left as it is.
+fn append_in(
+    client: &mut impl GenericClient,
+    order_id: &str,
+    events: &[HistoryEvent],
+) -> Result<(), postgres::Error> {
+    for e in events {
+        client.execute(
+            "INSERT INTO order_history (order_id, seq, kind, at, message_id, detail)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id, seq) DO NOTHING",
+            &[
+                &order_id,
+                &i64::try_from(e.seq).unwrap_or(i64::MAX),
+                &e.kind,
+                &e.at.to_rfc3339(),
+                &e.message_id.map(|m| m.to_string()),
+                &e.detail.to_string(),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// A new order; `Duplicate` when its id is taken.
-fn insert_in(client: &mut impl GenericClient, state: &OrderState) -> Result<(), StoreError> {
+fn insert_in(
+    client: &mut impl GenericClient,
+    state: &OrderState,
+    events: &[HistoryEvent],
+) -> Result<(), StoreError> {
     let result = client.execute(
         "INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)",
@@ -144,7 +187,7 @@ fn insert_in(client: &mut impl GenericClient, state: &OrderState) -> Result<(), 
         ],
     );
     match result {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(append_in(client, &state.order_id, events)?),
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             Err(StoreError::Duplicate(state.order_id.clone()))
         }
@@ -156,6 +199,7 @@ fn save_in(
     client: &mut impl GenericClient,
     state: &OrderState,
     outbox: &[(Route, Envelope)],
+    events: &[HistoryEvent],
 ) -> Result<(), postgres::Error> {
     client.execute(
         "UPDATE orders SET status = $2, finished = $3, state = $4,
@@ -168,6 +212,7 @@ fn save_in(
             &state.updated_at.to_rfc3339(),
         ],
     )?;
+    append_in(client, &state.order_id, events)?;
     for (route, envelope) in outbox {
         client.execute(
             "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES ($1, $2, $3, $4)",
@@ -183,17 +228,29 @@ fn save_in(
 }
 
 impl Store for PostgresStore {
-    fn insert(&self, state: &OrderState) -> Result<(), StoreError> {
+    fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError> {
         let state = state.clone();
-        self.worker.call(move |client| insert_in(client, &state))
-    }
-
-    fn save(&self, state: &OrderState, outbox: &[(Route, Envelope)]) -> Result<(), StoreError> {
-        let state = state.clone();
-        let outbox = outbox.to_vec();
+        let events = events.to_vec();
         self.worker.call(move |client| {
             let mut tx = client.transaction()?;
-            save_in(&mut tx, &state, &outbox)?;
+            insert_in(&mut tx, &state, &events)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn save(
+        &self,
+        state: &OrderState,
+        outbox: &[(Route, Envelope)],
+        events: &[HistoryEvent],
+    ) -> Result<(), StoreError> {
+        let state = state.clone();
+        let outbox = outbox.to_vec();
+        let events = events.to_vec();
+        self.worker.call(move |client| {
+            let mut tx = client.transaction()?;
+            save_in(&mut tx, &state, &outbox, &events)?;
             tx.commit()?;
             Ok(())
         })
@@ -205,9 +262,9 @@ impl Store for PostgresStore {
             let mut tx = client.transaction()?;
             for w in &writes {
                 if w.insert {
-                    insert_in(&mut tx, &w.state)?;
+                    insert_in(&mut tx, &w.state, &w.events)?;
                 } else {
-                    save_in(&mut tx, &w.state, &w.outbox)?;
+                    save_in(&mut tx, &w.state, &w.outbox, &w.events)?;
                 }
             }
             tx.commit()?;
@@ -250,12 +307,40 @@ impl Store for PostgresStore {
         })
     }
 
-    fn unfinished(&self) -> Result<Vec<OrderState>, StoreError> {
+    fn unfinished(&self) -> Result<Unfinished, StoreError> {
         self.worker.call(|client| {
-            states(client.query(
+            let rows = client.query(
                 "SELECT id, state FROM orders WHERE NOT finished ORDER BY created_at",
                 &[],
-            )?)
+            )?;
+            let mut found = Unfinished::default();
+            for row in rows {
+                let id: &str = row.get(0);
+                match decode(id, row.get(1)) {
+                    Ok(state) => found.orders.push(state),
+                    Err(error) => found.unreadable.push(Unreadable {
+                        order_id: id.to_owned(),
+                        reason: error.to_string(),
+                    }),
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn history(&self, order_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+        let id = order_id.to_owned();
+        self.worker.call(move |client| {
+            let rows = client.query(
+                "SELECT seq, kind, at, message_id, detail FROM order_history
+                 WHERE order_id = $1 ORDER BY seq",
+                &[&id],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    super::history_event(&id, r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
+                })
+                .collect()
         })
     }
 
@@ -408,19 +493,19 @@ mod tests {
         let db = TestDb::create("orders_crud");
         let s = PostgresStore::open(&db.url).expect("open");
         let order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order).expect("insert");
+        s.insert(&order, &[]).expect("insert");
         assert_eq!(s.get("ORD-1").expect("get"), Some(order.clone()));
         assert!(
-            matches!(s.insert(&order), Err(StoreError::Duplicate(_))),
+            matches!(s.insert(&order, &[]), Err(StoreError::Duplicate(_))),
             "a second insert of one id is refused as a duplicate"
         );
         assert_eq!(s.get("ORD-2").expect("get"), None);
         for i in 2..6 {
             let mut o = OrderState::new(&format!("ORD-{i}"), demo_order(), Utc::now());
-            s.insert(&o).expect("insert");
+            s.insert(&o, &[]).expect("insert");
             if i % 2 == 0 {
                 o.status = OrderStatus::Shipped;
-                s.save(&o, &[]).expect("save");
+                s.save(&o, &[], &[]).expect("save");
             }
         }
         let page = s.list(Some(OrderStatus::Shipped), 1, 0).expect("list");
@@ -428,7 +513,7 @@ mod tests {
         assert_eq!(page.orders[0].order_id, "ORD-4", "newest first");
         let page = s.list(None, 10, 4).expect("list");
         assert_eq!((page.total, page.orders.len()), (5, 1), "offset page");
-        assert_eq!(s.unfinished().expect("unfinished").len(), 3);
+        assert_eq!(s.unfinished().expect("unfinished").orders.len(), 3);
         let mut counts = s.count_by_status().expect("counts");
         counts.sort_by_key(|(_, n)| *n);
         assert_eq!(
@@ -443,7 +528,7 @@ mod tests {
         let db = TestDb::create("orders_outbox");
         let s = PostgresStore::open(&db.url).expect("open");
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order).expect("insert");
+        s.insert(&order, &[]).expect("insert");
         order.status = OrderStatus::Confirmed;
         let t = workflow::handle(&order, Input::Advance, Utc::now()).expect("advance");
         let outbox: Vec<_> = t
@@ -455,7 +540,7 @@ mod tests {
             })
             .collect();
         assert_eq!(outbox.len(), 1, "advancing from CONFIRMED sends one signal");
-        s.save(&t.state, &outbox).expect("save");
+        s.save(&t.state, &outbox, &t.events).expect("save");
         assert_eq!(s.outbox_len().expect("outbox"), 1);
 
         let pending = s.pending(10).expect("pending");
@@ -485,7 +570,7 @@ mod tests {
         let db = TestDb::create("orders_reopen");
         {
             let s = PostgresStore::open(&db.url).expect("open");
-            s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()))
+            s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()), &[])
                 .expect("insert");
         }
         let s = PostgresStore::open(&db.url).expect("reopen");
@@ -498,7 +583,7 @@ mod tests {
     async fn works_when_called_from_inside_the_async_runtime() {
         let db = TestDb::create("orders_in_runtime");
         let s = PostgresStore::open(&db.url).expect("open inside a runtime");
-        s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()))
+        s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()), &[])
             .expect("insert inside a runtime");
         assert!(s.get("ORD-1").expect("get").is_some());
     }
@@ -518,7 +603,7 @@ mod tests {
         let _ = s.ping();
         s.ping()
             .expect("a new connection after the old one was dropped");
-        s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()))
+        s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()), &[])
             .expect("insert on the new connection");
     }
 

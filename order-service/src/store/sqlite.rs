@@ -12,17 +12,19 @@ use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 use shared_messages::bus::outbox::{OutboxMessage, OutboxStore};
 use shared_messages::bus::Route;
+use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
-use super::{Page, Store, StoreError, Write};
+use super::{Page, Store, StoreError, Unfinished, Unreadable, Write};
 use crate::config::StoreLocation;
 use crate::workflow::{OrderState, OrderStatus};
 
 /// Schema versions, applied in order; the applied ones are recorded in
 /// `schema_migrations`.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE orders (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE orders (
         id TEXT PRIMARY KEY,
         workflow_id TEXT NOT NULL UNIQUE,
         status TEXT NOT NULL,
@@ -42,7 +44,20 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         envelope BLOB NOT NULL,
         created_at TEXT NOT NULL
     );",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE order_history (
+            order_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            at TEXT NOT NULL,
+            message_id TEXT,
+            detail TEXT NOT NULL,
+            PRIMARY KEY (order_id, seq)
+        );",
+    ),
+];
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -132,8 +147,32 @@ fn rows(
     raw.iter().map(|(id, json)| decode(id, json)).collect()
 }
 
+/// History entries, inside the caller's transaction. An entry already
+/// stored (same order, same seq) is left as it is.
+fn append_in(conn: &Connection, order_id: &str, events: &[HistoryEvent]) -> Result<(), StoreError> {
+    let mut insert = conn.prepare_cached(
+        "INSERT OR IGNORE INTO order_history (order_id, seq, kind, at, message_id, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for e in events {
+        insert.execute(params![
+            order_id,
+            i64::try_from(e.seq).unwrap_or(i64::MAX),
+            e.kind,
+            e.at.to_rfc3339(),
+            e.message_id.map(|m| m.to_string()),
+            e.detail.to_string(),
+        ])?;
+    }
+    Ok(())
+}
+
 /// A new order; `Duplicate` when its id is taken.
-fn insert_in(conn: &Connection, state: &OrderState) -> Result<(), StoreError> {
+fn insert_in(
+    conn: &Connection,
+    state: &OrderState,
+    events: &[HistoryEvent],
+) -> Result<(), StoreError> {
     let result = conn
         .prepare_cached(
             "INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
@@ -149,7 +188,7 @@ fn insert_in(conn: &Connection, state: &OrderState) -> Result<(), StoreError> {
             state.updated_at.to_rfc3339(),
         ]);
     match result {
-        Ok(_) => Ok(()),
+        Ok(_) => append_in(conn, &state.order_id, events),
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
@@ -164,6 +203,7 @@ fn save_in(
     tx: &rusqlite::Transaction<'_>,
     state: &OrderState,
     outbox: &[(Route, Envelope)],
+    events: &[HistoryEvent],
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
         "UPDATE orders SET status = ?2, finished = ?3, state = ?4, updated_at = ?5 WHERE id = ?1",
@@ -175,6 +215,7 @@ fn save_in(
         encode(state),
         state.updated_at.to_rfc3339(),
     ])?;
+    append_in(tx, &state.order_id, events)?;
     if outbox.is_empty() {
         return Ok(());
     }
@@ -196,14 +237,23 @@ fn save_in(
 }
 
 impl Store for SqliteStore {
-    fn insert(&self, state: &OrderState) -> Result<(), StoreError> {
-        insert_in(&self.conn(), state)
-    }
-
-    fn save(&self, state: &OrderState, outbox: &[(Route, Envelope)]) -> Result<(), StoreError> {
+    fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        save_in(&tx, state, outbox)?;
+        insert_in(&tx, state, events)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn save(
+        &self,
+        state: &OrderState,
+        outbox: &[(Route, Envelope)],
+        events: &[HistoryEvent],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        save_in(&tx, state, outbox, events)?;
         tx.commit()?;
         Ok(())
     }
@@ -213,9 +263,9 @@ impl Store for SqliteStore {
         let tx = conn.transaction()?;
         for w in writes {
             if w.insert {
-                insert_in(&tx, &w.state)?;
+                insert_in(&tx, &w.state, &w.events)?;
             } else {
-                save_in(&tx, &w.state, &w.outbox)?;
+                save_in(&tx, &w.state, &w.outbox, &w.events)?;
             }
         }
         tx.commit()?;
@@ -268,11 +318,42 @@ impl Store for SqliteStore {
         })
     }
 
-    fn unfinished(&self) -> Result<Vec<OrderState>, StoreError> {
+    fn unfinished(&self) -> Result<Unfinished, StoreError> {
         let conn = self.conn();
         let mut stmt =
             conn.prepare("SELECT id, state FROM orders WHERE finished = 0 ORDER BY created_at")?;
-        rows(&mut stmt, [])
+        let raw: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut found = Unfinished::default();
+        for (id, json) in raw {
+            match decode(&id, &json) {
+                Ok(state) => found.orders.push(state),
+                Err(error) => found.unreadable.push(Unreadable {
+                    order_id: id,
+                    reason: error.to_string(),
+                }),
+            }
+        }
+        Ok(found)
+    }
+
+    fn history(&self, order_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, kind, at, message_id, detail FROM order_history
+             WHERE order_id = ?1 ORDER BY seq",
+        )?;
+        let raw: Vec<(i64, String, String, Option<String>, String)> = stmt
+            .query_map([order_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        raw.into_iter()
+            .map(|(seq, kind, at, message_id, detail)| {
+                super::history_event(order_id, seq, kind, &at, message_id.as_deref(), &detail)
+            })
+            .collect()
     }
 
     fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError> {
@@ -366,9 +447,12 @@ mod tests {
     fn insert_get_and_duplicate() {
         let s = store();
         let order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order).expect("insert");
+        s.insert(&order, &[]).expect("insert");
         assert_eq!(s.get("ORD-1").expect("get"), Some(order.clone()));
-        assert!(matches!(s.insert(&order), Err(StoreError::Duplicate(_))));
+        assert!(matches!(
+            s.insert(&order, &[]),
+            Err(StoreError::Duplicate(_))
+        ));
         assert_eq!(s.get("ORD-2").expect("get"), None);
     }
 
@@ -379,6 +463,7 @@ mod tests {
         let write = |state: &OrderState, insert| Write {
             state: state.clone(),
             outbox: Vec::new(),
+            events: Vec::new(),
             insert,
         };
         s.save_all(&[write(&first, true)]).expect("insert");
@@ -401,7 +486,7 @@ mod tests {
     fn state_and_outbox_are_saved_together() {
         let s = store();
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order).expect("insert");
+        s.insert(&order, &[]).expect("insert");
         order.status = OrderStatus::Confirmed;
         let t = workflow::handle(&order, Input::Advance, Utc::now()).expect("advance");
         let outbox: Vec<_> = t
@@ -412,7 +497,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        s.save(&t.state, &outbox).expect("save");
+        s.save(&t.state, &outbox, &t.events).expect("save");
         let pending = s.pending(10).expect("pending");
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].envelope.message_id, outbox[0].1.message_id);
@@ -430,10 +515,10 @@ mod tests {
         let s = store();
         for i in 0..5 {
             let mut o = OrderState::new(&format!("ORD-{i}"), demo_order(), Utc::now());
-            s.insert(&o).expect("insert");
+            s.insert(&o, &[]).expect("insert");
             if i % 2 == 0 {
                 o.status = OrderStatus::Shipped;
-                s.save(&o, &[]).expect("save");
+                s.save(&o, &[], &[]).expect("save");
             }
         }
         let page = s.list(Some(OrderStatus::Shipped), 2, 0).expect("list");
@@ -442,7 +527,7 @@ mod tests {
         let page = s.list(None, 10, 4).expect("list");
         assert_eq!(page.total, 5);
         assert_eq!(page.orders.len(), 1);
-        assert_eq!(s.unfinished().expect("unfinished").len(), 2);
+        assert_eq!(s.unfinished().expect("unfinished").orders.len(), 2);
         let mut counts = s.count_by_status().expect("counts");
         counts.sort_by_key(|(_, n)| *n);
         assert_eq!(
@@ -454,12 +539,53 @@ mod tests {
     }
 
     #[test]
+    fn history_is_written_with_the_state_once() {
+        let s = store();
+        let (order, created) = workflow::create("ORD-1", demo_order(), Utc::now());
+        s.insert(&order, &created).expect("insert");
+        let t =
+            workflow::handle(&order, Input::Cancel { reason: None }, Utc::now()).expect("cancel");
+        s.save(&t.state, &[], &t.events).expect("save");
+        // the same write again (a retried commit) adds nothing
+        s.save(&t.state, &[], &t.events).expect("save again");
+        let history = s.history("ORD-1").expect("history");
+        let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            vec!["OrderCreated", "CancelRequested", "StatusChanged"]
+        );
+        let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert!(s.history("ORD-2").expect("history").is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_row_is_set_aside_and_the_rest_recover() {
+        let s = store();
+        s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()), &[])
+            .expect("insert");
+        s.insert(&OrderState::new("ORD-2", demo_order(), Utc::now()), &[])
+            .expect("insert");
+        s.conn()
+            .execute(
+                "UPDATE orders SET state = '{\"nope\": 1}' WHERE id = 'ORD-1'",
+                [],
+            )
+            .expect("corrupt a row");
+        let found = s.unfinished().expect("recovery reads the rest");
+        assert_eq!(found.orders.len(), 1);
+        assert_eq!(found.orders[0].order_id, "ORD-2");
+        assert_eq!(found.unreadable.len(), 1);
+        assert_eq!(found.unreadable[0].order_id, "ORD-1");
+    }
+
+    #[test]
     fn a_file_store_survives_reopening() {
         let dir = std::env::temp_dir().join(format!("order-store-{}", uuid::Uuid::new_v4()));
         let location = StoreLocation::SqliteFile(dir.join("nested/orders.db"));
         {
             let s = SqliteStore::open(&location).expect("open creates the directory");
-            s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()))
+            s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()), &[])
                 .expect("insert");
         }
         let s = SqliteStore::open(&location).expect("reopen migrates idempotently");
