@@ -7,6 +7,7 @@
 mod bus;
 mod durability;
 mod fulfillment;
+mod fulfillment_saga;
 mod operations;
 mod orders;
 mod shutdown;

@@ -13,6 +13,7 @@
 
 pub mod broker;
 pub mod postgres;
+mod sql;
 
 pub use broker::PrivateBroker;
 pub use postgres::TestDatabase;
