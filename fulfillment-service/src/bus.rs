@@ -4,7 +4,10 @@
 //!   goes to its fulfillment's actor (enqueued before the first await, so
 //!   per-fulfillment order is the queue's order) and is acked once the
 //!   outcome is stored. A signal with `reply_to` is answered with a
-//!   `SignalReply`.
+//!   `SignalReply`. How each delivery is settled is the workflow's
+//!   decision ([`workflow::settle`], [`workflow::check_entity`]): a
+//!   signal whose envelope and payload name different fulfillments, or
+//!   one for nothing, is dead-lettered with why.
 //! - `fulfillment.queries`: status and progress, answered from the store.
 //!
 //! Events do not go out from here: every transition writes its
@@ -15,13 +18,14 @@ use std::sync::Arc;
 
 use futures::future::{self, BoxFuture, FutureExt};
 use shared_messages::bus::{Bus, BusConfig, Incoming, Outcome, ReplyTo};
-use shared_messages::messages::{ReplyError, ReplyErrorCode, SignalReply};
+use shared_messages::messages::{ReplyError, SignalReply};
 use shared_messages::topology::{self, FULFILLMENT_QUERIES_QUEUE, FULFILLMENT_SIGNALS_QUEUE};
 use shared_messages::{Envelope, Message};
 use tracing::Instrument;
 
 use crate::actor::Registry;
-use crate::workflow::Input;
+use crate::store::StoreError;
+use crate::workflow::{self, Handled, Input, Settle};
 
 /// The bus with both consumers registered (not started).
 pub fn connect(amqp_url: &str, registry: Registry) -> Bus {
@@ -81,6 +85,10 @@ pub fn handle_signal(
         Ok(input) => input,
         Err(reason) => return future::ready(Outcome::DeadLetter(reason)).boxed(),
     };
+    if let Err(reason) = workflow::check_entity(&envelope.entity_id, &input) {
+        tracing::warn!(entity_id = %envelope.entity_id, message_id = %envelope.message_id, %reason, "signal dead-lettered");
+        return future::ready(Outcome::DeadLetter(reason)).boxed();
+    }
     let fulfillment_id = envelope.entity_id;
     let message_id = envelope.message_id;
     let span = tracing::info_span!(
@@ -96,12 +104,29 @@ pub fn handle_signal(
     let bus = bus.clone();
     let registry = registry.clone();
     async move {
-        let reply = match outcome.await {
-            Ok(reply) => reply,
-            Err(error) => {
-                tracing::error!(%fulfillment_id, %message_id, %error, "cannot store a signal's outcome");
-                return Outcome::Retry(error.to_string());
+        let result = outcome.await;
+        let handled = match &result {
+            Ok(reply) => Handled::Decided(reply),
+            Err(error) => Handled::StoreFailed {
+                permanent: matches!(error, StoreError::Corrupt { .. }),
+                error: error.to_string(),
+            },
+        };
+        let settled = workflow::settle(handled, reply_to.is_some(), message_type);
+        let reply = match (settled, result) {
+            (Settle::Reply, Ok(reply)) => reply,
+            (Settle::Ack, Ok(Err(error))) => {
+                tracing::warn!(%fulfillment_id, %message_id, message_type, reason = %error.message, "signal refused");
+                return Outcome::Ack;
             }
+            (Settle::Ack, _) => return Outcome::Ack,
+            (Settle::DeadLetter(reason), _) => return Outcome::DeadLetter(reason),
+            (Settle::Retry(error), _) => {
+                tracing::error!(%fulfillment_id, %message_id, %error, "cannot store a signal's outcome");
+                return Outcome::Retry(error);
+            }
+            // settle() answers store failures before replies.
+            (Settle::Reply, Err(error)) => return Outcome::Retry(error.to_string()),
         };
         let answer = match &reply {
             Ok(accepted) => SignalReply::accepted(accepted.status),
@@ -111,24 +136,10 @@ pub fn handle_signal(
                 SignalReply::rejected(error.clone(), status)
             }
         };
-        match (&reply, reply_to) {
-            (_, Some(to)) => {
-                send_reply(&bus, &to, &fulfillment_id, Message::SignalReply(answer)).await;
-                Outcome::Ack
-            }
-            // Nothing to act on, and nobody to tell: the operator's turn.
-            (Err(error), None) if error.code == ReplyErrorCode::NotFound => {
-                Outcome::DeadLetter(error.message.clone())
-            }
-            (Err(error), None) if error.code == ReplyErrorCode::Invalid => {
-                Outcome::DeadLetter(format!("{message_type} rejected: {}", error.message))
-            }
-            (Err(error), None) => {
-                tracing::warn!(%fulfillment_id, %message_id, message_type, reason = %error.message, "signal rejected");
-                Outcome::Ack
-            }
-            (Ok(_), None) => Outcome::Ack,
+        if let Some(to) = reply_to {
+            send_reply(&bus, &to, &fulfillment_id, Message::SignalReply(answer)).await;
         }
+        Outcome::Ack
     }
     .instrument(span)
     .boxed()

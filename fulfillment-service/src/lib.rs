@@ -78,7 +78,11 @@ impl Application {
         let recovered = registry
             .recover()
             .context("loading unfinished fulfillments")?;
-        tracing::info!(recovered, "unfinished fulfillments resumed");
+        tracing::info!(
+            recovered = recovered.resumed,
+            quarantined = recovered.quarantined,
+            "unfinished fulfillments resumed"
+        );
 
         let bus = bus::connect(&config.amqp_url, registry.clone());
         bus.start();

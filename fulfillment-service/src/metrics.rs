@@ -17,8 +17,22 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use shared_messages::bus::metrics::latency_histogram;
 
+/// HTTP methods kept as label values; any other becomes `other`, so
+/// made-up methods cannot add series without bound.
+const KNOWN_METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+/// The `method` label of a request.
+pub fn method_label(method: &str) -> String {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .map_or("other", |m| *m)
+        .to_owned()
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
+    /// One of the usual methods, or `other`.
     pub method: String,
     /// The route pattern (`/fulfillments/{id}`), or `unmatched`.
     pub route: String,
@@ -50,6 +64,7 @@ pub struct Metrics {
     pub fulfillments: Family<StatusLabels, Gauge>,
     pub outbox_pending: Gauge,
     pub store_up: Gauge,
+    pub quarantined_rows: Counter,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -64,6 +79,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         fulfillments: Family::default(),
         outbox_pending: Gauge::default(),
         store_up: Gauge::default(),
+        quarantined_rows: Counter::default(),
     };
     registry.register(
         "http_request_seconds",
@@ -100,6 +116,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "1 when the fulfillment store answers (read at scrape time)",
         m.store_up.clone(),
     );
+    registry.register(
+        "quarantined_rows",
+        "Stored fulfillments that could not be read at recovery and were set aside (see /quarantine)",
+        m.quarantined_rows.clone(),
+    );
     Metrics { registry, ..m }
 });
 
@@ -131,5 +152,19 @@ impl Metrics {
                 status: status.into(),
             })
             .inc_by(delta);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_fold_into_one_label_value() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("PATCH"), "PATCH");
+        assert_eq!(method_label("FROBNICATE"), "other");
+        assert_eq!(method_label("get"), "other");
+        assert_eq!(method_label("X-1"), method_label("X-2"));
     }
 }

@@ -12,6 +12,20 @@
 //! carrier as `READY_TO_SHIP`; when the last step completes the fulfillment
 //! is `SHIPPED`. A step is complete only when its `StepDone` is applied, so
 //! a step interrupted by a pause or a crash runs again from its start.
+//!
+//! Cancel is decided here too. A cancel for a fulfillment that does not
+//! exist yet leaves a [`Tombstone`] ([`absent`]); the start that comes later
+//! creates the fulfillment already `CANCELLED` ([`create_after`]). A cancel
+//! of a shipped (or failed) fulfillment is refused but recorded, and its
+//! current status event goes out again, so a waiting order learns at once;
+//! a cancel of a cancelled one is an idempotent success that does the same.
+//!
+//! Every decision also lists its history entries ([`Entry`]): the signal
+//! received, the creation, each step completed, each status change, a
+//! refused cancel, an applied tombstone. They are stored in the same
+//! transaction as the state, so a redelivered signal (recognised by its
+//! message id) adds none. How a delivery is then settled (ack, reply,
+//! dead-letter, retry) is decided by [`settle`] and [`check_entity`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -21,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use shared_messages::bus::Route;
 use shared_messages::messages::{
     Address, CompletedStep, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus,
-    FulfillmentStatusChanged, FulfillmentStatusView, ReplyError,
+    FulfillmentStatusChanged, FulfillmentStatusView, ReplyError, ReplyErrorCode,
 };
 use shared_messages::topology::{
     fulfillment_event_key, fulfillment_progress_key, FULFILLMENT_EVENTS_EXCHANGE,
@@ -42,6 +56,52 @@ const CARRIERS: [&str; 4] = ["UPS", "FedEx", "DHL", "USPS"];
 
 /// Days from label to the estimated delivery.
 const DELIVERY_DAYS: i64 = 3;
+
+/// History entry types besides the signals (named by their message type).
+pub const FULFILLMENT_CREATED: &str = "FulfillmentCreated";
+pub const STATUS_CHANGED: &str = "StatusChanged";
+pub const STEP_COMPLETED: &str = "StepCompleted";
+pub const CANCEL_REFUSED: &str = "CancelRefused";
+pub const TOMBSTONE_APPLIED: &str = "TombstoneApplied";
+
+/// One history entry as decided; the store numbers it (`seq`) when it
+/// writes it with the state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub kind: &'static str,
+    pub at: DateTime<Utc>,
+    /// The message that caused it, or the event it sent.
+    pub message_id: Option<Uuid>,
+    pub detail: serde_json::Value,
+}
+
+impl Entry {
+    fn new(
+        kind: &'static str,
+        at: DateTime<Utc>,
+        message_id: Option<Uuid>,
+        detail: serde_json::Value,
+    ) -> Self {
+        Self {
+            kind,
+            at,
+            message_id,
+            detail,
+        }
+    }
+}
+
+/// A cancel that arrived before its fulfillment existed: the start that
+/// comes later creates the fulfillment already cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tombstone {
+    pub id: String,
+    pub reason: String,
+    /// The cancel's message id.
+    pub message_id: Uuid,
+    pub at: DateTime<Utc>,
+}
 
 /// The stored state of one fulfillment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +162,41 @@ impl Input {
     pub fn creates(&self) -> bool {
         matches!(self, Input::Create { .. } | Input::Start(_))
     }
+
+    /// The message type of the signal this input stands for (its history
+    /// entry's type); `None` for the step timer.
+    pub fn signal_name(&self) -> Option<&'static str> {
+        Some(match self {
+            Input::Create { .. } => "StartFulfillmentWorkflow",
+            Input::Start(_) => "StartFulfillment",
+            Input::Pause => "PauseFulfillment",
+            Input::Resume => "ResumeFulfillment",
+            Input::Cancel { .. } => "CancelFulfillment",
+            Input::UpdateAddress(_) => "UpdateShippingAddress",
+            Input::StepDone { .. } => return None,
+        })
+    }
+
+    /// What the history keeps of the signal.
+    fn detail(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Input::Create { order_id } => json!({ "orderId": order_id }),
+            Input::Start(request) => json!({
+                "orderId": request.order_id,
+                "items": request.items.len(),
+            }),
+            Input::Cancel { reason } => json!({ "reason": reason }),
+            Input::UpdateAddress(address) => json!({ "address": address }),
+            Input::Pause | Input::Resume | Input::StepDone { .. } => json!({}),
+        }
+    }
+
+    /// The history entry of this signal received, if it is one.
+    fn received(&self, message_id: Option<Uuid>, now: DateTime<Utc>) -> Option<Entry> {
+        self.signal_name()
+            .map(|name| Entry::new(name, now, message_id, self.detail()))
+    }
 }
 
 /// How a signal was taken.
@@ -121,6 +216,10 @@ pub struct Decision {
     pub state: Option<Fulfillment>,
     /// Events to store in the outbox in the same transaction.
     pub events: Vec<(Route, Envelope)>,
+    /// History entries to store in the same transaction.
+    pub history: Vec<Entry>,
+    /// The fulfillment's tombstone was applied: remove it with this write.
+    pub clears_tombstone: bool,
     pub reply: Reply,
 }
 
@@ -144,6 +243,8 @@ impl Decision {
         Self {
             state: None,
             events: Vec::new(),
+            history: Vec::new(),
+            clears_tombstone: false,
             reply,
         }
     }
@@ -163,6 +264,20 @@ pub fn create(
     now: DateTime<Utc>,
     timing: Timing,
 ) -> Decision {
+    create_after(id, input, message_id, now, timing, None)
+}
+
+/// A new fulfillment from `input`; with a `tombstone` (a cancel that came
+/// first) it is created already `CANCELLED`, nothing picked, and its
+/// `CANCELLED` status event carries the cancel's reason.
+pub fn create_after(
+    id: &str,
+    input: &Input,
+    message_id: Option<Uuid>,
+    now: DateTime<Utc>,
+    timing: Timing,
+    tombstone: Option<&Tombstone>,
+) -> Decision {
     let (order_id, request) = match input {
         Input::Create { order_id } => {
             if order_id.trim().is_empty() {
@@ -180,7 +295,9 @@ pub fn create(
             return Decision::unchanged(Err(ReplyError::not_found(format!("no fulfillment {id}"))))
         }
     };
-    let status = if request.is_some() {
+    let status = if tombstone.is_some() {
+        FulfillmentStatus::Cancelled
+    } else if request.is_some() {
         FulfillmentStatus::Picking
     } else {
         FulfillmentStatus::Waiting
@@ -196,7 +313,7 @@ pub fn create(
         tracking_number: None,
         shipping_carrier: None,
         estimated_delivery: None,
-        cancellation_reason: None,
+        cancellation_reason: tombstone.map(|t| t.reason.clone()),
         error: None,
         completed_steps: Vec::new(),
         created_at: now,
@@ -205,8 +322,58 @@ pub fn create(
         processed: VecDeque::new(),
         traceparent: None,
     };
+    let mut history: Vec<Entry> = input.received(message_id, now).into_iter().collect();
+    history.push(Entry::new(
+        FULFILLMENT_CREATED,
+        now,
+        message_id,
+        serde_json::json!({ "orderId": state.order_id }),
+    ));
+    if let Some(t) = tombstone {
+        state.remember(Some(t.message_id));
+        history.push(Entry::new(
+            TOMBSTONE_APPLIED,
+            now,
+            Some(t.message_id),
+            serde_json::json!({ "reason": t.reason, "cancelledAt": t.at }),
+        ));
+    }
     state.remember(message_id);
-    transition(state, None, now, timing, true)
+    let mut decision = transition(state, None, now, timing, true, history);
+    decision.clears_tombstone = tombstone.is_some();
+    decision
+}
+
+/// A signal for a fulfillment that does not exist. A cancel sent over the
+/// bus (it has a message id) leaves a tombstone, answered as accepted with
+/// `CANCELLED`; anything else is not found. (Creating inputs go to
+/// [`create_after`] instead.)
+pub fn absent(
+    id: &str,
+    input: &Input,
+    message_id: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> Result<(Tombstone, Vec<Entry>, Reply), Reply> {
+    match (input, message_id) {
+        (Input::Cancel { reason }, Some(message_id)) => {
+            let tombstone = Tombstone {
+                id: id.to_owned(),
+                reason: reason.clone(),
+                message_id,
+                at: now,
+            };
+            let mut entry = input
+                .received(Some(message_id), now)
+                .expect("a cancel is a signal");
+            entry.detail["beforeStart"] = serde_json::Value::Bool(true);
+            let reply = Ok(Accepted {
+                status: FulfillmentStatus::Cancelled,
+                created: false,
+            });
+            Ok((tombstone, vec![entry], reply))
+        }
+        _ => Err(Err(ReplyError::not_found(format!("no fulfillment {id}")))),
+    }
 }
 
 /// Applies `input` to `state`.
@@ -220,17 +387,25 @@ pub fn decide(
     use FulfillmentStatus as S;
     if let Some(id) = message_id {
         if state.processed.contains(&id) {
-            return Decision::unchanged(Ok(state.accepted()));
+            // A redelivery: answered as the first time, nothing stored.
+            let refused = matches!(input, Input::Cancel { .. })
+                && matches!(state.status, S::Shipped | S::Failed);
+            return Decision::unchanged(if refused {
+                Err(state.not_now("cancelled"))
+            } else {
+                Ok(state.accepted())
+            });
         }
     }
     let status = state.status;
     let mut next = state.clone();
+    let mut history: Vec<Entry> = input.received(message_id, now).into_iter().collect();
     match input {
-        Input::Create { .. } => return state.noop(message_id, now),
+        Input::Create { .. } => return state.noop(input, message_id, now),
         Input::Start(request) => {
             if status != S::Waiting {
                 // Signal-with-start for a running one: already started.
-                return state.noop(message_id, now);
+                return state.noop(input, message_id, now);
             }
             if let Err(why) = request.validate() {
                 return Decision::unchanged(Err(ReplyError::invalid(why)));
@@ -248,7 +423,7 @@ pub fn decide(
             next.status = S::Picking;
         }
         Input::Pause => match status {
-            S::Paused => return state.noop(message_id, now),
+            S::Paused => return state.noop(input, message_id, now),
             s if is_active(s) => {
                 next.paused_from = Some(s);
                 next.status = S::Paused;
@@ -260,12 +435,30 @@ pub fn decide(
                 next.status = state.paused_from.unwrap_or_else(|| state.status_of_step());
                 next.paused_from = None;
             }
-            s if is_active(s) => return state.noop(message_id, now),
+            s if is_active(s) => return state.noop(input, message_id, now),
             _ => return Decision::unchanged(Err(state.not_now("resumed"))),
         },
         Input::Cancel { reason } => match status {
-            S::Cancelled => return state.noop(message_id, now),
-            s if s.is_final() => return Decision::unchanged(Err(state.not_now("cancelled"))),
+            S::Cancelled => {
+                // Idempotent: remembered, and the CANCELLED event again.
+                next.remember(message_id);
+                return state.again(next, history, Ok(state.accepted()), now, timing);
+            }
+            s if s.is_final() => {
+                let refusal = state.not_now("cancelled");
+                history.push(Entry::new(
+                    CANCEL_REFUSED,
+                    now,
+                    message_id,
+                    serde_json::json!({
+                        "reason": refusal.message,
+                        "requestedReason": reason,
+                        "status": s,
+                    }),
+                ));
+                next.remember(message_id);
+                return state.again(next, history, Err(refusal), now, timing);
+            }
             _ => {
                 next.status = S::Cancelled;
                 next.paused_from = None;
@@ -287,7 +480,7 @@ pub fn decide(
                 ))));
             }
             if state.shipping_address.as_ref() == Some(address) {
-                return state.noop(message_id, now);
+                return state.noop(input, message_id, now);
             }
             next.shipping_address = Some(address.clone());
             if let Some(request) = next.request.as_mut() {
@@ -300,11 +493,19 @@ pub fn decide(
                 return Decision::unchanged(Ok(state.accepted()));
             }
             next.complete_step(now);
+            if let Some(done) = next.completed_steps.last() {
+                history.push(Entry::new(
+                    STEP_COMPLETED,
+                    now,
+                    None,
+                    serde_json::json!({ "step": done.step, "name": done.name }),
+                ));
+            }
         }
     }
     next.remember(message_id);
     next.updated_at = now;
-    transition(next, Some(status), now, timing, false)
+    transition(next, Some(status), now, timing, false, history)
 }
 
 /// Bumps the transition counter and writes the event for `state`: a
@@ -316,6 +517,7 @@ fn transition(
     now: DateTime<Utc>,
     timing: Timing,
     created: bool,
+    mut history: Vec<Entry>,
 ) -> Decision {
     state.seq += 1;
     let event = FulfillmentStatusChanged {
@@ -338,6 +540,25 @@ fn transition(
         fulfillment_event_key(state.status)
     };
     let route = Route::new(FULFILLMENT_EVENTS_EXCHANGE, &key, false);
+    if previous != Some(state.status) {
+        history.push(Entry::new(
+            STATUS_CHANGED,
+            now,
+            Some(message_id),
+            serde_json::json!({
+                "from": previous,
+                "to": state.status,
+                "reason": (state.status == FulfillmentStatus::Cancelled)
+                    .then(|| state.cancellation_reason.clone())
+                    .flatten(),
+            }),
+        ));
+    } else if let Some(last) = history.last_mut() {
+        // A step within the same status: its progress event.
+        if last.kind == STEP_COMPLETED {
+            last.message_id = Some(message_id);
+        }
+    }
     let reply = Ok(Accepted {
         status: state.status,
         created,
@@ -345,6 +566,8 @@ fn transition(
     Decision {
         state: Some(state),
         events: vec![(route, envelope)],
+        history,
+        clears_tombstone: false,
         reply,
     }
 }
@@ -463,7 +686,7 @@ impl Fulfillment {
 
     /// An accepted signal that changes nothing but is remembered, so its
     /// redelivery after a later change is still recognised.
-    fn noop(&self, message_id: Option<Uuid>, now: DateTime<Utc>) -> Decision {
+    fn noop(&self, input: &Input, message_id: Option<Uuid>, now: DateTime<Utc>) -> Decision {
         match message_id {
             Some(_) if !self.status.is_final() => {
                 let mut next = self.clone();
@@ -472,10 +695,50 @@ impl Fulfillment {
                 Decision {
                     state: Some(next),
                     events: Vec::new(),
+                    history: input.received(message_id, now).into_iter().collect(),
+                    clears_tombstone: false,
                     reply: Ok(self.accepted()),
                 }
             }
             _ => Decision::unchanged(Ok(self.accepted())),
+        }
+    }
+
+    /// `next` (this state, with the signal remembered) stored with
+    /// `history`, and the current status event published again under its
+    /// original message id, so a subscriber that missed it learns it now
+    /// and one that saw it recognises it.
+    fn again(
+        &self,
+        next: Fulfillment,
+        history: Vec<Entry>,
+        reply: Reply,
+        now: DateTime<Utc>,
+        timing: Timing,
+    ) -> Decision {
+        let event = FulfillmentStatusChanged {
+            previous_status: None,
+            fulfillment: self.status_view(),
+            progress: self.progress_view(now, timing),
+        };
+        let message_id = ids::effect_message_id(&self.id, &format!("status:{}", self.seq));
+        let mut envelope = Envelope::with_id(
+            message_id,
+            self.id.clone(),
+            Message::FulfillmentStatusChanged(Box::new(event)),
+        );
+        envelope.sent_at = now;
+        let route = Route::new(
+            FULFILLMENT_EVENTS_EXCHANGE,
+            &fulfillment_event_key(self.status),
+            false,
+        );
+        Decision {
+            state: Some(next),
+            events: vec![(route, envelope)],
+            history,
+            clears_tombstone: false,
+            reply,
         }
     }
 
@@ -553,10 +816,78 @@ impl Fulfillment {
     }
 }
 
+/// How a signal delivery is settled once its outcome is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Done (stored, or refused with nobody to tell): ack.
+    Ack,
+    /// Answer the sender (accepted or rejected), then ack.
+    Reply,
+    /// It can never succeed: to the dead-letter queue with this reason.
+    DeadLetter(String),
+    /// The store failed: deliver again later.
+    Retry(String),
+}
+
+/// What the store said about a signal: the workflow's reply, or a failure
+/// (`permanent` when retrying cannot help, e.g. an unreadable stored row).
+pub enum Handled<'a> {
+    Decided(&'a Reply),
+    StoreFailed { permanent: bool, error: String },
+}
+
+/// How a signal delivery is settled: a sender that waits for an answer is
+/// answered (accepted or rejected, never dead-lettered); without one, a
+/// signal for nothing or an invalid one is dead-lettered with why, a
+/// refusal (e.g. a cancel of a shipped fulfillment) is acked, since the
+/// fulfillment recorded it and said so in its status event.
+pub fn settle(handled: Handled<'_>, has_reply_to: bool, message_type: &str) -> Settle {
+    let reply = match handled {
+        Handled::StoreFailed {
+            permanent: true,
+            error,
+        } => return Settle::DeadLetter(format!("{message_type} cannot be applied: {error}")),
+        Handled::StoreFailed { error, .. } => return Settle::Retry(error),
+        Handled::Decided(reply) => reply,
+    };
+    if has_reply_to {
+        return Settle::Reply;
+    }
+    match reply {
+        Err(error) if error.code == ReplyErrorCode::NotFound => {
+            Settle::DeadLetter(error.message.clone())
+        }
+        Err(error) if error.code == ReplyErrorCode::Invalid => {
+            Settle::DeadLetter(format!("{message_type} rejected: {}", error.message))
+        }
+        Ok(_) | Err(_) => Settle::Ack,
+    }
+}
+
+/// A signal's envelope names the fulfillment it is for; a payload that
+/// names an order must name that fulfillment's order. A mismatch is never
+/// applied (it would start one order's fulfillment with another's goods).
+pub fn check_entity(entity_id: &str, input: &Input) -> Result<(), String> {
+    let order_id = match input {
+        Input::Create { order_id } => order_id,
+        Input::Start(request) => &request.order_id,
+        _ => return Ok(()),
+    };
+    let expected = ids::fulfillment_workflow_id(order_id);
+    if expected == entity_id {
+        Ok(())
+    } else {
+        Err(format!(
+            "entity id {entity_id:?} does not match the payload's orderId {order_id:?} \
+             (its fulfillment is {expected:?})"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared_messages::messages::{OrderItem, ReplyErrorCode};
+    use shared_messages::messages::OrderItem;
     use FulfillmentStatus as S;
 
     const TIMING: Timing = Timing {
@@ -841,7 +1172,7 @@ mod tests {
             TIMING,
         );
         assert_eq!(d.state, None, "a stale timer changes nothing");
-        // cancelling again is an idempotent success
+        // cancelling again is an idempotent success that says so again
         let d = decide(
             &cancelled,
             &Input::Cancel { reason: "x".into() },
@@ -850,7 +1181,9 @@ mod tests {
             TIMING,
         );
         assert_eq!(d.reply.map(|a| a.status), Ok(S::Cancelled));
-        assert_eq!(d.state, None);
+        assert_eq!(d.events.len(), 1);
+        assert_eq!(d.events[0].0.routing_key, "fulfillment.status.cancelled");
+        assert_eq!(d.state.map(|s| s.status), Some(S::Cancelled));
     }
 
     #[test]
@@ -927,7 +1260,6 @@ mod tests {
         for input in [
             Input::Pause,
             Input::Resume,
-            Input::Cancel { reason: "r".into() },
             Input::UpdateAddress(address("x")),
         ] {
             let err = rejected(&f, input);
@@ -957,5 +1289,293 @@ mod tests {
         let json = serde_json::to_string(&f).expect("json");
         let back: Fulfillment = serde_json::from_str(&json).expect("parse");
         assert_eq!(back, f);
+    }
+
+    fn kinds(history: &[Entry]) -> Vec<&'static str> {
+        history.iter().map(|e| e.kind).collect()
+    }
+
+    fn shipped(items: usize) -> Fulfillment {
+        let mut f = started(items);
+        while f.status != S::Shipped {
+            f = step(&f);
+        }
+        f
+    }
+
+    #[test]
+    fn a_cancel_before_the_start_leaves_a_tombstone_and_the_start_creates_it_cancelled() {
+        let cancel = Input::Cancel {
+            reason: "customer changed their mind".into(),
+        };
+        let cancel_id = Uuid::new_v4();
+        let (tombstone, history, reply) =
+            absent("fulfillment-ORD-1", &cancel, Some(cancel_id), now()).expect("a tombstone");
+        assert_eq!(tombstone.message_id, cancel_id);
+        assert_eq!(tombstone.reason, "customer changed their mind");
+        assert_eq!(kinds(&history), ["CancelFulfillment"]);
+        assert_eq!(reply.map(|a| a.status), Ok(S::Cancelled));
+
+        let start_id = Uuid::new_v4();
+        let d = create_after(
+            "fulfillment-ORD-1",
+            &Input::Start(request(2)),
+            Some(start_id),
+            now(),
+            TIMING,
+            Some(&tombstone),
+        );
+        assert_eq!(
+            d.reply,
+            Ok(Accepted {
+                status: S::Cancelled,
+                created: true
+            })
+        );
+        assert!(d.clears_tombstone);
+        let f = d.state.clone().expect("created");
+        assert_eq!(f.status, S::Cancelled);
+        assert_eq!(f.items_picked(), 0, "nothing picked");
+        assert!(f.completed_steps.is_empty());
+        assert_eq!(
+            kinds(&d.history),
+            [
+                "StartFulfillment",
+                "FulfillmentCreated",
+                "TombstoneApplied",
+                "StatusChanged"
+            ]
+        );
+        assert_eq!(d.history[2].message_id, Some(cancel_id));
+        let (route, envelope) = &d.events[0];
+        assert_eq!(route.routing_key, "fulfillment.status.cancelled");
+        let Message::FulfillmentStatusChanged(event) = &envelope.message else {
+            panic!("a status event")
+        };
+        assert_eq!(
+            event.fulfillment.cancellation_reason.as_deref(),
+            Some("customer changed their mind")
+        );
+        // The cancel, redelivered after the start, changes nothing.
+        let again = decide(&f, &cancel, Some(cancel_id), now(), TIMING);
+        assert_eq!(again.state, None);
+        assert!(again.history.is_empty());
+        // A waiting workflow created after the cancel is cancelled too.
+        let d = create_after(
+            "fulfillment-ORD-1",
+            &Input::Create {
+                order_id: "ORD-1".into(),
+            },
+            None,
+            now(),
+            TIMING,
+            Some(&tombstone),
+        );
+        assert_eq!(d.state.map(|s| s.status), Some(S::Cancelled));
+    }
+
+    #[test]
+    fn only_a_cancel_with_a_message_id_leaves_a_tombstone() {
+        let not_found = |input: Input, id: Option<Uuid>| {
+            let refused = absent("f", &input, id, now()).expect_err("not found");
+            assert_eq!(
+                refused.expect_err("rejected").code,
+                ReplyErrorCode::NotFound
+            );
+        };
+        not_found(Input::Pause, Some(Uuid::new_v4()));
+        not_found(Input::Resume, Some(Uuid::new_v4()));
+        not_found(Input::UpdateAddress(address("x")), Some(Uuid::new_v4()));
+        // Over HTTP (no message id) there is nothing to remember it by.
+        not_found(Input::Cancel { reason: "r".into() }, None);
+    }
+
+    #[test]
+    fn a_cancel_of_a_shipped_fulfillment_is_refused_recorded_and_its_event_sent_again() {
+        let f = shipped(1);
+        let id = Uuid::new_v4();
+        let d = decide(
+            &f,
+            &Input::Cancel {
+                reason: "too late".into(),
+            },
+            Some(id),
+            now(),
+            TIMING,
+        );
+        let err = d.reply.clone().expect_err("refused");
+        assert_eq!(err.code, ReplyErrorCode::Conflict);
+        assert!(err.message.contains("shipped"), "{}", err.message);
+        let stored = d.state.clone().expect("the cancel is remembered");
+        assert_eq!(stored.status, S::Shipped);
+        assert!(stored.processed.contains(&id));
+        assert_eq!(kinds(&d.history), ["CancelFulfillment", "CancelRefused"]);
+        assert_eq!(d.history[1].detail["requestedReason"], "too late");
+        assert_eq!(d.events.len(), 1);
+        let (route, envelope) = &d.events[0];
+        assert_eq!(route.routing_key, "fulfillment.status.shipped");
+        assert_eq!(
+            envelope.message_id,
+            ids::effect_message_id(&f.id, &format!("status:{}", f.seq)),
+            "the SHIPPED event again, under its own id"
+        );
+        // Redelivered: the same answer, nothing stored, nothing recorded.
+        let again = decide(
+            &stored,
+            &Input::Cancel {
+                reason: "too late".into(),
+            },
+            Some(id),
+            now(),
+            TIMING,
+        );
+        assert_eq!(again.state, None);
+        assert!(again.events.is_empty() && again.history.is_empty());
+        assert_eq!(
+            again.reply.expect_err("still refused").code,
+            ReplyErrorCode::Conflict
+        );
+    }
+
+    #[test]
+    fn a_second_cancel_of_a_cancelled_one_succeeds_and_sends_cancelled_again_once() {
+        let cancelled = apply(
+            &started(1),
+            Input::Cancel {
+                reason: "first".into(),
+            },
+        );
+        let id = Uuid::new_v4();
+        let cancel = Input::Cancel {
+            reason: "second".into(),
+        };
+        let d = decide(&cancelled, &cancel, Some(id), now(), TIMING);
+        assert_eq!(d.reply.map(|a| a.status), Ok(S::Cancelled));
+        assert_eq!(d.events[0].0.routing_key, "fulfillment.status.cancelled");
+        assert_eq!(kinds(&d.history), ["CancelFulfillment"]);
+        let stored = d.state.expect("remembered");
+        assert_eq!(stored.cancellation_reason.as_deref(), Some("first"));
+        let again = decide(&stored, &cancel, Some(id), now(), TIMING);
+        assert_eq!(again.state, None, "no second entry for the same message");
+        assert_eq!(again.reply.map(|a| a.status), Ok(S::Cancelled));
+    }
+
+    #[test]
+    fn history_records_signals_steps_and_status_changes() {
+        let d = create(
+            "fulfillment-ORD-1",
+            &Input::Start(request(1)),
+            None,
+            now(),
+            TIMING,
+        );
+        let mut all = d.history.clone();
+        let mut f = d.state.expect("created");
+        let pause_id = Uuid::new_v4();
+        let paused = decide(&f, &Input::Pause, Some(pause_id), now(), TIMING);
+        all.extend(paused.history.clone());
+        f = paused.state.expect("paused");
+        f = {
+            let d = decide(&f, &Input::Resume, None, now(), TIMING);
+            all.extend(d.history.clone());
+            d.state.expect("resumed")
+        };
+        while f.status != S::Shipped {
+            let d = decide(&f, &Input::StepDone { step: f.step }, None, now(), TIMING);
+            all.extend(d.history.clone());
+            f = d.state.expect("a step");
+        }
+        assert_eq!(
+            kinds(&all),
+            [
+                "StartFulfillment",
+                "FulfillmentCreated",
+                "StatusChanged", // -> PICKING
+                "PauseFulfillment",
+                "StatusChanged", // -> PAUSED
+                "ResumeFulfillment",
+                "StatusChanged", // -> PICKING
+                "StepCompleted", // pick (within PICKING)
+                "StepCompleted", // quality check
+                "StatusChanged", // -> PACKING
+                "StepCompleted", // pack
+                "StatusChanged", // -> READY_TO_SHIP
+                "StepCompleted", // label
+                "StepCompleted", // ship
+                "StatusChanged", // -> SHIPPED
+            ]
+        );
+        assert_eq!(all[3].message_id, Some(pause_id));
+        assert_eq!(all[14].detail["to"], "SHIPPED");
+        assert!(all[7].message_id.is_some(), "a step names its event");
+        // A no-op signal is still a signal received; its redelivery is not.
+        let resumed = apply(&started(1), Input::Pause);
+        let id = Uuid::new_v4();
+        let d = decide(&resumed, &Input::Pause, Some(id), now(), TIMING);
+        assert_eq!(kinds(&d.history), ["PauseFulfillment"]);
+        let again = decide(
+            &d.state.expect("noted"),
+            &Input::Pause,
+            Some(id),
+            now(),
+            TIMING,
+        );
+        assert!(again.state.is_none() && again.history.is_empty());
+    }
+
+    #[test]
+    fn deliveries_are_settled_by_their_outcome() {
+        let ok: Reply = Ok(Accepted {
+            status: S::Picking,
+            created: false,
+        });
+        let not_found: Reply = Err(ReplyError::not_found("no fulfillment f"));
+        let invalid: Reply = Err(ReplyError::invalid("items must not be empty"));
+        let conflict: Reply = Err(ReplyError::conflict("it has already shipped"));
+        let t = "PauseFulfillment";
+        assert_eq!(settle(Handled::Decided(&ok), false, t), Settle::Ack);
+        assert_eq!(settle(Handled::Decided(&ok), true, t), Settle::Reply);
+        assert_eq!(
+            settle(Handled::Decided(&not_found), false, t),
+            Settle::DeadLetter("no fulfillment f".into())
+        );
+        assert_eq!(settle(Handled::Decided(&not_found), true, t), Settle::Reply);
+        assert_eq!(
+            settle(Handled::Decided(&invalid), false, t),
+            Settle::DeadLetter("PauseFulfillment rejected: items must not be empty".into())
+        );
+        // A refused cancel of a shipped one: recorded, acked, never dead-lettered.
+        assert_eq!(settle(Handled::Decided(&conflict), false, t), Settle::Ack);
+        assert_eq!(settle(Handled::Decided(&conflict), true, t), Settle::Reply);
+        let failed = |permanent| Handled::StoreFailed {
+            permanent,
+            error: "disk".into(),
+        };
+        assert_eq!(settle(failed(false), true, t), Settle::Retry("disk".into()));
+        assert!(matches!(
+            settle(failed(true), false, t),
+            Settle::DeadLetter(reason) if reason.contains("disk")
+        ));
+    }
+
+    #[test]
+    fn an_envelope_naming_another_fulfillment_than_its_payload_is_refused() {
+        assert_eq!(
+            check_entity("fulfillment-ORD-1", &Input::Start(request(1))),
+            Ok(())
+        );
+        let err =
+            check_entity("fulfillment-ORD-2", &Input::Start(request(1))).expect_err("mismatch");
+        assert!(
+            err.contains("fulfillment-ORD-2") && err.contains("ORD-1"),
+            "{err}"
+        );
+        let create = Input::Create {
+            order_id: "ORD-9".into(),
+        };
+        assert!(check_entity("fulfillment-ORD-1", &create).is_err());
+        assert_eq!(check_entity("fulfillment-ORD-9", &create), Ok(()));
+        // Signals without an order id are checked by the fulfillment they name.
+        assert_eq!(check_entity("anything", &Input::Pause), Ok(()));
     }
 }

@@ -8,6 +8,7 @@ mod bus;
 mod chaos;
 mod durability;
 mod fulfillment;
+mod fulfillment_saga;
 mod operations;
 mod orders;
 mod shutdown;

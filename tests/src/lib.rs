@@ -15,6 +15,7 @@
 pub mod broker;
 pub mod postgres;
 pub mod proxy;
+mod sql;
 
 pub use broker::PrivateBroker;
 pub use postgres::TestDatabase;

@@ -33,7 +33,7 @@ use crate::metrics::{TransitionLabels, METRICS};
 use crate::store::{Store, StoreError, Write, Writer};
 use crate::workflow::{self, Fulfillment, Input, Reply, Timing};
 
-pub use registry::Registry;
+pub use registry::{Recovered, Registry};
 
 /// After a failed write, wait at least this long before the step is tried
 /// again, so a broken disk does not turn a zero step delay into a hot loop.
@@ -53,8 +53,8 @@ impl Deps {
     /// Stores a decision's state and events at once, outside the group
     /// commit (a signal to a finished fulfillment); nudges the relay.
     fn persist(&self, decision: &workflow::Decision) -> Result<(), StoreError> {
-        if let Some(state) = &decision.state {
-            METRICS.store_write("save", || self.store.save(state, &decision.events))?;
+        if let Some(write) = Write::of(decision) {
+            METRICS.store_write("save", || self.store.save_all(std::slice::from_ref(&write)))?;
             if !decision.events.is_empty() {
                 self.outbox.notify();
             }
@@ -77,6 +77,7 @@ pub struct Signal {
 /// the answer to its creating signal, and who waits for that answer.
 pub struct Creation {
     pub events: Vec<(Route, Envelope)>,
+    pub history: Vec<workflow::Entry>,
     pub reply: Reply,
     pub answer: oneshot::Sender<Result<Reply, StoreError>>,
     /// The span of the creating signal (its message, in the order's trace).
@@ -125,6 +126,8 @@ impl FulfillmentActor {
         let write = Write {
             state: self.state.clone(),
             events: creation.events,
+            history: creation.history,
+            clears_tombstone: false,
         };
         let writer = self.deps.writer.clone();
         let work = async move { writer.save(write).await }
@@ -186,16 +189,12 @@ impl FulfillmentActor {
         for (_, event) in &mut decision.events {
             event.traceparent = trace::child_of(position.as_deref());
         }
-        let reply = decision.reply;
-        let Some(state) = decision.state else {
+        let reply = decision.reply.clone();
+        let Some(write) = Write::of(&decision) else {
             return Box::pin(fut::ready(()).map(move |(), act: &mut Self, ctx| {
                 act.arm(ctx, None);
                 Ok(reply)
             }));
-        };
-        let write = Write {
-            state,
-            events: decision.events,
         };
         let writer = self.deps.writer.clone();
         Box::pin(

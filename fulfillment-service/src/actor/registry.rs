@@ -7,14 +7,21 @@ use actix::{Actor, Addr};
 use actix_rt::ArbiterHandle;
 use chrono::Utc;
 use futures::future::{self, BoxFuture, FutureExt};
-use shared_messages::messages::ReplyError;
 use uuid::Uuid;
 
 use tokio::sync::oneshot;
 
 use super::{Creation, Deps, FulfillmentActor, Signal};
+use crate::metrics::METRICS;
 use crate::store::StoreError;
 use crate::workflow::{self, Fulfillment, Input, Reply, Timing};
+
+/// What [`Registry::recover`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    pub resumed: usize,
+    pub quarantined: usize,
+}
 
 /// Maps fulfillment ids to the actors of running fulfillments. Cheap to
 /// clone, usable from any thread; actors all live on one arbiter.
@@ -46,18 +53,31 @@ impl Registry {
         self.inner.actors.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Re-spawns every unfinished fulfillment where it stopped.
-    pub fn recover(&self) -> Result<usize, StoreError> {
-        let states = self.inner.deps.store.unfinished()?;
-        let count = states.len();
+    /// Re-spawns every unfinished fulfillment where it stopped. A row that
+    /// cannot be read is quarantined (logged, counted, listed on
+    /// `/quarantine`) and the others recover regardless.
+    pub fn recover(&self) -> Result<Recovered, StoreError> {
+        let store = &self.inner.deps.store;
+        let unfinished = store.unfinished()?;
+        let recovered = Recovered {
+            resumed: unfinished.states.len(),
+            quarantined: unfinished.unreadable.len(),
+        };
+        for (id, reason) in &unfinished.unreadable {
+            tracing::error!(fulfillment_id = %id, %reason, "unreadable stored fulfillment quarantined; it is not resumed");
+            METRICS.quarantined_rows.inc();
+            if let Err(error) = store.quarantine(id, reason) {
+                tracing::error!(fulfillment_id = %id, %error, "cannot record the quarantined row");
+            }
+        }
         let mut actors = self.actors();
-        for state in states {
+        for state in unfinished.states {
             if !actors.contains_key(&state.id) {
                 let id = state.id.clone();
                 actors.insert(id, self.spawn(state));
             }
         }
-        Ok(count)
+        Ok(recovered)
     }
 
     /// Running actors.
@@ -86,6 +106,7 @@ impl Registry {
         let (answer, outcome) = oneshot::channel();
         let creation = Creation {
             events: decision.events,
+            history: decision.history,
             reply: decision.reply,
             answer,
             span: tracing::Span::current(),
@@ -170,9 +191,29 @@ impl Registry {
             Some(state) => workflow::decide(&state, &input, message_id, Utc::now(), deps.timing)
                 .traced(traceparent.as_deref()),
             None if input.creates() => {
-                let mut decision =
-                    workflow::create(id, &input, message_id, Utc::now(), deps.timing)
-                        .traced(traceparent.as_deref());
+                // A cancel that came first makes it start cancelled.
+                let tombstone = match deps.store.tombstone(id) {
+                    Ok(tombstone) => tombstone,
+                    Err(error) => return future::ready(Err(error)).boxed(),
+                };
+                let decision = workflow::create_after(
+                    id,
+                    &input,
+                    message_id,
+                    Utc::now(),
+                    deps.timing,
+                    tombstone.as_ref(),
+                )
+                .traced(traceparent.as_deref());
+                if decision.state.as_ref().is_some_and(|s| s.status.is_final()) {
+                    // Born final (cancelled): stored at once, no actor.
+                    tracing::info!(fulfillment_id = %id, "fulfillment created cancelled: its cancel came first");
+                    if let Err(error) = deps.persist(&decision) {
+                        return future::ready(Err(error)).boxed();
+                    }
+                    return future::ready(Ok(decision.reply)).boxed();
+                }
+                let mut decision = decision;
                 let Some(state) = decision.state.take() else {
                     // Refused (e.g. invalid): nothing to store.
                     return future::ready(Ok(decision.reply)).boxed();
@@ -184,10 +225,20 @@ impl Registry {
                 return stored;
             }
             None => {
-                return future::ready(Ok(Err(ReplyError::not_found(format!(
-                    "no fulfillment {id}"
-                )))))
-                .boxed()
+                return match workflow::absent(id, &input, message_id, Utc::now()) {
+                    Ok((tombstone, history, reply)) => {
+                        match deps.store.put_tombstone(&tombstone, &history) {
+                            Ok(added) => {
+                                if added {
+                                    tracing::info!(fulfillment_id = %id, reason = %tombstone.reason, "cancel before start: tombstone left");
+                                }
+                                future::ready(Ok(reply)).boxed()
+                            }
+                            Err(error) => future::ready(Err(error)).boxed(),
+                        }
+                    }
+                    Err(reply) => future::ready(Ok(reply)).boxed(),
+                };
             }
         };
         // A signal to a finished fulfillment: at most a remembered message

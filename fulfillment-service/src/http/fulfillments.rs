@@ -1,9 +1,10 @@
-//! `/fulfillments`: create, list, status, progress, pause, resume, cancel,
-//! shipping address. Writes go to the fulfillment's actor directly (not
+//! `/fulfillments`: create, list, status, progress, history, pause, resume,
+//! cancel, shipping address. Writes go to the fulfillment's actor directly (not
 //! through the broker) and answer once the outcome is stored.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use shared_messages::history::History;
 use shared_messages::ids;
 use shared_messages::messages::{
     Address, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus, FulfillmentStatusView,
@@ -24,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/fulfillments", web::get().to(list))
         .route("/fulfillments/{id}/status", web::get().to(status))
         .route("/fulfillments/{id}/progress", web::get().to(progress))
+        .route("/fulfillments/{id}/history", web::get().to(history))
         .route("/fulfillments/{id}/pause", web::post().to(pause))
         .route("/fulfillments/{id}/resume", web::post().to(resume))
         .route("/fulfillments/{id}/cancel", web::post().to(cancel))
@@ -156,6 +158,31 @@ pub(crate) async fn progress(
 ) -> Result<HttpResponse, ApiError> {
     let f = state.find(&id)?;
     Ok(HttpResponse::Ok().json(f.progress_view(chrono::Utc::now(), state.registry.timing())))
+}
+
+/// The fulfillment's history, oldest first: each signal received (by its
+/// message type), its creation, each step completed, each status change,
+/// refused cancels and an applied tombstone, with times and message ids.
+#[utoipa::path(get, path = "/fulfillments/{id}/history", tag = "fulfillments",
+    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
+    responses(
+        (status = 200, description = "its history", body = History),
+        (status = 404, description = "no such fulfillment, and no cancel waiting for it", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
+    ))]
+pub(crate) async fn history(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let events = state.registry.store().history(&id)?;
+    if events.is_empty() {
+        // Nothing recorded: unknown, unless stored before history was kept.
+        state.find(&id)?;
+    }
+    Ok(HttpResponse::Ok().json(History {
+        workflow_id: id.into_inner(),
+        events,
+    }))
 }
 
 /// Pause at once; a step in progress is interrupted and run again on resume.

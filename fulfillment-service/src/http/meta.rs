@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use shared_messages::messages::FulfillmentStatus;
 use utoipa::OpenApi;
 
-use super::{fulfillments, health, ui, AppState};
+use super::{fulfillments, health, quarantine, ui, AppState};
 use crate::metrics::{StatusLabels, METRICS};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -61,13 +61,14 @@ pub(crate) async fn openapi() -> HttpResponse {
     ),
     paths(
         fulfillments::create, fulfillments::list, fulfillments::status, fulfillments::progress,
+        fulfillments::history, quarantine::list,
         fulfillments::pause, fulfillments::resume, fulfillments::cancel,
         fulfillments::shipping_address,
         health::healthz, health::readyz, metrics, openapi, ui::page,
     ),
     tags(
         (name = "fulfillments", description = "fulfillments by id"),
-        (name = "operations", description = "health, metrics, this document, the page for people"),
+        (name = "operations", description = "health, metrics, quarantined rows, this document, the page for people"),
     )
 )]
 struct ApiDoc;
@@ -90,6 +91,7 @@ pub(crate) fn routes_in_source() -> Vec<(String, String)> {
         include_str!("health.rs"),
         include_str!("meta.rs"),
         include_str!("ui.rs"),
+        include_str!("quarantine.rs"),
     ];
     let mut routes = Vec::new();
     for source in sources {

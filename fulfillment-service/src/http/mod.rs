@@ -5,6 +5,7 @@ mod fulfillments;
 mod health;
 pub mod meta;
 pub mod observe;
+mod quarantine;
 mod ui;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
@@ -53,6 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .configure(meta::configure)
     .configure(ui::configure)
     .configure(fulfillments::configure)
+    .configure(quarantine::configure)
     .default_service(web::to(not_found));
 }
 
@@ -227,6 +229,76 @@ mod tests {
             Some(1),
             "{body}"
         );
+    }
+
+    #[actix_web::test]
+    async fn history_and_quarantine_over_http() {
+        let data = state();
+        let app = test::init_service(App::new().app_data(data.clone()).configure(configure)).await;
+        let (code, _) = call!(
+            app,
+            test::TestRequest::post()
+                .uri("/fulfillments")
+                .set_json(order("ORD-1"))
+        );
+        assert_eq!(code, 201);
+        let (code, body) = call!(
+            app,
+            test::TestRequest::post()
+                .uri("/fulfillments/fulfillment-ORD-1/cancel")
+                .set_json(json!({"reason": "out of stock at the warehouse"}))
+        );
+        assert_eq!(
+            (code, &body["status"]),
+            (200, &json!("CANCELLED")),
+            "{body}"
+        );
+        // Cancelled directly: its CANCELLED event, with the reason, is in the outbox.
+        let pending = data.registry.store().pending(100).expect("outbox");
+        let cancelled = pending
+            .iter()
+            .find(|m| m.route.routing_key == "fulfillment.status.cancelled")
+            .expect("a CANCELLED status event");
+        let event: Value = serde_json::from_slice(&cancelled.envelope.to_json()).expect("json");
+        assert_eq!(
+            event["payload"]["fulfillment"]["cancellationReason"], "out of stock at the warehouse",
+            "{event}"
+        );
+
+        let (code, body) = call!(
+            app,
+            test::TestRequest::get().uri("/fulfillments/fulfillment-ORD-1/history")
+        );
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["workflowId"], "fulfillment-ORD-1");
+        let kinds: Vec<&str> = body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter_map(|e| e["type"].as_str())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "StartFulfillment",
+                "FulfillmentCreated",
+                "StatusChanged",
+                "CancelFulfillment",
+                "StatusChanged"
+            ],
+            "{body}"
+        );
+        assert_eq!(
+            body["events"][4]["detail"]["reason"],
+            "out of stock at the warehouse"
+        );
+        let (code, body) = call!(
+            app,
+            test::TestRequest::get().uri("/fulfillments/fulfillment-nope/history")
+        );
+        assert_eq!((code, &body["error"]), (404, &json!("not_found")), "{body}");
+        let (code, body) = call!(app, test::TestRequest::get().uri("/quarantine"));
+        assert_eq!((code, body), (200, json!({"items": []})));
     }
 
     #[actix_web::test]

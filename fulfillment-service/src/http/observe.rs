@@ -23,6 +23,7 @@ pub async fn observe(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let method = req.method().to_string();
+    let method_label = crate::metrics::method_label(&method);
     let span = tracing::info_span!(
         "http_request",
         %method,
@@ -55,7 +56,7 @@ pub async fn observe(
     METRICS
         .http_seconds
         .get_or_create(&HttpLabels {
-            method,
+            method: method_label,
             route,
             status,
         })

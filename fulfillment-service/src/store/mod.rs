@@ -18,9 +18,12 @@ use shared_messages::bus::Route;
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
 
+use chrono::{DateTime, Utc};
+use shared_messages::history::HistoryEvent;
+
 use crate::config;
 use crate::metrics::METRICS;
-use crate::workflow::Fulfillment;
+use crate::workflow::{Entry, Fulfillment, Tombstone};
 
 pub use self::postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -29,11 +32,44 @@ pub use sqlite::SqliteStore;
 /// [`shared_messages::bus::group_commit`]).
 pub type Writer = GroupCommit<Batched>;
 
-/// One transition to store: the new state and the events it causes.
+/// One transition to store: the new state, the events it causes and its
+/// history entries.
 #[derive(Debug, Clone)]
 pub struct Write {
     pub state: Fulfillment,
     pub events: Vec<(Route, Envelope)>,
+    pub history: Vec<Entry>,
+    /// Remove the fulfillment's tombstone (it was just applied).
+    pub clears_tombstone: bool,
+}
+
+impl Write {
+    /// The write of a decision that changed the state.
+    pub fn of(decision: &crate::workflow::Decision) -> Option<Self> {
+        decision.state.as_ref().map(|state| Self {
+            state: state.clone(),
+            events: decision.events.clone(),
+            history: decision.history.clone(),
+            clears_tombstone: decision.clears_tombstone,
+        })
+    }
+}
+
+/// A stored row that cannot be read, set aside at recovery.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Quarantined {
+    pub entity_id: String,
+    pub reason: String,
+    pub quarantined_at: DateTime<Utc>,
+}
+
+/// What recovery reads: the unfinished fulfillments, and the rows that
+/// could not be read (id, why).
+#[derive(Debug, Default)]
+pub struct Unfinished {
+    pub states: Vec<Fulfillment>,
+    pub unreadable: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,12 +124,32 @@ pub trait Store: OutboxStore {
     /// One fulfillment, finished or not.
     fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError>;
     /// Stores `state` and appends `events` to the outbox, atomically.
-    fn save(&self, state: &Fulfillment, events: &[(Route, Envelope)]) -> Result<(), StoreError>;
-    /// Stores every write in one transaction: all of them or none (the
-    /// group commit of [`Writer`]).
+    fn save(&self, state: &Fulfillment, events: &[(Route, Envelope)]) -> Result<(), StoreError> {
+        self.save_all(&[Write {
+            state: state.clone(),
+            events: events.to_vec(),
+            history: Vec::new(),
+            clears_tombstone: false,
+        }])
+    }
+    /// Stores every write (state, outbox events, history entries, tombstone
+    /// removal) in one transaction: all of them or none (the group commit
+    /// of [`Writer`]).
     fn save_all(&self, writes: &[Write]) -> Result<(), StoreError>;
-    /// Every fulfillment that has not reached a final status.
-    fn unfinished(&self) -> Result<Vec<Fulfillment>, StoreError>;
+    /// Every fulfillment that has not reached a final status, and the
+    /// unfinished rows that cannot be read.
+    fn unfinished(&self) -> Result<Unfinished, StoreError>;
+    /// Stores a tombstone with its history entries unless the id has one
+    /// already; true when it was new.
+    fn put_tombstone(&self, tombstone: &Tombstone, history: &[Entry]) -> Result<bool, StoreError>;
+    /// The tombstone left for `id`, if any.
+    fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, StoreError>;
+    /// The history of `id`, oldest first.
+    fn history(&self, id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
+    /// Records (or refreshes) an unreadable row.
+    fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError>;
+    /// Every quarantined row, oldest first.
+    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
     /// Newest first, optionally of one status.
     fn list(
         &self,
@@ -135,7 +191,7 @@ pub fn open(url: &str) -> Result<Opened, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::SqliteStore;
     use crate::workflow::{create, Input, Timing};
@@ -175,10 +231,7 @@ mod tests {
                 step_delay: Duration::ZERO,
             },
         );
-        Write {
-            state: decision.state.expect("created"),
-            events: decision.events,
-        }
+        Write::of(&decision).expect("created")
     }
 
     #[tokio::test]
@@ -202,5 +255,100 @@ mod tests {
             50,
             "one event each"
         );
+    }
+
+    /// History, tombstones and quarantine as both stores must keep them.
+    pub(crate) fn history_tombstones_and_quarantine(store: &dyn Store) {
+        use crate::workflow::{absent, create_after, decide};
+        let timing = Timing {
+            step_delay: Duration::ZERO,
+        };
+        let id = "fulfillment-ORD-7";
+        let cancel_id = uuid::Uuid::new_v4();
+        let (tombstone, history, _) = absent(
+            id,
+            &Input::Cancel {
+                reason: "first".into(),
+            },
+            Some(cancel_id),
+            Utc::now(),
+        )
+        .expect("a tombstone");
+        assert!(store.put_tombstone(&tombstone, &history).expect("put"));
+        assert!(
+            !store
+                .put_tombstone(&tombstone, &history)
+                .expect("put again"),
+            "a redelivered cancel adds nothing"
+        );
+        let found = store.tombstone(id).expect("read").expect("stored");
+        assert_eq!(
+            (found.reason.as_str(), found.message_id),
+            ("first", cancel_id)
+        );
+
+        let mut request = write(7).state.request.expect("a request");
+        request.order_id = "ORD-7".into();
+        let d = create_after(
+            id,
+            &Input::Start(request),
+            None,
+            Utc::now(),
+            timing,
+            Some(&found),
+        );
+        store
+            .save_all(&[Write::of(&d).expect("created")])
+            .expect("save");
+        assert_eq!(store.tombstone(id).expect("read"), None, "applied, removed");
+        let f = d.state.expect("created");
+        let d = decide(
+            &f,
+            &Input::Cancel {
+                reason: "again".into(),
+            },
+            Some(uuid::Uuid::new_v4()),
+            Utc::now(),
+            timing,
+        );
+        store
+            .save_all(&[Write::of(&d).expect("remembered")])
+            .expect("save");
+        let history = store.history(id).expect("history");
+        let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "CancelFulfillment",
+                "StartFulfillment",
+                "FulfillmentCreated",
+                "TombstoneApplied",
+                "StatusChanged",
+                "CancelFulfillment"
+            ]
+        );
+        let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(history[0].message_id, Some(cancel_id));
+        assert_eq!(history[4].detail["to"], "CANCELLED");
+        assert!(store.history("nobody").expect("history").is_empty());
+
+        assert!(store.quarantined().expect("list").is_empty());
+        store
+            .quarantine("f-bad", "missing field")
+            .expect("quarantine");
+        store.quarantine("f-bad", "still bad").expect("again");
+        let items = store.quarantined().expect("list");
+        assert_eq!(items.len(), 1);
+        assert_eq!(
+            (items[0].entity_id.as_str(), items[0].reason.as_str()),
+            ("f-bad", "still bad")
+        );
+    }
+
+    #[test]
+    fn sqlite_keeps_history_tombstones_and_quarantine() {
+        let store = SqliteStore::open(":memory:").expect("opens");
+        history_tombstones_and_quarantine(&store);
     }
 }

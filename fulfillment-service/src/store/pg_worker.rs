@@ -7,11 +7,51 @@
 //! to it one at a time; a caller blocks on the answer exactly as it would
 //! on SQLite. A broken connection is dropped and opened again for the next
 //! job, so the store comes back by itself after PostgreSQL restarts.
+//!
+//! No call waits forever: connecting, every statement and a silent peer
+//! are bounded ([`config`]); settings given in `STORE_URL` win.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
+use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::{Client, Config, NoTls};
+
+/// A connection attempt to an unreachable host fails after this, instead
+/// of the kernel's TCP timeout (minutes), so `/readyz` and retries move on.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The server ends a statement running longer than this: every statement
+/// here is a key lookup or a small batch, so a longer one is stuck.
+const STATEMENT_TIMEOUT_MS: u64 = 15_000;
+/// TCP keepalive: a peer that went silent (a dead host, a dropped route)
+/// is noticed after about idle + interval x retries = 25 s.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Data sent and not acknowledged for this long fails the connection
+/// (what keepalive cannot see while a write is outstanding).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// The client settings for `url`: its own, plus the bounds above where
+/// it sets none.
+pub fn config(url: &str) -> Result<Config, postgres::Error> {
+    let mut config: Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(TCP_USER_TIMEOUT);
+    let options = config.get_options().unwrap_or_default().to_owned();
+    if !options.contains("statement_timeout") {
+        let bounded = format!("{options} -c statement_timeout={STATEMENT_TIMEOUT_MS}");
+        config.options(bounded.trim());
+    }
+    Ok(config)
+}
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -29,7 +69,7 @@ impl Connection {
     fn client(&mut self) -> Result<&mut Client, postgres::Error> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            self.client = Some(Client::connect(&self.url, NoTls)?);
+            self.client = Some(config(&self.url)?.connect(NoTls)?);
         }
         Ok(self.client.as_mut().expect("connected just above"))
     }
@@ -82,5 +122,27 @@ impl Worker {
         });
         self.jobs.send(job).map_err(|_| WorkerGone)?;
         result.recv().map_err(|_| WorkerGone)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_call_is_bounded_unless_the_url_says_otherwise() {
+        let c = config("postgres://u@localhost/db").expect("parses");
+        assert_eq!(c.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert!(c.get_keepalives());
+        assert_eq!(c.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(c.get_tcp_user_timeout(), Some(&TCP_USER_TIMEOUT));
+        assert_eq!(c.get_options(), Some("-c statement_timeout=15000"));
+        let c = config(
+            "postgres://u@localhost/db?connect_timeout=2&options=-c%20statement_timeout%3D1000",
+        )
+        .expect("parses");
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(2)));
+        assert_eq!(c.get_options(), Some("-c statement_timeout=1000"));
+        assert!(config("not a url").is_err());
     }
 }

@@ -15,14 +15,18 @@ use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
 
 use super::pg_worker::{Worker, WorkerGone};
-use super::{Store, StoreError, Write};
-use crate::workflow::Fulfillment;
+use chrono::{DateTime, Utc};
+use shared_messages::history::HistoryEvent;
+
+use super::{Quarantined, Store, StoreError, Unfinished, Write};
+use crate::workflow::{Entry, Fulfillment, Tombstone};
 
 /// Schema versions, applied in order; the applied ones are recorded in
 /// `schema_migrations`. Append, never edit.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE fulfillments (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE fulfillments (
         id         TEXT PRIMARY KEY,
         order_id   TEXT NOT NULL,
         status     TEXT NOT NULL,
@@ -44,7 +48,31 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         claimed_by    TEXT,
         claimed_until TIMESTAMPTZ
     );",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE history (
+        workflow_id TEXT NOT NULL,
+        seq         BIGINT NOT NULL,
+        kind        TEXT NOT NULL,
+        at          TEXT NOT NULL,
+        message_id  TEXT,
+        detail      TEXT NOT NULL,
+        PRIMARY KEY (workflow_id, seq)
+    );
+    CREATE TABLE tombstones (
+        id         TEXT PRIMARY KEY,
+        reason     TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE quarantine (
+        entity_id      TEXT PRIMARY KEY,
+        reason         TEXT NOT NULL,
+        quarantined_at TEXT NOT NULL
+    );",
+    ),
+];
 
 /// Serialises migrations of replicas that start together
 /// (`pg_advisory_xact_lock`); any constant unique to this schema.
@@ -114,6 +142,38 @@ fn parse(id: &str, json: &str) -> Result<Fulfillment, StoreError> {
     })
 }
 
+fn time(id: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt {
+            id: id.to_owned(),
+            reason: format!("time {text:?}: {e}"),
+        })
+}
+
+/// Appends history entries of `id`, numbered after its last one.
+fn append_history(
+    tx: &mut postgres::Transaction<'_>,
+    id: &str,
+    entries: &[Entry],
+) -> Result<(), StoreError> {
+    for e in entries {
+        tx.execute(
+            "INSERT INTO history (workflow_id, seq, kind, at, message_id, detail)
+             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE workflow_id = $1),
+                     $2, $3, $4, $5)",
+            &[
+                &id,
+                &e.kind,
+                &e.at.to_rfc3339(),
+                &e.message_id.map(|m| m.to_string()),
+                &e.detail.to_string(),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 fn states(rows: Vec<postgres::Row>) -> Result<Vec<Fulfillment>, StoreError> {
     rows.iter()
         .map(|r| parse(r.get::<_, &str>(0), r.get::<_, &str>(1)))
@@ -129,13 +189,6 @@ impl Store for PostgresStore {
         })
     }
 
-    fn save(&self, state: &Fulfillment, events: &[(Route, Envelope)]) -> Result<(), StoreError> {
-        self.save_all(&[Write {
-            state: state.clone(),
-            events: events.to_vec(),
-        }])
-    }
-
     fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
         let rows = writes
             .iter()
@@ -149,7 +202,7 @@ impl Store for PostgresStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.worker.call(move |client| {
             let mut tx = client.transaction()?;
-            for (Write { state, events }, json) in &rows {
+            for (Write { state, events, history, clears_tombstone }, json) in &rows {
                 tx.execute(
                     "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
                      VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)
@@ -177,18 +230,132 @@ impl Store for PostgresStore {
                         ],
                     )?;
                 }
+                append_history(&mut tx, &state.id, history)?;
+                if *clears_tombstone {
+                    tx.execute("DELETE FROM tombstones WHERE id = $1", &[&state.id])?;
+                }
             }
             tx.commit()?;
             Ok(())
         })
     }
 
-    fn unfinished(&self) -> Result<Vec<Fulfillment>, StoreError> {
+    fn unfinished(&self) -> Result<Unfinished, StoreError> {
         self.worker.call(|client| {
-            states(client.query(
+            let rows = client.query(
                 "SELECT id, state FROM fulfillments WHERE NOT finished ORDER BY created_at",
                 &[],
-            )?)
+            )?;
+            let mut out = Unfinished::default();
+            for row in rows {
+                let id: &str = row.get(0);
+                match parse(id, row.get(1)) {
+                    Ok(state) => out.states.push(state),
+                    Err(error) => out.unreadable.push((id.to_owned(), error.to_string())),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_tombstone(&self, tombstone: &Tombstone, history: &[Entry]) -> Result<bool, StoreError> {
+        let (tombstone, history) = (tombstone.clone(), history.to_vec());
+        self.worker.call(move |client| {
+            let mut tx = client.transaction()?;
+            let added = tx.execute(
+                "INSERT INTO tombstones (id, reason, message_id, created_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO NOTHING",
+                &[
+                    &tombstone.id,
+                    &tombstone.reason,
+                    &tombstone.message_id.to_string(),
+                    &tombstone.at.to_rfc3339(),
+                ],
+            )? == 1;
+            if added {
+                append_history(&mut tx, &tombstone.id, &history)?;
+            }
+            tx.commit()?;
+            Ok(added)
+        })
+    }
+
+    fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, StoreError> {
+        let id = id.to_owned();
+        self.worker.call(move |client| {
+            let row = client.query_opt(
+                "SELECT reason, message_id, created_at FROM tombstones WHERE id = $1",
+                &[&id],
+            )?;
+            row.map(|r| {
+                Ok(Tombstone {
+                    id: id.clone(),
+                    reason: r.get(0),
+                    message_id: r
+                        .get::<_, &str>(1)
+                        .parse()
+                        .map_err(|e| StoreError::Corrupt {
+                            id: id.clone(),
+                            reason: format!("tombstone message id: {e}"),
+                        })?,
+                    at: time(&id, r.get(2))?,
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn history(&self, id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+        let id = id.to_owned();
+        self.worker.call(move |client| {
+            let rows = client.query(
+                "SELECT seq, kind, at, message_id, detail FROM history WHERE workflow_id = $1 ORDER BY seq",
+                &[&id],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    Ok(HistoryEvent {
+                        seq: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+                        kind: r.get(1),
+                        at: time(&id, r.get(2))?,
+                        message_id: r.get::<_, Option<&str>>(3).and_then(|m| m.parse().ok()),
+                        detail: serde_json::from_str(r.get(4)).unwrap_or(serde_json::Value::Null),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError> {
+        let (id, reason) = (id.to_owned(), reason.to_owned());
+        self.worker.call(move |client| {
+            client.execute(
+                "INSERT INTO quarantine (entity_id, reason, quarantined_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (entity_id) DO UPDATE SET reason = excluded.reason,
+                     quarantined_at = excluded.quarantined_at",
+                &[&id, &reason, &Utc::now().to_rfc3339()],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        self.worker.call(|client| {
+            let rows = client.query(
+                "SELECT entity_id, reason, quarantined_at FROM quarantine
+                 ORDER BY quarantined_at, entity_id",
+                &[],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    let entity_id: String = r.get(0);
+                    Ok(Quarantined {
+                        quarantined_at: time(&entity_id, r.get(2))?,
+                        reason: r.get(1),
+                        entity_id,
+                    })
+                })
+                .collect()
         })
     }
 
@@ -408,6 +575,7 @@ mod tests {
         let unfinished: Vec<String> = store
             .unfinished()
             .expect("unfinished")
+            .states
             .into_iter()
             .map(|f| f.id)
             .collect();
@@ -437,6 +605,13 @@ mod tests {
         );
         store.remove(&[pending[0].seq]).expect("remove");
         assert_eq!(store.pending(10).expect("pending").len(), 2);
+    }
+
+    #[test]
+    fn keeps_history_tombstones_and_quarantine() {
+        let db = TestDb::create("fulfillment_history");
+        let store = PostgresStore::open(&db.url).expect("open");
+        crate::store::tests::history_tombstones_and_quarantine(&store);
     }
 
     /// The reason for the worker thread: actors call the store from inside

@@ -9,12 +9,16 @@ use shared_messages::bus::Route;
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
 
-use super::{Store, StoreError, Write};
-use crate::workflow::Fulfillment;
+use chrono::{DateTime, Utc};
+use shared_messages::history::HistoryEvent;
+
+use super::{Quarantined, Store, StoreError, Unfinished, Write};
+use crate::workflow::{Entry, Fulfillment, Tombstone};
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how
 /// many have run. Append, never edit.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
     CREATE TABLE fulfillments (
         id         TEXT PRIMARY KEY,
         order_id   TEXT NOT NULL,
@@ -33,7 +37,30 @@ const MIGRATIONS: &[&str] = &[r#"
         mandatory   INTEGER NOT NULL,
         envelope    BLOB NOT NULL
     );
-"#];
+"#,
+    r#"
+    CREATE TABLE history (
+        workflow_id TEXT NOT NULL,
+        seq         INTEGER NOT NULL,
+        kind        TEXT NOT NULL,
+        at          TEXT NOT NULL,
+        message_id  TEXT,
+        detail      TEXT NOT NULL,
+        PRIMARY KEY (workflow_id, seq)
+    );
+    CREATE TABLE tombstones (
+        id         TEXT PRIMARY KEY,
+        reason     TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE quarantine (
+        entity_id      TEXT PRIMARY KEY,
+        reason         TEXT NOT NULL,
+        quarantined_at TEXT NOT NULL
+    );
+"#,
+];
 
 /// How long a writer waits for a lock held by another connection.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
@@ -95,12 +122,46 @@ fn parse(id: &str, json: &str) -> Result<Fulfillment, StoreError> {
     })
 }
 
-/// One state and its events, inside the caller's transaction.
-fn write(
+fn time(id: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt {
+            id: id.to_owned(),
+            reason: format!("time {text:?}: {e}"),
+        })
+}
+
+/// Appends history entries of `id`, numbered after its last one.
+fn append_history(
     tx: &rusqlite::Transaction<'_>,
-    state: &Fulfillment,
-    events: &[(Route, Envelope)],
+    id: &str,
+    entries: &[Entry],
 ) -> Result<(), StoreError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO history (workflow_id, seq, kind, at, message_id, detail)
+         VALUES (?1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE workflow_id = ?1),
+                 ?2, ?3, ?4, ?5)",
+    )?;
+    for e in entries {
+        insert.execute(params![
+            id,
+            e.kind,
+            e.at.to_rfc3339(),
+            e.message_id.map(|m| m.to_string()),
+            e.detail.to_string(),
+        ])?;
+    }
+    Ok(())
+}
+
+/// One state with its events and history, inside the caller's transaction.
+fn write(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), StoreError> {
+    let Write {
+        state,
+        events,
+        history,
+        clears_tombstone,
+    } = w;
     let json = serde_json::to_string(state).map_err(|e| StoreError::Corrupt {
         id: state.id.clone(),
         reason: e.to_string(),
@@ -132,6 +193,11 @@ fn write(
             envelope.to_json()
         ])?;
     }
+    append_history(tx, &state.id, history)?;
+    if *clears_tombstone {
+        tx.prepare_cached("DELETE FROM tombstones WHERE id = ?1")?
+            .execute([&state.id])?;
+    }
     Ok(())
 }
 
@@ -156,30 +222,133 @@ impl Store for SqliteStore {
         json.map(|j| parse(id, &j)).transpose()
     }
 
-    fn save(&self, state: &Fulfillment, events: &[(Route, Envelope)]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        write(&tx, state, events)?;
-        tx.commit()?;
-        Ok(())
-    }
-
     fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         for w in writes {
-            write(&tx, &w.state, &w.events)?;
+            write(&tx, w)?;
         }
         tx.commit()?;
         Ok(())
     }
 
-    fn unfinished(&self) -> Result<Vec<Fulfillment>, StoreError> {
+    fn unfinished(&self) -> Result<Unfinished, StoreError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare("SELECT id, state FROM fulfillments WHERE finished = 0 ORDER BY created_at")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows_to_states(rows)
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Unfinished::default();
+        for row in rows {
+            let (id, json) = row?;
+            match parse(&id, &json) {
+                Ok(state) => out.states.push(state),
+                Err(error) => out.unreadable.push((id, error.to_string())),
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_tombstone(&self, tombstone: &Tombstone, history: &[Entry]) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let added = tx.execute(
+            "INSERT INTO tombstones (id, reason, message_id, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO NOTHING",
+            params![
+                tombstone.id,
+                tombstone.reason,
+                tombstone.message_id.to_string(),
+                tombstone.at.to_rfc3339()
+            ],
+        )? == 1;
+        if added {
+            append_history(&tx, &tombstone.id, history)?;
+        }
+        tx.commit()?;
+        Ok(added)
+    }
+
+    fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, StoreError> {
+        let conn = self.conn();
+        let row: Option<(String, String, String)> = conn
+            .prepare_cached("SELECT reason, message_id, created_at FROM tombstones WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        row.map(|(reason, message_id, at)| {
+            Ok(Tombstone {
+                id: id.to_owned(),
+                reason,
+                message_id: message_id.parse().map_err(|e| StoreError::Corrupt {
+                    id: id.to_owned(),
+                    reason: format!("tombstone message id: {e}"),
+                })?,
+                at: time(id, &at)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn history(&self, id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, kind, at, message_id, detail FROM history WHERE workflow_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, kind, at, message_id, detail) = row?;
+            out.push(HistoryEvent {
+                seq: u64::try_from(seq).unwrap_or(0),
+                kind,
+                at: time(id, &at)?,
+                message_id: message_id.and_then(|m| m.parse().ok()),
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+            });
+        }
+        Ok(out)
+    }
+
+    fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO quarantine (entity_id, reason, quarantined_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (entity_id) DO UPDATE SET reason = excluded.reason,
+                 quarantined_at = excluded.quarantined_at",
+            params![id, reason, Utc::now().to_rfc3339()],
+        )?;
+        Ok(())
+    }
+
+    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT entity_id, reason, quarantined_at FROM quarantine ORDER BY quarantined_at, entity_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (entity_id, reason, at) = row?;
+            let quarantined_at = time(&entity_id, &at)?;
+            out.push(Quarantined {
+                entity_id,
+                reason,
+                quarantined_at,
+            });
+        }
+        Ok(out)
     }
 
     fn list(
@@ -339,6 +508,7 @@ mod tests {
         let unfinished: Vec<String> = store
             .unfinished()
             .expect("unfinished")
+            .states
             .into_iter()
             .map(|f| f.id)
             .collect();

@@ -1,0 +1,483 @@
+//! fulfillment-service's side of the order saga, against the real broker
+//! and binary: a cancel that overtakes its start, a cancel after shipping,
+//! history written once per signal, rows that cannot be read, and signals
+//! whose envelope and payload disagree.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use futures::FutureExt;
+use serde_json::{json, Value};
+use shared_messages::bus::{Bus, BusConfig, Incoming, Outcome, Route};
+use shared_messages::messages::*;
+use shared_messages::topology::{self, *};
+use shared_messages::{ids, Envelope, Message};
+use system_tests::*;
+use uuid::Uuid;
+
+/// Upper bound for anything that should happen within a few steps.
+const DEADLINE: Duration = Duration::from_secs(20);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// fulfillment-service on its own vhost, and a client bus whose queue,
+/// bound to `fulfillment.events` for status events, keeps every event.
+struct Saga {
+    service: Service,
+    bus: Bus,
+    events: Arc<Mutex<Vec<Envelope>>>,
+    http: Http,
+    vhost: TestVhost,
+}
+
+impl Saga {
+    async fn start(label: &str, env: &[(&str, &str)], data_dir: &Path) -> Result<Self> {
+        let vhost = TestVhost::create(label).await?;
+        let bus = Bus::new(BusConfig::new(
+            vhost.amqp_url.clone(),
+            "fulfillment-saga-test",
+            topology::order_service(),
+        ));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        bus.consume(
+            ORDER_FULFILLMENT_EVENTS_QUEUE,
+            Arc::new(move |incoming: Incoming| {
+                sink.lock().expect("events lock").push(incoming.envelope);
+                async { Outcome::Ack }.boxed()
+            }),
+        );
+        bus.start();
+        if !bus.wait_connected(DEADLINE).await {
+            bail!(
+                "the test client cannot connect to RabbitMQ at {}",
+                amqp_base()
+            );
+        }
+        let service = Service::start("fulfillment-service", &vhost, data_dir, env).await?;
+        service.wait_ready().await?;
+        Ok(Self {
+            service,
+            bus,
+            events,
+            http: Http::new(),
+            vhost,
+        })
+    }
+
+    async fn publish(&self, id: &str, message_id: Uuid, message: Message) -> Result<()> {
+        let envelope = Envelope::with_id(message_id, id, message);
+        Ok(self.bus.publish(&signal_route(), &envelope).await?)
+    }
+
+    async fn signal_reply(&self, id: &str, message: Message) -> Result<SignalReply> {
+        let envelope = Envelope::new(id, message);
+        let reply = self
+            .bus
+            .request(&signal_route(), &envelope, REPLY_TIMEOUT, true)
+            .await?;
+        match reply.message {
+            Message::SignalReply(r) => Ok(r),
+            other => bail!("expected a SignalReply, got {other:?}"),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        self.http.get(&self.service.url(path)).await
+    }
+
+    async fn progress(&self, id: &str) -> Result<Option<FulfillmentProgressView>> {
+        let (code, body) = self.get(&format!("/fulfillments/{id}/progress")).await?;
+        Ok(match code {
+            200 => Some(serde_json::from_value(body)?),
+            404 => None,
+            _ => bail!("progress of {id}: {code} {body}"),
+        })
+    }
+
+    async fn wait_status(
+        &self,
+        id: &str,
+        status: FulfillmentStatus,
+    ) -> Result<FulfillmentProgressView> {
+        eventually(&format!("{id} {status}"), DEADLINE, || async {
+            Ok(self.progress(id).await?.filter(|p| p.status == status))
+        })
+        .await
+    }
+
+    /// The history entries' types, oldest first (empty while unknown).
+    async fn history(&self, id: &str) -> Result<Vec<Value>> {
+        let (code, body) = self.get(&format!("/fulfillments/{id}/history")).await?;
+        match code {
+            200 => Ok(body["events"].as_array().cloned().unwrap_or_default()),
+            404 => Ok(Vec::new()),
+            _ => bail!("history of {id}: {code} {body}"),
+        }
+    }
+
+    async fn wait_history(&self, id: &str, kind: &str, count: usize) -> Result<Vec<Value>> {
+        eventually(
+            &format!("{count} {kind} in the history of {id}"),
+            DEADLINE,
+            || async {
+                let events = self.history(id).await?;
+                Ok((kinds_of(&events, kind) >= count).then_some(events))
+            },
+        )
+        .await
+    }
+
+    /// Status events seen for `id` in `status`, every delivery counted.
+    fn status_events(&self, id: &str, status: FulfillmentStatus) -> Vec<FulfillmentStatusView> {
+        self.events
+            .lock()
+            .expect("events lock")
+            .iter()
+            .filter(|e| e.entity_id == id)
+            .filter_map(|e| match &e.message {
+                Message::FulfillmentStatusChanged(c) if c.fulfillment.status == status => {
+                    Some(c.fulfillment.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<Value>> {
+        self.vhost
+            .peek(&dead_letter_queue(FULFILLMENT_SIGNALS_QUEUE), 20)
+            .await
+    }
+}
+
+fn kinds_of(events: &[Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["type"] == kind).count()
+}
+
+fn signal_route() -> Route {
+    Route::new(FULFILLMENT_SIGNALS_EXCHANGE, FULFILLMENT_SIGNAL_KEY, true)
+}
+
+fn request(order_id: &str, items: usize) -> FulfillmentRequest {
+    FulfillmentRequest {
+        order_id: order_id.into(),
+        customer_id: "customer-1".into(),
+        customer_name: Some("Ada".into()),
+        customer_email: Some("ada@example.com".into()),
+        items: (1..=items)
+            .map(|i| OrderItem {
+                product_id: format!("product-{i}"),
+                product_name: format!("Product {i}"),
+                quantity: 1,
+                price: 9.99,
+            })
+            .collect(),
+        shipping_address: Address {
+            street: "1 Main St".into(),
+            city: "Springfield".into(),
+            state: "IL".into(),
+            zip_code: "62701".into(),
+            country: "USA".into(),
+        },
+    }
+}
+
+fn start(order_id: &str, items: usize) -> Message {
+    Message::StartFulfillment(StartFulfillment {
+        request: request(order_id, items),
+    })
+}
+
+fn cancel(reason: &str) -> Message {
+    Message::CancelFulfillment(CancelFulfillment {
+        reason: reason.into(),
+    })
+}
+
+fn unique_order() -> String {
+    format!("ORD-{}", Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn a_cancel_that_overtakes_its_start_wins() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let saga = Saga::start("saga-tombstone", &[("STEP_DELAY_MS", "10")], dir.path()).await?;
+    let order = unique_order();
+    let id = ids::fulfillment_workflow_id(&order);
+    let cancel_id = Uuid::new_v4();
+    saga.publish(&id, cancel_id, cancel("customer changed their mind"))
+        .await?;
+    let recorded = saga.wait_history(&id, "CancelFulfillment", 1).await?;
+    assert_eq!(recorded[0]["messageId"], json!(cancel_id.to_string()));
+    assert!(
+        saga.progress(&id).await?.is_none(),
+        "no fulfillment before its start"
+    );
+
+    saga.publish(&id, Uuid::new_v4(), start(&order, 3)).await?;
+    let p = saga.wait_status(&id, FulfillmentStatus::Cancelled).await?;
+    assert_eq!(p.items_picked, 0, "nothing picked");
+    assert!(p.completed_steps.is_empty(), "{:?}", p.completed_steps);
+    let cancelled = eventually("a CANCELLED status event", DEADLINE, || async {
+        Ok(saga
+            .status_events(&id, FulfillmentStatus::Cancelled)
+            .first()
+            .cloned())
+    })
+    .await?;
+    assert_eq!(
+        cancelled.cancellation_reason.as_deref(),
+        Some("customer changed their mind")
+    );
+    assert!(
+        saga.status_events(&id, FulfillmentStatus::Picking)
+            .is_empty(),
+        "it never started picking"
+    );
+    let history = saga.history(&id).await?;
+    let kinds: Vec<&str> = history.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "CancelFulfillment",
+            "StartFulfillment",
+            "FulfillmentCreated",
+            "TombstoneApplied",
+            "StatusChanged"
+        ]
+    );
+
+    // The start again (as a resend after NOT_FOUND would be): still cancelled.
+    saga.publish(&id, Uuid::new_v4(), start(&order, 3)).await?;
+    let again = saga
+        .signal_reply(&id, Message::ResumeFulfillment(ResumeFulfillment {}))
+        .await?;
+    assert_eq!(again.status, Some(FulfillmentStatus::Cancelled));
+    assert!(saga.dead_letters().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancel_after_shipping_is_answered_recorded_and_the_shipped_event_sent_again(
+) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let saga = Saga::start("saga-shipped", &[("STEP_DELAY_MS", "0")], dir.path()).await?;
+    let order = unique_order();
+    let id = ids::fulfillment_workflow_id(&order);
+    saga.publish(&id, Uuid::new_v4(), start(&order, 1)).await?;
+    saga.wait_status(&id, FulfillmentStatus::Shipped).await?;
+    eventually("the SHIPPED event", DEADLINE, || async {
+        Ok((!saga
+            .status_events(&id, FulfillmentStatus::Shipped)
+            .is_empty())
+        .then_some(()))
+    })
+    .await?;
+    let before = saga.status_events(&id, FulfillmentStatus::Shipped).len();
+
+    let reply = saga.signal_reply(&id, cancel("too late")).await?;
+    assert!(!reply.accepted, "{reply:?}");
+    assert_eq!(reply.status, Some(FulfillmentStatus::Shipped));
+    let error = reply.error.expect("why");
+    assert_eq!(error.code, ReplyErrorCode::Conflict);
+    assert!(error.message.contains("shipped"), "{}", error.message);
+    eventually("the SHIPPED event again", DEADLINE, || async {
+        Ok((saga.status_events(&id, FulfillmentStatus::Shipped).len() > before).then_some(()))
+    })
+    .await?;
+    let history = saga.wait_history(&id, "CancelRefused", 1).await?;
+    let refused = history
+        .iter()
+        .find(|e| e["type"] == "CancelRefused")
+        .expect("recorded");
+    assert_eq!(refused["detail"]["requestedReason"], "too late");
+
+    // Without a reply-to: acked, recorded, never dead-lettered.
+    let quiet = Uuid::new_v4();
+    saga.publish(&id, quiet, cancel("still too late")).await?;
+    saga.wait_history(&id, "CancelRefused", 2).await?;
+    // Its redelivery (the same message id) records nothing more.
+    saga.publish(&id, quiet, cancel("still too late")).await?;
+    let marker = saga.signal_reply(&id, cancel("a marker")).await?;
+    assert!(!marker.accepted);
+    let history = saga.wait_history(&id, "CancelRefused", 3).await?;
+    assert_eq!(kinds_of(&history, "CancelRefused"), 3, "{history:?}");
+    assert_eq!(
+        saga.progress(&id).await?.map(|p| p.status),
+        Some(FulfillmentStatus::Shipped)
+    );
+    assert!(saga.dead_letters().await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_fulfillment_cancelled_directly_publishes_cancelled_with_its_reason() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let saga = Saga::start("saga-direct", &[("STEP_DELAY_MS", "60000")], dir.path()).await?;
+    let order = unique_order();
+    let id = ids::fulfillment_workflow_id(&order);
+    saga.publish(&id, Uuid::new_v4(), start(&order, 2)).await?;
+    saga.wait_status(&id, FulfillmentStatus::Picking).await?;
+    let (code, body) = saga
+        .http
+        .post(
+            &saga.service.url(&format!("/fulfillments/{id}/cancel")),
+            Some(&json!({"reason": "damaged in the warehouse"})),
+        )
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let event = eventually("a CANCELLED status event", DEADLINE, || async {
+        Ok(saga
+            .status_events(&id, FulfillmentStatus::Cancelled)
+            .first()
+            .cloned())
+    })
+    .await?;
+    assert_eq!(
+        event.cancellation_reason.as_deref(),
+        Some("damaged in the warehouse")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redelivered_signal_adds_nothing_to_the_history_even_across_kill_9() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut saga = Saga::start("saga-once", &[("STEP_DELAY_MS", "60000")], dir.path()).await?;
+    let order = unique_order();
+    let id = ids::fulfillment_workflow_id(&order);
+    let start_id = Uuid::new_v4();
+    saga.publish(&id, start_id, start(&order, 2)).await?;
+    saga.wait_status(&id, FulfillmentStatus::Picking).await?;
+    let pause_id = Uuid::new_v4();
+    saga.publish(
+        &id,
+        pause_id,
+        Message::PauseFulfillment(PauseFulfillment {}),
+    )
+    .await?;
+    saga.wait_status(&id, FulfillmentStatus::Paused).await?;
+    let before = saga.history(&id).await?;
+
+    // Both again, as a redelivery would bring them, across a kill -9;
+    // then a resume, which the queue delivers after them.
+    saga.service.kill().await?;
+    saga.publish(&id, start_id, start(&order, 2)).await?;
+    saga.publish(
+        &id,
+        pause_id,
+        Message::PauseFulfillment(PauseFulfillment {}),
+    )
+    .await?;
+    saga.publish(
+        &id,
+        Uuid::new_v4(),
+        Message::ResumeFulfillment(ResumeFulfillment {}),
+    )
+    .await?;
+    saga.service.restart().await?;
+    let after = saga.wait_history(&id, "ResumeFulfillment", 1).await?;
+    assert_eq!(
+        &after[..before.len()],
+        &before[..],
+        "what was recorded stays"
+    );
+    let added: Vec<&str> = after[before.len()..]
+        .iter()
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(added, ["ResumeFulfillment", "StatusChanged"], "{after:?}");
+    assert_eq!(kinds_of(&after, "StartFulfillment"), 1);
+    assert_eq!(kinds_of(&after, "PauseFulfillment"), 1);
+    let seqs: Vec<u64> = after.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    let expected: Vec<u64> = (1..=after.len() as u64).collect();
+    assert_eq!(seqs, expected, "numbered without gaps");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreadable_row_is_quarantined_and_the_others_recover() -> Result<()> {
+    let db = TestDatabase::create("saga_quarantine")?;
+    let dir = tempfile::tempdir()?;
+    let env = [("STEP_DELAY_MS", "200"), ("STORE_URL", db.url.as_str())];
+    let mut saga = Saga::start("saga-quarantine", &env, dir.path()).await?;
+    let order = unique_order();
+    let id = ids::fulfillment_workflow_id(&order);
+    saga.publish(&id, Uuid::new_v4(), start(&order, 10)).await?;
+    saga.wait_status(&id, FulfillmentStatus::Picking).await?;
+    saga.service.kill().await?;
+    // A row an older or newer version might have written: not a fulfillment.
+    db.execute(
+        "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
+         VALUES ('fulfillment-BROKEN', 'BROKEN', 'PICKING', false, '{\"id\": 42}', now(), now())",
+    )?;
+    saga.service.restart().await?;
+    saga.service.wait_ready().await?;
+
+    let (code, body) = saga.get("/quarantine").await?;
+    assert_eq!(code, 200, "{body}");
+    let items = body["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(items.len(), 1, "{body}");
+    assert_eq!(items[0]["entityId"], "fulfillment-BROKEN");
+    assert!(
+        items[0]["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{body}"
+    );
+    assert!(items[0]["quarantinedAt"].is_string(), "{body}");
+    let metrics = reqwest::get(saga.service.url("/metrics"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("fulfillment_service_quarantined_rows_total 1"),
+        "{metrics}"
+    );
+    // The readable one carries on to the end.
+    eventually(
+        "the recovered fulfillment to ship",
+        Duration::from_secs(60),
+        || async {
+            Ok(saga
+                .progress(&id)
+                .await?
+                .filter(|p| p.status == FulfillmentStatus::Shipped))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_signal_whose_envelope_and_payload_disagree_is_dead_lettered() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let saga = Saga::start("saga-mismatch", &[("STEP_DELAY_MS", "10")], dir.path()).await?;
+    let victim = unique_order();
+    let victim_id = ids::fulfillment_workflow_id(&victim);
+    // The envelope names one order's fulfillment, the payload another order.
+    saga.publish(&victim_id, Uuid::new_v4(), start(&unique_order(), 1))
+        .await?;
+    let dead = eventually("a dead letter", DEADLINE, || async {
+        let messages = saga.dead_letters().await?;
+        Ok((!messages.is_empty()).then_some(messages))
+    })
+    .await?;
+    let reason = dead[0]["properties"]["headers"]["x-dead-letter-reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("does not match") && reason.contains(&victim_id),
+        "{reason}"
+    );
+    assert!(
+        saga.progress(&victim_id).await?.is_none(),
+        "nothing created"
+    );
+    // The real start still works.
+    saga.publish(&victim_id, Uuid::new_v4(), start(&victim, 1))
+        .await?;
+    saga.wait_status(&victim_id, FulfillmentStatus::Shipped)
+        .await?;
+    Ok(())
+}
