@@ -7,6 +7,7 @@
 mod bus;
 mod durability;
 mod fulfillment;
+mod ha;
 mod operations;
 mod orders;
 mod shutdown;

@@ -10,8 +10,11 @@
 //! - [`eventually`]: wait until a condition holds, or fail at a deadline.
 //! - [`PrivateBroker`]: a RabbitMQ node of a test's own, to stop and start.
 //! - [`TestDatabase`]: a fresh PostgreSQL database, dropped when dropped.
+//! - [`cluster`]: the local three-node RabbitMQ cluster, for the
+//!   high-availability tests.
 
 pub mod broker;
+pub mod cluster;
 pub mod postgres;
 
 pub use broker::PrivateBroker;
