@@ -10,7 +10,7 @@
 //! | exchange (type) | routing key | queue | consumer |
 //! |---|---|---|---|
 //! | `fulfillment.signals` (direct) | `signal` | `fulfillment.signals` (quorum) | fulfillment-service |
-//! | `fulfillment.queries` (direct) | `query` | `fulfillment.queries` (classic, expiring) | fulfillment-service |
+//! | `fulfillment.queries` (direct) | `query` | `fulfillment.queries` (quorum, expiring) | fulfillment-service |
 //! | `fulfillment.events` (topic) | `fulfillment.status.<status>` | `order-service.fulfillment-events` (quorum) | order-service |
 //! | `fulfillment.events` (topic) | `fulfillment.progress.<status>` | none by default | whoever binds it |
 //! | `fulfillment.dead-letter` (direct) | queue name | `fulfillment.signals.dlq`, `fulfillment.queries.dlq` | operators |
@@ -45,10 +45,10 @@ pub const ORDER_DEAD_LETTER_EXCHANGE: &str = "order-service.dead-letter";
 /// limit, so without this a poison message would loop forever.
 pub const DELIVERY_LIMIT: i32 = 20;
 
-/// Upper bound on how long a query waits in its queue. Requesters also set a
-/// per-message expiration equal to their own timeout; this caps queries from
-/// clients that do not.
-pub const QUERY_QUEUE_TTL_MS: i32 = 60_000;
+/// How long a query waits in its queue: the services' default query timeout
+/// (`QUERY_TIMEOUT_MS`), after which nobody waits for the answer.
+/// Requesters also set a per-message expiration equal to their own timeout.
+pub const QUERY_QUEUE_TTL_MS: i32 = 5_000;
 
 /// The routing key a status event is published with, e.g.
 /// `fulfillment.status.ready_to_ship`.
@@ -98,8 +98,16 @@ pub struct ExchangeSpec {
 pub enum QueueKind {
     /// Replicated, durable; for signals, events and dead letters.
     Quorum { delivery_limit: Option<i32> },
-    /// Durable definition, transient messages that expire; for queries.
+    /// Durable definition, transient messages that expire; lives on one
+    /// node, so it is unavailable while that node is down.
     Classic { message_ttl_ms: Option<i32> },
+    /// Replicated like [`QueueKind::Quorum`], for requests that expire
+    /// (queries): survives the loss of any one node of a cluster, and drops
+    /// what nobody waits for any more instead of dead-lettering it.
+    QuorumExpiring {
+        message_ttl_ms: i32,
+        delivery_limit: Option<i32>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +139,16 @@ impl QueueSpec {
                     args.push(("x-delivery-limit", QueueArgument::Int(limit)));
                 }
             }
+            QueueKind::QuorumExpiring {
+                message_ttl_ms,
+                delivery_limit,
+            } => {
+                args.push(("x-queue-type", QueueArgument::Text("quorum".into())));
+                args.push(("x-message-ttl", QueueArgument::Int(message_ttl_ms)));
+                if let Some(limit) = delivery_limit {
+                    args.push(("x-delivery-limit", QueueArgument::Int(limit)));
+                }
+            }
             QueueKind::Classic { message_ttl_ms } => {
                 args.push(("x-queue-type", QueueArgument::Text("classic".into())));
                 if let Some(ttl) = message_ttl_ms {
@@ -138,8 +156,8 @@ impl QueueSpec {
                 }
             }
         }
-        // Expired queries are not worth keeping: only quorum (signal and
-        // event) queues let RabbitMQ dead-letter by itself. Consumers still
+        // Expired queries are not worth keeping: only quorum signal and
+        // event queues let RabbitMQ dead-letter by itself. Consumers still
         // dead-letter undecodable queries explicitly, with a reason.
         if let (Some(dlx), QueueKind::Quorum { .. }) = (&self.dead_letter_exchange, self.kind) {
             args.push(("x-dead-letter-exchange", QueueArgument::Text(dlx.clone())));
@@ -256,14 +274,17 @@ pub fn fulfillment_signals() -> Topology {
         )
 }
 
-/// Queries to fulfillment.
+/// Queries to fulfillment: a quorum queue, so queries keep being answered
+/// while any one node of a cluster is down, whose messages expire with the
+/// query timeout (see docs/durability.md for why not a queue per replica).
 pub fn fulfillment_queries() -> Topology {
     Topology::default()
         .exchange(FULFILLMENT_QUERIES_EXCHANGE, ExchangeType::Direct)
         .consumed_queue(
             FULFILLMENT_QUERIES_QUEUE,
-            QueueKind::Classic {
-                message_ttl_ms: Some(QUERY_QUEUE_TTL_MS),
+            QueueKind::QuorumExpiring {
+                message_ttl_ms: QUERY_QUEUE_TTL_MS,
+                delivery_limit: Some(DELIVERY_LIMIT),
             },
             FULFILLMENT_DEAD_LETTER_EXCHANGE,
         )

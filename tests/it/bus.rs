@@ -356,7 +356,7 @@ async fn poison_messages_land_in_the_dead_letter_queue_with_their_reason() -> Re
 }
 
 #[tokio::test]
-async fn a_retried_delivery_comes_back_until_it_succeeds() -> Result<()> {
+async fn a_retried_delivery_is_retried_in_place_until_it_succeeds() -> Result<()> {
     let vhost = TestVhost::create("bus-retry").await?;
     let attempts = Arc::new(AtomicUsize::new(0));
     let seen = attempts.clone();
@@ -365,7 +365,7 @@ async fn a_retried_delivery_comes_back_until_it_succeeds() -> Result<()> {
         let attempt = seen.fetch_add(1, Ordering::SeqCst);
         let tx = tx.clone();
         async move {
-            if attempt == 0 {
+            if attempt < 3 {
                 Outcome::Retry("store busy".into())
             } else {
                 let _ = tx.send(incoming);
@@ -377,13 +377,24 @@ async fn a_retried_delivery_comes_back_until_it_succeeds() -> Result<()> {
     let bus = connected_bus(&vhost, "bus-test", &[(FULFILLMENT_SIGNALS_QUEUE, handler)]).await;
     let sent = pause("fulfillment-retry");
     bus.publish(&signal_route(), &sent).await?;
+    eventually("the bus to report the retry", DEADLINE, || {
+        let reason = bus.not_ready_reason();
+        async move { Ok(reason.filter(|r| r.contains("retried"))) }
+    })
+    .await?;
     let delivered = recv(&mut rx).await;
     assert_eq!(delivered.envelope, sent);
     assert!(
-        delivered.redelivered,
-        "the second delivery is marked redelivered"
+        !delivered.redelivered,
+        "retried in place: never requeued, so never counted toward the delivery limit"
     );
-    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(attempts.load(Ordering::SeqCst), 4);
+    eventually("the bus to be ready again", DEADLINE, || {
+        let ready = bus.is_ready();
+        async move { Ok(ready.then_some(())) }
+    })
+    .await?;
+    bus.shutdown().await;
     Ok(())
 }
 

@@ -51,7 +51,7 @@ struct Seen {
 }
 
 /// Every fulfillment status event published on a broker.
-struct EventLog {
+pub(crate) struct EventLog {
     /// Kept so the consumer runs as long as the log.
     _bus: Bus,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -59,7 +59,7 @@ struct EventLog {
 
 impl EventLog {
     /// Declares and binds the test's queue, and consumes it.
-    async fn start(amqp_url: &str) -> Result<Self> {
+    pub(crate) async fn start(amqp_url: &str) -> Result<Self> {
         let topology = topology::fulfillment_events()
             .queue(QueueSpec {
                 name: EVENTS_QUEUE.into(),
@@ -102,7 +102,7 @@ impl EventLog {
     }
 
     /// Distinct SHIPPED-event message ids per fulfillment.
-    fn shipped(&self) -> HashMap<String, HashSet<Uuid>> {
+    pub(crate) fn shipped(&self) -> HashMap<String, HashSet<Uuid>> {
         self.with(|seen| {
             let mut shipped: HashMap<String, HashSet<Uuid>> = HashMap::new();
             for s in seen
@@ -119,7 +119,7 @@ impl EventLog {
     }
 
     /// Fulfillments with events but no SHIPPED one yet: work in flight.
-    fn in_progress(&self) -> usize {
+    pub(crate) fn in_progress(&self) -> usize {
         let shipped = self.shipped();
         self.with(|seen| {
             seen.iter()
@@ -131,7 +131,7 @@ impl EventLog {
     }
 
     /// Waits until at least `n` fulfillments are under way and unshipped.
-    async fn wait_in_progress(&self, n: usize) -> Result<()> {
+    pub(crate) async fn wait_in_progress(&self, n: usize) -> Result<()> {
         eventually(
             &format!("{n} fulfillments in progress"),
             DEADLINE,
@@ -141,7 +141,7 @@ impl EventLog {
     }
 
     /// Waits until at least `n` fulfillments have shipped.
-    async fn wait_shipped(&self, n: usize) -> Result<()> {
+    pub(crate) async fn wait_shipped(&self, n: usize) -> Result<()> {
         eventually(&format!("{n} SHIPPED events"), DEADLINE, || async {
             Ok((self.shipped().len() >= n).then_some(()))
         })
@@ -151,16 +151,16 @@ impl EventLog {
 
 /// Both services on one broker, each with a store in `dir` (or the given
 /// STORE_URLs), and the event log.
-struct System {
-    orders: Service,
-    fulfillment: Service,
-    events: EventLog,
-    http: Http,
+pub(crate) struct System {
+    pub(crate) orders: Service,
+    pub(crate) fulfillment: Service,
+    pub(crate) events: EventLog,
+    pub(crate) http: Http,
     _dir: tempfile::TempDir,
 }
 
 impl System {
-    async fn start(amqp_url: &str, store_urls: Option<(&str, &str)>) -> Result<Self> {
+    pub(crate) async fn start(amqp_url: &str, store_urls: Option<(&str, &str)>) -> Result<Self> {
         let events = EventLog::start(amqp_url).await?;
         let dir = tempfile::tempdir()?;
         let mut order_env: Vec<(&str, &str)> = ORDER_ENV.to_vec();
@@ -189,7 +189,7 @@ impl System {
     }
 
     /// Places the demo order; answers its workflow id.
-    async fn create_demo(&self) -> Result<String> {
+    pub(crate) async fn create_demo(&self) -> Result<String> {
         let (code, body) = self
             .http
             .post(&self.orders.url("/orders/demo"), None)
@@ -201,14 +201,14 @@ impl System {
             .to_owned())
     }
 
-    async fn create_demos(&self, n: usize, into: &mut Vec<String>) -> Result<()> {
+    pub(crate) async fn create_demos(&self, n: usize, into: &mut Vec<String>) -> Result<()> {
         for _ in 0..n {
             into.push(self.create_demo().await?);
         }
         Ok(())
     }
 
-    async fn status(&self, workflow_id: &str) -> Result<Value> {
+    pub(crate) async fn status(&self, workflow_id: &str) -> Result<Value> {
         let (code, body) = self
             .http
             .get(&self.orders.url(&format!("/orders/{workflow_id}/status")))
@@ -218,7 +218,7 @@ impl System {
     }
 
     /// Workflow ids of the orders order-service lists with `status`.
-    async fn listed(&self, status: &str) -> Result<HashSet<String>> {
+    pub(crate) async fn listed(&self, status: &str) -> Result<HashSet<String>> {
         let url = self
             .orders
             .url(&format!("/orders?status={status}&limit=100"));
@@ -235,7 +235,7 @@ impl System {
 
     /// Waits until every one of `workflows` is SHIPPED; fails early when
     /// one ended otherwise.
-    async fn wait_all_shipped(&self, workflows: &[String]) -> Result<()> {
+    pub(crate) async fn wait_all_shipped(&self, workflows: &[String]) -> Result<()> {
         let what = format!("all {} orders to be SHIPPED", workflows.len());
         let waiting = Mutex::new(Vec::new());
         let result = eventually(&what, DEADLINE, || async {
@@ -274,7 +274,10 @@ impl System {
     /// The proof that nothing was duplicated: each order has exactly one
     /// fulfillment in fulfillment-service's store, which is SHIPPED, and
     /// exactly one SHIPPED transition was published for it.
-    async fn assert_each_shipped_exactly_once(&self, workflows: &[String]) -> Result<()> {
+    pub(crate) async fn assert_each_shipped_exactly_once(
+        &self,
+        workflows: &[String],
+    ) -> Result<()> {
         let order_ids: Vec<String> = workflows
             .iter()
             .map(|wf| wf.trim_start_matches("order-workflow-").to_owned())
@@ -340,7 +343,7 @@ impl System {
     }
 
     /// `kill -9`, start again with the same store, wait until ready.
-    async fn crash_and_restart(service: &mut Service) -> Result<()> {
+    pub(crate) async fn crash_and_restart(service: &mut Service) -> Result<()> {
         service.kill().await?;
         service.restart().await?;
         service.wait_ready().await

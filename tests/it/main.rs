@@ -9,6 +9,7 @@ mod chaos;
 mod durability;
 mod fulfillment;
 mod fulfillment_saga;
+mod ha;
 mod operations;
 mod orders;
 mod shutdown;

@@ -11,8 +11,11 @@
 //! - [`PrivateBroker`]: a RabbitMQ node of a test's own, to stop and start.
 //! - [`TestDatabase`]: a fresh PostgreSQL database, dropped when dropped.
 //! - [`TcpProxy`]: a TCP proxy a test takes down to cut a server off.
+//! - [`cluster`]: the local three-node RabbitMQ cluster, for the
+//!   high-availability tests.
 
 pub mod broker;
+pub mod cluster;
 pub mod postgres;
 pub mod proxy;
 mod sql;

@@ -45,14 +45,17 @@ pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Liveness { status: "ok" })
 }
 
-/// Readiness: connected to RabbitMQ and the store answers.
+/// Readiness: connected to RabbitMQ with every consumer consuming, and
+/// the store answers.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "ready", body = Readiness),
         (status = 503, description = "not ready, and why", body = Readiness),
     ))]
 pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let broker = state.bus.is_connected();
+    // Connected, every consumer consuming, nothing waiting to be retried.
+    let not_ready = state.bus.not_ready_reason();
+    let broker = not_ready.is_none();
     let store = state.registry.ping_store().is_ok();
     if broker && store {
         return HttpResponse::Ok().json(Readiness {
@@ -64,8 +67,8 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         });
     }
     let mut missing = Vec::new();
-    if !broker {
-        missing.push("not connected to RabbitMQ");
+    if let Some(reason) = &not_ready {
+        missing.push(reason.as_str());
     }
     if !store {
         missing.push("the fulfillment store does not answer");

@@ -2,12 +2,24 @@
 //!
 //! Settling follows the handler's [`Outcome`]:
 //! - `Ack`: the handler has stored what the message led to; ack.
-//! - `Retry`: a passing failure (the store is busy); requeue after a pause.
-//!   A quorum queue's delivery limit stops a message that always fails.
+//! - `Retry`: a passing failure (the store fails or is busy): the handler
+//!   is called again, in place, after a capped exponential backoff
+//!   ([`RETRY_MIN`] to [`RETRY_MAX`]), for as long as it takes. The message
+//!   is never requeued for it, so a transient failure never counts toward a
+//!   quorum queue's delivery limit; while any delivery waits to be retried
+//!   the bus reports itself not ready ([`super::Bus::is_ready`]). Only at
+//!   shutdown is a delivery still failing requeued.
 //! - `DeadLetter`: the message can never succeed (unknown entity, wrong
 //!   payload); republish it to the queue's dead-letter exchange with the
 //!   reason in `x-dead-letter-reason`, then ack. If that republish fails the
 //!   message is rejected without requeue, and RabbitMQ dead-letters it.
+//!
+//! Each consumer is supervised ([`supervise`]): when the broker cancels it
+//! (its queue was deleted, or its node went away), closes its channel, or
+//! the stream ends for any other reason, it declares the topology again and
+//! consumes again, with backoff, counting the restart by queue and logging
+//! why. A lost connection ends every consumer; the session starts them
+//! again on the next connection.
 //!
 //! Undecodable bodies never reach the handler: they are dead-lettered with
 //! the decode error as the reason.
@@ -20,6 +32,7 @@
 //! running: only completions already in hand are combined.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,14 +47,31 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel};
 use tokio::sync::watch;
 
+use super::backoff::Backoff;
+use super::session::{declare_topology, Session};
 use super::{
     ConsumerSpec, Inner, DEAD_LETTER_REASON_HEADER, ORIGINAL_QUEUE_HEADER, TRACEPARENT_HEADER,
 };
 use crate::envelope::Envelope;
 
-/// Pause before a delivery whose handler asked to retry goes back to the
-/// queue, so a failing dependency is not hammered in a tight loop.
-const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// First pause before a handler that asked to retry is called again; it
+/// doubles on each further failure, so a failing dependency is not
+/// hammered in a tight loop.
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest pause between two calls of a handler that keeps failing: a
+/// store back after an outage is used again within this long.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// First pause before a stopped consumer consumes again (doubling up to
+/// [`RESTART_MAX`]): a queue being deleted and declared again by an operator
+/// is given a moment rather than raced, and `/readyz` shows the gap.
+const RESTART_MIN: Duration = Duration::from_millis(500);
+const RESTART_MAX: Duration = Duration::from_secs(5);
+
+/// How long a consumer whose stream ended (cancelled by the broker) lets
+/// its handlers finish before it gives up on them; their deliveries go
+/// back to the queue when the channel closes.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// Most finished deliveries held back behind one still running before they
 /// are acked one by one (they hold prefetch slots while held).
@@ -74,14 +104,63 @@ pub enum Outcome {
     DeadLetter(String),
 }
 
-pub(super) async fn run(
+/// Why a consumer stopped consuming.
+#[derive(Debug)]
+enum Stopped {
+    /// Shutdown was asked for.
+    Shutdown,
+    /// The broker cancelled the consumer or the delivery stream ended.
+    Cancelled,
+    /// The channel failed (closed by the broker, or the connection went).
+    Failed(lapin::Error),
+}
+
+/// Consumes `spec.queue` on `session` until shutdown or until the session's
+/// connection is gone, consuming again whenever the consumer stops.
+pub(super) async fn supervise(
     inner: Arc<Inner>,
-    channel: Channel,
+    session: Arc<Session>,
     spec: ConsumerSpec,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    if let Err(error) = consume(&inner, &channel, &spec, &mut shutdown).await {
-        tracing::warn!(queue = %spec.queue, %error, "consumer stopped");
+    let queue = spec.queue.as_str();
+    let mut backoff = Backoff::new(RESTART_MIN, RESTART_MAX);
+    loop {
+        let stopped = match session.connection.create_channel().await {
+            Ok(channel) => {
+                let stopped = consume(&inner, &channel, &spec, &mut shutdown).await;
+                inner.set_consuming(queue, false);
+                if channel.status().connected() {
+                    let _ = channel.close(200, "consumer restarting".into()).await;
+                }
+                stopped
+            }
+            Err(error) => Stopped::Failed(error),
+        };
+        match &stopped {
+            Stopped::Shutdown => return,
+            Stopped::Cancelled => {
+                tracing::warn!(%queue, reason = "cancelled by the broker", "consumer stopped; consuming again");
+            }
+            Stopped::Failed(error) => {
+                tracing::warn!(%queue, reason = %error, "consumer stopped; consuming again");
+            }
+        }
+        if !session.connection.status().connected() {
+            // The session notices and starts every consumer on the next
+            // connection.
+            return;
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = super::stopping(&mut shutdown) => return,
+        }
+        super::metrics::consumer_restarted(queue);
+        if matches!(stopped, Stopped::Cancelled) {
+            // It had been consuming: a later stop starts the schedule over.
+            backoff.reset();
+        }
     }
 }
 
@@ -90,7 +169,22 @@ async fn consume(
     channel: &Channel,
     spec: &ConsumerSpec,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), lapin::Error> {
+) -> Stopped {
+    match consume_inner(inner, channel, spec, shutdown).await {
+        Ok(stopped) => stopped,
+        Err(error) => Stopped::Failed(error),
+    }
+}
+
+async fn consume_inner(
+    inner: &Arc<Inner>,
+    channel: &Channel,
+    spec: &ConsumerSpec,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Stopped, lapin::Error> {
+    // The queue may have been deleted (and the consumer cancelled with
+    // it): declare everything again first. Declaring is idempotent.
+    declare_topology(channel, &inner.config.topology).await?;
     channel
         .basic_qos(inner.config.prefetch, BasicQosOptions::default())
         .await?;
@@ -103,6 +197,8 @@ async fn consume(
             FieldTable::default(),
         )
         .await?;
+    inner.set_consuming(&spec.queue, true);
+    tracing::info!(queue = %spec.queue, "consuming");
     let dead_letter_exchange = inner
         .config
         .topology
@@ -113,9 +209,9 @@ async fn consume(
     let mut acks = AckWindow::default();
     let dlx = dead_letter_exchange.as_deref();
     let queue = spec.queue.as_str();
-    loop {
+    let stopped = loop {
         tokio::select! {
-            _ = super::stopping(shutdown) => break,
+            _ = super::stopping(shutdown) => break Stopped::Shutdown,
             Some((delivery, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                 settle(inner, channel, queue, dlx, delivery, outcome, &mut acks).await;
                 // Whatever else has finished meanwhile goes in the same ack.
@@ -127,24 +223,38 @@ async fn consume(
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => {
                     acks.received(delivery.delivery_tag);
-                    let work = start(spec, delivery);
+                    let work = start(inner, spec, delivery, shutdown.clone());
                     in_flight.push(work);
                 }
-                Some(Err(error)) => return Err(error),
-                None => break,
+                Some(Err(error)) => {
+                    inner.set_consuming(queue, false);
+                    return Err(error);
+                }
+                None => break Stopped::Cancelled,
             },
         }
+    };
+    inner.set_consuming(queue, false);
+    // Take no more; finish and settle what is in hand (after a cancel, for
+    // a while: what is left goes back to the queue with the channel).
+    if matches!(stopped, Stopped::Shutdown) {
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), Default::default())
+            .await;
     }
-    // Take no more; finish and settle what is in hand.
-    let _ = channel
-        .basic_cancel(tag.as_str().into(), Default::default())
-        .await;
-    while let Some((delivery, outcome)) = in_flight.next().await {
-        settle(inner, channel, queue, dlx, delivery, outcome, &mut acks).await;
-        send_acks(queue, &mut acks).await;
+    let drain = async {
+        while let Some((delivery, outcome)) = in_flight.next().await {
+            settle(inner, channel, queue, dlx, delivery, outcome, &mut acks).await;
+            send_acks(queue, &mut acks).await;
+        }
+    };
+    if matches!(stopped, Stopped::Shutdown) {
+        drain.await;
+    } else if tokio::time::timeout(DRAIN, drain).await.is_err() {
+        tracing::warn!(%queue, "handlers still running after the consumer stopped; their messages go back to the queue");
     }
     send_acks(queue, &mut acks).await;
-    Ok(())
+    Ok(stopped)
 }
 
 /// Sends the acks that `acks` allows now.
@@ -223,20 +333,40 @@ impl<A> AckWindow<A> {
 
 /// Decodes and calls the handler synchronously (so delivery order is kept
 /// for whatever the handler does before its first await), returning the
-/// future that finishes the work.
+/// future that finishes the work, retrying the handler in place while it
+/// asks to.
 fn start(
+    inner: &Arc<Inner>,
     spec: &ConsumerSpec,
     delivery: Delivery,
+    mut shutdown: watch::Receiver<bool>,
 ) -> futures::future::BoxFuture<'static, (Delivery, Outcome)> {
     match decode(&delivery) {
         Ok(incoming) => {
-            let work = (spec.handler)(incoming);
+            let work = (spec.handler)(incoming.clone());
+            let handler = spec.handler.clone();
+            let inner = inner.clone();
+            let queue = spec.queue.clone();
             Box::pin(async move {
-                let outcome = work.await;
-                if matches!(outcome, Outcome::Retry(_)) {
+                let mut outcome = work.await;
+                let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+                let mut _retrying = None;
+                while let Outcome::Retry(reason) = &outcome {
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%queue, %reason, retry_in = ?delay, "handler failed; retrying in place");
+                    // Not ready while any delivery waits on a failing
+                    // dependency; ready again when the last one succeeds.
+                    _retrying.get_or_insert_with(|| Retrying::new(&inner));
                     // Paused here, in this delivery's own future, so the
                     // consumer goes on with the others meanwhile.
-                    tokio::time::sleep(RETRY_PAUSE).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = super::stopping(&mut shutdown) => break,
+                    }
+                    outcome = handler(incoming.clone()).await;
                 }
                 (delivery, outcome)
             })
@@ -245,6 +375,22 @@ fn start(
             super::metrics::undecodable(&spec.queue);
             Box::pin(async move { (delivery, Outcome::DeadLetter(reason)) })
         }
+    }
+}
+
+/// Counts one delivery waiting to be retried, for as long as it lives.
+struct Retrying(Arc<Inner>);
+
+impl Retrying {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.retrying.fetch_add(1, Ordering::SeqCst);
+        Self(inner.clone())
+    }
+}
+
+impl Drop for Retrying {
+    fn drop(&mut self) {
+        self.0.retrying.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -291,7 +437,8 @@ async fn settle(
             return;
         }
         Outcome::Retry(reason) => {
-            tracing::warn!(%queue, %reason, "handler failed; message requeued");
+            // Only at shutdown: otherwise the handler is retried in place.
+            tracing::warn!(%queue, %reason, "handler still failing at shutdown; message requeued");
             delivery
                 .acker
                 .nack(BasicNackOptions {

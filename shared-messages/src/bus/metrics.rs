@@ -1,6 +1,7 @@
 //! Prometheus metrics of the bus, shared by both services: messages
 //! consumed (by queue, type and outcome), dead-lettered, published, how long
-//! handlers and requests take, and the broker connection.
+//! handlers and requests take, the broker connection, consumer restarts and
+//! outbox rows that could not be published.
 //!
 //! The families are process-wide (one bus per process); a service adds
 //! them to its registry with [`register`], under its own prefix, so
@@ -33,6 +34,17 @@ pub struct QueueTypeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub exchange: String,
+    pub routing_key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PublishedLabels {
     pub exchange: String,
     pub message_type: String,
@@ -59,6 +71,9 @@ pub struct BusMetrics {
     pub request_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub connected: Gauge,
     pub connects: Counter,
+    pub consumer_restarts: Family<QueueLabels, Counter>,
+    pub outbox_failures: Family<RouteLabels, Counter>,
+    pub outbox_held: Gauge,
 }
 
 /// The process's bus metrics.
@@ -70,6 +85,9 @@ pub static METRICS: LazyLock<BusMetrics> = LazyLock::new(|| BusMetrics {
     request_seconds: Family::new_with_constructor(latency_histogram),
     connected: Gauge::default(),
     connects: Counter::default(),
+    consumer_restarts: Family::default(),
+    outbox_failures: Family::default(),
+    outbox_held: Gauge::default(),
 });
 
 /// Adds the bus's families to `registry`.
@@ -110,6 +128,31 @@ pub fn register(registry: &mut Registry) {
         "Connections to RabbitMQ established (the first and every reconnection)",
         m.connects.clone(),
     );
+    registry.register(
+        "consumer_restarts",
+        "Consumers started again after the broker cancelled them, closed their channel or the connection was lost, by queue",
+        m.consumer_restarts.clone(),
+    );
+    registry.register(
+        "outbox_publish_failures",
+        "Outbox rows the broker refused or could not route (kept and retried with backoff), by exchange and routing key",
+        m.outbox_failures.clone(),
+    );
+    registry.register(
+        "outbox_rows_held",
+        "Outbox rows kept back after a failed publish, waiting for their next attempt",
+        m.outbox_held.clone(),
+    );
+}
+
+/// Counts a consumer started again.
+pub(super) fn consumer_restarted(queue: &str) {
+    METRICS
+        .consumer_restarts
+        .get_or_create(&QueueLabels {
+            queue: queue.into(),
+        })
+        .inc();
 }
 
 /// The `message_type` label of a body that did not decode.

@@ -12,16 +12,28 @@
 //!   caller sees, never "delivered".
 //! - Requests ([`Bus::request`]) go over direct reply-to with a timeout; a
 //!   reply that arrives after its timeout is dropped.
-//! - Consumers ([`Bus::consume`]) ack after their handler succeeds, requeue
-//!   on [`Outcome::Retry`], and dead-letter with the reason in the
+//! - `AMQP_URL` may list several nodes of a cluster ([`addresses`]);
+//!   connecting and reconnecting go through them in turn, so a surviving
+//!   node is used within a second of losing one.
+//! - Consumers ([`Bus::consume`]) ack after their handler succeeds, retry
+//!   the handler in place with capped exponential backoff on
+//!   [`Outcome::Retry`] (never requeueing, so a transient failure never
+//!   counts toward a delivery limit), and dead-letter with the reason in the
 //!   `x-dead-letter-reason` header on [`Outcome::DeadLetter`] or when the
 //!   body does not decode (`consumer.rs`). Each delivery is handled in
 //!   a `message` span (`message_id`, `message_type`, `entity_id`,
-//!   `trace_id`) and counted in [`metrics`].
+//!   `trace_id`) and counted in [`metrics`]. Every consumer is supervised:
+//!   cancelled by the broker or its channel closed, it declares its queue
+//!   again and consumes again; [`Bus::is_ready`] is true only while every
+//!   consumer consumes and no delivery waits to be retried.
+//! - Requests pending when the connection drops fail at once with
+//!   [`BusError::NotConnected`] instead of waiting out their timeout.
 //! - The transactional outbox: [`group_commit`] stores the services'
 //!   transitions with the messages they cause, many per transaction, and
 //!   [`outbox::relay`] publishes what is stored.
 
+pub mod addresses;
+pub mod backoff;
 mod consumer;
 pub mod group_commit;
 pub mod metrics;
@@ -29,7 +41,8 @@ pub mod outbox;
 mod rpc;
 mod session;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -44,7 +57,7 @@ use tracing::Instrument;
 use crate::envelope::{DecodeError, Envelope};
 use crate::topology::Topology;
 
-pub use consumer::{Incoming, Outcome, ReplyTo};
+pub use consumer::{Incoming, Outcome, ReplyTo, RETRY_MAX, RETRY_MIN};
 use session::Session;
 
 /// Header carrying why a message was dead-lettered.
@@ -59,6 +72,8 @@ pub const TRACEPARENT_HEADER: &str = "traceparent";
 /// Settings for one [`Bus`].
 #[derive(Clone)]
 pub struct BusConfig {
+    /// One AMQP URL, or a comma-separated list of a cluster's nodes (same
+    /// vhost and credentials; see [`addresses`]).
     pub url: String,
     /// Shown in the management console's connection list, e.g.
     /// `order-service@host-1`.
@@ -157,6 +172,10 @@ type Pending = Mutex<HashMap<String, oneshot::Sender<Result<Envelope, DecodeErro
 struct Inner {
     config: BusConfig,
     consumers: Mutex<Vec<ConsumerSpec>>,
+    /// Per consumed queue: consuming now.
+    consuming: Mutex<BTreeMap<String, bool>>,
+    /// Deliveries waiting for their handler to be retried.
+    retrying: AtomicUsize,
     session: RwLock<Option<Arc<Session>>>,
     connected: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
@@ -176,6 +195,8 @@ impl Bus {
             inner: Arc::new(Inner {
                 config,
                 consumers: Mutex::new(Vec::new()),
+                consuming: Mutex::new(BTreeMap::new()),
+                retrying: AtomicUsize::new(0),
                 session: RwLock::new(None),
                 connected: watch::channel(false).0,
                 shutdown: watch::channel(false).0,
@@ -190,6 +211,7 @@ impl Bus {
     /// outcome and duration are counted (see [`metrics`]).
     pub fn consume(&self, queue: &str, handler: Handler) {
         let handler = observed(queue, handler);
+        self.inner.set_consuming(queue, false);
         self.inner
             .consumers
             .lock()
@@ -214,6 +236,39 @@ impl Bus {
 
     pub fn is_connected(&self) -> bool {
         *self.inner.connected.borrow()
+    }
+
+    /// Ready for work: connected, every registered consumer consuming, and
+    /// no delivery waiting to be retried. What `/readyz` reports.
+    pub fn is_ready(&self) -> bool {
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why [`Bus::is_ready`] is false, in words for `/readyz`; `None` when
+    /// ready.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if !self.is_connected() {
+            return Some("not connected to RabbitMQ".into());
+        }
+        let idle: Vec<String> = self
+            .inner
+            .consuming
+            .lock()
+            .expect("consumer state lock is never poisoned")
+            .iter()
+            .filter(|(_, consuming)| !**consuming)
+            .map(|(queue, _)| queue.clone())
+            .collect();
+        if !idle.is_empty() {
+            return Some(format!("not consuming {}", idle.join(", ")));
+        }
+        let retrying = self.inner.retrying.load(Ordering::SeqCst);
+        if retrying > 0 {
+            return Some(format!(
+                "{retrying} message(s) waiting to be retried after a failure"
+            ));
+        }
+        None
     }
 
     /// A receiver that sees every change of the connection state.
@@ -294,7 +349,19 @@ impl Bus {
     /// Publishes many persistent messages, pipelining the confirms: all are
     /// sent, then all confirms are awaited. Fails if any one fails.
     pub async fn publish_all(&self, messages: &[(Route, Envelope)]) -> Result<(), BusError> {
-        let session = self.session().ok_or(BusError::NotConnected)?;
+        self.publish_each(messages).await.into_iter().collect()
+    }
+
+    /// Publishes many persistent messages, pipelining the confirms, and
+    /// tells the outcome of each, in order: one refused or unroutable
+    /// message does not fail the others.
+    pub async fn publish_each(&self, messages: &[(Route, Envelope)]) -> Vec<Result<(), BusError>> {
+        let Some(session) = self.session() else {
+            return messages
+                .iter()
+                .map(|_| Err(BusError::NotConnected))
+                .collect();
+        };
         let mut confirms = Vec::with_capacity(messages.len());
         for (route, envelope) in messages {
             let confirm = session
@@ -309,29 +376,18 @@ impl Bus {
                     &envelope.to_json(),
                     self.properties(envelope, true),
                 )
-                .await?;
+                .await;
             confirms.push((route, envelope, confirm));
         }
+        let mut results = Vec::with_capacity(messages.len());
         for (route, envelope, confirm) in confirms {
-            let confirmation = confirm.await?;
-            if confirmation.is_nack() {
-                return Err(BusError::Nacked);
-            }
-            if confirmation.take_message().is_some() {
-                return Err(BusError::Unroutable {
-                    exchange: route.exchange.clone(),
-                    routing_key: route.routing_key.clone(),
-                });
-            }
-            metrics::METRICS
-                .published
-                .get_or_create(&metrics::PublishedLabels {
-                    exchange: route.exchange.clone(),
-                    message_type: envelope.message_type().into(),
-                })
-                .inc();
+            let result = match confirm {
+                Ok(confirm) => confirmed(route, envelope, confirm.await),
+                Err(error) => Err(BusError::Amqp(error)),
+            };
+            results.push(result);
         }
-        Ok(())
+        results
     }
 
     /// Sends `envelope` and waits up to `timeout` for the reply. Queries are
@@ -393,6 +449,32 @@ impl Bus {
             .inc();
         Ok(())
     }
+}
+
+/// The outcome of one publish's confirm, counted when delivered.
+fn confirmed(
+    route: &Route,
+    envelope: &Envelope,
+    confirmation: Result<lapin::Confirmation, lapin::Error>,
+) -> Result<(), BusError> {
+    let confirmation = confirmation?;
+    if confirmation.is_nack() {
+        return Err(BusError::Nacked);
+    }
+    if confirmation.take_message().is_some() {
+        return Err(BusError::Unroutable {
+            exchange: route.exchange.clone(),
+            routing_key: route.routing_key.clone(),
+        });
+    }
+    metrics::METRICS
+        .published
+        .get_or_create(&metrics::PublishedLabels {
+            exchange: route.exchange.clone(),
+            message_type: envelope.message_type().into(),
+        })
+        .inc();
+    Ok(())
 }
 
 /// Wraps a consumer's handler: a `message` span around all it does, and
@@ -465,6 +547,29 @@ impl Inner {
             .write()
             .expect("session lock is never poisoned") = session;
         self.connected.send_replace(connected);
+        if !connected {
+            // Replies to these would come on the lost connection: fail the
+            // requests now rather than at their timeout.
+            self.pending
+                .lock()
+                .expect("pending lock is never poisoned")
+                .clear();
+            for consuming in self
+                .consuming
+                .lock()
+                .expect("consumer state lock is never poisoned")
+                .values_mut()
+            {
+                *consuming = false;
+            }
+        }
+    }
+
+    fn set_consuming(&self, queue: &str, consuming: bool) {
+        self.consuming
+            .lock()
+            .expect("consumer state lock is never poisoned")
+            .insert(queue.to_owned(), consuming);
     }
 
     fn consumers(&self) -> Vec<ConsumerSpec> {

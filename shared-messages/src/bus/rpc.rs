@@ -3,7 +3,11 @@
 //! Every request gets a fresh correlation id and a slot in the pending map;
 //! the reply consumer (one per connection, on the same channel requests are
 //! published on, as direct reply-to requires) hands each reply to its slot.
-//! A reply whose slot is gone (timed out) is dropped.
+//! A reply whose slot is gone (timed out) is dropped. Requests are published
+//! in confirm mode with the route's `mandatory` flag, so a refused or
+//! unroutable request fails at once; when the connection drops, every
+//! pending slot is dropped and its request fails with
+//! [`BusError::NotConnected`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,16 +53,23 @@ pub(super) async fn request(
         properties = properties.with_expiration(timeout.as_millis().to_string().into());
     }
     let outcome = tokio::time::timeout(timeout, async {
-        session
+        // Confirmed, and returned when nothing is bound (`mandatory` on the
+        // route): a signal that reached no queue is an error at once, not a
+        // timeout.
+        let confirm = session
             .rpc
             .basic_publish(
                 route.exchange.as_str().into(),
                 route.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: route.mandatory,
+                    ..Default::default()
+                },
                 &envelope.to_json(),
                 properties,
             )
             .await?;
+        super::confirmed(route, envelope, confirm.await)?;
         let reply = rx.await.map_err(|_| BusError::NotConnected)?;
         reply.map_err(BusError::BadReply)
     })

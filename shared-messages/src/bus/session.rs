@@ -12,6 +12,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::task::JoinSet;
 
+use super::addresses::{host_of, Addresses};
+use super::backoff::Backoff;
 use super::{consumer, rpc, Inner};
 use crate::topology::{ExchangeType, QueueArgument, QueueSpec, Topology};
 
@@ -24,50 +26,71 @@ pub(super) struct Session {
     pub(super) connection: Connection,
     /// Confirm mode; signals, events, dead letters and replies.
     pub(super) publisher: Channel,
-    /// Requests and their direct reply-to consumer (must be one channel).
+    /// Requests and their direct reply-to consumer (must be one channel);
+    /// confirm mode.
     pub(super) rpc: Channel,
 }
 
-/// Runs until shutdown: connect, serve, and on any loss start over.
+/// Runs until shutdown: connect, serve, and on any loss start over, on the
+/// next address of the list (see [`Addresses`]). A failed attempt moves on
+/// to the next address at once; only a whole round of failures backs off.
 pub(super) async fn supervise(inner: Arc<Inner>) {
     let mut shutdown = inner.shutdown.subscribe();
-    let mut backoff = inner.config.reconnect_min;
+    let mut addresses = Addresses::parse(&inner.config.url);
+    let mut backoff = Backoff::new(inner.config.reconnect_min, inner.config.reconnect_max);
+    let mut failures_in_round = 0;
     loop {
         if *shutdown.borrow() {
             break;
         }
+        let url = addresses.next_url().to_owned();
+        let host = host_of(&url).to_owned();
         let attempt = tokio::select! {
-            attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&inner)) => attempt,
+            attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&inner, &url)) => attempt,
             _ = super::stopping(&mut shutdown) => break,
         };
-        match attempt {
+        let failed = match attempt {
             Ok(Ok(session)) => {
-                backoff = inner.config.reconnect_min;
+                backoff.reset();
+                failures_in_round = 0;
+                tracing::info!(%host, "connected to RabbitMQ");
                 let stopped = serve(&inner, session).await;
                 if stopped {
                     break;
                 }
+                false
             }
             Ok(Err(error)) => {
-                tracing::warn!(%error, retry_in = ?backoff, "cannot reach RabbitMQ");
+                tracing::warn!(%host, %error, "cannot reach RabbitMQ");
+                true
             }
             Err(_) => {
-                tracing::warn!(timeout = ?CONNECT_TIMEOUT, retry_in = ?backoff, "RabbitMQ did not answer");
+                tracing::warn!(%host, timeout = ?CONNECT_TIMEOUT, "RabbitMQ did not answer");
+                true
             }
+        };
+        if failed {
+            failures_in_round += 1;
+            if failures_in_round < addresses.len() {
+                // Another address is left in this round: try it now.
+                continue;
+            }
+            failures_in_round = 0;
         }
+        let delay = backoff.next_delay();
+        tracing::debug!(retry_in = ?delay, "reconnecting to RabbitMQ");
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(delay) => {}
             _ = super::stopping(&mut shutdown) => break,
         }
-        backoff = (backoff * 2).min(inner.config.reconnect_max);
     }
     inner.set_session(None);
 }
 
-async fn connect(inner: &Arc<Inner>) -> Result<Arc<Session>, lapin::Error> {
+async fn connect(inner: &Arc<Inner>, url: &str) -> Result<Arc<Session>, lapin::Error> {
     let properties = ConnectionProperties::default()
         .with_connection_name(inner.config.connection_name.as_str().into());
-    let connection = Connection::connect(&inner.config.url, properties).await?;
+    let connection = Connection::connect(url, properties).await?;
     let declare = connection.create_channel().await?;
     declare_topology(&declare, &inner.config.topology).await?;
     let _ = declare.close(200, "declared".into()).await;
@@ -77,6 +100,8 @@ async fn connect(inner: &Arc<Inner>) -> Result<Arc<Session>, lapin::Error> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let rpc = connection.create_channel().await?;
+    // Signals sent as requests are confirmed like any other publish.
+    rpc.confirm_select(ConfirmSelectOptions::default()).await?;
     let replies = rpc
         .basic_consume(
             rpc::DIRECT_REPLY_TO.into(),
@@ -102,23 +127,15 @@ async fn serve(inner: &Arc<Inner>, session: Arc<Session>) -> bool {
     let mut shutdown = inner.shutdown.subscribe();
     let mut events = session.connection.events_listener();
     let mut consumers = JoinSet::new();
+    inner.set_session(Some(session.clone()));
     for spec in inner.consumers() {
-        let channel = match session.connection.create_channel().await {
-            Ok(channel) => channel,
-            Err(error) => {
-                tracing::warn!(%error, "cannot open a consumer channel");
-                return false;
-            }
-        };
-        consumers.spawn(consumer::run(
+        consumers.spawn(consumer::supervise(
             inner.clone(),
-            channel,
+            session.clone(),
             spec,
             shutdown.clone(),
         ));
     }
-    inner.set_session(Some(session.clone()));
-    tracing::info!(connection = %inner.config.connection_name, "connected to RabbitMQ");
 
     // A connection can die without an event reaching us (e.g. an I/O error
     // while nothing is sent); the status check covers that.
@@ -156,7 +173,10 @@ async fn serve(inner: &Arc<Inner>, session: Arc<Session>) -> bool {
     stopped
 }
 
-async fn declare_topology(channel: &Channel, topology: &Topology) -> Result<(), lapin::Error> {
+pub(super) async fn declare_topology(
+    channel: &Channel,
+    topology: &Topology,
+) -> Result<(), lapin::Error> {
     for exchange in &topology.exchanges {
         let kind = match exchange.kind {
             ExchangeType::Direct => ExchangeKind::Direct,
