@@ -35,5 +35,8 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+log "contracts: OpenAPI documents"
+scripts/contract-tests.sh
+
 log "deploy manifests"
 bash deploy/validate.sh
