@@ -35,7 +35,7 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
-log "contracts: OpenAPI documents"
+log "contracts: AsyncAPI document, OpenAPI documents, the Python client"
 scripts/contract-tests.sh
 
 log "deploy manifests"

@@ -5,6 +5,7 @@
 //! first when it is not running.
 
 mod bus;
+mod contract;
 mod durability;
 mod fulfillment;
 mod operations;
