@@ -35,5 +35,8 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+log "contracts: AsyncAPI document, OpenAPI documents, the Python client"
+scripts/contract-tests.sh
+
 log "deploy manifests"
 bash deploy/validate.sh

@@ -34,5 +34,5 @@ pub mod telemetry;
 pub mod topology;
 pub mod trace;
 
-pub use envelope::{DecodeError, Envelope, SCHEMA_VERSION};
+pub use envelope::{DecodeError, Envelope, READ_VERSIONS, SCHEMA_VERSION};
 pub use messages::Message;

@@ -234,6 +234,25 @@ pub struct UpdateShippingAddress {
     pub address: Address,
 }
 
+/// `UpdateShippingAddress` as schema version 2 writes it: the address is
+/// named `shippingAddress`, as in `StartFulfillment` and every view (a
+/// rename, so a new version). Read beside version 1 during a rolling
+/// deploy (see `docs/message-contract.md`, Versioning); decoded into
+/// [`UpdateShippingAddress`], so a handler sees one type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateShippingAddressV2 {
+    pub shipping_address: Address,
+}
+
+impl From<UpdateShippingAddressV2> for UpdateShippingAddress {
+    fn from(v2: UpdateShippingAddressV2) -> Self {
+        Self {
+            address: v2.shipping_address,
+        }
+    }
+}
+
 // ----- queries to fulfillment -----
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 
 mod bus;
 mod chaos;
+mod contract;
 mod durability;
 mod fulfillment;
 mod fulfillment_saga;

@@ -37,7 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Start a fulfillment (created if new; a repeat of the same order answers
 /// the existing one with 200).
-#[utoipa::path(post, path = "/fulfillments", tag = "fulfillments",
+#[utoipa::path(post, path = "/fulfillments", tag = "fulfillments", operation_id = "createFulfillment",
     request_body = FulfillmentRequest,
     responses(
         (status = 201, description = "created and started", body = FulfillmentStatusView),
@@ -86,7 +86,7 @@ pub struct FulfillmentListView {
 }
 
 /// List fulfillments, newest first, optionally of one status.
-#[utoipa::path(get, path = "/fulfillments", tag = "fulfillments",
+#[utoipa::path(get, path = "/fulfillments", tag = "fulfillments", operation_id = "listFulfillments",
     params(ListParams),
     responses(
         (status = 200, description = "one page", body = FulfillmentListView),
@@ -130,7 +130,7 @@ pub(crate) async fn list(
 }
 
 /// The fulfillment's status.
-#[utoipa::path(get, path = "/fulfillments/{id}/status", tag = "fulfillments",
+#[utoipa::path(get, path = "/fulfillments/{id}/status", tag = "fulfillments", operation_id = "getFulfillmentStatus",
     params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
     responses(
         (status = 200, description = "the fulfillment", body = FulfillmentStatusView),
@@ -145,7 +145,7 @@ pub(crate) async fn status(
 }
 
 /// The fulfillment's progress: step, items picked, percentage, steps done.
-#[utoipa::path(get, path = "/fulfillments/{id}/progress", tag = "fulfillments",
+#[utoipa::path(get, path = "/fulfillments/{id}/progress", tag = "fulfillments", operation_id = "getFulfillmentProgress",
     params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
     responses(
         (status = 200, description = "its progress", body = FulfillmentProgressView),
@@ -186,7 +186,7 @@ pub(crate) async fn history(
 }
 
 /// Pause at once; a step in progress is interrupted and run again on resume.
-#[utoipa::path(post, path = "/fulfillments/{id}/pause", tag = "fulfillments",
+#[utoipa::path(post, path = "/fulfillments/{id}/pause", tag = "fulfillments", operation_id = "pauseFulfillment",
     params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
     responses(
         (status = 200, description = "paused", body = FulfillmentStatusView),
@@ -202,7 +202,7 @@ pub(crate) async fn pause(
 }
 
 /// Resume at the step that was paused.
-#[utoipa::path(post, path = "/fulfillments/{id}/resume", tag = "fulfillments",
+#[utoipa::path(post, path = "/fulfillments/{id}/resume", tag = "fulfillments", operation_id = "resumeFulfillment",
     params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
     responses(
         (status = 200, description = "resumed", body = FulfillmentStatusView),
@@ -225,7 +225,7 @@ pub struct CancelBody {
 }
 
 /// Cancel at once, with an optional reason.
-#[utoipa::path(post, path = "/fulfillments/{id}/cancel", tag = "fulfillments",
+#[utoipa::path(post, path = "/fulfillments/{id}/cancel", tag = "fulfillments", operation_id = "cancelFulfillment",
     params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
     request_body(content = Option<CancelBody>, description = "optional"),
     responses(
@@ -264,7 +264,7 @@ pub(crate) async fn cancel(
 }
 
 /// A new shipping address (until the label is printed).
-#[utoipa::path(patch, path = "/fulfillments/{id}/shipping-address", tag = "fulfillments",
+#[utoipa::path(patch, path = "/fulfillments/{id}/shipping-address", tag = "fulfillments", operation_id = "updateFulfillmentShippingAddress",
     params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
     request_body = Address,
     responses(
@@ -272,6 +272,8 @@ pub(crate) async fn cancel(
         (status = 400, description = "malformed body or a wrong field", body = ErrorBody),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
         (status = 409, description = "the label is already printed, or it is finished", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not JSON", body = ErrorBody),
         (status = 503, description = "the store does not answer", body = ErrorBody),
     ))]
 pub(crate) async fn shipping_address(

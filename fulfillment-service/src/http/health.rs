@@ -39,7 +39,7 @@ pub struct Readiness {
 
 /// Liveness: the process answers. Never checks the broker, so a RabbitMQ
 /// outage does not restart the service.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz",
     responses((status = 200, description = "alive", body = Liveness)))]
 pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Liveness { status: "ok" })
@@ -47,7 +47,7 @@ pub(crate) async fn healthz() -> HttpResponse {
 
 /// Readiness: connected to RabbitMQ with every consumer consuming, and
 /// the store answers.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz",
     responses(
         (status = 200, description = "ready", body = Readiness),
         (status = 503, description = "not ready, and why", body = Readiness),

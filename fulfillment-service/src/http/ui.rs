@@ -33,7 +33,7 @@ pub fn html() -> String {
 }
 
 /// The fulfillments page (HTML, refreshes itself).
-#[utoipa::path(get, path = "/", tag = "operations",
+#[utoipa::path(get, path = "/", tag = "operations", operation_id = "page",
     responses((status = 200, description = "an HTML page listing the fulfillments", content_type = "text/html", body = String)))]
 pub(crate) async fn page() -> HttpResponse {
     HttpResponse::Ok()

@@ -41,7 +41,7 @@ fn answer(reply: Message) -> Result<HttpResponse, ApiError> {
 }
 
 /// The fulfillment's status, queried through RabbitMQ.
-#[utoipa::path(get, path = "/orders/fulfillment/{fulfillment_id}/status", tag = "fulfillment",
+#[utoipa::path(get, path = "/orders/fulfillment/{fulfillment_id}/status", tag = "fulfillment", operation_id = "getFulfillmentStatus",
     params(("fulfillment_id" = String, Path, description = "`fulfillment-<orderId>`")),
     responses(
         (status = 200, description = "the fulfillment", body = FulfillmentStatusView),
@@ -67,7 +67,7 @@ pub(crate) async fn status(
 }
 
 /// The fulfillment's progress, queried through RabbitMQ.
-#[utoipa::path(get, path = "/orders/fulfillment/{fulfillment_id}/progress", tag = "fulfillment",
+#[utoipa::path(get, path = "/orders/fulfillment/{fulfillment_id}/progress", tag = "fulfillment", operation_id = "getFulfillmentProgress",
     params(("fulfillment_id" = String, Path, description = "`fulfillment-<orderId>`")),
     responses(
         (status = 200, description = "the fulfillment's progress", body = FulfillmentProgressView),
@@ -93,7 +93,7 @@ pub(crate) async fn progress(
 }
 
 /// A new shipping address for the fulfillment (before its label is printed).
-#[utoipa::path(patch, path = "/orders/fulfillment/{fulfillment_id}/shipping-address", tag = "fulfillment",
+#[utoipa::path(patch, path = "/orders/fulfillment/{fulfillment_id}/shipping-address", tag = "fulfillment", operation_id = "updateFulfillmentShippingAddress",
     params(("fulfillment_id" = String, Path, description = "`fulfillment-<orderId>`")),
     request_body = Address,
     responses(

@@ -15,7 +15,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Prometheus metrics in the OpenMetrics text format (names in the README).
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
 pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let store = state.orders.store();
@@ -47,7 +47,7 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 
 /// OpenAPI 3.1 document of every route, generated from the handlers and
 /// the types they take and answer.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", operation_id = "openapi",
     responses((status = 200, description = "this document", content_type = "application/json", body = Object)))]
 pub(crate) async fn openapi() -> HttpResponse {
     HttpResponse::Ok().json(document())

@@ -87,7 +87,7 @@ async fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse
 }
 
 /// Create an order; its saga starts at once.
-#[utoipa::path(post, path = "/orders", tag = "orders",
+#[utoipa::path(post, path = "/orders", tag = "orders", operation_id = "createOrder",
     request_body = CreateOrder,
     responses(
         (status = 201, description = "created; follow it by its workflowId", body = CreatedView),
@@ -107,7 +107,7 @@ pub(crate) async fn create(
 }
 
 /// Create the original demo's order (two `product-1`, one `product-2`).
-#[utoipa::path(post, path = "/orders/demo", tag = "orders",
+#[utoipa::path(post, path = "/orders/demo", tag = "orders", operation_id = "createDemoOrder",
     responses(
         (status = 201, description = "created", body = CreatedView),
         (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
@@ -146,7 +146,7 @@ fn parse_status(value: Option<&str>) -> Result<Option<OrderStatus>, ApiError> {
 }
 
 /// List orders, newest first, optionally of one status.
-#[utoipa::path(get, path = "/orders", tag = "orders",
+#[utoipa::path(get, path = "/orders", tag = "orders", operation_id = "listOrders",
     params(ListParams),
     responses(
         (status = 200, description = "one page of orders", body = OrderListView),
@@ -198,7 +198,7 @@ const DEFAULT_WAIT_MS: u64 = 10_000;
 
 /// The order's status, including its fulfillment's; with `waitFor`, once
 /// the order has that status (or a final one) or the wait is over.
-#[utoipa::path(get, path = "/orders/{workflow_id}/status", tag = "orders",
+#[utoipa::path(get, path = "/orders/{workflow_id}/status", tag = "orders", operation_id = "getOrderStatus",
     params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id"),
         StatusParams),
     responses(
@@ -283,7 +283,7 @@ pub(crate) async fn history(
 }
 
 /// The order's steps with their timestamps, and its fulfillment's progress.
-#[utoipa::path(get, path = "/orders/{workflow_id}/progress", tag = "orders",
+#[utoipa::path(get, path = "/orders/{workflow_id}/progress", tag = "orders", operation_id = "getOrderProgress",
     params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
     responses(
         (status = 200, description = "the order's progress", body = ProgressView),
@@ -337,7 +337,7 @@ async fn live_fulfillment_progress(
 }
 
 /// Pause the order's fulfillment; answers fulfillment's verdict.
-#[utoipa::path(post, path = "/orders/{workflow_id}/fulfillment/pause", tag = "orders",
+#[utoipa::path(post, path = "/orders/{workflow_id}/fulfillment/pause", tag = "orders", operation_id = "pauseOrderFulfillment",
     params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
     responses(
         (status = 200, description = "paused", body = SignalView),
@@ -360,7 +360,7 @@ pub(crate) async fn pause(
 }
 
 /// Resume the order's paused fulfillment, at the step that was paused.
-#[utoipa::path(post, path = "/orders/{workflow_id}/fulfillment/resume", tag = "orders",
+#[utoipa::path(post, path = "/orders/{workflow_id}/fulfillment/resume", tag = "orders", operation_id = "resumeOrderFulfillment",
     params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
     responses(
         (status = 200, description = "resumed", body = SignalView),
@@ -452,7 +452,7 @@ fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
 /// that it has shipped (the order ends `SHIPPED`, nothing refunded: 409).
 /// The answer waits up to `QUERY_TIMEOUT_MS` for that outcome; 202 while
 /// it is still pending (follow it on the status or history route).
-#[utoipa::path(delete, path = "/orders/{workflow_id}", tag = "orders",
+#[utoipa::path(delete, path = "/orders/{workflow_id}", tag = "orders", operation_id = "cancelOrder",
     params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
     request_body(content = Option<CancelBody>, description = "optional"),
     responses(
@@ -513,7 +513,7 @@ pub(crate) async fn cancel(
 }
 
 /// Change the contact details or the address before fulfillment starts.
-#[utoipa::path(patch, path = "/orders/{workflow_id}", tag = "orders",
+#[utoipa::path(patch, path = "/orders/{workflow_id}", tag = "orders", operation_id = "updateOrder",
     params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
     request_body = DetailsUpdate,
     responses(

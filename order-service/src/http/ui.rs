@@ -32,7 +32,7 @@ pub fn html() -> String {
 }
 
 /// The orders page (HTML, refreshes itself).
-#[utoipa::path(get, path = "/", tag = "operations",
+#[utoipa::path(get, path = "/", tag = "operations", operation_id = "page",
     responses((status = 200, description = "an HTML page listing the orders", content_type = "text/html", body = String)))]
 pub(crate) async fn page() -> HttpResponse {
     HttpResponse::Ok()
