@@ -33,6 +33,8 @@ use tokio::sync::Mutex;
 const ORDERS: usize = 320;
 /// How long faults are injected; orders are placed over the same span.
 const CHAOS_SPAN: Duration = Duration::from_secs(75);
+/// Customers cancel, pause and resume among this many latest orders.
+const RECENT: usize = 6;
 /// How long every order may take to end once the faults stop.
 const SETTLE: Duration = Duration::from_secs(120);
 
@@ -44,13 +46,15 @@ const ORDER_ENV: &[(&str, &str)] = &[
     ("PAYMENT_TRANSIENT_FAILURE_RATE", "0.1"),
     ("INVENTORY_TRANSIENT_FAILURE_RATE", "0.1"),
     ("PAYMENT_RETRY_INITIAL_INTERVAL_MS", "20"),
-    ("PAYMENT_RETRY_MAX_INTERVAL_MS", "200"),
-    ("PAYMENT_RETRY_MAX_ATTEMPTS", "10"),
+    ("PAYMENT_RETRY_MAXIMUM_INTERVAL_MS", "200"),
+    ("PAYMENT_RETRY_MAXIMUM_ATTEMPTS", "10"),
     ("INVENTORY_RETRY_INITIAL_INTERVAL_MS", "20"),
-    ("INVENTORY_RETRY_MAX_INTERVAL_MS", "200"),
-    ("INVENTORY_RETRY_MAX_ATTEMPTS", "10"),
+    ("INVENTORY_RETRY_MAXIMUM_INTERVAL_MS", "200"),
+    ("INVENTORY_RETRY_MAXIMUM_ATTEMPTS", "10"),
 ];
-const FULFILLMENT_ENV: &[(&str, &str)] = &[("STEP_DELAY_MS", "30"), ("QUERY_TIMEOUT_MS", "1000")];
+/// Steps of 100 ms: a fulfillment takes most of a second, so cancels and
+/// pauses find it in every status.
+const FULFILLMENT_ENV: &[(&str, &str)] = &[("STEP_DELAY_MS", "100"), ("QUERY_TIMEOUT_MS", "1000")];
 
 /// The two services, shared between the tasks that use and break them.
 struct Cluster {
@@ -180,6 +184,8 @@ async fn saga_invariants_hold_under_crashes_restarts_and_random_customers() -> R
         tokio::spawn(async move {
             let pace = CHAOS_SPAN / orders_wanted as u32;
             let mut n = 0;
+            // DELETE answers by status code (0: no answer).
+            let mut cancels: HashMap<u16, usize> = HashMap::new();
             while n < orders_wanted {
                 let body = order_body(&mut rng, n);
                 let url = format!("{}/orders", cluster.order_url);
@@ -194,21 +200,28 @@ async fn saga_invariants_hold_under_crashes_restarts_and_random_customers() -> R
                     n += 1;
                 }
                 let roll: f64 = rng.random();
+                // One of the last few orders: most of them are still in
+                // flight, so cancels and pauses meet every status.
                 let target = {
                     let placed = placed.lock().await;
-                    (!placed.is_empty()).then(|| placed[rng.random_range(0..placed.len())].clone())
+                    let recent = placed.len().saturating_sub(RECENT);
+                    (!placed.is_empty())
+                        .then(|| placed[rng.random_range(recent..placed.len())].clone())
                 };
                 if let Some(wf) = target {
                     let base = &cluster.order_url;
-                    let _ = if roll < 0.08 {
-                        cluster
+                    let _ = if roll < 0.12 {
+                        let answer = cluster
                             .send(
                                 reqwest::Method::DELETE,
                                 format!("{base}/orders/{wf}"),
                                 Some(json!({"reason": "chaos: customer changed their mind"})),
                             )
-                            .await
-                    } else if roll < 0.14 {
+                            .await;
+                        let code = answer.as_ref().map(|(code, _)| *code).unwrap_or(0);
+                        *cancels.entry(code).or_insert(0usize) += 1;
+                        answer
+                    } else if roll < 0.18 {
                         cluster
                             .send(
                                 reqwest::Method::POST,
@@ -216,7 +229,7 @@ async fn saga_invariants_hold_under_crashes_restarts_and_random_customers() -> R
                                 None,
                             )
                             .await
-                    } else if roll < 0.22 {
+                    } else if roll < 0.26 {
                         cluster
                             .send(
                                 reqwest::Method::POST,
@@ -231,6 +244,7 @@ async fn saga_invariants_hold_under_crashes_restarts_and_random_customers() -> R
                 tokio::time::sleep(pace).await;
             }
             stop.store(true, Ordering::SeqCst);
+            cancels
         })
     };
 
@@ -297,7 +311,8 @@ async fn saga_invariants_hold_under_crashes_restarts_and_random_customers() -> R
         })
     };
 
-    customers.await?;
+    let cancels = customers.await?;
+    eprintln!("chaos: cancels answered (status: count) {cancels:?}");
     let fault_log = faults.await??;
     eprintln!("chaos: faults injected: {fault_log:?}");
     ensure!(
