@@ -12,6 +12,7 @@
 //! - [`TestDatabase`]: a fresh PostgreSQL database, dropped when dropped.
 
 pub mod broker;
+pub mod management;
 pub mod postgres;
 
 pub use broker::PrivateBroker;
