@@ -246,6 +246,16 @@ mod tests {
         let res = test::call_service(&app, req).await;
         assert_eq!(res.status().as_u16(), 200);
         assert_eq!(state.orders.watched(), 0);
+        // an open order's wait that runs out removes its watcher
+        let (open, events) =
+            crate::workflow::create("ORD-3", crate::validation::demo_order(), chrono::Utc::now());
+        state.orders.store().insert(&open, &events).expect("insert");
+        let req = test::TestRequest::get()
+            .uri("/orders/ORD-3/status?waitFor=SHIPPED&timeoutMs=50")
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(state.orders.watched(), 0);
         let req = test::TestRequest::get()
             .uri("/orders/ORD-2/history")
             .to_request();
