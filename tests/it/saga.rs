@@ -388,3 +388,40 @@ async fn a_lost_start_is_sent_again_when_the_poll_finds_no_fulfillment() -> Resu
     assert_eq!(requests[1]["detail"]["resent"], true, "{requests:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn histories_stay_exactly_once_across_kill_9_of_order_service() -> Result<()> {
+    let mut saga = Saga::start(
+        "saga-kill9",
+        &[("INVENTORY_DELAY_MS", "50"), ("PAYMENT_DELAY_MS", "50")],
+        30,
+    )
+    .await?;
+    let mut orders = Vec::new();
+    for round in 0..3u64 {
+        for _ in 0..5 {
+            orders.push(saga.create().await?);
+        }
+        // somewhere in the middle of their sagas
+        tokio::time::sleep(Duration::from_millis(40 + round * 70)).await;
+        saga.orders.kill().await?;
+        saga.orders.restart().await?;
+        saga.orders.wait_ready().await?;
+    }
+    for wf in &orders {
+        let order = check_consistent(&saga, wf).await?;
+        assert_eq!(order["status"], "SHIPPED", "{order}");
+        let history = saga.history(wf).await?;
+        assert_eq!(count(&history, "OrderCreated"), 1, "{history:?}");
+        assert_eq!(count(&history, "StockReserved"), 1, "{history:?}");
+        assert_eq!(count(&history, "PaymentCharged"), 1, "{history:?}");
+        // the status changes form one chain: none twice, none missing
+        let mut at = "PENDING";
+        for change in history.iter().filter(|e| e["type"] == "StatusChanged") {
+            assert_eq!(change["detail"]["from"], at, "{history:?}");
+            at = change["detail"]["to"].as_str().context("to")?;
+        }
+        assert_eq!(at, "SHIPPED", "{history:?}");
+    }
+    Ok(())
+}
