@@ -425,3 +425,55 @@ async fn histories_stay_exactly_once_across_kill_9_of_order_service() -> Result<
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pending_retry_survives_a_restart() -> Result<()> {
+    // Every payment attempt fails until the service comes back without
+    // the failures; attempts are 300 ms apart.
+    let mut saga = Saga::start(
+        "saga-retry-restart",
+        &[
+            ("PAYMENT_TRANSIENT_FAILURE_RATE", "1"),
+            ("PAYMENT_RETRY_INITIAL_INTERVAL_MS", "300"),
+            ("PAYMENT_RETRY_BACKOFF_COEFFICIENT", "1"),
+            ("PAYMENT_RETRY_MAXIMUM_ATTEMPTS", "0"),
+        ],
+        0,
+    )
+    .await?;
+    let wf = saga.create().await?;
+    let failures = eventually("two failed payment attempts", DEADLINE, || async {
+        let history = saga.history(&wf).await?;
+        Ok((count(&history, "ActivityAttemptFailed") >= 2).then_some(history))
+    })
+    .await?;
+    let last = failures
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "ActivityAttemptFailed")
+        .context("a failed attempt")?;
+    assert_eq!(last["detail"]["activity"], "payment", "{last}");
+    assert!(last["detail"]["nextAttemptAt"].is_string(), "{last}");
+    let before = saga.status(&wf).await?;
+    assert_eq!(before["status"], "PAYMENT_PROCESSING", "{before}");
+
+    saga.orders.kill().await?;
+    saga.orders
+        .env
+        .retain(|(k, _)| k != "PAYMENT_TRANSIENT_FAILURE_RATE");
+    saga.orders.restart().await?;
+    saga.orders.wait_ready().await?;
+
+    let order = check_consistent(&saga, &wf).await?;
+    assert_eq!(order["status"], "SHIPPED", "{order}");
+    let history = saga.history(&wf).await?;
+    let attempts: Vec<u64> = history
+        .iter()
+        .filter(|e| e["type"] == "ActivityAttemptFailed")
+        .filter_map(|e| e["detail"]["attempt"].as_u64())
+        .collect();
+    let expected: Vec<u64> = (1..=attempts.len() as u64).collect();
+    assert_eq!(attempts, expected, "attempts count on across the restart");
+    assert_eq!(count(&history, "PaymentCharged"), 1, "{history:?}");
+    Ok(())
+}
