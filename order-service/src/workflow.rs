@@ -448,6 +448,9 @@ pub enum Effect {
     Signal(Route, Box<Envelope>),
     /// Poll fulfillment by query until the order is final.
     StartPolling,
+    /// Ask fulfillment for its status now: a cancel waits on its answer,
+    /// and the event that would bring it may be late.
+    PollNow,
 }
 
 /// Why an input was refused.
@@ -925,6 +928,7 @@ pub fn handle(
                         fulfillment_signal_route(),
                         Box::new(envelope),
                     ));
+                    effects.push(Effect::PollNow);
                     next.record(STEP_CANCEL_FULFILLMENT, StepStatus::Completed, None, now);
                     next.status = OrderStatus::Cancelling;
                     next.cancellation_reason = Some(reason);

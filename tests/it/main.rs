@@ -13,4 +13,5 @@ mod fulfillment_saga;
 mod ha;
 mod operations;
 mod orders;
+mod saga;
 mod shutdown;

@@ -16,6 +16,7 @@
 
 pub mod broker;
 pub mod cluster;
+pub mod management;
 pub mod postgres;
 pub mod proxy;
 mod sql;

@@ -232,6 +232,7 @@ impl OrderActor {
                 }
                 // Stored in the outbox with the state; the relay sends it.
                 Effect::Signal(..) => {}
+                Effect::PollNow => self.poll_now(ctx),
                 Effect::StartPolling => {
                     self.arm_deadline(ctx);
                     if self.polling.is_none() {
@@ -301,6 +302,14 @@ impl OrderActor {
             .last_heard
             .is_some_and(|at| at.elapsed() < interval / 2)
         {
+            return;
+        }
+        self.poll_now(ctx);
+    }
+
+    /// Asks fulfillment for its status at once (unless a poll is in flight).
+    fn poll_now(&mut self, ctx: &mut Context<Self>) {
+        if self.poll_in_flight || !self.state.status.is_waiting_on_fulfillment() {
             return;
         }
         let Some(fulfillment_id) = self.state.fulfillment_workflow_id.clone() else {

@@ -210,6 +210,61 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn history_of_an_unknown_order_is_404_and_quarantine_lists_nothing() {
+        let (code, body) =
+            call(test::TestRequest::get().uri("/orders/order-workflow-ORD-1-X/history")).await;
+        assert_eq!((code, body["error"].as_str()), (404, Some("not_found")));
+        let (code, body) = call(test::TestRequest::get().uri("/quarantine")).await;
+        assert_eq!(code, 200);
+        assert_eq!(body["items"], serde_json::json!([]));
+    }
+
+    #[actix_web::test]
+    async fn waits_on_unknown_or_finished_orders_leave_no_watcher() {
+        let state = state();
+        let app = test::init_service(App::new().app_data(state.clone()).configure(configure)).await;
+        for _ in 0..3 {
+            let req = test::TestRequest::get()
+                .uri("/orders/order-workflow-ORD-1-X/status?waitFor=SHIPPED&timeoutMs=50")
+                .to_request();
+            let res = test::call_service(&app, req).await;
+            assert_eq!(res.status().as_u16(), 404);
+        }
+        assert_eq!(state.orders.watched(), 0);
+        // a finished order answers at once
+        let (mut order, events) =
+            crate::workflow::create("ORD-2", crate::validation::demo_order(), chrono::Utc::now());
+        order.status = crate::workflow::OrderStatus::Cancelled;
+        state
+            .orders
+            .store()
+            .insert(&order, &events)
+            .expect("insert");
+        let req = test::TestRequest::get()
+            .uri("/orders/ORD-2/status?waitFor=SHIPPED&timeoutMs=5000")
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(state.orders.watched(), 0);
+        // an open order's wait that runs out removes its watcher
+        let (open, events) =
+            crate::workflow::create("ORD-3", crate::validation::demo_order(), chrono::Utc::now());
+        state.orders.store().insert(&open, &events).expect("insert");
+        let req = test::TestRequest::get()
+            .uri("/orders/ORD-3/status?waitFor=SHIPPED&timeoutMs=50")
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(state.orders.watched(), 0);
+        let req = test::TestRequest::get()
+            .uri("/orders/ORD-2/history")
+            .to_request();
+        let body: Value = test::call_and_read_body_json(&app, req).await;
+        assert_eq!(body["workflowId"], "order-workflow-ORD-2");
+        assert_eq!(body["events"][0]["type"], "OrderCreated");
+    }
+
+    #[actix_web::test]
     async fn without_the_broker_writes_answer_503_and_readyz_says_why() {
         let (code, body) = call(test::TestRequest::post().uri("/orders/demo")).await;
         assert_eq!(

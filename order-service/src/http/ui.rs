@@ -1,6 +1,7 @@
 //! `GET /`: a read-only page for people that lists the orders with their
 //! status, step and progress, refreshing itself every 2 s from `GET /orders`
-//! (and `GET /orders/{id}/progress` for open ones). Everything is inline:
+//! (and `GET /orders/{id}/progress` for open ones); a click on an order
+//! opens its history as a timeline. Everything is inline:
 //! no external assets, so it works without internet.
 
 use actix_web::{web, HttpResponse};
@@ -15,6 +16,7 @@ const CONFIG: &str = r#"{
   id: "orderId",
   noun: "orders",
   progress: (o) => "/orders/" + encodeURIComponent(o.workflowId) + "/progress",
+  history: (o) => "/orders/" + encodeURIComponent(o.workflowId) + "/history",
   step: (o, p) => (p && p.stepName) || o.currentStep,
   extra: (o) => o.fulfillmentStatus ? "fulfillment " + o.fulfillmentStatus + (o.trackingNumber ? " · " + o.trackingNumber : "") : (o.error || o.cancellationReason || ""),
 }"#;

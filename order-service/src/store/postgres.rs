@@ -608,6 +608,41 @@ mod tests {
     }
 
     #[test]
+    fn history_is_written_with_the_state_once_and_bad_rows_are_set_aside() {
+        let db = TestDb::create("orders_history");
+        let s = PostgresStore::open(&db.url).expect("open");
+        let (order, created) = workflow::create("ORD-1", demo_order(), Utc::now());
+        s.insert(&order, &created).expect("insert");
+        let t =
+            workflow::handle(&order, Input::Cancel { reason: None }, Utc::now()).expect("cancel");
+        s.save(&t.state, &[], &t.events).expect("save");
+        // a commit retried after its answer was lost adds nothing
+        s.save(&t.state, &[], &t.events).expect("save again");
+        let kinds: Vec<String> = s
+            .history("ORD-1")
+            .expect("history")
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, ["OrderCreated", "CancelRequested", "StatusChanged"]);
+
+        s.insert(&OrderState::new("ORD-2", demo_order(), Utc::now()), &[])
+            .expect("insert");
+        s.insert(&OrderState::new("ORD-3", demo_order(), Utc::now()), &[])
+            .expect("insert");
+        s.worker
+            .call(|c| -> Result<_, StoreError> {
+                Ok(c.execute("UPDATE orders SET state = '{}' WHERE id = 'ORD-2'", &[])?)
+            })
+            .expect("corrupt a row");
+        let found = s.unfinished().expect("recovery reads the rest");
+        let ids: Vec<&str> = found.orders.iter().map(|o| o.order_id.as_str()).collect();
+        assert_eq!(ids, ["ORD-3"]);
+        assert_eq!(found.unreadable.len(), 1);
+        assert_eq!(found.unreadable[0].order_id, "ORD-2");
+    }
+
+    #[test]
     fn a_wrong_url_fails_at_open() {
         assert!(
             PostgresStore::open("postgres://postgres@127.0.0.1:1/none").is_err(),
