@@ -184,6 +184,10 @@ pub fn handle_query(
     let bus = bus.clone();
     async move {
         let answer = match loaded {
+            // A row that cannot be read will not be readable on retry.
+            Err(error @ StoreError::Corrupt { .. }) => {
+                return Outcome::DeadLetter(error.to_string())
+            }
             Err(error) => return Outcome::Retry(error.to_string()),
             Ok(None) => Message::QueryFailed(ReplyError::not_found(format!(
                 "no fulfillment {fulfillment_id}"

@@ -398,6 +398,48 @@ async fn a_redelivered_signal_adds_nothing_to_the_history_even_across_kill_9() -
 }
 
 #[tokio::test]
+async fn each_step_is_in_the_history_once_across_kill_9() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut saga = Saga::start("saga-steps", &[("STEP_DELAY_MS", "40")], dir.path()).await?;
+    let orders: Vec<String> = (0..4).map(|_| unique_order()).collect();
+    for order in &orders {
+        let id = ids::fulfillment_workflow_id(order);
+        saga.publish(&id, Uuid::new_v4(), start(order, 4)).await?;
+    }
+    let first = ids::fulfillment_workflow_id(&orders[0]);
+    eventually("two items picked", DEADLINE, || async {
+        Ok(saga.progress(&first).await?.filter(|p| p.items_picked >= 2))
+    })
+    .await?;
+    // In the middle of steps, with writes in flight.
+    saga.service.kill().await?;
+    saga.service.restart().await?;
+    for order in &orders {
+        let id = ids::fulfillment_workflow_id(order);
+        saga.wait_status(&id, FulfillmentStatus::Shipped).await?;
+        let history = saga.history(&id).await?;
+        let steps: Vec<u64> = history
+            .iter()
+            .filter(|e| e["type"] == "StepCompleted")
+            .filter_map(|e| e["detail"]["step"].as_u64())
+            .collect();
+        assert_eq!(steps, (1..=8).collect::<Vec<u64>>(), "{id}: {history:?}");
+        assert_eq!(kinds_of(&history, "FulfillmentCreated"), 1, "{id}");
+        let to: Vec<&str> = history
+            .iter()
+            .filter(|e| e["type"] == "StatusChanged")
+            .filter_map(|e| e["detail"]["to"].as_str())
+            .collect();
+        assert_eq!(
+            to,
+            ["PICKING", "PACKING", "READY_TO_SHIP", "SHIPPED"],
+            "{id}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_unreadable_row_is_quarantined_and_the_others_recover() -> Result<()> {
     let db = TestDatabase::create("saga_quarantine")?;
     let dir = tempfile::tempdir()?;

@@ -347,4 +347,45 @@ mod tests {
         assert_eq!(stored.status, FulfillmentStatus::Paused);
         assert_eq!(registry.live(), 1, "one actor, not two");
     }
+
+    #[actix_web::test]
+    async fn a_cancel_before_the_start_makes_the_start_create_it_cancelled_without_an_actor() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(":memory:").expect("store"));
+        let registry = registry(store.clone());
+        let id = "fulfillment-ORD-1";
+        let cancel = Input::Cancel {
+            reason: "changed my mind".into(),
+        };
+        let answer = registry
+            .signal(id, Some(Uuid::new_v4()), None, cancel.clone())
+            .await
+            .expect("stored");
+        assert_eq!(answer.map(|a| a.status), Ok(FulfillmentStatus::Cancelled));
+        assert!(store.tombstone(id).expect("reads").is_some());
+        // Over HTTP (no message id) a cancel of nothing is still not found.
+        let http = registry
+            .signal("fulfillment-ORD-2", None, None, cancel)
+            .await
+            .expect("answered");
+        assert!(http.is_err());
+        let created = registry
+            .signal(id, Some(Uuid::new_v4()), None, start())
+            .await
+            .expect("stored");
+        assert_eq!(
+            created,
+            Ok(Accepted {
+                status: FulfillmentStatus::Cancelled,
+                created: true
+            })
+        );
+        let stored = store.load(id).expect("reads").expect("stored");
+        assert_eq!(stored.status, FulfillmentStatus::Cancelled);
+        assert_eq!(
+            stored.cancellation_reason.as_deref(),
+            Some("changed my mind")
+        );
+        assert_eq!(store.tombstone(id).expect("reads"), None, "applied");
+        assert_eq!(registry.live(), 0, "a cancelled fulfillment needs no actor");
+    }
 }

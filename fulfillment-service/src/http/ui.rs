@@ -1,7 +1,8 @@
 //! `GET /`: a read-only page for people that lists the fulfillments with
 //! their status, step and progress, refreshing itself every 2 s from
 //! `GET /fulfillments` (and `GET /fulfillments/{id}/progress` for open
-//! ones). Everything is inline:
+//! ones); a click on a fulfillment shows its history as a timeline
+//! (`GET /fulfillments/{id}/history`). Everything is inline:
 //! no external assets, so it works without internet.
 
 use actix_web::{web, HttpResponse};

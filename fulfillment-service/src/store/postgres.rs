@@ -175,9 +175,18 @@ fn append_history(
 }
 
 fn states(rows: Vec<postgres::Row>) -> Result<Vec<Fulfillment>, StoreError> {
-    rows.iter()
-        .map(|r| parse(r.get::<_, &str>(0), r.get::<_, &str>(1)))
-        .collect()
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: &str = r.get(0);
+        match parse(id, r.get(1)) {
+            Ok(state) => out.push(state),
+            // One bad row must not hide every other (see /quarantine).
+            Err(error) => {
+                tracing::warn!(fulfillment_id = %id, %error, "unreadable row left out of a list");
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Store for PostgresStore {

@@ -207,7 +207,13 @@ fn rows_to_states(
     let mut out = Vec::new();
     for row in rows {
         let (id, json) = row?;
-        out.push(parse(&id, &json)?);
+        match parse(&id, &json) {
+            Ok(state) => out.push(state),
+            // One bad row must not hide every other (see /quarantine).
+            Err(error) => {
+                tracing::warn!(fulfillment_id = %id, %error, "unreadable row left out of a list")
+            }
+        }
     }
     Ok(out)
 }
