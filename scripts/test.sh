@@ -9,6 +9,9 @@ log() { printf '==> %s\n' "$*" >&2; }
 
 scripts/rabbitmq.sh
 scripts/postgres.sh
+# The three-node cluster of the high-availability tests (tests/it/ha.rs),
+# beside the broker on 5672: AMQP 5701-5703, management 15701-15703.
+scripts/rabbitmq-cluster.sh start
 
 # Headless Chromium renders each service's page in the system tests
 # (tests/it/operations.rs); Debian's package, installed when missing.

@@ -123,6 +123,10 @@ impl std::fmt::Debug for Config {
 
 /// `amqp://user:secret@host` -> `amqp://user:***@host`.
 pub fn redact(url: &str) -> String {
+    // AMQP_URL may list several nodes: each one's password goes.
+    if url.contains(',') {
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
@@ -153,6 +157,11 @@ mod tests {
         .expect("a postgres store");
         let printed = format!("{pg:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
+        let cluster = redact("amqp://app:s3cret@rabbit-0:5672/v,amqp://app:s3cret@rabbit-1:5672/v");
+        assert_eq!(
+            cluster,
+            "amqp://app:***@rabbit-0:5672/v,amqp://app:***@rabbit-1:5672/v"
+        );
         assert_eq!(config.exported_as(), None);
     }
 

@@ -114,6 +114,10 @@ impl std::fmt::Debug for Config {
 
 /// The URL with any password replaced by `***`.
 pub fn redact(url: &str) -> String {
+    // AMQP_URL may list several nodes: each one's password goes.
+    if url.contains(',') {
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.into();
     };
@@ -351,6 +355,10 @@ mod tests {
         let printed = format!("{c:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
         assert!(printed.contains("user:***@host"), "{printed}");
+        assert_eq!(
+            redact("amqp://u:s3cret@h1:5701/v,amqp://u:s3cret@h2:5702/v"),
+            "amqp://u:***@h1:5701/v,amqp://u:***@h2:5702/v"
+        );
         assert!(printed.contains("app:***@db:5432/orders"), "{printed}");
     }
 

@@ -18,8 +18,10 @@
 //! (its queue was deleted, or its node went away), closes its channel, or
 //! the stream ends for any other reason, it declares the topology again and
 //! consumes again, with backoff, counting the restart by queue and logging
-//! why. A lost connection ends every consumer; the session starts them
-//! again on the next connection.
+//! why. A passive declare every `QUEUE_CHECK` (2 s) notices a queue that
+//! is gone even when the broker's cancel does not arrive. A lost connection
+//! ends every consumer; the session starts them again on the next
+//! connection.
 //!
 //! Undecodable bodies never reach the handler: they are dead-lettered with
 //! the decode error as the reason.
@@ -41,7 +43,7 @@ use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicRejectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Acker, Channel};
@@ -67,6 +69,12 @@ pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// is given a moment rather than raced, and `/readyz` shows the gap.
 const RESTART_MIN: Duration = Duration::from_millis(500);
 const RESTART_MAX: Duration = Duration::from_secs(5);
+
+/// How often a consumer checks that its queue still exists. The broker
+/// cancels the consumers of a deleted queue, but that notice was seen to go
+/// missing for a quorum queue deleted through another node of a cluster;
+/// this bounds how long such a consumer waits on a queue that is gone.
+const QUEUE_CHECK: Duration = Duration::from_secs(2);
 
 /// How long a consumer whose stream ended (cancelled by the broker) lets
 /// its handlers finish before it gives up on them; their deliveries go
@@ -156,7 +164,6 @@ pub(super) async fn supervise(
             _ = tokio::time::sleep(delay) => {}
             _ = super::stopping(&mut shutdown) => return,
         }
-        super::metrics::consumer_restarted(queue);
         if matches!(stopped, Stopped::Cancelled) {
             // It had been consuming: a later stop starts the schedule over.
             backoff.reset();
@@ -209,9 +216,23 @@ async fn consume_inner(
     let mut acks = AckWindow::default();
     let dlx = dead_letter_exchange.as_deref();
     let queue = spec.queue.as_str();
+    let mut check = tokio::time::interval(QUEUE_CHECK);
+    check.tick().await;
     let stopped = loop {
         tokio::select! {
             _ = super::stopping(shutdown) => break Stopped::Shutdown,
+            _ = check.tick() => {
+                // A passive declare fails (and closes this channel) once
+                // the queue is gone, even if the broker's cancel never came.
+                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+                if let Err(error) = channel
+                    .queue_declare(spec.queue.as_str().into(), passive, FieldTable::default())
+                    .await
+                {
+                    inner.set_consuming(queue, false);
+                    return Err(error);
+                }
+            }
             Some((delivery, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
                 settle(inner, channel, queue, dlx, delivery, outcome, &mut acks).await;
                 // Whatever else has finished meanwhile goes in the same ack.

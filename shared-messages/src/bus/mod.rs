@@ -41,7 +41,7 @@ pub mod outbox;
 mod rpc;
 mod session;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -174,6 +174,8 @@ struct Inner {
     consumers: Mutex<Vec<ConsumerSpec>>,
     /// Per consumed queue: consuming now.
     consuming: Mutex<BTreeMap<String, bool>>,
+    /// Queues consumed at least once, so later starts count as restarts.
+    consumed_before: Mutex<HashSet<String>>,
     /// Deliveries waiting for their handler to be retried.
     retrying: AtomicUsize,
     session: RwLock<Option<Arc<Session>>>,
@@ -196,6 +198,7 @@ impl Bus {
                 config,
                 consumers: Mutex::new(Vec::new()),
                 consuming: Mutex::new(BTreeMap::new()),
+                consumed_before: Mutex::new(HashSet::new()),
                 retrying: AtomicUsize::new(0),
                 session: RwLock::new(None),
                 connected: watch::channel(false).0,
@@ -565,11 +568,24 @@ impl Inner {
         }
     }
 
+    /// Records whether `queue` is consumed now. Every start after the
+    /// first (after a cancel, a closed channel or a reconnect) counts as a
+    /// restart.
     fn set_consuming(&self, queue: &str, consuming: bool) {
         self.consuming
             .lock()
             .expect("consumer state lock is never poisoned")
             .insert(queue.to_owned(), consuming);
+        if consuming {
+            let first = self
+                .consumed_before
+                .lock()
+                .expect("consumer state lock is never poisoned")
+                .insert(queue.to_owned());
+            if !first {
+                metrics::consumer_restarted(queue);
+            }
+        }
     }
 
     fn consumers(&self) -> Vec<ConsumerSpec> {
