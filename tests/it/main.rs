@@ -9,4 +9,5 @@ mod durability;
 mod fulfillment;
 mod operations;
 mod orders;
+mod security;
 mod shutdown;
