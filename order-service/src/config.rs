@@ -72,6 +72,11 @@ pub struct Config {
     pub api_token_file: Option<PathBuf>,
     /// `CORS_ALLOWED_ORIGINS`: other origins whose pages may call the API.
     pub cors_allowed_origins: Vec<String>,
+    /// `AMQP_DECLARE_PEER_QUEUES` (default true): also declare
+    /// fulfillment-service's queues, so signals wait even before it first
+    /// runs. `false` where the broker's definitions are loaded beforehand
+    /// and order-service's broker user may not touch those queues.
+    pub declare_peer_queues: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -91,6 +96,7 @@ impl std::fmt::Debug for Config {
             .field("service_name", &self.service_name)
             .field("api_token_file", &self.api_token_file)
             .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .field("declare_peer_queues", &self.declare_peer_queues)
             .finish()
     }
 }
@@ -184,6 +190,19 @@ impl Config {
             cors_allowed_origins: service_kit::cors::parse_origins(
                 &lookup("CORS_ALLOWED_ORIGINS").unwrap_or_default(),
             )?,
+            declare_peer_queues: match get("AMQP_DECLARE_PEER_QUEUES", "true")
+                .trim()
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                other => {
+                    return Err(format!(
+                        "AMQP_DECLARE_PEER_QUEUES must be true or false, got {other:?}"
+                    ))
+                }
+            },
         })
     }
 

@@ -69,7 +69,11 @@ impl Application {
         let bus = Bus::new(BusConfig::new(
             config.amqp_url.clone(),
             "order-service",
-            topology::order_service(),
+            if config.declare_peer_queues {
+                topology::order_service()
+            } else {
+                topology::order_service_own()
+            },
         ));
         let outbox = OutboxSignal::new();
         let orders = Orders::new(
