@@ -548,23 +548,228 @@ async fn a_direct_fulfillment_cannot_take_an_orders_place() -> Result<()> {
         )
         .await?;
     let fid = order["fulfillmentWorkflowId"].as_str().context("fid")?;
-    let status = system
-        .client
-        .send(
-            Caller::Reader,
-            Method::GET,
-            &system
-                .fulfillment
-                .url(&format!("/fulfillments/{fid}/status")),
-            None,
-            &[],
-        )
-        .await?;
-    assert_eq!(status.status, StatusCode::OK, "{}", status.body);
+    // The order says started once its signal is sent; fulfillment-service
+    // has it a moment later.
+    let url = system
+        .fulfillment
+        .url(&format!("/fulfillments/{fid}/status"));
+    let status = eventually("the order's fulfillment to exist", DEADLINE, || async {
+        let answer = system
+            .client
+            .send(Caller::Reader, Method::GET, &url, None, &[])
+            .await?;
+        Ok((answer.status == StatusCode::OK).then_some(answer))
+    })
+    .await?;
     assert_eq!(
         status.body["shippingAddress"]["street"], "1 Main St",
         "{}",
         status.body
     );
     Ok(())
+}
+
+/// A broker user of a test's own, made from one of
+/// `deploy/rabbitmq/users.json`'s users with the same permissions on the
+/// test's vhost; deleted when dropped (users are broker-wide).
+struct BrokerUser {
+    name: String,
+    password: String,
+}
+
+impl BrokerUser {
+    async fn from_definitions(service: &str, vhost: &TestVhost) -> Result<Self> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rabbitmq/users.json");
+        let definitions: Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+        let user = definitions["users"]
+            .as_array()
+            .and_then(|users| users.iter().find(|u| u["name"] == service))
+            .with_context(|| format!("{path} has no user {service}"))?;
+        ensure!(
+            user["tags"].as_array().is_some_and(Vec::is_empty),
+            "{service} must have no tags (no management or administrator access): {user}"
+        );
+        let permission = definitions["permissions"]
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["user"] == service))
+            .with_context(|| format!("{path} has no permissions for {service}"))?;
+        let name = format!("{service}-{}", uuid::Uuid::new_v4().simple());
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let base = system_tests::management_base();
+        let client = reqwest::Client::new();
+        let response = client
+            .put(format!("{base}/api/users/{}", system_tests::encode(&name)))
+            .json(&json!({"password": password, "tags": ""}))
+            .send()
+            .await?;
+        ensure!(
+            response.status().is_success(),
+            "creating user {name}: {}",
+            response.status()
+        );
+        let user = Self { name, password };
+        let response = client
+            .put(format!(
+                "{base}/api/permissions/{}/{}",
+                system_tests::encode(&vhost.name),
+                system_tests::encode(&user.name)
+            ))
+            .json(&json!({
+                "configure": permission["configure"],
+                "write": permission["write"],
+                "read": permission["read"],
+            }))
+            .send()
+            .await?;
+        ensure!(
+            response.status().is_success(),
+            "permissions of {}: {}",
+            user.name,
+            response.status()
+        );
+        Ok(user)
+    }
+
+    fn amqp_url(&self, vhost: &TestVhost) -> String {
+        let base = system_tests::amqp_base();
+        let host = base
+            .rsplit('@')
+            .next()
+            .unwrap_or("127.0.0.1:5672")
+            .to_owned();
+        format!(
+            "amqp://{}:{}@{host}/{}",
+            self.name,
+            self.password,
+            system_tests::encode(&vhost.name)
+        )
+    }
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let url = format!(
+            "{}/api/users/{}",
+            system_tests::management_base(),
+            system_tests::encode(&self.name)
+        );
+        // A blocking client cannot run on an async runtime's thread.
+        let _ = std::thread::spawn(move || {
+            let _ = reqwest::blocking::Client::new().delete(url).send();
+        })
+        .join();
+    }
+}
+
+#[tokio::test]
+async fn each_service_runs_under_its_own_broker_user_and_no_further() -> Result<()> {
+    use lapin::options::BasicConsumeOptions;
+    use lapin::types::FieldTable;
+    use lapin::{Connection, ConnectionProperties};
+    use shared_messages::topology;
+
+    let vhost = TestVhost::create("sec-broker").await?;
+    // The topology as an operator loads it (definitions.json), by guest.
+    let response = reqwest::Client::new()
+        .post(format!(
+            "{}/api/definitions/{}",
+            system_tests::management_base(),
+            system_tests::encode(&vhost.name)
+        ))
+        .json(&topology::definitions(&topology::all(), &vhost.name))
+        .send()
+        .await?;
+    ensure!(
+        response.status().is_success(),
+        "import: {}",
+        response.status()
+    );
+    let order_user = BrokerUser::from_definitions("order-service", &vhost).await?;
+    let fulfillment_user = BrokerUser::from_definitions("fulfillment-service", &vhost).await?;
+
+    let dir = tempfile::tempdir()?;
+    let order_url = order_user.amqp_url(&vhost);
+    let fulfillment_url = fulfillment_user.amqp_url(&vhost);
+    let orders = Service::start_on(
+        "order-service",
+        &order_url,
+        dir.path(),
+        &[
+            ("AMQP_DECLARE_PEER_QUEUES", "false"),
+            ("INVENTORY_DELAY_MS", "20"),
+            ("PAYMENT_DELAY_MS", "20"),
+            ("POLL_INTERVAL_MS", "200"),
+            ("QUERY_TIMEOUT_MS", "3000"),
+        ],
+    )
+    .await?;
+    let fulfillment = Service::start_on(
+        "fulfillment-service",
+        &fulfillment_url,
+        dir.path(),
+        &[("STEP_DELAY_MS", "10"), ("QUERY_TIMEOUT_MS", "3000")],
+    )
+    .await?;
+    orders.wait_ready().await?;
+    fulfillment.wait_ready().await?;
+
+    // An order ships: signals, queries with replies, events, all allowed.
+    let http = system_tests::Http::new();
+    let (code, body) = http
+        .post(&orders.url("/orders"), Some(&order_body()))
+        .await?;
+    ensure!(code == 201, "POST /orders: {code} {body}");
+    let workflow_id = body["workflowId"]
+        .as_str()
+        .context("workflowId")?
+        .to_owned();
+    eventually("the order to ship", DEADLINE, || async {
+        let (code, body) = http
+            .get(&orders.url(&format!("/orders/{workflow_id}/status")))
+            .await?;
+        ensure!(code == 200, "{body}");
+        Ok((body["status"] == "SHIPPED").then_some(()))
+    })
+    .await?;
+    // A query through order-service answers too (direct reply-to).
+    let (code, body) = http
+        .get(&orders.url(&format!(
+            "/orders/fulfillment/{}/status",
+            topology_free_fulfillment_id(&workflow_id)
+        )))
+        .await?;
+    assert_eq!(code, 200, "{body}");
+
+    // order-service's user cannot read fulfillment's signals, nor
+    // fulfillment-service's user order-service's events.
+    for (user, queue) in [
+        (&order_url, topology::FULFILLMENT_SIGNALS_QUEUE),
+        (&order_url, topology::FULFILLMENT_QUERIES_QUEUE),
+        (&fulfillment_url, topology::ORDER_FULFILLMENT_EVENTS_QUEUE),
+    ] {
+        let connection = Connection::connect(user, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        let refused = channel
+            .basic_consume(
+                queue.into(),
+                "intruder".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .err()
+            .with_context(|| format!("consuming {queue} was allowed"))?;
+        assert!(
+            refused.to_string().contains("ACCESS_REFUSED"),
+            "{queue}: {refused}"
+        );
+        let _ = connection.close(200, "done".into()).await;
+    }
+    Ok(())
+}
+
+/// `fulfillment-<orderId>` for `order-workflow-<orderId>`.
+fn topology_free_fulfillment_id(workflow_id: &str) -> String {
+    let order_id = shared_messages::ids::order_id_from_workflow_id(workflow_id).unwrap_or_default();
+    shared_messages::ids::fulfillment_workflow_id(order_id)
 }
