@@ -1,5 +1,6 @@
 //! Typed settings from the environment (names as in DESIGN.md).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Local defaults: a broker on loopback, the demo's port, a file store.
@@ -27,6 +28,11 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// `OTEL_SERVICE_NAME`: the name exported spans carry.
     pub service_name: String,
+    /// `API_TOKEN_FILE`: bearer tokens with their roles; `None` runs the
+    /// HTTP API open (local development).
+    pub api_token_file: Option<PathBuf>,
+    /// `CORS_ALLOWED_ORIGINS`: other origins whose pages may call the API.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,10 +77,27 @@ impl Config {
                 })
             }
         };
+        // Secrets may come from files (`AMQP_URL_FILE`, `STORE_URL_FILE`).
+        let secret = |name: &'static str, default: &str| {
+            service_kit::settings::value_or_file(&get, name)
+                .map(|v| v.unwrap_or_else(|| default.to_owned()))
+                .map_err(|reason| ConfigError {
+                    name,
+                    value: String::new(),
+                    reason,
+                })
+        };
+        let cors_allowed_origins =
+            service_kit::cors::parse_origins(&get("CORS_ALLOWED_ORIGINS").unwrap_or_default())
+                .map_err(|reason| ConfigError {
+                    name: "CORS_ALLOWED_ORIGINS",
+                    value: get("CORS_ALLOWED_ORIGINS").unwrap_or_default(),
+                    reason,
+                })?;
         Ok(Self {
-            amqp_url: text("AMQP_URL", DEFAULT_AMQP_URL),
+            amqp_url: secret("AMQP_URL", DEFAULT_AMQP_URL)?,
             http_addr: text("HTTP_ADDR", DEFAULT_HTTP_ADDR),
-            store_url: text("STORE_URL", DEFAULT_STORE_URL),
+            store_url: secret("STORE_URL", DEFAULT_STORE_URL)?,
             step_delay: millis("STEP_DELAY_MS", DEFAULT_STEP_DELAY_MS)?,
             query_timeout: millis("QUERY_TIMEOUT_MS", DEFAULT_QUERY_TIMEOUT_MS)?,
             log_format,
@@ -85,6 +108,11 @@ impl Config {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| env!("CARGO_PKG_NAME").into()),
+            api_token_file: get("API_TOKEN_FILE")
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            cors_allowed_origins,
         })
     }
 
@@ -117,6 +145,8 @@ impl std::fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("otlp_endpoint", &self.otlp_endpoint.as_deref().map(redact))
             .field("service_name", &self.service_name)
+            .field("api_token_file", &self.api_token_file)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
             .finish()
     }
 }

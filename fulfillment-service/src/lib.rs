@@ -95,8 +95,20 @@ impl Application {
             registry,
             bus: bus.clone(),
         });
+        let access = std::sync::Arc::new(
+            service_kit::Access::from_settings(
+                env!("CARGO_PKG_NAME"),
+                config.api_token_file.as_deref(),
+                config.cors_allowed_origins.clone(),
+            )
+            .context("reading API_TOKEN_FILE")?,
+        );
         let server = HttpServer::new(move || {
             App::new()
+                // Innermost first: access is checked after CORS has
+                // answered any preflight, inside the request's span.
+                .wrap(service_kit::Guard::new(access.clone()))
+                .wrap(service_kit::cors::cors(access.allowed_origins()))
                 .wrap(actix_web::middleware::from_fn(http::observe::observe))
                 .app_data(state.clone())
                 .configure(http::configure)

@@ -80,6 +80,16 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// `OTEL_SERVICE_NAME`: the name exported spans carry.
     pub service_name: String,
+    /// `API_TOKEN_FILE`: bearer tokens with their roles; `None` runs the
+    /// HTTP API open (local development).
+    pub api_token_file: Option<PathBuf>,
+    /// `CORS_ALLOWED_ORIGINS`: other origins whose pages may call the API.
+    pub cors_allowed_origins: Vec<String>,
+    /// `AMQP_DECLARE_PEER_QUEUES` (default true): also declare
+    /// fulfillment-service's queues, so signals wait even before it first
+    /// runs. `false` where the broker's definitions are loaded beforehand
+    /// and order-service's broker user may not touch those queues.
+    pub declare_peer_queues: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -108,6 +118,9 @@ impl std::fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("otlp_endpoint", &self.otlp_endpoint.as_deref().map(redact))
             .field("service_name", &self.service_name)
+            .field("api_token_file", &self.api_token_file)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .field("declare_peer_queues", &self.declare_peer_queues)
             .finish()
     }
 }
@@ -218,10 +231,13 @@ impl Config {
         if poll_interval.is_zero() {
             return Err("POLL_INTERVAL_MS must be at least 1".into());
         }
+        let secret = |name: &str| service_kit::settings::value_or_file(&lookup, name);
         Ok(Self {
-            amqp_url: get("AMQP_URL", DEFAULT_AMQP_URL),
+            amqp_url: secret("AMQP_URL")?.unwrap_or_else(|| DEFAULT_AMQP_URL.into()),
             http_addr: get("HTTP_ADDR", "0.0.0.0:3232"),
-            store: StoreLocation::parse(&get("STORE_URL", "sqlite://./data/orders.db"))?,
+            store: StoreLocation::parse(
+                &secret("STORE_URL")?.unwrap_or_else(|| "sqlite://./data/orders.db".into()),
+            )?,
             inventory_delay: millis("INVENTORY_DELAY_MS", 1000)?,
             payment_delay: millis("PAYMENT_DELAY_MS", 1000)?,
             poll_interval,
@@ -244,6 +260,26 @@ impl Config {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| env!("CARGO_PKG_NAME").into()),
+            api_token_file: lookup("API_TOKEN_FILE")
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            cors_allowed_origins: service_kit::cors::parse_origins(
+                &lookup("CORS_ALLOWED_ORIGINS").unwrap_or_default(),
+            )?,
+            declare_peer_queues: match get("AMQP_DECLARE_PEER_QUEUES", "true")
+                .trim()
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "true" | "1" | "yes" => true,
+                "false" | "0" | "no" => false,
+                other => {
+                    return Err(format!(
+                        "AMQP_DECLARE_PEER_QUEUES must be true or false, got {other:?}"
+                    ))
+                }
+            },
         })
     }
 

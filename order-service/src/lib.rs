@@ -69,7 +69,11 @@ impl Application {
         let bus = Bus::new(BusConfig::new(
             config.amqp_url.clone(),
             "order-service",
-            topology::order_service(),
+            if config.declare_peer_queues {
+                topology::order_service()
+            } else {
+                topology::order_service_own()
+            },
         ));
         let outbox = OutboxSignal::new();
         let orders = Orders::new(
@@ -108,8 +112,20 @@ impl Application {
             orders: orders.clone(),
             query_timeout: config.query_timeout,
         });
+        let access = std::sync::Arc::new(
+            service_kit::Access::from_settings(
+                env!("CARGO_PKG_NAME"),
+                config.api_token_file.as_deref(),
+                config.cors_allowed_origins.clone(),
+            )
+            .context("reading API_TOKEN_FILE")?,
+        );
         let server = HttpServer::new(move || {
             App::new()
+                // Innermost first: access is checked after CORS has
+                // answered any preflight, inside the request's span.
+                .wrap(service_kit::Guard::new(access.clone()))
+                .wrap(service_kit::cors::cors(access.allowed_origins()))
                 .wrap(actix_web::middleware::from_fn(http::observe::observe))
                 .app_data(state.clone())
                 .configure(http::configure)

@@ -35,6 +35,26 @@ pub fn order_id_from_fulfillment_id(fulfillment_id: &str) -> Option<&str> {
         .filter(|id| !id.is_empty())
 }
 
+/// Whether `order_id` has the shape order-service mints
+/// (`ORD-<epoch millis>-<9 uppercase alphanumerics>`). Such an order's
+/// fulfillment is created by order-service's start signal only, never on
+/// fulfillment-service's own HTTP route, so nobody can start it first with
+/// other items or another address.
+pub fn is_order_service_order_id(order_id: &str) -> bool {
+    let Some(rest) = order_id.strip_prefix("ORD-") else {
+        return false;
+    };
+    let Some((millis, suffix)) = rest.split_once('-') else {
+        return false;
+    };
+    !millis.is_empty()
+        && millis.bytes().all(|b| b.is_ascii_digit())
+        && suffix.len() == 9
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
 /// A message id that is the same every time the same entity takes the same
 /// step, e.g. `effect_message_id("fulfillment-ORD-1", "status:3:PACKING")`.
 pub fn effect_message_id(entity_id: &str, step: &str) -> Uuid {
@@ -59,6 +79,21 @@ mod tests {
         );
         assert_eq!(order_id_from_workflow_id("order-workflow-"), None);
         assert_eq!(order_id_from_fulfillment_id("ORD-1"), None);
+    }
+
+    #[test]
+    fn order_service_ids_are_recognised() {
+        assert!(is_order_service_order_id("ORD-1764316800000-A1B2C3D4E"));
+        for other in [
+            "ORD-1764316800000-a1b2c3d4e",
+            "ORD-1764316800000-A1B2C3D4",
+            "ORD-x-A1B2C3D4E",
+            "ORD--A1B2C3D4E",
+            "ORD-3f2a9c0d8e7b4a1f9c2d3e4f5a6b7c8d",
+            "MANUAL-1",
+        ] {
+            assert!(!is_order_service_order_id(other), "{other}");
+        }
     }
 
     #[test]

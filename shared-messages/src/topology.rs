@@ -327,6 +327,27 @@ pub fn order_service() -> Topology {
         .merge(fulfillment_queries())
 }
 
+/// What order-service declares when the broker's definitions are loaded
+/// beforehand and its user may touch nothing of fulfillment-service's
+/// (`AMQP_DECLARE_PEER_QUEUES=false`): its own subscription only. Declaring
+/// fulfillment's queues and bindings needs read permission on names that
+/// are also fulfillment's queues, which least privilege forbids.
+pub fn order_service_own() -> Topology {
+    Topology::default()
+        .consumed_queue(
+            ORDER_FULFILLMENT_EVENTS_QUEUE,
+            QueueKind::Quorum {
+                delivery_limit: Some(DELIVERY_LIMIT),
+            },
+            ORDER_DEAD_LETTER_EXCHANGE,
+        )
+        .bind(
+            ORDER_FULFILLMENT_EVENTS_QUEUE,
+            FULFILLMENT_EVENTS_EXCHANGE,
+            FULFILLMENT_EVENTS_ALL,
+        )
+}
+
 /// Everything, as an operator would load it into a fresh broker.
 pub fn all() -> Topology {
     fulfillment_service().merge(order_service())

@@ -14,4 +14,5 @@ mod ha;
 mod operations;
 mod orders;
 mod saga;
+mod security;
 mod shutdown;

@@ -43,7 +43,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 201, description = "created and started", body = FulfillmentStatusView),
         (status = 200, description = "it already existed; started if it was waiting", body = FulfillmentStatusView),
         (status = 400, description = "malformed body or a wrong field", body = ErrorBody),
-        (status = 409, description = "not startable in its current state", body = ErrorBody),
+        (status = 409, description = "not startable in its current state, or the order id is one order-service mints (its fulfillment starts from order-service only)", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 503, description = "the store does not answer", body = ErrorBody),
@@ -54,6 +54,12 @@ pub(crate) async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
     request.validate().map_err(ApiError::InvalidInput)?;
+    if ids::is_order_service_order_id(&request.order_id) {
+        return Err(ApiError::Conflict(format!(
+            "orderId {:?} is an order-service order id: its fulfillment is started by order-service only; use an order id of another shape for a direct fulfillment",
+            request.order_id
+        )));
+    }
     let id = ids::fulfillment_workflow_id(&request.order_id);
     let accepted = apply(&state, &id, Input::Start(request)).await?;
     let view = state.view(&id)?;

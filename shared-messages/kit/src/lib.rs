@@ -1,0 +1,15 @@
+//! The service kit: what order-service and fulfillment-service build their
+//! HTTP surface and settings on, written once.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`access`] | bearer tokens and roles, the cross-site guard, the middleware |
+//! | [`cors`] | CORS, closed unless origins are configured |
+//! | [`settings`] | secret settings read from files (`NAME_FILE`) |
+#![forbid(unsafe_code)]
+
+pub mod access;
+pub mod cors;
+pub mod settings;
+
+pub use access::{Access, Guard, Role, Tokens};
