@@ -7,8 +7,9 @@
 #   - a Python (pika) client that knows only docs/asyncapi.yaml drives a
 #     fulfillment end to end against a running fulfillment-service.
 # Installs what it needs when missing: python3 and node from apt, Python
-# packages into .venv from PyPI (tests/python/requirements.txt), the
-# AsyncAPI parser from npm (tests/python/asyncapi/package-lock.json).
+# packages from PyPI (tests/python/requirements.txt) and the AsyncAPI
+# parser from npm (tests/python/asyncapi/package-lock.json), both into
+# $CONTRACT_TOOLS_DIR (default ~/.cache/orders-contract-tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,22 +27,31 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-venv=.venv
-if [[ ! -x $venv/bin/python ]]; then
-  log "creating the Python environment in $venv"
+# Tools live outside the work tree (as deploy/validate.sh keeps its own),
+# reinstalled only when their pinned versions change.
+tools="${CONTRACT_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/orders-contract-tools}"
+venv="$tools/venv"
+stamp="$venv/.requirements"
+if [[ ! -x $venv/bin/python ]] || ! cmp -s tests/python/requirements.txt "$stamp"; then
+  log "installing tests/python/requirements.txt into $venv"
   python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+  cp tests/python/requirements.txt "$stamp"
 fi
-# pip is quick when everything is already installed at the pinned versions.
-"$venv/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
 
-asyncapi=tests/python/asyncapi
-if [[ ! -f $asyncapi/node_modules/.package-lock.json || $asyncapi/package-lock.json -nt $asyncapi/node_modules/.package-lock.json ]]; then
-  log "installing the AsyncAPI parser (npm ci)"
-  (cd "$asyncapi" && npm ci --no-audit --no-fund --loglevel=error)
+parser="$tools/asyncapi"
+if ! cmp -s tests/python/asyncapi/package-lock.json "$parser/.installed"; then
+  log "installing the AsyncAPI parser into $parser (npm ci)"
+  mkdir -p "$parser"
+  cp tests/python/asyncapi/package.json tests/python/asyncapi/package-lock.json "$parser/"
+  (cd "$parser" && npm ci --no-audit --no-fund --loglevel=error)
+  cp tests/python/asyncapi/package-lock.json "$parser/.installed"
 fi
+# Beside its node_modules, where Node resolves the parser from.
+cp tests/python/asyncapi/validate.mjs "$parser/"
 
 log "docs/asyncapi.yaml: the AsyncAPI parser"
-node "$asyncapi/validate.mjs" docs/asyncapi.yaml
+node "$parser/validate.mjs" docs/asyncapi.yaml
 
 log "OpenAPI (openapi-spec-validator, schemathesis) and the Python AsyncAPI client (pytest)"
 "$venv/bin/python" -m pytest tests/python -q -p no:cacheprovider

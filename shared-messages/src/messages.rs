@@ -13,10 +13,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Address {
+    // Documented as validated: each field has a character other than space.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S"))]
     pub street: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S"))]
     pub city: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S"))]
     pub state: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S"))]
     pub zip_code: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S"))]
     pub country: String,
 }
 
@@ -53,6 +59,7 @@ impl Address {
 pub struct OrderItem {
     pub product_id: String,
     pub product_name: String,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub quantity: u32,
     pub price: f64,
 }
@@ -62,12 +69,14 @@ pub struct OrderItem {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FulfillmentRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"\S"))]
     pub order_id: String,
     pub customer_id: String,
     #[serde(default)]
     pub customer_name: Option<String>,
     #[serde(default)]
     pub customer_email: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub items: Vec<OrderItem>,
     pub shipping_address: Address,
 }
