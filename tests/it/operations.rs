@@ -607,7 +607,7 @@ async fn readyz_is_503_while_the_broker_is_unreachable_and_200_after() -> Result
     // Revoked access keeps the services from reconnecting, so "not ready"
     // lasts until it is granted again (not only for the reconnect backoff).
     system.vhost.set_guest_access(false).await?;
-    let closed = system.vhost.close_connections().await?;
+    let closed = system.vhost.close_at_least(2).await?;
     ensure!(closed >= 2, "closed {closed} connections");
     let http = &system.http;
     for service in services {

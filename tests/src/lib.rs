@@ -153,17 +153,26 @@ impl TestVhost {
     /// would. Waits (up to 15 s) until the management API lists at least
     /// one, since it learns of new connections with a delay.
     pub async fn close_connections(&self) -> Result<usize> {
+        self.close_at_least(1).await
+    }
+
+    /// As [`TestVhost::close_connections`], once the management API lists
+    /// at least `expected` connections (one per service running here).
+    pub async fn close_at_least(&self, expected: usize) -> Result<usize> {
         let client = reqwest::Client::new();
         let url = self.api("vhosts/{vhost}/connections");
-        let connections: Vec<Value> =
-            eventually("a connection to close", Duration::from_secs(15), || {
+        let connections: Vec<Value> = eventually(
+            &format!("{expected} connections to close"),
+            Duration::from_secs(15),
+            || {
                 let request = client.get(&url).send();
                 async move {
                     let listed: Vec<Value> = request.await?.json().await?;
-                    Ok((!listed.is_empty()).then_some(listed))
+                    Ok((listed.len() >= expected).then_some(listed))
                 }
-            })
-            .await?;
+            },
+        )
+        .await?;
         for c in &connections {
             let name = c["name"].as_str().unwrap_or_default();
             client
