@@ -124,6 +124,11 @@ pub enum BusError {
     Timeout(Duration),
     #[error("the broker refused the message (nack)")]
     Nacked,
+    /// The channel was not in confirm mode for this publish (it was being
+    /// reset): the message may or may not have arrived, so it counts as
+    /// not delivered.
+    #[error("the broker did not confirm the message")]
+    NotConfirmed,
     #[error("no queue is bound for {exchange}/{routing_key}")]
     Unroutable {
         exchange: String,
@@ -463,6 +468,9 @@ fn confirmed(
     let confirmation = confirmation?;
     if confirmation.is_nack() {
         return Err(BusError::Nacked);
+    }
+    if !confirmation.is_ack() {
+        return Err(BusError::NotConfirmed);
     }
     if confirmation.take_message().is_some() {
         return Err(BusError::Unroutable {
