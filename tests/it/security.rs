@@ -773,3 +773,30 @@ fn topology_free_fulfillment_id(workflow_id: &str) -> String {
     let order_id = shared_messages::ids::order_id_from_workflow_id(workflow_id).unwrap_or_default();
     shared_messages::ids::fulfillment_workflow_id(order_id)
 }
+
+#[tokio::test]
+async fn without_a_token_file_the_api_is_open_and_says_so() -> Result<()> {
+    let vhost = TestVhost::create("sec-open").await?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("fulfillment.log");
+    let service =
+        Service::start_logged("fulfillment-service", &vhost, dir.path(), &[], &log).await?;
+    let answer = Client::new()
+        .send(
+            Caller::Anonymous,
+            Method::GET,
+            &service.url("/fulfillments"),
+            None,
+            &[],
+        )
+        .await?;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    eventually("the open-API warning in the log", DEADLINE, || async {
+        Ok(service
+            .log()
+            .contains("API_TOKEN_FILE is not set")
+            .then_some(()))
+    })
+    .await?;
+    Ok(())
+}
