@@ -10,9 +10,11 @@
 //! - [`eventually`]: wait until a condition holds, or fail at a deadline.
 //! - [`PrivateBroker`]: a RabbitMQ node of a test's own, to stop and start.
 //! - [`TestDatabase`]: a fresh PostgreSQL database, dropped when dropped.
+//! - [`tls::TestCa`]: a CA of a test's own, for TLS to local servers.
 
 pub mod broker;
 pub mod postgres;
+pub mod tls;
 
 pub use broker::PrivateBroker;
 pub use postgres::TestDatabase;
