@@ -313,8 +313,9 @@ async fn every_route_needs_a_token_and_every_write_an_operator() -> Result<()> {
         Some(&json!({"reason": "changed my mind"})),
     )
     .await?;
+    // In progress: fulfillment-service has the fulfillment and said so.
     let order = system
-        .wait_order(&kept, &["FULFILLMENT_STARTED", "FULFILLMENT_IN_PROGRESS"])
+        .wait_order(&kept, &["FULFILLMENT_IN_PROGRESS"])
         .await?;
     let fid = order["fulfillmentWorkflowId"]
         .as_str()
