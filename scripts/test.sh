@@ -22,6 +22,15 @@ if ! command -v chromium >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
 fi
 
+# The openssl command makes the TLS tests' certificate authority
+# (tests/src/tls.rs).
+if ! command -v openssl >/dev/null 2>&1; then
+  log "openssl is not installed; installing it with apt"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends openssl >/dev/null
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -174,6 +174,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn access_settings() {
+        let c = Config::from_lookup(|_| None).expect("defaults");
+        assert_eq!(c.api_token_file, None);
+        assert!(c.cors_allowed_origins.is_empty());
+        let c = Config::from_lookup(|n| match n {
+            "API_TOKEN_FILE" => Some("/run/secrets/api/tokens".into()),
+            "CORS_ALLOWED_ORIGINS" => Some("https://ops.example.com".into()),
+            _ => None,
+        })
+        .expect("valid");
+        assert_eq!(
+            c.api_token_file,
+            Some(PathBuf::from("/run/secrets/api/tokens"))
+        );
+        assert_eq!(c.cors_allowed_origins, vec!["https://ops.example.com"]);
+        let err = Config::from_lookup(|n| (n == "STORE_URL_FILE").then(|| "/nonexistent".into()))
+            .expect_err("missing file");
+        assert!(err.to_string().contains("STORE_URL_FILE"), "{err}");
+    }
+    #[test]
     fn defaults_apply_and_the_password_never_prints() {
         let config = Config::from_lookup(|_| None).expect("defaults");
         assert_eq!(config.http_addr, "0.0.0.0:3233");

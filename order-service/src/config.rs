@@ -399,6 +399,29 @@ mod tests {
     }
 
     #[test]
+    fn access_settings() {
+        let c = config(&[]).expect("defaults are valid");
+        assert_eq!(c.api_token_file, None);
+        assert!(c.cors_allowed_origins.is_empty());
+        assert!(c.declare_peer_queues);
+        let c = config(&[
+            ("API_TOKEN_FILE", "/run/secrets/api/tokens"),
+            ("CORS_ALLOWED_ORIGINS", "https://ops.example.com/"),
+            ("AMQP_DECLARE_PEER_QUEUES", "false"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.api_token_file,
+            Some(PathBuf::from("/run/secrets/api/tokens"))
+        );
+        assert_eq!(c.cors_allowed_origins, vec!["https://ops.example.com"]);
+        assert!(!c.declare_peer_queues);
+        assert!(config(&[("CORS_ALLOWED_ORIGINS", "*")]).is_err());
+        assert!(config(&[("AMQP_DECLARE_PEER_QUEUES", "maybe")]).is_err());
+        assert!(config(&[("AMQP_URL", "amqp://x"), ("AMQP_URL_FILE", "/x")]).is_err());
+    }
+
+    #[test]
     fn a_postgres_url_selects_postgres() {
         let c = config(&[("STORE_URL", "postgresql://db/orders")]).expect("valid");
         assert_eq!(

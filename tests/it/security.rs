@@ -313,8 +313,9 @@ async fn every_route_needs_a_token_and_every_write_an_operator() -> Result<()> {
         Some(&json!({"reason": "changed my mind"})),
     )
     .await?;
+    // In progress: fulfillment-service has the fulfillment and said so.
     let order = system
-        .wait_order(&kept, &["FULFILLMENT_STARTED", "FULFILLMENT_IN_PROGRESS"])
+        .wait_order(&kept, &["FULFILLMENT_IN_PROGRESS"])
         .await?;
     let fid = order["fulfillmentWorkflowId"]
         .as_str()
@@ -772,4 +773,99 @@ async fn each_service_runs_under_its_own_broker_user_and_no_further() -> Result<
 fn topology_free_fulfillment_id(workflow_id: &str) -> String {
     let order_id = shared_messages::ids::order_id_from_workflow_id(workflow_id).unwrap_or_default();
     shared_messages::ids::fulfillment_workflow_id(order_id)
+}
+
+#[tokio::test]
+async fn without_a_token_file_the_api_is_open_and_says_so() -> Result<()> {
+    let vhost = TestVhost::create("sec-open").await?;
+    let dir = tempfile::tempdir()?;
+    let log = dir.path().join("fulfillment.log");
+    let service =
+        Service::start_logged("fulfillment-service", &vhost, dir.path(), &[], &log).await?;
+    let answer = Client::new()
+        .send(
+            Caller::Anonymous,
+            Method::GET,
+            &service.url("/fulfillments"),
+            None,
+            &[],
+        )
+        .await?;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    eventually("the open-API warning in the log", DEADLINE, || async {
+        Ok(service
+            .log()
+            .contains("API_TOKEN_FILE is not set")
+            .then_some(()))
+    })
+    .await?;
+    Ok(())
+}
+
+/// Whether `openssl s_client` completes a verified TLS handshake with
+/// `127.0.0.1:port` trusting only `ca`.
+fn handshake_verifies(port: u16, ca: &std::path::Path) -> Result<bool> {
+    let output = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-brief",
+            "-verify_return_error",
+            "-verify_hostname",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(ca)
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running openssl s_client")?;
+    Ok(output.status.success())
+}
+
+#[tokio::test]
+async fn amqps_to_rabbitmq_verified_against_a_ca_of_the_tests_own() -> Result<()> {
+    use system_tests::tls::TestCa;
+    let ca = TestCa::create()?;
+    let stranger = TestCa::create()?;
+    let tls_port = system_tests::free_port();
+    let broker = system_tests::PrivateBroker::start_with_config(&format!(
+        "listeners.ssl.default = {tls_port}\n\
+         ssl_options.cacertfile = {}\n\
+         ssl_options.certfile = {}\n\
+         ssl_options.keyfile = {}\n\
+         ssl_options.verify = verify_none\n\
+         ssl_options.fail_if_no_peer_cert = false\n",
+        ca.ca_cert().display(),
+        ca.server_cert().display(),
+        ca.server_key().display(),
+    ))
+    .await?;
+    eventually("the TLS listener", DEADLINE, || async {
+        Ok(tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+            .await
+            .ok()
+            .map(|_| ()))
+    })
+    .await?;
+    // The broker's certificate verifies against the test's CA only.
+    assert!(handshake_verifies(tls_port, &ca.ca_cert())?);
+    assert!(!handshake_verifies(tls_port, &stranger.ca_cert())?);
+
+    // A service given amqps:// and the CA (SSL_CERT_FILE: what rustls's
+    // native roots read) connects, declares its topology and is ready.
+    let dir = tempfile::tempdir()?;
+    let url = format!("amqps://guest:guest@localhost:{tls_port}/%2f");
+    let ca_file = ca.ca_cert().display().to_string();
+    let service = Service::start_on(
+        "fulfillment-service",
+        &url,
+        dir.path(),
+        &[("SSL_CERT_FILE", ca_file.as_str())],
+    )
+    .await?;
+    service.wait_ready().await?;
+    drop(service);
+    drop(broker);
+    Ok(())
 }

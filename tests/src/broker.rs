@@ -33,6 +33,12 @@ pub struct PrivateBroker {
 impl PrivateBroker {
     /// Boots a node and waits until it accepts AMQP connections.
     pub async fn start() -> Result<Self> {
+        Self::start_with_config("").await
+    }
+
+    /// As [`PrivateBroker::start`], with `extra` lines in its
+    /// `rabbitmq.conf` (e.g. a TLS listener).
+    pub async fn start_with_config(extra: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         // The Debian package runs the node as the `rabbitmq` user (its
         // wrapper switches users when started as root), which must write
@@ -47,7 +53,7 @@ impl PrivateBroker {
         // RABBITMQ_NODE_IP_ADDRESS/PORT alone: naming it in the file too
         // makes two listeners on one port, and start_app then fails.
         let config = dir.path().join("rabbitmq.conf");
-        std::fs::write(&config, "log.console = false\n")?;
+        std::fs::write(&config, format!("log.console = false\n{extra}"))?;
         let plugins = dir.path().join("enabled_plugins");
         std::fs::write(&plugins, "[].\n")?;
         let status = Command::new("rabbitmq-server")

@@ -13,6 +13,7 @@
 //! - [`TcpProxy`]: a TCP proxy a test takes down to cut a server off.
 //! - [`cluster`]: the local three-node RabbitMQ cluster, for the
 //!   high-availability tests.
+//! - [`tls::TestCa`]: a CA of a test's own, for TLS to local servers.
 
 pub mod broker;
 pub mod cluster;
@@ -20,6 +21,7 @@ pub mod management;
 pub mod postgres;
 pub mod proxy;
 mod sql;
+pub mod tls;
 
 pub use broker::PrivateBroker;
 pub use postgres::TestDatabase;

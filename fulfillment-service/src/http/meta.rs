@@ -77,6 +77,7 @@ struct ApiDoc;
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").into();
+    service_kit::openapi::document_refusals(&mut doc, "ErrorBody");
     doc
 }
 

@@ -5,11 +5,13 @@
 //! |---|---|
 //! | [`access`] | bearer tokens and roles, the cross-site guard, the middleware |
 //! | [`cors`] | CORS, closed unless origins are configured |
+//! | [`openapi`] | the guard's answers (401, 403, 415) in a service's OpenAPI document |
 //! | [`settings`] | secret settings read from files (`NAME_FILE`) |
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod cors;
+pub mod openapi;
 pub mod settings;
 
 pub use access::{Access, Guard, Role, Tokens};
