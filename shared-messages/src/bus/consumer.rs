@@ -139,7 +139,7 @@ pub(super) async fn supervise(
                 let stopped = consume(&inner, &channel, &spec, &mut shutdown).await;
                 inner.set_consuming(queue, false);
                 if channel.status().connected() {
-                    let _ = channel.close(200, "consumer restarting".into()).await;
+                    let _ = channel.close(200, "consumer stopped".into()).await;
                 }
                 stopped
             }
