@@ -579,3 +579,36 @@ async fn the_page_shows_an_opened_fulfillments_history_as_a_timeline() -> Result
     assert_eq!(shown, stored, "every entry, in order");
     Ok(())
 }
+
+#[tokio::test]
+async fn made_up_http_methods_share_one_metric_label_value() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let saga = Saga::start("saga-methods", &[], dir.path()).await?;
+    let client = reqwest::Client::new();
+    for method in ["FROBNICATE", "X-ONE", "X-TWO"] {
+        let response = client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes())?,
+                saga.service.url("/fulfillments"),
+            )
+            .send()
+            .await?;
+        assert!(response.status().is_client_error(), "{method}");
+    }
+    let metrics = reqwest::get(saga.service.url("/metrics"))
+        .await?
+        .text()
+        .await?;
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("fulfillment_service_http_request_seconds_count"))
+        .collect();
+    assert!(
+        series.iter().any(|l| l.contains("method=\"other\"")),
+        "{series:?}"
+    );
+    for made_up in ["FROBNICATE", "X-ONE", "X-TWO"] {
+        assert!(!metrics.contains(made_up), "{made_up} became a label value");
+    }
+    Ok(())
+}
