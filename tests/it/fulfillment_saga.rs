@@ -523,3 +523,92 @@ async fn a_signal_whose_envelope_and_payload_disagree_is_dead_lettered() -> Resu
         .await?;
     Ok(())
 }
+
+/// The page's history timeline, rendered by headless Chromium (installed
+/// by scripts/test.sh) for a fulfillment opened by the URL's fragment.
+#[tokio::test]
+async fn the_page_shows_an_opened_fulfillments_history_as_a_timeline() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let saga = Saga::start("saga-page", &[("STEP_DELAY_MS", "0")], dir.path()).await?;
+    let order = unique_order();
+    let id = ids::fulfillment_workflow_id(&order);
+    saga.publish(&id, Uuid::new_v4(), start(&order, 1)).await?;
+    saga.wait_status(&id, FulfillmentStatus::Shipped).await?;
+    let url = format!("{}#{id}", saga.service.url("/"));
+    let profile = tempfile::tempdir()?;
+    let out = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&url)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "running chromium ({e}): install Debian's chromium package (./scripts/test.sh does)"
+            )
+        })?;
+    anyhow::ensure!(out.status.success(), "chromium --dump-dom: {out:?}");
+    let dom = String::from_utf8(out.stdout)?;
+    let timeline = dom
+        .split("<section id=\"history\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</section>").next())
+        .unwrap_or_default();
+    assert!(timeline.contains(&format!("History of {id}")), "{dom}");
+    let shown: Vec<&str> = timeline
+        .split("<span class=\"t\">")
+        .skip(1)
+        .filter_map(|s| s.split('<').next())
+        .collect();
+    let stored: Vec<String> = saga
+        .history(&id)
+        .await?
+        .iter()
+        .filter_map(|e| e["type"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(shown, stored, "every entry, in order");
+    Ok(())
+}
+
+#[tokio::test]
+async fn made_up_http_methods_share_one_metric_label_value() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let saga = Saga::start("saga-methods", &[], dir.path()).await?;
+    let client = reqwest::Client::new();
+    for method in ["FROBNICATE", "X-ONE", "X-TWO"] {
+        let response = client
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes())?,
+                saga.service.url("/fulfillments"),
+            )
+            .send()
+            .await?;
+        assert!(response.status().is_client_error(), "{method}");
+    }
+    let metrics = reqwest::get(saga.service.url("/metrics"))
+        .await?
+        .text()
+        .await?;
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("fulfillment_service_http_request_seconds_count"))
+        .collect();
+    assert!(
+        series.iter().any(|l| l.contains("method=\"other\"")),
+        "{series:?}"
+    );
+    for made_up in ["FROBNICATE", "X-ONE", "X-TWO"] {
+        assert!(!metrics.contains(made_up), "{made_up} became a label value");
+    }
+    Ok(())
+}
