@@ -1039,11 +1039,17 @@ fn rank(status: FulfillmentStatus) -> u8 {
 }
 
 /// A report older than what is known, or one that would move a final
-/// fulfillment backwards, changes nothing.
+/// fulfillment backwards, changes nothing. A final status (shipped,
+/// cancelled, failed) always applies over a non-final one: a fulfillment
+/// never leaves it, so it is the truth even when an event of a step that
+/// was in flight carries a later time.
 fn is_stale(state: &OrderState, view: &FulfillmentStatusView) -> bool {
     if let Some(known) = state.fulfillment_status {
         if known.is_final() {
             return true;
+        }
+        if view.status.is_final() {
+            return false;
         }
         if let Some(at) = state.fulfillment_updated_at {
             if view.updated_at < at {
@@ -1513,6 +1519,25 @@ mod tests {
         assert_eq!(t.state.status, OrderStatus::Cancelling);
         assert!(t.state.payment_captured);
         assert_eq!(t.state.fulfillment_status, Some(FulfillmentStatus::Packing));
+    }
+
+    #[test]
+    fn a_final_report_applies_over_a_later_step_event() {
+        let s = started();
+        let cancelling = cancel(&s, "r").state;
+        // a step that was in flight reports with a later time...
+        let late_step = step(&cancelling, event(FulfillmentStatus::ReadyToShip, 30).1).state;
+        // ...but the fulfillment is cancelled: the poll says so, and wins
+        let t = step(
+            &late_step,
+            Input::Fulfillment {
+                message_id: None,
+                view: view(FulfillmentStatus::Cancelled, 20),
+                progress: None,
+            },
+        );
+        assert_eq!(t.state.status, OrderStatus::Cancelled);
+        assert!(!t.state.payment_captured);
     }
 
     #[test]
