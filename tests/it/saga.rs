@@ -640,3 +640,33 @@ async fn a_chaos_run_keeps_every_order_consistent() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_order_past_its_fulfillment_deadline_is_marked_overdue() -> Result<()> {
+    let mut saga = Saga::start("saga-deadline", &[("FULFILLMENT_DEADLINE_MS", "300")], 0).await?;
+    saga.fulfillment.kill().await?;
+    let wf = saga.create().await?;
+    let order = eventually("the order to be overdue", DEADLINE, || async {
+        let order = saga.status(&wf).await?;
+        Ok((order["overdue"] == true).then_some(order))
+    })
+    .await?;
+    assert_eq!(order["status"], "FULFILLMENT_STARTED", "{order}");
+    let history = saga.history(&wf).await?;
+    assert_eq!(count(&history, "FulfillmentOverdue"), 1, "{history:?}");
+    let text = reqwest::get(saga.orders.url("/metrics"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("order_service_overdue_orders_total ") && !l.ends_with(" 0")),
+        "the overdue counter moved"
+    );
+    // the order still follows its fulfillment and ships when it returns
+    saga.fulfillment.restart().await?;
+    saga.fulfillment.wait_ready().await?;
+    let order = check_consistent(&saga, &wf).await?;
+    assert_eq!(order["status"], "SHIPPED", "{order}");
+    Ok(())
+}
