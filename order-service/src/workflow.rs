@@ -39,6 +39,11 @@ use uuid::Uuid;
 /// enough; the monotonic status check covers anything older.
 pub const REMEMBERED_MESSAGES: usize = 64;
 
+/// The least time between two re-sends of a start a poll found missing:
+/// while fulfillment-service works through a backlog, starts still queued
+/// also answer "not found", and a re-send per poll would only add to it.
+pub const START_RESEND_INTERVAL_SECS: i64 = 60;
+
 /// The states of an order, with the original demo's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -235,6 +240,9 @@ pub struct OrderState {
     /// Why a cancel was refused (the fulfillment had shipped).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_refused: Option<String>,
+    /// When the start was last sent again after a poll found no fulfillment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_resent_at: Option<DateTime<Utc>>,
     /// History entries of the transition being made; taken out into
     /// [`Transition::events`], never stored with the state.
     #[serde(skip)]
@@ -319,6 +327,7 @@ impl OrderState {
             retry: None,
             overdue: false,
             cancel_refused: None,
+            start_resent_at: None,
             recorded: Vec::new(),
         }
     }
@@ -713,6 +722,13 @@ pub fn handle(
             if !state.status.is_waiting_on_fulfillment() {
                 return Ok(unchanged(state));
             }
+            if state
+                .start_resent_at
+                .is_some_and(|at| now - at < chrono::Duration::seconds(START_RESEND_INTERVAL_SECS))
+            {
+                return Ok(unchanged(state));
+            }
+            next.start_resent_at = Some(now);
             let (fulfillment_id, envelope) = start_signal(state);
             next.emit(
                 "FulfillmentRequested",
@@ -1039,11 +1055,17 @@ fn rank(status: FulfillmentStatus) -> u8 {
 }
 
 /// A report older than what is known, or one that would move a final
-/// fulfillment backwards, changes nothing.
+/// fulfillment backwards, changes nothing. A final status (shipped,
+/// cancelled, failed) always applies over a non-final one: a fulfillment
+/// never leaves it, so it is the truth even when an event of a step that
+/// was in flight carries a later time.
 fn is_stale(state: &OrderState, view: &FulfillmentStatusView) -> bool {
     if let Some(known) = state.fulfillment_status {
         if known.is_final() {
             return true;
+        }
+        if view.status.is_final() {
+            return false;
         }
         if let Some(at) = state.fulfillment_updated_at {
             if view.updated_at < at {
@@ -1516,6 +1538,25 @@ mod tests {
     }
 
     #[test]
+    fn a_final_report_applies_over_a_later_step_event() {
+        let s = started();
+        let cancelling = cancel(&s, "r").state;
+        // a step that was in flight reports with a later time...
+        let late_step = step(&cancelling, event(FulfillmentStatus::ReadyToShip, 30).1).state;
+        // ...but the fulfillment is cancelled: the poll says so, and wins
+        let t = step(
+            &late_step,
+            Input::Fulfillment {
+                message_id: None,
+                view: view(FulfillmentStatus::Cancelled, 20),
+                progress: None,
+            },
+        );
+        assert_eq!(t.state.status, OrderStatus::Cancelled);
+        assert!(!t.state.payment_captured);
+    }
+
+    #[test]
     fn a_failed_fulfillment_while_cancelling_fails_and_compensates() {
         let cancelling = cancel(&started(), "r").state;
         let t = step(&cancelling, event(FulfillmentStatus::Failed, 9).1);
@@ -1561,6 +1602,21 @@ mod tests {
         );
         assert_eq!(kinds(&t), vec!["FulfillmentRequested"]);
         assert_eq!(t.state.status, OrderStatus::FulfillmentStarted);
+        // not again at every poll: once per START_RESEND_INTERVAL_SECS
+        let soon = handle(
+            &t.state,
+            Input::FulfillmentNotFound,
+            t0() + Duration::seconds(30),
+        )
+        .expect("accepted");
+        assert!(!soon.changed && soon.effects.is_empty());
+        let later = handle(
+            &t.state,
+            Input::FulfillmentNotFound,
+            t0() + Duration::seconds(1 + START_RESEND_INTERVAL_SECS),
+        )
+        .expect("accepted");
+        assert_eq!(kinds(&later), vec!["FulfillmentRequested"]);
         // while cancelling, the cancel follows the start
         let c = cancel(&s, "r").state;
         let t = step(&c, Input::FulfillmentNotFound);

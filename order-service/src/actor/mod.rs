@@ -63,7 +63,19 @@ impl OrderActor {
     /// [`AtomicResponse`]), holds every other input back until the write
     /// has committed, then takes the new state, performs its effects and
     /// answers it.
+    ///
+    /// The transition is computed when the future first runs, not when it
+    /// is queued: two inputs queued together (an HTTP cancel and a timer's
+    /// next step in the same turn) then each start from the state the
+    /// other stored, never both from the same one.
     fn apply(&mut self, input: Input) -> LocalBoxActorFuture<Self, Result<OrderState, ApplyError>> {
+        Box::pin(fut::ready(()).then(move |(), act: &mut Self, _ctx| act.apply_now(input)))
+    }
+
+    fn apply_now(
+        &mut self,
+        input: Input,
+    ) -> LocalBoxActorFuture<Self, Result<OrderState, ApplyError>> {
         let span = tracing::info_span!(
             "order_input",
             order_id = %self.state.order_id,
