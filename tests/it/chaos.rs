@@ -337,15 +337,24 @@ async fn saga_invariants_hold_under_crashes_restarts_and_random_customers() -> R
             if open.is_empty() {
                 return Ok(Some(orders));
             }
+            // Paused as fulfillment-service has it (the order's view may
+            // lag behind): resume it there.
             for o in open.iter().take(50) {
-                let wf = o["workflowId"].as_str().unwrap_or_default();
-                let _ = cluster
-                    .send(
-                        reqwest::Method::POST,
-                        format!("{}/orders/{wf}/fulfillment/resume", cluster.order_url),
-                        None,
-                    )
-                    .await;
+                let Some(id) = o["fulfillmentWorkflowId"].as_str() else {
+                    continue;
+                };
+                let (code, fulfillment) = cluster
+                    .fulfillment_get(&format!("/fulfillments/{id}/status"))
+                    .await?;
+                if code == 200 && fulfillment["status"] == "PAUSED" {
+                    let _ = cluster
+                        .send(
+                            reqwest::Method::POST,
+                            format!("{}/fulfillments/{id}/resume", cluster.fulfillment_url),
+                            None,
+                        )
+                        .await;
+                }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
             Ok(None)
