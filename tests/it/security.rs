@@ -911,7 +911,27 @@ async fn postgres_store_over_tls_verified_against_a_ca_of_the_tests_own() -> Res
         .get(&service.url(&format!("/fulfillments/{fid}/status")))
         .await?;
     ensure!(code == 200, "GET the stored fulfillment: {code} {body}");
-    // The server itself says the service's sessions are encrypted.
+    // order-service with `require` (encrypted, certificate not checked),
+    // on a database of its own on the same server.
+    psql(
+        &format!("{}?sslmode=disable", server.url("127.0.0.1")),
+        "CREATE DATABASE orders",
+    )?;
+    let store = format!(
+        "postgres://postgres@127.0.0.1:{}/orders?sslmode=require",
+        server.port
+    );
+    let orders = Service::start(
+        "order-service",
+        &vhost,
+        dir.path(),
+        &[("STORE_URL", store.as_str())],
+    )
+    .await?;
+    orders.wait_ready().await?;
+    let (code, body) = http.get(&orders.url("/orders")).await?;
+    ensure!(code == 200, "GET /orders from the TLS store: {code} {body}");
+    // The server itself says both services' sessions are encrypted.
     let tls_sessions = psql(
         &format!("{}?sslmode=disable", server.url("127.0.0.1")),
         "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s \
@@ -921,9 +941,10 @@ async fn postgres_store_over_tls_verified_against_a_ca_of_the_tests_own() -> Res
     let (encrypted, all) = tls_sessions.trim().split_once('|').context("two counts")?;
     ensure!(
         encrypted == all && all != "0",
-        "the service's sessions, encrypted|all: {tls_sessions}"
+        "the services' sessions, encrypted|all: {tls_sessions}"
     );
     drop(service);
+    drop(orders);
 
     // A CA that did not sign the server's certificate: the service does
     // not come up, and says why.
