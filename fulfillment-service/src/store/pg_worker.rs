@@ -92,7 +92,7 @@ impl Worker {
     pub fn start(url: &str, name: &str) -> Result<Self, std::io::Error> {
         let (url, mode, tls) = postgres_tls::connector(url, &|name| std::env::var(name).ok())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        tracing::info!(?mode, "PostgreSQL store TLS");
+        tracing::info!(sslmode = mode.name(), "PostgreSQL store");
         let (jobs, queue) = mpsc::channel::<Job>();
         let mut connection = Connection {
             url,

@@ -71,6 +71,17 @@ impl Mode {
         })
     }
 
+    /// The `sslmode` value, as written in a connection string.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
     /// The `sslmode` the `postgres` crate understands for this mode.
     fn wire(self) -> &'static str {
         match self {
@@ -221,7 +232,7 @@ fn roots(mode: Mode, file: Option<String>) -> Result<RootCertStore, TlsSettingsE
             }
             roots.add_parsable_certificates(native.certs);
             if roots.is_empty() {
-                return Err(TlsSettingsError::NoSystemRoots(format!("{mode:?}")));
+                return Err(TlsSettingsError::NoSystemRoots(mode.name().to_owned()));
             }
         }
     }
