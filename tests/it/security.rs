@@ -869,3 +869,129 @@ async fn amqps_to_rabbitmq_verified_against_a_ca_of_the_tests_own() -> Result<()
     drop(broker);
     Ok(())
 }
+
+#[tokio::test]
+async fn postgres_store_over_tls_verified_against_a_ca_of_the_tests_own() -> Result<()> {
+    use system_tests::tls::TestCa;
+    let ca = TestCa::create()?;
+    let stranger = TestCa::create()?;
+    let server = system_tests::PrivatePostgres::start_tls(&ca.server_cert(), &ca.server_key())?;
+    let vhost = TestVhost::create("sec-pg-tls").await?;
+    let dir = tempfile::tempdir()?;
+
+    // verify-full against the test's CA: the server's certificate is for
+    // localhost, so the service connects, migrates and stores.
+    let store = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        server.url("localhost"),
+        ca.ca_cert().display()
+    );
+    let service = Service::start(
+        "fulfillment-service",
+        &vhost,
+        dir.path(),
+        &[("STORE_URL", store.as_str())],
+    )
+    .await?;
+    service.wait_ready().await?;
+    let http = system_tests::Http::new();
+    let order_id = format!("DIRECT-{}", uuid::Uuid::new_v4().simple());
+    let (code, body) = http
+        .post(
+            &service.url("/fulfillments"),
+            Some(&direct_fulfillment(&order_id)),
+        )
+        .await?;
+    ensure!(
+        code == 201 || code == 202,
+        "POST /fulfillments: {code} {body}"
+    );
+    let fid = shared_messages::ids::fulfillment_workflow_id(&order_id);
+    let (code, body) = http
+        .get(&service.url(&format!("/fulfillments/{fid}/status")))
+        .await?;
+    ensure!(code == 200, "GET the stored fulfillment: {code} {body}");
+    // order-service with `require` (encrypted, certificate not checked),
+    // on a database of its own on the same server.
+    psql(
+        &format!("{}?sslmode=disable", server.url("127.0.0.1")),
+        "CREATE DATABASE orders",
+    )?;
+    let store = format!(
+        "postgres://postgres@127.0.0.1:{}/orders?sslmode=require",
+        server.port
+    );
+    let orders = Service::start(
+        "order-service",
+        &vhost,
+        dir.path(),
+        &[("STORE_URL", store.as_str())],
+    )
+    .await?;
+    orders.wait_ready().await?;
+    let (code, body) = http.get(&orders.url("/orders")).await?;
+    ensure!(code == 200, "GET /orders from the TLS store: {code} {body}");
+    // The server itself says both services' sessions are encrypted.
+    let tls_sessions = psql(
+        &format!("{}?sslmode=disable", server.url("127.0.0.1")),
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s \
+         JOIN pg_stat_activity a USING (pid) \
+         WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()",
+    )?;
+    let (encrypted, all) = tls_sessions.trim().split_once('|').context("two counts")?;
+    ensure!(
+        encrypted == all && all != "0",
+        "the services' sessions, encrypted|all: {tls_sessions}"
+    );
+    drop(service);
+    drop(orders);
+
+    // A CA that did not sign the server's certificate: the service does
+    // not come up, and says why.
+    let store = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        server.url("localhost"),
+        stranger.ca_cert().display()
+    );
+    let refused = tokio::process::Command::new(system_tests::binary_path("fulfillment-service"))
+        .env("AMQP_URL", &vhost.amqp_url)
+        .env(
+            "HTTP_ADDR",
+            format!("127.0.0.1:{}", system_tests::free_port()),
+        )
+        .env("STORE_URL", &store)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(DEADLINE, refused)
+        .await
+        .context("fulfillment-service kept running with an untrusted PostgreSQL")??;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("UnknownIssuer") || said.to_lowercase().contains("certificate"),
+        "the refusal names the certificate: {said}"
+    );
+    drop(server);
+    Ok(())
+}
+
+/// One value from `sql` run by `psql` against `url`.
+fn psql(url: &str, sql: &str) -> Result<String> {
+    let output = std::process::Command::new("psql")
+        .args([url, "-XAtc", sql])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running psql")?;
+    ensure!(
+        output.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

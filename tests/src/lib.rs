@@ -24,7 +24,7 @@ mod sql;
 pub mod tls;
 
 pub use broker::PrivateBroker;
-pub use postgres::TestDatabase;
+pub use postgres::{PrivatePostgres, TestDatabase};
 pub use proxy::TcpProxy;
 
 use std::future::Future;

@@ -15,7 +15,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config};
+use service_kit::postgres_tls::{self, MakeRustlsConnect};
 
 /// A connection attempt to an unreachable host fails after this, instead
 /// of the kernel's TCP timeout (minutes), so `/readyz` and retries move on.
@@ -61,7 +62,10 @@ pub struct WorkerGone;
 
 /// The worker's connection, opened again when it breaks.
 pub struct Connection {
+    /// The connection string with an `sslmode` the `postgres` crate
+    /// understands; TLS as the original asked is in `tls`.
     url: String,
+    tls: MakeRustlsConnect,
     client: Option<Client>,
 }
 
@@ -69,7 +73,7 @@ impl Connection {
     fn client(&mut self) -> Result<&mut Client, postgres::Error> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            self.client = Some(config(&self.url)?.connect(NoTls)?);
+            self.client = Some(config(&self.url)?.connect(self.tls.clone())?);
         }
         Ok(self.client.as_mut().expect("connected just above"))
     }
@@ -82,11 +86,17 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the thread; it connects on its first job.
+    /// Starts the thread; it connects on its first job. TLS settings the
+    /// URL gets wrong (an unknown `sslmode`, an unreadable `sslrootcert`)
+    /// fail here, at start.
     pub fn start(url: &str, name: &str) -> Result<Self, std::io::Error> {
+        let (url, mode, tls) = postgres_tls::connector(url, &|name| std::env::var(name).ok())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        tracing::info!(sslmode = mode.name(), "PostgreSQL store");
         let (jobs, queue) = mpsc::channel::<Job>();
         let mut connection = Connection {
-            url: url.to_owned(),
+            url,
+            tls,
             client: None,
         };
         std::thread::Builder::new()

@@ -12,7 +12,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use postgres::{Client, NoTls};
+use postgres::Client;
+use service_kit::postgres_tls::{self, MakeRustlsConnect};
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -22,7 +23,10 @@ pub struct WorkerGone;
 
 /// The worker's connection, opened again when it breaks.
 pub struct Connection {
+    /// The connection string with an `sslmode` the `postgres` crate
+    /// understands; TLS as the original asked is in `tls`.
     url: String,
+    tls: MakeRustlsConnect,
     client: Option<Client>,
 }
 
@@ -40,7 +44,7 @@ impl Connection {
     fn client(&mut self) -> Result<&mut Client, postgres::Error> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
-            self.client = Some(connect(&self.url)?);
+            self.client = Some(connect(&self.url, self.tls.clone())?);
         }
         Ok(self.client.as_mut().expect("connected just above"))
     }
@@ -48,7 +52,7 @@ impl Connection {
 
 /// Opens a connection with the timeouts above (a URL's own
 /// `connect_timeout` or keepalive settings are replaced).
-fn connect(url: &str) -> Result<Client, postgres::Error> {
+fn connect(url: &str, tls: MakeRustlsConnect) -> Result<Client, postgres::Error> {
     let mut config: postgres::Config = url.parse()?;
     config
         .connect_timeout(CONNECT_TIMEOUT)
@@ -56,7 +60,7 @@ fn connect(url: &str) -> Result<Client, postgres::Error> {
         .keepalives_idle(KEEPALIVE_IDLE)
         .keepalives_interval(Duration::from_secs(10))
         .keepalives_retries(3);
-    let mut client = config.connect(NoTls)?;
+    let mut client = config.connect(tls)?;
     client.batch_execute(&format!(
         "SET statement_timeout = {STATEMENT_TIMEOUT_MS}; SET idle_in_transaction_session_timeout = {}",
         STATEMENT_TIMEOUT_MS * 2
@@ -71,11 +75,17 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the thread; it connects on its first job.
+    /// Starts the thread; it connects on its first job. TLS settings the
+    /// URL gets wrong (an unknown `sslmode`, an unreadable `sslrootcert`)
+    /// fail here, at start.
     pub fn start(url: &str, name: &str) -> Result<Self, std::io::Error> {
+        let (url, mode, tls) = postgres_tls::connector(url, &|name| std::env::var(name).ok())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        tracing::info!(sslmode = mode.name(), "PostgreSQL store");
         let (jobs, queue) = mpsc::channel::<Job>();
         let mut connection = Connection {
-            url: url.to_owned(),
+            url,
+            tls,
             client: None,
         };
         std::thread::Builder::new()

@@ -6,12 +6,14 @@
 //! | [`access`] | bearer tokens and roles, the cross-site guard, the middleware |
 //! | [`cors`] | CORS, closed unless origins are configured |
 //! | [`openapi`] | the guard's answers (401, 403, 415) in a service's OpenAPI document |
+//! | [`postgres_tls`] | TLS to PostgreSQL by the connection string's `sslmode` |
 //! | [`settings`] | secret settings read from files (`NAME_FILE`) |
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod cors;
 pub mod openapi;
+pub mod postgres_tls;
 pub mod settings;
 
 pub use access::{Access, Guard, Role, Tokens};
