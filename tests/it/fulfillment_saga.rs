@@ -492,6 +492,74 @@ async fn an_unreadable_row_is_quarantined_and_the_others_recover() -> Result<()>
 }
 
 #[tokio::test]
+async fn an_undecodable_outbox_row_is_quarantined_and_the_others_go_out() -> Result<()> {
+    let db = TestDatabase::create("saga_outbox_quarantine")?;
+    let dir = tempfile::tempdir()?;
+    let env = [("STEP_DELAY_MS", "10"), ("STORE_URL", db.url.as_str())];
+    let saga = Saga::start("saga-outbox-quarantine", &env, dir.path()).await?;
+    // A row no version of the service can decode, ahead of every other.
+    db.execute(
+        "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
+         VALUES ('fulfillment.events', 'fulfillment.status.picking', false,
+                 convert_to('not json', 'UTF8'))",
+    )?;
+    let order = unique_order();
+    let id = ids::fulfillment_workflow_id(&order);
+    saga.publish(&id, Uuid::new_v4(), start(&order, 2)).await?;
+    eventually(
+        "every status event of the fulfillment to go out",
+        DEADLINE,
+        || async {
+            Ok((!saga
+                .status_events(&id, FulfillmentStatus::Shipped)
+                .is_empty())
+            .then_some(()))
+        },
+    )
+    .await?;
+    for status in [
+        FulfillmentStatus::Picking,
+        FulfillmentStatus::Packing,
+        FulfillmentStatus::ReadyToShip,
+    ] {
+        assert!(
+            !saga.status_events(&id, status).is_empty(),
+            "{id}: no {status} event"
+        );
+    }
+
+    let items = eventually("the bad row listed on /quarantine", DEADLINE, || async {
+        let (code, body) = saga.get("/quarantine").await?;
+        anyhow::ensure!(code == 200, "/quarantine: {code} {body}");
+        let items = body["items"].as_array().cloned().unwrap_or_default();
+        Ok((!items.is_empty()).then_some(items))
+    })
+    .await?;
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert!(
+        items[0]["entityId"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("outbox row ")),
+        "{items:?}"
+    );
+    assert!(
+        items[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not json")),
+        "the stored body is kept with the reason: {items:?}"
+    );
+    let metrics = reqwest::get(saga.service.url("/metrics"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("fulfillment_service_outbox_rows_quarantined_total 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_signal_whose_envelope_and_payload_disagree_is_dead_lettered() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let saga = Saga::start("saga-mismatch", &[("STEP_DELAY_MS", "10")], dir.path()).await?;

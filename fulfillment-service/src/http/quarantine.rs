@@ -1,6 +1,7 @@
 //! `GET /quarantine`: stored fulfillments that could not be read at
-//! recovery. They are set aside, not resumed, so one bad row never stops
-//! the service; an operator repairs or removes them.
+//! recovery, and outbox rows whose message could not be decoded. They are
+//! set aside, not resumed or sent, so one bad row never stops the service
+//! or the outbox relay; an operator repairs or removes them.
 
 use actix_web::{web, HttpResponse};
 
@@ -18,7 +19,8 @@ pub struct QuarantineView {
     pub items: Vec<Quarantined>,
 }
 
-/// Rows set aside at recovery because they cannot be read, with why.
+/// Rows set aside because they cannot be read (at recovery, or by the
+/// outbox relay), with why.
 #[utoipa::path(get, path = "/quarantine", tag = "operations",
     responses(
         (status = 200, description = "every quarantined row, oldest first", body = QuarantineView),

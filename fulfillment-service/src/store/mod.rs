@@ -346,6 +346,63 @@ pub(crate) mod tests {
         );
     }
 
+    /// A commit whose outcome was lost is retried: the same creation stored
+    /// twice succeeds both times and leaves one row.
+    pub(crate) fn creating_twice_stores_one_row(store: &dyn Store) {
+        let w = write(3);
+        store
+            .save_all(std::slice::from_ref(&w))
+            .expect("first commit");
+        store
+            .save_all(std::slice::from_ref(&w))
+            .expect("the retried commit succeeds");
+        assert_eq!(store.list(None, 10, 0).expect("list").len(), 1, "one row");
+        assert_eq!(store.load(&w.state.id).expect("load"), Some(w.state));
+    }
+
+    /// `garbage` stores an outbox row that does not decode, then a good row
+    /// is stored: the bad one is moved to the quarantine, counted, and the
+    /// good one still comes out.
+    pub(crate) fn an_undecodable_outbox_row_is_quarantined(store: &dyn Store, garbage: &dyn Fn()) {
+        use shared_messages::bus::metrics::METRICS;
+        garbage();
+        let w = write(4);
+        store.save_all(std::slice::from_ref(&w)).expect("save");
+        let before = METRICS.outbox_quarantined.get();
+
+        let pending = store
+            .pending(10)
+            .expect("one bad row does not fail the read");
+        assert_eq!(pending.len(), w.events.len(), "the good rows still go out");
+        assert_eq!(pending[0].envelope.message_id, w.events[0].1.message_id);
+        assert_eq!(
+            store.outbox_len().expect("count"),
+            w.events.len() as u64,
+            "the bad row left the outbox"
+        );
+        assert!(METRICS.outbox_quarantined.get() > before, "counted");
+        let items = store.quarantined().expect("quarantine");
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0].entity_id, "outbox row 1");
+        assert!(items[0].reason.contains("cannot be decoded"), "{items:?}");
+        assert!(
+            items[0].reason.contains("not json"),
+            "the body is kept: {items:?}"
+        );
+        assert_eq!(store.pending(10).expect("pending").len(), w.events.len());
+        assert_eq!(
+            store.quarantined().expect("quarantine").len(),
+            1,
+            "kept once"
+        );
+    }
+
+    #[test]
+    fn sqlite_creates_idempotently() {
+        let store = SqliteStore::open(":memory:").expect("opens");
+        creating_twice_stores_one_row(&store);
+    }
+
     #[test]
     fn sqlite_keeps_history_tombstones_and_quarantine() {
         let store = SqliteStore::open(":memory:").expect("opens");

@@ -9,7 +9,7 @@
 //! the connection's own thread ([`super::pg_worker`]).
 
 use postgres::Client;
-use shared_messages::bus::outbox::{OutboxMessage, OutboxStore};
+use shared_messages::bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
 use shared_messages::bus::Route;
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
@@ -433,17 +433,28 @@ impl OutboxStore for PostgresStore {
                 let mut out = Vec::with_capacity(rows.len());
                 for row in rows {
                     let seq: i64 = row.get(0);
-                    let envelope = Envelope::from_json(row.get::<_, &[u8]>(4)).map_err(|e| {
-                        StoreError::Corrupt {
-                            id: format!("outbox row {seq}"),
-                            reason: e.to_string(),
+                    let body = row.get::<_, &[u8]>(4);
+                    match Envelope::from_json(body) {
+                        Ok(envelope) => out.push(OutboxMessage {
+                            seq,
+                            route: Route::new(row.get(1), row.get(2), row.get(3)),
+                            envelope,
+                        }),
+                        Err(error) => {
+                            let bad =
+                                Undecodable::new(seq, row.get(1), row.get(2), body, &error);
+                            let mut tx = client.transaction()?;
+                            tx.execute("DELETE FROM outbox WHERE seq = $1", &[&seq])?;
+                            tx.execute(
+                                "INSERT INTO quarantine (entity_id, reason, quarantined_at) VALUES ($1, $2, $3)
+                                 ON CONFLICT (entity_id) DO UPDATE SET reason = excluded.reason,
+                                     quarantined_at = excluded.quarantined_at",
+                                &[&bad.entity_id(), &bad.reason, &Utc::now().to_rfc3339()],
+                            )?;
+                            tx.commit()?;
+                            bad.reported();
                         }
-                    })?;
-                    out.push(OutboxMessage {
-                        seq,
-                        route: Route::new(row.get(1), row.get(2), row.get(3)),
-                        envelope,
-                    });
+                    }
                 }
                 // RETURNING keeps no order; the relay publishes in seq order.
                 out.sort_by_key(|m| m.seq);
@@ -621,6 +632,29 @@ mod tests {
         let db = TestDb::create("fulfillment_history");
         let store = PostgresStore::open(&db.url).expect("open");
         crate::store::tests::history_tombstones_and_quarantine(&store);
+    }
+
+    #[test]
+    fn creates_idempotently() {
+        let db = TestDb::create("fulfillment_idempotent");
+        let store = PostgresStore::open(&db.url).expect("open");
+        crate::store::tests::creating_twice_stores_one_row(&store);
+    }
+
+    #[test]
+    fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
+        let db = TestDb::create("fulfillment_outbox_quarantine");
+        let store = PostgresStore::open(&db.url).expect("open");
+        crate::store::tests::an_undecodable_outbox_row_is_quarantined(&store, &|| {
+            let mut raw =
+                postgres::Client::connect(&db.url, postgres::NoTls).expect("a plain connection");
+            raw.execute(
+                "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
+                 VALUES ('fulfillment.events', 'fulfillment.status.picking', false, $1)",
+                &[&&b"not json"[..]],
+            )
+            .expect("a garbage row");
+        });
     }
 
     /// The reason for the worker thread: actors call the store from inside

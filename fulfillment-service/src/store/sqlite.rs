@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use shared_messages::bus::outbox::{OutboxMessage, OutboxStore};
+use shared_messages::bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
 use shared_messages::bus::Route;
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
@@ -399,35 +399,57 @@ impl Store for SqliteStore {
     }
 }
 
+/// Moves an undecodable outbox row into the quarantine, in one transaction.
+fn quarantine_outbox_row(conn: &mut Connection, bad: &Undecodable) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM outbox WHERE seq = ?1", [bad.seq])?;
+    tx.execute(
+        "INSERT INTO quarantine (entity_id, reason, quarantined_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (entity_id) DO UPDATE SET reason = excluded.reason,
+             quarantined_at = excluded.quarantined_at",
+        params![bad.entity_id(), bad.reason, Utc::now().to_rfc3339()],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
 impl OutboxStore for SqliteStore {
     fn pending(&self, limit: usize) -> Result<Vec<OutboxMessage>, String> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT seq, exchange, routing_key, mandatory, envelope FROM outbox ORDER BY seq LIMIT ?1",
-            )
-            .map_err(|e| e.to_string())?;
-        let rows = stmt
-            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, bool>(3)?,
-                    r.get::<_, Vec<u8>>(4)?,
-                ))
-            })
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (seq, exchange, routing_key, mandatory, body) = row.map_err(|e| e.to_string())?;
-            let envelope = Envelope::from_json(&body)
-                .map_err(|e| format!("outbox row {seq} cannot be decoded: {e}"))?;
-            out.push(OutboxMessage {
-                seq,
-                route: Route::new(&exchange, &routing_key, mandatory),
-                envelope,
-            });
+        let mut conn = self.conn();
+        let raw = {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT seq, exchange, routing_key, mandatory, envelope FROM outbox ORDER BY seq LIMIT ?1",
+                )
+                .map_err(|e| e.to_string())?;
+            let rows = stmt
+                .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, bool>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                    ))
+                })
+                .map_err(|e| e.to_string())?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?
+        };
+        let mut out = Vec::with_capacity(raw.len());
+        for (seq, exchange, routing_key, mandatory, body) in raw {
+            match Envelope::from_json(&body) {
+                Ok(envelope) => out.push(OutboxMessage {
+                    seq,
+                    route: Route::new(&exchange, &routing_key, mandatory),
+                    envelope,
+                }),
+                Err(error) => {
+                    let bad = Undecodable::new(seq, &exchange, &routing_key, &body, &error);
+                    quarantine_outbox_row(&mut conn, &bad).map_err(|e| e.to_string())?;
+                    bad.reported();
+                }
+            }
         }
         Ok(out)
     }
@@ -479,6 +501,21 @@ mod tests {
     const TIMING: Timing = Timing {
         step_delay: std::time::Duration::ZERO,
     };
+
+    #[test]
+    fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
+        let store = SqliteStore::open(":memory:").expect("opens");
+        crate::store::tests::an_undecodable_outbox_row_is_quarantined(&store, &|| {
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
+                     VALUES ('fulfillment.events', 'fulfillment.status.picking', 0, ?1)",
+                    [b"not json".to_vec()],
+                )
+                .expect("a garbage row");
+        });
+    }
 
     #[test]
     fn state_and_events_are_stored_together_and_survive_reopen() {

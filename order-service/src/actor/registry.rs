@@ -58,14 +58,7 @@ impl Default for Timings {
     }
 }
 
-/// A stored order recovery could not read, set aside (`GET /quarantine`).
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Quarantined {
-    pub entity_id: String,
-    pub reason: String,
-    pub quarantined_at: chrono::DateTime<Utc>,
-}
+pub use crate::store::Quarantined;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -238,13 +231,17 @@ impl Orders {
         Ok(count)
     }
 
-    /// Stored orders recovery could not read.
-    pub fn quarantined(&self) -> Vec<Quarantined> {
-        self.inner
+    /// Stored orders recovery could not read, then outbox rows that did
+    /// not decode (kept in the store).
+    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let mut items = self
+            .inner
             .quarantine
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        items.extend(self.inner.store.quarantined()?);
+        Ok(items)
     }
 
     /// Drops the watchers of `order_id` nobody waits on any more (their

@@ -75,7 +75,8 @@ impl From<CommitError<StoreError>> for StoreError {
 }
 
 /// One write for the group commit: a new order (`insert`, failing with
-/// `Duplicate` when the id is taken), or a transition of an existing one
+/// `Duplicate` when another order has the id; the same order stored again,
+/// a write retried after its commit's outcome was lost, succeeds), or a transition of an existing one
 /// with the signals it sends; either with its history entries.
 #[derive(Debug, Clone)]
 pub struct Write {
@@ -127,9 +128,21 @@ pub struct Page {
     pub total: u64,
 }
 
+/// A row set aside because it cannot be read (`GET /quarantine`): a stored
+/// order at recovery (kept in memory by the registry) or an outbox row that
+/// does not decode (moved to the store's `quarantine` table).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Quarantined {
+    pub entity_id: String,
+    pub reason: String,
+    pub quarantined_at: chrono::DateTime<chrono::Utc>,
+}
+
 pub trait Store: OutboxStore {
     /// Stores a new order and its first history entries; fails with
-    /// `Duplicate` when the id is taken.
+    /// `Duplicate` when another order has the id. Idempotent: the same
+    /// order stored again succeeds and leaves the one row as it is.
     fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError>;
     /// Stores a transition, the signals it causes and its history
     /// entries, atomically.
@@ -160,6 +173,9 @@ pub trait Store: OutboxStore {
     fn outbox_len(&self) -> Result<u64, StoreError>;
     /// Succeeds when the store answers.
     fn ping(&self) -> Result<(), StoreError>;
+    /// Outbox rows moved to the quarantine because they do not decode,
+    /// oldest first.
+    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
 }
 
 /// A history row as read back from either store.

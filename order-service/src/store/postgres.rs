@@ -10,13 +10,13 @@
 
 use postgres::error::SqlState;
 use postgres::{Client, GenericClient};
-use shared_messages::bus::outbox::{OutboxMessage, OutboxStore};
+use shared_messages::bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
 use shared_messages::bus::Route;
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
 use super::pg_worker::{Worker, WorkerGone};
-use super::{Page, Store, StoreError, Unfinished, Unreadable, Write};
+use super::{Page, Quarantined, Store, StoreError, Unfinished, Unreadable, Write};
 use crate::workflow::{OrderState, OrderStatus};
 
 /// Schema versions, applied in order; the applied ones are recorded in
@@ -57,6 +57,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
             message_id TEXT,
             detail TEXT NOT NULL,
             PRIMARY KEY (order_id, seq)
+        );",
+    ),
+    (
+        3,
+        "CREATE TABLE quarantine (
+            entity_id TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            quarantined_at TEXT NOT NULL
         );",
     ),
 ];
@@ -167,7 +175,9 @@ fn append_in(
     Ok(())
 }
 
-/// A new order; `Duplicate` when its id is taken.
+/// A new order; `Duplicate` when its id is taken by another order. The
+/// same order stored again (the group commit retries a write whose
+/// commit's outcome was lost) succeeds and leaves the one row as it is.
 fn insert_in(
     client: &mut impl GenericClient,
     state: &OrderState,
@@ -175,7 +185,8 @@ fn insert_in(
 ) -> Result<(), StoreError> {
     let result = client.execute(
         "INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)",
+         VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)
+         ON CONFLICT (id) DO NOTHING",
         &[
             &state.order_id,
             &state.workflow_id,
@@ -187,7 +198,19 @@ fn insert_in(
         ],
     );
     match result {
-        Ok(_) => Ok(append_in(client, &state.order_id, events)?),
+        Ok(1) => Ok(append_in(client, &state.order_id, events)?),
+        Ok(_) => {
+            let stored = client
+                .query_opt("SELECT state FROM orders WHERE id = $1", &[&state.order_id])?
+                .map(|row| decode(&state.order_id, row.get(0)))
+                .transpose();
+            match stored {
+                Ok(Some(stored)) if stored == *state => {
+                    Ok(append_in(client, &state.order_id, events)?)
+                }
+                _ => Err(StoreError::Duplicate(state.order_id.clone())),
+            }
+        }
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             Err(StoreError::Duplicate(state.order_id.clone()))
         }
@@ -372,6 +395,32 @@ impl Store for PostgresStore {
             Ok(())
         })
     }
+
+    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        self.worker.call(|client| {
+            let rows = client.query(
+                "SELECT entity_id, reason, quarantined_at FROM quarantine
+                 ORDER BY quarantined_at, entity_id",
+                &[],
+            )?;
+            rows.iter()
+                .map(|r| {
+                    let entity_id: String = r.get(0);
+                    let quarantined_at = chrono::DateTime::parse_from_rfc3339(r.get(2))
+                        .map_err(|e| StoreError::Corrupt {
+                            id: entity_id.clone(),
+                            reason: e.to_string(),
+                        })?
+                        .with_timezone(&chrono::Utc);
+                    Ok(Quarantined {
+                        entity_id,
+                        reason: r.get(1),
+                        quarantined_at,
+                    })
+                })
+                .collect()
+        })
+    }
 }
 
 impl OutboxStore for PostgresStore {
@@ -401,10 +450,24 @@ impl OutboxStore for PostgresStore {
                             envelope,
                         }),
                         Err(error) => {
-                            // Cannot happen for rows this service wrote; never
-                            // let one bad row block the rest.
-                            tracing::error!(seq, %error, "dropping an undecodable outbox row");
-                            client.execute("DELETE FROM outbox WHERE seq = $1", &[&seq])?;
+                            // Never let one bad row block the rest, nor drop it.
+                            let bad = Undecodable::new(
+                                seq,
+                                row.get(1),
+                                row.get(2),
+                                row.get::<_, &[u8]>(4),
+                                &error,
+                            );
+                            let mut tx = client.transaction()?;
+                            tx.execute("DELETE FROM outbox WHERE seq = $1", &[&seq])?;
+                            tx.execute(
+                                "INSERT INTO quarantine (entity_id, reason, quarantined_at) VALUES ($1, $2, $3)
+                                 ON CONFLICT (entity_id) DO UPDATE SET reason = excluded.reason,
+                                     quarantined_at = excluded.quarantined_at",
+                                &[&bad.entity_id(), &bad.reason, &chrono::Utc::now().to_rfc3339()],
+                            )?;
+                            tx.commit()?;
+                            bad.reported();
                         }
                     }
                 }
@@ -495,10 +558,16 @@ mod tests {
         let order = OrderState::new("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &[]).expect("insert");
         assert_eq!(s.get("ORD-1").expect("get"), Some(order.clone()));
-        assert!(
-            matches!(s.insert(&order, &[]), Err(StoreError::Duplicate(_))),
-            "a second insert of one id is refused as a duplicate"
+        let other = OrderState::new(
+            "ORD-1",
+            demo_order(),
+            Utc::now() + chrono::TimeDelta::seconds(1),
         );
+        assert!(
+            matches!(s.insert(&other, &[]), Err(StoreError::Duplicate(_))),
+            "another order with a taken id is refused as a duplicate"
+        );
+        assert_eq!(s.get("ORD-1").expect("get"), Some(order.clone()));
         assert_eq!(s.get("ORD-2").expect("get"), None);
         for i in 2..6 {
             let mut o = OrderState::new(&format!("ORD-{i}"), demo_order(), Utc::now());
@@ -521,6 +590,84 @@ mod tests {
             vec![(OrderStatus::Shipped, 2), (OrderStatus::Pending, 3)]
         );
         s.ping().expect("ping");
+    }
+
+    /// A commit whose outcome was lost is retried (by the group commit, one
+    /// write at a time): the same order stored twice succeeds both times
+    /// and leaves one row, one history.
+    #[test]
+    fn creating_the_same_order_twice_stores_it_once() {
+        let db = TestDb::create("orders_idempotent");
+        let s = PostgresStore::open(&db.url).expect("open");
+        let (state, events) = workflow::create("ORD-1", demo_order(), Utc::now());
+        let write = Write {
+            state: state.clone(),
+            outbox: Vec::new(),
+            events: events.clone(),
+            insert: true,
+        };
+        s.save_all(std::slice::from_ref(&write))
+            .expect("first commit");
+        s.save_all(std::slice::from_ref(&write))
+            .expect("the retried commit succeeds");
+        s.insert(&state, &events)
+            .expect("and so does a single insert");
+        let page = s.list(None, 10, 0).expect("list");
+        assert_eq!(page.total, 1, "one row");
+        assert_eq!(page.orders, vec![state]);
+        assert_eq!(
+            s.history("ORD-1").expect("history").len(),
+            events.len(),
+            "history written once"
+        );
+    }
+
+    #[test]
+    fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
+        use shared_messages::bus::metrics::METRICS;
+        let db = TestDb::create("orders_outbox_quarantine");
+        let s = PostgresStore::open(&db.url).expect("open");
+        let mut raw = Client::connect(&db.url, postgres::NoTls).expect("a plain connection");
+        raw.execute(
+            "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
+             VALUES ('fulfillment.commands', 'fulfillment.start', true, $1)",
+            &[&&b"not json"[..]],
+        )
+        .expect("a garbage row");
+        let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
+        s.insert(&order, &[]).expect("insert");
+        order.status = OrderStatus::Confirmed;
+        let t = workflow::handle(&order, Input::Advance, Utc::now()).expect("advance");
+        let outbox: Vec<_> = t
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Signal(r, env) => Some((r.clone(), (**env).clone())),
+                _ => None,
+            })
+            .collect();
+        s.save(&t.state, &outbox, &t.events).expect("save");
+        let before = METRICS.outbox_quarantined.get();
+
+        let pending = s.pending(10).expect("one bad row does not fail the read");
+        assert_eq!(pending.len(), 1, "the good row still goes out");
+        assert_eq!(pending[0].envelope.message_id, outbox[0].1.message_id);
+        assert_eq!(
+            s.outbox_len().expect("count"),
+            1,
+            "the bad row left the outbox"
+        );
+        assert!(METRICS.outbox_quarantined.get() > before, "counted");
+        let items = s.quarantined().expect("quarantine");
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0].entity_id, "outbox row 1");
+        assert!(items[0].reason.contains("cannot be decoded"), "{items:?}");
+        assert!(
+            items[0].reason.contains("not json"),
+            "the body is kept: {items:?}"
+        );
+        assert_eq!(s.pending(10).expect("pending").len(), 1);
+        assert_eq!(s.quarantined().expect("quarantine").len(), 1, "kept once");
     }
 
     #[test]

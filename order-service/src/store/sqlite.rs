@@ -10,12 +10,12 @@ use std::sync::{Mutex, MutexGuard};
 
 use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
-use shared_messages::bus::outbox::{OutboxMessage, OutboxStore};
+use shared_messages::bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
 use shared_messages::bus::Route;
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
-use super::{Page, Store, StoreError, Unfinished, Unreadable, Write};
+use super::{Page, Quarantined, Store, StoreError, Unfinished, Unreadable, Write};
 use crate::config::StoreLocation;
 use crate::workflow::{OrderState, OrderStatus};
 
@@ -55,6 +55,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
             message_id TEXT,
             detail TEXT NOT NULL,
             PRIMARY KEY (order_id, seq)
+        );",
+    ),
+    (
+        3,
+        "CREATE TABLE quarantine (
+            entity_id TEXT PRIMARY KEY,
+            reason TEXT NOT NULL,
+            quarantined_at TEXT NOT NULL
         );",
     ),
 ];
@@ -167,7 +175,9 @@ fn append_in(conn: &Connection, order_id: &str, events: &[HistoryEvent]) -> Resu
     Ok(())
 }
 
-/// A new order; `Duplicate` when its id is taken.
+/// A new order; `Duplicate` when its id is taken by another order. The
+/// same order stored again (a write retried after its commit's outcome was
+/// lost) succeeds and leaves the one row as it is.
 fn insert_in(
     conn: &Connection,
     state: &OrderState,
@@ -176,7 +186,7 @@ fn insert_in(
     let result = conn
         .prepare_cached(
             "INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
         )?
         .execute(params![
             state.order_id,
@@ -188,7 +198,20 @@ fn insert_in(
             state.updated_at.to_rfc3339(),
         ]);
     match result {
-        Ok(_) => append_in(conn, &state.order_id, events),
+        Ok(1) => append_in(conn, &state.order_id, events),
+        Ok(_) => {
+            let stored: Option<String> = conn
+                .prepare_cached("SELECT state FROM orders WHERE id = ?1")?
+                .query_row([&state.order_id], |r| r.get(0))
+                .optional()?;
+            match stored
+                .map(|json| decode(&state.order_id, &json))
+                .transpose()
+            {
+                Ok(Some(stored)) if stored == *state => append_in(conn, &state.order_id, events),
+                _ => Err(StoreError::Duplicate(state.order_id.clone())),
+            }
+        }
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
@@ -385,22 +408,60 @@ impl Store for SqliteStore {
         conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
         Ok(())
     }
+
+    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT entity_id, reason, quarantined_at FROM quarantine ORDER BY quarantined_at, entity_id",
+        )?;
+        let raw: Vec<(String, String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        raw.into_iter()
+            .map(|(entity_id, reason, at)| {
+                let quarantined_at = chrono::DateTime::parse_from_rfc3339(&at)
+                    .map_err(|e| StoreError::Corrupt {
+                        id: entity_id.clone(),
+                        reason: e.to_string(),
+                    })?
+                    .with_timezone(&Utc);
+                Ok(Quarantined {
+                    entity_id,
+                    reason,
+                    quarantined_at,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Moves an undecodable outbox row into the quarantine, in one transaction.
+fn quarantine_outbox_row(conn: &mut Connection, bad: &Undecodable) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM outbox WHERE seq = ?1", [bad.seq])?;
+    tx.execute(
+        "INSERT INTO quarantine (entity_id, reason, quarantined_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (entity_id) DO UPDATE SET reason = excluded.reason,
+             quarantined_at = excluded.quarantined_at",
+        params![bad.entity_id(), bad.reason, Utc::now().to_rfc3339()],
+    )?;
+    tx.commit()?;
+    Ok(())
 }
 
 impl OutboxStore for SqliteStore {
     fn pending(&self, limit: usize) -> Result<Vec<OutboxMessage>, String> {
-        let conn = self.conn();
-        let mut stmt = conn
+        let mut conn = self.conn();
+        let raw: Vec<(i64, String, String, bool, Vec<u8>)> = conn
             .prepare_cached(
                 "SELECT seq, exchange, routing_key, mandatory, envelope FROM outbox ORDER BY seq LIMIT ?1",
             )
-            .map_err(|e| e.to_string())?;
-        let raw: Vec<(i64, String, String, bool, Vec<u8>)> = stmt
-            .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            .and_then(|mut stmt| {
+                stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                })?
+                .collect::<Result<_, _>>()
             })
-            .map_err(|e| e.to_string())?
-            .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
         let mut messages = Vec::with_capacity(raw.len());
         for (seq, exchange, routing_key, mandatory, body) in raw {
@@ -411,10 +472,10 @@ impl OutboxStore for SqliteStore {
                     envelope,
                 }),
                 Err(error) => {
-                    // Cannot happen for rows this service wrote; never let
-                    // one bad row block the rest.
-                    tracing::error!(seq, %error, "dropping an undecodable outbox row");
-                    let _ = conn.execute("DELETE FROM outbox WHERE seq = ?1", [seq]);
+                    // Never let one bad row block the rest, nor drop it.
+                    let bad = Undecodable::new(seq, &exchange, &routing_key, &body, &error);
+                    quarantine_outbox_row(&mut conn, &bad).map_err(|e| e.to_string())?;
+                    bad.reported();
                 }
             }
         }
@@ -449,11 +510,92 @@ mod tests {
         let order = OrderState::new("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &[]).expect("insert");
         assert_eq!(s.get("ORD-1").expect("get"), Some(order.clone()));
+        let other = OrderState::new(
+            "ORD-1",
+            demo_order(),
+            Utc::now() + chrono::TimeDelta::seconds(1),
+        );
         assert!(matches!(
-            s.insert(&order, &[]),
+            s.insert(&other, &[]),
             Err(StoreError::Duplicate(_))
         ));
+        assert_eq!(s.get("ORD-1").expect("get"), Some(order));
         assert_eq!(s.get("ORD-2").expect("get"), None);
+    }
+
+    /// A commit whose outcome was lost is retried: the same order stored
+    /// twice succeeds both times and leaves one row, one history.
+    #[test]
+    fn creating_the_same_order_twice_stores_it_once() {
+        let s = store();
+        let (state, events) = workflow::create("ORD-1", demo_order(), Utc::now());
+        let write = Write {
+            state: state.clone(),
+            outbox: Vec::new(),
+            events: events.clone(),
+            insert: true,
+        };
+        s.save_all(std::slice::from_ref(&write))
+            .expect("first commit");
+        s.save_all(std::slice::from_ref(&write))
+            .expect("the retried commit succeeds");
+        s.insert(&state, &events)
+            .expect("and so does a single insert");
+        let page = s.list(None, 10, 0).expect("list");
+        assert_eq!(page.total, 1, "one row");
+        assert_eq!(page.orders, vec![state]);
+        assert_eq!(
+            s.history("ORD-1").expect("history").len(),
+            events.len(),
+            "history written once"
+        );
+    }
+
+    #[test]
+    fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
+        use shared_messages::bus::metrics::METRICS;
+        let s = store();
+        s.conn()
+            .execute(
+                "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, created_at)
+                 VALUES ('fulfillment.commands', 'fulfillment.start', 1, ?1, ?2)",
+                params![b"not json".to_vec(), Utc::now().to_rfc3339()],
+            )
+            .expect("a garbage row");
+        let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
+        s.insert(&order, &[]).expect("insert");
+        order.status = OrderStatus::Confirmed;
+        let t = workflow::handle(&order, Input::Advance, Utc::now()).expect("advance");
+        let outbox: Vec<_> = t
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Signal(r, env) => Some((r.clone(), (**env).clone())),
+                _ => None,
+            })
+            .collect();
+        s.save(&t.state, &outbox, &t.events).expect("save");
+        let before = METRICS.outbox_quarantined.get();
+
+        let pending = s.pending(10).expect("one bad row does not fail the read");
+        assert_eq!(pending.len(), 1, "the good row still goes out");
+        assert_eq!(pending[0].envelope.message_id, outbox[0].1.message_id);
+        assert_eq!(
+            s.outbox_len().expect("count"),
+            1,
+            "the bad row left the outbox"
+        );
+        assert!(METRICS.outbox_quarantined.get() > before, "counted");
+        let items = s.quarantined().expect("quarantine");
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0].entity_id, "outbox row 1");
+        assert!(items[0].reason.contains("cannot be decoded"), "{items:?}");
+        assert!(
+            items[0].reason.contains("not json"),
+            "the body is kept: {items:?}"
+        );
+        assert_eq!(s.pending(10).expect("pending").len(), 1);
+        assert_eq!(s.quarantined().expect("quarantine").len(), 1, "kept once");
     }
 
     #[test]
@@ -470,9 +612,15 @@ mod tests {
         let mut moved = first.clone();
         moved.status = OrderStatus::Confirmed;
         let second = OrderState::new("ORD-2", demo_order(), Utc::now());
-        // A taken id fails the whole transaction, the update with it.
+        // An id taken by another order fails the whole transaction, the
+        // update with it.
+        let taken = OrderState::new(
+            "ORD-1",
+            demo_order(),
+            Utc::now() + chrono::TimeDelta::seconds(1),
+        );
         assert!(matches!(
-            s.save_all(&[write(&moved, false), write(&first, true)]),
+            s.save_all(&[write(&moved, false), write(&taken, true)]),
             Err(StoreError::Duplicate(_))
         ));
         assert_eq!(s.get("ORD-1").expect("get"), Some(first));

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the bus, shared by both services: messages
 //! consumed (by queue, type and outcome), dead-lettered, published, how long
 //! handlers and requests take, the broker connection, consumer restarts and
-//! outbox rows that could not be published.
+//! outbox rows that could not be published or decoded.
 //!
 //! The families are process-wide (one bus per process); a service adds
 //! them to its registry with [`register`], under its own prefix, so
@@ -74,6 +74,7 @@ pub struct BusMetrics {
     pub consumer_restarts: Family<QueueLabels, Counter>,
     pub outbox_failures: Family<RouteLabels, Counter>,
     pub outbox_held: Gauge,
+    pub outbox_quarantined: Counter,
 }
 
 /// The process's bus metrics.
@@ -88,6 +89,7 @@ pub static METRICS: LazyLock<BusMetrics> = LazyLock::new(|| BusMetrics {
     consumer_restarts: Family::default(),
     outbox_failures: Family::default(),
     outbox_held: Gauge::default(),
+    outbox_quarantined: Counter::default(),
 });
 
 /// Adds the bus's families to `registry`.
@@ -142,6 +144,11 @@ pub fn register(registry: &mut Registry) {
         "outbox_rows_held",
         "Outbox rows kept back after a failed publish, waiting for their next attempt",
         m.outbox_held.clone(),
+    );
+    registry.register(
+        "outbox_rows_quarantined",
+        "Outbox rows that could not be decoded, moved out of the outbox into the quarantine (listed on /quarantine)",
+        m.outbox_quarantined.clone(),
     );
 }
 

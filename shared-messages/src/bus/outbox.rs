@@ -13,6 +13,11 @@
 //! (`outbox_publish_failures`), kept back and tried again with capped
 //! exponential backoff ([`Held`]), while the rest of its batch goes out and
 //! is deleted as usual.
+//!
+//! A row that cannot be decoded never blocks the relay and is never
+//! dropped: the store moves it out of the outbox into its quarantine (kept
+//! with its reason and listed on the service's `GET /quarantine`), logs it
+//! and counts it (`outbox_rows_quarantined`), see [`Undecodable`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -33,9 +38,54 @@ pub struct OutboxMessage {
     pub envelope: Envelope,
 }
 
+/// An outbox row whose stored message does not decode. The store moves it
+/// out of the outbox into its quarantine, under [`Undecodable::entity_id`]
+/// with [`Undecodable::reason`] (which keeps the route and the stored body),
+/// in one transaction, then calls [`Undecodable::reported`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Undecodable {
+    pub seq: i64,
+    pub reason: String,
+}
+
+impl Undecodable {
+    /// Describes row `seq` whose `body` failed to decode with `error`.
+    pub fn new(
+        seq: i64,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        error: &dyn std::fmt::Display,
+    ) -> Self {
+        Self {
+            seq,
+            reason: format!(
+                "outbox message to exchange '{exchange}' with routing key '{routing_key}' cannot be decoded: {error}; stored body: {}",
+                String::from_utf8_lossy(body)
+            ),
+        }
+    }
+
+    /// The quarantine's key for this row.
+    pub fn entity_id(&self) -> String {
+        format!("outbox row {}", self.seq)
+    }
+
+    /// Logs and counts the row once it has been moved to the quarantine.
+    pub fn reported(&self) {
+        tracing::error!(
+            seq = self.seq,
+            reason = %self.reason,
+            "undecodable outbox row moved to the quarantine"
+        );
+        super::metrics::METRICS.outbox_quarantined.inc();
+    }
+}
+
 /// The store side of the outbox, implemented by each service's store.
 pub trait OutboxStore: Send + Sync + 'static {
-    /// Up to `limit` of the oldest rows.
+    /// Up to `limit` of the oldest rows. A row that does not decode is
+    /// moved to the store's quarantine ([`Undecodable`]) and left out.
     fn pending(&self, limit: usize) -> Result<Vec<OutboxMessage>, String>;
     /// Removes rows that the broker has confirmed.
     fn remove(&self, seqs: &[i64]) -> Result<(), String>;
