@@ -6,7 +6,9 @@
 //! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the spans are also exported
 //! over OTLP/HTTP (protobuf, `<endpoint>/v1/traces`) by a batch span
 //! processor (the standard `OTEL_BSP_*` settings apply), under the
-//! service's name. A span link is registered with [`crate::trace`], so the
+//! service's name. An `https://` endpoint is reached over TLS (rustls,
+//! ring), the collector verified against the system's roots or the CA
+//! file `SSL_CERT_FILE` names. A span link is registered with [`crate::trace`], so the
 //! exported trace is the one in the logs and on the wire, and every span's
 //! parent is the one that caused it, in this service or across RabbitMQ.
 //! Without the variable nothing of OpenTelemetry is installed.

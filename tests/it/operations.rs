@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,10 @@ use anyhow::{ensure, Context, Result};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use prost::Message as _;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
+use system_tests::tls::TestCa;
 use system_tests::{eventually, Http, Service, TestVhost};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -210,14 +213,38 @@ async fn one_order_has_one_trace_id_in_both_services_logs() -> Result<()> {
 /// accepting when dropped.
 struct OtlpReceiver {
     endpoint: String,
+    addr: SocketAddr,
     bodies: Arc<Mutex<Vec<Vec<u8>>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl OtlpReceiver {
+    /// Over plain HTTP (`http://127.0.0.1:<port>`).
     fn start() -> Result<Self> {
+        Self::listen(None)
+    }
+
+    /// Over TLS with `ca`'s server certificate (`https://localhost:<port>`).
+    fn start_tls(ca: &TestCa) -> Result<Self> {
+        let certs =
+            CertificateDer::pem_file_iter(ca.server_cert())?.collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(ca.server_key())?;
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+        Self::listen(Some(Arc::new(config)))
+    }
+
+    fn listen(tls: Option<Arc<rustls::ServerConfig>>) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
+        let addr = listener.local_addr()?;
+        let endpoint = match tls {
+            None => format!("http://{addr}"),
+            Some(_) => format!("https://localhost:{}", addr.port()),
+        };
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (kept, stopped) = (bodies.clone(), stop.clone());
@@ -228,12 +255,21 @@ impl OtlpReceiver {
                 }
                 let Ok(stream) = stream else { continue };
                 let kept = kept.clone();
+                let tls = tls.clone();
                 // Ends when the service closes the connection.
-                std::thread::spawn(move || Self::serve(stream, &kept));
+                std::thread::spawn(move || match tls {
+                    None => Self::serve(stream, &kept),
+                    Some(config) => {
+                        let connection =
+                            rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+                        Self::serve(rustls::StreamOwned::new(connection, stream), &kept)
+                    }
+                });
             }
         });
         Ok(Self {
             endpoint,
+            addr,
             bodies,
             stop,
         })
@@ -241,8 +277,7 @@ impl OtlpReceiver {
 
     /// HTTP/1.1 with keep-alive and `content-length` bodies, as the
     /// exporter sends them.
-    fn serve(stream: TcpStream, bodies: &Mutex<Vec<Vec<u8>>>) -> std::io::Result<()> {
-        let mut writer = stream.try_clone()?;
+    fn serve(stream: impl Read + Write, bodies: &Mutex<Vec<Vec<u8>>>) -> std::io::Result<()> {
         let mut reader = BufReader::new(stream);
         loop {
             let mut request_line = String::new();
@@ -271,9 +306,11 @@ impl OtlpReceiver {
                     .expect("no test thread panics holding it")
                     .push(body);
             }
+            let writer = reader.get_mut();
             writer.write_all(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
             )?;
+            writer.flush()?;
         }
     }
 
@@ -318,7 +355,7 @@ impl Drop for OtlpReceiver {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wakes the accept loop so that it sees `stop`.
-        let _ = TcpStream::connect(self.endpoint.trim_start_matches("http://"));
+        let _ = TcpStream::connect(self.addr);
     }
 }
 
@@ -412,6 +449,55 @@ async fn with_an_otlp_endpoint_both_services_export_one_trace_per_order() -> Res
         !order_lines.is_empty() && !fulfillment_lines.is_empty(),
         "trace {trace} is not in both logs"
     );
+    Ok(())
+}
+
+/// An `https://` endpoint: the exporter verifies the receiver's
+/// certificate against the CA named by `SSL_CERT_FILE` (read by
+/// rustls-native-certs in place of the system roots) and exports over TLS.
+#[tokio::test]
+async fn otlp_export_to_an_https_endpoint_verifies_the_collector_with_the_given_ca() -> Result<()> {
+    let ca = TestCa::create()?;
+    let receiver = OtlpReceiver::start_tls(&ca)?;
+    let vhost = TestVhost::create("ops-otlp-tls").await?;
+    let dir = tempfile::tempdir()?;
+    let ca_file = ca.ca_cert().display().to_string();
+    let orders = Service::start_logged(
+        "order-service",
+        &vhost,
+        dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("SSL_CERT_FILE", &ca_file),
+        ],
+        &dir.path().join("order-service.log"),
+    )
+    .await?;
+    orders.wait_ready().await?;
+    let response = reqwest::Client::new()
+        .post(orders.url("/orders/demo"))
+        .send()
+        .await?;
+    ensure!(response.status() == 201, "POST /orders/demo: {response:?}");
+    let answered = response
+        .headers()
+        .get("traceparent")
+        .context("the response carries traceparent")?
+        .to_str()?
+        .to_owned();
+    let trace = trace_id(&answered).to_owned();
+    eventually(
+        &format!("order-service's http_request span of trace {trace} over https"),
+        DEADLINE,
+        || async {
+            Ok(receiver.spans()?.into_iter().find(|s| {
+                s.trace_id == trace && s.service == "order-service" && s.name == "http_request"
+            }))
+        },
+    )
+    .await
+    .with_context(|| orders.log())?;
     Ok(())
 }
 
