@@ -10,9 +10,7 @@
 
 use postgres::Client;
 use shared_messages::bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
-use shared_messages::bus::Route;
 use shared_messages::messages::FulfillmentStatus;
-use shared_messages::Envelope;
 
 use super::pg_worker::{Worker, WorkerGone};
 use chrono::{DateTime, Utc};
@@ -433,16 +431,9 @@ impl OutboxStore for PostgresStore {
                 let mut out = Vec::with_capacity(rows.len());
                 for row in rows {
                     let seq: i64 = row.get(0);
-                    let body = row.get::<_, &[u8]>(4);
-                    match Envelope::from_json(body) {
-                        Ok(envelope) => out.push(OutboxMessage {
-                            seq,
-                            route: Route::new(row.get(1), row.get(2), row.get(3)),
-                            envelope,
-                        }),
-                        Err(error) => {
-                            let bad =
-                                Undecodable::new(seq, row.get(1), row.get(2), body, &error);
+                    match Undecodable::decode(seq, row.get(1), row.get(2), row.get(3), row.get(4)) {
+                        Ok(message) => out.push(message),
+                        Err(bad) => {
                             let mut tx = client.transaction()?;
                             tx.execute("DELETE FROM outbox WHERE seq = $1", &[&seq])?;
                             tx.execute(

@@ -5,9 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use shared_messages::bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
-use shared_messages::bus::Route;
 use shared_messages::messages::FulfillmentStatus;
-use shared_messages::Envelope;
 
 use chrono::{DateTime, Utc};
 use shared_messages::history::HistoryEvent;
@@ -438,14 +436,10 @@ impl OutboxStore for SqliteStore {
         };
         let mut out = Vec::with_capacity(raw.len());
         for (seq, exchange, routing_key, mandatory, body) in raw {
-            match Envelope::from_json(&body) {
-                Ok(envelope) => out.push(OutboxMessage {
-                    seq,
-                    route: Route::new(&exchange, &routing_key, mandatory),
-                    envelope,
-                }),
-                Err(error) => {
-                    let bad = Undecodable::new(seq, &exchange, &routing_key, &body, &error);
+            match Undecodable::decode(seq, &exchange, &routing_key, mandatory, &body) {
+                Ok(message) => out.push(message),
+                // Never let one bad row block the rest, nor drop it.
+                Err(bad) => {
                     quarantine_outbox_row(&mut conn, &bad).map_err(|e| e.to_string())?;
                     bad.reported();
                 }

@@ -443,21 +443,10 @@ impl OutboxStore for PostgresStore {
                 let mut messages = Vec::with_capacity(rows.len());
                 for row in rows {
                     let seq: i64 = row.get(0);
-                    match Envelope::from_json(row.get::<_, &[u8]>(4)) {
-                        Ok(envelope) => messages.push(OutboxMessage {
-                            seq,
-                            route: Route::new(row.get(1), row.get(2), row.get(3)),
-                            envelope,
-                        }),
-                        Err(error) => {
-                            // Never let one bad row block the rest, nor drop it.
-                            let bad = Undecodable::new(
-                                seq,
-                                row.get(1),
-                                row.get(2),
-                                row.get::<_, &[u8]>(4),
-                                &error,
-                            );
+                    match Undecodable::decode(seq, row.get(1), row.get(2), row.get(3), row.get(4)) {
+                        Ok(message) => messages.push(message),
+                        // Never let one bad row block the rest, nor drop it.
+                        Err(bad) => {
                             let mut tx = client.transaction()?;
                             tx.execute("DELETE FROM outbox WHERE seq = $1", &[&seq])?;
                             tx.execute(

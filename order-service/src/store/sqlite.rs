@@ -465,15 +465,10 @@ impl OutboxStore for SqliteStore {
             .map_err(|e| e.to_string())?;
         let mut messages = Vec::with_capacity(raw.len());
         for (seq, exchange, routing_key, mandatory, body) in raw {
-            match Envelope::from_json(&body) {
-                Ok(envelope) => messages.push(OutboxMessage {
-                    seq,
-                    route: Route::new(&exchange, &routing_key, mandatory),
-                    envelope,
-                }),
-                Err(error) => {
-                    // Never let one bad row block the rest, nor drop it.
-                    let bad = Undecodable::new(seq, &exchange, &routing_key, &body, &error);
+            match Undecodable::decode(seq, &exchange, &routing_key, mandatory, &body) {
+                Ok(message) => messages.push(message),
+                // Never let one bad row block the rest, nor drop it.
+                Err(bad) => {
                     quarantine_outbox_row(&mut conn, &bad).map_err(|e| e.to_string())?;
                     bad.reported();
                 }

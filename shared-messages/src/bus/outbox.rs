@@ -66,6 +66,25 @@ impl Undecodable {
         }
     }
 
+    /// Decodes one stored row: the message to publish, or, when its body
+    /// does not decode, the row to move to the quarantine.
+    pub fn decode(
+        seq: i64,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        body: &[u8],
+    ) -> Result<OutboxMessage, Self> {
+        match Envelope::from_json(body) {
+            Ok(envelope) => Ok(OutboxMessage {
+                seq,
+                route: Route::new(exchange, routing_key, mandatory),
+                envelope,
+            }),
+            Err(error) => Err(Self::new(seq, exchange, routing_key, body, &error)),
+        }
+    }
+
     /// The quarantine's key for this row.
     pub fn entity_id(&self) -> String {
         format!("outbox row {}", self.seq)
