@@ -12,12 +12,12 @@
 //!
 //! Events do not go out from here: every transition writes its
 //! `FulfillmentStatusChanged` to the outbox in the same transaction as the
-//! state, and [`shared_messages::bus::outbox::relay`] publishes them.
+//! state, and [`message_bus::outbox::relay`] publishes them.
 
 use std::sync::Arc;
 
 use futures::future::{self, BoxFuture, FutureExt};
-use shared_messages::bus::{Bus, BusConfig, Incoming, Outcome, ReplyTo};
+use message_bus::{Bus, BusConfig, Incoming, Outcome, ReplyTo};
 use shared_messages::messages::{ReplyError, SignalReply};
 use shared_messages::topology::{self, FULFILLMENT_QUERIES_QUEUE, FULFILLMENT_SIGNALS_QUEUE};
 use shared_messages::{Envelope, Message};

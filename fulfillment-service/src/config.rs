@@ -11,7 +11,7 @@ pub const DEFAULT_STORE_URL: &str = "sqlite://./data/fulfillment.db";
 pub const DEFAULT_STEP_DELAY_MS: u64 = 3_000;
 pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 5_000;
 
-pub use shared_messages::telemetry::LogFormat;
+pub use message_bus::telemetry::LogFormat;
 
 #[derive(Clone)]
 pub struct Config {

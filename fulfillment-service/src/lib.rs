@@ -27,7 +27,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod store;
-pub use shared_messages::telemetry;
+pub use message_bus::telemetry;
 pub mod workflow;
 
 use std::net::TcpListener;
@@ -35,8 +35,8 @@ use std::net::TcpListener;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
-use shared_messages::bus::outbox::{relay, OutboxSignal};
-use shared_messages::bus::Bus;
+use message_bus::outbox::{relay, OutboxSignal};
+use message_bus::Bus;
 
 use crate::actor::{Deps, Registry};
 use crate::config::Config;

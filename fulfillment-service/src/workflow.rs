@@ -31,8 +31,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use message_bus::Route;
 use serde::{Deserialize, Serialize};
-use shared_messages::bus::Route;
 use shared_messages::messages::{
     Address, CompletedStep, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus,
     FulfillmentStatusChanged, FulfillmentStatusView, ReplyError, ReplyErrorCode,
@@ -233,7 +233,7 @@ impl Decision {
                 state.traceparent = traceparent.map(str::to_owned);
             }
             for (_, event) in &mut self.events {
-                event.traceparent = shared_messages::trace::child_of(state.traceparent.as_deref());
+                event.traceparent = message_bus::trace::child_of(state.traceparent.as_deref());
             }
         }
         self

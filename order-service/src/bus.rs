@@ -8,16 +8,16 @@
 //! - Signals to fulfillment that follow from a transition (start, cancel)
 //!   go through the outbox (see [`crate::store`]); signals a person waits
 //!   on (pause, resume, new address) and queries go with
-//!   [`Bus::request`](shared_messages::bus::Bus::request).
+//!   [`Bus::request`](message_bus::Bus::request).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::Instrument;
 
-use shared_messages::bus::{Bus, BusError, Handler, Incoming, Outcome, Route};
+use message_bus::trace;
+use message_bus::{Bus, BusError, Handler, Incoming, Outcome, Route};
 use shared_messages::topology::{FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY};
-use shared_messages::trace;
 use shared_messages::{Envelope, Message};
 
 use crate::actor::{ApplyError, Orders};
@@ -115,8 +115,8 @@ mod tests {
     use std::sync::Arc;
 
     use chrono::Utc;
-    use shared_messages::bus::outbox::OutboxSignal;
-    use shared_messages::bus::BusConfig;
+    use message_bus::outbox::OutboxSignal;
+    use message_bus::BusConfig;
     use shared_messages::messages::{
         FulfillmentProgressView, FulfillmentStatus, FulfillmentStatusChanged,
         FulfillmentStatusView, PauseFulfillment,

@@ -48,7 +48,7 @@ impl StoreLocation {
     }
 }
 
-pub use shared_messages::telemetry::LogFormat;
+pub use message_bus::telemetry::LogFormat;
 
 #[derive(Clone)]
 pub struct Config {

@@ -32,7 +32,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod payment;
 pub mod store;
-pub use shared_messages::telemetry;
+pub use message_bus::telemetry;
 pub mod validation;
 pub mod workflow;
 
@@ -41,8 +41,8 @@ use std::net::TcpListener;
 use actix_web::dev::Server;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use shared_messages::bus::outbox::{relay, OutboxSignal};
-use shared_messages::bus::{Bus, BusConfig};
+use message_bus::outbox::{relay, OutboxSignal};
+use message_bus::{Bus, BusConfig};
 use shared_messages::topology;
 
 use crate::actor::{Orders, Timings};

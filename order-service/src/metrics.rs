@@ -2,20 +2,20 @@
 //!
 //! Everything is prefixed `order_service_`. The bus's families (messages,
 //! requests, broker connection) come from
-//! [`shared_messages::bus::metrics`]; the rest are the service's own.
+//! [`message_bus::metrics`]; the rest are the service's own.
 //! Counters and histograms are updated where things happen; gauges that
 //! describe the store (orders by status, outbox) are read at scrape time.
 
 use std::sync::LazyLock;
 use std::time::Instant;
 
+use message_bus::metrics::latency_histogram;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use shared_messages::bus::metrics::latency_histogram;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -62,7 +62,7 @@ pub struct ActivityLabels {
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut registry = Registry::with_prefix("order_service");
-    shared_messages::bus::metrics::register(&mut registry);
+    message_bus::metrics::register(&mut registry);
     let m = Metrics {
         registry: Registry::default(),
         http_seconds: Family::new_with_constructor(latency_histogram),

@@ -51,26 +51,50 @@ pub struct Envelope {
     pub sent_at: DateTime<Utc>,
     pub message: Message,
     /// W3C trace context of the order this message belongs to (see
-    /// [`crate::trace`]). Written to the wire so that it survives a
+    /// `message_bus::trace`). Written to the wire so that it survives a
     /// service's outbox; also sent as the AMQP `traceparent` header.
     pub traceparent: Option<String>,
 }
 
 /// Why bytes could not be turned into an [`Envelope`].
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("malformed envelope: {0}")]
     Malformed(String),
-    #[error("unknown message type {0:?}")]
     UnknownType(String),
-    #[error("unsupported schema version {version} for {message_type} (this build reads {:?})", read_versions(.message_type))]
-    UnsupportedVersion { message_type: String, version: u32 },
-    #[error("invalid payload for {message_type}: {reason}")]
+    UnsupportedVersion {
+        message_type: String,
+        version: u32,
+    },
     InvalidPayload {
         message_type: String,
         reason: String,
     },
 }
+
+// Written out rather than derived, so the contract depends on serde, uuid
+// and chrono alone.
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Malformed(reason) => write!(f, "malformed envelope: {reason}"),
+            Self::UnknownType(message_type) => write!(f, "unknown message type {message_type:?}"),
+            Self::UnsupportedVersion {
+                message_type,
+                version,
+            } => write!(
+                f,
+                "unsupported schema version {version} for {message_type} (this build reads {:?})",
+                read_versions(message_type)
+            ),
+            Self::InvalidPayload {
+                message_type,
+                reason,
+            } => write!(f, "invalid payload for {message_type}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
 
 /// The envelope as it is read from the wire: the payload stays raw text
 /// until the type and version say how to read it.

@@ -9,7 +9,7 @@ use anyhow::Result;
 use futures::FutureExt;
 use lapin::options::BasicPublishOptions;
 use lapin::BasicProperties;
-use shared_messages::bus::{Bus, BusConfig, BusError, Handler, Incoming, Outcome, Route};
+use message_bus::{Bus, BusConfig, BusError, Handler, Incoming, Outcome, Route};
 use shared_messages::messages::*;
 use shared_messages::topology::{self, *};
 use shared_messages::Envelope;
@@ -332,15 +332,15 @@ async fn poison_messages_land_in_the_dead_letter_queue_with_their_reason() -> Re
     }
     // Both are counted, the undecodable one under its own type label.
     let dead_lettered = |message_type: &str| {
-        shared_messages::bus::metrics::METRICS
+        message_bus::metrics::METRICS
             .dead_lettered
-            .get_or_create(&shared_messages::bus::metrics::QueueTypeLabels {
+            .get_or_create(&message_bus::metrics::QueueTypeLabels {
                 queue: FULFILLMENT_SIGNALS_QUEUE.into(),
                 message_type: message_type.into(),
             })
             .get()
     };
-    assert_eq!(dead_lettered(shared_messages::bus::metrics::UNDECODABLE), 1);
+    assert_eq!(dead_lettered(message_bus::metrics::UNDECODABLE), 1);
     assert_eq!(dead_lettered("PauseFulfillment"), 1);
     eventually(
         "the good message to be handled and the queue drained",

@@ -3,7 +3,7 @@
 //! - exchanges (name, type), queues (name, `x-` arguments, bindings) and the
 //!   routing keys of signals, queries, status and progress events and dead
 //!   letters, against `shared_messages::topology`;
-//! - header names against `shared_messages::bus`;
+//! - header names against `message_bus`;
 //! - message type names and schema versions against
 //!   `shared_messages::envelope` (every type and every version it reads has a
 //!   message, and no message names one it does not), and every example
@@ -16,10 +16,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::{json, Value};
-use shared_messages::bus::{
+use message_bus::{
     DEAD_LETTER_REASON_HEADER, ENTITY_ID_HEADER, ORIGINAL_QUEUE_HEADER, TRACEPARENT_HEADER,
 };
+use serde_json::{json, Value};
 use shared_messages::envelope::read_versions;
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::topology::{self, QueueArgument};

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use futures::FutureExt;
+use message_bus::{Bus, BusConfig, Incoming, Outcome};
 use serde_json::{json, Value};
-use shared_messages::bus::{Bus, BusConfig, Incoming, Outcome};
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::topology::{
     self, QueueKind, QueueSpec, FULFILLMENT_EVENTS_ALL, FULFILLMENT_EVENTS_EXCHANGE,

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use futures::FutureExt;
+use message_bus::{Bus, BusConfig, Incoming, Outcome, Route};
 use serde_json::{json, Value};
-use shared_messages::bus::{Bus, BusConfig, Incoming, Outcome, Route};
 use shared_messages::messages::*;
 use shared_messages::topology::{self, *};
 use shared_messages::{ids, Envelope, Message};

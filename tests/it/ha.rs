@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use message_bus::{Bus, BusConfig, BusError, Route};
 use serde_json::Value;
-use shared_messages::bus::{Bus, BusConfig, BusError, Route};
 use shared_messages::messages::{GetFulfillmentStatus, Message};
 use shared_messages::topology::{
     self, FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERIES_QUEUE, FULFILLMENT_QUERY_KEY,

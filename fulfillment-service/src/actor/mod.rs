@@ -21,9 +21,9 @@ use actix::{
     Actor, ActorContext, AsyncContext, AtomicResponse, Context, Handler, Message, SpawnHandle,
 };
 use chrono::Utc;
-use shared_messages::bus::outbox::OutboxSignal;
-use shared_messages::bus::Route;
-use shared_messages::trace;
+use message_bus::outbox::OutboxSignal;
+use message_bus::trace;
+use message_bus::Route;
 use shared_messages::Envelope;
 use tokio::sync::oneshot;
 use uuid::Uuid;

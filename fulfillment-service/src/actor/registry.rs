@@ -280,7 +280,7 @@ impl Registry {
 mod tests {
     use std::time::Duration;
 
-    use shared_messages::bus::outbox::OutboxSignal;
+    use message_bus::outbox::OutboxSignal;
     use shared_messages::messages::{Address, FulfillmentRequest, FulfillmentStatus, OrderItem};
 
     use super::*;

@@ -294,7 +294,7 @@ pub(crate) async fn shipping_address(
 
 async fn apply(state: &AppState, id: &str, input: Input) -> Result<Accepted, ApiError> {
     // A fulfillment created over HTTP starts (or continues) the request's trace.
-    let traceparent = shared_messages::trace::current().map(|t| t.traceparent());
+    let traceparent = message_bus::trace::current().map(|t| t.traceparent());
     Ok(state
         .registry
         .signal(id, None, traceparent, input)

@@ -10,7 +10,7 @@ mod ui;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::{web, HttpRequest};
-use shared_messages::bus::Bus;
+use message_bus::Bus;
 use shared_messages::messages::FulfillmentStatusView;
 
 use crate::actor::Registry;
@@ -94,9 +94,9 @@ mod tests {
     use std::time::Duration;
 
     use actix_web::{test, App};
+    use message_bus::outbox::OutboxSignal;
+    use message_bus::BusConfig;
     use serde_json::{json, Value};
-    use shared_messages::bus::outbox::OutboxSignal;
-    use shared_messages::bus::BusConfig;
     use shared_messages::topology::Topology;
 
     use super::*;

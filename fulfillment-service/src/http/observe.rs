@@ -12,8 +12,8 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::HttpMessage;
-use shared_messages::bus::TRACEPARENT_HEADER;
-use shared_messages::trace;
+use message_bus::trace;
+use message_bus::TRACEPARENT_HEADER;
 use tracing::Instrument;
 
 use crate::metrics::{HttpLabels, METRICS};

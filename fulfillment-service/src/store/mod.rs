@@ -12,9 +12,9 @@ pub mod sqlite;
 
 use std::sync::Arc;
 
-use shared_messages::bus::group_commit::{BatchStore, CommitError, GroupCommit};
-use shared_messages::bus::outbox::OutboxStore;
-use shared_messages::bus::Route;
+use message_bus::group_commit::{BatchStore, CommitError, GroupCommit};
+use message_bus::outbox::OutboxStore;
+use message_bus::Route;
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
 
@@ -29,7 +29,7 @@ pub use self::postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// The group commit the actors write through (see
-/// [`shared_messages::bus::group_commit`]).
+/// [`message_bus::group_commit`]).
 pub type Writer = GroupCommit<Batched>;
 
 /// One transition to store: the new state, the events it causes and its
@@ -196,8 +196,8 @@ pub(crate) mod tests {
     use crate::store::SqliteStore;
     use crate::workflow::{create, Input, Timing};
     use chrono::Utc;
-    use shared_messages::bus::outbox::OutboxSignal;
-    use shared_messages::bus::outbox::OutboxStore;
+    use message_bus::outbox::OutboxSignal;
+    use message_bus::outbox::OutboxStore;
     use shared_messages::messages::{Address, FulfillmentRequest, OrderItem};
     use std::sync::Arc;
     use std::time::Duration;
@@ -364,7 +364,7 @@ pub(crate) mod tests {
     /// is stored: the bad one is moved to the quarantine, counted, and the
     /// good one still comes out.
     pub(crate) fn an_undecodable_outbox_row_is_quarantined(store: &dyn Store, garbage: &dyn Fn()) {
-        use shared_messages::bus::metrics::METRICS;
+        use message_bus::metrics::METRICS;
         garbage();
         let w = write(4);
         store.save_all(std::slice::from_ref(&w)).expect("save");

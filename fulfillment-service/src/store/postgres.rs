@@ -8,8 +8,8 @@
 //! lets it lapse, and its rows go out from whoever reads next. Calls run on
 //! the connection's own thread ([`super::pg_worker`]).
 
+use message_bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
 use postgres::Client;
-use shared_messages::bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
 use shared_messages::messages::FulfillmentStatus;
 
 use super::pg_worker::{Worker, WorkerGone};

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+use message_bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
 use rusqlite::{params, Connection, OptionalExtension};
-use shared_messages::bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
 use shared_messages::messages::FulfillmentStatus;
 
 use chrono::{DateTime, Utc};

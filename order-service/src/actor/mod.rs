@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use actix::fut::{self, LocalBoxActorFuture};
 use actix::prelude::*;
 use chrono::Utc;
+use message_bus::trace;
+use message_bus::Route;
 use rand::Rng;
-use shared_messages::bus::Route;
 use shared_messages::messages::{GetFulfillmentStatus, ReplyErrorCode};
-use shared_messages::trace;
 use shared_messages::{Envelope, Message as WireMessage};
 
 use crate::metrics::{ActivityLabels, TransitionLabels, METRICS};

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
-use shared_messages::bus::outbox::OutboxSignal;
-use shared_messages::bus::Bus;
+use message_bus::outbox::OutboxSignal;
+use message_bus::Bus;
 use tokio::sync::oneshot;
 
 use super::{Apply, OrderActor};
 use crate::metrics::METRICS;
-use shared_messages::bus::group_commit::CommitError;
+use message_bus::group_commit::CommitError;
 
 use crate::store::{Batched, Store, StoreError, Write, Writer};
 use crate::validation;
@@ -190,7 +190,7 @@ impl Orders {
         }
         tracing::info!(
             order_id = %state.order_id,
-            trace_id = %shared_messages::trace::trace_id_of(state.traceparent.as_deref()),
+            trace_id = %message_bus::trace::trace_id_of(state.traceparent.as_deref()),
             "order created"
         );
         Ok(state)

@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use shared_messages::bus::BusError;
+use message_bus::BusError;
 use shared_messages::messages::{ReplyError, ReplyErrorCode};
 
 /// Every error answer: a stable code and a message a person can act on.

@@ -2,11 +2,12 @@
 //! id, queried and signalled through RabbitMQ (never over HTTP).
 
 use actix_web::{web, HttpResponse};
+use message_bus::trace;
 use shared_messages::messages::{
     Address, FulfillmentProgressView, FulfillmentStatusView, UpdateShippingAddress,
 };
 use shared_messages::messages::{GetFulfillmentProgress, GetFulfillmentStatus};
-use shared_messages::{trace, Message};
+use shared_messages::Message;
 
 use super::error::ErrorBody;
 use super::views::SignalView;

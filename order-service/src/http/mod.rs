@@ -115,9 +115,9 @@ mod tests {
     use std::sync::Arc;
 
     use actix_web::{test, App};
+    use message_bus::outbox::OutboxSignal;
+    use message_bus::{Bus, BusConfig};
     use serde_json::Value;
-    use shared_messages::bus::outbox::OutboxSignal;
-    use shared_messages::bus::{Bus, BusConfig};
 
     use super::*;
     use crate::actor::Timings;

@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
+use message_bus::trace;
 use serde::Deserialize;
 use shared_messages::history::History;
 use shared_messages::ids::order_id_from_workflow_id;
 use shared_messages::messages::{
     FulfillmentProgressView, GetFulfillmentProgress, PauseFulfillment, ResumeFulfillment,
 };
-use shared_messages::trace;
 use shared_messages::Message;
 
 use super::error::ErrorBody;
@@ -73,7 +73,7 @@ fn require_broker(state: &AppState) -> Result<(), ApiError> {
 async fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse, ApiError> {
     require_broker(state)?;
     // The order keeps the request's trace (new, or the caller's).
-    let traceparent = shared_messages::trace::current().map(|t| t.traceparent());
+    let traceparent = message_bus::trace::current().map(|t| t.traceparent());
     let order = state
         .orders
         .create(details, traceparent)

@@ -3,7 +3,7 @@
 //! Each order is one row: its id, status, whether it is finished, and its
 //! whole state as JSON. Signals an order sends are written to the outbox
 //! table in the same transaction as the state that caused them; the
-//! outbox relay (`shared_messages::bus::outbox`) publishes and removes them.
+//! outbox relay (`message_bus::outbox`) publishes and removes them.
 //! [`open`] picks the implementation from `STORE_URL`.
 
 mod pg_worker;
@@ -15,9 +15,9 @@ pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
 
-use shared_messages::bus::group_commit::{BatchStore, CommitError, GroupCommit};
-use shared_messages::bus::outbox::OutboxStore;
-use shared_messages::bus::Route;
+use message_bus::group_commit::{BatchStore, CommitError, GroupCommit};
+use message_bus::outbox::OutboxStore;
+use message_bus::Route;
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
@@ -118,7 +118,7 @@ impl BatchStore for Batched {
 }
 
 /// The group commit the actors write through (see
-/// [`shared_messages::bus::group_commit`]).
+/// [`message_bus::group_commit`]).
 pub type Writer = GroupCommit<Batched>;
 
 /// One page of orders, newest first.

@@ -8,10 +8,10 @@
 //! go out from whoever reads next. Calls run on the connection's own thread
 //! ([`super::pg_worker`]).
 
+use message_bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
+use message_bus::Route;
 use postgres::error::SqlState;
 use postgres::{Client, GenericClient};
-use shared_messages::bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
-use shared_messages::bus::Route;
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
@@ -613,7 +613,7 @@ mod tests {
 
     #[test]
     fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
-        use shared_messages::bus::metrics::METRICS;
+        use message_bus::metrics::METRICS;
         let db = TestDb::create("orders_outbox_quarantine");
         let s = PostgresStore::open(&db.url).expect("open");
         let mut raw = Client::connect(&db.url, postgres::NoTls).expect("a plain connection");

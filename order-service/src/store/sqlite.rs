@@ -9,9 +9,9 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::Utc;
+use message_bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
+use message_bus::Route;
 use rusqlite::{params, Connection, OptionalExtension};
-use shared_messages::bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
-use shared_messages::bus::Route;
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
@@ -548,7 +548,7 @@ mod tests {
 
     #[test]
     fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
-        use shared_messages::bus::metrics::METRICS;
+        use message_bus::metrics::METRICS;
         let s = store();
         s.conn()
             .execute(

@@ -32,7 +32,7 @@ const CONFIRM_QUEUE: &str = "loadgen.floor.confirms";
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// Unconfirmed publishes in flight at once.
 const CONFIRM_WINDOW: usize = 512;
-/// The services' default prefetch (`shared_messages::bus::DEFAULT_PREFETCH`).
+/// The services' default prefetch (`message_bus::DEFAULT_PREFETCH`).
 const PREFETCH: u16 = 256;
 
 #[derive(Debug, Clone, Serialize)]

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use super::backoff::Backoff;
 use super::{Bus, BusError, Route};
-use crate::envelope::Envelope;
+use shared_messages::envelope::Envelope;
 
 /// One stored message waiting to be published.
 #[derive(Debug, Clone, PartialEq)]

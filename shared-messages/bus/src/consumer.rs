@@ -54,7 +54,7 @@ use super::session::{declare_topology, Session};
 use super::{
     ConsumerSpec, Inner, DEAD_LETTER_REASON_HEADER, ORIGINAL_QUEUE_HEADER, TRACEPARENT_HEADER,
 };
-use crate::envelope::Envelope;
+use shared_messages::envelope::Envelope;
 
 /// First pause before a handler that asked to retry is called again; it
 /// doubles on each further failure, so a failing dependency is not

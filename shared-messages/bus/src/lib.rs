@@ -1,4 +1,5 @@
-//! The AMQP layer both services use, on lapin and tokio.
+//! The AMQP layer both services use, on lapin and tokio: the bus that
+//! carries the contract of [`shared_messages`] between them.
 //!
 //! One [`Bus`] per process owns one connection and keeps it alive: a
 //! supervisor task connects (retrying with exponential backoff), declares the
@@ -31,6 +32,10 @@
 //! - The transactional outbox: [`group_commit`] stores the services'
 //!   transitions with the messages they cause, many per transaction, and
 //!   [`outbox::relay`] publishes what is stored.
+//! - [`trace`]: W3C `traceparent`, carried so one order's spans in both
+//!   services share one trace id; `telemetry` (feature `telemetry`)
+//!   sets up logging and OTLP span export for a service.
+#![forbid(unsafe_code)]
 
 pub mod addresses;
 pub mod backoff;
@@ -40,6 +45,9 @@ pub mod metrics;
 pub mod outbox;
 mod rpc;
 mod session;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
+pub mod trace;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -54,8 +62,8 @@ use lapin::BasicProperties;
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
-use crate::envelope::{DecodeError, Envelope};
-use crate::topology::Topology;
+use shared_messages::envelope::{DecodeError, Envelope};
+use shared_messages::topology::Topology;
 
 pub use consumer::{Incoming, Outcome, ReplyTo, RETRY_MAX, RETRY_MIN};
 use session::Session;

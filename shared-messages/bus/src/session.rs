@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use super::addresses::{host_of, Addresses};
 use super::backoff::Backoff;
 use super::{consumer, rpc, Inner};
-use crate::topology::{ExchangeType, QueueArgument, QueueSpec, Topology};
+use shared_messages::topology::{ExchangeType, QueueArgument, QueueSpec, Topology};
 
 /// How long one attempt to connect and declare may take before it is
 /// abandoned and retried (a half-open TCP connection would otherwise hang).

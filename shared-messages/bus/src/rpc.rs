@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::session::Session;
 use super::{Bus, BusError, Inner, Route};
-use crate::envelope::Envelope;
+use shared_messages::envelope::Envelope;
 
 pub(super) const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
