@@ -4,10 +4,11 @@
 //!   goes to its fulfillment's actor (enqueued before the first await, so
 //!   per-fulfillment order is the queue's order) and is acked once the
 //!   outcome is stored. A signal with `reply_to` is answered with a
-//!   `SignalReply`. How each delivery is settled is the workflow's
-//!   decision ([`workflow::settle`], [`workflow::check_entity`]): a
-//!   signal whose envelope and payload name different fulfillments, or
-//!   one for nothing, is dead-lettered with why.
+//!   `SignalReply`. How each delivery is settled is decided by [`settle`]
+//!   from the workflow's reply (or the store's failure): a signal for
+//!   nothing, or an invalid one nobody waits on, is dead-lettered with
+//!   why, as is one whose envelope and payload name different
+//!   fulfillments ([`workflow::check_entity`]).
 //! - `fulfillment.queries`: status and progress, answered from the store.
 //!
 //! Events do not go out from here: every transition writes its
@@ -18,14 +19,14 @@ use std::sync::Arc;
 
 use futures::future::{self, BoxFuture, FutureExt};
 use shared_messages::bus::{Bus, BusConfig, Incoming, Outcome, ReplyTo};
-use shared_messages::messages::{ReplyError, SignalReply};
+use shared_messages::messages::{ReplyError, ReplyErrorCode, SignalReply};
 use shared_messages::topology::{self, FULFILLMENT_QUERIES_QUEUE, FULFILLMENT_SIGNALS_QUEUE};
 use shared_messages::{Envelope, Message};
 use tracing::Instrument;
 
 use crate::actor::Registry;
 use crate::store::StoreError;
-use crate::workflow::{self, Handled, Input, Settle};
+use crate::workflow::{self, Input, Reply};
 
 /// The bus with both consumers registered (not started).
 pub fn connect(amqp_url: &str, registry: Registry) -> Bus {
@@ -104,29 +105,18 @@ pub fn handle_signal(
     let bus = bus.clone();
     let registry = registry.clone();
     async move {
-        let result = outcome.await;
-        let handled = match &result {
-            Ok(reply) => Handled::Decided(reply),
-            Err(error) => Handled::StoreFailed {
-                permanent: matches!(error, StoreError::Corrupt { .. }),
-                error: error.to_string(),
-            },
-        };
-        let settled = workflow::settle(handled, reply_to.is_some(), message_type);
-        let reply = match (settled, result) {
-            (Settle::Reply, Ok(reply)) => reply,
-            (Settle::Ack, Ok(Err(error))) => {
-                tracing::warn!(%fulfillment_id, %message_id, message_type, reason = %error.message, "signal refused");
+        let reply = match settle(outcome.await, reply_to.is_some(), message_type) {
+            Settle::Reply(reply) => reply,
+            Settle::Ack => return Outcome::Ack,
+            Settle::Refused(reason) => {
+                tracing::warn!(%fulfillment_id, %message_id, message_type, %reason, "signal refused");
                 return Outcome::Ack;
             }
-            (Settle::Ack, _) => return Outcome::Ack,
-            (Settle::DeadLetter(reason), _) => return Outcome::DeadLetter(reason),
-            (Settle::Retry(error), _) => {
+            Settle::DeadLetter(reason) => return Outcome::DeadLetter(reason),
+            Settle::Retry(error) => {
                 tracing::error!(%fulfillment_id, %message_id, %error, "cannot store a signal's outcome");
                 return Outcome::Retry(error);
             }
-            // settle() answers store failures before replies.
-            (Settle::Reply, Err(error)) => return Outcome::Retry(error.to_string()),
         };
         let answer = match &reply {
             Ok(accepted) => SignalReply::accepted(accepted.status),
@@ -143,6 +133,53 @@ pub fn handle_signal(
     }
     .instrument(span)
     .boxed()
+}
+
+/// How a signal delivery is settled once its outcome is known.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    /// Done and stored: ack.
+    Ack,
+    /// Refused, with nobody waiting to be told (the fulfillment recorded
+    /// it and said so in its status event): ack, and log why.
+    Refused(String),
+    /// Answer the sender with this (accepted or rejected), then ack.
+    Reply(Reply),
+    /// It can never succeed: to the dead-letter queue with this reason.
+    DeadLetter(String),
+    /// The store failed: deliver again later.
+    Retry(String),
+}
+
+/// How a signal delivery is settled: a store failure is retried, unless
+/// retrying cannot help (an unreadable stored row: dead-lettered); a
+/// sender that waits for an answer is answered (accepted or rejected,
+/// never dead-lettered); without one, a signal for nothing or an invalid
+/// one is dead-lettered with why, and any other refusal (e.g. a cancel of
+/// a shipped fulfillment) is acked.
+pub fn settle(
+    outcome: Result<Reply, StoreError>,
+    has_reply_to: bool,
+    message_type: &str,
+) -> Settle {
+    let reply = match outcome {
+        Err(error @ StoreError::Corrupt { .. }) => {
+            return Settle::DeadLetter(format!("{message_type} cannot be applied: {error}"))
+        }
+        Err(error) => return Settle::Retry(error.to_string()),
+        Ok(reply) => reply,
+    };
+    if has_reply_to {
+        return Settle::Reply(reply);
+    }
+    match reply {
+        Ok(_) => Settle::Ack,
+        Err(error) if error.code == ReplyErrorCode::NotFound => Settle::DeadLetter(error.message),
+        Err(error) if error.code == ReplyErrorCode::Invalid => {
+            Settle::DeadLetter(format!("{message_type} rejected: {}", error.message))
+        }
+        Err(error) => Settle::Refused(error.message),
+    }
 }
 
 /// Handles one query delivery.
@@ -209,5 +246,79 @@ async fn send_reply(bus: &Bus, to: &ReplyTo, fulfillment_id: &str, message: Mess
     if let Err(error) = bus.reply(to, &envelope).await {
         // The requester times out; nothing else to do.
         tracing::warn!(%fulfillment_id, %error, "cannot send a reply");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shared_messages::messages::{FulfillmentStatus, GetFulfillmentStatus, PauseFulfillment};
+
+    use super::*;
+    use crate::workflow::Accepted;
+
+    #[test]
+    fn deliveries_are_settled_by_their_outcome() {
+        let ok: Reply = Ok(Accepted {
+            status: FulfillmentStatus::Picking,
+            created: false,
+        });
+        let not_found: Reply = Err(ReplyError::not_found("no fulfillment f"));
+        let invalid: Reply = Err(ReplyError::invalid("items must not be empty"));
+        let conflict: Reply = Err(ReplyError::conflict("it has already shipped"));
+        let t = "PauseFulfillment";
+        assert_eq!(settle(Ok(ok.clone()), false, t), Settle::Ack);
+        assert_eq!(settle(Ok(ok.clone()), true, t), Settle::Reply(ok));
+        assert_eq!(
+            settle(Ok(not_found.clone()), false, t),
+            Settle::DeadLetter("no fulfillment f".into())
+        );
+        assert_eq!(
+            settle(Ok(not_found.clone()), true, t),
+            Settle::Reply(not_found)
+        );
+        assert_eq!(
+            settle(Ok(invalid.clone()), false, t),
+            Settle::DeadLetter("PauseFulfillment rejected: items must not be empty".into())
+        );
+        assert_eq!(settle(Ok(invalid.clone()), true, t), Settle::Reply(invalid));
+        // A refused cancel of a shipped one: recorded, acked, never dead-lettered.
+        assert_eq!(
+            settle(Ok(conflict.clone()), false, t),
+            Settle::Refused("it has already shipped".into())
+        );
+        assert_eq!(
+            settle(Ok(conflict.clone()), true, t),
+            Settle::Reply(conflict)
+        );
+        // The store failed: again later, whoever waits.
+        for has_reply_to in [false, true] {
+            assert_eq!(
+                settle(Err(StoreError::Unavailable("disk".into())), has_reply_to, t),
+                Settle::Retry("store unavailable: disk".into())
+            );
+        }
+        // A row that cannot be read will not be readable next time either.
+        let corrupt = StoreError::Corrupt {
+            id: "f".into(),
+            reason: "bad json".into(),
+        };
+        assert!(matches!(
+            settle(Err(corrupt), true, t),
+            Settle::DeadLetter(reason) if reason.contains("PauseFulfillment") && reason.contains("bad json")
+        ));
+    }
+
+    #[test]
+    fn only_signals_are_inputs() {
+        assert_eq!(
+            input_of(Message::PauseFulfillment(PauseFulfillment {})),
+            Ok(Input::Pause)
+        );
+        let err = input_of(Message::GetFulfillmentStatus(GetFulfillmentStatus {}))
+            .expect_err("a query is not a signal");
+        assert!(
+            err.contains("GetFulfillmentStatus") && err.contains(FULFILLMENT_SIGNALS_QUEUE),
+            "{err}"
+        );
     }
 }
