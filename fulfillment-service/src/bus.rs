@@ -198,47 +198,78 @@ pub fn handle_query(
         )))
         .boxed();
     };
-    let progress = match envelope.message {
-        Message::GetFulfillmentStatus(_) => false,
-        Message::GetFulfillmentProgress(_) => true,
-        other => {
-            return future::ready(Outcome::DeadLetter(format!(
-                "{} is not a fulfillment query and does not belong on {FULFILLMENT_QUERIES_QUEUE}",
-                other.type_name()
-            )))
-            .boxed()
-        }
+    let query = match query_of(envelope.message) {
+        Ok(query) => query,
+        Err(reason) => return future::ready(Outcome::DeadLetter(reason)).boxed(),
     };
     let fulfillment_id = envelope.entity_id;
     let span = tracing::debug_span!(
         "query",
         fulfillment_id = %fulfillment_id,
         message_id = %envelope.message_id,
-        progress,
+        progress = query == Query::Progress,
     );
     let loaded = registry.load(&fulfillment_id);
     let timing = registry.timing();
     let bus = bus.clone();
     async move {
-        let answer = match loaded {
-            // A row that cannot be read will not be readable on retry.
-            Err(error @ StoreError::Corrupt { .. }) => {
-                return Outcome::DeadLetter(error.to_string())
-            }
-            Err(error) => return Outcome::Retry(error.to_string()),
-            Ok(None) => Message::QueryFailed(ReplyError::not_found(format!(
-                "no fulfillment {fulfillment_id}"
-            ))),
-            Ok(Some(state)) if progress => Message::FulfillmentProgressReply(Box::new(
-                state.progress_view(chrono::Utc::now(), timing),
-            )),
-            Ok(Some(state)) => Message::FulfillmentStatusReply(Box::new(state.status_view())),
+        let answer = match answer_query(&fulfillment_id, query, loaded, chrono::Utc::now(), timing)
+        {
+            Ok(answer) => answer,
+            Err(outcome) => return outcome,
         };
         send_reply(&bus, &to, &fulfillment_id, answer).await;
         Outcome::Ack
     }
     .instrument(span)
     .boxed()
+}
+
+/// What a query asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    Status,
+    Progress,
+}
+
+/// The query a message is, or why it does not belong on the queue.
+fn query_of(message: Message) -> Result<Query, String> {
+    match message {
+        Message::GetFulfillmentStatus(_) => Ok(Query::Status),
+        Message::GetFulfillmentProgress(_) => Ok(Query::Progress),
+        other => Err(format!(
+            "{} is not a fulfillment query and does not belong on {FULFILLMENT_QUERIES_QUEUE}",
+            other.type_name()
+        )),
+    }
+}
+
+/// The answer to a query from what the store holds, or how the delivery
+/// is settled without one: a row that cannot be read is dead-lettered (it
+/// will not be readable on retry), any other store failure is retried; a
+/// fulfillment that does not exist is answered as not found.
+fn answer_query(
+    fulfillment_id: &str,
+    query: Query,
+    loaded: Result<Option<workflow::Fulfillment>, StoreError>,
+    now: chrono::DateTime<chrono::Utc>,
+    timing: workflow::Timing,
+) -> Result<Message, Outcome> {
+    Ok(match loaded {
+        Err(error @ StoreError::Corrupt { .. }) => {
+            return Err(Outcome::DeadLetter(error.to_string()))
+        }
+        Err(error) => return Err(Outcome::Retry(error.to_string())),
+        Ok(None) => Message::QueryFailed(ReplyError::not_found(format!(
+            "no fulfillment {fulfillment_id}"
+        ))),
+        Ok(Some(state)) => match query {
+            Query::Progress => {
+                Message::FulfillmentProgressReply(Box::new(state.progress_view(now, timing)))
+            }
+            Query::Status => Message::FulfillmentStatusReply(Box::new(state.status_view())),
+        },
+    })
 }
 
 async fn send_reply(bus: &Bus, to: &ReplyTo, fulfillment_id: &str, message: Message) {
@@ -306,6 +337,75 @@ mod tests {
             settle(Err(corrupt), true, t),
             Settle::DeadLetter(reason) if reason.contains("PauseFulfillment") && reason.contains("bad json")
         ));
+    }
+
+    #[test]
+    fn queries_are_answered_from_the_store_or_settled_without_an_answer() {
+        let timing = workflow::Timing {
+            step_delay: std::time::Duration::from_secs(1),
+        };
+        let now = chrono::Utc::now();
+        let answer = |query, loaded| answer_query("f-1", query, loaded, now, timing);
+        assert!(matches!(
+            answer(Query::Status, Ok(None)),
+            Ok(Message::QueryFailed(e)) if e.code == ReplyErrorCode::NotFound && e.message.contains("f-1")
+        ));
+        assert_eq!(
+            answer(Query::Progress, Err(StoreError::Unavailable("disk".into()))),
+            Err(Outcome::Retry("store unavailable: disk".into()))
+        );
+        let corrupt = StoreError::Corrupt {
+            id: "f-1".into(),
+            reason: "bad json".into(),
+        };
+        assert!(matches!(
+            answer(Query::Status, Err(corrupt)),
+            Err(Outcome::DeadLetter(reason)) if reason.contains("bad json")
+        ));
+        assert_eq!(
+            query_of(Message::GetFulfillmentProgress(
+                shared_messages::messages::GetFulfillmentProgress {}
+            )),
+            Ok(Query::Progress)
+        );
+        // a stored one: its status, or its progress as of now
+        let request = shared_messages::messages::FulfillmentRequest {
+            order_id: "ORD-1".into(),
+            customer_id: "c-1".into(),
+            customer_name: None,
+            customer_email: None,
+            items: vec![shared_messages::messages::OrderItem {
+                product_id: "p".into(),
+                product_name: "Thing".into(),
+                quantity: 1,
+                price: 1.0,
+            }],
+            shipping_address: shared_messages::messages::Address {
+                street: "1 Main St".into(),
+                city: "Springfield".into(),
+                state: "IL".into(),
+                zip_code: "62701".into(),
+                country: "USA".into(),
+            },
+        };
+        let ctx = workflow::Context {
+            message_id: None,
+            now,
+            timing,
+        };
+        let stored = workflow::create("fulfillment-ORD-1", &Input::Start(request), ctx).state;
+        assert!(stored.is_some());
+        assert!(matches!(
+            answer(Query::Status, Ok(stored.clone())),
+            Ok(Message::FulfillmentStatusReply(v)) if v.status == FulfillmentStatus::Picking
+        ));
+        assert!(matches!(
+            answer(Query::Progress, Ok(stored)),
+            Ok(Message::FulfillmentProgressReply(p)) if p.total_steps == 5 && p.estimated_completion.is_some()
+        ));
+        let err = query_of(Message::PauseFulfillment(PauseFulfillment {}))
+            .expect_err("a signal is not a query");
+        assert!(err.contains(FULFILLMENT_QUERIES_QUEUE), "{err}");
     }
 
     #[test]
