@@ -56,6 +56,7 @@ use shared_messages::messages::{
 use shared_messages::topology::{FULFILLMENT_SIGNALS_EXCHANGE, FULFILLMENT_SIGNAL_KEY};
 use shared_messages::{Envelope, Message};
 use uuid::Uuid;
+
 /// Longest string accepted in any field, so one order cannot bloat the store.
 pub const MAX_FIELD: usize = 500;
 
