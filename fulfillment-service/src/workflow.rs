@@ -226,9 +226,11 @@ pub struct Decision {
     pub state: Option<Fulfillment>,
     /// Events to store in the outbox in the same transaction.
     pub messages: Vec<(Route, Envelope)>,
+    /// What the write does besides storing the state.
     pub effects: Vec<Effect>,
     /// History entries to store in the same transaction.
     pub history: Vec<Entry>,
+    /// The answer to the signal's sender.
     pub reply: Reply,
 }
 

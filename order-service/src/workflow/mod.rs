@@ -529,6 +529,7 @@ pub struct Decision {
     pub effects: Vec<Effect>,
     /// History entries, stored with the state.
     pub history: Vec<HistoryEvent>,
+    /// The answer to whoever sent the input.
     pub reply: Reply,
 }
 
@@ -602,7 +603,7 @@ pub fn resume(state: &OrderState) -> Vec<Effect> {
     }
 }
 
-/// Decides one input: the module of its group does.
+/// Decides one input; the module of its group does.
 pub fn decide(state: &OrderState, input: Input, ctx: Context) -> Decision {
     let now = ctx.now;
     match input {
