@@ -1,8 +1,8 @@
-//! The fulfillment workflow as a pure state machine.
-//!
-//! `(state, input) -> Decision { state to store, events to publish, reply }`,
-//! with no broker, no store and no clock of its own (the caller passes
-//! `now`), so unit tests drive every path without sleeping.
+//! The fulfillment workflow as a pure state machine:
+//! `decide(state, input, context) -> Decision` (the state to store, the
+//! messages to publish, the effects, the history entries, the reply), with
+//! no broker, no store and no clock of its own (the context brings `now`),
+//! so unit tests drive every path without sleeping.
 //!
 //! Steps: one per order line picked, then a quality check, packing, the
 //! shipping label and shipping, so `totalSteps = items + 4`. The step in
@@ -24,18 +24,19 @@
 //! received, the creation, each step completed, each status change, a
 //! refused cancel, an applied tombstone. They are stored in the same
 //! transaction as the state, so a redelivered signal (recognised by its
-//! message id) adds none. How a delivery is then settled (ack, reply,
-//! dead-letter, retry) is decided by [`settle`] and [`check_entity`].
+//! message id) adds none. Whether a signal's envelope and payload agree is
+//! [`check_entity`]; how its delivery is then settled (ack, reply,
+//! dead-letter, retry) is [`crate::bus::settle`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use message_bus::Route;
 use serde::{Deserialize, Serialize};
+use message_bus::Route;
 use shared_messages::messages::{
     Address, CompletedStep, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus,
-    FulfillmentStatusChanged, FulfillmentStatusView, ReplyError, ReplyErrorCode,
+    FulfillmentStatusChanged, FulfillmentStatusView, ReplyError,
 };
 use shared_messages::topology::{
     fulfillment_event_key, fulfillment_progress_key, FULFILLMENT_EVENTS_EXCHANGE,
@@ -209,17 +210,27 @@ pub struct Accepted {
 
 pub type Reply = Result<Accepted, ReplyError>;
 
+/// What the store does with a decision besides its state, messages and
+/// history. (The step timer follows the stored state: the actor arms it
+/// while steps run.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// The fulfillment's tombstone was applied: remove it in the same write.
+    ClearTombstone,
+}
+
 /// The outcome of one input.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    /// The state to store, when anything changed.
+    /// The state to store; `None` when nothing changed.
     pub state: Option<Fulfillment>,
     /// Events to store in the outbox in the same transaction.
-    pub events: Vec<(Route, Envelope)>,
+    pub messages: Vec<(Route, Envelope)>,
+    /// What the write does besides storing the state.
+    pub effects: Vec<Effect>,
     /// History entries to store in the same transaction.
     pub history: Vec<Entry>,
-    /// The fulfillment's tombstone was applied: remove it with this write.
-    pub clears_tombstone: bool,
+    /// The answer to the signal's sender.
     pub reply: Reply,
 }
 
@@ -232,22 +243,36 @@ impl Decision {
             if state.traceparent.is_none() {
                 state.traceparent = traceparent.map(str::to_owned);
             }
-            for (_, event) in &mut self.events {
+            for (_, event) in &mut self.messages {
                 event.traceparent = message_bus::trace::child_of(state.traceparent.as_deref());
             }
         }
         self
     }
 
+    /// Whether storing it removes the fulfillment's tombstone.
+    pub fn clears_tombstone(&self) -> bool {
+        self.effects.contains(&Effect::ClearTombstone)
+    }
+
     fn unchanged(reply: Reply) -> Self {
         Self {
             state: None,
-            events: Vec::new(),
+            messages: Vec::new(),
+            effects: Vec::new(),
             history: Vec::new(),
-            clears_tombstone: false,
             reply,
         }
     }
+}
+
+/// What a decision is made with besides the state and the input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    /// The signal's message id (none for the step timer and HTTP).
+    pub message_id: Option<Uuid>,
+    pub now: DateTime<Utc>,
+    pub timing: Timing,
 }
 
 /// Settings the views depend on.
@@ -257,14 +282,8 @@ pub struct Timing {
 }
 
 /// A new fulfillment from `input` (which must be a creating input).
-pub fn create(
-    id: &str,
-    input: &Input,
-    message_id: Option<Uuid>,
-    now: DateTime<Utc>,
-    timing: Timing,
-) -> Decision {
-    create_after(id, input, message_id, now, timing, None)
+pub fn create(id: &str, input: &Input, ctx: Context) -> Decision {
+    create_after(id, input, ctx, None)
 }
 
 /// A new fulfillment from `input`; with a `tombstone` (a cancel that came
@@ -273,11 +292,14 @@ pub fn create(
 pub fn create_after(
     id: &str,
     input: &Input,
-    message_id: Option<Uuid>,
-    now: DateTime<Utc>,
-    timing: Timing,
+    ctx: Context,
     tombstone: Option<&Tombstone>,
 ) -> Decision {
+    let Context {
+        message_id,
+        now,
+        timing,
+    } = ctx;
     let (order_id, request) = match input {
         Input::Create { order_id } => {
             if order_id.trim().is_empty() {
@@ -340,7 +362,9 @@ pub fn create_after(
     }
     state.remember(message_id);
     let mut decision = transition(state, None, now, timing, true, history);
-    decision.clears_tombstone = tombstone.is_some();
+    if tombstone.is_some() {
+        decision.effects.push(Effect::ClearTombstone);
+    }
     decision
 }
 
@@ -351,10 +375,10 @@ pub fn create_after(
 pub fn absent(
     id: &str,
     input: &Input,
-    message_id: Option<Uuid>,
-    now: DateTime<Utc>,
+    ctx: Context,
 ) -> Result<(Tombstone, Vec<Entry>, Reply), Reply> {
-    match (input, message_id) {
+    let now = ctx.now;
+    match (input, ctx.message_id) {
         (Input::Cancel { reason }, Some(message_id)) => {
             let tombstone = Tombstone {
                 id: id.to_owned(),
@@ -377,14 +401,14 @@ pub fn absent(
 }
 
 /// Applies `input` to `state`.
-pub fn decide(
-    state: &Fulfillment,
-    input: &Input,
-    message_id: Option<Uuid>,
-    now: DateTime<Utc>,
-    timing: Timing,
-) -> Decision {
+pub fn decide(state: &Fulfillment, input: Input, ctx: Context) -> Decision {
     use FulfillmentStatus as S;
+    let input = &input;
+    let Context {
+        message_id,
+        now,
+        timing,
+    } = ctx;
     if let Some(id) = message_id {
         if state.processed.contains(&id) {
             // A redelivery: answered as the first time, nothing stored.
@@ -565,9 +589,9 @@ fn transition(
     });
     Decision {
         state: Some(state),
-        events: vec![(route, envelope)],
+        messages: vec![(route, envelope)],
+        effects: Vec::new(),
         history,
-        clears_tombstone: false,
         reply,
     }
 }
@@ -694,9 +718,9 @@ impl Fulfillment {
                 next.updated_at = now;
                 Decision {
                     state: Some(next),
-                    events: Vec::new(),
+                    messages: Vec::new(),
+                    effects: Vec::new(),
                     history: input.received(message_id, now).into_iter().collect(),
-                    clears_tombstone: false,
                     reply: Ok(self.accepted()),
                 }
             }
@@ -735,9 +759,9 @@ impl Fulfillment {
         );
         Decision {
             state: Some(next),
-            events: vec![(route, envelope)],
+            messages: vec![(route, envelope)],
+            effects: Vec::new(),
             history,
-            clears_tombstone: false,
             reply,
         }
     }
@@ -816,54 +840,6 @@ impl Fulfillment {
     }
 }
 
-/// How a signal delivery is settled once its outcome is known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Settle {
-    /// Done (stored, or refused with nobody to tell): ack.
-    Ack,
-    /// Answer the sender (accepted or rejected), then ack.
-    Reply,
-    /// It can never succeed: to the dead-letter queue with this reason.
-    DeadLetter(String),
-    /// The store failed: deliver again later.
-    Retry(String),
-}
-
-/// What the store said about a signal: the workflow's reply, or a failure
-/// (`permanent` when retrying cannot help, e.g. an unreadable stored row).
-pub enum Handled<'a> {
-    Decided(&'a Reply),
-    StoreFailed { permanent: bool, error: String },
-}
-
-/// How a signal delivery is settled: a sender that waits for an answer is
-/// answered (accepted or rejected, never dead-lettered); without one, a
-/// signal for nothing or an invalid one is dead-lettered with why, a
-/// refusal (e.g. a cancel of a shipped fulfillment) is acked, since the
-/// fulfillment recorded it and said so in its status event.
-pub fn settle(handled: Handled<'_>, has_reply_to: bool, message_type: &str) -> Settle {
-    let reply = match handled {
-        Handled::StoreFailed {
-            permanent: true,
-            error,
-        } => return Settle::DeadLetter(format!("{message_type} cannot be applied: {error}")),
-        Handled::StoreFailed { error, .. } => return Settle::Retry(error),
-        Handled::Decided(reply) => reply,
-    };
-    if has_reply_to {
-        return Settle::Reply;
-    }
-    match reply {
-        Err(error) if error.code == ReplyErrorCode::NotFound => {
-            Settle::DeadLetter(error.message.clone())
-        }
-        Err(error) if error.code == ReplyErrorCode::Invalid => {
-            Settle::DeadLetter(format!("{message_type} rejected: {}", error.message))
-        }
-        Ok(_) | Err(_) => Settle::Ack,
-    }
-}
-
 /// A signal's envelope names the fulfillment it is for; a payload that
 /// names an order must name that fulfillment's order. A mismatch is never
 /// applied (it would start one order's fulfillment with another's goods).
@@ -887,12 +863,20 @@ pub fn check_entity(entity_id: &str, input: &Input) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared_messages::messages::OrderItem;
+    use shared_messages::messages::{OrderItem, ReplyErrorCode};
     use FulfillmentStatus as S;
 
     const TIMING: Timing = Timing {
         step_delay: Duration::from_millis(1000),
     };
+
+    fn ctx(message_id: Option<Uuid>) -> Context {
+        Context {
+            message_id,
+            now: now(),
+            timing: TIMING,
+        }
+    }
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
@@ -932,9 +916,7 @@ mod tests {
         let d = create(
             "fulfillment-ORD-1",
             &Input::Start(request(items)),
-            None,
-            now(),
-            TIMING,
+            ctx(None),
         );
         assert_eq!(
             d.reply,
@@ -948,7 +930,7 @@ mod tests {
 
     /// Applies an input that must be accepted and change the state.
     fn apply(state: &Fulfillment, input: Input) -> Fulfillment {
-        let d = decide(state, &input, Some(Uuid::new_v4()), now(), TIMING);
+        let d = decide(state, input.clone(), ctx(Some(Uuid::new_v4())));
         assert!(
             d.reply.is_ok(),
             "{input:?} on {:?}: {:?}",
@@ -974,9 +956,9 @@ mod tests {
     }
 
     fn rejected(state: &Fulfillment, input: Input) -> ReplyError {
-        let d = decide(state, &input, Some(Uuid::new_v4()), now(), TIMING);
+        let d = decide(state, input, ctx(Some(Uuid::new_v4())));
         assert_eq!(d.state, None, "a rejection changes nothing");
-        assert!(d.events.is_empty());
+        assert!(d.messages.is_empty());
         d.reply.expect_err("rejected")
     }
 
@@ -1018,9 +1000,9 @@ mod tests {
     #[test]
     fn every_transition_has_one_event_with_a_deterministic_id() {
         let f = started(1);
-        let d = decide(&f, &Input::StepDone { step: 0 }, None, now(), TIMING);
-        assert_eq!(d.events.len(), 1);
-        let (route, envelope) = &d.events[0];
+        let d = decide(&f, Input::StepDone { step: 0 }, ctx(None));
+        assert_eq!(d.messages.len(), 1);
+        let (route, envelope) = &d.messages[0];
         // An item picked is progress within PICKING, not a new status.
         assert_eq!(route.routing_key, "fulfillment.progress.picking");
         assert_eq!(
@@ -1036,18 +1018,12 @@ mod tests {
 
     #[test]
     fn status_changes_are_status_events_and_steps_within_a_status_progress_events() {
-        let created = create(
-            "fulfillment-ORD-1",
-            &Input::Start(request(2)),
-            None,
-            now(),
-            TIMING,
-        );
-        let mut keys = vec![created.events[0].0.routing_key.clone()];
+        let created = create("fulfillment-ORD-1", &Input::Start(request(2)), ctx(None));
+        let mut keys = vec![created.messages[0].0.routing_key.clone()];
         let mut f = created.state.expect("created");
         while f.status != S::Shipped {
-            let d = decide(&f, &Input::StepDone { step: f.step }, None, now(), TIMING);
-            keys.extend(d.events.iter().map(|(r, _)| r.routing_key.clone()));
+            let d = decide(&f, Input::StepDone { step: f.step }, ctx(None));
+            keys.extend(d.messages.iter().map(|(r, _)| r.routing_key.clone()));
             f = d.state.expect("a step moves on");
         }
         assert_eq!(
@@ -1063,17 +1039,18 @@ mod tests {
             ]
         );
         let f = started(1);
-        let paused = decide(&f, &Input::Pause, None, now(), TIMING);
-        assert_eq!(paused.events[0].0.routing_key, "fulfillment.status.paused");
+        let paused = decide(&f, Input::Pause, ctx(None));
+        assert_eq!(
+            paused.messages[0].0.routing_key,
+            "fulfillment.status.paused"
+        );
         let moved = decide(
             &f,
-            &Input::UpdateAddress(address("9 Elsewhere Road")),
-            None,
-            now(),
-            TIMING,
+            Input::UpdateAddress(address("9 Elsewhere Road")),
+            ctx(None),
         );
         assert_eq!(
-            moved.events[0].0.routing_key,
+            moved.messages[0].0.routing_key,
             "fulfillment.progress.picking"
         );
     }
@@ -1085,9 +1062,7 @@ mod tests {
             &Input::Create {
                 order_id: "ORD-1".into(),
             },
-            None,
-            now(),
-            TIMING,
+            ctx(None),
         );
         let f = d.state.expect("created");
         assert_eq!(f.status, S::Waiting);
@@ -1096,20 +1071,14 @@ mod tests {
         let f = apply(&f, Input::Start(request(3)));
         assert_eq!(progress(&f), (S::Picking, 1, 0, 0, 3));
         // a second start is a no-op
-        let d = decide(&f, &Input::Start(request(3)), None, now(), TIMING);
+        let d = decide(&f, Input::Start(request(3)), ctx(None));
         assert_eq!(d.state, None);
         assert_eq!(d.reply.map(|a| a.status), Ok(S::Picking));
     }
 
     #[test]
     fn invalid_start_is_rejected_as_invalid() {
-        let d = create(
-            "fulfillment-ORD-1",
-            &Input::Start(request(0)),
-            None,
-            now(),
-            TIMING,
-        );
+        let d = create("fulfillment-ORD-1", &Input::Start(request(0)), ctx(None));
         assert_eq!(d.state, None);
         assert_eq!(d.reply.expect_err("no items").code, ReplyErrorCode::Invalid);
     }
@@ -1125,17 +1094,17 @@ mod tests {
         assert_eq!(paused.status, S::Paused);
         assert_eq!(progress(&paused), (S::Paused, 4, 50, 2, 2));
         // a timer that fires late does not advance a paused fulfillment
-        let d = decide(&paused, &Input::StepDone { step: 3 }, None, now(), TIMING);
+        let d = decide(&paused, Input::StepDone { step: 3 }, ctx(None));
         assert_eq!(d.state, None);
         // pausing again is a no-op success
-        let d = decide(&paused, &Input::Pause, None, now(), TIMING);
+        let d = decide(&paused, Input::Pause, ctx(None));
         assert_eq!(d.state, None);
         assert_eq!(d.reply.map(|a| a.status), Ok(S::Paused));
         let resumed = apply(&paused, Input::Resume);
         assert_eq!(resumed.status, S::Packing, "back to the paused status");
         assert_eq!(resumed.step, 3, "and to the paused step");
         // resuming a running one is a no-op success
-        let d = decide(&resumed, &Input::Resume, None, now(), TIMING);
+        let d = decide(&resumed, Input::Resume, ctx(None));
         assert_eq!(d.state, None);
         assert_eq!(d.reply.map(|a| a.status), Ok(S::Packing));
         let packed = step(&resumed);
@@ -1164,25 +1133,13 @@ mod tests {
             Some("customer asked")
         );
         assert_eq!(cancelled.items_picked(), 1);
-        let d = decide(
-            &cancelled,
-            &Input::StepDone { step: 1 },
-            None,
-            now(),
-            TIMING,
-        );
+        let d = decide(&cancelled, Input::StepDone { step: 1 }, ctx(None));
         assert_eq!(d.state, None, "a stale timer changes nothing");
         // cancelling again is an idempotent success that says so again
-        let d = decide(
-            &cancelled,
-            &Input::Cancel { reason: "x".into() },
-            None,
-            now(),
-            TIMING,
-        );
+        let d = decide(&cancelled, Input::Cancel { reason: "x".into() }, ctx(None));
         assert_eq!(d.reply.map(|a| a.status), Ok(S::Cancelled));
-        assert_eq!(d.events.len(), 1);
-        assert_eq!(d.events[0].0.routing_key, "fulfillment.status.cancelled");
+        assert_eq!(d.messages.len(), 1);
+        assert_eq!(d.messages[0].0.routing_key, "fulfillment.status.cancelled");
         assert_eq!(d.state.map(|s| s.status), Some(S::Cancelled));
     }
 
@@ -1196,9 +1153,7 @@ mod tests {
             &Input::Create {
                 order_id: "o".into(),
             },
-            None,
-            now(),
-            TIMING,
+            ctx(None),
         )
         .state
         .expect("created");
@@ -1231,13 +1186,13 @@ mod tests {
     fn duplicate_message_ids_change_nothing() {
         let f = started(2);
         let id = Uuid::new_v4();
-        let paused = decide(&f, &Input::Pause, Some(id), now(), TIMING)
+        let paused = decide(&f, Input::Pause, ctx(Some(id)))
             .state
             .expect("paused");
         let resumed = apply(&paused, Input::Resume);
-        let d = decide(&resumed, &Input::Pause, Some(id), now(), TIMING);
+        let d = decide(&resumed, Input::Pause, ctx(Some(id)));
         assert_eq!(d.state, None, "the repeated pause is recognised");
-        assert!(d.events.is_empty());
+        assert!(d.messages.is_empty());
         assert_eq!(d.reply.map(|a| a.status), Ok(S::Picking));
     }
 
@@ -1267,13 +1222,7 @@ mod tests {
             assert!(err.message.contains("shipped"), "{}", err.message);
         }
         // a repeated start stays an idempotent success
-        let d = decide(
-            &f,
-            &Input::Start(request(1)),
-            Some(Uuid::new_v4()),
-            now(),
-            TIMING,
-        );
+        let d = decide(&f, Input::Start(request(1)), ctx(Some(Uuid::new_v4())));
         assert_eq!(d.state, None);
         assert_eq!(d.reply.map(|a| a.status), Ok(S::Shipped));
         let cancelled = apply(&started(1), Input::Cancel { reason: "r".into() });
@@ -1310,7 +1259,7 @@ mod tests {
         };
         let cancel_id = Uuid::new_v4();
         let (tombstone, history, reply) =
-            absent("fulfillment-ORD-1", &cancel, Some(cancel_id), now()).expect("a tombstone");
+            absent("fulfillment-ORD-1", &cancel, ctx(Some(cancel_id))).expect("a tombstone");
         assert_eq!(tombstone.message_id, cancel_id);
         assert_eq!(tombstone.reason, "customer changed their mind");
         assert_eq!(kinds(&history), ["CancelFulfillment"]);
@@ -1320,9 +1269,7 @@ mod tests {
         let d = create_after(
             "fulfillment-ORD-1",
             &Input::Start(request(2)),
-            Some(start_id),
-            now(),
-            TIMING,
+            ctx(Some(start_id)),
             Some(&tombstone),
         );
         assert_eq!(
@@ -1332,7 +1279,7 @@ mod tests {
                 created: true
             })
         );
-        assert!(d.clears_tombstone);
+        assert!(d.clears_tombstone());
         let f = d.state.clone().expect("created");
         assert_eq!(f.status, S::Cancelled);
         assert_eq!(f.items_picked(), 0, "nothing picked");
@@ -1347,7 +1294,7 @@ mod tests {
             ]
         );
         assert_eq!(d.history[2].message_id, Some(cancel_id));
-        let (route, envelope) = &d.events[0];
+        let (route, envelope) = &d.messages[0];
         assert_eq!(route.routing_key, "fulfillment.status.cancelled");
         let Message::FulfillmentStatusChanged(event) = &envelope.message else {
             panic!("a status event")
@@ -1357,7 +1304,7 @@ mod tests {
             Some("customer changed their mind")
         );
         // The cancel, redelivered after the start, changes nothing.
-        let again = decide(&f, &cancel, Some(cancel_id), now(), TIMING);
+        let again = decide(&f, cancel, ctx(Some(cancel_id)));
         assert_eq!(again.state, None);
         assert!(again.history.is_empty());
         // A waiting workflow created after the cancel is cancelled too.
@@ -1366,9 +1313,7 @@ mod tests {
             &Input::Create {
                 order_id: "ORD-1".into(),
             },
-            None,
-            now(),
-            TIMING,
+            ctx(None),
             Some(&tombstone),
         );
         assert_eq!(d.state.map(|s| s.status), Some(S::Cancelled));
@@ -1377,7 +1322,7 @@ mod tests {
     #[test]
     fn only_a_cancel_with_a_message_id_leaves_a_tombstone() {
         let not_found = |input: Input, id: Option<Uuid>| {
-            let refused = absent("f", &input, id, now()).expect_err("not found");
+            let refused = absent("f", &input, ctx(id)).expect_err("not found");
             assert_eq!(
                 refused.expect_err("rejected").code,
                 ReplyErrorCode::NotFound
@@ -1396,12 +1341,10 @@ mod tests {
         let id = Uuid::new_v4();
         let d = decide(
             &f,
-            &Input::Cancel {
+            Input::Cancel {
                 reason: "too late".into(),
             },
-            Some(id),
-            now(),
-            TIMING,
+            ctx(Some(id)),
         );
         let err = d.reply.clone().expect_err("refused");
         assert_eq!(err.code, ReplyErrorCode::Conflict);
@@ -1411,8 +1354,8 @@ mod tests {
         assert!(stored.processed.contains(&id));
         assert_eq!(kinds(&d.history), ["CancelFulfillment", "CancelRefused"]);
         assert_eq!(d.history[1].detail["requestedReason"], "too late");
-        assert_eq!(d.events.len(), 1);
-        let (route, envelope) = &d.events[0];
+        assert_eq!(d.messages.len(), 1);
+        let (route, envelope) = &d.messages[0];
         assert_eq!(route.routing_key, "fulfillment.status.shipped");
         assert_eq!(
             envelope.message_id,
@@ -1422,15 +1365,13 @@ mod tests {
         // Redelivered: the same answer, nothing stored, nothing recorded.
         let again = decide(
             &stored,
-            &Input::Cancel {
+            Input::Cancel {
                 reason: "too late".into(),
             },
-            Some(id),
-            now(),
-            TIMING,
+            ctx(Some(id)),
         );
         assert_eq!(again.state, None);
-        assert!(again.events.is_empty() && again.history.is_empty());
+        assert!(again.messages.is_empty() && again.history.is_empty());
         assert_eq!(
             again.reply.expect_err("still refused").code,
             ReplyErrorCode::Conflict
@@ -1449,39 +1390,33 @@ mod tests {
         let cancel = Input::Cancel {
             reason: "second".into(),
         };
-        let d = decide(&cancelled, &cancel, Some(id), now(), TIMING);
+        let d = decide(&cancelled, cancel.clone(), ctx(Some(id)));
         assert_eq!(d.reply.map(|a| a.status), Ok(S::Cancelled));
-        assert_eq!(d.events[0].0.routing_key, "fulfillment.status.cancelled");
+        assert_eq!(d.messages[0].0.routing_key, "fulfillment.status.cancelled");
         assert_eq!(kinds(&d.history), ["CancelFulfillment"]);
         let stored = d.state.expect("remembered");
         assert_eq!(stored.cancellation_reason.as_deref(), Some("first"));
-        let again = decide(&stored, &cancel, Some(id), now(), TIMING);
+        let again = decide(&stored, cancel, ctx(Some(id)));
         assert_eq!(again.state, None, "no second entry for the same message");
         assert_eq!(again.reply.map(|a| a.status), Ok(S::Cancelled));
     }
 
     #[test]
     fn history_records_signals_steps_and_status_changes() {
-        let d = create(
-            "fulfillment-ORD-1",
-            &Input::Start(request(1)),
-            None,
-            now(),
-            TIMING,
-        );
+        let d = create("fulfillment-ORD-1", &Input::Start(request(1)), ctx(None));
         let mut all = d.history.clone();
         let mut f = d.state.expect("created");
         let pause_id = Uuid::new_v4();
-        let paused = decide(&f, &Input::Pause, Some(pause_id), now(), TIMING);
+        let paused = decide(&f, Input::Pause, ctx(Some(pause_id)));
         all.extend(paused.history.clone());
         f = paused.state.expect("paused");
         f = {
-            let d = decide(&f, &Input::Resume, None, now(), TIMING);
+            let d = decide(&f, Input::Resume, ctx(None));
             all.extend(d.history.clone());
             d.state.expect("resumed")
         };
         while f.status != S::Shipped {
-            let d = decide(&f, &Input::StepDone { step: f.step }, None, now(), TIMING);
+            let d = decide(&f, Input::StepDone { step: f.step }, ctx(None));
             all.extend(d.history.clone());
             f = d.state.expect("a step");
         }
@@ -1511,51 +1446,10 @@ mod tests {
         // A no-op signal is still a signal received; its redelivery is not.
         let resumed = apply(&started(1), Input::Pause);
         let id = Uuid::new_v4();
-        let d = decide(&resumed, &Input::Pause, Some(id), now(), TIMING);
+        let d = decide(&resumed, Input::Pause, ctx(Some(id)));
         assert_eq!(kinds(&d.history), ["PauseFulfillment"]);
-        let again = decide(
-            &d.state.expect("noted"),
-            &Input::Pause,
-            Some(id),
-            now(),
-            TIMING,
-        );
+        let again = decide(&d.state.expect("noted"), Input::Pause, ctx(Some(id)));
         assert!(again.state.is_none() && again.history.is_empty());
-    }
-
-    #[test]
-    fn deliveries_are_settled_by_their_outcome() {
-        let ok: Reply = Ok(Accepted {
-            status: S::Picking,
-            created: false,
-        });
-        let not_found: Reply = Err(ReplyError::not_found("no fulfillment f"));
-        let invalid: Reply = Err(ReplyError::invalid("items must not be empty"));
-        let conflict: Reply = Err(ReplyError::conflict("it has already shipped"));
-        let t = "PauseFulfillment";
-        assert_eq!(settle(Handled::Decided(&ok), false, t), Settle::Ack);
-        assert_eq!(settle(Handled::Decided(&ok), true, t), Settle::Reply);
-        assert_eq!(
-            settle(Handled::Decided(&not_found), false, t),
-            Settle::DeadLetter("no fulfillment f".into())
-        );
-        assert_eq!(settle(Handled::Decided(&not_found), true, t), Settle::Reply);
-        assert_eq!(
-            settle(Handled::Decided(&invalid), false, t),
-            Settle::DeadLetter("PauseFulfillment rejected: items must not be empty".into())
-        );
-        // A refused cancel of a shipped one: recorded, acked, never dead-lettered.
-        assert_eq!(settle(Handled::Decided(&conflict), false, t), Settle::Ack);
-        assert_eq!(settle(Handled::Decided(&conflict), true, t), Settle::Reply);
-        let failed = |permanent| Handled::StoreFailed {
-            permanent,
-            error: "disk".into(),
-        };
-        assert_eq!(settle(failed(false), true, t), Settle::Retry("disk".into()));
-        assert!(matches!(
-            settle(failed(true), false, t),
-            Settle::DeadLetter(reason) if reason.contains("disk")
-        ));
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! What order-service sends and consumes, on the shared AMQP layer.
 //!
 //! - Consumes `order-service.fulfillment-events` (every fulfillment status
-//!   change) and feeds each event to its order's actor; the delivery is
-//!   acked only after the actor has stored the result. Events for orders
-//!   this service does not know are acked and ignored: other systems may
-//!   start fulfillments too.
-//! - Signals to fulfillment that follow from a transition (start, cancel)
+//!   change) and gives each event to its order (an [`EventSink`]: the
+//!   orders of [`crate::actor`]); the delivery is settled by [`settle`]
+//!   once the order has stored the result. Events for orders this service
+//!   does not know are acked and ignored: other systems may start
+//!   fulfillments too.
+//! - Signals to fulfillment that follow from a decision (start, cancel)
 //!   go through the outbox (see [`crate::store`]); signals a person waits
 //!   on (pause, resume, new address) and queries go with
 //!   [`Bus::request`](message_bus::Bus::request).
@@ -13,14 +14,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tracing::Instrument;
 
-use message_bus::trace;
 use message_bus::{Bus, BusError, Handler, Incoming, Outcome, Route};
+use shared_messages::messages::FulfillmentStatus;
 use shared_messages::topology::{FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY};
+use message_bus::trace;
 use shared_messages::{Envelope, Message};
+use uuid::Uuid;
 
-use crate::actor::{ApplyError, Orders};
 use crate::workflow::Input;
 
 /// Where queries to fulfillment go.
@@ -28,53 +31,110 @@ pub fn query_route() -> Route {
     Route::new(FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY, false)
 }
 
+/// What became of an event given to its order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventResult {
+    /// The order took it: stored, or it changed nothing (a redelivery, a
+    /// stale report).
+    Taken,
+    /// The order refused it.
+    Refused,
+    /// This service has no such order.
+    UnknownOrder,
+    /// It could not be stored now (the store failed, or the order's actor
+    /// was restarting): it may be next time.
+    NotStored(String),
+}
+
+/// Where fulfillment events go: the orders.
+pub trait EventSink: Clone + Send + Sync + 'static {
+    /// Gives `input` to order `order_id`; resolves once the outcome is
+    /// stored.
+    fn apply_event(&self, order_id: &str, input: Input) -> BoxFuture<'static, EventResult>;
+}
+
 /// The consumer of `order-service.fulfillment-events`.
-pub fn event_handler(orders: Orders) -> Handler {
+pub fn event_handler(orders: impl EventSink) -> Handler {
     Arc::new(move |incoming: Incoming| {
         let orders = orders.clone();
         Box::pin(async move { handle_event(&orders, incoming).await })
     })
 }
 
-/// Applies one fulfillment event to its order.
-pub async fn handle_event(orders: &Orders, incoming: Incoming) -> Outcome {
-    let message_id = incoming.envelope.message_id;
-    let event = match incoming.envelope.message {
-        Message::FulfillmentStatusChanged(event) => event,
+/// A fulfillment event, as the input of the order it is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub order_id: String,
+    pub fulfillment_id: String,
+    pub status: FulfillmentStatus,
+    pub input: Input,
+}
+
+/// The event a message is; anything else does not belong on the queue
+/// (the error says why).
+pub fn event_of(message: Message, message_id: Uuid) -> Result<Event, String> {
+    let event = match message {
+        Message::FulfillmentStatusChanged(event) => *event,
         other => {
-            return Outcome::DeadLetter(format!(
+            return Err(format!(
                 "order-service.fulfillment-events takes FulfillmentStatusChanged, not {}",
                 other.type_name()
             ))
         }
     };
-    let order_id = event.fulfillment.order_id.clone();
-    let fulfillment_id = event.fulfillment.fulfillment_workflow_id.clone();
+    Ok(Event {
+        order_id: event.fulfillment.order_id.clone(),
+        fulfillment_id: event.fulfillment.fulfillment_workflow_id.clone(),
+        status: event.fulfillment.status,
+        input: Input::Fulfillment {
+            message_id: Some(message_id),
+            view: Box::new(event.fulfillment),
+            progress: Some(Box::new(event.progress)),
+        },
+    })
+}
+
+/// How an event delivery is settled once its order has it: acked when
+/// the order took it, refused it or does not exist here (nothing would
+/// change next time), delivered again when it could not be stored.
+pub fn settle(result: &EventResult) -> Outcome {
+    match result {
+        EventResult::Taken | EventResult::Refused | EventResult::UnknownOrder => Outcome::Ack,
+        EventResult::NotStored(error) => Outcome::Retry(error.clone()),
+    }
+}
+
+/// Applies one fulfillment event to its order.
+pub async fn handle_event(orders: &impl EventSink, incoming: Incoming) -> Outcome {
+    let message_id = incoming.envelope.message_id;
+    let event = match event_of(incoming.envelope.message, message_id) {
+        Ok(event) => event,
+        Err(reason) => return Outcome::DeadLetter(reason),
+    };
+    let Event {
+        order_id,
+        fulfillment_id,
+        status,
+        input,
+    } = event;
     let span = tracing::info_span!(
         "fulfillment_event",
         %order_id,
         %fulfillment_id,
         %message_id,
-        status = %event.fulfillment.status,
+        %status,
         redelivered = incoming.redelivered,
     );
-    let event = *event;
-    let input = Input::Fulfillment {
-        message_id: Some(message_id),
-        view: Box::new(event.fulfillment),
-        progress: Some(Box::new(event.progress)),
-    };
-    let result = orders.apply(&order_id, input).instrument(span).await;
-    match result {
-        Ok(_) | Err(ApplyError::Rejected(_)) => Outcome::Ack,
-        Err(ApplyError::NotFound) => {
+    let result = orders
+        .apply_event(&order_id, input)
+        .instrument(span.clone())
+        .await;
+    if result == EventResult::UnknownOrder {
+        span.in_scope(|| {
             tracing::debug!(%order_id, %fulfillment_id, "event for an order this service does not know; ignored");
-            Outcome::Ack
-        }
-        Err(error @ (ApplyError::Store(_) | ApplyError::Unavailable)) => {
-            Outcome::Retry(error.to_string())
-        }
+        });
     }
+    settle(&result)
 }
 
 /// Asks fulfillment a query (`GetFulfillmentStatus`,
@@ -111,60 +171,16 @@ pub async fn signal_with_reply(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
+pub(crate) mod tests {
     use chrono::Utc;
-    use message_bus::outbox::OutboxSignal;
-    use message_bus::BusConfig;
     use shared_messages::messages::{
-        FulfillmentProgressView, FulfillmentStatus, FulfillmentStatusChanged,
-        FulfillmentStatusView, PauseFulfillment,
+        FulfillmentProgressView, FulfillmentStatusChanged, FulfillmentStatusView, PauseFulfillment,
     };
 
     use super::*;
-    use crate::actor::Timings;
-    use crate::config::StoreLocation;
-    use crate::store::{SqliteStore, Store};
-    use crate::validation::demo_order;
-    use crate::workflow::{OrderState, OrderStatus};
 
-    fn orders() -> Orders {
-        let store =
-            Arc::new(SqliteStore::open(&StoreLocation::SqliteMemory).expect("memory store"));
-        let bus = Bus::new(BusConfig::new(
-            "amqp://127.0.0.1:1/%2f",
-            "order-service-test",
-            shared_messages::topology::order_service(),
-        ));
-        let timings = Timings {
-            inventory_delay: Duration::from_secs(60),
-            payment_delay: Duration::from_secs(60),
-            poll_interval: Duration::from_secs(60),
-            query_timeout: Duration::from_millis(100),
-            payment_decline_rate: 0.0,
-            ..Timings::default()
-        };
-        Orders::new(
-            actix::Arbiter::current(),
-            store as Arc<dyn Store>,
-            bus,
-            OutboxSignal::new(),
-            timings,
-        )
-        .expect("the store writer thread starts")
-    }
-
-    fn incoming(message: Message) -> Incoming {
-        Incoming {
-            envelope: Envelope::new("fulfillment-ORD-1", message),
-            reply_to: None,
-            redelivered: false,
-            traceparent: None,
-        }
-    }
-
-    fn shipped(order_id: &str) -> Message {
+    /// The event of `order_id`'s fulfillment shipping.
+    pub(crate) fn shipped(order_id: &str) -> Message {
         let now = Utc::now();
         let fulfillment_workflow_id = format!("fulfillment-{order_id}");
         Message::FulfillmentStatusChanged(Box::new(FulfillmentStatusChanged {
@@ -200,43 +216,44 @@ mod tests {
         }))
     }
 
-    #[actix_web::test]
-    async fn events_are_applied_ignored_or_dead_lettered() {
-        let orders = orders();
-        // not ours: acked and ignored
+    #[test]
+    fn each_settlement() {
+        assert_eq!(settle(&EventResult::Taken), Outcome::Ack);
+        assert_eq!(settle(&EventResult::Refused), Outcome::Ack);
+        assert_eq!(settle(&EventResult::UnknownOrder), Outcome::Ack);
         assert_eq!(
-            handle_event(&orders, incoming(shipped("ORD-unknown"))).await,
-            Outcome::Ack
+            settle(&EventResult::NotStored("disk full".into())),
+            Outcome::Retry("disk full".into())
         );
-        // not an event: dead-lettered with the reason
-        let outcome = handle_event(
-            &orders,
-            incoming(Message::PauseFulfillment(PauseFulfillment {})),
-        )
-        .await;
-        assert!(matches!(outcome, Outcome::DeadLetter(r) if r.contains("PauseFulfillment")));
+    }
 
-        // an order waiting on fulfillment ships, stored before the ack
-        let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        order.status = OrderStatus::FulfillmentInProgress;
-        order.fulfillment_workflow_id = Some("fulfillment-ORD-1".into());
-        orders.store().insert(&order, &[]).expect("insert");
-        orders.recover().expect("recover");
-        let event = incoming(shipped("ORD-1"));
-        assert_eq!(handle_event(&orders, event.clone()).await, Outcome::Ack);
-        let stored = orders.store().get("ORD-1").expect("get").expect("exists");
-        assert_eq!(stored.status, OrderStatus::Shipped);
-        assert_eq!(stored.tracking_number.as_deref(), Some("TRK-1"));
-        assert_eq!(stored.fulfillment_progress.map(|p| p.percentage), Some(100));
-        // the same event again (redelivery): acked, nothing changes
-        assert_eq!(handle_event(&orders, event).await, Outcome::Ack);
-        assert_eq!(
-            orders
-                .store()
-                .get("ORD-1")
-                .expect("get")
-                .map(|o| o.updated_at),
-            Some(stored.updated_at)
-        );
+    #[test]
+    fn a_status_event_is_its_orders_input() {
+        let id = Uuid::new_v4();
+        let event = event_of(shipped("ORD-1"), id).expect("an event");
+        assert_eq!(event.order_id, "ORD-1");
+        assert_eq!(event.fulfillment_id, "fulfillment-ORD-1");
+        assert_eq!(event.status, FulfillmentStatus::Shipped);
+        let Input::Fulfillment {
+            message_id,
+            view,
+            progress,
+        } = event.input
+        else {
+            panic!("a fulfillment report, not {:?}", event.input);
+        };
+        assert_eq!(message_id, Some(id));
+        assert_eq!(view.tracking_number.as_deref(), Some("TRK-1"));
+        assert_eq!(progress.map(|p| p.percentage), Some(100));
+    }
+
+    #[test]
+    fn anything_else_is_dead_lettered_with_why() {
+        let err = event_of(
+            Message::PauseFulfillment(PauseFulfillment {}),
+            Uuid::new_v4(),
+        )
+        .expect_err("not an event");
+        assert!(err.contains("PauseFulfillment"), "{err}");
     }
 }

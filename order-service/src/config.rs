@@ -1,4 +1,5 @@
-//! Typed settings from the environment (names as in DESIGN.md).
+//! Typed settings from the environment, with the names, services and
+//! defaults listed under "Configuration" in the repository's README.md.
 
 use std::path::PathBuf;
 use std::time::Duration;

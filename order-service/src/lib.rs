@@ -9,9 +9,10 @@
 //! | module | what |
 //! |---|---|
 //! | [`config`] | settings from the environment |
-//! | [`workflow`] | the pure saga: `(state, input) -> (state, effects)` |
+//! | [`workflow`] | the pure saga: `decide(state, input, context) -> Decision` |
 //! | [`inventory`], [`payment`] | the simulated stock and payment services |
-//! | [`validation`] | order ids, request bodies, the demo order |
+//! | [`ids`] | new order ids |
+//! | [`validation`] | request bodies, the demo order |
 //! | [`actor`] | one actix actor per open order, and the registry |
 //! | [`bus`] | the fulfillment-events consumer, queries and signals |
 //! | [`store`] | orders and the outbox, in SQLite or PostgreSQL |
@@ -28,6 +29,7 @@ pub mod actor;
 pub mod bus;
 pub mod config;
 pub mod http;
+pub mod ids;
 pub mod inventory;
 pub mod metrics;
 pub mod payment;

@@ -55,7 +55,7 @@ impl Deps {
     fn persist(&self, decision: &workflow::Decision) -> Result<(), StoreError> {
         if let Some(write) = Write::of(decision) {
             METRICS.store_write("save", || self.store.save_all(std::slice::from_ref(&write)))?;
-            if !decision.events.is_empty() {
+            if !decision.messages.is_empty() {
                 self.outbox.notify();
             }
         }
@@ -76,7 +76,7 @@ pub struct Signal {
 /// A fulfillment whose creation is not stored yet: the events it causes,
 /// the answer to its creating signal, and who waits for that answer.
 pub struct Creation {
-    pub events: Vec<(Route, Envelope)>,
+    pub messages: Vec<(Route, Envelope)>,
     pub history: Vec<workflow::Entry>,
     pub reply: Reply,
     pub answer: oneshot::Sender<Result<Reply, StoreError>>,
@@ -125,7 +125,7 @@ impl FulfillmentActor {
     fn store_creation(&mut self, creation: Creation, ctx: &mut Context<Self>) {
         let write = Write {
             state: self.state.clone(),
-            events: creation.events,
+            events: creation.messages,
             history: creation.history,
             clears_tombstone: false,
         };
@@ -178,15 +178,17 @@ impl FulfillmentActor {
         let mut decision = span.in_scope(|| {
             workflow::decide(
                 &self.state,
-                &input,
-                message_id,
-                Utc::now(),
-                self.deps.timing,
+                input,
+                workflow::Context {
+                    message_id,
+                    now: Utc::now(),
+                    timing: self.deps.timing,
+                },
             )
             .traced(traceparent)
         });
         // Events name this span as their sender when spans are exported.
-        for (_, event) in &mut decision.events {
+        for (_, event) in &mut decision.messages {
             event.traceparent = trace::child_of(position.as_deref());
         }
         let reply = decision.reply.clone();

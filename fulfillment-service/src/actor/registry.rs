@@ -105,7 +105,7 @@ impl Registry {
     ) {
         let (answer, outcome) = oneshot::channel();
         let creation = Creation {
-            events: decision.events,
+            messages: decision.messages,
             history: decision.history,
             reply: decision.reply,
             answer,
@@ -177,6 +177,11 @@ impl Registry {
         // Not running: finished, not yet spawned, or unknown. The lock is
         // held so two creators of one id cannot race.
         let deps = &self.inner.deps;
+        let ctx = workflow::Context {
+            message_id,
+            now: Utc::now(),
+            timing: deps.timing,
+        };
         let stored = match deps.store.load(id) {
             Ok(stored) => stored,
             Err(error) => return future::ready(Err(error)).boxed(),
@@ -188,23 +193,15 @@ impl Registry {
                 actors.insert(id.to_owned(), addr);
                 return request;
             }
-            Some(state) => workflow::decide(&state, &input, message_id, Utc::now(), deps.timing)
-                .traced(traceparent.as_deref()),
+            Some(state) => workflow::decide(&state, input, ctx).traced(traceparent.as_deref()),
             None if input.creates() => {
                 // A cancel that came first makes it start cancelled.
                 let tombstone = match deps.store.tombstone(id) {
                     Ok(tombstone) => tombstone,
                     Err(error) => return future::ready(Err(error)).boxed(),
                 };
-                let decision = workflow::create_after(
-                    id,
-                    &input,
-                    message_id,
-                    Utc::now(),
-                    deps.timing,
-                    tombstone.as_ref(),
-                )
-                .traced(traceparent.as_deref());
+                let decision = workflow::create_after(id, &input, ctx, tombstone.as_ref())
+                    .traced(traceparent.as_deref());
                 if decision.state.as_ref().is_some_and(|s| s.status.is_final()) {
                     // Born final (cancelled): stored at once, no actor.
                     tracing::info!(fulfillment_id = %id, "fulfillment created cancelled: its cancel came first");
@@ -225,7 +222,7 @@ impl Registry {
                 return stored;
             }
             None => {
-                return match workflow::absent(id, &input, message_id, Utc::now()) {
+                return match workflow::absent(id, &input, ctx) {
                     Ok((tombstone, history, reply)) => {
                         match deps.store.put_tombstone(&tombstone, &history) {
                             Ok(added) => {

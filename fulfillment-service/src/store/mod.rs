@@ -48,9 +48,9 @@ impl Write {
     pub fn of(decision: &crate::workflow::Decision) -> Option<Self> {
         decision.state.as_ref().map(|state| Self {
             state: state.clone(),
-            events: decision.events.clone(),
+            events: decision.messages.clone(),
             history: decision.history.clone(),
-            clears_tombstone: decision.clears_tombstone,
+            clears_tombstone: decision.clears_tombstone(),
         })
     }
 }
@@ -194,7 +194,7 @@ pub fn open(url: &str) -> Result<Opened, StoreError> {
 pub(crate) mod tests {
     use super::*;
     use crate::store::SqliteStore;
-    use crate::workflow::{create, Input, Timing};
+    use crate::workflow::{create, Context, Input, Timing};
     use chrono::Utc;
     use message_bus::outbox::OutboxSignal;
     use message_bus::outbox::OutboxStore;
@@ -225,10 +225,12 @@ pub(crate) mod tests {
         let decision = create(
             &format!("fulfillment-ORD-{n}"),
             &Input::Start(request),
-            None,
-            Utc::now(),
-            Timing {
-                step_delay: Duration::ZERO,
+            Context {
+                message_id: None,
+                now: Utc::now(),
+                timing: Timing {
+                    step_delay: Duration::ZERO,
+                },
             },
         );
         Write::of(&decision).expect("created")
@@ -270,8 +272,11 @@ pub(crate) mod tests {
             &Input::Cancel {
                 reason: "first".into(),
             },
-            Some(cancel_id),
-            Utc::now(),
+            Context {
+                message_id: Some(cancel_id),
+                now: Utc::now(),
+                timing,
+            },
         )
         .expect("a tombstone");
         assert!(store.put_tombstone(&tombstone, &history).expect("put"));
@@ -292,9 +297,11 @@ pub(crate) mod tests {
         let d = create_after(
             id,
             &Input::Start(request),
-            None,
-            Utc::now(),
-            timing,
+            Context {
+                message_id: None,
+                now: Utc::now(),
+                timing,
+            },
             Some(&found),
         );
         store
@@ -304,12 +311,14 @@ pub(crate) mod tests {
         let f = d.state.expect("created");
         let d = decide(
             &f,
-            &Input::Cancel {
+            Input::Cancel {
                 reason: "again".into(),
             },
-            Some(uuid::Uuid::new_v4()),
-            Utc::now(),
-            timing,
+            Context {
+                message_id: Some(uuid::Uuid::new_v4()),
+                now: Utc::now(),
+                timing,
+            },
         );
         store
             .save_all(&[Write::of(&d).expect("remembered")])

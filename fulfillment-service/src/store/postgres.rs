@@ -523,7 +523,7 @@ mod testdb {
 mod tests {
     use super::testdb::TestDb;
     use super::*;
-    use crate::workflow::{create, decide, Input, Timing};
+    use crate::workflow::{create, decide, Context, Input, Timing};
     use chrono::Utc;
     use shared_messages::messages::{Address, FulfillmentRequest, OrderItem};
 
@@ -558,22 +558,40 @@ mod tests {
         let db = TestDb::create("fulfillment_store");
         {
             let store = PostgresStore::open(&db.url).expect("open");
-            let d = create("f-1", &Input::Start(request()), None, Utc::now(), TIMING);
+            let d = create(
+                "f-1",
+                &Input::Start(request()),
+                Context {
+                    message_id: None,
+                    now: Utc::now(),
+                    timing: TIMING,
+                },
+            );
             let state = d.state.expect("created");
-            store.save(&state, &d.events).expect("save");
+            store.save(&state, &d.messages).expect("save");
             let d = decide(
                 &state,
-                &Input::Cancel { reason: "r".into() },
-                None,
-                Utc::now(),
-                TIMING,
+                Input::Cancel { reason: "r".into() },
+                Context {
+                    message_id: None,
+                    now: Utc::now(),
+                    timing: TIMING,
+                },
             );
             store
-                .save(d.state.as_ref().expect("cancelled"), &d.events)
+                .save(d.state.as_ref().expect("cancelled"), &d.messages)
                 .expect("save");
-            let c = create("f-2", &Input::Start(request()), None, Utc::now(), TIMING);
+            let c = create(
+                "f-2",
+                &Input::Start(request()),
+                Context {
+                    message_id: None,
+                    now: Utc::now(),
+                    timing: TIMING,
+                },
+            );
             store
-                .save(c.state.as_ref().expect("created"), &c.events)
+                .save(c.state.as_ref().expect("created"), &c.messages)
                 .expect("save");
         }
         let store = PostgresStore::open(&db.url).expect("reopen migrates idempotently");
@@ -654,9 +672,17 @@ mod tests {
     async fn works_when_called_from_inside_the_async_runtime() {
         let db = TestDb::create("fulfillment_in_runtime");
         let store = PostgresStore::open(&db.url).expect("open inside a runtime");
-        let d = create("f-1", &Input::Start(request()), None, Utc::now(), TIMING);
+        let d = create(
+            "f-1",
+            &Input::Start(request()),
+            Context {
+                message_id: None,
+                now: Utc::now(),
+                timing: TIMING,
+            },
+        );
         store
-            .save(d.state.as_ref().expect("created"), &d.events)
+            .save(d.state.as_ref().expect("created"), &d.messages)
             .expect("save inside a runtime");
         assert!(store.load("f-1").expect("load").is_some());
     }

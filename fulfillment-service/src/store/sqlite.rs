@@ -466,7 +466,7 @@ impl OutboxStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workflow::{create, decide, Input, Timing};
+    use crate::workflow::{create, decide, Context, Input, Timing};
     use chrono::Utc;
     use shared_messages::messages::{Address, FulfillmentRequest, OrderItem};
 
@@ -518,22 +518,40 @@ mod tests {
         let path = path.to_str().expect("utf-8 path");
         {
             let store = SqliteStore::open(path).expect("open");
-            let d = create("f-1", &Input::Start(request()), None, Utc::now(), TIMING);
+            let d = create(
+                "f-1",
+                &Input::Start(request()),
+                Context {
+                    message_id: None,
+                    now: Utc::now(),
+                    timing: TIMING,
+                },
+            );
             let state = d.state.expect("created");
-            store.save(&state, &d.events).expect("save");
+            store.save(&state, &d.messages).expect("save");
             let d = decide(
                 &state,
-                &Input::Cancel { reason: "r".into() },
-                None,
-                Utc::now(),
-                TIMING,
+                Input::Cancel { reason: "r".into() },
+                Context {
+                    message_id: None,
+                    now: Utc::now(),
+                    timing: TIMING,
+                },
             );
             store
-                .save(d.state.as_ref().expect("cancelled"), &d.events)
+                .save(d.state.as_ref().expect("cancelled"), &d.messages)
                 .expect("save");
-            let c = create("f-2", &Input::Start(request()), None, Utc::now(), TIMING);
+            let c = create(
+                "f-2",
+                &Input::Start(request()),
+                Context {
+                    message_id: None,
+                    now: Utc::now(),
+                    timing: TIMING,
+                },
+            );
             store
-                .save(c.state.as_ref().expect("created"), &c.events)
+                .save(c.state.as_ref().expect("created"), &c.messages)
                 .expect("save");
         }
         let store = SqliteStore::open(path).expect("reopen");

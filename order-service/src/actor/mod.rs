@@ -1,13 +1,15 @@
 //! One actix actor per open order, and the registry that finds them.
 //!
 //! The actor is a thin shell over [`crate::workflow`]: it feeds an input
-//! in, has the new state stored together with the signals it causes (one
-//! transaction, shared with other actors' writes by the group commit; the
-//! outbox relay publishes the signals), and only then performs the
-//! effects: arm a timer, take the next step, poll fulfillment. While its
-//! write is in flight the actor takes no other input. A
-//! finished order's actor stops; its final state stays in the store.
+//! in, has the decision's state stored together with its messages and
+//! history (one transaction, shared with other actors' writes by the group
+//! commit; the outbox relay publishes the messages), and only then
+//! performs its effects (arm a timer, take the next step, poll
+//! fulfillment) and answers its reply. While its write is in flight the
+//! actor takes no other input. A finished order's actor stops; its final
+//! state stays in the store.
 
+mod events;
 mod registry;
 
 pub use registry::{ApplyError, Orders, Quarantined, Timings};
@@ -25,7 +27,7 @@ use shared_messages::{Envelope, Message as WireMessage};
 
 use crate::metrics::{ActivityLabels, TransitionLabels, METRICS};
 use crate::store::Write;
-use crate::workflow::{self, Effect, Input, OrderState, Timer};
+use crate::workflow::{self, Accepted, Effect, Input, OrderState, Timer};
 use crate::{bus, inventory, payment};
 
 /// Wait before retrying a step whose state could not be stored.
@@ -41,10 +43,18 @@ pub struct OrderActor {
     deadline: Option<SpawnHandle>,
 }
 
-/// Feed one input to the order; answers the new state or why not.
+/// Feed one input to the order; answers the order after it and how the
+/// input was taken, or why not.
 #[derive(Message)]
-#[rtype(result = "Result<OrderState, ApplyError>")]
+#[rtype(result = "Result<Applied, ApplyError>")]
 pub struct Apply(pub Input);
+
+/// An input taken: the order as it is after it, and the decision's reply.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub state: OrderState,
+    pub reply: Accepted,
+}
 
 impl OrderActor {
     pub fn new(state: OrderState, orders: Orders) -> Self {
@@ -68,14 +78,14 @@ impl OrderActor {
     /// is queued: two inputs queued together (an HTTP cancel and a timer's
     /// next step in the same turn) then each start from the state the
     /// other stored, never both from the same one.
-    fn apply(&mut self, input: Input) -> LocalBoxActorFuture<Self, Result<OrderState, ApplyError>> {
+    fn apply(&mut self, input: Input) -> LocalBoxActorFuture<Self, Result<Applied, ApplyError>> {
         Box::pin(fut::ready(()).then(move |(), act: &mut Self, _ctx| act.apply_now(input)))
     }
 
     fn apply_now(
         &mut self,
         input: Input,
-    ) -> LocalBoxActorFuture<Self, Result<OrderState, ApplyError>> {
+    ) -> LocalBoxActorFuture<Self, Result<Applied, ApplyError>> {
         let span = tracing::info_span!(
             "order_input",
             order_id = %self.state.order_id,
@@ -89,33 +99,35 @@ impl OrderActor {
         if matches!(input, Input::Fulfillment { .. }) {
             self.last_heard = Some(Instant::now());
         }
-        let transition = match span.in_scope(|| workflow::handle(&self.state, input, Utc::now())) {
-            Ok(transition) => transition,
+        let decision = span
+            .in_scope(|| workflow::decide(&self.state, input, workflow::Context::at(Utc::now())));
+        let reply = match decision.reply {
+            Ok(reply) => reply,
             Err(rejection) => return Box::pin(fut::ready(Err(ApplyError::Rejected(rejection)))),
         };
-        if !transition.changed {
-            return Box::pin(fut::ready(Ok(self.state.clone())));
-        }
-        let outbox: Vec<(Route, Envelope)> = transition
-            .effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Signal(route, envelope) => Some((
-                    route.clone(),
-                    (**envelope)
-                        .clone()
-                        .traced(trace::child_of(traceparent.as_deref())),
-                )),
-                _ => None,
+        let Some(state) = decision.state else {
+            return Box::pin(fut::ready(Ok(Applied {
+                state: self.state.clone(),
+                reply,
+            })));
+        };
+        let outbox: Vec<(Route, Envelope)> = decision
+            .messages
+            .into_iter()
+            .map(|(route, envelope)| {
+                (
+                    route,
+                    envelope.traced(trace::child_of(traceparent.as_deref())),
+                )
             })
             .collect();
         let write = Write {
-            state: transition.state,
+            state,
             outbox,
-            events: transition.events,
+            events: decision.history,
             insert: false,
         };
-        let effects = transition.effects;
+        let effects = decision.effects;
         let writer = self.orders.writer().clone();
         Box::pin(
             async move { writer.save(write).await }
@@ -124,7 +136,10 @@ impl OrderActor {
                     let _entered = span.enter();
                     let stored = stored.map_err(|e| ApplyError::Store(e.into()))?;
                     act.take(stored.state, effects, ctx);
-                    Ok(act.state.clone())
+                    Ok(Applied {
+                        state: act.state.clone(),
+                        reply,
+                    })
                 }),
         )
     }
@@ -194,12 +209,12 @@ impl OrderActor {
     fn perform(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
         for effect in effects {
             match effect {
-                Effect::Schedule(Timer::Inventory) => {
-                    let delay = self.activity_delay(Timer::Inventory);
+                Effect::Schedule(Timer::CheckStock) => {
+                    let delay = self.activity_delay(Timer::CheckStock);
                     Self::after(ctx, delay, |act, ctx| {
                         let timings = act.orders.timings();
                         let input = match transient_failure(
-                            Timer::Inventory,
+                            Timer::CheckStock,
                             timings.inventory_transient_failure_rate,
                             timings.inventory_retry,
                         ) {
@@ -212,12 +227,12 @@ impl OrderActor {
                         act.apply_internal(input, ctx);
                     });
                 }
-                Effect::Schedule(Timer::Payment) => {
-                    let delay = self.activity_delay(Timer::Payment);
+                Effect::Schedule(Timer::ChargePayment) => {
+                    let delay = self.activity_delay(Timer::ChargePayment);
                     Self::after(ctx, delay, |act, ctx| {
                         let timings = act.orders.timings();
                         let input = match transient_failure(
-                            Timer::Payment,
+                            Timer::ChargePayment,
                             timings.payment_transient_failure_rate,
                             timings.payment_retry,
                         ) {
@@ -242,8 +257,6 @@ impl OrderActor {
                         act.apply_internal(Input::Advance, ctx)
                     });
                 }
-                // Stored in the outbox with the state; the relay sends it.
-                Effect::Signal(..) => {}
                 Effect::PollNow => self.poll_now(ctx),
                 Effect::StartPolling => {
                     self.arm_deadline(ctx);
@@ -270,8 +283,8 @@ impl OrderActor {
                 .to_std()
                 .unwrap_or(Duration::ZERO),
             _ => match activity {
-                Timer::Inventory => self.orders.timings().inventory_delay,
-                Timer::Payment => self.orders.timings().payment_delay,
+                Timer::CheckStock => self.orders.timings().inventory_delay,
+                Timer::ChargePayment => self.orders.timings().payment_delay,
             },
         }
     }
@@ -407,7 +420,7 @@ impl Actor for OrderActor {
 }
 
 impl Handler<Apply> for OrderActor {
-    type Result = AtomicResponse<Self, Result<OrderState, ApplyError>>;
+    type Result = AtomicResponse<Self, Result<Applied, ApplyError>>;
 
     fn handle(&mut self, msg: Apply, _ctx: &mut Self::Context) -> Self::Result {
         AtomicResponse::new(self.apply(msg.0))

@@ -15,12 +15,12 @@ use message_bus::outbox::OutboxSignal;
 use message_bus::Bus;
 use tokio::sync::oneshot;
 
-use super::{Apply, OrderActor};
+use super::{Applied, Apply, OrderActor};
 use crate::metrics::METRICS;
 use message_bus::group_commit::CommitError;
 
+use crate::ids;
 use crate::store::{Batched, Store, StoreError, Write, Writer};
-use crate::validation;
 use crate::workflow::{self, Input, OrderDetails, OrderState, Rejection, RetryPolicy};
 
 /// Step durations, intervals and retry policies the actors use.
@@ -166,7 +166,7 @@ impl Orders {
         let state = loop {
             let now = Utc::now();
             let (mut state, events) =
-                workflow::create(&validation::new_order_id(now), details.clone(), now);
+                workflow::create(&ids::new_order_id(now), details.clone(), now);
             state.traceparent = traceparent.clone();
             let write = Write {
                 state,
@@ -325,10 +325,11 @@ impl Orders {
     }
 
     /// A finished order has no actor: the pure workflow says whether the
-    /// input is refused or a no-op, or (a cancelled order hearing from its
-    /// fulfillment) updates what the order knows of it. One lock serialises
-    /// these rare writes so two events cannot overwrite each other.
-    fn apply_finished(&self, order_id: &str, input: Input) -> Result<OrderState, ApplyError> {
+    /// input is refused, a no-op or forwarded, or (a cancelled order
+    /// hearing from its fulfillment) updates what the order knows of it.
+    /// One lock serialises these rare writes so two events cannot
+    /// overwrite each other.
+    fn apply_finished(&self, order_id: &str, input: Input) -> Result<Applied, ApplyError> {
         let _one_at_a_time = self
             .inner
             .finished_writes
@@ -340,23 +341,23 @@ impl Orders {
             .get(order_id)
             .map_err(ApplyError::Store)?
             .ok_or(ApplyError::NotFound)?;
-        let transition =
-            workflow::handle(&state, input, Utc::now()).map_err(ApplyError::Rejected)?;
-        if transition.changed {
-            // Final orders cause no effects, so there is no outbox to write.
-            METRICS
-                .store_write("save", || {
-                    self.inner
-                        .store
-                        .save(&transition.state, &[], &transition.events)
-                })
-                .map_err(ApplyError::Store)?;
-        }
-        Ok(transition.state)
+        let decision = workflow::decide(&state, input, workflow::Context::at(Utc::now()));
+        let reply = decision.reply.map_err(ApplyError::Rejected)?;
+        let Some(next) = decision.state else {
+            return Ok(Applied { state, reply });
+        };
+        // Final orders send nothing, so there is no outbox to write.
+        METRICS
+            .store_write("save", || {
+                self.inner.store.save(&next, &[], &decision.history)
+            })
+            .map_err(ApplyError::Store)?;
+        Ok(Applied { state: next, reply })
     }
 
-    /// Feeds `input` to the order and answers its new state.
-    pub async fn apply(&self, order_id: &str, input: Input) -> Result<OrderState, ApplyError> {
+    /// Feeds `input` to the order and answers the order after it with the
+    /// decision's reply.
+    pub async fn apply(&self, order_id: &str, input: Input) -> Result<Applied, ApplyError> {
         for _ in 0..3 {
             match self.lookup(order_id).map_err(ApplyError::Store)? {
                 Lookup::Missing => return Err(ApplyError::NotFound),

@@ -285,4 +285,45 @@ mod tests {
         let text = String::from_utf8(test::read_body(res).await.to_vec()).expect("utf-8");
         assert!(text.contains("order_service_broker_connected 0"), "{text}");
     }
+
+    #[actix_web::test]
+    async fn pause_and_resume_answer_what_the_order_decides() {
+        let state = state();
+        let app = test::init_service(App::new().app_data(state.clone()).configure(configure)).await;
+        let post = |uri: &str| test::TestRequest::post().uri(uri).to_request();
+        // before the hand-over: nothing to pause or resume
+        let (pending, events) =
+            crate::workflow::create("ORD-4", crate::validation::demo_order(), chrono::Utc::now());
+        state
+            .orders
+            .store()
+            .insert(&pending, &events)
+            .expect("insert");
+        for action in ["pause", "resume"] {
+            let res =
+                test::call_service(&app, post(&format!("/orders/ORD-4/fulfillment/{action}")))
+                    .await;
+            assert_eq!(res.status().as_u16(), 409, "{action}");
+            let body: Value = test::read_body_json(res).await;
+            assert_eq!(
+                body["message"],
+                "fulfillment has not started yet; the order is in PENDING"
+            );
+        }
+        // after it: forwarded to the fulfillment, so the broker is needed
+        let (mut handed_over, events) =
+            crate::workflow::create("ORD-5", crate::validation::demo_order(), chrono::Utc::now());
+        handed_over.status = crate::workflow::OrderStatus::Shipped;
+        handed_over.fulfillment_workflow_id = Some("fulfillment-ORD-5".into());
+        state
+            .orders
+            .store()
+            .insert(&handed_over, &events)
+            .expect("insert");
+        let res = test::call_service(&app, post("/orders/ORD-5/fulfillment/pause")).await;
+        assert_eq!(res.status().as_u16(), 503);
+        // no such order
+        let res = test::call_service(&app, post("/orders/ORD-6/fulfillment/resume")).await;
+        assert_eq!(res.status().as_u16(), 404);
+    }
 }

@@ -4,13 +4,11 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use message_bus::trace;
 use serde::Deserialize;
 use shared_messages::history::History;
 use shared_messages::ids::order_id_from_workflow_id;
-use shared_messages::messages::{
-    FulfillmentProgressView, GetFulfillmentProgress, PauseFulfillment, ResumeFulfillment,
-};
+use shared_messages::messages::{FulfillmentProgressView, GetFulfillmentProgress};
+use message_bus::trace;
 use shared_messages::Message;
 
 use super::error::ErrorBody;
@@ -21,7 +19,9 @@ use super::{optional_json, ApiError, AppState};
 use crate::actor::ApplyError;
 use crate::bus;
 use crate::validation::{demo_order, CreateOrder};
-use crate::workflow::{DetailsUpdate, Input, OrderDetails, OrderState, OrderStatus, Rejection};
+use crate::workflow::{
+    Accepted, DetailsUpdate, Input, OrderDetails, OrderState, OrderStatus, Rejection,
+};
 
 /// Most orders one list page returns.
 const MAX_PAGE: u32 = 100;
@@ -350,13 +350,7 @@ pub(crate) async fn pause(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    control(
-        &state,
-        &path,
-        Message::PauseFulfillment(PauseFulfillment {}),
-        "Fulfillment paused",
-    )
-    .await
+    control(&state, &path, Input::PauseFulfillment, "Fulfillment paused").await
 }
 
 /// Resume the order's paused fulfillment, at the step that was paused.
@@ -376,31 +370,39 @@ pub(crate) async fn resume(
     control(
         &state,
         &path,
-        Message::ResumeFulfillment(ResumeFulfillment {}),
+        Input::ResumeFulfillment,
         "Fulfillment resumed",
     )
     .await
 }
 
-/// Sends pause or resume to the order's fulfillment and answers its verdict.
+/// Gives pause or resume to the order; what it decides to forward goes to
+/// its fulfillment, whose verdict is the answer.
 async fn control(
     state: &AppState,
     workflow_id: &str,
-    signal: Message,
+    input: Input,
     done: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let order = load(state, workflow_id)?;
-    let Some(fulfillment_id) = order.fulfillment_workflow_id.clone() else {
-        return Err(ApiError::Conflict(format!(
-            "fulfillment has not started yet; the order is in {}",
-            order.status
+    let applied = state
+        .orders
+        .apply(order_id(workflow_id), input)
+        .await
+        .map_err(|e| apply_error(workflow_id, e))?;
+    let Accepted::Forward {
+        fulfillment_id,
+        signal,
+    } = applied.reply
+    else {
+        return Err(ApiError::internal(format!(
+            "the order took {done:?} without forwarding it"
         )));
     };
     require_broker(state)?;
     let reply = bus::signal_with_reply(
         state.orders.bus(),
         &fulfillment_id,
-        signal,
+        *signal,
         state.query_timeout,
     )
     .await
@@ -479,7 +481,8 @@ pub(crate) async fn cancel(
             },
         )
         .await
-        .map_err(|e| apply_error(&path, e))?;
+        .map_err(|e| apply_error(&path, e))?
+        .state;
     let order = if order.status == OrderStatus::Cancelling {
         let deadline = tokio::time::Instant::now() + state.query_timeout;
         wait_until(&state, &path, deadline, |o| {
@@ -539,6 +542,7 @@ pub(crate) async fn update(
         .orders
         .apply(order_id(&path), Input::UpdateDetails(update))
         .await
-        .map_err(|e| apply_error(&path, e))?;
+        .map_err(|e| apply_error(&path, e))?
+        .state;
     Ok(HttpResponse::Ok().json(StatusView::from(&order)))
 }

@@ -223,7 +223,7 @@ pub struct CancelledView {
 mod tests {
     use super::*;
     use crate::validation::demo_order;
-    use crate::workflow::{handle, Input};
+    use crate::workflow::{decide, Context, Input};
 
     #[test]
     fn progress_counts_completed_steps() {
@@ -232,19 +232,19 @@ mod tests {
         assert_eq!((p.current_step, p.percentage, p.total_steps), (1, 0, 6));
         assert_eq!(p.steps[0].status, "in_progress");
         assert_eq!(p.steps[1].status, "pending");
-        let s = handle(
+        let s = decide(
             &s,
             Input::InventoryChecked(Ok(vec!["R".into()])),
-            Utc::now(),
+            Context::at(Utc::now()),
         )
-        .expect("ok")
-        .state;
+        .state
+        .expect("reserved");
         let p = ProgressView::from(&s);
         assert_eq!((p.current_step, p.percentage), (2, 16));
         assert!(p.steps[0].completed_at.is_some());
-        let s = handle(&s, Input::Cancel { reason: None }, Utc::now())
-            .expect("ok")
-            .state;
+        let s = decide(&s, Input::Cancel { reason: None }, Context::at(Utc::now()))
+            .state
+            .expect("cancelled");
         let p = ProgressView::from(&s);
         assert_eq!(p.steps[1].status, "skipped");
         assert!(p

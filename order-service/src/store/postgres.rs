@@ -537,7 +537,7 @@ mod tests {
     use super::testdb::TestDb;
     use super::*;
     use crate::validation::demo_order;
-    use crate::workflow::{self, Effect, Input};
+    use crate::workflow::{self, Context, Input};
     use chrono::Utc;
 
     #[test]
@@ -626,16 +626,9 @@ mod tests {
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &[]).expect("insert");
         order.status = OrderStatus::Confirmed;
-        let t = workflow::handle(&order, Input::Advance, Utc::now()).expect("advance");
-        let outbox: Vec<_> = t
-            .effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Signal(r, env) => Some((r.clone(), (**env).clone())),
-                _ => None,
-            })
-            .collect();
-        s.save(&t.state, &outbox, &t.events).expect("save");
+        let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
+        let (state, outbox) = (t.state.expect("advanced"), t.messages);
+        s.save(&state, &outbox, &t.history).expect("save");
         let before = METRICS.outbox_quarantined.get();
 
         let pending = s.pending(10).expect("one bad row does not fail the read");
@@ -666,17 +659,10 @@ mod tests {
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &[]).expect("insert");
         order.status = OrderStatus::Confirmed;
-        let t = workflow::handle(&order, Input::Advance, Utc::now()).expect("advance");
-        let outbox: Vec<_> = t
-            .effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Signal(r, env) => Some((r.clone(), (**env).clone())),
-                _ => None,
-            })
-            .collect();
+        let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
+        let (state, outbox) = (t.state.expect("advanced"), t.messages);
         assert_eq!(outbox.len(), 1, "advancing from CONFIRMED sends one signal");
-        s.save(&t.state, &outbox, &t.events).expect("save");
+        s.save(&state, &outbox, &t.history).expect("save");
         assert_eq!(s.outbox_len().expect("outbox"), 1);
 
         let pending = s.pending(10).expect("pending");
@@ -749,11 +735,15 @@ mod tests {
         let s = PostgresStore::open(&db.url).expect("open");
         let (order, created) = workflow::create("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &created).expect("insert");
-        let t =
-            workflow::handle(&order, Input::Cancel { reason: None }, Utc::now()).expect("cancel");
-        s.save(&t.state, &[], &t.events).expect("save");
+        let t = workflow::decide(
+            &order,
+            Input::Cancel { reason: None },
+            Context::at(Utc::now()),
+        );
+        let state = t.state.expect("cancelled");
+        s.save(&state, &[], &t.history).expect("save");
         // a commit retried after its answer was lost adds nothing
-        s.save(&t.state, &[], &t.events).expect("save again");
+        s.save(&state, &[], &t.history).expect("save again");
         let kinds: Vec<String> = s
             .history("ORD-1")
             .expect("history")

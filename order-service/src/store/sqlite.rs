@@ -493,7 +493,7 @@ impl OutboxStore for SqliteStore {
 mod tests {
     use super::*;
     use crate::validation::demo_order;
-    use crate::workflow::{self, Effect, Input};
+    use crate::workflow::{self, Context, Input};
 
     fn store() -> SqliteStore {
         SqliteStore::open(&StoreLocation::SqliteMemory).expect("in-memory store")
@@ -560,16 +560,9 @@ mod tests {
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &[]).expect("insert");
         order.status = OrderStatus::Confirmed;
-        let t = workflow::handle(&order, Input::Advance, Utc::now()).expect("advance");
-        let outbox: Vec<_> = t
-            .effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Signal(r, env) => Some((r.clone(), (**env).clone())),
-                _ => None,
-            })
-            .collect();
-        s.save(&t.state, &outbox, &t.events).expect("save");
+        let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
+        let (state, outbox) = (t.state.expect("advanced"), t.messages);
+        s.save(&state, &outbox, &t.history).expect("save");
         let before = METRICS.outbox_quarantined.get();
 
         let pending = s.pending(10).expect("one bad row does not fail the read");
@@ -631,16 +624,9 @@ mod tests {
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &[]).expect("insert");
         order.status = OrderStatus::Confirmed;
-        let t = workflow::handle(&order, Input::Advance, Utc::now()).expect("advance");
-        let outbox: Vec<_> = t
-            .effects
-            .iter()
-            .filter_map(|e| match e {
-                Effect::Signal(r, env) => Some((r.clone(), (**env).clone())),
-                _ => None,
-            })
-            .collect();
-        s.save(&t.state, &outbox, &t.events).expect("save");
+        let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
+        let (state, outbox) = (t.state.expect("advanced"), t.messages);
+        s.save(&state, &outbox, &t.history).expect("save");
         let pending = s.pending(10).expect("pending");
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].envelope.message_id, outbox[0].1.message_id);
@@ -686,11 +672,15 @@ mod tests {
         let s = store();
         let (order, created) = workflow::create("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &created).expect("insert");
-        let t =
-            workflow::handle(&order, Input::Cancel { reason: None }, Utc::now()).expect("cancel");
-        s.save(&t.state, &[], &t.events).expect("save");
+        let t = workflow::decide(
+            &order,
+            Input::Cancel { reason: None },
+            Context::at(Utc::now()),
+        );
+        let state = t.state.expect("cancelled");
+        s.save(&state, &[], &t.history).expect("save");
         // the same write again (a retried commit) adds nothing
-        s.save(&t.state, &[], &t.events).expect("save again");
+        s.save(&state, &[], &t.history).expect("save again");
         let history = s.history("ORD-1").expect("history");
         let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(
