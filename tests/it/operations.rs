@@ -394,6 +394,26 @@ fn linked(spans: &[ExportedSpan]) -> bool {
         && crossing("fulfillment-service", "order-service")
 }
 
+/// A message's spans hang where it was sent and where it is handled:
+/// order-service's `message` span of a fulfillment event has the
+/// fulfillment span that published the event as its parent, and the
+/// order's transition that handles the event has that `message` span as
+/// its parent (not the request that created the order).
+fn handled_under_messages(spans: &[ExportedSpan]) -> bool {
+    let by_id: HashMap<&str, &ExportedSpan> =
+        spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let parent = |s: &ExportedSpan| by_id.get(s.parent_span_id.as_str()).copied();
+    let is = |s: &ExportedSpan, service: &str, name: &str| s.service == service && s.name == name;
+    spans.iter().any(|s| {
+        is(s, "order-service", "order_input")
+            && parent(s).is_some_and(|message| {
+                is(message, "order-service", "message")
+                    && parent(message)
+                        .is_some_and(|sent| is(sent, "fulfillment-service", "fulfillment_input"))
+            })
+    })
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -417,9 +437,10 @@ async fn with_an_otlp_endpoint_both_services_export_one_trace_per_order() -> Res
     // Spans are exported as they end, in batches: wait until the order's
     // trace holds spans of both services, every span's parent among them
     // but for the one root, and, across RabbitMQ, consumers' message spans
-    // under the spans that sent them, in the other service.
+    // under the spans that sent them, in the other service, and an
+    // order's handling of a fulfillment event under its message span.
     let spans = eventually(
-        &format!("both services' spans of trace {trace}, linked"),
+        &format!("both services' spans of trace {trace}, linked, handled under messages"),
         DEADLINE,
         || async {
             let spans: Vec<ExportedSpan> = receiver
@@ -427,7 +448,7 @@ async fn with_an_otlp_endpoint_both_services_export_one_trace_per_order() -> Res
                 .into_iter()
                 .filter(|s| s.trace_id == trace)
                 .collect();
-            Ok(linked(&spans).then_some(spans))
+            Ok((linked(&spans) && handled_under_messages(&spans)).then_some(spans))
         },
     )
     .await

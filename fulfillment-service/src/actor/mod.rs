@@ -173,8 +173,9 @@ impl FulfillmentActor {
             trace_id = tracing::field::Empty,
         );
         // In the fulfillment's own trace (the one it was created in), which
-        // a signal from another trace does not change.
-        let position = trace::follow(&span, self.state.traceparent.as_deref().or(traceparent));
+        // a signal from another trace does not change; under the signal's
+        // message span when it is in that trace.
+        let position = trace::follow_cause(&span, self.state.traceparent.as_deref(), traceparent);
         let mut decision = span.in_scope(|| {
             workflow::decide(
                 &self.state,

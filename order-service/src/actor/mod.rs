@@ -44,10 +44,12 @@ pub struct OrderActor {
 }
 
 /// Feed one input to the order; answers the order after it and how the
-/// input was taken, or why not.
+/// input was taken, or why not. The second field is the position in a
+/// trace of what caused the input (the delivery or request it came with;
+/// see `trace::follow_cause`).
 #[derive(Message)]
 #[rtype(result = "Result<Applied, ApplyError>")]
-pub struct Apply(pub Input);
+pub struct Apply(pub Input, pub Option<String>);
 
 /// An input taken: the order as it is after it, and the decision's reply.
 #[derive(Debug, Clone)]
@@ -78,13 +80,18 @@ impl OrderActor {
     /// is queued: two inputs queued together (an HTTP cancel and a timer's
     /// next step in the same turn) then each start from the state the
     /// other stored, never both from the same one.
-    fn apply(&mut self, input: Input) -> LocalBoxActorFuture<Self, Result<Applied, ApplyError>> {
-        Box::pin(fut::ready(()).then(move |(), act: &mut Self, _ctx| act.apply_now(input)))
+    fn apply(
+        &mut self,
+        input: Input,
+        cause: Option<String>,
+    ) -> LocalBoxActorFuture<Self, Result<Applied, ApplyError>> {
+        Box::pin(fut::ready(()).then(move |(), act: &mut Self, _ctx| act.apply_now(input, cause)))
     }
 
     fn apply_now(
         &mut self,
         input: Input,
+        cause: Option<String>,
     ) -> LocalBoxActorFuture<Self, Result<Applied, ApplyError>> {
         let span = tracing::info_span!(
             "order_input",
@@ -93,9 +100,12 @@ impl OrderActor {
             status = %self.state.status,
             trace_id = tracing::field::Empty,
         );
-        // In the order's trace, under the request that created it; what
-        // this input sends names this span when spans are exported.
-        let traceparent = trace::follow(&span, self.state.traceparent.as_deref());
+        // In the order's trace: under the message or request that caused
+        // this input when it is in that trace (a fulfillment event), else
+        // under the request that created the order; what this input sends
+        // names this span when spans are exported.
+        let traceparent =
+            trace::follow_cause(&span, self.state.traceparent.as_deref(), cause.as_deref());
         if matches!(input, Input::Fulfillment { .. }) {
             self.last_heard = Some(Instant::now());
         }
@@ -179,7 +189,7 @@ impl OrderActor {
     /// Applies an input that nobody waits for (a timer's); when the store
     /// fails, the step is tried again later.
     fn apply_internal(&mut self, input: Input, ctx: &mut Context<Self>) {
-        let work = self.apply(input).map(|result, act, ctx| match result {
+        let work = self.apply(input, None).map(|result, act, ctx| match result {
             Ok(_) | Err(ApplyError::Rejected(_)) => {}
             Err(error) => {
                 tracing::error!(order_id = %act.state.order_id, %error, "step not stored; retrying");
@@ -423,6 +433,6 @@ impl Handler<Apply> for OrderActor {
     type Result = AtomicResponse<Self, Result<Applied, ApplyError>>;
 
     fn handle(&mut self, msg: Apply, _ctx: &mut Self::Context) -> Self::Result {
-        AtomicResponse::new(self.apply(msg.0))
+        AtomicResponse::new(self.apply(msg.0, msg.1))
     }
 }

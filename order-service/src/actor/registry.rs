@@ -358,11 +358,14 @@ impl Orders {
     /// Feeds `input` to the order and answers the order after it with the
     /// decision's reply.
     pub async fn apply(&self, order_id: &str, input: Input) -> Result<Applied, ApplyError> {
+        // What caused the input: the delivery or request being handled.
+        let cause = message_bus::trace::current().map(|t| t.traceparent());
         for _ in 0..3 {
             match self.lookup(order_id).map_err(ApplyError::Store)? {
                 Lookup::Missing => return Err(ApplyError::NotFound),
                 Lookup::Finished => return self.apply_finished(order_id, input),
-                Lookup::Running(addr) => match addr.send(Apply(input.clone())).await {
+                Lookup::Running(addr) => match addr.send(Apply(input.clone(), cause.clone())).await
+                {
                     Ok(result) => return result,
                     // It stopped between lookup and send (just finished):
                     // look again.

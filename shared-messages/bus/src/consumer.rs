@@ -51,9 +51,7 @@ use tokio::sync::watch;
 
 use super::backoff::Backoff;
 use super::session::{declare_topology, Session};
-use super::{
-    ConsumerSpec, Inner, DEAD_LETTER_REASON_HEADER, ORIGINAL_QUEUE_HEADER, TRACEPARENT_HEADER,
-};
+use super::{ConsumerSpec, Inner, DEAD_LETTER_REASON_HEADER, ORIGINAL_QUEUE_HEADER};
 use shared_messages::envelope::Envelope;
 
 /// First pause before a handler that asked to retry is called again; it
@@ -425,14 +423,10 @@ fn decode(delivery: &Delivery) -> Result<Incoming, String> {
         }),
         _ => None,
     };
-    let traceparent =
-        properties
-            .headers()
-            .as_ref()
-            .and_then(|h| match h.inner().get(TRACEPARENT_HEADER) {
-                Some(AMQPValue::LongString(s)) => Some(s.to_string()),
-                _ => None,
-            });
+    let traceparent = properties
+        .headers()
+        .as_ref()
+        .and_then(crate::trace::extract);
     Ok(Incoming {
         envelope,
         reply_to,

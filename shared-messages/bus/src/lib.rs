@@ -74,8 +74,8 @@ pub const DEAD_LETTER_REASON_HEADER: &str = "x-dead-letter-reason";
 pub const ORIGINAL_QUEUE_HEADER: &str = "x-original-queue";
 /// Header carrying the entity id, so the console shows whom a message is for.
 pub const ENTITY_ID_HEADER: &str = "entity-id";
-/// W3C trace context, carried across the broker.
-pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// W3C trace context, carried across the broker (see [`trace`]).
+pub use trace::TRACEPARENT_HEADER;
 
 /// Settings for one [`Bus`].
 #[derive(Clone)]
@@ -340,12 +340,7 @@ impl Bus {
             ENTITY_ID_HEADER.into(),
             AMQPValue::LongString(envelope.entity_id.as_str().into()),
         );
-        if let Some(traceparent) = &envelope.traceparent {
-            headers.insert(
-                TRACEPARENT_HEADER.into(),
-                AMQPValue::LongString(traceparent.as_str().into()),
-            );
-        }
+        trace::inject(envelope.traceparent.as_deref(), &mut headers);
         BasicProperties::default()
             .with_message_id(envelope.message_id.to_string().into())
             .with_type(envelope.message_type().into())
@@ -514,17 +509,26 @@ fn observed(queue: &str, handler: Handler) -> Handler {
             redelivered = incoming.redelivered,
         );
         // The handler continues from here: the sender's position, or this
-        // span's own when spans are exported (see `trace::follow`).
+        // span's own when spans are exported (see `trace::follow`). It is
+        // the current trace while the handler runs, so that what the
+        // message causes is parented under it (`trace::follow_cause`).
         let traceparent = incoming
             .traceparent
             .as_deref()
             .or(envelope.traceparent.as_deref());
-        incoming.traceparent = crate::trace::follow(&span, traceparent);
+        incoming.traceparent = trace::follow(&span, traceparent);
+        let position = incoming
+            .traceparent
+            .as_deref()
+            .and_then(trace::TraceContext::parse);
         let started = Instant::now();
-        let work = span.in_scope(|| handler(incoming));
+        let work = span.in_scope(|| trace::sync_scope(position.clone(), || handler(incoming)));
         let queue = queue.clone();
         async move {
-            let outcome = work.await;
+            let outcome = match position {
+                Some(position) => trace::scope(position, work).await,
+                None => work.await,
+            };
             let m = &*metrics::METRICS;
             let by_type = metrics::QueueTypeLabels {
                 queue: queue.to_string(),

@@ -14,9 +14,7 @@
 //! Without the variable nothing of OpenTelemetry is installed.
 
 use crate::trace::TraceContext;
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
-};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
@@ -137,27 +135,10 @@ where
 fn link(span: &tracing::Span, parent: Option<&TraceContext>) -> Option<TraceContext> {
     let parent_cx = match parent {
         Some(parent) => {
-            let remote = SpanContext::new(
-                TraceId::from_hex(parent.trace_id()).ok()?,
-                SpanId::from_hex(parent.span_id()).ok()?,
-                TraceFlags::new(u8::from_str_radix(parent.flags(), 16).ok()?),
-                true,
-                TraceState::default(),
-            );
-            opentelemetry::Context::new().with_remote_span_context(remote)
+            opentelemetry::Context::new().with_remote_span_context(parent.span_context().clone())
         }
         None => opentelemetry::Context::new(),
     };
     span.set_parent(parent_cx).ok()?;
-    let cx = span.context();
-    let own = cx.span().span_context().clone();
-    if !own.is_valid() {
-        return None;
-    }
-    TraceContext::parse(&format!(
-        "00-{}-{}-{:02x}",
-        own.trace_id(),
-        own.span_id(),
-        own.trace_flags().to_u8()
-    ))
+    TraceContext::from_span_context(span.context().span().span_context().clone())
 }

@@ -1,85 +1,76 @@
-//! W3C trace context (`traceparent`), just enough to follow one order
-//! across both services without an OpenTelemetry SDK.
+//! W3C trace context (`traceparent`), carried so one order's spans in both
+//! services share one trace.
 //!
-//! A trace id is minted when an order is created (or taken from the
-//! caller's `traceparent` HTTP header), kept with the order and the
+//! A trace is begun when an order is created (or the caller's
+//! `traceparent` HTTP header is continued), kept with the order and the
 //! fulfillment, and carried by every message they cause: in the envelope's
 //! `traceparent` field (so it survives the outbox) and in the AMQP
 //! `traceparent` header. Services put `trace_id` on their spans, so every
 //! log line of one order, in both services, names the same trace.
 //!
-//! Format: `00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`.
+//! The values are read and written by OpenTelemetry's
+//! [`TraceContextPropagator`]: from and to one stored string, and from and
+//! to AMQP headers through [`HeaderExtractor`] and [`HeaderInjector`].
 //!
 //! A service that exports its spans (OpenTelemetry) registers a
 //! [`SpanLink`] at start-up with [`link_spans`]. Spans that begin from a
-//! remote or stored position ([`start`], [`follow`]) are then parented on
-//! that position in the exporter, and the position handed on names the
-//! span itself, so every `traceparent` sent points at a span that is
-//! exported. Without a link this module works alone, as described above.
+//! remote or stored position ([`start`], [`follow`], [`follow_cause`]) are
+//! then parented on that position in the exporter, and the position handed
+//! on names the span itself, so every `traceparent` sent points at a span
+//! that is exported. Without a link this module works alone: it keeps the
+//! trace id and mints span ids for what is sent.
+//!
+//! A consumer's handler runs with its delivery's position as the current
+//! trace ([`current`]), as an HTTP handler runs with its request's: work it
+//! causes elsewhere (an actor's transition) is parented under the message
+//! span ([`follow_cause`]).
 
 use std::sync::OnceLock;
 
-use rand::Rng;
+use lapin::types::{AMQPValue, FieldTable};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceFlags, TraceState};
+use opentelemetry::Context;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator};
+
+/// The header (AMQP and HTTP) and envelope field that carry the trace.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// One position in a trace: the trace id and the span that is the parent
 /// of whatever is done next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceContext {
-    trace_id: String,
-    span_id: String,
-    flags: String,
-}
-
-fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-fn random_hex(bytes: usize) -> String {
-    let mut rng = rand::rng();
-    loop {
-        let s: String = (0..bytes)
-            .map(|_| format!("{:02x}", rng.random::<u8>()))
-            .collect();
-        // All zeros is invalid in W3C trace context.
-        if s.bytes().any(|b| b != b'0') {
-            return s;
-        }
-    }
-}
+pub struct TraceContext(SpanContext);
 
 impl TraceContext {
     /// A new trace (sampled).
     pub fn new_root() -> Self {
-        Self {
-            trace_id: random_hex(16),
-            span_id: random_hex(8),
-            flags: "01".into(),
-        }
+        let ids = RandomIdGenerator::default();
+        // A zero id is invalid; the generator makes one once in 2^64 draws.
+        let context = std::iter::repeat_with(|| {
+            SpanContext::new(
+                ids.new_trace_id(),
+                ids.new_span_id(),
+                TraceFlags::SAMPLED,
+                true,
+                TraceState::default(),
+            )
+        })
+        .find(SpanContext::is_valid)
+        .expect("an endless iterator finds a valid context");
+        Self(context)
     }
 
-    /// Parses a `traceparent` value; `None` when it is not valid version-00
-    /// W3C trace context (then the caller starts a new trace).
+    /// Reads a `traceparent` value; `None` when the propagator finds no
+    /// valid trace context in it (then the caller starts a new trace).
     pub fn parse(value: &str) -> Option<Self> {
-        let mut parts = value.trim().split('-');
-        let (version, trace_id, span_id, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some()
-            || version != "00"
-            || !is_hex(trace_id, 32)
-            || !is_hex(span_id, 16)
-            || !is_hex(flags, 2)
-            || trace_id.bytes().all(|b| b == b'0')
-            || span_id.bytes().all(|b| b == b'0')
-        {
-            return None;
-        }
-        Some(Self {
-            trace_id: trace_id.into(),
-            span_id: span_id.into(),
-            flags: flags.into(),
-        })
+        let cx = TraceContextPropagator::new().extract(&Traceparent(value));
+        Self::from_span_context(cx.span().span_context().clone())
+    }
+
+    /// The position `context` names, when it is valid.
+    pub fn from_span_context(context: SpanContext) -> Option<Self> {
+        context.is_valid().then_some(Self(context))
     }
 
     /// Continues `value` when it is valid, else starts a new trace.
@@ -93,31 +84,118 @@ impl TraceContext {
     /// The same trace, a new span id (for a message or request sent from
     /// here).
     pub fn child(&self) -> Self {
-        Self {
-            trace_id: self.trace_id.clone(),
-            span_id: random_hex(8),
-            flags: self.flags.clone(),
-        }
+        let ids = RandomIdGenerator::default();
+        let span_id = std::iter::repeat_with(|| ids.new_span_id())
+            .find(|id| *id != opentelemetry::trace::SpanId::INVALID)
+            .expect("an endless iterator finds a valid span id");
+        Self(SpanContext::new(
+            self.0.trace_id(),
+            span_id,
+            self.0.trace_flags(),
+            true,
+            self.0.trace_state().clone(),
+        ))
     }
 
     /// 32 lowercase hex digits.
-    pub fn trace_id(&self) -> &str {
-        &self.trace_id
+    pub fn trace_id(&self) -> String {
+        self.0.trace_id().to_string()
     }
 
-    pub fn span_id(&self) -> &str {
-        &self.span_id
-    }
-
-    /// 2 lowercase hex digits (`01`: sampled).
-    pub fn flags(&self) -> &str {
-        &self.flags
+    /// The position as OpenTelemetry holds it (a remote span context).
+    pub fn span_context(&self) -> &SpanContext {
+        &self.0
     }
 
     /// The `traceparent` header value.
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+        let mut written = Written(None);
+        TraceContextPropagator::new().inject_context(
+            &Context::new().with_remote_span_context(self.0.clone()),
+            &mut written,
+        );
+        written
+            .0
+            .expect("a valid span context is always written as a traceparent")
     }
+
+    /// In the same trace as `other`?
+    fn same_trace(&self, other: &Self) -> bool {
+        self.0.trace_id() == other.0.trace_id()
+    }
+}
+
+/// One `traceparent` value, read by the propagator.
+struct Traceparent<'a>(&'a str);
+
+impl Extractor for Traceparent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == TRACEPARENT_HEADER).then_some(self.0)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec![TRACEPARENT_HEADER]
+    }
+}
+
+/// The `traceparent` value the propagator writes (`tracestate` is not
+/// kept: nothing in this system sets one).
+struct Written(Option<String>);
+
+impl Injector for Written {
+    fn set(&mut self, key: &str, value: String) {
+        if key == TRACEPARENT_HEADER {
+            self.0 = Some(value);
+        }
+    }
+}
+
+/// AMQP message headers, written by a propagator. Empty values (a
+/// `tracestate` without entries) are left out.
+pub struct HeaderInjector<'a>(pub &'a mut FieldTable);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if !value.is_empty() {
+            self.0
+                .insert(key.to_owned().into(), AMQPValue::LongString(value.into()));
+        }
+    }
+}
+
+/// AMQP message headers, read by a propagator: string values only.
+pub struct HeaderExtractor<'a>(pub &'a FieldTable);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match self.0.inner().get(key)? {
+            AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
+            AMQPValue::ShortString(value) => Some(value.as_str()),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.inner().keys().map(|key| key.as_str()).collect()
+    }
+}
+
+/// Writes the trace context `traceparent` (when it is valid) into the
+/// headers of a message about to be published.
+pub fn inject(traceparent: Option<&str>, headers: &mut FieldTable) {
+    if let Some(context) = traceparent.and_then(TraceContext::parse) {
+        TraceContextPropagator::new().inject_context(
+            &Context::new().with_remote_span_context(context.0),
+            &mut HeaderInjector(headers),
+        );
+    }
+}
+
+/// The `traceparent` a delivery's headers carry, when they carry a valid
+/// one.
+pub fn extract(headers: &FieldTable) -> Option<String> {
+    let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+    TraceContext::from_span_context(cx.span().span_context().clone()).map(|t| t.traceparent())
 }
 
 /// What a span exporter registers with [`link_spans`]: given a span just
@@ -156,7 +234,7 @@ fn start_with(
     let context = link
         .and_then(|link| link(span, parent.as_ref()))
         .unwrap_or_else(|| parent.map_or_else(TraceContext::new_root, |p| p.child()));
-    span.record("trace_id", context.trace_id());
+    span.record("trace_id", context.trace_id().as_str());
     context
 }
 
@@ -167,6 +245,34 @@ fn start_with(
 /// linked, the span's own position; otherwise `traceparent` as it is.
 pub fn follow(span: &tracing::Span, traceparent: Option<&str>) -> Option<String> {
     follow_with(link(), span, traceparent)
+}
+
+/// [`follow`] for work done for an entity that keeps its trace (`stored`)
+/// and was caused by `cause` (a delivery's position, or an HTTP
+/// request's; `None` for a timer): `span` is parented under the cause
+/// when the cause is in the entity's trace, so a transition a message
+/// causes hangs under that message's span. A cause in another trace (a
+/// person's request that began its own) does not move the entity out of
+/// its trace: `span` is then parented on the stored position, as it is
+/// without a cause.
+pub fn follow_cause(
+    span: &tracing::Span,
+    stored: Option<&str>,
+    cause: Option<&str>,
+) -> Option<String> {
+    follow(span, parent_of(stored, cause))
+}
+
+/// The parent [`follow_cause`] chooses.
+fn parent_of<'a>(stored: Option<&'a str>, cause: Option<&'a str>) -> Option<&'a str> {
+    match (
+        stored.and_then(TraceContext::parse),
+        cause.and_then(TraceContext::parse),
+    ) {
+        (Some(entity), Some(caused)) if entity.same_trace(&caused) => cause,
+        (Some(_), _) | (None, None) => stored,
+        (None, Some(_)) => cause,
+    }
 }
 
 fn follow_with(
@@ -203,13 +309,23 @@ tokio::task_local! {
     static CURRENT: TraceContext;
 }
 
-/// Runs `work` with `context` as the current trace (an HTTP request's), so
-/// that whatever it sends can carry it (see [`current`]).
+/// Runs `work` with `context` as the current trace (an HTTP request's, a
+/// delivery's), so that whatever it sends or causes can carry it (see
+/// [`current`]).
 pub async fn scope<F: std::future::Future>(context: TraceContext, work: F) -> F::Output {
     CURRENT.scope(context, work).await
 }
 
-/// The current trace, inside [`scope`].
+/// Runs `work` at once with `context`, when there is one, as the current
+/// trace.
+pub fn sync_scope<R>(context: Option<TraceContext>, work: impl FnOnce() -> R) -> R {
+    match context {
+        Some(context) => CURRENT.sync_scope(context, work),
+        None => work(),
+    }
+}
+
+/// The current trace, inside [`scope`] or [`sync_scope`].
 pub fn current() -> Option<TraceContext> {
     CURRENT.try_with(Clone::clone).ok()
 }
@@ -225,7 +341,7 @@ pub fn current_child() -> Option<String> {
 pub fn trace_id_of(traceparent: Option<&str>) -> String {
     traceparent
         .and_then(TraceContext::parse)
-        .map(|t| t.trace_id)
+        .map(|t| t.trace_id())
         .unwrap_or_default()
 }
 
@@ -242,6 +358,9 @@ pub fn child_of(traceparent: Option<&str>) -> Option<String> {
 mod tests {
     use super::*;
 
+    const THEIRS: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const THEIR_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
     #[test]
     fn round_trips_and_children_keep_the_trace() {
         let root = TraceContext::new_root();
@@ -249,44 +368,65 @@ mod tests {
         assert_eq!(parsed, root);
         let child = root.child();
         assert_eq!(child.trace_id(), root.trace_id());
-        assert_ne!(child.span_id(), root.span_id());
+        assert_ne!(
+            child.span_context().span_id(),
+            root.span_context().span_id()
+        );
         assert_eq!(root.trace_id().len(), 32);
+        assert_eq!(
+            TraceContext::parse(THEIRS).expect("valid").traceparent(),
+            THEIRS
+        );
     }
 
     #[test]
     fn rejects_what_is_not_trace_context() {
         for bad in [
             "",
-            "00-abc-def-01",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "junk",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
         ] {
             assert!(TraceContext::parse(bad).is_none(), "{bad}");
         }
-        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        assert_eq!(
-            trace_id_of(Some(ok)),
-            "4bf92f3577b34da6a3ce929d0e0e4736".to_string()
-        );
-        let continued = TraceContext::continue_or_new(Some(ok));
-        assert_eq!(continued.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(trace_id_of(Some(THEIRS)), THEIR_TRACE);
+        let continued = TraceContext::continue_or_new(Some(THEIRS));
+        assert_eq!(continued.trace_id(), THEIR_TRACE);
         assert_ne!(
             TraceContext::continue_or_new(Some("junk")).trace_id(),
-            "4bf92f3577b34da6a3ce929d0e0e4736"
+            THEIR_TRACE
         );
     }
 
-    const THEIRS: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    #[test]
+    fn amqp_headers_carry_traceparent_alone() {
+        let mut headers = FieldTable::default();
+        inject(Some(THEIRS), &mut headers);
+        let names: Vec<&str> = headers.inner().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, [TRACEPARENT_HEADER]);
+        assert_eq!(extract(&headers).as_deref(), Some(THEIRS));
+
+        let mut none = FieldTable::default();
+        inject(Some("junk"), &mut none);
+        inject(None, &mut none);
+        assert!(none.inner().is_empty());
+        assert_eq!(extract(&none), None);
+
+        let mut short = FieldTable::default();
+        short.insert(
+            TRACEPARENT_HEADER.into(),
+            AMQPValue::ShortString(THEIRS.into()),
+        );
+        assert_eq!(extract(&short).as_deref(), Some(THEIRS));
+    }
 
     /// Stands in for an exporter: the span's own id is always `..aa`.
     fn fake_link(_: &tracing::Span, parent: Option<&TraceContext>) -> Option<TraceContext> {
         let own = parent.cloned().unwrap_or_else(TraceContext::new_root);
-        Some(TraceContext {
-            span_id: "00000000000000aa".into(),
-            ..own
-        })
+        TraceContext::parse(&format!("00-{}-00000000000000aa-01", own.trace_id()))
     }
 
     fn unseen(_: &tracing::Span, _: Option<&TraceContext>) -> Option<TraceContext> {
@@ -296,9 +436,13 @@ mod tests {
     #[test]
     fn unlinked_spans_continue_the_caller_or_start_a_trace() {
         let span = tracing::Span::none();
+        let their_span = TraceContext::parse(THEIRS)
+            .expect("valid")
+            .span_context()
+            .span_id();
         let continued = start_with(None, &span, Some(THEIRS));
-        assert_eq!(continued.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_ne!(continued.span_id(), "00f067aa0ba902b7");
+        assert_eq!(continued.trace_id(), THEIR_TRACE);
+        assert_ne!(continued.span_context().span_id(), their_span);
         assert_ne!(
             start_with(None, &span, None).trace_id(),
             continued.trace_id()
@@ -306,7 +450,7 @@ mod tests {
         // A span the exporter does not see behaves as unlinked.
         let hidden = start_with(Some(unseen), &span, Some(THEIRS));
         assert_eq!(hidden.trace_id(), continued.trace_id());
-        assert_ne!(hidden.span_id(), "00f067aa0ba902b7");
+        assert_ne!(hidden.span_context().span_id(), their_span);
         // A message or a stored trace is kept as it is.
         assert_eq!(
             follow_with(None, &span, Some(THEIRS)).as_deref(),
@@ -323,10 +467,11 @@ mod tests {
     fn linked_spans_hand_on_their_own_position() {
         let span = tracing::Span::none();
         let own = start_with(Some(fake_link), &span, Some(THEIRS));
-        assert_eq!(own.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(own.span_id(), "00000000000000aa");
+        assert_eq!(
+            own.traceparent(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00000000000000aa-01"
+        );
         let root = start_with(Some(fake_link), &span, None);
-        assert_eq!(root.span_id(), "00000000000000aa");
         assert_ne!(root.trace_id(), own.trace_id());
         assert_eq!(
             follow_with(Some(fake_link), &span, Some(THEIRS)).as_deref(),
@@ -338,7 +483,22 @@ mod tests {
         assert_eq!(own.for_send(true), own);
         let sent = own.for_send(false);
         assert_eq!(sent.trace_id(), own.trace_id());
-        assert_ne!(sent.span_id(), own.span_id());
+        assert_ne!(sent, own);
+    }
+
+    #[test]
+    fn a_cause_in_the_entitys_trace_is_the_parent() {
+        let stored = THEIRS;
+        let message = "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01";
+        let elsewhere = TraceContext::new_root().traceparent();
+        assert_eq!(parent_of(Some(stored), Some(message)), Some(message));
+        // A person's request in a trace of its own leaves the entity's.
+        assert_eq!(parent_of(Some(stored), Some(&elsewhere)), Some(stored));
+        assert_eq!(parent_of(Some(stored), None), Some(stored));
+        assert_eq!(parent_of(Some(stored), Some("junk")), Some(stored));
+        // An entity without a trace takes the cause's.
+        assert_eq!(parent_of(None, Some(message)), Some(message));
+        assert_eq!(parent_of(None, None), None);
     }
 
     #[tokio::test]
@@ -348,5 +508,8 @@ mod tests {
         let inside = scope(root.clone(), async { current_child() }).await;
         assert_eq!(trace_id_of(inside.as_deref()), root.trace_id());
         assert!(current_child().is_none());
+        let now = sync_scope(Some(root.clone()), current);
+        assert_eq!(now, Some(root));
+        assert_eq!(sync_scope(None, current), None);
     }
 }
