@@ -19,6 +19,10 @@
 //! - [`http`]: the HTTP API, one module per resource, and its errors.
 //! - [`config`], [`telemetry`]: settings from the environment, logging,
 //!   OTLP span export when configured.
+//! - [`metrics`]: Prometheus metrics at `/metrics`.
+//!
+//! What both services share (the HTTP wiring and shutdown, the errors,
+//! health, metrics and the page) is in `service_kit`.
 #![forbid(unsafe_code)]
 
 pub mod actor;
@@ -30,21 +34,16 @@ pub mod store;
 pub use shared_messages::telemetry;
 pub mod workflow;
 
-use std::net::TcpListener;
-
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use anyhow::Context as _;
+use service_kit::serve::{self, HttpSettings, Listening};
 use shared_messages::bus::outbox::{relay, OutboxSignal};
 use shared_messages::bus::Bus;
 
 use crate::actor::{Deps, Registry};
 use crate::config::Config;
 use crate::workflow::Timing;
-
-/// HTTP worker threads. The actors run on the main arbiter; the workers
-/// only parse requests and wait for answers, so a few suffice.
-const HTTP_WORKERS: usize = 2;
 
 /// The running service: HTTP server, bus consumers, outbox relay, actors.
 pub struct Application {
@@ -88,35 +87,21 @@ impl Application {
         bus.start();
         tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
 
-        let listener = TcpListener::bind(&config.http_addr)
-            .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
-        let port = listener.local_addr()?.port();
         let state = web::Data::new(http::AppState {
             registry,
             bus: bus.clone(),
         });
-        let access = std::sync::Arc::new(
-            service_kit::Access::from_settings(
-                env!("CARGO_PKG_NAME"),
-                config.api_token_file.as_deref(),
-                config.cors_allowed_origins.clone(),
-            )
-            .context("reading API_TOKEN_FILE")?,
-        );
-        let server = HttpServer::new(move || {
-            App::new()
-                // Innermost first: access is checked after CORS has
-                // answered any preflight, inside the request's span.
-                .wrap(service_kit::Guard::new(access.clone()))
-                .wrap(service_kit::cors::cors(access.allowed_origins()))
-                .wrap(actix_web::middleware::from_fn(http::observe::observe))
-                .app_data(state.clone())
-                .configure(http::configure)
-        })
-        .workers(HTTP_WORKERS)
-        .disable_signals()
-        .listen(listener)?
-        .run();
+        let Listening { port, server } = serve::start::<http::HttpSpans, _>(
+            &HttpSettings {
+                name: env!("CARGO_PKG_NAME"),
+                addr: &config.http_addr,
+                api_token_file: config.api_token_file.as_deref(),
+                cors_allowed_origins: &config.cors_allowed_origins,
+            },
+            move |cfg| {
+                cfg.app_data(state.clone()).configure(http::configure);
+            },
+        )?;
         tracing::info!(
             http = %config.http_addr,
             port,
@@ -132,45 +117,9 @@ impl Application {
     }
 
     /// Serves until SIGTERM or SIGINT, then stops taking HTTP requests,
-    /// lets the consumers finish and ack what they hold, and returns.
+    /// lets those in hand finish, lets the consumers finish and ack what
+    /// they hold, and returns (see [`service_kit::serve`]).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let mut server = tokio::spawn(self.server);
-        tokio::select! {
-            result = &mut server => {
-                result.context("HTTP server task")??;
-            }
-            _ = shutdown_signal() => {
-                tracing::info!("shutting down");
-                handle.stop(true).await;
-                let _ = server.await;
-            }
-        }
-        self.bus.shutdown().await;
-        tracing::info!("stopped");
-        Ok(())
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+        serve::run_until_stopped(self.server, &self.bus).await
     }
 }

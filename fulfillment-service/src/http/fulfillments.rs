@@ -10,13 +10,10 @@ use shared_messages::messages::{
     Address, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus, FulfillmentStatusView,
 };
 
-use super::error::{ApiError, ErrorBody};
-use super::AppState;
+use super::{ApiError, AppState, ErrorBody};
 use crate::workflow::{Accepted, Input};
+use service_kit::http::{optional_json, Page};
 
-/// Page size when none is asked for, and the most one page may hold.
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
 /// Said when a cancel gives no reason.
 const DEFAULT_CANCEL_REASON: &str = "cancelled through the fulfillment API";
 
@@ -53,7 +50,7 @@ pub(crate) async fn create(
     body: web::Json<FulfillmentRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
-    request.validate().map_err(ApiError::InvalidInput)?;
+    request.validate().map_err(ApiError::InvalidField)?;
     if ids::is_order_service_order_id(&request.order_id) {
         return Err(ApiError::Conflict(format!(
             "orderId {:?} is an order-service order id: its fulfillment is started by order-service only; use an order id of another shape for a direct fulfillment",
@@ -108,20 +105,14 @@ pub(crate) async fn list(
         Some(s) => Some(
             FulfillmentStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| {
                 let known: Vec<&str> = FulfillmentStatus::ALL.iter().map(|s| s.as_str()).collect();
-                ApiError::InvalidInput(format!(
-                    "unknown status {s:?}; use one of {}",
+                ApiError::InvalidParameter(format!(
+                    "unknown status {s:?}; expected one of {}",
                     known.join(", ")
                 ))
             })?,
         ),
     };
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::InvalidInput(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
-    }
-    let offset = params.offset.unwrap_or(0);
+    let Page { limit, offset } = Page::new(params.limit, params.offset)?;
     let items: Vec<_> = state
         .registry
         .list(status, limit, offset)?
@@ -247,22 +238,7 @@ pub(crate) async fn cancel(
     id: web::Path<String>,
     body: Result<web::Bytes, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.map_err(|e| {
-        if e.as_response_error().status_code() == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: super::BODY_LIMIT,
-            }
-        } else {
-            ApiError::InvalidBody(e.to_string())
-        }
-    })?;
-    let reason = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        serde_json::from_slice::<CancelBody>(&body)
-            .map_err(|e| ApiError::InvalidBody(format!("expected {{\"reason\": \"...\"}}: {e}")))?
-            .reason
-    };
+    let reason = optional_json::<CancelBody>(body)?.and_then(|b| b.reason);
     let reason = reason
         .filter(|r| !r.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_CANCEL_REASON.into());
@@ -288,7 +264,7 @@ pub(crate) async fn shipping_address(
     body: web::Json<Address>,
 ) -> Result<HttpResponse, ApiError> {
     let address = body.into_inner();
-    address.validate().map_err(ApiError::InvalidInput)?;
+    address.validate().map_err(ApiError::InvalidField)?;
     signal_and_show(&state, &id, Input::UpdateAddress(address)).await
 }
 

@@ -13,18 +13,16 @@ use shared_messages::messages::{
 use shared_messages::trace;
 use shared_messages::Message;
 
-use super::error::ErrorBody;
 use super::views::{
     CancelledView, CreatedView, OrderListView, ProgressView, SignalView, StatusView,
 };
-use super::{optional_json, ApiError, AppState};
+use super::{optional_json, ApiError, AppState, ErrorBody};
 use crate::actor::ApplyError;
 use crate::bus;
 use crate::validation::{demo_order, CreateOrder};
 use crate::workflow::{DetailsUpdate, Input, OrderDetails, OrderState, OrderStatus, Rejection};
+use service_kit::http::Page;
 
-/// Most orders one list page returns.
-const MAX_PAGE: u32 = 100;
 /// How long the progress route waits for a live answer from fulfillment
 /// before it shows the progress of the last event instead.
 const LIVE_PROGRESS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -58,7 +56,7 @@ fn load(state: &AppState, workflow_id: &str) -> Result<OrderState, ApiError> {
         .orders
         .store()
         .get(order_id(workflow_id))
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::NotFound(format!("no order with workflow id {workflow_id}")))
 }
 
@@ -78,7 +76,7 @@ async fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse
         .orders
         .create(details, traceparent)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(HttpResponse::Created().json(CreatedView {
         order_id: order.order_id,
         workflow_id: order.workflow_id,
@@ -123,10 +121,10 @@ pub(crate) struct ListParams {
     /// Only orders in this status (any case).
     #[param(value_type = Option<OrderStatus>)]
     status: Option<String>,
-    /// Page size, 1 to 100 (default 20).
+    /// Page size, 1 to 500 (default 50).
     limit: Option<u32>,
     /// Orders to skip (default 0).
-    offset: Option<u64>,
+    offset: Option<u32>,
 }
 
 /// An order status given as a query parameter (any case; empty is none).
@@ -151,24 +149,19 @@ fn parse_status(value: Option<&str>) -> Result<Option<OrderStatus>, ApiError> {
     responses(
         (status = 200, description = "one page of orders", body = OrderListView),
         (status = 400, description = "unknown status, or limit out of range", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
     ))]
 pub(crate) async fn list(
     state: web::Data<AppState>,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
     let status = parse_status(params.status.as_deref())?;
-    let limit = params.limit.unwrap_or(20);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::InvalidParameter(format!(
-            "limit must be from 1 to {MAX_PAGE}"
-        )));
-    }
-    let offset = params.offset.unwrap_or(0);
+    let Page { limit, offset } = Page::new(params.limit, params.offset)?;
     let page = state
         .orders
         .store()
-        .list(status, limit, offset)
-        .map_err(ApiError::internal)?;
+        .list(status, limit, u64::from(offset))
+        .map_err(ApiError::store)?;
     let orders: Vec<StatusView> = page.orders.iter().map(StatusView::from).collect();
     Ok(HttpResponse::Ok().json(OrderListView {
         orders,
@@ -275,7 +268,7 @@ pub(crate) async fn history(
         .orders
         .store()
         .history(&order.order_id)
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(HttpResponse::Ok().json(History {
         workflow_id: order.workflow_id,
         events,
@@ -404,7 +397,7 @@ async fn control(
         state.query_timeout,
     )
     .await
-    .map_err(|e| ApiError::from_bus(e, state.timeout_ms(), true))?;
+    .map_err(|e| super::error::from_bus(e, state.timeout_ms(), true))?;
     match reply.message {
         Message::SignalReply(r) if r.accepted => Ok(HttpResponse::Ok().json(SignalView {
             message: done.into(),
@@ -417,7 +410,7 @@ async fn control(
             Some(e) => ApiError::Conflict(e.message),
             None => ApiError::Conflict(format!("fulfillment {fulfillment_id} refused the signal")),
         }),
-        Message::QueryFailed(e) => Err(ApiError::from_reply(e)),
+        Message::QueryFailed(e) => Err(ApiError::from(e)),
         other => Err(ApiError::BadReply(format!(
             "fulfillment-service answered {} to a signal",
             other.type_name()
@@ -440,7 +433,7 @@ fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
         }
         ApplyError::Rejected(Rejection::Invalid(m)) => ApiError::InvalidField(m),
         ApplyError::Rejected(r) => ApiError::Conflict(r.to_string()),
-        ApplyError::Store(e) => ApiError::internal(e),
+        ApplyError::Store(e) => ApiError::store(e),
         ApplyError::Unavailable => ApiError::Unavailable(ApplyError::Unavailable.to_string()),
     }
 }
