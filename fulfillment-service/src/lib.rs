@@ -37,7 +37,8 @@ pub mod workflow;
 use actix_web::dev::Server;
 use actix_web::web;
 use anyhow::Context as _;
-use service_kit::serve::{self, HttpSettings, Listening};
+use service_kit::serve::{self, Listening};
+use service_kit::settings::redact;
 use shared_messages::bus::outbox::{relay, OutboxSignal};
 use shared_messages::bus::Bus;
 
@@ -56,8 +57,9 @@ impl Application {
     /// Opens the store, recovers unfinished fulfillments, connects the bus
     /// and binds the HTTP listener. Call inside the actix system.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let opened = store::open(&config.store_url)
-            .with_context(|| format!("opening the store at {}", config.store_url_redacted()))?;
+        let common = &config.common;
+        let opened = store::open(&common.store_url)
+            .with_context(|| format!("opening the store at {}", redact(&common.store_url)))?;
         let outbox = OutboxSignal::new();
         let writer = store::Writer::start(
             "store-writer",
@@ -83,7 +85,7 @@ impl Application {
             "unfinished fulfillments resumed"
         );
 
-        let bus = bus::connect(&config.amqp_url, registry.clone());
+        let bus = bus::connect(&common.amqp_url, registry.clone());
         bus.start();
         tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
 
@@ -91,22 +93,15 @@ impl Application {
             registry,
             bus: bus.clone(),
         });
-        let Listening { port, server } = serve::start::<http::HttpSpans, _>(
-            &HttpSettings {
-                name: env!("CARGO_PKG_NAME"),
-                addr: &config.http_addr,
-                api_token_file: config.api_token_file.as_deref(),
-                cors_allowed_origins: &config.cors_allowed_origins,
-            },
-            move |cfg| {
+        let Listening { port, server } =
+            serve::start::<http::HttpSpans, _>(env!("CARGO_PKG_NAME"), common, move |cfg| {
                 cfg.app_data(state.clone()).configure(http::configure);
-            },
-        )?;
+            })?;
         tracing::info!(
-            http = %config.http_addr,
+            http = %common.http_addr,
             port,
-            amqp = %config.amqp_url_redacted(),
-            store = %config.store_url_redacted(),
+            amqp = %redact(&common.amqp_url),
+            store = %redact(&common.store_url),
             "fulfillment-service started"
         );
         Ok(Self { port, server, bus })

@@ -11,12 +11,12 @@ use service_kit::metrics::{Metrics, Nouns};
 
 pub use service_kit::metrics::{StatusLabels, TransitionLabels};
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let nouns = Nouns {
-        one: "fulfillment",
-        many: "fulfillments",
-        outbox: "Events",
-        store_write: "a transition with its events",
-    };
-    Metrics::new("fulfillment_service", nouns, |_| ()).0
-});
+/// What a fulfillment's metrics are called.
+const NOUNS: Nouns = Nouns {
+    one: "fulfillment",
+    outbox: "Events",
+    store_write: "a transition with its events",
+};
+
+pub static METRICS: LazyLock<Metrics> =
+    LazyLock::new(|| Metrics::new("fulfillment_service", NOUNS, |_| ()).0);

@@ -42,7 +42,7 @@ pub mod workflow;
 use actix_web::dev::Server;
 use actix_web::web;
 use anyhow::Context;
-use service_kit::serve::{self, HttpSettings, Listening};
+use service_kit::serve::{self, Listening};
 use shared_messages::bus::outbox::{relay, OutboxSignal};
 use shared_messages::bus::{Bus, BusConfig};
 use shared_messages::topology;
@@ -64,7 +64,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let opened = store::open(&config.store).context("opening the order store")?;
         let bus = Bus::new(BusConfig::new(
-            config.amqp_url.clone(),
+            config.common.amqp_url.clone(),
             "order-service",
             if config.declare_peer_queues {
                 topology::order_service()
@@ -82,7 +82,7 @@ impl Application {
                 inventory_delay: config.inventory_delay,
                 payment_delay: config.payment_delay,
                 poll_interval: config.poll_interval,
-                query_timeout: config.query_timeout,
+                query_timeout: config.common.query_timeout,
                 payment_decline_rate: config.payment_decline_rate,
                 fulfillment_deadline: config.fulfillment_deadline,
                 inventory_retry: config.inventory_retry,
@@ -104,20 +104,16 @@ impl Application {
 
         let state = web::Data::new(http::AppState {
             orders: orders.clone(),
-            query_timeout: config.query_timeout,
+            query_timeout: config.common.query_timeout,
         });
         let Listening { port, server } = serve::start::<http::HttpSpans, _>(
-            &HttpSettings {
-                name: env!("CARGO_PKG_NAME"),
-                addr: &config.http_addr,
-                api_token_file: config.api_token_file.as_deref(),
-                cors_allowed_origins: &config.cors_allowed_origins,
-            },
+            env!("CARGO_PKG_NAME"),
+            &config.common,
             move |cfg| {
                 cfg.app_data(state.clone()).configure(http::configure);
             },
         )?;
-        tracing::info!(addr = %config.http_addr, port, "order-service listening");
+        tracing::info!(addr = %config.common.http_addr, port, "order-service listening");
         Ok(Self {
             port,
             server,

@@ -39,7 +39,6 @@ impl std::ops::Deref for Metrics {
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let nouns = Nouns {
         one: "order",
-        many: "orders",
         outbox: "Signals",
         store_write: "insert, save of a transition with its outbox",
     };

@@ -15,6 +15,7 @@ use service_kit::http::{operations, Surface};
 pub use service_kit::http::{ApiError, ErrorBody};
 use shared_messages::bus::Bus;
 use shared_messages::messages::{FulfillmentStatus, FulfillmentStatusView};
+use utoipa::OpenApi as _;
 
 use crate::actor::Registry;
 use crate::metrics::METRICS;
@@ -89,7 +90,7 @@ impl Surface for AppState {
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
-        meta::document()
+        operations::document(meta::ApiDoc::openapi(), env!("CARGO_PKG_VERSION"))
     }
 
     fn quarantined(&self) -> Result<Vec<Quarantined>, ApiError> {
@@ -452,5 +453,12 @@ mod tests {
             text.contains("fulfillment_service_broker_connected 0"),
             "{text}"
         );
+    }
+
+    #[::core::prelude::v1::test]
+    fn every_route_is_documented_and_every_documented_route_exists() {
+        let doc = operations::document(meta::ApiDoc::openapi(), "test");
+        let routes = operations::check_routes(&doc, &[include_str!("fulfillments.rs")]);
+        assert!(routes.as_ref().is_ok_and(|n| *n >= 15), "{routes:?}");
     }
 }

@@ -21,6 +21,7 @@ use actix_web::web;
 use service_kit::http::ui::Page;
 use service_kit::http::{operations, Surface};
 pub use service_kit::http::{optional_json, ApiError, ErrorBody};
+use utoipa::OpenApi as _;
 
 use crate::actor::{Orders, Quarantined};
 use crate::metrics::METRICS;
@@ -93,7 +94,7 @@ impl Surface for AppState {
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
-        meta::document()
+        operations::document(meta::ApiDoc::openapi(), env!("CARGO_PKG_VERSION"))
     }
 
     fn quarantined(&self) -> Result<Vec<Quarantined>, ApiError> {
@@ -289,5 +290,15 @@ mod tests {
             test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
         let text = String::from_utf8(test::read_body(res).await.to_vec()).expect("utf-8");
         assert!(text.contains("order_service_broker_connected 0"), "{text}");
+    }
+
+    #[::core::prelude::v1::test]
+    fn every_route_is_documented_and_every_documented_route_exists() {
+        let doc = operations::document(meta::ApiDoc::openapi(), "test");
+        let routes = operations::check_routes(
+            &doc,
+            &[include_str!("orders.rs"), include_str!("fulfillment.rs")],
+        );
+        assert!(routes.as_ref().is_ok_and(|n| *n >= 19), "{routes:?}");
     }
 }

@@ -54,10 +54,8 @@ pub static HTTP_SECONDS: LazyLock<HttpSeconds> =
 /// How a service names what it runs, for the metrics' help texts.
 #[derive(Debug, Clone, Copy)]
 pub struct Nouns {
-    /// `order`.
+    /// `order`; `<one>s` is the name of the by-status gauge.
     pub one: &'static str,
-    /// `orders`: also the name of the by-status gauge.
-    pub many: &'static str,
     /// What its outbox holds: `Signals`, `Events`.
     pub outbox: &'static str,
     /// What one store write is.
@@ -94,10 +92,11 @@ impl Common {
         };
         let Nouns {
             one,
-            many,
             outbox,
             store_write,
         } = nouns;
+        let many = format!("{one}s");
+        let many = many.as_str();
         registry.register(
             "http_request_seconds",
             "HTTP requests by method, route pattern and status code, and how long they took",
@@ -259,7 +258,6 @@ mod tests {
             &mut registry,
             Nouns {
                 one: "thing",
-                many: "things",
                 outbox: "Events",
                 store_write: "a transition",
             },

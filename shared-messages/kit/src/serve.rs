@@ -7,8 +7,8 @@
 //! the connection closes) within [`BUS_SHUTDOWN_GRACE`]. Both fit inside
 //! the 30 s that Kubernetes and compose give a pod to drain.
 
+use std::future::Future;
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use shared_messages::bus::Bus;
 
 use crate::http::observe::{in_trace, RootSpanBuilder, TracingLogger};
+use crate::settings::Common;
 use crate::{Access, Guard};
 
 /// HTTP worker threads. The actors run on the main arbiter; the workers
@@ -32,19 +33,6 @@ pub const HTTP_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// exit, and its effects are idempotent, so waiting longer buys nothing.
 pub const BUS_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Where and to whom a service serves HTTP (from its settings).
-#[derive(Debug, Clone)]
-pub struct HttpSettings<'a> {
-    /// The service's name: the realm of its bearer tokens.
-    pub name: &'a str,
-    /// `HTTP_ADDR`.
-    pub addr: &'a str,
-    /// `API_TOKEN_FILE`.
-    pub api_token_file: Option<&'a Path>,
-    /// `CORS_ALLOWED_ORIGINS`.
-    pub cors_allowed_origins: &'a [String],
-}
-
 /// A bound, running HTTP server.
 pub struct Listening {
     /// The port bound (the one asked for, or the one given for port 0).
@@ -52,23 +40,24 @@ pub struct Listening {
     pub server: Server,
 }
 
-/// Binds `settings.addr` and serves the routes `configure` registers,
+/// Binds `HTTP_ADDR` and serves the routes `configure` registers,
 /// inside the access guard, CORS and the request spans (`Spans`, declared
 /// with [`crate::http_spans!`]) and metrics. Signals are left to
 /// [`run_until_stopped`]. Call inside the actix system.
-pub fn start<Spans, F>(settings: &HttpSettings, configure: F) -> anyhow::Result<Listening>
+/// `name` is the service's, the realm of its bearer tokens.
+pub fn start<Spans, F>(name: &str, settings: &Common, configure: F) -> anyhow::Result<Listening>
 where
     Spans: RootSpanBuilder + 'static,
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
-    let listener = TcpListener::bind(settings.addr)
-        .with_context(|| format!("binding HTTP_ADDR {}", settings.addr))?;
+    let listener = TcpListener::bind(&settings.http_addr)
+        .with_context(|| format!("binding HTTP_ADDR {}", settings.http_addr))?;
     let port = listener.local_addr()?.port();
     let access = Arc::new(
         Access::from_settings(
-            settings.name,
-            settings.api_token_file,
-            settings.cors_allowed_origins.to_vec(),
+            name,
+            settings.api_token_file.as_deref(),
+            settings.cors_allowed_origins.clone(),
         )
         .context("reading API_TOKEN_FILE")?,
     );
@@ -116,6 +105,29 @@ pub async fn run_until_stopped(server: Server, bus: &Bus) -> anyhow::Result<()> 
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A service's `main` after reading its settings: logging (and span
+/// export when configured) for the crate `target`
+/// (`env!("CARGO_CRATE_NAME")`), then `service` (build and run until
+/// stopped), then the last spans out. Logs go to stderr, so a test harness
+/// that ignores it stays quiet.
+pub async fn main(
+    settings: &Common,
+    target: &'static str,
+    service: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let telemetry = shared_messages::telemetry::init(
+        &settings.log_filter,
+        settings.log_format,
+        settings.exported_as(),
+        target,
+        std::io::stderr,
+    )?;
+    let result = service.await;
+    // Stopped (SIGTERM, SIGINT) or failed: the last spans go out first.
+    telemetry.shutdown();
+    result
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
