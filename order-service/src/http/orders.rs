@@ -60,6 +60,9 @@ fn load(state: &AppState, workflow_id: &str) -> Result<OrderState, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no order with workflow id {workflow_id}")))
 }
 
+/// For what waits on fulfillment-service's answer (pause, resume): the
+/// broker must be there now. Writes need not: what they send to
+/// fulfillment goes through the outbox, out once RabbitMQ is back.
 fn require_broker(state: &AppState) -> Result<(), ApiError> {
     if state.orders.bus().is_connected() {
         Ok(())
@@ -69,7 +72,6 @@ fn require_broker(state: &AppState) -> Result<(), ApiError> {
 }
 
 async fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse, ApiError> {
-    require_broker(state)?;
     // The order keeps the request's trace (new, or the caller's).
     let traceparent = shared_messages::trace::current().map(|t| t.traceparent());
     let order = state
@@ -91,7 +93,7 @@ async fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse
         (status = 201, description = "created; follow it by its workflowId", body = CreatedView),
         (status = 400, description = "the body is not JSON or a field is wrong", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
-        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
     ))]
 pub(crate) async fn create(
     state: web::Data<AppState>,
@@ -108,7 +110,7 @@ pub(crate) async fn create(
 #[utoipa::path(post, path = "/orders/demo", tag = "orders", operation_id = "createDemoOrder",
     responses(
         (status = 201, description = "created", body = CreatedView),
-        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
     ))]
 pub(crate) async fn create_demo(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     created(&state, demo_order()).await
@@ -454,7 +456,7 @@ fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
         (status = 400, description = "the body is not `{reason}`", body = ErrorBody),
         (status = 404, description = "no such order", body = ErrorBody),
         (status = 409, description = "already shipped (the cancel was refused), cancelled or failed", body = ErrorBody),
-        (status = 503, description = "RabbitMQ unavailable, or the order's actor is restarting", body = ErrorBody),
+        (status = 503, description = "the order's actor is restarting, or the store does not answer", body = ErrorBody),
     ))]
 pub(crate) async fn cancel(
     state: web::Data<AppState>,
@@ -462,7 +464,6 @@ pub(crate) async fn cancel(
     body: Result<web::Bytes, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
     let body: CancelBody = optional_json(body)?.unwrap_or_default();
-    require_broker(&state)?;
     let order = state
         .orders
         .apply(
@@ -514,7 +515,7 @@ pub(crate) async fn cancel(
         (status = 400, description = "nothing to change, or a field is wrong", body = ErrorBody),
         (status = 404, description = "no such order", body = ErrorBody),
         (status = 409, description = "fulfillment has started", body = ErrorBody),
-        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
     ))]
 pub(crate) async fn update(
     state: web::Data<AppState>,
@@ -527,7 +528,6 @@ pub(crate) async fn update(
             "nothing to change: send customerEmail, customerName or shippingAddress".into(),
         ));
     }
-    require_broker(&state)?;
     let order = state
         .orders
         .apply(order_id(&path), Input::UpdateDetails(update))
