@@ -12,6 +12,7 @@ use shared_messages::messages::{
 
 use super::{ApiError, AppState, ErrorBody};
 use crate::workflow::{Accepted, Input};
+use service_kit::http::error::{StoreDown, TooLarge};
 use service_kit::http::{optional_json, Page};
 
 /// Said when a cancel gives no reason.
@@ -41,9 +42,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 200, description = "it already existed; started if it was waiting", body = FulfillmentStatusView),
         (status = 400, description = "malformed body or a wrong field", body = ErrorBody),
         (status = 409, description = "not startable in its current state, or the order id is one order-service mints (its fulfillment starts from order-service only)", body = ErrorBody),
-        (status = 413, description = "body too large", body = ErrorBody),
-        (status = 415, description = "not JSON", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        TooLarge,
+        StoreDown,
     ))]
 pub(crate) async fn create(
     state: web::Data<AppState>,
@@ -94,7 +94,7 @@ pub struct FulfillmentListView {
     responses(
         (status = 200, description = "one page", body = FulfillmentListView),
         (status = 400, description = "unknown status, or limit out of range", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn list(
     state: web::Data<AppState>,
@@ -132,7 +132,7 @@ pub(crate) async fn list(
     responses(
         (status = 200, description = "the fulfillment", body = FulfillmentStatusView),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn status(
     state: web::Data<AppState>,
@@ -147,7 +147,7 @@ pub(crate) async fn status(
     responses(
         (status = 200, description = "its progress", body = FulfillmentProgressView),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn progress(
     state: web::Data<AppState>,
@@ -165,7 +165,7 @@ pub(crate) async fn progress(
     responses(
         (status = 200, description = "its history", body = History),
         (status = 404, description = "no such fulfillment, and no cancel waiting for it", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn history(
     state: web::Data<AppState>,
@@ -189,7 +189,7 @@ pub(crate) async fn history(
         (status = 200, description = "paused", body = FulfillmentStatusView),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
         (status = 409, description = "not pausable in its current state", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn pause(
     state: web::Data<AppState>,
@@ -205,7 +205,7 @@ pub(crate) async fn pause(
         (status = 200, description = "resumed", body = FulfillmentStatusView),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
         (status = 409, description = "not paused", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn resume(
     state: web::Data<AppState>,
@@ -230,8 +230,8 @@ pub struct CancelBody {
         (status = 400, description = "the body is not `{reason}`", body = ErrorBody),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
         (status = 409, description = "already shipped, cancelled or failed", body = ErrorBody),
-        (status = 413, description = "body too large", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        TooLarge,
+        StoreDown,
     ))]
 pub(crate) async fn cancel(
     state: web::Data<AppState>,
@@ -254,9 +254,8 @@ pub(crate) async fn cancel(
         (status = 400, description = "malformed body or a wrong field", body = ErrorBody),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
         (status = 409, description = "the label is already printed, or it is finished", body = ErrorBody),
-        (status = 413, description = "body too large", body = ErrorBody),
-        (status = 415, description = "not JSON", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        TooLarge,
+        StoreDown,
     ))]
 pub(crate) async fn shipping_address(
     state: web::Data<AppState>,

@@ -21,6 +21,7 @@ use crate::actor::ApplyError;
 use crate::bus;
 use crate::validation::{demo_order, CreateOrder};
 use crate::workflow::{DetailsUpdate, Input, OrderDetails, OrderState, OrderStatus, Rejection};
+use service_kit::http::error::{StoreDown, TooLarge};
 use service_kit::http::Page;
 
 /// How long the progress route waits for a live answer from fulfillment
@@ -92,8 +93,8 @@ async fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse
     responses(
         (status = 201, description = "created; follow it by its workflowId", body = CreatedView),
         (status = 400, description = "the body is not JSON or a field is wrong", body = ErrorBody),
-        (status = 413, description = "body too large", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        TooLarge,
+        StoreDown,
     ))]
 pub(crate) async fn create(
     state: web::Data<AppState>,
@@ -110,7 +111,7 @@ pub(crate) async fn create(
 #[utoipa::path(post, path = "/orders/demo", tag = "orders", operation_id = "createDemoOrder",
     responses(
         (status = 201, description = "created", body = CreatedView),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn create_demo(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     created(&state, demo_order()).await
@@ -151,7 +152,7 @@ fn parse_status(value: Option<&str>) -> Result<Option<OrderStatus>, ApiError> {
     responses(
         (status = 200, description = "one page of orders", body = OrderListView),
         (status = 400, description = "unknown status, or limit out of range", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn list(
     state: web::Data<AppState>,
@@ -515,7 +516,7 @@ pub(crate) async fn cancel(
         (status = 400, description = "nothing to change, or a field is wrong", body = ErrorBody),
         (status = 404, description = "no such order", body = ErrorBody),
         (status = 409, description = "fulfillment has started", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn update(
     state: web::Data<AppState>,

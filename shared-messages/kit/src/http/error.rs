@@ -375,3 +375,40 @@ mod tests {
         );
     }
 }
+
+/// Documents, on a route that reads or writes the store, its 503 when the
+/// store does not answer: `responses((status = 200, ..), StoreDown)`.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 503, description = "the store does not answer")]
+pub struct StoreDown(pub ErrorBody);
+
+/// Documents, on a route that takes a body, its 413 past
+/// [`MAX_BODY_BYTES`] (the access guard documents the 415 of a body that
+/// is not JSON).
+#[derive(utoipa::IntoResponses)]
+#[response(status = 413, description = "the body is larger than 256 KiB")]
+pub struct TooLarge(pub ErrorBody);
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+    use utoipa::OpenApi;
+
+    #[utoipa::path(get, path = "/x", responses((status = 200, description = "ok", body = String), StoreDown))]
+    #[allow(dead_code)]
+    async fn x() {}
+
+    #[derive(OpenApi)]
+    #[openapi(paths(x))]
+    struct Doc;
+
+    #[test]
+    fn mixed_responses_document_both() {
+        let doc = serde_json::to_value(Doc::openapi()).expect("json");
+        let responses = &doc["paths"]["/x"]["get"]["responses"];
+        assert!(
+            responses["200"].is_object() && responses["503"].is_object(),
+            "{responses}"
+        );
+    }
+}
