@@ -1,47 +1,24 @@
-//! Typed settings from the environment, with the names, services and
-//! defaults listed under "Configuration" in the repository's README.md.
+//! Typed settings from the environment (names and defaults as under
+//! "Configuration" in the repository's README.md): the
+//! common ones ([`service_kit::settings::Common`]) and the step delay.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-/// Local defaults: a broker on loopback, the demo's port, a file store.
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use service_kit::settings::{self, Common, Defaults};
+pub use service_kit::settings::{redact, LogFormat, SettingError as ConfigError};
+
+/// Local defaults: the demo's port, a file store.
 pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:3233";
 pub const DEFAULT_STORE_URL: &str = "sqlite://./data/fulfillment.db";
 /// Seconds per step by default, so a person can pause and resume by hand.
 pub const DEFAULT_STEP_DELAY_MS: u64 = 3_000;
-pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 5_000;
 
-pub use message_bus::telemetry::LogFormat;
-
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Config {
-    /// Holds the broker password: never printed (see `Debug`).
-    pub amqp_url: String,
-    pub http_addr: String,
-    pub store_url: String,
+    /// Broker, store, HTTP, query timeout, logging, access.
+    pub common: Common,
+    /// `STEP_DELAY_MS`: how long each step takes.
     pub step_delay: Duration,
-    pub query_timeout: Duration,
-    pub log_format: LogFormat,
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: when set, spans are exported there
-    /// over OTLP/HTTP (the exporter reads it, and the other standard
-    /// `OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables, itself).
-    pub otlp_endpoint: Option<String>,
-    /// `OTEL_SERVICE_NAME`: the name exported spans carry.
-    pub service_name: String,
-    /// `API_TOKEN_FILE`: bearer tokens with their roles; `None` runs the
-    /// HTTP API open (local development).
-    pub api_token_file: Option<PathBuf>,
-    /// `CORS_ALLOWED_ORIGINS`: other origins whose pages may call the API.
-    pub cors_allowed_origins: Vec<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("{name}={value:?} is not valid: {reason}")]
-pub struct ConfigError {
-    name: &'static str,
-    value: String,
-    reason: String,
 }
 
 impl Config {
@@ -52,121 +29,15 @@ impl Config {
     /// Reads settings through `get`, so tests need not touch the process
     /// environment.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let text = |name: &str, default: &str| get(name).unwrap_or_else(|| default.to_owned());
-        let millis = |name: &'static str, default: u64| -> Result<Duration, ConfigError> {
-            match get(name) {
-                None => Ok(Duration::from_millis(default)),
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map(Duration::from_millis)
-                    .map_err(|e| ConfigError {
-                        name,
-                        value: v,
-                        reason: format!("{e}; expected a whole number of milliseconds"),
-                    }),
-            }
+        let defaults = Defaults {
+            service: env!("CARGO_PKG_NAME"),
+            http_addr: DEFAULT_HTTP_ADDR,
+            store_url: DEFAULT_STORE_URL,
         };
-        let log_format = match get("LOG_FORMAT").as_deref().map(str::trim) {
-            None | Some("") | Some("pretty") | Some("text") => LogFormat::Pretty,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(ConfigError {
-                    name: "LOG_FORMAT",
-                    value: other.to_owned(),
-                    reason: "expected json or pretty".into(),
-                })
-            }
-        };
-        // Secrets may come from files (`AMQP_URL_FILE`, `STORE_URL_FILE`).
-        let secret = |name: &'static str, default: &str| {
-            service_kit::settings::value_or_file(&get, name)
-                .map(|v| v.unwrap_or_else(|| default.to_owned()))
-                .map_err(|reason| ConfigError {
-                    name,
-                    value: String::new(),
-                    reason,
-                })
-        };
-        let cors_allowed_origins =
-            service_kit::cors::parse_origins(&get("CORS_ALLOWED_ORIGINS").unwrap_or_default())
-                .map_err(|reason| ConfigError {
-                    name: "CORS_ALLOWED_ORIGINS",
-                    value: get("CORS_ALLOWED_ORIGINS").unwrap_or_default(),
-                    reason,
-                })?;
         Ok(Self {
-            amqp_url: secret("AMQP_URL", DEFAULT_AMQP_URL)?,
-            http_addr: text("HTTP_ADDR", DEFAULT_HTTP_ADDR),
-            store_url: secret("STORE_URL", DEFAULT_STORE_URL)?,
-            step_delay: millis("STEP_DELAY_MS", DEFAULT_STEP_DELAY_MS)?,
-            query_timeout: millis("QUERY_TIMEOUT_MS", DEFAULT_QUERY_TIMEOUT_MS)?,
-            log_format,
-            otlp_endpoint: get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty()),
-            service_name: get("OTEL_SERVICE_NAME")
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| env!("CARGO_PKG_NAME").into()),
-            api_token_file: get("API_TOKEN_FILE")
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
-            cors_allowed_origins,
+            common: Common::from_lookup(&get, defaults)?,
+            step_delay: settings::millis(&get, "STEP_DELAY_MS", DEFAULT_STEP_DELAY_MS)?,
         })
-    }
-
-    /// The name spans are exported under, when they are exported.
-    pub fn exported_as(&self) -> Option<&str> {
-        self.otlp_endpoint
-            .as_ref()
-            .map(|_| self.service_name.as_str())
-    }
-
-    /// The broker URL with the password replaced, for logs.
-    pub fn amqp_url_redacted(&self) -> String {
-        redact(&self.amqp_url)
-    }
-
-    /// The store URL with any password replaced, for logs.
-    pub fn store_url_redacted(&self) -> String {
-        redact(&self.store_url)
-    }
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("amqp_url", &self.amqp_url_redacted())
-            .field("http_addr", &self.http_addr)
-            .field("store_url", &self.store_url_redacted())
-            .field("step_delay", &self.step_delay)
-            .field("query_timeout", &self.query_timeout)
-            .field("log_format", &self.log_format)
-            .field("otlp_endpoint", &self.otlp_endpoint.as_deref().map(redact))
-            .field("service_name", &self.service_name)
-            .field("api_token_file", &self.api_token_file)
-            .field("cors_allowed_origins", &self.cors_allowed_origins)
-            .finish()
-    }
-}
-
-/// `amqp://user:secret@host` -> `amqp://user:***@host`.
-pub fn redact(url: &str) -> String {
-    // AMQP_URL may list several nodes: each one's password goes.
-    if url.contains(',') {
-        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
-    }
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
     }
 }
 
@@ -175,29 +46,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn access_settings() {
-        let c = Config::from_lookup(|_| None).expect("defaults");
-        assert_eq!(c.api_token_file, None);
-        assert!(c.cors_allowed_origins.is_empty());
-        let c = Config::from_lookup(|n| match n {
-            "API_TOKEN_FILE" => Some("/run/secrets/api/tokens".into()),
-            "CORS_ALLOWED_ORIGINS" => Some("https://ops.example.com".into()),
-            _ => None,
-        })
-        .expect("valid");
-        assert_eq!(
-            c.api_token_file,
-            Some(PathBuf::from("/run/secrets/api/tokens"))
-        );
-        assert_eq!(c.cors_allowed_origins, vec!["https://ops.example.com"]);
+    fn a_missing_secret_file_is_named() {
         let err = Config::from_lookup(|n| (n == "STORE_URL_FILE").then(|| "/nonexistent".into()))
             .expect_err("missing file");
         assert!(err.to_string().contains("STORE_URL_FILE"), "{err}");
     }
+
     #[test]
     fn defaults_apply_and_the_password_never_prints() {
         let config = Config::from_lookup(|_| None).expect("defaults");
-        assert_eq!(config.http_addr, "0.0.0.0:3233");
+        assert_eq!(config.common.http_addr, "0.0.0.0:3233");
         assert_eq!(config.step_delay, Duration::from_secs(3));
         let printed = format!("{config:?}");
         assert!(!printed.contains("guest:guest"), "{printed}");
@@ -213,7 +71,7 @@ mod tests {
             cluster,
             "amqp://app:***@rabbit-0:5672/v,amqp://app:***@rabbit-1:5672/v"
         );
-        assert_eq!(config.exported_as(), None);
+        assert_eq!(config.common.exported_as(), None);
     }
 
     #[test]
@@ -221,13 +79,13 @@ mod tests {
         let endpoint =
             |n: &str| (n == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| "http://c:4318".into());
         let config = Config::from_lookup(endpoint).expect("valid");
-        assert_eq!(config.exported_as(), Some("fulfillment-service"));
+        assert_eq!(config.common.exported_as(), Some("fulfillment-service"));
         let named = Config::from_lookup(|n| match n {
             "OTEL_SERVICE_NAME" => Some("fulfillment-eu".into()),
             other => endpoint(other),
         })
         .expect("valid");
-        assert_eq!(named.exported_as(), Some("fulfillment-eu"));
+        assert_eq!(named.common.exported_as(), Some("fulfillment-eu"));
     }
 
     #[test]

@@ -19,6 +19,10 @@
 //! - [`http`]: the HTTP API, one module per resource, and its errors.
 //! - [`config`], [`telemetry`]: settings from the environment, logging,
 //!   OTLP span export when configured.
+//! - [`metrics`]: Prometheus metrics at `/metrics`.
+//!
+//! What both services share (the HTTP wiring and shutdown, the errors,
+//! health, metrics and the page) is in `service_kit`.
 #![forbid(unsafe_code)]
 
 pub mod actor;
@@ -30,21 +34,17 @@ pub mod store;
 pub use message_bus::telemetry;
 pub mod workflow;
 
-use std::net::TcpListener;
-
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use anyhow::Context as _;
 use message_bus::outbox::{relay, OutboxSignal};
 use message_bus::Bus;
+use service_kit::serve::{self, Listening};
+use service_kit::settings::redact;
 
 use crate::actor::{Deps, Registry};
 use crate::config::Config;
 use crate::workflow::Timing;
-
-/// HTTP worker threads. The actors run on the main arbiter; the workers
-/// only parse requests and wait for answers, so a few suffice.
-const HTTP_WORKERS: usize = 2;
 
 /// The running service: HTTP server, bus consumers, outbox relay, actors.
 pub struct Application {
@@ -57,8 +57,9 @@ impl Application {
     /// Opens the store, recovers unfinished fulfillments, connects the bus
     /// and binds the HTTP listener. Call inside the actix system.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let opened = store::open(&config.store_url)
-            .with_context(|| format!("opening the store at {}", config.store_url_redacted()))?;
+        let common = &config.common;
+        let opened = store::open(&common.store_url)
+            .with_context(|| format!("opening the store at {}", redact(&common.store_url)))?;
         let outbox = OutboxSignal::new();
         let writer = store::Writer::start(
             "store-writer",
@@ -84,44 +85,23 @@ impl Application {
             "unfinished fulfillments resumed"
         );
 
-        let bus = bus::connect(&config.amqp_url, registry.clone());
+        let bus = bus::connect(&common.amqp_url, registry.clone());
         bus.start();
         tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
 
-        let listener = TcpListener::bind(&config.http_addr)
-            .with_context(|| format!("binding HTTP_ADDR {}", config.http_addr))?;
-        let port = listener.local_addr()?.port();
         let state = web::Data::new(http::AppState {
             registry,
             bus: bus.clone(),
         });
-        let access = std::sync::Arc::new(
-            service_kit::Access::from_settings(
-                env!("CARGO_PKG_NAME"),
-                config.api_token_file.as_deref(),
-                config.cors_allowed_origins.clone(),
-            )
-            .context("reading API_TOKEN_FILE")?,
-        );
-        let server = HttpServer::new(move || {
-            App::new()
-                // Innermost first: access is checked after CORS has
-                // answered any preflight, inside the request's span.
-                .wrap(service_kit::Guard::new(access.clone()))
-                .wrap(service_kit::cors::cors(access.allowed_origins()))
-                .wrap(actix_web::middleware::from_fn(http::observe::observe))
-                .app_data(state.clone())
-                .configure(http::configure)
-        })
-        .workers(HTTP_WORKERS)
-        .disable_signals()
-        .listen(listener)?
-        .run();
+        let Listening { port, server } =
+            serve::start::<http::HttpSpans, _>(env!("CARGO_PKG_NAME"), common, move |cfg| {
+                cfg.app_data(state.clone()).configure(http::configure);
+            })?;
         tracing::info!(
-            http = %config.http_addr,
+            http = %common.http_addr,
             port,
-            amqp = %config.amqp_url_redacted(),
-            store = %config.store_url_redacted(),
+            amqp = %redact(&common.amqp_url),
+            store = %redact(&common.store_url),
             "fulfillment-service started"
         );
         Ok(Self { port, server, bus })
@@ -132,45 +112,9 @@ impl Application {
     }
 
     /// Serves until SIGTERM or SIGINT, then stops taking HTTP requests,
-    /// lets the consumers finish and ack what they hold, and returns.
+    /// lets those in hand finish, lets the consumers finish and ack what
+    /// they hold, and returns (see [`service_kit::serve`]).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let handle = self.server.handle();
-        let mut server = tokio::spawn(self.server);
-        tokio::select! {
-            result = &mut server => {
-                result.context("HTTP server task")??;
-            }
-            _ = shutdown_signal() => {
-                tracing::info!("shutting down");
-                handle.stop(true).await;
-                let _ = server.await;
-            }
-        }
-        self.bus.shutdown().await;
-        tracing::info!("stopped");
-        Ok(())
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+        serve::run_until_stopped(self.server, &self.bus).await
     }
 }

@@ -1,24 +1,15 @@
 //! The fulfillment-service binary: settings, logging, build, run.
 
 use fulfillment_service::config::Config;
-use fulfillment_service::{telemetry, Application};
+use fulfillment_service::Application;
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    // `RUST_LOG` filters the log (default `info`); stderr, so a test
-    // harness that ignores it stays quiet.
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    let telemetry = telemetry::init(
-        &filter,
-        config.log_format,
-        config.exported_as(),
-        env!("CARGO_CRATE_NAME"),
-        std::io::stderr,
-    )?;
-    tracing::debug!(?config, "configuration");
-    let result = async { Application::build(config).await?.run_until_stopped().await }.await;
-    // Stopped (SIGTERM, SIGINT) or failed: the last spans go out first.
-    telemetry.shutdown();
-    result
+    let common = config.common.clone();
+    service_kit::serve::main(&common, env!("CARGO_CRATE_NAME"), async move {
+        tracing::debug!(?config, "configuration");
+        Application::build(config).await?.run_until_stopped().await
+    })
+    .await
 }

@@ -32,8 +32,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use message_bus::Route;
+use serde::{Deserialize, Serialize};
 use shared_messages::messages::{
     Address, CompletedStep, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus,
     FulfillmentStatusChanged, FulfillmentStatusView, ReplyError,

@@ -17,10 +17,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tracing::Instrument;
 
+use message_bus::trace;
 use message_bus::{Bus, BusError, Handler, Incoming, Outcome, Route};
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::topology::{FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY};
-use message_bus::trace;
 use shared_messages::{Envelope, Message};
 use uuid::Uuid;
 

@@ -49,18 +49,18 @@ impl StoreLocation {
     }
 }
 
-pub use message_bus::telemetry::LogFormat;
+pub use service_kit::settings::{redact, LogFormat, DEFAULT_AMQP_URL};
+use service_kit::settings::{Common, Defaults};
 
 #[derive(Clone)]
 pub struct Config {
-    /// Holds the broker password: never printed (see the Debug impl).
-    pub amqp_url: String,
-    pub http_addr: String,
+    /// Broker, store URL, HTTP, query timeout, logging, access.
+    pub common: Common,
+    /// Where orders are stored (from `STORE_URL`).
     pub store: StoreLocation,
     pub inventory_delay: Duration,
     pub payment_delay: Duration,
     pub poll_interval: Duration,
-    pub query_timeout: Duration,
     pub payment_decline_rate: f64,
     /// `FULFILLMENT_DEADLINE_MS` (15 minutes): an order whose fulfillment
     /// has not finished this long after the hand-over is marked overdue.
@@ -73,19 +73,6 @@ pub struct Config {
     pub inventory_transient_failure_rate: f64,
     /// `PAYMENT_TRANSIENT_FAILURE_RATE` (0): simulated transient failures.
     pub payment_transient_failure_rate: f64,
-    pub log_filter: String,
-    pub log_format: LogFormat,
-    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: when set, spans are exported there
-    /// over OTLP/HTTP (the exporter reads it, and the other standard
-    /// `OTEL_EXPORTER_OTLP_*` and `OTEL_BSP_*` variables, itself).
-    pub otlp_endpoint: Option<String>,
-    /// `OTEL_SERVICE_NAME`: the name exported spans carry.
-    pub service_name: String,
-    /// `API_TOKEN_FILE`: bearer tokens with their roles; `None` runs the
-    /// HTTP API open (local development).
-    pub api_token_file: Option<PathBuf>,
-    /// `CORS_ALLOWED_ORIGINS`: other origins whose pages may call the API.
-    pub cors_allowed_origins: Vec<String>,
     /// `AMQP_DECLARE_PEER_QUEUES` (default true): also declare
     /// fulfillment-service's queues, so signals wait even before it first
     /// runs. `false` where the broker's definitions are loaded beforehand
@@ -96,13 +83,11 @@ pub struct Config {
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
-            .field("amqp_url", &redact(&self.amqp_url))
-            .field("http_addr", &self.http_addr)
+            .field("common", &self.common)
             .field("store", &self.store)
             .field("inventory_delay", &self.inventory_delay)
             .field("payment_delay", &self.payment_delay)
             .field("poll_interval", &self.poll_interval)
-            .field("query_timeout", &self.query_timeout)
             .field("payment_decline_rate", &self.payment_decline_rate)
             .field("fulfillment_deadline", &self.fulfillment_deadline)
             .field("inventory_retry", &self.inventory_retry)
@@ -115,40 +100,14 @@ impl std::fmt::Debug for Config {
                 "payment_transient_failure_rate",
                 &self.payment_transient_failure_rate,
             )
-            .field("log_filter", &self.log_filter)
-            .field("log_format", &self.log_format)
-            .field("otlp_endpoint", &self.otlp_endpoint.as_deref().map(redact))
-            .field("service_name", &self.service_name)
-            .field("api_token_file", &self.api_token_file)
-            .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("declare_peer_queues", &self.declare_peer_queues)
             .finish()
-    }
-}
-
-/// The URL with any password replaced by `***`.
-pub fn redact(url: &str) -> String {
-    // AMQP_URL may list several nodes: each one's password goes.
-    if url.contains(',') {
-        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
-    }
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.into();
-    };
-    match rest.split_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.into(),
     }
 }
 
 /// Fifteen minutes: far longer than a fulfillment takes with the default
 /// step delays, short enough that a stuck order is seen the same shift.
 pub const DEFAULT_FULFILLMENT_DEADLINE_MS: u64 = 15 * 60 * 1000;
-
-pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 impl Config {
     pub fn from_env() -> Result<Self, String> {
@@ -159,17 +118,8 @@ impl Config {
     /// environment.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let get = |name: &str, default: &str| lookup(name).unwrap_or_else(|| default.into());
-        let millis = |name: &str, default: u64| -> Result<Duration, String> {
-            match lookup(name) {
-                None => Ok(Duration::from_millis(default)),
-                Some(v) => v
-                    .trim()
-                    .parse::<u64>()
-                    .map(Duration::from_millis)
-                    .map_err(|_| {
-                        format!("{name} must be a whole number of milliseconds, got {v:?}")
-                    }),
-            }
+        let millis = |name: &str, default: u64| {
+            service_kit::settings::millis(&lookup, name, default).map_err(|e| e.to_string())
         };
         let fraction = |name: &str| -> Result<f64, String> {
             match lookup(name) {
@@ -219,30 +169,25 @@ impl Config {
                 maximum_attempts,
             })
         };
-        let log_format = match get("LOG_FORMAT", "pretty").to_ascii_lowercase().as_str() {
-            "json" => LogFormat::Json,
-            "pretty" | "text" => LogFormat::Pretty,
-            other => return Err(format!("LOG_FORMAT must be json or pretty, got {other:?}")),
-        };
-        let query_timeout = millis("QUERY_TIMEOUT_MS", 5000)?;
-        if query_timeout.is_zero() {
-            return Err("QUERY_TIMEOUT_MS must be at least 1".into());
-        }
         let poll_interval = millis("POLL_INTERVAL_MS", 5000)?;
         if poll_interval.is_zero() {
             return Err("POLL_INTERVAL_MS must be at least 1".into());
         }
-        let secret = |name: &str| service_kit::settings::value_or_file(&lookup, name);
+        let common = Common::from_lookup(
+            &lookup,
+            Defaults {
+                service: env!("CARGO_PKG_NAME"),
+                http_addr: "0.0.0.0:3232",
+                store_url: "sqlite://./data/orders.db",
+            },
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Self {
-            amqp_url: secret("AMQP_URL")?.unwrap_or_else(|| DEFAULT_AMQP_URL.into()),
-            http_addr: get("HTTP_ADDR", "0.0.0.0:3232"),
-            store: StoreLocation::parse(
-                &secret("STORE_URL")?.unwrap_or_else(|| "sqlite://./data/orders.db".into()),
-            )?,
+            store: StoreLocation::parse(&common.store_url)?,
+            common,
             inventory_delay: millis("INVENTORY_DELAY_MS", 1000)?,
             payment_delay: millis("PAYMENT_DELAY_MS", 1000)?,
             poll_interval,
-            query_timeout,
             payment_decline_rate: rate,
             fulfillment_deadline: millis(
                 "FULFILLMENT_DEADLINE_MS",
@@ -252,22 +197,6 @@ impl Config {
             payment_retry: policy("PAYMENT_RETRY")?,
             inventory_transient_failure_rate: fraction("INVENTORY_TRANSIENT_FAILURE_RATE")?,
             payment_transient_failure_rate: fraction("PAYMENT_TRANSIENT_FAILURE_RATE")?,
-            log_filter: get("RUST_LOG", "info"),
-            log_format,
-            otlp_endpoint: lookup("OTEL_EXPORTER_OTLP_ENDPOINT")
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty()),
-            service_name: lookup("OTEL_SERVICE_NAME")
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| env!("CARGO_PKG_NAME").into()),
-            api_token_file: lookup("API_TOKEN_FILE")
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
-            cors_allowed_origins: service_kit::cors::parse_origins(
-                &lookup("CORS_ALLOWED_ORIGINS").unwrap_or_default(),
-            )?,
             declare_peer_queues: match get("AMQP_DECLARE_PEER_QUEUES", "true")
                 .trim()
                 .to_ascii_lowercase()
@@ -282,13 +211,6 @@ impl Config {
                 }
             },
         })
-    }
-
-    /// The name spans are exported under, when they are exported.
-    pub fn exported_as(&self) -> Option<&str> {
-        self.otlp_endpoint
-            .as_ref()
-            .map(|_| self.service_name.as_str())
     }
 }
 
@@ -308,8 +230,8 @@ mod tests {
     #[test]
     fn defaults() {
         let c = config(&[]).expect("defaults are valid");
-        assert_eq!(c.http_addr, "0.0.0.0:3232");
-        assert_eq!(c.amqp_url, DEFAULT_AMQP_URL);
+        assert_eq!(c.common.http_addr, "0.0.0.0:3232");
+        assert_eq!(c.common.amqp_url, DEFAULT_AMQP_URL);
         assert_eq!(
             c.store,
             StoreLocation::SqliteFile("./data/orders.db".into())
@@ -317,7 +239,7 @@ mod tests {
         assert_eq!(c.poll_interval, Duration::from_secs(5));
         assert_eq!(c.payment_delay, Duration::from_secs(1));
         assert_eq!(c.payment_decline_rate, 0.0);
-        assert_eq!(c.exported_as(), None);
+        assert_eq!(c.common.exported_as(), None);
         assert_eq!(c.fulfillment_deadline, Duration::from_secs(900));
         assert_eq!(c.payment_retry, RetryPolicy::default());
         assert_eq!(c.inventory_transient_failure_rate, 0.0);
@@ -358,16 +280,17 @@ mod tests {
     #[test]
     fn spans_are_exported_when_an_otlp_endpoint_is_set() {
         let c = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")]).expect("valid");
-        assert_eq!(c.exported_as(), Some("order-service"));
+        assert_eq!(c.common.exported_as(), Some("order-service"));
         let c = config(&[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
             ("OTEL_SERVICE_NAME", "orders-eu"),
         ])
         .expect("valid");
-        assert_eq!(c.exported_as(), Some("orders-eu"));
+        assert_eq!(c.common.exported_as(), Some("orders-eu"));
         assert_eq!(
             config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])
                 .expect("valid")
+                .common
                 .exported_as(),
             None
         );
@@ -402,8 +325,8 @@ mod tests {
     #[test]
     fn access_settings() {
         let c = config(&[]).expect("defaults are valid");
-        assert_eq!(c.api_token_file, None);
-        assert!(c.cors_allowed_origins.is_empty());
+        assert_eq!(c.common.api_token_file, None);
+        assert!(c.common.cors_allowed_origins.is_empty());
         assert!(c.declare_peer_queues);
         let c = config(&[
             ("API_TOKEN_FILE", "/run/secrets/api/tokens"),
@@ -412,10 +335,13 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(
-            c.api_token_file,
+            c.common.api_token_file,
             Some(PathBuf::from("/run/secrets/api/tokens"))
         );
-        assert_eq!(c.cors_allowed_origins, vec!["https://ops.example.com"]);
+        assert_eq!(
+            c.common.cors_allowed_origins,
+            vec!["https://ops.example.com"]
+        );
         assert!(!c.declare_peer_queues);
         assert!(config(&[("CORS_ALLOWED_ORIGINS", "*")]).is_err());
         assert!(config(&[("AMQP_DECLARE_PEER_QUEUES", "maybe")]).is_err());

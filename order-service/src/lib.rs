@@ -20,6 +20,9 @@
 //! | [`telemetry`] | logging (spans carry `trace_id`), OTLP span export when configured |
 //! | [`metrics`] | Prometheus metrics at `/metrics` |
 //!
+//! What both services share (the HTTP wiring and shutdown, the errors,
+//! health, metrics and the page) is in `service_kit`.
+//!
 //! Start-up ([`Application::build`]): open the store (migrations), respawn
 //! every unfinished order's actor at its step, register the consumer,
 //! start the bus and the outbox relay, bind HTTP.
@@ -38,22 +41,16 @@ pub use message_bus::telemetry;
 pub mod validation;
 pub mod workflow;
 
-use std::net::TcpListener;
-
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use anyhow::Context;
 use message_bus::outbox::{relay, OutboxSignal};
 use message_bus::{Bus, BusConfig};
+use service_kit::serve::{self, Listening};
 use shared_messages::topology;
 
 use crate::actor::{Orders, Timings};
 use crate::config::Config;
-
-/// How long shutdown waits for in-flight deliveries to settle and the
-/// connection to close. Anything unacked is redelivered after exit, and
-/// its effects are idempotent, so waiting longer buys nothing.
-const BUS_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The running service: HTTP server, bus, actors.
 pub struct Application {
@@ -69,7 +66,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let opened = store::open(&config.store).context("opening the order store")?;
         let bus = Bus::new(BusConfig::new(
-            config.amqp_url.clone(),
+            config.common.amqp_url.clone(),
             "order-service",
             if config.declare_peer_queues {
                 topology::order_service()
@@ -87,7 +84,7 @@ impl Application {
                 inventory_delay: config.inventory_delay,
                 payment_delay: config.payment_delay,
                 poll_interval: config.poll_interval,
-                query_timeout: config.query_timeout,
+                query_timeout: config.common.query_timeout,
                 payment_decline_rate: config.payment_decline_rate,
                 fulfillment_deadline: config.fulfillment_deadline,
                 inventory_retry: config.inventory_retry,
@@ -107,36 +104,18 @@ impl Application {
         bus.start();
         tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
 
-        let listener = TcpListener::bind(&config.http_addr)
-            .with_context(|| format!("binding HTTP to {}", config.http_addr))?;
-        let port = listener.local_addr()?.port();
         let state = web::Data::new(http::AppState {
             orders: orders.clone(),
-            query_timeout: config.query_timeout,
+            query_timeout: config.common.query_timeout,
         });
-        let access = std::sync::Arc::new(
-            service_kit::Access::from_settings(
-                env!("CARGO_PKG_NAME"),
-                config.api_token_file.as_deref(),
-                config.cors_allowed_origins.clone(),
-            )
-            .context("reading API_TOKEN_FILE")?,
-        );
-        let server = HttpServer::new(move || {
-            App::new()
-                // Innermost first: access is checked after CORS has
-                // answered any preflight, inside the request's span.
-                .wrap(service_kit::Guard::new(access.clone()))
-                .wrap(service_kit::cors::cors(access.allowed_origins()))
-                .wrap(actix_web::middleware::from_fn(http::observe::observe))
-                .app_data(state.clone())
-                .configure(http::configure)
-        })
-        .listen(listener)?
-        // SIGTERM and SIGINT stop the server gracefully (actix default).
-        .shutdown_timeout(10)
-        .run();
-        tracing::info!(addr = %config.http_addr, port, "order-service listening");
+        let Listening { port, server } = serve::start::<http::HttpSpans, _>(
+            env!("CARGO_PKG_NAME"),
+            &config.common,
+            move |cfg| {
+                cfg.app_data(state.clone()).configure(http::configure);
+            },
+        )?;
+        tracing::info!(addr = %config.common.http_addr, port, "order-service listening");
         Ok(Self {
             port,
             server,
@@ -153,17 +132,10 @@ impl Application {
         &self.orders
     }
 
-    /// Serves until SIGTERM or SIGINT, then stops taking requests, lets the
-    /// consumer settle what is in hand and closes the broker connection.
+    /// Serves until SIGTERM or SIGINT, then stops taking requests, lets
+    /// those in hand finish, lets the consumer settle what it holds and
+    /// closes the broker connection (see [`service_kit::serve`]).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.server.await.context("HTTP server")?;
-        tracing::info!("HTTP stopped; closing the broker connection");
-        if tokio::time::timeout(BUS_SHUTDOWN_GRACE, self.bus.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(grace = ?BUS_SHUTDOWN_GRACE, "broker connection did not close in time; exiting anyway");
-        }
-        Ok(())
+        serve::run_until_stopped(self.server, &self.bus).await
     }
 }

@@ -10,13 +10,11 @@ use shared_messages::messages::{
     Address, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus, FulfillmentStatusView,
 };
 
-use super::error::{ApiError, ErrorBody};
-use super::AppState;
+use super::{ApiError, AppState, ErrorBody};
 use crate::workflow::{Accepted, Input};
+use service_kit::http::error::{StoreDown, TooLarge};
+use service_kit::http::{optional_json, Page};
 
-/// Page size when none is asked for, and the most one page may hold.
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
 /// Said when a cancel gives no reason.
 const DEFAULT_CANCEL_REASON: &str = "cancelled through the fulfillment API";
 
@@ -44,16 +42,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 200, description = "it already existed; started if it was waiting", body = FulfillmentStatusView),
         (status = 400, description = "malformed body or a wrong field", body = ErrorBody),
         (status = 409, description = "not startable in its current state, or the order id is one order-service mints (its fulfillment starts from order-service only)", body = ErrorBody),
-        (status = 413, description = "body too large", body = ErrorBody),
-        (status = 415, description = "not JSON", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        TooLarge,
+        StoreDown,
     ))]
 pub(crate) async fn create(
     state: web::Data<AppState>,
     body: web::Json<FulfillmentRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
-    request.validate().map_err(ApiError::InvalidInput)?;
+    request.validate().map_err(ApiError::InvalidField)?;
     if ids::is_order_service_order_id(&request.order_id) {
         return Err(ApiError::Conflict(format!(
             "orderId {:?} is an order-service order id: its fulfillment is started by order-service only; use an order id of another shape for a direct fulfillment",
@@ -97,7 +94,7 @@ pub struct FulfillmentListView {
     responses(
         (status = 200, description = "one page", body = FulfillmentListView),
         (status = 400, description = "unknown status, or limit out of range", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn list(
     state: web::Data<AppState>,
@@ -108,20 +105,14 @@ pub(crate) async fn list(
         Some(s) => Some(
             FulfillmentStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| {
                 let known: Vec<&str> = FulfillmentStatus::ALL.iter().map(|s| s.as_str()).collect();
-                ApiError::InvalidInput(format!(
-                    "unknown status {s:?}; use one of {}",
+                ApiError::InvalidParameter(format!(
+                    "unknown status {s:?}; expected one of {}",
                     known.join(", ")
                 ))
             })?,
         ),
     };
-    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::InvalidInput(format!(
-            "limit must be between 1 and {MAX_LIMIT}"
-        )));
-    }
-    let offset = params.offset.unwrap_or(0);
+    let Page { limit, offset } = Page::new(params.limit, params.offset)?;
     let items: Vec<_> = state
         .registry
         .list(status, limit, offset)?
@@ -141,7 +132,7 @@ pub(crate) async fn list(
     responses(
         (status = 200, description = "the fulfillment", body = FulfillmentStatusView),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn status(
     state: web::Data<AppState>,
@@ -156,7 +147,7 @@ pub(crate) async fn status(
     responses(
         (status = 200, description = "its progress", body = FulfillmentProgressView),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn progress(
     state: web::Data<AppState>,
@@ -174,7 +165,7 @@ pub(crate) async fn progress(
     responses(
         (status = 200, description = "its history", body = History),
         (status = 404, description = "no such fulfillment, and no cancel waiting for it", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn history(
     state: web::Data<AppState>,
@@ -198,7 +189,7 @@ pub(crate) async fn history(
         (status = 200, description = "paused", body = FulfillmentStatusView),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
         (status = 409, description = "not pausable in its current state", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn pause(
     state: web::Data<AppState>,
@@ -214,7 +205,7 @@ pub(crate) async fn pause(
         (status = 200, description = "resumed", body = FulfillmentStatusView),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
         (status = 409, description = "not paused", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn resume(
     state: web::Data<AppState>,
@@ -239,30 +230,15 @@ pub struct CancelBody {
         (status = 400, description = "the body is not `{reason}`", body = ErrorBody),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
         (status = 409, description = "already shipped, cancelled or failed", body = ErrorBody),
-        (status = 413, description = "body too large", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        TooLarge,
+        StoreDown,
     ))]
 pub(crate) async fn cancel(
     state: web::Data<AppState>,
     id: web::Path<String>,
     body: Result<web::Bytes, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.map_err(|e| {
-        if e.as_response_error().status_code() == actix_web::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: super::BODY_LIMIT,
-            }
-        } else {
-            ApiError::InvalidBody(e.to_string())
-        }
-    })?;
-    let reason = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        serde_json::from_slice::<CancelBody>(&body)
-            .map_err(|e| ApiError::InvalidBody(format!("expected {{\"reason\": \"...\"}}: {e}")))?
-            .reason
-    };
+    let reason = optional_json::<CancelBody>(body)?.and_then(|b| b.reason);
     let reason = reason
         .filter(|r| !r.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_CANCEL_REASON.into());
@@ -278,9 +254,8 @@ pub(crate) async fn cancel(
         (status = 400, description = "malformed body or a wrong field", body = ErrorBody),
         (status = 404, description = "no such fulfillment", body = ErrorBody),
         (status = 409, description = "the label is already printed, or it is finished", body = ErrorBody),
-        (status = 413, description = "body too large", body = ErrorBody),
-        (status = 415, description = "not JSON", body = ErrorBody),
-        (status = 503, description = "the store does not answer", body = ErrorBody),
+        TooLarge,
+        StoreDown,
     ))]
 pub(crate) async fn shipping_address(
     state: web::Data<AppState>,
@@ -288,7 +263,7 @@ pub(crate) async fn shipping_address(
     body: web::Json<Address>,
 ) -> Result<HttpResponse, ApiError> {
     let address = body.into_inner();
-    address.validate().map_err(ApiError::InvalidInput)?;
+    address.validate().map_err(ApiError::InvalidField)?;
     signal_and_show(&state, &id, Input::UpdateAddress(address)).await
 }
 

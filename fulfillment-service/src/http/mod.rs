@@ -1,25 +1,28 @@
-//! The HTTP control surface (actix-web), one module per resource.
+//! The HTTP control surface (actix-web): [`fulfillments`] (the
+//! fulfillment routes) and [`meta`] (the OpenAPI document). The operations
+//! routes (health, metrics, `/openapi.json`, `/quarantine`, the page), the
+//! error vocabulary, paging, the body limit and the request spans are the
+//! kit's ([`service_kit::http`]); this module says what they read here
+//! ([`AppState`] as a [`Surface`]).
 
 pub mod error;
 mod fulfillments;
-mod health;
 pub mod meta;
-pub mod observe;
-mod quarantine;
-mod ui;
 
-use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
-use actix_web::{web, HttpRequest};
+use actix_web::web;
 use message_bus::Bus;
-use shared_messages::messages::FulfillmentStatusView;
+use service_kit::http::ui::Page;
+use service_kit::http::{operations, Surface};
+pub use service_kit::http::{ApiError, ErrorBody};
+use shared_messages::messages::{FulfillmentStatus, FulfillmentStatusView};
+use utoipa::OpenApi as _;
 
 use crate::actor::Registry;
+use crate::metrics::METRICS;
+use crate::store::Quarantined;
 use crate::workflow::Fulfillment;
-use error::ApiError;
 
-/// The largest request body accepted. A fulfillment request with a few
-/// hundred items fits easily; anything bigger is a mistake or an attack.
-pub const BODY_LIMIT: usize = 64 * 1024;
+service_kit::http_spans!(HttpSpans);
 
 /// What handlers share.
 pub struct AppState {
@@ -30,7 +33,8 @@ pub struct AppState {
 impl AppState {
     fn find(&self, id: &str) -> Result<Fulfillment, ApiError> {
         self.registry
-            .load(id)?
+            .load(id)
+            .map_err(ApiError::store)?
             .ok_or_else(|| ApiError::NotFound(format!("no fulfillment {id}")))
     }
 
@@ -39,53 +43,71 @@ impl AppState {
     }
 }
 
+/// The page for people: the fulfillments, newest first.
+static PAGE: Page = Page {
+    title: "fulfillment-service",
+    subtitle: "fulfillments, newest first",
+    columns: [
+        "Fulfillment",
+        "Status",
+        "Step",
+        "Progress",
+        "Shipment",
+        "Updated",
+    ],
+    one: "a fulfillment",
+    config: r#"{
+  list: "/fulfillments?limit=100",
+  key: "fulfillments",
+  id: "fulfillmentWorkflowId",
+  noun: "fulfillments",
+  progress: (f) => "/fulfillments/" + encodeURIComponent(f.fulfillmentWorkflowId) + "/progress",
+  history: (id) => "/fulfillments/" + encodeURIComponent(id) + "/history",
+  step: (f, p) => p ? p.stepName + (p.totalItems ? " (" + p.itemsPicked + "/" + p.totalItems + " items)" : "") : f.currentStep,
+  extra: (f) => f.trackingNumber ? f.trackingNumber + (f.shippingCarrier ? " · " + f.shippingCarrier : "") : (f.error || f.cancellationReason || ""),
+}"#,
+};
+
+impl Surface for AppState {
+    type Quarantined = Quarantined;
+
+    fn broker_not_ready(&self) -> Option<String> {
+        self.bus.not_ready_reason()
+    }
+
+    fn store_answers(&self) -> bool {
+        self.registry.ping_store().is_ok()
+    }
+
+    fn scrape(&self) -> String {
+        let store = self.registry.store();
+        METRICS.read_store(
+            FulfillmentStatus::ALL.iter().map(|s| s.as_str()),
+            store.count_by_status().ok(),
+            store.outbox_len().ok(),
+        );
+        METRICS.encode()
+    }
+
+    fn openapi(&self) -> utoipa::openapi::OpenApi {
+        operations::document(meta::ApiDoc::openapi(), env!("CARGO_PKG_VERSION"))
+    }
+
+    fn quarantined(&self) -> Result<Vec<Quarantined>, ApiError> {
+        self.registry.store().quarantined().map_err(ApiError::store)
+    }
+
+    fn page(&self) -> &'static Page {
+        &PAGE
+    }
+}
+
 /// Every route, plus extractor settings that turn bad input into JSON
 /// errors.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(BODY_LIMIT)
-            .error_handler(json_error),
-    )
-    .app_data(web::PayloadConfig::new(BODY_LIMIT))
-    .app_data(web::PathConfig::default().error_handler(path_error))
-    .app_data(web::QueryConfig::default().error_handler(query_error))
-    .configure(health::configure)
-    .configure(meta::configure)
-    .configure(ui::configure)
-    .configure(fulfillments::configure)
-    .configure(quarantine::configure)
-    .default_service(web::to(not_found));
-}
-
-async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::NotFound(format!(
-        "no route for {} {}; see the README for the API",
-        req.method(),
-        req.path()
-    )))
-}
-
-fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    match err {
-        JsonPayloadError::OverflowKnownLength { limit, .. }
-        | JsonPayloadError::Overflow { limit } => ApiError::PayloadTooLarge { limit },
-        JsonPayloadError::ContentType => ApiError::UnsupportedMediaType,
-        JsonPayloadError::Deserialize(e) if e.is_data() => {
-            ApiError::InvalidInput(format!("the body does not fit: {e}"))
-        }
-        JsonPayloadError::Deserialize(e) => ApiError::InvalidBody(format!("malformed JSON: {e}")),
-        other => ApiError::InvalidBody(other.to_string()),
-    }
-    .into()
-}
-
-fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
-    ApiError::InvalidInput(format!("bad path: {err}")).into()
-}
-
-fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    ApiError::InvalidInput(format!("bad query string: {err}")).into()
+    cfg.configure(service_kit::http::error::extractors)
+        .configure(operations::configure::<AppState>)
+        .configure(fulfillments::configure);
 }
 
 #[cfg(test)]
@@ -318,14 +340,14 @@ mod tests {
                     .uri("/fulfillments")
                     .set_json(json!({"orderId": "x"})),
                 400,
-                "invalid_input",
+                "invalid_field",
             ),
             (
                 test::TestRequest::post()
                     .uri("/fulfillments")
                     .set_json(json!({"orderId": 5})),
                 400,
-                "invalid_input",
+                "invalid_field",
             ),
             (
                 test::TestRequest::post()
@@ -339,24 +361,24 @@ mod tests {
                 test::TestRequest::post()
                     .uri("/fulfillments")
                     .insert_header(("content-type", "application/json"))
-                    .set_payload(vec![b' '; BODY_LIMIT + 1]),
+                    .set_payload(vec![b' '; service_kit::http::MAX_BODY_BYTES + 1]),
                 413,
                 "payload_too_large",
             ),
             (
                 test::TestRequest::get().uri("/fulfillments?status=LOST"),
                 400,
-                "invalid_input",
+                "invalid_parameter",
             ),
             (
                 test::TestRequest::get().uri("/fulfillments?limit=-1"),
                 400,
-                "invalid_input",
+                "invalid_parameter",
             ),
             (
                 test::TestRequest::get().uri("/fulfillments?limit=0"),
                 400,
-                "invalid_input",
+                "invalid_parameter",
             ),
             (
                 test::TestRequest::get().uri("/fulfillments/nope/status"),
@@ -374,7 +396,7 @@ mod tests {
                     .insert_header(("content-type", "application/json"))
                     .set_payload("[1"),
                 400,
-                "invalid_body",
+                "invalid_field",
             ),
             (
                 test::TestRequest::get().uri("/no/such/route"),
@@ -431,5 +453,12 @@ mod tests {
             text.contains("fulfillment_service_broker_connected 0"),
             "{text}"
         );
+    }
+
+    #[::core::prelude::v1::test]
+    fn every_route_is_documented_and_every_documented_route_exists() {
+        let doc = operations::document(meta::ApiDoc::openapi(), "test");
+        let routes = operations::check_routes(&doc, &[include_str!("fulfillments.rs")]);
+        assert!(routes.as_ref().is_ok_and(|n| *n >= 15), "{routes:?}");
     }
 }

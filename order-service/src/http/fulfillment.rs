@@ -9,9 +9,8 @@ use shared_messages::messages::{
 use shared_messages::messages::{GetFulfillmentProgress, GetFulfillmentStatus};
 use shared_messages::Message;
 
-use super::error::ErrorBody;
 use super::views::SignalView;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, ErrorBody};
 use crate::bus;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -33,7 +32,7 @@ fn answer(reply: Message) -> Result<HttpResponse, ApiError> {
     match reply {
         Message::FulfillmentStatusReply(view) => Ok(HttpResponse::Ok().json(view)),
         Message::FulfillmentProgressReply(view) => Ok(HttpResponse::Ok().json(view)),
-        Message::QueryFailed(e) => Err(ApiError::from_reply(e)),
+        Message::QueryFailed(e) => Err(ApiError::from(e)),
         other => Err(ApiError::BadReply(format!(
             "fulfillment-service answered {} to a query",
             other.type_name()
@@ -63,7 +62,7 @@ pub(crate) async fn status(
         state.query_timeout,
     )
     .await
-    .map_err(|e| ApiError::from_bus(e, state.timeout_ms(), false))?;
+    .map_err(|e| super::error::from_bus(e, state.timeout_ms(), false))?;
     answer(reply.message)
 }
 
@@ -89,7 +88,7 @@ pub(crate) async fn progress(
         state.query_timeout,
     )
     .await
-    .map_err(|e| ApiError::from_bus(e, state.timeout_ms(), false))?;
+    .map_err(|e| super::error::from_bus(e, state.timeout_ms(), false))?;
     answer(reply.message)
 }
 
@@ -120,7 +119,7 @@ pub(crate) async fn shipping_address(
         state.query_timeout,
     )
     .await
-    .map_err(|e| ApiError::from_bus(e, state.timeout_ms(), true))?;
+    .map_err(|e| super::error::from_bus(e, state.timeout_ms(), true))?;
     match reply.message {
         Message::SignalReply(r) if r.accepted => Ok(HttpResponse::Ok().json(SignalView {
             message: "Shipping address updated".into(),
@@ -128,7 +127,7 @@ pub(crate) async fn shipping_address(
             status: r.status,
         })),
         Message::SignalReply(r) => Err(match r.error {
-            Some(e) => ApiError::from_reply(e),
+            Some(e) => ApiError::from(e),
             None => ApiError::Conflict(format!(
                 "fulfillment {fulfillment_id} refused the new address"
             )),

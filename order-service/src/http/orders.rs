@@ -4,27 +4,26 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
+use message_bus::trace;
 use serde::Deserialize;
 use shared_messages::history::History;
 use shared_messages::ids::order_id_from_workflow_id;
 use shared_messages::messages::{FulfillmentProgressView, GetFulfillmentProgress};
-use message_bus::trace;
 use shared_messages::Message;
 
-use super::error::ErrorBody;
 use super::views::{
     CancelledView, CreatedView, OrderListView, ProgressView, SignalView, StatusView,
 };
-use super::{optional_json, ApiError, AppState};
+use super::{optional_json, ApiError, AppState, ErrorBody};
 use crate::actor::ApplyError;
 use crate::bus;
 use crate::validation::{demo_order, CreateOrder};
 use crate::workflow::{
     Accepted, DetailsUpdate, Input, OrderDetails, OrderState, OrderStatus, Rejection,
 };
+use service_kit::http::error::{StoreDown, TooLarge};
+use service_kit::http::Page;
 
-/// Most orders one list page returns.
-const MAX_PAGE: u32 = 100;
 /// How long the progress route waits for a live answer from fulfillment
 /// before it shows the progress of the last event instead.
 const LIVE_PROGRESS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -58,10 +57,13 @@ fn load(state: &AppState, workflow_id: &str) -> Result<OrderState, ApiError> {
         .orders
         .store()
         .get(order_id(workflow_id))
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::NotFound(format!("no order with workflow id {workflow_id}")))
 }
 
+/// For what waits on fulfillment-service's answer (pause, resume): the
+/// broker must be there now. Writes need not: what they send to
+/// fulfillment goes through the outbox, out once RabbitMQ is back.
 fn require_broker(state: &AppState) -> Result<(), ApiError> {
     if state.orders.bus().is_connected() {
         Ok(())
@@ -71,14 +73,13 @@ fn require_broker(state: &AppState) -> Result<(), ApiError> {
 }
 
 async fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse, ApiError> {
-    require_broker(state)?;
     // The order keeps the request's trace (new, or the caller's).
     let traceparent = message_bus::trace::current().map(|t| t.traceparent());
     let order = state
         .orders
         .create(details, traceparent)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(HttpResponse::Created().json(CreatedView {
         order_id: order.order_id,
         workflow_id: order.workflow_id,
@@ -92,8 +93,8 @@ async fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse
     responses(
         (status = 201, description = "created; follow it by its workflowId", body = CreatedView),
         (status = 400, description = "the body is not JSON or a field is wrong", body = ErrorBody),
-        (status = 413, description = "body too large", body = ErrorBody),
-        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+        TooLarge,
+        StoreDown,
     ))]
 pub(crate) async fn create(
     state: web::Data<AppState>,
@@ -110,7 +111,7 @@ pub(crate) async fn create(
 #[utoipa::path(post, path = "/orders/demo", tag = "orders", operation_id = "createDemoOrder",
     responses(
         (status = 201, description = "created", body = CreatedView),
-        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn create_demo(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     created(&state, demo_order()).await
@@ -123,10 +124,10 @@ pub(crate) struct ListParams {
     /// Only orders in this status (any case).
     #[param(value_type = Option<OrderStatus>)]
     status: Option<String>,
-    /// Page size, 1 to 100 (default 20).
+    /// Page size, 1 to 500 (default 50).
     limit: Option<u32>,
     /// Orders to skip (default 0).
-    offset: Option<u64>,
+    offset: Option<u32>,
 }
 
 /// An order status given as a query parameter (any case; empty is none).
@@ -151,24 +152,19 @@ fn parse_status(value: Option<&str>) -> Result<Option<OrderStatus>, ApiError> {
     responses(
         (status = 200, description = "one page of orders", body = OrderListView),
         (status = 400, description = "unknown status, or limit out of range", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn list(
     state: web::Data<AppState>,
     params: web::Query<ListParams>,
 ) -> Result<HttpResponse, ApiError> {
     let status = parse_status(params.status.as_deref())?;
-    let limit = params.limit.unwrap_or(20);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::InvalidParameter(format!(
-            "limit must be from 1 to {MAX_PAGE}"
-        )));
-    }
-    let offset = params.offset.unwrap_or(0);
+    let Page { limit, offset } = Page::new(params.limit, params.offset)?;
     let page = state
         .orders
         .store()
-        .list(status, limit, offset)
-        .map_err(ApiError::internal)?;
+        .list(status, limit, u64::from(offset))
+        .map_err(ApiError::store)?;
     let orders: Vec<StatusView> = page.orders.iter().map(StatusView::from).collect();
     Ok(HttpResponse::Ok().json(OrderListView {
         orders,
@@ -275,7 +271,7 @@ pub(crate) async fn history(
         .orders
         .store()
         .history(&order.order_id)
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::store)?;
     Ok(HttpResponse::Ok().json(History {
         workflow_id: order.workflow_id,
         events,
@@ -406,7 +402,7 @@ async fn control(
         state.query_timeout,
     )
     .await
-    .map_err(|e| ApiError::from_bus(e, state.timeout_ms(), true))?;
+    .map_err(|e| super::error::from_bus(e, state.timeout_ms(), true))?;
     match reply.message {
         Message::SignalReply(r) if r.accepted => Ok(HttpResponse::Ok().json(SignalView {
             message: done.into(),
@@ -419,7 +415,7 @@ async fn control(
             Some(e) => ApiError::Conflict(e.message),
             None => ApiError::Conflict(format!("fulfillment {fulfillment_id} refused the signal")),
         }),
-        Message::QueryFailed(e) => Err(ApiError::from_reply(e)),
+        Message::QueryFailed(e) => Err(ApiError::from(e)),
         other => Err(ApiError::BadReply(format!(
             "fulfillment-service answered {} to a signal",
             other.type_name()
@@ -442,7 +438,7 @@ fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
         }
         ApplyError::Rejected(Rejection::Invalid(m)) => ApiError::InvalidField(m),
         ApplyError::Rejected(r) => ApiError::Conflict(r.to_string()),
-        ApplyError::Store(e) => ApiError::internal(e),
+        ApplyError::Store(e) => ApiError::store(e),
         ApplyError::Unavailable => ApiError::Unavailable(ApplyError::Unavailable.to_string()),
     }
 }
@@ -463,7 +459,7 @@ fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
         (status = 400, description = "the body is not `{reason}`", body = ErrorBody),
         (status = 404, description = "no such order", body = ErrorBody),
         (status = 409, description = "already shipped (the cancel was refused), cancelled or failed", body = ErrorBody),
-        (status = 503, description = "RabbitMQ unavailable, or the order's actor is restarting", body = ErrorBody),
+        (status = 503, description = "the order's actor is restarting, or the store does not answer", body = ErrorBody),
     ))]
 pub(crate) async fn cancel(
     state: web::Data<AppState>,
@@ -471,7 +467,6 @@ pub(crate) async fn cancel(
     body: Result<web::Bytes, actix_web::Error>,
 ) -> Result<HttpResponse, ApiError> {
     let body: CancelBody = optional_json(body)?.unwrap_or_default();
-    require_broker(&state)?;
     let order = state
         .orders
         .apply(
@@ -524,7 +519,7 @@ pub(crate) async fn cancel(
         (status = 400, description = "nothing to change, or a field is wrong", body = ErrorBody),
         (status = 404, description = "no such order", body = ErrorBody),
         (status = 409, description = "fulfillment has started", body = ErrorBody),
-        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
+        StoreDown,
     ))]
 pub(crate) async fn update(
     state: web::Data<AppState>,
@@ -537,7 +532,6 @@ pub(crate) async fn update(
             "nothing to change: send customerEmail, customerName or shippingAddress".into(),
         ));
     }
-    require_broker(&state)?;
     let order = state
         .orders
         .apply(order_id(&path), Input::UpdateDetails(update))

@@ -195,7 +195,7 @@ pub struct OrderListView {
     /// Orders matching the filter, on all pages.
     pub total: u64,
     pub limit: u32,
-    pub offset: u64,
+    pub offset: u32,
 }
 
 /// The fulfillment's verdict on a pause, resume or new address.

@@ -45,8 +45,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use message_bus::Route;
+use serde::{Deserialize, Serialize};
 use shared_messages::history::HistoryEvent;
 use shared_messages::ids::{effect_message_id, fulfillment_workflow_id};
 use shared_messages::messages::{

@@ -1,19 +1,25 @@
 //! The service kit: what order-service and fulfillment-service build their
-//! HTTP surface and settings on, written once.
+//! HTTP surface, metrics, settings and shutdown on, written once.
 //!
 //! | module | what |
 //! |---|---|
 //! | [`access`] | bearer tokens and roles, the cross-site guard, the middleware |
 //! | [`cors`] | CORS, closed unless origins are configured |
+//! | [`http`] | the error vocabulary, paging, health, metrics and OpenAPI routes, quarantine, the page, request spans |
+//! | [`metrics`] | the metrics both services keep, under each one's prefix |
 //! | [`openapi`] | the guard's answers (401, 403, 415) in a service's OpenAPI document |
 //! | [`postgres_tls`] | TLS to PostgreSQL by the connection string's `sslmode` |
+//! | [`serve`] | the `HttpServer` wiring, and shutdown on SIGTERM or Ctrl-C |
 //! | [`settings`] | secret settings read from files (`NAME_FILE`) |
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod cors;
+pub mod http;
+pub mod metrics;
 pub mod openapi;
 pub mod postgres_tls;
+pub mod serve;
 pub mod settings;
 
 pub use access::{Access, Guard, Role, Tokens};

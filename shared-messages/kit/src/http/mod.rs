@@ -1,0 +1,14 @@
+//! The HTTP surface both services share: the error vocabulary and bad-input
+//! answers ([`error`]), paging ([`paging`]), the operations routes
+//! ([`operations`]: health, metrics, OpenAPI, quarantine, the page), the
+//! page itself ([`ui`]) and the request spans and metrics ([`observe`]).
+
+pub mod error;
+pub mod observe;
+pub mod operations;
+pub mod paging;
+pub mod ui;
+
+pub use error::{optional_json, ApiError, ErrorBody, MAX_BODY_BYTES};
+pub use operations::Surface;
+pub use paging::Page;
