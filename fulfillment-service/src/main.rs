@@ -1,5 +1,7 @@
 //! The fulfillment-service binary: settings, logging, build, run.
 
+use std::io::Write;
+
 use fulfillment_service::config::Config;
 use fulfillment_service::{telemetry, Application};
 
@@ -17,7 +19,19 @@ async fn main() -> anyhow::Result<()> {
         std::io::stderr,
     )?;
     tracing::debug!(?config, "configuration");
-    let result = async { Application::build(config).await?.run_until_stopped().await }.await;
+    let result = async {
+        let app = Application::build(config).await?;
+        // The bound port on stdout, one line: with `HTTP_ADDR=127.0.0.1:0`
+        // the OS picks a free port, and whoever started the process reads
+        // it here (logs go to stderr). A closed stdout is no reason to stop.
+        let _ = writeln!(
+            std::io::stdout(),
+            "fulfillment-service listening on port {}",
+            app.port()
+        );
+        app.run_until_stopped().await
+    }
+    .await;
     // Stopped (SIGTERM, SIGINT) or failed: the last spans go out first.
     telemetry.shutdown();
     result
