@@ -396,7 +396,7 @@ async fn cross_site_writes_are_refused() -> Result<()> {
     )
     .await?;
     for service in [&system.orders, &system.fulfillment] {
-        let own_origin = service.base_url.clone();
+        let own_origin = service.base_url();
         let (write, body) = if service.name == "order-service" {
             (service.url("/orders/demo"), None)
         } else {
@@ -955,10 +955,7 @@ async fn postgres_store_over_tls_verified_against_a_ca_of_the_tests_own() -> Res
     );
     let refused = tokio::process::Command::new(system_tests::binary_path("fulfillment-service"))
         .env("AMQP_URL", &vhost.amqp_url)
-        .env(
-            "HTTP_ADDR",
-            format!("127.0.0.1:{}", system_tests::free_port()),
-        )
+        .env("HTTP_ADDR", "127.0.0.1:0")
         .env("STORE_URL", &store)
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())

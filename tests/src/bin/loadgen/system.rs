@@ -62,14 +62,14 @@ impl System {
 
     pub fn order_url(&self) -> String {
         match self {
-            Self::Managed(m) => m.orders.base_url.clone(),
+            Self::Managed(m) => m.orders.base_url(),
             Self::External { order_url, .. } => order_url.clone(),
         }
     }
 
     pub fn fulfillment_url(&self) -> String {
         match self {
-            Self::Managed(m) => m.fulfillment.base_url.clone(),
+            Self::Managed(m) => m.fulfillment.base_url(),
             Self::External {
                 fulfillment_url, ..
             } => fulfillment_url.clone(),
@@ -91,13 +91,11 @@ impl System {
     }
 
     /// The process ids of order-service and fulfillment-service, when
-    /// they run on this machine (found by their `HTTP_ADDR`).
+    /// they run on this machine (started here, or found by their
+    /// `HTTP_ADDR`).
     pub fn pids(&self) -> (Option<u32>, Option<u32>) {
         match self {
-            Self::Managed(m) => (
-                crate::procs::by_http_addr(&m.orders.http_addr),
-                crate::procs::by_http_addr(&m.fulfillment.http_addr),
-            ),
+            Self::Managed(m) => (m.orders.pid(), m.fulfillment.pid()),
             Self::External {
                 order_url,
                 fulfillment_url,
