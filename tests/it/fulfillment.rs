@@ -709,12 +709,39 @@ async fn unknown_ids_answer_not_found_over_the_bus() -> Result<()> {
         .await?;
     assert!(!reply.accepted);
     assert_eq!(reply.error.map(|e| e.code), Some(ReplyErrorCode::NotFound));
-    // A signal with reply-to is answered, not dead-lettered.
-    let dlq = h
-        .vhost
-        .queue_info(&dead_letter_queue(FULFILLMENT_SIGNALS_QUEUE))
-        .await?;
-    assert_eq!(dlq["messages"].as_u64().unwrap_or_default(), 0);
+    // A signal with reply-to is answered, not dead-lettered. One without
+    // reply-to, sent after it, is: once that one is in the dead-letter
+    // queue, it is the only one there.
+    h.signal(
+        "fulfillment-marker",
+        Message::ResumeFulfillment(ResumeFulfillment {}),
+    )
+    .await?;
+    let dlq = dead_letter_queue(FULFILLMENT_SIGNALS_QUEUE);
+    let dead = eventually(
+        "the signal without reply-to dead-lettered",
+        DEADLINE,
+        || async {
+            let messages = h.vhost.peek(&dlq, 10).await?;
+            Ok((!messages.is_empty()).then_some(messages))
+        },
+    )
+    .await?;
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|m| {
+            m["properties"]["headers"]["x-dead-letter-reason"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        ["no fulfillment fulfillment-marker"],
+        "only the signal without reply-to is dead-lettered"
+    );
+    // The management API agrees once its statistics catch up.
+    h.vhost.wait_message_count(&dlq, 1, DEADLINE).await?;
 
     // A workflow created to wait answers its status, and starts on StartFulfillment.
     let order = unique_order();

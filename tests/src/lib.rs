@@ -135,6 +135,33 @@ impl TestVhost {
         Ok(response.json().await?)
     }
 
+    /// The management API's count of messages in `queue`: `None` while it
+    /// does not know it yet (its statistics arrive some seconds after the
+    /// queue is declared, and lag behind it after).
+    pub async fn message_count(&self, queue: &str) -> Result<Option<u64>> {
+        Ok(self.queue_info(queue).await?["messages"].as_u64())
+    }
+
+    /// Waits until the management API counts exactly `n` messages in
+    /// `queue`. A count it does not know yet is not taken for any number.
+    pub async fn wait_message_count(&self, queue: &str, n: u64, deadline: Duration) -> Result<()> {
+        let last = std::sync::Mutex::new(None);
+        eventually(
+            &format!("the management API to count {n} messages in {queue}"),
+            deadline,
+            || async {
+                let count = self.message_count(queue).await?;
+                *last.lock().expect("last count lock") = count;
+                Ok((count == Some(n)).then_some(()))
+            },
+        )
+        .await
+        .with_context(|| {
+            let last = *last.lock().expect("last count lock");
+            format!("last count read: {last:?}")
+        })
+    }
+
     /// Grants (`true`) or revokes (`false`) the `guest` user's access to
     /// this vhost: revoked, a client that reconnects is refused until it
     /// is granted again.
