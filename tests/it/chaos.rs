@@ -181,7 +181,7 @@ async fn saga_invariants_hold_under_crashes_restarts_and_random_customers() -> R
                     let orders = &cluster.orders_api;
                     let _ = if roll < 0.12 {
                         let answer = orders
-                            .cancel(&wf, "chaos: customer changed their mind")
+                            .cancel(&wf, Some("chaos: customer changed their mind"))
                             .await
                             .map(Reply::parts);
                         let code = answer.as_ref().map(|(code, _)| *code).unwrap_or(0);

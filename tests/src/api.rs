@@ -6,6 +6,8 @@
 //! [`Reply::ok`] (any other status is an error naming status and body).
 //! The clients follow their service across restarts (see [`Endpoint`]).
 
+use std::time::Duration;
+
 use anyhow::{bail, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -13,7 +15,11 @@ use serde_json::{json, Value};
 use shared_messages::history::History;
 use shared_messages::messages::{FulfillmentProgressView, FulfillmentStatusView};
 
+use crate::eventually;
 use crate::service::{Endpoint, Service};
+
+/// The statuses an order never leaves.
+pub const FINAL_ORDER_STATUSES: [&str; 3] = ["SHIPPED", "CANCELLED", "FAILED"];
 
 /// A service's answer: the status code and the body as JSON (`Null` when
 /// the body is empty or not JSON; [`Reply::text`] keeps it as sent).
@@ -231,15 +237,54 @@ impl OrdersApi {
         }
     }
 
-    /// `DELETE /orders/{workflow_id}` with `{"reason": reason}`.
-    pub async fn cancel(&self, workflow_id: &str, reason: &str) -> Result<Reply> {
+    /// `DELETE /orders/{workflow_id}`, with `{"reason": reason}` when
+    /// given.
+    pub async fn cancel(&self, workflow_id: &str, reason: Option<&str>) -> Result<Reply> {
+        let body = reason.map(|reason| json!({ "reason": reason }));
         self.0
             .send(
                 reqwest::Method::DELETE,
                 &format!("/orders/{workflow_id}"),
-                Some(&json!({ "reason": reason })),
+                body.as_ref(),
             )
             .await
+    }
+
+    /// Waits until the order's status is `want` and answers its status
+    /// view; when it times out after the order ended otherwise (`SHIPPED`,
+    /// `CANCELLED`, `FAILED`), the error says so.
+    pub async fn wait_status(
+        &self,
+        workflow_id: &str,
+        want: &str,
+        deadline: Duration,
+    ) -> Result<Value> {
+        self.wait_status_in(workflow_id, &[want], deadline).await
+    }
+
+    /// As [`OrdersApi::wait_status`], for any status of `want`.
+    pub async fn wait_status_in(
+        &self,
+        workflow_id: &str,
+        want: &[&str],
+        deadline: Duration,
+    ) -> Result<Value> {
+        let what = format!("{workflow_id} to be {}", want.join(" or "));
+        eventually(&what, deadline, || async {
+            let body: Value = self.status(workflow_id).await?.expect(200)?;
+            let status = body["status"].as_str().unwrap_or_default();
+            if want.contains(&status) {
+                return Ok(Some(body));
+            }
+            if FINAL_ORDER_STATUSES.contains(&status) {
+                bail!(
+                    "order ended {status} instead of {}: {body}",
+                    want.join(" or ")
+                );
+            }
+            Ok(None)
+        })
+        .await
     }
 
     /// `PATCH /orders/{workflow_id}` (a new shipping address).
