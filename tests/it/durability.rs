@@ -16,12 +16,15 @@ use anyhow::{bail, ensure, Context, Result};
 use futures::FutureExt;
 use serde_json::{json, Value};
 use shared_messages::bus::{Bus, BusConfig, Incoming, Outcome};
-use shared_messages::messages::FulfillmentStatus;
+use shared_messages::messages::{FulfillmentStatus, FulfillmentStatusView};
 use shared_messages::topology::{
     self, QueueKind, QueueSpec, FULFILLMENT_EVENTS_ALL, FULFILLMENT_EVENTS_EXCHANGE,
 };
 use shared_messages::Message;
-use system_tests::{eventually, Http, PrivateBroker, Service, TestDatabase, TestVhost};
+use system_tests::api::FulfillmentList;
+use system_tests::{
+    eventually, FulfillmentApi, Http, OrdersApi, PrivateBroker, Service, TestDatabase, TestVhost,
+};
 use uuid::Uuid;
 
 /// Upper bound for a whole batch of orders to get somewhere, on a slow
@@ -188,17 +191,17 @@ impl System {
         })
     }
 
+    pub(crate) fn orders_api(&self) -> OrdersApi {
+        OrdersApi::of(&self.orders)
+    }
+
+    pub(crate) fn fulfillment_api(&self) -> FulfillmentApi {
+        FulfillmentApi::of(&self.fulfillment)
+    }
+
     /// Places the demo order; answers its workflow id.
     pub(crate) async fn create_demo(&self) -> Result<String> {
-        let (code, body) = self
-            .http
-            .post(&self.orders.url("/orders/demo"), None)
-            .await?;
-        ensure!(code == 201, "POST /orders/demo answers 201: {code} {body}");
-        Ok(body["workflowId"]
-            .as_str()
-            .context("workflowId in the answer")?
-            .to_owned())
+        Ok(self.orders_api().place_demo().await?.workflow_id)
     }
 
     pub(crate) async fn create_demos(&self, n: usize, into: &mut Vec<String>) -> Result<()> {
@@ -209,21 +212,13 @@ impl System {
     }
 
     pub(crate) async fn status(&self, workflow_id: &str) -> Result<Value> {
-        let (code, body) = self
-            .http
-            .get(&self.orders.url(&format!("/orders/{workflow_id}/status")))
-            .await?;
-        ensure!(code == 200, "status of {workflow_id}: {code} {body}");
-        Ok(body)
+        self.orders_api().status(workflow_id).await?.expect(200)
     }
 
     /// Workflow ids of the orders order-service lists with `status`.
     pub(crate) async fn listed(&self, status: &str) -> Result<HashSet<String>> {
-        let url = self
-            .orders
-            .url(&format!("/orders?status={status}&limit=100"));
-        let (code, body) = self.http.get(&url).await?;
-        ensure!(code == 200, "GET /orders?status={status}: {code} {body}");
+        let query = format!("status={status}&limit=100");
+        let body: Value = self.orders_api().list(&query).await?.expect(200)?;
         Ok(body["orders"]
             .as_array()
             .context("orders in the list")?
@@ -282,18 +277,14 @@ impl System {
             .iter()
             .map(|wf| wf.trim_start_matches("order-workflow-").to_owned())
             .collect();
-        let url = self.fulfillment.url("/fulfillments?limit=500");
-        let (code, body) = self.http.get(&url).await?;
-        ensure!(code == 200, "GET /fulfillments: {code} {body}");
-        let stored = body["fulfillments"]
-            .as_array()
-            .context("fulfillments in the list")?;
-        let mut per_order: HashMap<&str, Vec<&Value>> = HashMap::new();
-        for f in stored {
-            per_order
-                .entry(f["orderId"].as_str().unwrap_or_default())
-                .or_default()
-                .push(f);
+        let stored: FulfillmentList = self
+            .fulfillment_api()
+            .list("limit=500")
+            .await?
+            .expect(200)?;
+        let mut per_order: HashMap<&str, Vec<&FulfillmentStatusView>> = HashMap::new();
+        for f in &stored.fulfillments {
+            per_order.entry(f.order_id.as_str()).or_default().push(f);
         }
         for (order_id, wf) in order_ids.iter().zip(workflows) {
             let found = per_order.get(order_id.as_str()).map_or(0, Vec::len);
@@ -303,15 +294,15 @@ impl System {
             );
             let fulfillment = per_order[order_id.as_str()][0];
             ensure!(
-                fulfillment["status"] == "SHIPPED",
-                "fulfillment of {order_id} is stored SHIPPED: {fulfillment}"
+                fulfillment.status == FulfillmentStatus::Shipped,
+                "fulfillment of {order_id} is stored SHIPPED: {fulfillment:?}"
             );
             let order = self.status(wf).await?;
             ensure!(
                 order["fulfillmentWorkflowId"] == format!("fulfillment-{order_id}")
-                    && order["trackingNumber"] == fulfillment["trackingNumber"],
+                    && order["trackingNumber"].as_str() == fulfillment.tracking_number.as_deref(),
                 "order {order_id} names its one fulfillment and its tracking number: \
-                 order {order}, fulfillment {fulfillment}"
+                 order {order}, fulfillment {fulfillment:?}"
             );
         }
         // Events may trail the stored status: wait for every SHIPPED one.
@@ -395,17 +386,17 @@ async fn orders_ship_when_rabbitmq_itself_restarts() -> Result<()> {
     system.events.wait_in_progress(3).await?;
 
     broker.stop_app().await?;
-    let http = &system.http;
+    let orders = system.orders_api();
     eventually(
         "order-service to report not-ready while RabbitMQ is stopped",
         DEADLINE,
         || async {
-            let (code, _) = http.get(&system.orders.url("/readyz")).await?;
+            let code = orders.readyz().await?.status;
             Ok((code == 503).then_some(()))
         },
     )
     .await?;
-    let (code, body) = http.post(&system.orders.url("/orders/demo"), None).await?;
+    let (code, body) = orders.create_demo().await?.parts();
     assert_eq!(
         code, 503,
         "a new order is refused with 503 while the broker is down: {body}"
@@ -487,10 +478,7 @@ async fn a_restarted_order_service_still_lists_and_answers_for_finished_orders()
                             "zipCode": "12345", "country": "US"},
         "paymentMethod": "credit_card"
     });
-    let (code, body) = system
-        .http
-        .post(&system.orders.url("/orders"), Some(&out_of_stock))
-        .await?;
+    let (code, body) = system.orders_api().create(&out_of_stock).await?.parts();
     assert_eq!(code, 201, "POST /orders: {body}");
     let failed = body["workflowId"]
         .as_str()
@@ -513,10 +501,7 @@ async fn a_restarted_order_service_still_lists_and_answers_for_finished_orders()
     );
     system.orders.restart().await?;
 
-    let (code, list) = system
-        .http
-        .get(&system.orders.url("/orders?limit=100"))
-        .await?;
+    let (code, list) = system.orders_api().list("limit=100").await?.parts();
     assert_eq!(code, 200, "GET /orders after the restart: {list}");
     assert_eq!(
         list["total"], 5,
@@ -543,10 +528,7 @@ async fn a_restarted_order_service_still_lists_and_answers_for_finished_orders()
                 "{wf}: {field} is what it was before the restart"
             );
         }
-        let (code, progress) = system
-            .http
-            .get(&system.orders.url(&format!("/orders/{wf}/progress")))
-            .await?;
+        let (code, progress) = system.orders_api().progress(wf).await?.parts();
         assert_eq!(code, 200, "progress of {wf} after the restart: {progress}");
     }
     Ok(())
