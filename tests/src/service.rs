@@ -253,10 +253,15 @@ impl Service {
         let port = match tokio::time::timeout(deadline, port_rx).await {
             Ok(Ok(port)) => port,
             Ok(Err(_)) => {
-                let status = match self.child.as_mut().map(|c| c.try_wait()) {
-                    Some(Ok(Some(status))) => status.to_string(),
-                    _ => "its stdout closed".into(),
+                // Its stdout closed: it is exiting, or has.
+                let exited = match self.child.as_mut() {
+                    Some(child) => tokio::time::timeout(Duration::from_secs(2), child.wait())
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    None => None,
                 };
+                let status = exited.map_or_else(|| "its stdout closed".into(), |s| s.to_string());
                 bail!(
                     "{} exited before it listened ({status}){}",
                     self.name,
@@ -264,7 +269,8 @@ impl Service {
                 )
             }
             Err(_) => bail!(
-                "{} did not say which port it listens on within {deadline:?}{}",
+                "{} did not say which port it listens on within {deadline:?} (a binary \
+                 older than that line? `cargo build --workspace --bins`){}",
                 self.name,
                 self.log_tail()
             ),

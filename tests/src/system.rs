@@ -125,7 +125,7 @@ impl SystemBuilder {
 pub struct TestSystem {
     orders: Option<Service>,
     fulfillment: Option<Service>,
-    databases: Vec<TestDatabase>,
+    databases: Vec<(&'static str, TestDatabase)>,
     /// The vhost made for this system (`None` on a given broker).
     pub vhost: Option<TestVhost>,
     /// The broker URL both services use.
@@ -196,6 +196,14 @@ impl TestSystem {
             .expect("the system runs on a vhost of its own")
     }
 
+    /// `binary`'s database, when the system is [`SystemBuilder::postgres`].
+    pub fn database(&self, binary: &str) -> Option<&TestDatabase> {
+        self.databases
+            .iter()
+            .find(|(name, _)| *name == binary)
+            .map(|(_, database)| database)
+    }
+
     /// The directory the services' stores and logs are in.
     pub fn data_dir(&self) -> &Path {
         self.dir.path()
@@ -238,7 +246,7 @@ impl TestSystem {
             let database = TestDatabase::create(&format!("{}_{binary}", self.label))
                 .with_context(|| format!("a database for {binary}"))?;
             store = database.url.clone();
-            self.databases.push(database);
+            self.databases.push((binary, database));
             env.push(("STORE_URL", store.as_str()));
         }
         if self.logged {
