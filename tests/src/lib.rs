@@ -265,11 +265,34 @@ where
     }
 }
 
-/// A free TCP port on loopback, for a server that must be told its port
-/// in its configuration (a RabbitMQ node, a PostgreSQL cluster): the port is
-/// released before the server binds it, so another process may take it in
-/// between. The services take port 0 instead (see [`Service`]).
+/// Where [`free_port`] looks first: above every port this machine's fixed
+/// servers use (PostgreSQL 5432, RabbitMQ 5672/15672/25672, the local
+/// cluster's 570x/1570x/2570x) and below the kernel's ephemeral range.
+const OWN_PORTS_FROM: u16 = 27000;
+
+/// A free TCP port, for a server that must be told its port in its
+/// configuration (a RabbitMQ node, a PostgreSQL cluster); the services take
+/// port 0 instead (see [`Service`]).
+///
+/// The port is free when picked and bound by the server later. It is
+/// picked below the kernel's ephemeral range (`ip_local_port_range`), which
+/// no bind to port 0 and no outgoing connection draws from, so in between
+/// only another `free_port` pick of the same port could take it.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_from > OWN_PORTS_FROM {
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            let port = rng.random_range(OWN_PORTS_FROM..ephemeral_from);
+            if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
