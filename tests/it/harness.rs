@@ -1,10 +1,12 @@
 //! The harness itself: services on ports the OS picks, clients that follow
 //! a restarted service, PostgreSQL stores on request.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use serde_json::json;
 use shared_messages::messages::FulfillmentStatus;
-use system_tests::TestSystem;
+use system_tests::{eventually, TestSystem, TestVhost};
 
 fn direct_fulfillment(order_id: &str) -> serde_json::Value {
     json!({
@@ -79,5 +81,31 @@ async fn a_postgres_system_stores_in_databases_of_its_own() -> Result<()> {
         "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM fulfillments WHERE id = '{id}') \
          THEN RAISE EXCEPTION 'no row for {id}'; END IF; END $$"
     ))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_system_on_a_given_broker_runs_there_and_makes_no_vhost() -> Result<()> {
+    let vhost = TestVhost::create("harness-broker").await?;
+    let system = TestSystem::builder("harness-broker")
+        .broker(&vhost.amqp_url)
+        .fulfillment(&[])
+        .start()
+        .await?;
+    assert!(system.vhost.is_none());
+    assert_eq!(system.fulfillment().readyz().await?.status, 200);
+    // It consumes its queues on the given vhost (the management API's
+    // consumer count lags: read until it agrees).
+    eventually(
+        "fulfillment-service consuming on the given vhost",
+        Duration::from_secs(15),
+        || async {
+            let signals = vhost
+                .queue_info(shared_messages::topology::FULFILLMENT_SIGNALS_QUEUE)
+                .await?;
+            Ok((signals["consumers"].as_u64() >= Some(1)).then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -35,7 +35,6 @@ pub struct SystemBuilder {
     fulfillment: Option<Vec<(String, String)>>,
     postgres: bool,
     logged: bool,
-    ready: bool,
 }
 
 impl SystemBuilder {
@@ -75,22 +74,14 @@ impl SystemBuilder {
         self
     }
 
-    /// Returns once the services answer `/healthz`, without waiting for
-    /// `/readyz` (the default waits for both to be ready).
-    pub fn not_waiting_ready(mut self) -> Self {
-        self.ready = false;
-        self
-    }
-
     pub async fn start(self) -> Result<TestSystem> {
-        let vhost = match &self.amqp_url {
-            Some(_) => None,
-            None => Some(TestVhost::create(&self.label).await?),
-        };
-        let amqp_url = match (&self.amqp_url, &vhost) {
-            (Some(url), _) => url.clone(),
-            (None, Some(vhost)) => vhost.amqp_url.clone(),
-            (None, None) => unreachable!("a vhost is made when no broker is given"),
+        let (vhost, amqp_url) = match self.amqp_url {
+            Some(url) => (None, url),
+            None => {
+                let vhost = TestVhost::create(&self.label).await?;
+                let url = vhost.amqp_url.clone();
+                (Some(vhost), url)
+            }
         };
         let dir = tempfile::tempdir()?;
         let mut system = TestSystem {
@@ -110,10 +101,8 @@ impl SystemBuilder {
         if let Some(env) = &self.orders {
             system.start_orders(&borrowed(env)).await?;
         }
-        if self.ready {
-            for service in [&system.fulfillment, &system.orders].into_iter().flatten() {
-                service.wait_ready().await?;
-            }
+        for service in [&system.fulfillment, &system.orders].into_iter().flatten() {
+            service.wait_ready().await?;
         }
         Ok(system)
     }
@@ -146,7 +135,6 @@ impl TestSystem {
             fulfillment: None,
             postgres: false,
             logged: false,
-            ready: true,
         }
     }
 
@@ -184,11 +172,6 @@ impl TestSystem {
             .expect("the test started fulfillment-service")
     }
 
-    /// Whether fulfillment-service has been started.
-    pub fn has_fulfillment(&self) -> bool {
-        self.fulfillment.is_some()
-    }
-
     /// The vhost made for this system.
     pub fn vhost(&self) -> &TestVhost {
         self.vhost
@@ -214,8 +197,8 @@ impl TestSystem {
         self.dir.path().join(format!("{binary}.log"))
     }
 
-    /// Starts (or starts again, after [`TestSystem::stop_fulfillment`])
-    /// fulfillment-service with `env`, without waiting for `/readyz`.
+    /// Starts fulfillment-service with `env`, without waiting for
+    /// `/readyz`.
     pub async fn start_fulfillment(&mut self, env: &[(&str, &str)]) -> Result<&mut Service> {
         let service = self.start_service("fulfillment-service", env).await?;
         Ok(self.fulfillment.insert(service))
@@ -225,14 +208,6 @@ impl TestSystem {
     pub async fn start_orders(&mut self, env: &[(&str, &str)]) -> Result<&mut Service> {
         let service = self.start_service("order-service", env).await?;
         Ok(self.orders.insert(service))
-    }
-
-    /// Stops fulfillment-service (`kill -9`) and forgets it.
-    pub async fn stop_fulfillment(&mut self) -> Result<()> {
-        if let Some(mut service) = self.fulfillment.take() {
-            service.kill().await?;
-        }
-        Ok(())
     }
 
     async fn start_service(
