@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -25,16 +25,19 @@ pub const FINAL_ORDER_STATUSES: [&str; 3] = ["SHIPPED", "CANCELLED", "FAILED"];
 /// the body is empty or not JSON; [`Reply::text`] keeps it as sent).
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// What was asked (`GET /orders/...`), for error messages.
+    pub request: String,
     pub status: u16,
     pub body: Value,
     pub text: String,
 }
 
 impl Reply {
-    async fn read(response: reqwest::Response) -> Result<Self> {
+    async fn read(request: String, response: reqwest::Response) -> Result<Self> {
         let status = response.status().as_u16();
         let text = response.text().await?;
         Ok(Self {
+            request,
             status,
             body: serde_json::from_str(&text).unwrap_or(Value::Null),
             text,
@@ -45,7 +48,7 @@ impl Reply {
     /// error with the status and the body.
     pub fn ok<T: DeserializeOwned>(self) -> Result<T> {
         if !(200..300).contains(&self.status) {
-            bail!("answered {}: {}", self.status, self.text);
+            bail!("{} answered {}: {}", self.request, self.status, self.text);
         }
         Ok(serde_json::from_value(self.body)?)
     }
@@ -53,7 +56,12 @@ impl Reply {
     /// The body as `T` when the status is `want`, else an error.
     pub fn expect<T: DeserializeOwned>(self, want: u16) -> Result<T> {
         if self.status != want {
-            bail!("answered {} instead of {want}: {}", self.status, self.text);
+            bail!(
+                "{} answered {} instead of {want}: {}",
+                self.request,
+                self.status,
+                self.text
+            );
         }
         Ok(serde_json::from_value(self.body)?)
     }
@@ -99,11 +107,13 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Reply> {
+        let what = format!("{method} {path}");
         let mut request = self.http.request(method, self.url(path));
         if let Some(body) = body {
             request = request.json(body);
         }
-        Reply::read(request.send().await?).await
+        let response = request.send().await.with_context(|| what.clone())?;
+        Reply::read(what, response).await
     }
 
     async fn get(&self, path: &str) -> Result<Reply> {
@@ -456,7 +466,8 @@ impl Http {
     }
 
     async fn finish(response: reqwest::Response) -> Result<(u16, Value)> {
-        Ok(Reply::read(response).await?.parts())
+        let request = response.url().to_string();
+        Ok(Reply::read(request, response).await?.parts())
     }
 
     pub async fn get(&self, url: &str) -> Result<(u16, Value)> {
