@@ -23,7 +23,8 @@ use shared_messages::topology::{
 use shared_messages::Message;
 use system_tests::api::FulfillmentList;
 use system_tests::{
-    eventually, FulfillmentApi, Http, OrdersApi, PrivateBroker, Service, TestDatabase, TestVhost,
+    eventually, FulfillmentApi, Http, OrdersApi, PrivateBroker, Service, TestDatabase, TestSystem,
+    TestVhost,
 };
 use uuid::Uuid;
 
@@ -152,34 +153,35 @@ impl EventLog {
     }
 }
 
-/// Both services on one broker, each with a store in `dir` (or the given
-/// STORE_URLs), and the event log.
+/// Both services on one broker, each with a store of its own (SQLite, or
+/// the given STORE_URLs), and the event log.
 pub(crate) struct System {
     pub(crate) orders: Service,
     pub(crate) fulfillment: Service,
     pub(crate) events: EventLog,
     pub(crate) http: Http,
-    _dir: tempfile::TempDir,
+    /// The directory the SQLite stores are in; the services are the fields
+    /// above, which ha.rs reaches directly.
+    _base: TestSystem,
 }
 
 impl System {
     pub(crate) async fn start(amqp_url: &str, store_urls: Option<(&str, &str)>) -> Result<Self> {
         let events = EventLog::start(amqp_url).await?;
-        let dir = tempfile::tempdir()?;
+        let mut base = TestSystem::builder("durability")
+            .broker(amqp_url)
+            .start()
+            .await?;
         let mut order_env: Vec<(&str, &str)> = ORDER_ENV.to_vec();
         let mut fulfillment_env: Vec<(&str, &str)> = FULFILLMENT_ENV.to_vec();
         if let Some((orders, fulfillment)) = store_urls {
             order_env.push(("STORE_URL", orders));
             fulfillment_env.push(("STORE_URL", fulfillment));
         }
-        let fulfillment = Service::start_on(
-            "fulfillment-service",
-            amqp_url,
-            dir.path(),
-            &fulfillment_env,
-        )
-        .await?;
-        let orders = Service::start_on("order-service", amqp_url, dir.path(), &order_env).await?;
+        let fulfillment = base
+            .start_service("fulfillment-service", &fulfillment_env)
+            .await?;
+        let orders = base.start_service("order-service", &order_env).await?;
         fulfillment.wait_ready().await?;
         orders.wait_ready().await?;
         Ok(Self {
@@ -187,7 +189,7 @@ impl System {
             fulfillment,
             events,
             http: Http::new(),
-            _dir: dir,
+            _base: base,
         })
     }
 

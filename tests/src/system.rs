@@ -210,7 +210,10 @@ impl TestSystem {
         Ok(self.orders.insert(service))
     }
 
-    async fn start_service(
+    /// Starts `binary` with `env` and this system's broker, directory and
+    /// stores, and hands it to the caller, who keeps it where the test needs
+    /// it; waits for `/healthz`, not `/readyz`.
+    pub async fn start_service(
         &mut self,
         binary: &'static str,
         env: &[(&str, &str)],
