@@ -26,7 +26,7 @@ use shared_messages::topology::{
     dead_letter_queue, FULFILLMENT_QUERIES_QUEUE, FULFILLMENT_SIGNALS_QUEUE,
     ORDER_FULFILLMENT_EVENTS_QUEUE,
 };
-use system_tests::{eventually, Service, TestVhost};
+use system_tests::{eventually, FulfillmentApi, OrdersApi, Reply, Service, TestVhost};
 use tokio::sync::Mutex;
 
 /// Orders placed during the run, unless `CHAOS_ORDERS` says otherwise.
@@ -56,48 +56,18 @@ const ORDER_ENV: &[(&str, &str)] = &[
 /// pauses find it in every status.
 const FULFILLMENT_ENV: &[(&str, &str)] = &[("STEP_DELAY_MS", "100"), ("QUERY_TIMEOUT_MS", "1000")];
 
-/// The two services, shared between the tasks that use and break them.
+/// The two services, shared between the tasks that use and break them,
+/// and their clients (which follow each service across its restarts).
 struct Cluster {
     order: Mutex<Service>,
     fulfillment: Mutex<Service>,
-    order_url: String,
-    fulfillment_url: String,
-    http: reqwest::Client,
+    orders_api: OrdersApi,
+    fulfillment_api: FulfillmentApi,
 }
 
 impl Cluster {
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        url: String,
-        body: Option<Value>,
-    ) -> Result<(u16, Value)> {
-        let mut request = self.http.request(method, url);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        let status = response.status().as_u16();
-        let text = response.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-
     async fn order_get(&self, path: &str) -> Result<(u16, Value)> {
-        self.send(
-            reqwest::Method::GET,
-            format!("{}{path}", self.order_url),
-            None,
-        )
-        .await
-    }
-
-    async fn fulfillment_get(&self, path: &str) -> Result<(u16, Value)> {
-        self.send(
-            reqwest::Method::GET,
-            format!("{}{path}", self.fulfillment_url),
-            None,
-        )
-        .await
+        Ok(self.orders_api.get(path).await?.parts())
     }
 
     /// Every order order-service knows, page by page.
@@ -164,14 +134,14 @@ async fn saga_invariants_hold_under_crashes_restarts_and_random_customers() -> R
     let order = Service::start("order-service", &vhost, data.path(), ORDER_ENV).await?;
     order.wait_ready().await?;
     fulfillment.wait_ready().await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let cluster = Arc::new(Cluster {
-        order_url: order.base_url.clone(),
-        fulfillment_url: fulfillment.base_url.clone(),
+        orders_api: OrdersApi::with_client(order.endpoint(), http.clone()),
+        fulfillment_api: FulfillmentApi::with_client(fulfillment.endpoint(), http),
         order: Mutex::new(order),
         fulfillment: Mutex::new(fulfillment),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?,
     });
     let placed: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -188,11 +158,10 @@ async fn saga_invariants_hold_under_crashes_restarts_and_random_customers() -> R
             let mut cancels: HashMap<u16, usize> = HashMap::new();
             while n < orders_wanted {
                 let body = order_body(&mut rng, n);
-                let url = format!("{}/orders", cluster.order_url);
                 // Down, restarting or refusing while the broker is away:
                 // the customer tries again on the next turn.
                 if let Ok((201 | 200, created)) =
-                    cluster.send(reqwest::Method::POST, url, Some(body)).await
+                    cluster.orders_api.create(&body).await.map(Reply::parts)
                 {
                     if let Some(wf) = created["workflowId"].as_str() {
                         placed.lock().await.push(wf.to_owned());
@@ -209,34 +178,19 @@ async fn saga_invariants_hold_under_crashes_restarts_and_random_customers() -> R
                         .then(|| placed[rng.random_range(recent..placed.len())].clone())
                 };
                 if let Some(wf) = target {
-                    let base = &cluster.order_url;
+                    let orders = &cluster.orders_api;
                     let _ = if roll < 0.12 {
-                        let answer = cluster
-                            .send(
-                                reqwest::Method::DELETE,
-                                format!("{base}/orders/{wf}"),
-                                Some(json!({"reason": "chaos: customer changed their mind"})),
-                            )
-                            .await;
+                        let answer = orders
+                            .cancel(&wf, Some("chaos: customer changed their mind"))
+                            .await
+                            .map(Reply::parts);
                         let code = answer.as_ref().map(|(code, _)| *code).unwrap_or(0);
                         *cancels.entry(code).or_insert(0usize) += 1;
                         answer
                     } else if roll < 0.18 {
-                        cluster
-                            .send(
-                                reqwest::Method::POST,
-                                format!("{base}/orders/{wf}/fulfillment/pause"),
-                                None,
-                            )
-                            .await
+                        orders.pause(&wf).await.map(Reply::parts)
                     } else if roll < 0.26 {
-                        cluster
-                            .send(
-                                reqwest::Method::POST,
-                                format!("{base}/orders/{wf}/fulfillment/resume"),
-                                None,
-                            )
-                            .await
+                        orders.resume(&wf).await.map(Reply::parts)
                     } else {
                         Ok((0, Value::Null))
                     };
@@ -343,17 +297,9 @@ async fn saga_invariants_hold_under_crashes_restarts_and_random_customers() -> R
                 let Some(id) = o["fulfillmentWorkflowId"].as_str() else {
                     continue;
                 };
-                let (code, fulfillment) = cluster
-                    .fulfillment_get(&format!("/fulfillments/{id}/status"))
-                    .await?;
+                let (code, fulfillment) = cluster.fulfillment_api.status(id).await?.parts();
                 if code == 200 && fulfillment["status"] == "PAUSED" {
-                    let _ = cluster
-                        .send(
-                            reqwest::Method::POST,
-                            format!("{}/fulfillments/{id}/resume", cluster.fulfillment_url),
-                            None,
-                        )
-                        .await;
+                    let _ = cluster.fulfillment_api.resume(id).await;
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -428,7 +374,7 @@ async fn check_order(cluster: &Cluster, order: &Value) -> Result<()> {
     let wf = order["workflowId"].as_str().context("workflowId")?;
     let order_id = order["orderId"].as_str().context("orderId")?;
     let status = order["status"].as_str().context("status")?;
-    let (code, history) = cluster.order_get(&format!("/orders/{wf}/history")).await?;
+    let (code, history) = cluster.orders_api.history(wf).await?.parts();
     ensure!(code == 200, "history of {wf}: {code} {history}");
 
     let charged = count(&history, "PaymentCharged");
@@ -437,8 +383,10 @@ async fn check_order(cluster: &Cluster, order: &Value) -> Result<()> {
     let released = count(&history, "StockReleased");
     let fulfillment_id = format!("fulfillment-{order_id}");
     let (code, fulfillment) = cluster
-        .fulfillment_get(&format!("/fulfillments/{fulfillment_id}/status"))
-        .await?;
+        .fulfillment_api
+        .status(&fulfillment_id)
+        .await?
+        .parts();
     let fulfillment_status = match code {
         200 => fulfillment["status"]
             .as_str()

@@ -16,12 +16,16 @@ use anyhow::{bail, ensure, Context, Result};
 use futures::FutureExt;
 use message_bus::{Bus, BusConfig, Incoming, Outcome};
 use serde_json::{json, Value};
-use shared_messages::messages::FulfillmentStatus;
+use shared_messages::messages::{FulfillmentStatus, FulfillmentStatusView};
 use shared_messages::topology::{
     self, QueueKind, QueueSpec, FULFILLMENT_EVENTS_ALL, FULFILLMENT_EVENTS_EXCHANGE,
 };
 use shared_messages::Message;
-use system_tests::{eventually, Http, PrivateBroker, Service, TestDatabase, TestVhost};
+use system_tests::api::FulfillmentList;
+use system_tests::{
+    eventually, FulfillmentApi, Http, OrdersApi, PrivateBroker, Service, TestDatabase, TestSystem,
+    TestVhost,
+};
 use uuid::Uuid;
 
 /// Upper bound for a whole batch of orders to get somewhere, on a slow
@@ -149,34 +153,35 @@ impl EventLog {
     }
 }
 
-/// Both services on one broker, each with a store in `dir` (or the given
-/// STORE_URLs), and the event log.
+/// Both services on one broker, each with a store of its own (SQLite, or
+/// the given STORE_URLs), and the event log.
 pub(crate) struct System {
     pub(crate) orders: Service,
     pub(crate) fulfillment: Service,
     pub(crate) events: EventLog,
     pub(crate) http: Http,
-    _dir: tempfile::TempDir,
+    /// The directory the SQLite stores are in; the services are the fields
+    /// above, which ha.rs reaches directly.
+    _base: TestSystem,
 }
 
 impl System {
     pub(crate) async fn start(amqp_url: &str, store_urls: Option<(&str, &str)>) -> Result<Self> {
         let events = EventLog::start(amqp_url).await?;
-        let dir = tempfile::tempdir()?;
+        let mut base = TestSystem::builder("durability")
+            .broker(amqp_url)
+            .start()
+            .await?;
         let mut order_env: Vec<(&str, &str)> = ORDER_ENV.to_vec();
         let mut fulfillment_env: Vec<(&str, &str)> = FULFILLMENT_ENV.to_vec();
         if let Some((orders, fulfillment)) = store_urls {
             order_env.push(("STORE_URL", orders));
             fulfillment_env.push(("STORE_URL", fulfillment));
         }
-        let fulfillment = Service::start_on(
-            "fulfillment-service",
-            amqp_url,
-            dir.path(),
-            &fulfillment_env,
-        )
-        .await?;
-        let orders = Service::start_on("order-service", amqp_url, dir.path(), &order_env).await?;
+        let fulfillment = base
+            .start_service("fulfillment-service", &fulfillment_env)
+            .await?;
+        let orders = base.start_service("order-service", &order_env).await?;
         fulfillment.wait_ready().await?;
         orders.wait_ready().await?;
         Ok(Self {
@@ -184,21 +189,21 @@ impl System {
             fulfillment,
             events,
             http: Http::new(),
-            _dir: dir,
+            _base: base,
         })
+    }
+
+    pub(crate) fn orders_api(&self) -> OrdersApi {
+        OrdersApi::of(&self.orders)
+    }
+
+    pub(crate) fn fulfillment_api(&self) -> FulfillmentApi {
+        FulfillmentApi::of(&self.fulfillment)
     }
 
     /// Places the demo order; answers its workflow id.
     pub(crate) async fn create_demo(&self) -> Result<String> {
-        let (code, body) = self
-            .http
-            .post(&self.orders.url("/orders/demo"), None)
-            .await?;
-        ensure!(code == 201, "POST /orders/demo answers 201: {code} {body}");
-        Ok(body["workflowId"]
-            .as_str()
-            .context("workflowId in the answer")?
-            .to_owned())
+        Ok(self.orders_api().place_demo().await?.workflow_id)
     }
 
     pub(crate) async fn create_demos(&self, n: usize, into: &mut Vec<String>) -> Result<()> {
@@ -209,21 +214,13 @@ impl System {
     }
 
     pub(crate) async fn status(&self, workflow_id: &str) -> Result<Value> {
-        let (code, body) = self
-            .http
-            .get(&self.orders.url(&format!("/orders/{workflow_id}/status")))
-            .await?;
-        ensure!(code == 200, "status of {workflow_id}: {code} {body}");
-        Ok(body)
+        self.orders_api().status(workflow_id).await?.expect(200)
     }
 
     /// Workflow ids of the orders order-service lists with `status`.
     pub(crate) async fn listed(&self, status: &str) -> Result<HashSet<String>> {
-        let url = self
-            .orders
-            .url(&format!("/orders?status={status}&limit=100"));
-        let (code, body) = self.http.get(&url).await?;
-        ensure!(code == 200, "GET /orders?status={status}: {code} {body}");
+        let query = format!("status={status}&limit=100");
+        let body: Value = self.orders_api().list(&query).await?.expect(200)?;
         Ok(body["orders"]
             .as_array()
             .context("orders in the list")?
@@ -282,18 +279,14 @@ impl System {
             .iter()
             .map(|wf| wf.trim_start_matches("order-workflow-").to_owned())
             .collect();
-        let url = self.fulfillment.url("/fulfillments?limit=500");
-        let (code, body) = self.http.get(&url).await?;
-        ensure!(code == 200, "GET /fulfillments: {code} {body}");
-        let stored = body["fulfillments"]
-            .as_array()
-            .context("fulfillments in the list")?;
-        let mut per_order: HashMap<&str, Vec<&Value>> = HashMap::new();
-        for f in stored {
-            per_order
-                .entry(f["orderId"].as_str().unwrap_or_default())
-                .or_default()
-                .push(f);
+        let stored: FulfillmentList = self
+            .fulfillment_api()
+            .list("limit=500")
+            .await?
+            .expect(200)?;
+        let mut per_order: HashMap<&str, Vec<&FulfillmentStatusView>> = HashMap::new();
+        for f in &stored.fulfillments {
+            per_order.entry(f.order_id.as_str()).or_default().push(f);
         }
         for (order_id, wf) in order_ids.iter().zip(workflows) {
             let found = per_order.get(order_id.as_str()).map_or(0, Vec::len);
@@ -303,15 +296,15 @@ impl System {
             );
             let fulfillment = per_order[order_id.as_str()][0];
             ensure!(
-                fulfillment["status"] == "SHIPPED",
-                "fulfillment of {order_id} is stored SHIPPED: {fulfillment}"
+                fulfillment.status == FulfillmentStatus::Shipped,
+                "fulfillment of {order_id} is stored SHIPPED: {fulfillment:?}"
             );
             let order = self.status(wf).await?;
             ensure!(
                 order["fulfillmentWorkflowId"] == format!("fulfillment-{order_id}")
-                    && order["trackingNumber"] == fulfillment["trackingNumber"],
+                    && order["trackingNumber"].as_str() == fulfillment.tracking_number.as_deref(),
                 "order {order_id} names its one fulfillment and its tracking number: \
-                 order {order}, fulfillment {fulfillment}"
+                 order {order}, fulfillment {fulfillment:?}"
             );
         }
         // Events may trail the stored status: wait for every SHIPPED one.
@@ -395,19 +388,19 @@ async fn orders_ship_when_rabbitmq_itself_restarts() -> Result<()> {
     system.events.wait_in_progress(3).await?;
 
     broker.stop_app().await?;
-    let http = &system.http;
+    let orders = system.orders_api();
     eventually(
         "order-service to report not-ready while RabbitMQ is stopped",
         DEADLINE,
         || async {
-            let (code, _) = http.get(&system.orders.url("/readyz")).await?;
+            let code = orders.readyz().await?.status;
             Ok((code == 503).then_some(()))
         },
     )
     .await?;
     // A new order is accepted while the broker is down: its hand-over
     // waits in the outbox, and it ships with the others.
-    let (code, body) = http.post(&system.orders.url("/orders/demo"), None).await?;
+    let (code, body) = orders.create_demo().await?.parts();
     assert_eq!(code, 201, "a new order while the broker is down: {body}");
     workflows.push(
         body["workflowId"]
@@ -492,10 +485,7 @@ async fn a_restarted_order_service_still_lists_and_answers_for_finished_orders()
                             "zipCode": "12345", "country": "US"},
         "paymentMethod": "credit_card"
     });
-    let (code, body) = system
-        .http
-        .post(&system.orders.url("/orders"), Some(&out_of_stock))
-        .await?;
+    let (code, body) = system.orders_api().create(&out_of_stock).await?.parts();
     assert_eq!(code, 201, "POST /orders: {body}");
     let failed = body["workflowId"]
         .as_str()
@@ -518,10 +508,7 @@ async fn a_restarted_order_service_still_lists_and_answers_for_finished_orders()
     );
     system.orders.restart().await?;
 
-    let (code, list) = system
-        .http
-        .get(&system.orders.url("/orders?limit=100"))
-        .await?;
+    let (code, list) = system.orders_api().list("limit=100").await?.parts();
     assert_eq!(code, 200, "GET /orders after the restart: {list}");
     assert_eq!(
         list["total"], 5,
@@ -548,10 +535,7 @@ async fn a_restarted_order_service_still_lists_and_answers_for_finished_orders()
                 "{wf}: {field} is what it was before the restart"
             );
         }
-        let (code, progress) = system
-            .http
-            .get(&system.orders.url(&format!("/orders/{wf}/progress")))
-            .await?;
+        let (code, progress) = system.orders_api().progress(wf).await?.parts();
         assert_eq!(code, 200, "progress of {wf} after the restart: {progress}");
     }
     Ok(())

@@ -22,25 +22,23 @@ const DEADLINE: Duration = Duration::from_secs(15);
 /// How long a reply may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One service on its own vhost, a client bus that sees every event, and
-/// an HTTP client.
+/// fulfillment-service on a vhost of its own and a client bus that sees
+/// every event. Fields drop in order: the client bus closes before the
+/// vhost goes.
 struct Harness {
-    service: Service,
     bus: Bus,
     events: Arc<Mutex<Vec<Envelope>>>,
-    http: Http,
-    _dir: tempfile::TempDir,
-    vhost: TestVhost,
+    system: TestSystem,
 }
 
 impl Harness {
     async fn start(label: &str, step_delay_ms: u64) -> Result<Self> {
-        let vhost = TestVhost::create(label).await?;
+        let mut system = TestSystem::builder(label).start().await?;
         // The client declares order-service's topology, so the events queue
         // exists (and collects) before the service publishes anything, and
         // binds the progress events too, so it sees every transition.
         let bus = Bus::new(BusConfig::new(
-            vhost.amqp_url.clone(),
+            system.amqp_url.clone(),
             "fulfillment-test",
             topology::order_service().bind(
                 ORDER_FULFILLMENT_EVENTS_QUEUE,
@@ -64,28 +62,29 @@ impl Harness {
                 amqp_base()
             );
         }
-        let dir = tempfile::tempdir()?;
         let delay = step_delay_ms.to_string();
-        let service = Service::start(
-            "fulfillment-service",
-            &vhost,
-            dir.path(),
-            &[("STEP_DELAY_MS", delay.as_str())],
-        )
-        .await?;
-        service.wait_ready().await?;
+        system
+            .start_fulfillment(&[("STEP_DELAY_MS", delay.as_str())])
+            .await?
+            .wait_ready()
+            .await?;
         Ok(Self {
-            service,
+            system,
             bus,
             events,
-            http: Http::new(),
-            _dir: dir,
-            vhost,
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        self.service.url(path)
+    fn fulfillment(&self) -> FulfillmentApi {
+        self.system.fulfillment()
+    }
+
+    fn service(&mut self) -> &mut Service {
+        self.system.fulfillment_service_mut()
+    }
+
+    fn vhost(&self) -> &TestVhost {
+        self.system.vhost()
     }
 
     /// Sends a signal without waiting for an answer; returns its id.
@@ -124,25 +123,19 @@ impl Harness {
     }
 
     async fn progress(&self, id: &str) -> Result<FulfillmentProgressView> {
-        let (code, body) = self
-            .http
-            .get(&self.url(&format!("/fulfillments/{id}/progress")))
-            .await?;
-        if code != 200 {
-            bail!("progress of {id}: {code} {body}");
-        }
-        Ok(serde_json::from_value(body)?)
+        self.fulfillment()
+            .progress(id)
+            .await?
+            .expect(200)
+            .with_context(|| format!("progress of {id}"))
     }
 
     async fn status(&self, id: &str) -> Result<FulfillmentStatusView> {
-        let (code, body) = self
-            .http
-            .get(&self.url(&format!("/fulfillments/{id}/status")))
-            .await?;
-        if code != 200 {
-            bail!("status of {id}: {code} {body}");
-        }
-        Ok(serde_json::from_value(body)?)
+        self.fulfillment()
+            .status(id)
+            .await?
+            .expect(200)
+            .with_context(|| format!("status of {id}"))
     }
 
     async fn wait_for(
@@ -358,7 +351,7 @@ async fn happy_path_over_the_bus_ships_and_publishes_every_transition() -> Resul
     }
 
     // SIGTERM: a clean exit.
-    let status = h.service.terminate(Duration::from_secs(10)).await?;
+    let status = h.service().terminate(Duration::from_secs(10)).await?;
     assert!(status.success(), "exit status {status:?}");
     Ok(())
 }
@@ -369,12 +362,10 @@ async fn pause_freezes_progress_and_resume_continues_from_the_same_step() -> Res
     let order = unique_order();
     let id = ids::fulfillment_workflow_id(&order);
     let (code, _) = h
-        .http
-        .post(
-            &h.url("/fulfillments"),
-            Some(&serde_json::to_value(request(&order, 3))?),
-        )
-        .await?;
+        .fulfillment()
+        .create(&serde_json::to_value(request(&order, 3))?)
+        .await?
+        .parts();
     assert_eq!(code, 201);
     h.wait_for(&id, "one item picked", |p| p.items_picked >= 1)
         .await?;
@@ -398,10 +389,7 @@ async fn pause_freezes_progress_and_resume_continues_from_the_same_step() -> Res
     assert!(again.accepted);
     assert_eq!(again.status, Some(FulfillmentStatus::Paused));
 
-    let (code, body) = h
-        .http
-        .post(&h.url(&format!("/fulfillments/{id}/resume")), None)
-        .await?;
+    let (code, body) = h.fulfillment().resume(&id).await?.parts();
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["isPaused"], false);
     assert_ne!(body["status"], "PAUSED");
@@ -443,10 +431,7 @@ async fn cancel_mid_picking_stops_the_fulfillment() -> Result<()> {
     let frozen = h.assert_frozen(&id, Duration::from_millis(600)).await?;
     assert_eq!(frozen.items_picked, cancelled.items_picked);
 
-    let (code, body) = h
-        .http
-        .post(&h.url(&format!("/fulfillments/{id}/resume")), None)
-        .await?;
+    let (code, body) = h.fulfillment().resume(&id).await?.parts();
     assert_eq!(code, 409, "{body}");
     assert_eq!(body["error"], "conflict");
     let last = eventually("the CANCELLED event", DEADLINE, || async {
@@ -499,16 +484,17 @@ async fn address_changes_are_accepted_before_the_label_and_rejected_after() -> R
     assert!(error.message.contains("label"), "{}", error.message);
 
     // Over HTTP too, and an invalid address is a 400.
-    let url = h.url(&format!("/fulfillments/{id}/shipping-address"));
     let (code, body) = h
-        .http
-        .patch(&url, &serde_json::to_value(address("4 Road"))?)
-        .await?;
+        .fulfillment()
+        .shipping_address(&id, &serde_json::to_value(address("4 Road"))?)
+        .await?
+        .parts();
     assert_eq!(code, 409, "{body}");
     let (code, body) = h
-        .http
-        .patch(&url, &serde_json::to_value(address(" "))?)
-        .await?;
+        .fulfillment()
+        .shipping_address(&id, &serde_json::to_value(address(" "))?)
+        .await?
+        .parts();
     assert_eq!(code, 400, "{body}");
     assert!(
         body["message"]
@@ -586,7 +572,7 @@ async fn a_repeated_message_id_changes_nothing() -> Result<()> {
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_and_the_service_keeps_working() -> Result<()> {
     let h = Harness::start("ful-poison", 10).await?;
-    let connection = lapin::Connection::connect(&h.vhost.amqp_url, Default::default()).await?;
+    let connection = lapin::Connection::connect(&h.system.amqp_url, Default::default()).await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_publish(
@@ -611,7 +597,7 @@ async fn poison_messages_are_dead_lettered_and_the_service_keeps_working() -> Re
 
     let dlq = dead_letter_queue(FULFILLMENT_SIGNALS_QUEUE);
     let messages = eventually("three dead letters", DEADLINE, || async {
-        let messages = h.vhost.peek(&dlq, 10).await?;
+        let messages = h.vhost().peek(&dlq, 10).await?;
         Ok((messages.len() == 3).then_some(messages))
     })
     .await?;
@@ -655,7 +641,7 @@ async fn poison_messages_are_dead_lettered_and_the_service_keeps_working() -> Re
         .await?;
     let dead_queries = eventually("a dead-lettered query", DEADLINE, || async {
         let messages = h
-            .vhost
+            .vhost()
             .peek(&dead_letter_queue(FULFILLMENT_QUERIES_QUEUE), 10)
             .await?;
         Ok((messages.len() == 1).then_some(messages))
@@ -709,12 +695,39 @@ async fn unknown_ids_answer_not_found_over_the_bus() -> Result<()> {
         .await?;
     assert!(!reply.accepted);
     assert_eq!(reply.error.map(|e| e.code), Some(ReplyErrorCode::NotFound));
-    // A signal with reply-to is answered, not dead-lettered.
-    let dlq = h
-        .vhost
-        .queue_info(&dead_letter_queue(FULFILLMENT_SIGNALS_QUEUE))
-        .await?;
-    assert_eq!(dlq["messages"].as_u64().unwrap_or_default(), 0);
+    // A signal with reply-to is answered, not dead-lettered. One without
+    // reply-to, sent after it, is: once that one is in the dead-letter
+    // queue, it is the only one there.
+    h.signal(
+        "fulfillment-marker",
+        Message::ResumeFulfillment(ResumeFulfillment {}),
+    )
+    .await?;
+    let dlq = dead_letter_queue(FULFILLMENT_SIGNALS_QUEUE);
+    let dead = eventually(
+        "the signal without reply-to dead-lettered",
+        DEADLINE,
+        || async {
+            let messages = h.vhost().peek(&dlq, 10).await?;
+            Ok((!messages.is_empty()).then_some(messages))
+        },
+    )
+    .await?;
+    let reasons: Vec<&str> = dead
+        .iter()
+        .map(|m| {
+            m["properties"]["headers"]["x-dead-letter-reason"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        ["no fulfillment fulfillment-marker"],
+        "only the signal without reply-to is dead-lettered"
+    );
+    // The management API agrees once its statistics catch up.
+    h.vhost().wait_message_count(&dlq, 1, DEADLINE).await?;
 
     // A workflow created to wait answers its status, and starts on StartFulfillment.
     let order = unique_order();
@@ -740,11 +753,11 @@ async fn unknown_ids_answer_not_found_over_the_bus() -> Result<()> {
 #[tokio::test]
 async fn http_answers_each_bad_input_with_a_json_error() -> Result<()> {
     let h = Harness::start("ful-http", 0).await?;
-    let create = h.url("/fulfillments");
+    let http = Http::new();
+    let create = h.fulfillment().url("/fulfillments");
     let json_type = "application/json";
 
-    let (code, body) = h
-        .http
+    let (code, body) = http
         .send_raw(
             reqwest::Method::POST,
             &create,
@@ -759,9 +772,10 @@ async fn http_answers_each_bad_input_with_a_json_error() -> Result<()> {
     );
 
     let (code, body) = h
-        .http
-        .post(&create, Some(&json!({"orderId": "ORD-x"})))
-        .await?;
+        .fulfillment()
+        .create(&json!({"orderId": "ORD-x"}))
+        .await?
+        .parts();
     assert_eq!(code, 400, "{body}");
     assert!(
         body["message"]
@@ -773,7 +787,7 @@ async fn http_answers_each_bad_input_with_a_json_error() -> Result<()> {
 
     let mut empty = serde_json::to_value(request("ORD-empty", 1))?;
     empty["items"] = json!([]);
-    let (code, body) = h.http.post(&create, Some(&empty)).await?;
+    let (code, body) = h.fulfillment().create(&empty).await?.parts();
     assert_eq!(code, 400, "{body}");
     assert!(
         body["message"]
@@ -785,8 +799,7 @@ async fn http_answers_each_bad_input_with_a_json_error() -> Result<()> {
 
     // Past the one body limit of both services (256 KiB).
     let big = vec![b' '; 1024 * 1024];
-    let (code, body) = h
-        .http
+    let (code, body) = http
         .send_raw(reqwest::Method::POST, &create, json_type, big)
         .await?;
     assert_eq!(
@@ -795,7 +808,7 @@ async fn http_answers_each_bad_input_with_a_json_error() -> Result<()> {
         "{body}"
     );
 
-    let (code, body) = h.http.get(&h.url("/fulfillments?status=LOST")).await?;
+    let (code, body) = h.fulfillment().list("status=LOST").await?.parts();
     assert_eq!(code, 400, "{body}");
     assert!(
         body["message"]
@@ -807,36 +820,31 @@ async fn http_answers_each_bad_input_with_a_json_error() -> Result<()> {
 
     for path in ["status", "progress"] {
         let (code, body) = h
-            .http
-            .get(&h.url(&format!("/fulfillments/fulfillment-nope/{path}")))
-            .await?;
+            .fulfillment()
+            .get(&format!("/fulfillments/fulfillment-nope/{path}"))
+            .await?
+            .parts();
         assert_eq!(
             (code, body["error"].as_str()),
             (404, Some("not_found")),
             "{body}"
         );
     }
-    let (code, body) = h
-        .http
-        .post(&h.url("/fulfillments/fulfillment-nope/pause"), None)
-        .await?;
+    let (code, body) = h.fulfillment().pause("fulfillment-nope").await?.parts();
     assert_eq!(code, 404, "{body}");
 
     // A real one; with no step delay it ships at once.
     let order = unique_order();
     let id = ids::fulfillment_workflow_id(&order);
     let body = serde_json::to_value(request(&order, 2))?;
-    let (code, created) = h.http.post(&create, Some(&body)).await?;
+    let (code, created) = h.fulfillment().create(&body).await?.parts();
     assert_eq!(code, 201, "{created}");
     assert_eq!(created["fulfillmentWorkflowId"], id.as_str());
-    let (code, _) = h.http.post(&create, Some(&body)).await?;
+    let (code, _) = h.fulfillment().create(&body).await?.parts();
     assert_eq!(code, 200, "the same order again is idempotent");
     h.wait_status(&id, FulfillmentStatus::Shipped).await?;
 
-    let (code, body) = h
-        .http
-        .post(&h.url(&format!("/fulfillments/{id}/pause")), None)
-        .await?;
+    let (code, body) = h.fulfillment().pause(&id).await?.parts();
     assert_eq!(
         (code, body["error"].as_str()),
         (409, Some("conflict")),
@@ -849,19 +857,12 @@ async fn http_answers_each_bad_input_with_a_json_error() -> Result<()> {
             .contains("shipped"),
         "{body}"
     );
-    let (code, body) = h
-        .http
-        .post(
-            &h.url(&format!("/fulfillments/{id}/cancel")),
-            Some(&json!({"reason": "late"})),
-        )
-        .await?;
+    let (code, body) = h.fulfillment().cancel(&id, "late").await?.parts();
     assert_eq!(code, 409, "{body}");
-    let (code, body) = h
-        .http
+    let (code, body) = http
         .send_raw(
             reqwest::Method::POST,
-            &h.url(&format!("/fulfillments/{id}/cancel")),
+            &h.fulfillment().url(&format!("/fulfillments/{id}/cancel")),
             json_type,
             b"not json".to_vec(),
         )
@@ -869,16 +870,17 @@ async fn http_answers_each_bad_input_with_a_json_error() -> Result<()> {
     assert_eq!(code, 400, "{body}");
 
     let (code, list) = h
-        .http
-        .get(&h.url("/fulfillments?status=SHIPPED&limit=10"))
-        .await?;
+        .fulfillment()
+        .list("status=SHIPPED&limit=10")
+        .await?
+        .parts();
     assert_eq!(code, 200);
     assert_eq!(
         list["fulfillments"].as_array().map(Vec::len),
         Some(1),
         "{list}"
     );
-    let (code, body) = h.http.get(&h.url("/healthz")).await?;
+    let (code, body) = h.fulfillment().healthz().await?.parts();
     assert_eq!((code, body), (200, json!({"status": "ok"})));
     Ok(())
 }
@@ -891,27 +893,22 @@ async fn after_kill_9_fulfillments_continue_where_they_stopped() -> Result<()> {
     for id in [&running, &paused] {
         let order = ids::order_id_from_fulfillment_id(id).context("an order id")?;
         let (code, body) = h
-            .http
-            .post(
-                &h.url("/fulfillments"),
-                Some(&serde_json::to_value(request(order, 3))?),
-            )
-            .await?;
+            .fulfillment()
+            .create(&serde_json::to_value(request(order, 3))?)
+            .await?
+            .parts();
         assert_eq!(code, 201, "{body}");
     }
-    let (code, _) = h
-        .http
-        .post(&h.url(&format!("/fulfillments/{paused}/pause")), None)
-        .await?;
+    let (code, _) = h.fulfillment().pause(&paused).await?.parts();
     assert_eq!(code, 200);
     let before = h
         .wait_for(&running, "one item picked", |p| p.items_picked >= 1)
         .await?;
     let paused_before = h.progress(&paused).await?;
 
-    h.service.kill().await?;
-    h.service.restart().await?;
-    h.service.wait_ready().await?;
+    h.service().kill().await?;
+    h.service().restart().await?;
+    h.service().wait_ready().await?;
 
     let after = h.progress(&running).await?;
     assert_ne!(
@@ -939,10 +936,7 @@ async fn after_kill_9_fulfillments_continue_where_they_stopped() -> Result<()> {
         still.completed_steps.len(),
         paused_before.completed_steps.len()
     );
-    let (code, _) = h
-        .http
-        .post(&h.url(&format!("/fulfillments/{paused}/resume")), None)
-        .await?;
+    let (code, _) = h.fulfillment().resume(&paused).await?.parts();
     assert_eq!(code, 200);
     h.wait_status(&paused, FulfillmentStatus::Shipped).await?;
     Ok(())

@@ -3,11 +3,10 @@
 //! history written once per signal, rows that cannot be read, and signals
 //! whose envelope and payload disagree.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use futures::FutureExt;
 use message_bus::{Bus, BusConfig, Incoming, Outcome, Route};
 use serde_json::{json, Value};
@@ -23,19 +22,18 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// fulfillment-service on its own vhost, and a client bus whose queue,
 /// bound to `fulfillment.events` for status events, keeps every event.
+/// Fields drop in order: the client bus closes before the vhost goes.
 struct Saga {
-    service: Service,
     bus: Bus,
     events: Arc<Mutex<Vec<Envelope>>>,
-    http: Http,
-    vhost: TestVhost,
+    system: TestSystem,
 }
 
 impl Saga {
-    async fn start(label: &str, env: &[(&str, &str)], data_dir: &Path) -> Result<Self> {
-        let vhost = TestVhost::create(label).await?;
+    async fn start(label: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let mut system = TestSystem::builder(label).start().await?;
         let bus = Bus::new(BusConfig::new(
-            vhost.amqp_url.clone(),
+            system.amqp_url.clone(),
             "fulfillment-saga-test",
             topology::order_service(),
         ));
@@ -55,15 +53,20 @@ impl Saga {
                 amqp_base()
             );
         }
-        let service = Service::start("fulfillment-service", &vhost, data_dir, env).await?;
-        service.wait_ready().await?;
+        system.start_fulfillment(env).await?.wait_ready().await?;
         Ok(Self {
-            service,
             bus,
             events,
-            http: Http::new(),
-            vhost,
+            system,
         })
+    }
+
+    fn fulfillment(&self) -> FulfillmentApi {
+        self.system.fulfillment()
+    }
+
+    fn service(&mut self) -> &mut Service {
+        self.system.fulfillment_service_mut()
     }
 
     async fn publish(&self, id: &str, message_id: Uuid, message: Message) -> Result<()> {
@@ -84,16 +87,14 @@ impl Saga {
     }
 
     async fn get(&self, path: &str) -> Result<(u16, Value)> {
-        self.http.get(&self.service.url(path)).await
+        Ok(self.fulfillment().get(path).await?.parts())
     }
 
     async fn progress(&self, id: &str) -> Result<Option<FulfillmentProgressView>> {
-        let (code, body) = self.get(&format!("/fulfillments/{id}/progress")).await?;
-        Ok(match code {
-            200 => Some(serde_json::from_value(body)?),
-            404 => None,
-            _ => bail!("progress of {id}: {code} {body}"),
-        })
+        self.fulfillment()
+            .progress_of(id)
+            .await
+            .with_context(|| format!("progress of {id}"))
     }
 
     async fn wait_status(
@@ -146,7 +147,8 @@ impl Saga {
     }
 
     async fn dead_letters(&self) -> Result<Vec<Value>> {
-        self.vhost
+        self.system
+            .vhost()
             .peek(&dead_letter_queue(FULFILLMENT_SIGNALS_QUEUE), 20)
             .await
     }
@@ -202,8 +204,7 @@ fn unique_order() -> String {
 
 #[tokio::test]
 async fn a_cancel_that_overtakes_its_start_wins() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let saga = Saga::start("saga-tombstone", &[("STEP_DELAY_MS", "10")], dir.path()).await?;
+    let saga = Saga::start("saga-tombstone", &[("STEP_DELAY_MS", "10")]).await?;
     let order = unique_order();
     let id = ids::fulfillment_workflow_id(&order);
     let cancel_id = Uuid::new_v4();
@@ -262,8 +263,7 @@ async fn a_cancel_that_overtakes_its_start_wins() -> Result<()> {
 #[tokio::test]
 async fn a_cancel_after_shipping_is_answered_recorded_and_the_shipped_event_sent_again(
 ) -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let saga = Saga::start("saga-shipped", &[("STEP_DELAY_MS", "0")], dir.path()).await?;
+    let saga = Saga::start("saga-shipped", &[("STEP_DELAY_MS", "0")]).await?;
     let order = unique_order();
     let id = ids::fulfillment_workflow_id(&order);
     saga.publish(&id, Uuid::new_v4(), start(&order, 1)).await?;
@@ -314,19 +314,16 @@ async fn a_cancel_after_shipping_is_answered_recorded_and_the_shipped_event_sent
 
 #[tokio::test]
 async fn a_fulfillment_cancelled_directly_publishes_cancelled_with_its_reason() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let saga = Saga::start("saga-direct", &[("STEP_DELAY_MS", "60000")], dir.path()).await?;
+    let saga = Saga::start("saga-direct", &[("STEP_DELAY_MS", "60000")]).await?;
     let order = unique_order();
     let id = ids::fulfillment_workflow_id(&order);
     saga.publish(&id, Uuid::new_v4(), start(&order, 2)).await?;
     saga.wait_status(&id, FulfillmentStatus::Picking).await?;
     let (code, body) = saga
-        .http
-        .post(
-            &saga.service.url(&format!("/fulfillments/{id}/cancel")),
-            Some(&json!({"reason": "damaged in the warehouse"})),
-        )
-        .await?;
+        .fulfillment()
+        .cancel(&id, "damaged in the warehouse")
+        .await?
+        .parts();
     assert_eq!(code, 200, "{body}");
     let event = eventually("a CANCELLED status event", DEADLINE, || async {
         Ok(saga
@@ -344,8 +341,7 @@ async fn a_fulfillment_cancelled_directly_publishes_cancelled_with_its_reason() 
 
 #[tokio::test]
 async fn a_redelivered_signal_adds_nothing_to_the_history_even_across_kill_9() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut saga = Saga::start("saga-once", &[("STEP_DELAY_MS", "60000")], dir.path()).await?;
+    let mut saga = Saga::start("saga-once", &[("STEP_DELAY_MS", "60000")]).await?;
     let order = unique_order();
     let id = ids::fulfillment_workflow_id(&order);
     let start_id = Uuid::new_v4();
@@ -363,7 +359,7 @@ async fn a_redelivered_signal_adds_nothing_to_the_history_even_across_kill_9() -
 
     // Both again, as a redelivery would bring them, across a kill -9;
     // then a resume, which the queue delivers after them.
-    saga.service.kill().await?;
+    saga.service().kill().await?;
     saga.publish(&id, start_id, start(&order, 2)).await?;
     saga.publish(
         &id,
@@ -377,7 +373,7 @@ async fn a_redelivered_signal_adds_nothing_to_the_history_even_across_kill_9() -
         Message::ResumeFulfillment(ResumeFulfillment {}),
     )
     .await?;
-    saga.service.restart().await?;
+    saga.service().restart().await?;
     let after = saga.wait_history(&id, "ResumeFulfillment", 1).await?;
     assert_eq!(
         &after[..before.len()],
@@ -399,8 +395,7 @@ async fn a_redelivered_signal_adds_nothing_to_the_history_even_across_kill_9() -
 
 #[tokio::test]
 async fn each_step_is_in_the_history_once_across_kill_9() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let mut saga = Saga::start("saga-steps", &[("STEP_DELAY_MS", "40")], dir.path()).await?;
+    let mut saga = Saga::start("saga-steps", &[("STEP_DELAY_MS", "40")]).await?;
     let orders: Vec<String> = (0..4).map(|_| unique_order()).collect();
     for order in &orders {
         let id = ids::fulfillment_workflow_id(order);
@@ -412,8 +407,8 @@ async fn each_step_is_in_the_history_once_across_kill_9() -> Result<()> {
     })
     .await?;
     // In the middle of steps, with writes in flight.
-    saga.service.kill().await?;
-    saga.service.restart().await?;
+    saga.service().kill().await?;
+    saga.service().restart().await?;
     for order in &orders {
         let id = ids::fulfillment_workflow_id(order);
         saga.wait_status(&id, FulfillmentStatus::Shipped).await?;
@@ -442,23 +437,22 @@ async fn each_step_is_in_the_history_once_across_kill_9() -> Result<()> {
 #[tokio::test]
 async fn an_unreadable_row_is_quarantined_and_the_others_recover() -> Result<()> {
     let db = TestDatabase::create("saga_quarantine")?;
-    let dir = tempfile::tempdir()?;
     let env = [("STEP_DELAY_MS", "200"), ("STORE_URL", db.url.as_str())];
-    let mut saga = Saga::start("saga-quarantine", &env, dir.path()).await?;
+    let mut saga = Saga::start("saga-quarantine", &env).await?;
     let order = unique_order();
     let id = ids::fulfillment_workflow_id(&order);
     saga.publish(&id, Uuid::new_v4(), start(&order, 10)).await?;
     saga.wait_status(&id, FulfillmentStatus::Picking).await?;
-    saga.service.kill().await?;
+    saga.service().kill().await?;
     // A row an older or newer version might have written: not a fulfillment.
     db.execute(
         "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
          VALUES ('fulfillment-BROKEN', 'BROKEN', 'PICKING', false, '{\"id\": 42}', now(), now())",
     )?;
-    saga.service.restart().await?;
-    saga.service.wait_ready().await?;
+    saga.service().restart().await?;
+    saga.service().wait_ready().await?;
 
-    let (code, body) = saga.get("/quarantine").await?;
+    let (code, body) = saga.fulfillment().quarantine().await?.parts();
     assert_eq!(code, 200, "{body}");
     let items = body["items"].as_array().cloned().unwrap_or_default();
     assert_eq!(items.len(), 1, "{body}");
@@ -468,7 +462,7 @@ async fn an_unreadable_row_is_quarantined_and_the_others_recover() -> Result<()>
         "{body}"
     );
     assert!(items[0]["quarantinedAt"].is_string(), "{body}");
-    let metrics = reqwest::get(saga.service.url("/metrics"))
+    let metrics = reqwest::get(saga.fulfillment().url("/metrics"))
         .await?
         .text()
         .await?;
@@ -494,9 +488,8 @@ async fn an_unreadable_row_is_quarantined_and_the_others_recover() -> Result<()>
 #[tokio::test]
 async fn an_undecodable_outbox_row_is_quarantined_and_the_others_go_out() -> Result<()> {
     let db = TestDatabase::create("saga_outbox_quarantine")?;
-    let dir = tempfile::tempdir()?;
     let env = [("STEP_DELAY_MS", "10"), ("STORE_URL", db.url.as_str())];
-    let saga = Saga::start("saga-outbox-quarantine", &env, dir.path()).await?;
+    let saga = Saga::start("saga-outbox-quarantine", &env).await?;
     // A row no version of the service can decode, ahead of every other.
     db.execute(
         "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
@@ -529,7 +522,7 @@ async fn an_undecodable_outbox_row_is_quarantined_and_the_others_go_out() -> Res
     }
 
     let items = eventually("the bad row listed on /quarantine", DEADLINE, || async {
-        let (code, body) = saga.get("/quarantine").await?;
+        let (code, body) = saga.fulfillment().quarantine().await?.parts();
         anyhow::ensure!(code == 200, "/quarantine: {code} {body}");
         let items = body["items"].as_array().cloned().unwrap_or_default();
         Ok((!items.is_empty()).then_some(items))
@@ -548,7 +541,7 @@ async fn an_undecodable_outbox_row_is_quarantined_and_the_others_go_out() -> Res
             .is_some_and(|r| r.contains("not json")),
         "the stored body is kept with the reason: {items:?}"
     );
-    let metrics = reqwest::get(saga.service.url("/metrics"))
+    let metrics = reqwest::get(saga.fulfillment().url("/metrics"))
         .await?
         .text()
         .await?;
@@ -561,8 +554,7 @@ async fn an_undecodable_outbox_row_is_quarantined_and_the_others_go_out() -> Res
 
 #[tokio::test]
 async fn a_signal_whose_envelope_and_payload_disagree_is_dead_lettered() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let saga = Saga::start("saga-mismatch", &[("STEP_DELAY_MS", "10")], dir.path()).await?;
+    let saga = Saga::start("saga-mismatch", &[("STEP_DELAY_MS", "10")]).await?;
     let victim = unique_order();
     let victim_id = ids::fulfillment_workflow_id(&victim);
     // The envelope names one order's fulfillment, the payload another order.
@@ -596,13 +588,12 @@ async fn a_signal_whose_envelope_and_payload_disagree_is_dead_lettered() -> Resu
 /// by scripts/test.sh) for a fulfillment opened by the URL's fragment.
 #[tokio::test]
 async fn the_page_shows_an_opened_fulfillments_history_as_a_timeline() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let saga = Saga::start("saga-page", &[("STEP_DELAY_MS", "0")], dir.path()).await?;
+    let saga = Saga::start("saga-page", &[("STEP_DELAY_MS", "0")]).await?;
     let order = unique_order();
     let id = ids::fulfillment_workflow_id(&order);
     saga.publish(&id, Uuid::new_v4(), start(&order, 1)).await?;
     saga.wait_status(&id, FulfillmentStatus::Shipped).await?;
-    let url = format!("{}#{id}", saga.service.url("/"));
+    let url = format!("{}#{id}", saga.fulfillment().url("/"));
     let profile = tempfile::tempdir()?;
     let out = tokio::process::Command::new("chromium")
         .args([
@@ -650,20 +641,19 @@ async fn the_page_shows_an_opened_fulfillments_history_as_a_timeline() -> Result
 
 #[tokio::test]
 async fn made_up_http_methods_share_one_metric_label_value() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let saga = Saga::start("saga-methods", &[], dir.path()).await?;
+    let saga = Saga::start("saga-methods", &[]).await?;
     let client = reqwest::Client::new();
     for method in ["FROBNICATE", "X-ONE", "X-TWO"] {
         let response = client
             .request(
                 reqwest::Method::from_bytes(method.as_bytes())?,
-                saga.service.url("/fulfillments"),
+                saga.fulfillment().url("/fulfillments"),
             )
             .send()
             .await?;
         assert!(response.status().is_client_error(), "{method}");
     }
-    let metrics = reqwest::get(saga.service.url("/metrics"))
+    let metrics = reqwest::get(saga.fulfillment().url("/metrics"))
         .await?
         .text()
         .await?;

@@ -11,6 +11,7 @@ mod durability;
 mod fulfillment;
 mod fulfillment_saga;
 mod ha;
+mod harness;
 mod operations;
 mod orders;
 mod saga;

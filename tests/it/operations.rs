@@ -20,7 +20,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use system_tests::tls::TestCa;
-use system_tests::{eventually, Http, Service, TestVhost};
+use system_tests::{eventually, Http, Service, TestSystem, TestVhost};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -32,89 +32,55 @@ const ORDER_ENV: &[(&str, &str)] = &[
 ];
 
 /// Both services on one vhost, their logs captured as JSON.
-struct System {
-    vhost: TestVhost,
-    _dir: tempfile::TempDir,
-    orders: Service,
-    fulfillment: Service,
-    http: Http,
+async fn start(label: &str, step_delay_ms: &str) -> Result<TestSystem> {
+    start_with(label, step_delay_ms, &[]).await
 }
 
-impl System {
-    async fn start(label: &str, step_delay_ms: &str) -> Result<Self> {
-        Self::start_with(label, step_delay_ms, &[]).await
-    }
-
-    /// As [`System::start`], with `both` added to each service's settings.
-    async fn start_with(label: &str, step_delay_ms: &str, both: &[(&str, &str)]) -> Result<Self> {
-        let vhost = TestVhost::create(label).await?;
-        let dir = tempfile::tempdir()?;
-        let json = [("LOG_FORMAT", "json"), ("RUST_LOG", "info")];
-        let mut env = ORDER_ENV.to_vec();
-        env.extend_from_slice(&json);
-        env.extend_from_slice(both);
-        let mut fulfillment_env = vec![
-            ("STEP_DELAY_MS", step_delay_ms),
-            ("LOG_FORMAT", "json"),
-            ("RUST_LOG", "info"),
-        ];
-        fulfillment_env.extend_from_slice(both);
-        let orders = Service::start_logged(
-            "order-service",
-            &vhost,
-            dir.path(),
-            &env,
-            &dir.path().join("order-service.log"),
-        )
-        .await?;
-        let fulfillment = Service::start_logged(
-            "fulfillment-service",
-            &vhost,
-            dir.path(),
-            &fulfillment_env,
-            &dir.path().join("fulfillment-service.log"),
-        )
-        .await?;
-        orders.wait_ready().await?;
-        fulfillment.wait_ready().await?;
-        Ok(Self {
-            vhost,
-            _dir: dir,
-            orders,
-            fulfillment,
-            http: Http::new(),
-        })
-    }
-
-    /// Places the demo order (with `traceparent` when given); answers the
-    /// workflow id and the `traceparent` the service answered with.
-    async fn create_demo(&self, traceparent: Option<&str>) -> Result<(String, String)> {
-        let mut request = reqwest::Client::new().post(self.orders.url("/orders/demo"));
-        if let Some(tp) = traceparent {
-            request = request.header("traceparent", tp);
-        }
-        let response = request.send().await?;
-        ensure!(response.status() == 201, "POST /orders/demo: {response:?}");
-        let answered = response
-            .headers()
-            .get("traceparent")
-            .context("the response carries traceparent")?
-            .to_str()?
-            .to_owned();
-        let body: Value = response.json().await?;
-        let workflow_id = body["workflowId"].as_str().context("workflowId")?;
-        Ok((workflow_id.to_owned(), answered))
-    }
-
-    async fn wait_shipped(&self, workflow_id: &str) -> Result<Value> {
-        let url = self.orders.url(&format!("/orders/{workflow_id}/status"));
-        eventually(&format!("{workflow_id} SHIPPED"), DEADLINE, || async {
-            let (code, body) = self.http.get(&url).await?;
-            ensure!(code == 200, "{code} {body}");
-            Ok((body["status"] == "SHIPPED").then_some(body))
-        })
+/// As [`start`], with `both` added to each service's settings.
+async fn start_with(label: &str, step_delay_ms: &str, both: &[(&str, &str)]) -> Result<TestSystem> {
+    let json = [("LOG_FORMAT", "json"), ("RUST_LOG", "info")];
+    let mut env = ORDER_ENV.to_vec();
+    env.extend_from_slice(&json);
+    env.extend_from_slice(both);
+    let mut fulfillment_env = vec![
+        ("STEP_DELAY_MS", step_delay_ms),
+        ("LOG_FORMAT", "json"),
+        ("RUST_LOG", "info"),
+    ];
+    fulfillment_env.extend_from_slice(both);
+    TestSystem::builder(label)
+        .logged()
+        .orders(&env)
+        .fulfillment(&fulfillment_env)
+        .start()
         .await
+}
+
+/// Places the demo order (with `traceparent` when given); answers the
+/// workflow id and the `traceparent` the service answered with.
+async fn create_demo(system: &TestSystem, traceparent: Option<&str>) -> Result<(String, String)> {
+    let mut request = reqwest::Client::new().post(system.orders().url("/orders/demo"));
+    if let Some(tp) = traceparent {
+        request = request.header("traceparent", tp);
     }
+    let response = request.send().await?;
+    ensure!(response.status() == 201, "POST /orders/demo: {response:?}");
+    let answered = response
+        .headers()
+        .get("traceparent")
+        .context("the response carries traceparent")?
+        .to_str()?
+        .to_owned();
+    let body: Value = response.json().await?;
+    let workflow_id = body["workflowId"].as_str().context("workflowId")?;
+    Ok((workflow_id.to_owned(), answered))
+}
+
+async fn wait_shipped(system: &TestSystem, workflow_id: &str) -> Result<Value> {
+    system
+        .orders()
+        .wait_status(workflow_id, "SHIPPED", DEADLINE)
+        .await
 }
 
 fn trace_id(traceparent: &str) -> &str {
@@ -142,16 +108,16 @@ fn messages(lines: &[Value]) -> HashSet<String> {
 
 #[tokio::test]
 async fn one_order_has_one_trace_id_in_both_services_logs() -> Result<()> {
-    let system = System::start("ops-trace", "5").await?;
+    let system = start("ops-trace", "5").await?;
     // A caller's trace is continued...
     let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let (continued, answered) = system.create_demo(Some(theirs)).await?;
+    let (continued, answered) = create_demo(&system, Some(theirs)).await?;
     ensure!(trace_id(&answered) == trace_id(theirs), "{answered}");
     // ...and without one, the order starts its own.
-    let (fresh, minted) = system.create_demo(None).await?;
+    let (fresh, minted) = create_demo(&system, None).await?;
     ensure!(trace_id(&minted) != trace_id(theirs), "{minted}");
-    system.wait_shipped(&continued).await?;
-    system.wait_shipped(&fresh).await?;
+    wait_shipped(&system, &continued).await?;
+    wait_shipped(&system, &fresh).await?;
 
     for (workflow_id, trace) in [(&continued, trace_id(theirs)), (&fresh, trace_id(&minted))] {
         let order_id = workflow_id.trim_start_matches("order-workflow-");
@@ -159,8 +125,9 @@ async fn one_order_has_one_trace_id_in_both_services_logs() -> Result<()> {
         // The last events may still be on their way to the log file.
         let (order_lines, fulfillment_lines) =
             eventually(&format!("{trace} in both logs"), DEADLINE, || async {
-                let order_lines = lines_with_trace(&system.orders.log(), trace);
-                let fulfillment_lines = lines_with_trace(&system.fulfillment.log(), trace);
+                let order_lines = lines_with_trace(&system.order_service().log(), trace);
+                let fulfillment_lines =
+                    lines_with_trace(&system.fulfillment_service().log(), trace);
                 let shipped_in_orders = order_lines.iter().any(|l| l["to"] == "SHIPPED");
                 let shipped_in_fulfillment =
                     fulfillment_lines.iter().any(|l| l["status"] == "SHIPPED");
@@ -171,8 +138,8 @@ async fn one_order_has_one_trace_id_in_both_services_logs() -> Result<()> {
             .with_context(|| {
                 format!(
                     "order-service log:\n{}\nfulfillment-service log:\n{}",
-                    system.orders.log(),
-                    system.fulfillment.log()
+                    system.order_service().log(),
+                    system.fulfillment_service().log()
                 )
             })?;
         let said = messages(&order_lines);
@@ -421,7 +388,7 @@ fn hex(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn with_an_otlp_endpoint_both_services_export_one_trace_per_order() -> Result<()> {
     let receiver = OtlpReceiver::start()?;
-    let system = System::start_with(
+    let system = start_with(
         "ops-otlp",
         "5",
         &[
@@ -430,9 +397,9 @@ async fn with_an_otlp_endpoint_both_services_export_one_trace_per_order() -> Res
         ],
     )
     .await?;
-    let (workflow_id, answered) = system.create_demo(None).await?;
+    let (workflow_id, answered) = create_demo(&system, None).await?;
     let trace = trace_id(&answered).to_owned();
-    system.wait_shipped(&workflow_id).await?;
+    wait_shipped(&system, &workflow_id).await?;
 
     // Spans are exported as they end, in batches: wait until the order's
     // trace holds spans of both services, every span's parent among them
@@ -463,8 +430,8 @@ async fn with_an_otlp_endpoint_both_services_export_one_trace_per_order() -> Res
     );
     // The logs name the same trace.
     let (order_lines, fulfillment_lines) = (
-        lines_with_trace(&system.orders.log(), &trace),
-        lines_with_trace(&system.fulfillment.log(), &trace),
+        lines_with_trace(&system.order_service().log(), &trace),
+        lines_with_trace(&system.fulfillment_service().log(), &trace),
     );
     ensure!(
         !order_lines.is_empty() && !fulfillment_lines.is_empty(),
@@ -553,29 +520,26 @@ async fn scrape(service: &Service) -> Result<String> {
 
 #[tokio::test]
 async fn metrics_count_an_order_in_both_services() -> Result<()> {
-    let system = System::start("ops-metrics", "5").await?;
+    let system = start("ops-metrics", "5").await?;
     let (o0, f0) = (
-        scrape(&system.orders).await?,
-        scrape(&system.fulfillment).await?,
+        scrape(system.order_service()).await?,
+        scrape(system.fulfillment_service()).await?,
     );
-    let (workflow_id, _) = system.create_demo(None).await?;
-    let shipped = system.wait_shipped(&workflow_id).await?;
+    let (workflow_id, _) = create_demo(&system, None).await?;
+    let shipped = wait_shipped(&system, &workflow_id).await?;
     let fulfillment_id = shipped["fulfillmentWorkflowId"]
         .as_str()
         .context("fulfillmentWorkflowId")?;
     // A query through RabbitMQ, for the latency histograms.
     let (code, body) = system
-        .http
-        .get(
-            &system
-                .orders
-                .url(&format!("/orders/fulfillment/{fulfillment_id}/status")),
-        )
-        .await?;
+        .orders()
+        .fulfillment_status(fulfillment_id)
+        .await?
+        .parts();
     ensure!(code == 200, "{code} {body}");
     let (o1, f1) = (
-        scrape(&system.orders).await?,
-        scrape(&system.fulfillment).await?,
+        scrape(system.order_service()).await?,
+        scrape(system.fulfillment_service()).await?,
     );
 
     let moved = |before: &str, after: &str, name: &str, labels: &[(&str, &str)], by: f64| {
@@ -709,14 +673,14 @@ async fn metrics_count_an_order_in_both_services() -> Result<()> {
 
 #[tokio::test]
 async fn readyz_is_503_while_the_broker_is_unreachable_and_200_after() -> Result<()> {
-    let system = System::start("ops-ready", "5").await?;
-    let services = [&system.orders, &system.fulfillment];
+    let system = start("ops-ready", "5").await?;
+    let services = [system.order_service(), system.fulfillment_service()];
     // Revoked access keeps the services from reconnecting, so "not ready"
     // lasts until it is granted again (not only for the reconnect backoff).
-    system.vhost.set_guest_access(false).await?;
-    let closed = system.vhost.close_at_least(2).await?;
+    system.vhost().set_guest_access(false).await?;
+    let closed = system.vhost().close_at_least(2).await?;
     ensure!(closed >= 2, "closed {closed} connections");
-    let http = &system.http;
+    let http = Http::new();
     for service in services {
         eventually(
             &format!("{} /readyz 503", service.name),
@@ -743,7 +707,7 @@ async fn readyz_is_503_while_the_broker_is_unreachable_and_200_after() -> Result
         let (code, _) = http.get(&service.url("/readyz")).await?;
         ensure!(code == 503, "{} /readyz {code} while refused", service.name);
     }
-    system.vhost.set_guest_access(true).await?;
+    system.vhost().set_guest_access(true).await?;
     for service in services {
         service.wait_ready().await?;
         let prefix = service.name.replace('-', "_");
@@ -758,8 +722,8 @@ async fn readyz_is_503_while_the_broker_is_unreachable_and_200_after() -> Result
         );
     }
     // And the system works again.
-    let (workflow_id, _) = system.create_demo(None).await?;
-    system.wait_shipped(&workflow_id).await?;
+    let (workflow_id, _) = create_demo(&system, None).await?;
+    wait_shipped(&system, &workflow_id).await?;
     Ok(())
 }
 
@@ -892,9 +856,9 @@ async fn probe_documented(service: &Service, doc: &Value) -> Result<Vec<(String,
 
 #[tokio::test]
 async fn openapi_documents_are_valid_and_cover_every_route_served() -> Result<()> {
-    let system = System::start("ops-openapi", "5").await?;
-    for service in [&system.orders, &system.fulfillment] {
-        let (code, doc) = system.http.get(&service.url("/openapi.json")).await?;
+    let system = start("ops-openapi", "5").await?;
+    for service in [system.order_service(), system.fulfillment_service()] {
+        let (code, doc) = Http::new().get(&service.url("/openapi.json")).await?;
         ensure!(code == 200, "{}: /openapi.json {code}", service.name);
         let problems = check_openapi(&doc);
         ensure!(problems.is_empty(), "{}: {problems:#?}", service.name);
@@ -1040,10 +1004,10 @@ fn screenshot(url: &str, file: &str) -> Result<PathBuf> {
 
 #[tokio::test]
 async fn each_service_page_lists_its_workflows_in_headless_chromium() -> Result<()> {
-    let system = System::start("ops-ui", "5").await?;
+    let system = start("ops-ui", "5").await?;
     let mut placed = Vec::new();
     for _ in 0..3 {
-        placed.push(system.create_demo(None).await?.0);
+        placed.push(create_demo(&system, None).await?.0);
     }
     // One that fails for stock, so the page shows more than one status.
     let failing = serde_json::json!({
@@ -1052,10 +1016,7 @@ async fn each_service_page_lists_its_workflows_in_headless_chromium() -> Result<
         "shippingAddress": {"street": "1 Main St", "city": "Town", "state": "CA", "zipCode": "90210", "country": "USA"},
         "paymentMethod": "credit_card"
     });
-    let (code, body) = system
-        .http
-        .post(&system.orders.url("/orders"), Some(&failing))
-        .await?;
+    let (code, body) = system.orders().create(&failing).await?.parts();
     ensure!(code == 201, "{code} {body}");
     let failed = body["workflowId"]
         .as_str()
@@ -1063,15 +1024,15 @@ async fn each_service_page_lists_its_workflows_in_headless_chromium() -> Result<
         .to_owned();
     let mut expected = Vec::new();
     for workflow_id in &placed {
-        system.wait_shipped(workflow_id).await?;
+        wait_shipped(&system, workflow_id).await?;
         expected.push((
             workflow_id.trim_start_matches("order-workflow-").to_owned(),
             "SHIPPED",
         ));
     }
-    let url = system.orders.url(&format!("/orders/{failed}/status"));
+    let orders = system.orders();
     eventually("the product-5 order to fail", DEADLINE, || async {
-        let (_, body) = system.http.get(&url).await?;
+        let (_, body) = orders.status(&failed).await?.parts();
         Ok((body["status"] == "FAILED").then_some(()))
     })
     .await?;
@@ -1080,12 +1041,12 @@ async fn each_service_page_lists_its_workflows_in_headless_chromium() -> Result<
         "FAILED",
     ));
 
-    let (code, page) = system.http.get(&system.orders.url("/")).await?;
+    let (code, page) = system.orders().get("/").await?.parts();
     ensure!(
         code == 200 && page.is_null(),
         "GET / answers HTML, not JSON"
     );
-    let dom = render(&system.orders.url("/"))?;
+    let dom = render(&system.orders().url("/"))?;
     let shown = rows(&dom);
     for (order_id, status) in &expected {
         ensure!(
@@ -1098,7 +1059,7 @@ async fn each_service_page_lists_its_workflows_in_headless_chromium() -> Result<
         "no full progress bar on the orders page"
     );
 
-    let dom = render(&system.fulfillment.url("/"))?;
+    let dom = render(&system.fulfillment().url("/"))?;
     let shown = rows(&dom);
     for workflow_id in &placed {
         let id = format!(
@@ -1110,7 +1071,7 @@ async fn each_service_page_lists_its_workflows_in_headless_chromium() -> Result<
             "{id} SHIPPED not on the page: {shown:?}\n{dom}"
         );
     }
-    screenshot(&system.orders.url("/"), "ui-orders.png")?;
-    screenshot(&system.fulfillment.url("/"), "ui-fulfillments.png")?;
+    screenshot(&system.orders().url("/"), "ui-orders.png")?;
+    screenshot(&system.fulfillment().url("/"), "ui-fulfillments.png")?;
     Ok(())
 }

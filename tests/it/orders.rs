@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
-use system_tests::{eventually, Http, Service, TestVhost};
+use system_tests::{eventually, Http, TestSystem};
 
 /// Long enough for a slow CI machine; every wait ends as soon as it holds.
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -18,117 +18,62 @@ const ORDER_ENV: &[(&str, &str)] = &[
     ("QUERY_TIMEOUT_MS", "1000"),
 ];
 
-struct System {
-    vhost: TestVhost,
-    dir: tempfile::TempDir,
-    orders: Service,
-    fulfillment: Option<Service>,
-    http: Http,
+/// order-service with `extra` on top of [`ORDER_ENV`], and
+/// fulfillment-service with `STEP_DELAY_MS = step_delay_ms` unless `None`.
+async fn start(
+    label: &str,
+    extra: &[(&str, &str)],
+    step_delay_ms: Option<u64>,
+) -> Result<TestSystem> {
+    let mut env: Vec<(&str, &str)> = ORDER_ENV.to_vec();
+    env.extend_from_slice(extra);
+    let mut system = TestSystem::builder(label).orders(&env).start().await?;
+    if let Some(ms) = step_delay_ms {
+        start_fulfillment(&mut system, ms).await?;
+    }
+    Ok(system)
 }
 
-impl System {
-    /// order-service with `extra` env, and fulfillment-service with
-    /// `STEP_DELAY_MS = step_delay_ms` unless `None`.
-    async fn start(
-        label: &str,
-        extra: &[(&str, &str)],
-        step_delay_ms: Option<u64>,
-    ) -> Result<Self> {
-        let vhost = TestVhost::create(label).await?;
-        let dir = tempfile::tempdir()?;
-        let mut env: Vec<(&str, &str)> = ORDER_ENV.to_vec();
-        env.extend_from_slice(extra);
-        let orders = Service::start("order-service", &vhost, dir.path(), &env).await?;
-        orders.wait_ready().await?;
-        let mut system = Self {
-            vhost,
-            dir,
-            orders,
-            fulfillment: None,
-            http: Http::new(),
-        };
-        if let Some(ms) = step_delay_ms {
-            system.start_fulfillment(ms).await?;
-        }
-        Ok(system)
-    }
-
-    async fn start_fulfillment(&mut self, step_delay_ms: u64) -> Result<()> {
-        let delay = step_delay_ms.to_string();
-        let service = Service::start(
-            "fulfillment-service",
-            &self.vhost,
-            self.dir.path(),
-            &[
-                ("STEP_DELAY_MS", delay.as_str()),
-                ("QUERY_TIMEOUT_MS", "1000"),
-            ],
-        )
-        .await?;
-        service.wait_ready().await?;
-        self.fulfillment = Some(service);
-        Ok(())
-    }
-
-    fn url(&self, path: &str) -> String {
-        self.orders.url(path)
-    }
-
-    async fn create_demo(&self) -> Result<String> {
-        let (code, body) = self.http.post(&self.url("/orders/demo"), None).await?;
-        ensure!(code == 201, "POST /orders/demo: {code} {body}");
-        ensure!(body["message"] == "Order created successfully", "{body}");
-        let order_id = body["orderId"].as_str().context("orderId")?;
-        ensure!(
-            body["workflowId"] == format!("order-workflow-{order_id}"),
-            "{body}"
-        );
-        Ok(body["workflowId"]
-            .as_str()
-            .context("workflowId")?
-            .to_owned())
-    }
-
-    async fn create(&self, order: &Value) -> Result<String> {
-        let (code, body) = self.http.post(&self.url("/orders"), Some(order)).await?;
-        ensure!(code == 201, "POST /orders: {code} {body}");
-        Ok(body["workflowId"]
-            .as_str()
-            .context("workflowId")?
-            .to_owned())
-    }
-
-    async fn status(&self, workflow_id: &str) -> Result<Value> {
-        let (code, body) = self
-            .http
-            .get(&self.url(&format!("/orders/{workflow_id}/status")))
-            .await?;
-        ensure!(code == 200, "status of {workflow_id}: {code} {body}");
-        Ok(body)
-    }
-
-    /// Waits until the order's status is `want`; fails early on a final
-    /// status that is not it.
-    async fn wait_status(&self, workflow_id: &str, want: &str) -> Result<Value> {
-        eventually(&format!("{workflow_id} to be {want}"), DEADLINE, || async {
-            let body = self.status(workflow_id).await?;
-            let status = body["status"].as_str().unwrap_or_default();
-            if status == want {
-                return Ok(Some(body));
-            }
-            if ["SHIPPED", "CANCELLED", "FAILED"].contains(&status) {
-                anyhow::bail!("order ended {status} instead of {want}: {body}");
-            }
-            Ok(None)
-        })
+async fn start_fulfillment(system: &mut TestSystem, step_delay_ms: u64) -> Result<()> {
+    let delay = step_delay_ms.to_string();
+    system
+        .start_fulfillment(&[
+            ("STEP_DELAY_MS", delay.as_str()),
+            ("QUERY_TIMEOUT_MS", "1000"),
+        ])
+        .await?
+        .wait_ready()
         .await
-    }
+}
 
-    async fn fulfillment_status(&self, fulfillment_id: &str) -> Result<(u16, Value)> {
-        self.http
-            .get(&self.url(&format!("/orders/fulfillment/{fulfillment_id}/status")))
-            .await
-    }
+/// Places the demo order, as the original demo's README does; answers its
+/// workflow id.
+async fn create_demo(system: &TestSystem) -> Result<String> {
+    let created = system.orders().place_demo().await?;
+    ensure!(
+        created.message == "Order created successfully",
+        "{created:?}"
+    );
+    ensure!(
+        created.workflow_id == format!("order-workflow-{}", created.order_id),
+        "{created:?}"
+    );
+    Ok(created.workflow_id)
+}
+
+async fn create(system: &TestSystem, order: &Value) -> Result<String> {
+    Ok(system.orders().place(order).await?.workflow_id)
+}
+
+async fn status(system: &TestSystem, workflow_id: &str) -> Result<Value> {
+    system.orders().status(workflow_id).await?.expect(200)
+}
+
+async fn wait_status(system: &TestSystem, workflow_id: &str, want: &str) -> Result<Value> {
+    system
+        .orders()
+        .wait_status(workflow_id, want, DEADLINE)
+        .await
 }
 
 fn order_body(product: &str, payment_method: &str) -> Value {
@@ -144,10 +89,10 @@ fn order_body(product: &str, payment_method: &str) -> Value {
 
 #[tokio::test]
 async fn original_walkthrough_pause_resume_readdress_and_ship() -> Result<()> {
-    let system = System::start("orders-walkthrough", &[], Some(300)).await?;
-    let wf = system.create_demo().await?;
+    let system = start("orders-walkthrough", &[], Some(300)).await?;
+    let wf = create_demo(&system).await?;
 
-    let order = system.wait_status(&wf, "FULFILLMENT_IN_PROGRESS").await?;
+    let order = wait_status(&system, &wf, "FULFILLMENT_IN_PROGRESS").await?;
     let fid = order["fulfillmentWorkflowId"]
         .as_str()
         .context("fulfillment id")?
@@ -171,27 +116,18 @@ async fn original_walkthrough_pause_resume_readdress_and_ship() -> Result<()> {
         "{order}"
     );
 
-    let (code, body) = system
-        .http
-        .get(&system.url(&format!("/orders/{wf}/progress")))
-        .await?;
+    let (code, body) = system.orders().progress(&wf).await?.parts();
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["totalSteps"], 6);
     assert_eq!(body["steps"][0]["status"], "completed");
     assert!(body["steps"][0]["completedAt"].is_string(), "{body}");
 
     // pause: the fulfillment says PAUSED, through RabbitMQ
-    let (code, body) = system
-        .http
-        .post(
-            &system.url(&format!("/orders/{wf}/fulfillment/pause")),
-            None,
-        )
-        .await?;
+    let (code, body) = system.orders().pause(&wf).await?.parts();
     assert_eq!(code, 200, "pause: {body}");
     assert_eq!(body["status"], "PAUSED");
     assert_eq!(body["fulfillmentWorkflowId"], fid.as_str());
-    let (code, view) = system.fulfillment_status(&fid).await?;
+    let (code, view) = system.orders().fulfillment_status(&fid).await?.parts();
     assert_eq!(code, 200, "{view}");
     assert_eq!(view["status"], "PAUSED");
     assert_eq!(view["isPaused"], true);
@@ -199,45 +135,31 @@ async fn original_walkthrough_pause_resume_readdress_and_ship() -> Result<()> {
     // a new address while paused, before the label is printed
     let address = json!({"street": "456 New Street", "city": "New City", "state": "NC", "zipCode": "54321", "country": "USA"});
     let (code, body) = system
-        .http
-        .patch(
-            &system.url(&format!("/orders/fulfillment/{fid}/shipping-address")),
-            &address,
-        )
-        .await?;
+        .orders()
+        .fulfillment_address(&fid, &address)
+        .await?
+        .parts();
     assert_eq!(code, 200, "address: {body}");
 
-    let (code, body) = system
-        .http
-        .post(
-            &system.url(&format!("/orders/{wf}/fulfillment/resume")),
-            None,
-        )
-        .await?;
+    let (code, body) = system.orders().resume(&wf).await?.parts();
     assert_eq!(code, 200, "resume: {body}");
     assert_ne!(body["status"], "PAUSED");
 
-    let (code, progress) = system
-        .http
-        .get(&system.url(&format!("/orders/fulfillment/{fid}/progress")))
-        .await?;
+    let (code, progress) = system.orders().fulfillment_progress(&fid).await?.parts();
     assert_eq!(code, 200, "{progress}");
     assert_eq!(progress["totalItems"], 2);
 
-    let shipped = system.wait_status(&wf, "SHIPPED").await?;
+    let shipped = wait_status(&system, &wf, "SHIPPED").await?;
     let tracking = shipped["trackingNumber"]
         .as_str()
         .context("tracking number")?;
     assert!(!tracking.is_empty());
     assert_eq!(shipped["fulfillmentStatus"], "SHIPPED");
-    let (_, view) = system.fulfillment_status(&fid).await?;
+    let (_, view) = system.orders().fulfillment_status(&fid).await?.parts();
     assert_eq!(view["trackingNumber"], tracking);
     assert_eq!(view["shippingAddress"]["street"], "456 New Street");
 
-    let (_, body) = system
-        .http
-        .get(&system.url(&format!("/orders/{wf}/progress")))
-        .await?;
+    let (_, body) = system.orders().progress(&wf).await?.parts();
     assert_eq!(body["percentage"], 100, "{body}");
     assert!(
         body["steps"]
@@ -247,30 +169,26 @@ async fn original_walkthrough_pause_resume_readdress_and_ship() -> Result<()> {
     );
 
     // after shipping: pause and cancel are refused
-    let (code, _) = system
-        .http
-        .post(
-            &system.url(&format!("/orders/{wf}/fulfillment/pause")),
-            None,
-        )
-        .await?;
+    let (code, _) = system.orders().pause(&wf).await?.parts();
     assert_eq!(code, 409);
-    let (code, body) = system
-        .http
-        .delete(&system.url(&format!("/orders/{wf}")), None)
-        .await?;
+    let (code, body) = system.orders().cancel(&wf, None).await?.parts();
     assert_eq!(code, 409, "{body}");
 
     // an unknown fulfillment answers 404 through the query
-    let (code, body) = system.fulfillment_status("fulfillment-ORD-0-NOPE").await?;
+    let (code, body) = system
+        .orders()
+        .fulfillment_status("fulfillment-ORD-0-NOPE")
+        .await?
+        .parts();
     assert_eq!(code, 404, "{body}");
     assert_eq!(body["error"], "not_found");
 
     // listing by status
     let (code, list) = system
-        .http
-        .get(&system.url("/orders?status=SHIPPED&limit=20&offset=0"))
-        .await?;
+        .orders()
+        .list("status=SHIPPED&limit=20&offset=0")
+        .await?
+        .parts();
     assert_eq!(code, 200, "{list}");
     assert_eq!(list["total"], 1);
     assert_eq!(list["orders"][0]["workflowId"], wf.as_str());
@@ -281,13 +199,10 @@ async fn original_walkthrough_pause_resume_readdress_and_ship() -> Result<()> {
 async fn order_progress_shows_each_item_picked_between_status_events() -> Result<()> {
     // Items picked are progress events, which order-service does not
     // subscribe to: its progress route asks fulfillment while it runs.
-    let system = System::start("order-live-progress", &[], Some(500)).await?;
-    let wf = system.create_demo().await?;
+    let system = start("order-live-progress", &[], Some(500)).await?;
+    let wf = create_demo(&system).await?;
     let progress = eventually("one of two items picked", DEADLINE, || async {
-        let (code, body) = system
-            .http
-            .get(&system.url(&format!("/orders/{wf}/progress")))
-            .await?;
+        let (code, body) = system.orders().progress(&wf).await?.parts();
         ensure!(code == 200, "progress of {wf}: {code} {body}");
         Ok((body["fulfillment"]["itemsPicked"] == 1).then_some(body))
     })
@@ -295,25 +210,23 @@ async fn order_progress_shows_each_item_picked_between_status_events() -> Result
     assert_eq!(progress["fulfillment"]["status"], "PICKING", "{progress}");
     assert_eq!(progress["fulfillment"]["totalItems"], 2, "{progress}");
     // The order itself heard only the status event that started picking.
-    let status = system.status(&wf).await?;
+    let status = status(&system, &wf).await?;
     assert_eq!(status["fulfillmentStatus"], "PICKING", "{status}");
-    system.wait_status(&wf, "SHIPPED").await?;
-    let (_, done) = system
-        .http
-        .get(&system.url(&format!("/orders/{wf}/progress")))
-        .await?;
+    wait_status(&system, &wf, "SHIPPED").await?;
+    let (_, done) = system.orders().progress(&wf).await?.parts();
     assert_eq!(done["fulfillment"]["percentage"], 100, "{done}");
     Ok(())
 }
 
 #[tokio::test]
 async fn a_status_request_waits_for_the_status_asked_for() -> Result<()> {
-    let system = System::start("order-wait-status", &[], Some(300)).await?;
-    let wf = system.create_demo().await?;
+    let system = start("order-wait-status", &[], Some(300)).await?;
+    let wf = create_demo(&system).await?;
+    let orders = system.orders();
     let status = |query: &str| {
-        let url = system.url(&format!("/orders/{wf}/status?{query}"));
-        let http = &system.http;
-        async move { http.get(&url).await }
+        let path = format!("/orders/{wf}/status?{query}");
+        let orders = orders.clone();
+        async move { Ok::<_, anyhow::Error>(orders.get(&path).await?.parts()) }
     };
     // A wait that runs out answers the order as it is.
     let (code, now) = status("waitFor=SHIPPED&timeoutMs=0").await?;
@@ -345,19 +258,19 @@ async fn a_status_request_waits_for_the_status_asked_for() -> Result<()> {
 
 #[tokio::test]
 async fn cancel_mid_fulfillment_reaches_both_services() -> Result<()> {
-    let system = System::start("orders-cancel", &[], Some(300)).await?;
-    let wf = system.create_demo().await?;
-    let order = system.wait_status(&wf, "FULFILLMENT_IN_PROGRESS").await?;
+    let system = start("orders-cancel", &[], Some(300)).await?;
+    let wf = create_demo(&system).await?;
+    let order = wait_status(&system, &wf, "FULFILLMENT_IN_PROGRESS").await?;
     let fid = order["fulfillmentWorkflowId"]
         .as_str()
         .context("fulfillment id")?
         .to_owned();
 
-    let reason = json!({"reason": "Customer requested cancellation"});
     let (code, body) = system
-        .http
-        .delete(&system.url(&format!("/orders/{wf}")), Some(&reason))
-        .await?;
+        .orders()
+        .cancel(&wf, Some("Customer requested cancellation"))
+        .await?
+        .parts();
     // The fulfillment decides: 200 once it has confirmed within
     // QUERY_TIMEOUT_MS, else 202 while the order is CANCELLING.
     match code {
@@ -365,16 +278,13 @@ async fn cancel_mid_fulfillment_reaches_both_services() -> Result<()> {
         202 => assert_eq!(body["status"], "CANCELLING", "{body}"),
         other => panic!("DELETE answered {other}: {body}"),
     }
-    let order = system.wait_status(&wf, "CANCELLED").await?;
+    let order = wait_status(&system, &wf, "CANCELLED").await?;
     assert_eq!(order["status"], "CANCELLED");
     assert_eq!(
         order["cancellationReason"],
         "Customer requested cancellation"
     );
-    let (_, progress) = system
-        .http
-        .get(&system.url(&format!("/orders/{wf}/progress")))
-        .await?;
+    let (_, progress) = system.orders().progress(&wf).await?.parts();
     let steps: Vec<&str> = progress["steps"]
         .as_array()
         .context("steps")?
@@ -387,7 +297,7 @@ async fn cancel_mid_fulfillment_reaches_both_services() -> Result<()> {
     }
 
     let view = eventually("fulfillment to be cancelled", DEADLINE, || async {
-        let (code, view) = system.fulfillment_status(&fid).await?;
+        let (code, view) = system.orders().fulfillment_status(&fid).await?.parts();
         Ok((code == 200 && view["status"] == "CANCELLED").then_some(view))
     })
     .await?;
@@ -400,16 +310,13 @@ async fn cancel_mid_fulfillment_reaches_both_services() -> Result<()> {
         "the order to see its fulfillment cancelled",
         DEADLINE,
         || async {
-            let order = system.status(&wf).await?;
+            let order = status(&system, &wf).await?;
             Ok((order["fulfillmentStatus"] == "CANCELLED").then_some(order))
         },
     )
     .await?;
 
-    let (code, body) = system
-        .http
-        .delete(&system.url(&format!("/orders/{wf}")), None)
-        .await?;
+    let (code, body) = system.orders().cancel(&wf, None).await?.parts();
     assert_eq!(code, 409, "{body}");
     assert_eq!(body["error"], "conflict");
     Ok(())
@@ -417,15 +324,11 @@ async fn cancel_mid_fulfillment_reaches_both_services() -> Result<()> {
 
 #[tokio::test]
 async fn declined_payment_and_stock_shortage_fail_with_the_reason() -> Result<()> {
-    let system = System::start("orders-fail", &[], None).await?;
-    let declined = system
-        .create(&order_body("product-1", "declined_card"))
-        .await?;
-    let short = system
-        .create(&order_body("product-5", "credit_card"))
-        .await?;
+    let system = start("orders-fail", &[], None).await?;
+    let declined = create(&system, &order_body("product-1", "declined_card")).await?;
+    let short = create(&system, &order_body("product-5", "credit_card")).await?;
 
-    let order = system.wait_status(&declined, "FAILED").await?;
+    let order = wait_status(&system, &declined, "FAILED").await?;
     assert!(
         order["error"]
             .as_str()
@@ -433,10 +336,7 @@ async fn declined_payment_and_stock_shortage_fail_with_the_reason() -> Result<()
         "{order}"
     );
     assert!(order["fulfillmentWorkflowId"].is_null(), "{order}");
-    let (_, progress) = system
-        .http
-        .get(&system.url(&format!("/orders/{declined}/progress")))
-        .await?;
+    let (_, progress) = system.orders().progress(&declined).await?.parts();
     assert!(
         progress["steps"].as_array().is_some_and(|s| s
             .iter()
@@ -444,7 +344,7 @@ async fn declined_payment_and_stock_shortage_fail_with_the_reason() -> Result<()
         "the reservation is released: {progress}"
     );
 
-    let order = system.wait_status(&short, "FAILED").await?;
+    let order = wait_status(&system, &short, "FAILED").await?;
     assert!(
         order["error"]
             .as_str()
@@ -456,23 +356,24 @@ async fn declined_payment_and_stock_shortage_fail_with_the_reason() -> Result<()
 
 #[tokio::test]
 async fn orders_placed_while_fulfillment_is_down_ship_when_it_returns() -> Result<()> {
-    let mut system = System::start("orders-later", &[], None).await?;
+    let mut system = start("orders-later", &[], None).await?;
     let mut workflows = Vec::new();
     for _ in 0..5 {
-        workflows.push(system.create_demo().await?);
+        workflows.push(create_demo(&system).await?);
     }
     for wf in &workflows {
-        system.wait_status(wf, "FULFILLMENT_STARTED").await?;
+        wait_status(&system, wf, "FULFILLMENT_STARTED").await?;
     }
-    system.start_fulfillment(10).await?;
+    start_fulfillment(&mut system, 10).await?;
     for wf in &workflows {
-        let order = system.wait_status(wf, "SHIPPED").await?;
+        let order = wait_status(&system, wf, "SHIPPED").await?;
         assert!(order["trackingNumber"].is_string(), "{order}");
     }
     let (code, list) = system
-        .http
-        .get(&system.url("/orders?status=SHIPPED&limit=2"))
-        .await?;
+        .orders()
+        .list("status=SHIPPED&limit=2")
+        .await?
+        .parts();
     assert_eq!(code, 200);
     assert_eq!(list["total"], 5);
     assert_eq!(list["orders"].as_array().map(Vec::len), Some(2));
@@ -481,9 +382,13 @@ async fn orders_placed_while_fulfillment_is_down_ship_when_it_returns() -> Resul
 
 #[tokio::test]
 async fn queries_and_signals_answer_504_quickly_when_fulfillment_is_down() -> Result<()> {
-    let system = System::start("orders-timeout", &[("QUERY_TIMEOUT_MS", "400")], None).await?;
+    let system = start("orders-timeout", &[("QUERY_TIMEOUT_MS", "400")], None).await?;
     let started = Instant::now();
-    let (code, body) = system.fulfillment_status("fulfillment-ORD-1-X").await?;
+    let (code, body) = system
+        .orders()
+        .fulfillment_status("fulfillment-ORD-1-X")
+        .await?
+        .parts();
     assert_eq!(code, 504, "{body}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -498,15 +403,9 @@ async fn queries_and_signals_answer_504_quickly_when_fulfillment_is_down() -> Re
         "{body}"
     );
 
-    let wf = system.create_demo().await?;
-    system.wait_status(&wf, "FULFILLMENT_STARTED").await?;
-    let (code, body) = system
-        .http
-        .post(
-            &system.url(&format!("/orders/{wf}/fulfillment/pause")),
-            None,
-        )
-        .await?;
+    let wf = create_demo(&system).await?;
+    wait_status(&system, &wf, "FULFILLMENT_STARTED").await?;
+    let (code, body) = system.orders().pause(&wf).await?.parts();
     assert_eq!(code, 504, "{body}");
     assert!(
         body["message"]
@@ -520,13 +419,14 @@ async fn queries_and_signals_answer_504_quickly_when_fulfillment_is_down() -> Re
 #[tokio::test]
 async fn bad_requests_get_json_errors() -> Result<()> {
     // A long inventory step keeps orders PENDING.
-    let system = System::start("orders-errors", &[("INVENTORY_DELAY_MS", "60000")], None).await?;
-    let http = &system.http;
+    let system = start("orders-errors", &[("INVENTORY_DELAY_MS", "60000")], None).await?;
+    let http = Http::new();
+    let orders = system.orders();
 
     let (code, body) = http
         .send_raw(
             reqwest::Method::POST,
-            &system.url("/orders"),
+            &orders.url("/orders"),
             "application/json",
             b"{not json".to_vec(),
         )
@@ -536,7 +436,7 @@ async fn bad_requests_get_json_errors() -> Result<()> {
 
     let mut bad = order_body("product-1", "credit_card");
     bad["items"][0]["quantity"] = json!(0);
-    let (code, body) = http.post(&system.url("/orders"), Some(&bad)).await?;
+    let (code, body) = orders.create(&bad).await?.parts();
     assert_eq!(code, 400, "{body}");
     assert!(
         body["message"]
@@ -547,7 +447,7 @@ async fn bad_requests_get_json_errors() -> Result<()> {
 
     let mut bad = order_body("product-1", "credit_card");
     bad["customerEmail"] = json!("nobody");
-    let (code, body) = http.post(&system.url("/orders"), Some(&bad)).await?;
+    let (code, body) = orders.create(&bad).await?.parts();
     assert_eq!(code, 400, "{body}");
     assert!(
         body["message"]
@@ -560,7 +460,7 @@ async fn bad_requests_get_json_errors() -> Result<()> {
     let (code, body) = http
         .send_raw(
             reqwest::Method::POST,
-            &system.url("/orders"),
+            &orders.url("/orders"),
             "application/json",
             huge,
         )
@@ -568,22 +468,15 @@ async fn bad_requests_get_json_errors() -> Result<()> {
     assert_eq!(code, 413, "{body}");
     assert_eq!(body["error"], "payload_too_large");
 
-    let (code, body) = http
-        .get(&system.url("/orders/order-workflow-ORD-0-NOPE/status"))
-        .await?;
+    let (code, body) = orders.status("order-workflow-ORD-0-NOPE").await?.parts();
     assert_eq!(code, 404, "{body}");
     assert_eq!(body["error"], "not_found");
 
-    let (code, body) = http.get(&system.url("/orders?status=LOST")).await?;
+    let (code, body) = orders.list("status=LOST").await?.parts();
     assert_eq!(code, 400, "{body}");
 
-    let wf = system.create_demo().await?;
-    let (code, body) = http
-        .post(
-            &system.url(&format!("/orders/{wf}/fulfillment/pause")),
-            None,
-        )
-        .await?;
+    let wf = create_demo(&system).await?;
+    let (code, body) = orders.pause(&wf).await?.parts();
     assert_eq!(code, 409, "{body}");
     assert_eq!(
         body["message"],
@@ -591,59 +484,57 @@ async fn bad_requests_get_json_errors() -> Result<()> {
     );
 
     // contact details may change before fulfillment starts
-    let (code, body) = http
-        .patch(
-            &system.url(&format!("/orders/{wf}")),
-            &json!({"customerEmail": "new@example.com"}),
-        )
-        .await?;
+    let (code, body) = orders
+        .update(&wf, &json!({"customerEmail": "new@example.com"}))
+        .await?
+        .parts();
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["customerEmail"], "new@example.com");
 
-    let (code, body) = http.get(&system.url("/no/such/route")).await?;
+    let (code, body) = orders.get("/no/such/route").await?.parts();
     assert_eq!(code, 404, "{body}");
     assert_eq!(body["error"], "not_found");
 
     // the service is still up after all that
-    let (code, _) = http.get(&system.url("/healthz")).await?;
+    let (code, _) = orders.healthz().await?.parts();
     assert_eq!(code, 200);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_restarted_order_service_resumes_open_orders() -> Result<()> {
-    let mut system =
-        System::start("orders-restart", &[("PAYMENT_DELAY_MS", "1000")], Some(10)).await?;
+    let mut system = start("orders-restart", &[("PAYMENT_DELAY_MS", "1000")], Some(10)).await?;
     let mut workflows = Vec::new();
     for _ in 0..3 {
-        workflows.push(system.create_demo().await?);
+        workflows.push(create_demo(&system).await?);
     }
-    system
-        .wait_status(&workflows[0], "PAYMENT_PROCESSING")
-        .await?;
-    system.orders.kill().await?;
-    system.orders.restart().await?;
+    wait_status(&system, &workflows[0], "PAYMENT_PROCESSING").await?;
+    system.order_service_mut().kill().await?;
+    system.order_service_mut().restart().await?;
     for wf in &workflows {
-        system.wait_status(wf, "SHIPPED").await?;
+        wait_status(&system, wf, "SHIPPED").await?;
     }
-    let status = system.orders.terminate(Duration::from_secs(10)).await?;
+    let status = system
+        .order_service_mut()
+        .terminate(Duration::from_secs(10))
+        .await?;
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
     Ok(())
 }
 
 #[tokio::test]
 async fn orders_ship_after_the_broker_drops_every_connection() -> Result<()> {
-    let system = System::start("orders-reconnect", &[], Some(20)).await?;
+    let system = start("orders-reconnect", &[], Some(20)).await?;
     let mut workflows = Vec::new();
     for _ in 0..5 {
-        workflows.push(system.create_demo().await?);
+        workflows.push(create_demo(&system).await?);
     }
     // Both services' connections, once the management API lists them.
-    let closed = system.vhost.close_at_least(2).await?;
+    let closed = system.vhost().close_at_least(2).await?;
     assert!(closed >= 2, "both services were connected ({closed})");
-    system.orders.wait_ready().await?;
+    system.order_service().wait_ready().await?;
     for wf in &workflows {
-        system.wait_status(wf, "SHIPPED").await?;
+        wait_status(&system, wf, "SHIPPED").await?;
     }
     Ok(())
 }

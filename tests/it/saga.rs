@@ -5,127 +5,69 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 use shared_messages::topology::{
     FULFILLMENT_EVENTS_EXCHANGE, FULFILLMENT_SIGNALS_QUEUE, ORDER_FULFILLMENT_EVENTS_QUEUE,
 };
-use system_tests::{eventually, management, Http, Service, TestVhost};
+use system_tests::api::FINAL_ORDER_STATUSES;
+use system_tests::{eventually, management, TestSystem};
 
 /// Long enough for a slow CI machine; every wait ends as soon as it holds.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-struct Saga {
-    vhost: TestVhost,
-    /// The services' stores; removed when the test ends.
-    _dir: tempfile::TempDir,
-    orders: Service,
-    fulfillment: Service,
-    http: Http,
+/// Both services on a vhost of their own; `order_env` on top of quick
+/// activities, `step_delay_ms` for the fulfillment steps.
+async fn start(label: &str, order_env: &[(&str, &str)], step_delay_ms: u64) -> Result<TestSystem> {
+    let delay = step_delay_ms.to_string();
+    let mut env = vec![
+        ("INVENTORY_DELAY_MS", "20"),
+        ("PAYMENT_DELAY_MS", "20"),
+        ("POLL_INTERVAL_MS", "300"),
+        ("QUERY_TIMEOUT_MS", "2000"),
+    ];
+    env.extend_from_slice(order_env);
+    TestSystem::builder(label)
+        .fulfillment(&[
+            ("STEP_DELAY_MS", delay.as_str()),
+            ("QUERY_TIMEOUT_MS", "1000"),
+        ])
+        .orders(&env)
+        .start()
+        .await
 }
 
-impl Saga {
-    /// Both services on a vhost of their own; `order_env` on top of quick
-    /// activities, `step_delay_ms` for the fulfillment steps.
-    async fn start(label: &str, order_env: &[(&str, &str)], step_delay_ms: u64) -> Result<Self> {
-        let vhost = TestVhost::create(label).await?;
-        let dir = tempfile::tempdir()?;
-        let delay = step_delay_ms.to_string();
-        // fulfillment first: it declares the queues its signals wait in
-        let fulfillment = Service::start(
-            "fulfillment-service",
-            &vhost,
-            dir.path(),
-            &[
-                ("STEP_DELAY_MS", delay.as_str()),
-                ("QUERY_TIMEOUT_MS", "1000"),
-            ],
-        )
-        .await?;
-        fulfillment.wait_ready().await?;
-        let mut env = vec![
-            ("INVENTORY_DELAY_MS", "20"),
-            ("PAYMENT_DELAY_MS", "20"),
-            ("POLL_INTERVAL_MS", "300"),
-            ("QUERY_TIMEOUT_MS", "2000"),
-        ];
-        env.extend_from_slice(order_env);
-        let orders = Service::start("order-service", &vhost, dir.path(), &env).await?;
-        orders.wait_ready().await?;
-        Ok(Self {
-            vhost,
-            _dir: dir,
-            orders,
-            fulfillment,
-            http: Http::new(),
-        })
-    }
+/// Places the demo order; answers its workflow id.
+async fn create(saga: &TestSystem) -> Result<String> {
+    Ok(saga.orders().place_demo().await?.workflow_id)
+}
 
-    async fn create(&self) -> Result<String> {
-        let (code, body) = self
-            .http
-            .post(&self.orders.url("/orders/demo"), None)
-            .await?;
-        ensure!(code == 201, "POST /orders/demo: {code} {body}");
-        Ok(body["workflowId"]
-            .as_str()
-            .context("workflowId")?
-            .to_owned())
-    }
+async fn status(saga: &TestSystem, wf: &str) -> Result<Value> {
+    saga.orders().status(wf).await?.expect(200)
+}
 
-    async fn status(&self, wf: &str) -> Result<Value> {
-        let (code, body) = self
-            .http
-            .get(&self.orders.url(&format!("/orders/{wf}/status")))
-            .await?;
-        ensure!(code == 200, "status of {wf}: {code} {body}");
-        Ok(body)
-    }
+/// Waits until the order is in one of `want`.
+async fn wait_for(saga: &TestSystem, wf: &str, want: &[&str]) -> Result<Value> {
+    saga.orders().wait_status_in(wf, want, DEADLINE).await
+}
 
-    /// Waits until the order is in one of `want`.
-    async fn wait_for(&self, wf: &str, want: &[&str]) -> Result<Value> {
-        eventually(&format!("{wf} to be one of {want:?}"), DEADLINE, || async {
-            let order = self.status(wf).await?;
-            let status = order["status"].as_str().unwrap_or_default();
-            Ok(want.contains(&status).then_some(order))
-        })
-        .await
-    }
+async fn wait_final(saga: &TestSystem, wf: &str) -> Result<Value> {
+    wait_for(saga, wf, &FINAL_ORDER_STATUSES).await
+}
 
-    async fn wait_final(&self, wf: &str) -> Result<Value> {
-        self.wait_for(wf, &["SHIPPED", "CANCELLED", "FAILED"]).await
-    }
+async fn history(saga: &TestSystem, wf: &str) -> Result<Vec<Value>> {
+    let body: Value = saga.orders().history(wf).await?.expect(200)?;
+    ensure!(body["workflowId"] == wf, "{body}");
+    Ok(body["events"].as_array().context("events")?.clone())
+}
 
-    async fn history(&self, wf: &str) -> Result<Vec<Value>> {
-        let (code, body) = self
-            .http
-            .get(&self.orders.url(&format!("/orders/{wf}/history")))
-            .await?;
-        ensure!(code == 200, "history of {wf}: {code} {body}");
-        ensure!(body["workflowId"] == wf, "{body}");
-        Ok(body["events"].as_array().context("events")?.clone())
-    }
-
-    /// The fulfillment as fulfillment-service has it (`None` when it has
-    /// none by that id).
-    async fn fulfillment(&self, id: &str) -> Result<Option<Value>> {
-        let (code, body) = self
-            .http
-            .get(&self.fulfillment.url(&format!("/fulfillments/{id}/status")))
-            .await?;
-        match code {
-            200 => Ok(Some(body)),
-            404 => Ok(None),
-            _ => anyhow::bail!("fulfillment {id}: {code} {body}"),
-        }
-    }
-
-    async fn cancel(&self, wf: &str, reason: &str) -> Result<(u16, Value)> {
-        self.http
-            .delete(
-                &self.orders.url(&format!("/orders/{wf}")),
-                Some(&json!({ "reason": reason })),
-            )
-            .await
+/// The fulfillment as fulfillment-service has it (`None` when it has none
+/// by that id).
+async fn fulfillment(saga: &TestSystem, id: &str) -> Result<Option<Value>> {
+    let (code, body) = saga.fulfillment().status(id).await?.parts();
+    match code {
+        200 => Ok(Some(body)),
+        404 => Ok(None),
+        _ => anyhow::bail!("fulfillment {id}: {code} {body}"),
     }
 }
 
@@ -137,9 +79,9 @@ fn count(history: &[Value], kind: &str) -> usize {
 /// history and its fulfillment: at most one charge; a refund only if
 /// charged and only if the goods did not ship; shipped means the order is
 /// SHIPPED; a cancelled order's fulfillment (if any) is cancelled.
-async fn check_consistent(saga: &Saga, wf: &str) -> Result<Value> {
-    let order = saga.wait_final(wf).await?;
-    let history = saga.history(wf).await?;
+async fn check_consistent(saga: &TestSystem, wf: &str) -> Result<Value> {
+    let order = wait_final(saga, wf).await?;
+    let history = history(saga, wf).await?;
     let seqs: Vec<u64> = history.iter().filter_map(|e| e["seq"].as_u64()).collect();
     ensure!(
         seqs == (1..=history.len() as u64).collect::<Vec<_>>(),
@@ -151,7 +93,7 @@ async fn check_consistent(saga: &Saga, wf: &str) -> Result<Value> {
     ensure!(refunded <= charged, "{wf} refunded without a charge");
     let status = order["status"].as_str().unwrap_or_default();
     let fulfillment = match order["fulfillmentWorkflowId"].as_str() {
-        Some(id) => saga.fulfillment(id).await?,
+        Some(id) => fulfillment(saga, id).await?,
         None => None,
     };
     let fulfillment_status = fulfillment
@@ -184,32 +126,31 @@ async fn check_consistent(saga: &Saga, wf: &str) -> Result<Value> {
 #[tokio::test]
 async fn a_cancel_after_the_goods_shipped_is_refused_and_nothing_is_refunded() -> Result<()> {
     // Polls far apart: the order learns of SHIPPED only when it asks.
-    let saga = Saga::start("saga-race", &[("POLL_INTERVAL_MS", "120000")], 100).await?;
-    let wf = saga.create().await?;
-    let order = saga.wait_for(&wf, &["FULFILLMENT_IN_PROGRESS"]).await?;
+    let saga = start("saga-race", &[("POLL_INTERVAL_MS", "120000")], 100).await?;
+    let wf = create(&saga).await?;
+    let order = wait_for(&saga, &wf, &["FULFILLMENT_IN_PROGRESS"]).await?;
     let fid = order["fulfillmentWorkflowId"]
         .as_str()
         .context("fulfillment id")?
         .to_owned();
     // The SHIPPED event will not reach the order.
     let removed = management::unbind(
-        &saga.vhost,
+        saga.vhost(),
         FULFILLMENT_EVENTS_EXCHANGE,
         ORDER_FULFILLMENT_EVENTS_QUEUE,
     )
     .await?;
     ensure!(removed >= 1, "the events binding was there");
     eventually("the fulfillment to ship", DEADLINE, || async {
-        Ok(saga
-            .fulfillment(&fid)
+        Ok(fulfillment(&saga, &fid)
             .await?
             .filter(|f| f["status"] == "SHIPPED"))
     })
     .await?;
-    let before = saga.status(&wf).await?;
+    let before = status(&saga, &wf).await?;
     assert_eq!(before["status"], "FULFILLMENT_IN_PROGRESS", "{before}");
 
-    let (code, body) = saga.cancel(&wf, "too late").await?;
+    let (code, body) = saga.orders().cancel(&wf, Some("too late")).await?.parts();
     assert_eq!(code, 409, "{body}");
     assert!(
         body["message"]
@@ -221,7 +162,7 @@ async fn a_cancel_after_the_goods_shipped_is_refused_and_nothing_is_refunded() -
     assert_eq!(order["status"], "SHIPPED", "{order}");
     assert!(order["cancelRefused"].is_string(), "{order}");
     assert!(order["trackingNumber"].is_string(), "{order}");
-    let history = saga.history(&wf).await?;
+    let history = history(&saga, &wf).await?;
     assert_eq!(count(&history, "PaymentRefunded"), 0, "{history:?}");
     assert_eq!(count(&history, "StockReleased"), 0, "{history:?}");
     assert_eq!(count(&history, "CancelRequested"), 1, "{history:?}");
@@ -232,7 +173,7 @@ async fn a_cancel_after_the_goods_shipped_is_refused_and_nothing_is_refunded() -
 #[tokio::test]
 async fn a_cancel_in_each_status_ends_the_same_on_both_sides() -> Result<()> {
     // Activities slow enough to catch each status.
-    let saga = Saga::start(
+    let saga = start(
         "saga-cancel-each",
         &[("INVENTORY_DELAY_MS", "400"), ("PAYMENT_DELAY_MS", "400")],
         200,
@@ -244,13 +185,15 @@ async fn a_cancel_in_each_status_ends_the_same_on_both_sides() -> Result<()> {
         "FULFILLMENT_STARTED",
         "FULFILLMENT_IN_PROGRESS",
     ] {
-        let wf = saga.create().await?;
-        let reached = saga
-            .wait_for(&wf, &[at, "FULFILLMENT_IN_PROGRESS", "SHIPPED"])
-            .await?;
-        let (code, body) = saga.cancel(&wf, &format!("cancelled at {at}")).await?;
+        let wf = create(&saga).await?;
+        let reached = wait_for(&saga, &wf, &[at, "FULFILLMENT_IN_PROGRESS", "SHIPPED"]).await?;
+        let (code, body) = saga
+            .orders()
+            .cancel(&wf, Some(&format!("cancelled at {at}")))
+            .await?
+            .parts();
         let order = check_consistent(&saga, &wf).await?;
-        let history = saga.history(&wf).await?;
+        let history = history(&saga, &wf).await?;
         match order["status"].as_str() {
             Some("CANCELLED") => {
                 assert!([200, 202].contains(&code), "{at}: {code} {body}");
@@ -284,25 +227,23 @@ async fn a_cancel_in_each_status_ends_the_same_on_both_sides() -> Result<()> {
 
 #[tokio::test]
 async fn a_fulfillment_cancelled_on_its_side_cancels_and_refunds_the_order_once() -> Result<()> {
-    let saga = Saga::start("saga-direct", &[], 300).await?;
-    let wf = saga.create().await?;
-    let order = saga.wait_for(&wf, &["FULFILLMENT_IN_PROGRESS"]).await?;
+    let saga = start("saga-direct", &[], 300).await?;
+    let wf = create(&saga).await?;
+    let order = wait_for(&saga, &wf, &["FULFILLMENT_IN_PROGRESS"]).await?;
     let fid = order["fulfillmentWorkflowId"]
         .as_str()
         .context("fulfillment id")?
         .to_owned();
     let (code, body) = saga
-        .http
-        .post(
-            &saga.fulfillment.url(&format!("/fulfillments/{fid}/cancel")),
-            Some(&json!({"reason": "warehouse flooded"})),
-        )
-        .await?;
+        .fulfillment()
+        .cancel(&fid, "warehouse flooded")
+        .await?
+        .parts();
     assert!((200..300).contains(&code), "{code} {body}");
     let order = check_consistent(&saga, &wf).await?;
     assert_eq!(order["status"], "CANCELLED", "{order}");
     assert_eq!(order["cancellationReason"], "warehouse flooded", "{order}");
-    let history = saga.history(&wf).await?;
+    let history = history(&saga, &wf).await?;
     assert_eq!(count(&history, "PaymentRefunded"), 1, "{history:?}");
     assert_eq!(count(&history, "StockReleased"), 1, "{history:?}");
     assert_eq!(count(&history, "CancelRequested"), 0, "{history:?}");
@@ -311,7 +252,7 @@ async fn a_fulfillment_cancelled_on_its_side_cancels_and_refunds_the_order_once(
 
 #[tokio::test]
 async fn transient_failures_are_retried_and_every_order_ships() -> Result<()> {
-    let saga = Saga::start(
+    let saga = start(
         "saga-retry",
         &[
             ("INVENTORY_TRANSIENT_FAILURE_RATE", "0.3"),
@@ -328,13 +269,13 @@ async fn transient_failures_are_retried_and_every_order_ships() -> Result<()> {
     .await?;
     let mut orders = Vec::new();
     for _ in 0..20 {
-        orders.push(saga.create().await?);
+        orders.push(create(&saga).await?);
     }
     let mut failed_attempts = 0;
     for wf in &orders {
         let order = check_consistent(&saga, wf).await?;
         assert_eq!(order["status"], "SHIPPED", "{order}");
-        let history = saga.history(wf).await?;
+        let history = history(&saga, wf).await?;
         assert_eq!(count(&history, "PaymentCharged"), 1, "{history:?}");
         for attempt in history
             .iter()
@@ -352,28 +293,28 @@ async fn transient_failures_are_retried_and_every_order_ships() -> Result<()> {
 
 #[tokio::test]
 async fn a_lost_start_is_sent_again_when_the_poll_finds_no_fulfillment() -> Result<()> {
-    let mut saga = Saga::start("saga-lost-start", &[], 0).await?;
-    saga.fulfillment.kill().await?;
-    let wf = saga.create().await?;
-    saga.wait_for(&wf, &["FULFILLMENT_STARTED"]).await?;
+    let mut saga = start("saga-lost-start", &[], 0).await?;
+    saga.fulfillment_service_mut().kill().await?;
+    let wf = create(&saga).await?;
+    wait_for(&saga, &wf, &["FULFILLMENT_STARTED"]).await?;
     // The start waits in the queue; lose it.
     eventually("the start to wait in its queue", DEADLINE, || async {
-        let waiting = saga.vhost.peek(FULFILLMENT_SIGNALS_QUEUE, 10).await?;
+        let waiting = saga.vhost().peek(FULFILLMENT_SIGNALS_QUEUE, 10).await?;
         Ok((!waiting.is_empty()).then_some(()))
     })
     .await?;
-    management::purge(&saga.vhost, FULFILLMENT_SIGNALS_QUEUE).await?;
+    management::purge(saga.vhost(), FULFILLMENT_SIGNALS_QUEUE).await?;
     eventually("the queue to be empty", DEADLINE, || async {
-        let waiting = saga.vhost.peek(FULFILLMENT_SIGNALS_QUEUE, 10).await?;
+        let waiting = saga.vhost().peek(FULFILLMENT_SIGNALS_QUEUE, 10).await?;
         Ok(waiting.is_empty().then_some(()))
     })
     .await?;
-    saga.fulfillment.restart().await?;
-    saga.fulfillment.wait_ready().await?;
+    saga.fulfillment_service_mut().restart().await?;
+    saga.fulfillment_service().wait_ready().await?;
 
     let order = check_consistent(&saga, &wf).await?;
     assert_eq!(order["status"], "SHIPPED", "{order}");
-    let history = saga.history(&wf).await?;
+    let history = history(&saga, &wf).await?;
     let requests: Vec<&Value> = history
         .iter()
         .filter(|e| e["type"] == "FulfillmentRequested")
@@ -391,7 +332,7 @@ async fn a_lost_start_is_sent_again_when_the_poll_finds_no_fulfillment() -> Resu
 
 #[tokio::test]
 async fn histories_stay_exactly_once_across_kill_9_of_order_service() -> Result<()> {
-    let mut saga = Saga::start(
+    let mut saga = start(
         "saga-kill9",
         &[("INVENTORY_DELAY_MS", "50"), ("PAYMENT_DELAY_MS", "50")],
         30,
@@ -400,18 +341,18 @@ async fn histories_stay_exactly_once_across_kill_9_of_order_service() -> Result<
     let mut orders = Vec::new();
     for round in 0..3u64 {
         for _ in 0..5 {
-            orders.push(saga.create().await?);
+            orders.push(create(&saga).await?);
         }
         // somewhere in the middle of their sagas
         tokio::time::sleep(Duration::from_millis(40 + round * 70)).await;
-        saga.orders.kill().await?;
-        saga.orders.restart().await?;
-        saga.orders.wait_ready().await?;
+        saga.order_service_mut().kill().await?;
+        saga.order_service_mut().restart().await?;
+        saga.order_service().wait_ready().await?;
     }
     for wf in &orders {
         let order = check_consistent(&saga, wf).await?;
         assert_eq!(order["status"], "SHIPPED", "{order}");
-        let history = saga.history(wf).await?;
+        let history = history(&saga, wf).await?;
         assert_eq!(count(&history, "OrderCreated"), 1, "{history:?}");
         assert_eq!(count(&history, "StockReserved"), 1, "{history:?}");
         assert_eq!(count(&history, "PaymentCharged"), 1, "{history:?}");
@@ -430,7 +371,7 @@ async fn histories_stay_exactly_once_across_kill_9_of_order_service() -> Result<
 async fn a_pending_retry_survives_a_restart() -> Result<()> {
     // Every payment attempt fails until the service comes back without
     // the failures; attempts are 300 ms apart.
-    let mut saga = Saga::start(
+    let mut saga = start(
         "saga-retry-restart",
         &[
             ("PAYMENT_TRANSIENT_FAILURE_RATE", "1"),
@@ -441,9 +382,9 @@ async fn a_pending_retry_survives_a_restart() -> Result<()> {
         0,
     )
     .await?;
-    let wf = saga.create().await?;
+    let wf = create(&saga).await?;
     let failures = eventually("two failed payment attempts", DEADLINE, || async {
-        let history = saga.history(&wf).await?;
+        let history = history(&saga, &wf).await?;
         Ok((count(&history, "ActivityAttemptFailed") >= 2).then_some(history))
     })
     .await?;
@@ -454,19 +395,19 @@ async fn a_pending_retry_survives_a_restart() -> Result<()> {
         .context("a failed attempt")?;
     assert_eq!(last["detail"]["activity"], "payment", "{last}");
     assert!(last["detail"]["nextAttemptAt"].is_string(), "{last}");
-    let before = saga.status(&wf).await?;
+    let before = status(&saga, &wf).await?;
     assert_eq!(before["status"], "PAYMENT_PROCESSING", "{before}");
 
-    saga.orders.kill().await?;
-    saga.orders
+    saga.order_service_mut().kill().await?;
+    saga.order_service_mut()
         .env
         .retain(|(k, _)| k != "PAYMENT_TRANSIENT_FAILURE_RATE");
-    saga.orders.restart().await?;
-    saga.orders.wait_ready().await?;
+    saga.order_service_mut().restart().await?;
+    saga.order_service().wait_ready().await?;
 
     let order = check_consistent(&saga, &wf).await?;
     assert_eq!(order["status"], "SHIPPED", "{order}");
-    let history = saga.history(&wf).await?;
+    let history = history(&saga, &wf).await?;
     let attempts: Vec<u64> = history
         .iter()
         .filter(|e| e["type"] == "ActivityAttemptFailed")
@@ -480,18 +421,18 @@ async fn a_pending_retry_survives_a_restart() -> Result<()> {
 
 #[tokio::test]
 async fn an_order_past_its_fulfillment_deadline_is_marked_overdue() -> Result<()> {
-    let mut saga = Saga::start("saga-deadline", &[("FULFILLMENT_DEADLINE_MS", "300")], 0).await?;
-    saga.fulfillment.kill().await?;
-    let wf = saga.create().await?;
+    let mut saga = start("saga-deadline", &[("FULFILLMENT_DEADLINE_MS", "300")], 0).await?;
+    saga.fulfillment_service_mut().kill().await?;
+    let wf = create(&saga).await?;
     let order = eventually("the order to be overdue", DEADLINE, || async {
-        let order = saga.status(&wf).await?;
+        let order = status(&saga, &wf).await?;
         Ok((order["overdue"] == true).then_some(order))
     })
     .await?;
     assert_eq!(order["status"], "FULFILLMENT_STARTED", "{order}");
-    let history = saga.history(&wf).await?;
+    let history = history(&saga, &wf).await?;
     assert_eq!(count(&history, "FulfillmentOverdue"), 1, "{history:?}");
-    let text = reqwest::get(saga.orders.url("/metrics"))
+    let text = reqwest::get(saga.orders().url("/metrics"))
         .await?
         .text()
         .await?;
@@ -501,8 +442,8 @@ async fn an_order_past_its_fulfillment_deadline_is_marked_overdue() -> Result<()
         "the overdue counter moved"
     );
     // the order still follows its fulfillment and ships when it returns
-    saga.fulfillment.restart().await?;
-    saga.fulfillment.wait_ready().await?;
+    saga.fulfillment_service_mut().restart().await?;
+    saga.fulfillment_service().wait_ready().await?;
     let order = check_consistent(&saga, &wf).await?;
     assert_eq!(order["status"], "SHIPPED", "{order}");
     Ok(())

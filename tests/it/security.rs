@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use system_tests::{eventually, Service, TestVhost};
+use system_tests::{eventually, Service, TestSystem, TestVhost};
 
 /// Long enough for a slow CI machine; every wait ends as soon as it holds.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -88,16 +88,14 @@ impl Client {
 
 /// Both services on one vhost, each with the same token file.
 struct ClosedSystem {
-    _vhost: TestVhost,
-    _dir: tempfile::TempDir,
-    orders: Service,
-    fulfillment: Service,
+    system: TestSystem,
+    /// The token file; removed when the test ends.
+    _tokens: tempfile::TempDir,
     client: Client,
 }
 
 impl ClosedSystem {
     async fn start(label: &str, extra: &[(&str, &str)]) -> Result<Self> {
-        let vhost = TestVhost::create(label).await?;
         let dir = tempfile::tempdir()?;
         let tokens = dir.path().join("api-tokens");
         std::fs::write(
@@ -122,23 +120,29 @@ impl ClosedSystem {
             ("QUERY_TIMEOUT_MS", "3000"),
         ];
         fulfillment_env.extend_from_slice(extra);
-        let orders = Service::start("order-service", &vhost, dir.path(), &order_env).await?;
-        let fulfillment =
-            Service::start("fulfillment-service", &vhost, dir.path(), &fulfillment_env).await?;
-        orders.wait_ready().await?;
-        fulfillment.wait_ready().await?;
+        let system = TestSystem::builder(label)
+            .fulfillment(&fulfillment_env)
+            .orders(&order_env)
+            .start()
+            .await?;
         Ok(Self {
-            _vhost: vhost,
-            _dir: dir,
-            orders,
-            fulfillment,
+            system,
+            _tokens: dir,
             client: Client::new(),
         })
     }
 
+    fn orders(&self) -> &Service {
+        self.system.order_service()
+    }
+
+    fn fulfillment(&self) -> &Service {
+        self.system.fulfillment_service()
+    }
+
     /// Waits until the order's status is one of `want`.
     async fn wait_order(&self, workflow_id: &str, want: &[&str]) -> Result<Value> {
-        let url = self.orders.url(&format!("/orders/{workflow_id}/status"));
+        let url = self.orders().url(&format!("/orders/{workflow_id}/status"));
         eventually(&format!("{workflow_id} in {want:?}"), DEADLINE, || async {
             let answer = self
                 .client
@@ -261,11 +265,11 @@ async fn try_each_role(
 #[tokio::test]
 async fn every_route_needs_a_token_and_every_write_an_operator() -> Result<()> {
     let system = ClosedSystem::start("sec-roles", &[]).await?;
-    let orders = |path: &str| system.orders.url(path);
-    let fulfillments = |path: &str| system.fulfillment.url(path);
+    let orders = |path: &str| system.orders().url(path);
+    let fulfillments = |path: &str| system.fulfillment().url(path);
 
     // Open without a token: probes, metrics, the API description, the page.
-    for service in [&system.orders, &system.fulfillment] {
+    for service in [system.orders(), system.fulfillment()] {
         for path in ["/", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
             let answer = system
                 .client
@@ -395,8 +399,8 @@ async fn cross_site_writes_are_refused() -> Result<()> {
         &[("CORS_ALLOWED_ORIGINS", "https://ops.example.com")],
     )
     .await?;
-    for service in [&system.orders, &system.fulfillment] {
-        let own_origin = service.base_url.clone();
+    for service in [system.orders(), system.fulfillment()] {
+        let own_origin = service.base_url();
         let (write, body) = if service.name == "order-service" {
             (service.url("/orders/demo"), None)
         } else {
@@ -501,7 +505,7 @@ async fn a_direct_fulfillment_cannot_take_an_orders_place() -> Result<()> {
         .send(
             Caller::Operator,
             Method::POST,
-            &system.orders.url("/orders"),
+            &system.orders().url("/orders"),
             Some(&order_body()),
             &[],
         )
@@ -526,7 +530,7 @@ async fn a_direct_fulfillment_cannot_take_an_orders_place() -> Result<()> {
         .send(
             Caller::Operator,
             Method::POST,
-            &system.fulfillment.url("/fulfillments"),
+            &system.fulfillment().url("/fulfillments"),
             Some(&hijack),
             &[],
         )
@@ -552,7 +556,7 @@ async fn a_direct_fulfillment_cannot_take_an_orders_place() -> Result<()> {
     // The order says started once its signal is sent; fulfillment-service
     // has it a moment later.
     let url = system
-        .fulfillment
+        .fulfillment()
         .url(&format!("/fulfillments/{fid}/status"));
     let status = eventually("the order's fulfillment to exist", DEADLINE, || async {
         let answer = system
@@ -955,10 +959,7 @@ async fn postgres_store_over_tls_verified_against_a_ca_of_the_tests_own() -> Res
     );
     let refused = tokio::process::Command::new(system_tests::binary_path("fulfillment-service"))
         .env("AMQP_URL", &vhost.amqp_url)
-        .env(
-            "HTTP_ADDR",
-            format!("127.0.0.1:{}", system_tests::free_port()),
-        )
+        .env("HTTP_ADDR", "127.0.0.1:0")
         .env("STORE_URL", &store)
         .env("RUST_LOG", "info")
         .stdin(std::process::Stdio::null())

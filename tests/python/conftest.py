@@ -1,8 +1,8 @@
 """Harness for the contract tests: real RabbitMQ, real service binaries.
 
 Each test module gets a vhost of its own (made and removed through the
-management API) and starts the service binaries that cargo built, on free
-ports, against it. Nothing here knows a queue, exchange or message name:
+management API) and starts the service binaries that cargo built, against
+it, each on a port it picks itself (HTTP_ADDR port 0) and prints. Nothing here knows a queue, exchange or message name:
 those come from docs/asyncapi.yaml (see asyncapi_client.py).
 
 Settings (environment):
@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
+import re
 import subprocess
 import time
 import urllib.error
@@ -120,12 +120,6 @@ class Vhost:
             pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http(method: str, url: str, body=None, timeout: float = 10):
     """(status, parsed JSON or text) of one request; never raises on 4xx/5xx."""
     data = None if body is None else json.dumps(body).encode()
@@ -153,30 +147,46 @@ class Service:
                 f"{path} not found: build the binaries first (`cargo build --workspace --bins`)"
             )
         self.name = binary
-        port = free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = data_dir / f"{binary}.log"
         full_env = dict(os.environ)
         full_env.update(
             {
                 "AMQP_URL": amqp_url,
-                "HTTP_ADDR": f"127.0.0.1:{port}",
+                # Port 0: the service binds a free port and prints it.
+                "HTTP_ADDR": "127.0.0.1:0",
                 "STORE_URL": f"sqlite://{data_dir / (binary + '.db')}",
                 "RUST_LOG": os.environ.get("TEST_SERVICE_LOG", "warn"),
             }
         )
         full_env.update(env)
         self.log = open(self.log_path, "ab")
+        # The log is appended to: this run's lines start here.
+        self.log_from = self.log.tell()
         self.process = subprocess.Popen(
             [str(path)], env=full_env, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log
         )
+        port = eventually(f"{binary} to say which port it listens on", 30, self._port)
+        self.base_url = f"http://127.0.0.1:{port}"
         eventually(f"{binary} /readyz", 20, self._ready)
 
-    def _ready(self):
+    def _exited(self):
         if self.process.poll() is not None:
             raise AssertionError(
                 f"{self.name} exited with {self.process.returncode}: {self.log_path.read_text()[-2000:]}"
             )
+
+    def _port(self):
+        """The port of the `<name> listening on port <port>` line the
+        service prints on stdout once it has bound it."""
+        self._exited()
+        with open(self.log_path, "rb") as log:
+            log.seek(self.log_from)
+            text = log.read().decode(errors="replace")
+        found = re.search(rf"^{re.escape(self.name)} listening on port (\d+)$", text, re.M)
+        return int(found.group(1)) if found else None
+
+    def _ready(self):
+        self._exited()
         status, _ = http("GET", self.base_url + "/readyz", timeout=2)
         return True if status == 200 else None
 

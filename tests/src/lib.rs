@@ -2,11 +2,16 @@
 //!
 //! Everything here talks to real things: a RabbitMQ broker (each test gets
 //! its own vhost, so tests run in parallel and beside a running system) and
-//! the real service binaries started as processes on free ports.
+//! the real service binaries started as processes on ports the OS picks.
 //!
+//! - [`TestSystem`]: a vhost, the services a test asks for (with their
+//!   settings, SQLite or PostgreSQL stores) and typed clients, in one call.
+//! - [`OrdersApi`], [`FulfillmentApi`]: a method per route of each
+//!   service, answering the status and the body ([`Reply`]); [`Http`] for
+//!   any URL.
 //! - [`TestVhost`]: a fresh vhost, deleted when dropped.
-//! - [`Service`]: one service binary running against a vhost, killed when
-//!   dropped.
+//! - [`Service`]: one service binary running against a vhost on a port of
+//!   its choosing (which it prints), killed when dropped.
 //! - [`eventually`]: wait until a condition holds, or fail at a deadline.
 //! - [`PrivateBroker`]: a RabbitMQ node of a test's own, to stop and start.
 //! - [`TestDatabase`]: a fresh PostgreSQL database, dropped when dropped.
@@ -15,21 +20,25 @@
 //!   high-availability tests.
 //! - [`tls::TestCa`]: a CA of a test's own, for TLS to local servers.
 
+pub mod api;
 pub mod broker;
 pub mod cluster;
 pub mod management;
 pub mod postgres;
 pub mod proxy;
+pub mod service;
 mod sql;
+pub mod system;
 pub mod tls;
 
+pub use api::{Created, FulfillmentApi, Http, OrdersApi, Reply};
 pub use broker::PrivateBroker;
 pub use postgres::{PrivatePostgres, TestDatabase};
 pub use proxy::TcpProxy;
+pub use service::{binary_path, Endpoint, Service};
+pub use system::{SystemBuilder, TestSystem};
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -124,6 +133,33 @@ impl TestVhost {
             bail!("queue {queue}: {}", response.status());
         }
         Ok(response.json().await?)
+    }
+
+    /// The management API's count of messages in `queue`: `None` while it
+    /// does not know it yet (its statistics arrive some seconds after the
+    /// queue is declared, and lag behind it after).
+    pub async fn message_count(&self, queue: &str) -> Result<Option<u64>> {
+        Ok(self.queue_info(queue).await?["messages"].as_u64())
+    }
+
+    /// Waits until the management API counts exactly `n` messages in
+    /// `queue`. A count it does not know yet is not taken for any number.
+    pub async fn wait_message_count(&self, queue: &str, n: u64, deadline: Duration) -> Result<()> {
+        let last = std::sync::Mutex::new(None);
+        eventually(
+            &format!("the management API to count {n} messages in {queue}"),
+            deadline,
+            || async {
+                let count = self.message_count(queue).await?;
+                *last.lock().expect("last count lock") = count;
+                Ok((count == Some(n)).then_some(()))
+            },
+        )
+        .await
+        .with_context(|| {
+            let last = *last.lock().expect("last count lock");
+            format!("last count read: {last:?}")
+        })
     }
 
     /// Grants (`true`) or revokes (`false`) the `guest` user's access to
@@ -229,281 +265,36 @@ where
     }
 }
 
-/// A free TCP port on loopback.
+/// Where [`free_port`] looks first: above every port this machine's fixed
+/// servers use (PostgreSQL 5432, RabbitMQ 5672/15672/25672, the local
+/// cluster's 570x/1570x/2570x) and below the kernel's ephemeral range.
+const OWN_PORTS_FROM: u16 = 27000;
+
+/// A free TCP port, for a server that must be told its port in its
+/// configuration (a RabbitMQ node, a PostgreSQL cluster); the services take
+/// port 0 instead (see [`Service`]).
+///
+/// The port is free when picked and bound by the server later. It is
+/// picked below the kernel's ephemeral range (`ip_local_port_range`), which
+/// no bind to port 0 and no outgoing connection draws from, so in between
+/// only another `free_port` pick of the same port could take it.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_from > OWN_PORTS_FROM {
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            let port = rng.random_range(OWN_PORTS_FROM..ephemeral_from);
+            if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("the OS always has a free loopback port")
-}
-
-/// Where cargo put the workspace's binaries: beside the running binary, in
-/// `target/<profile>/`. A test binary runs from `target/<profile>/deps/`,
-/// a `--bin` such as the load generator from `target/<profile>/` itself.
-pub fn binary_path(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the running binary knows its path");
-    let mut dir = exe
-        .parent()
-        .expect("binaries live in target/<profile> or target/<profile>/deps");
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        dir = dir.parent().expect("deps/ is inside target/<profile>");
-    }
-    dir.join(name)
-}
-
-/// A service binary running as a child process.
-pub struct Service {
-    pub name: &'static str,
-    pub base_url: String,
-    pub http_addr: String,
-    pub env: Vec<(String, String)>,
-    /// Where stdout and stderr go (appended), when captured.
-    pub log_file: Option<PathBuf>,
-    child: Option<tokio::process::Child>,
-}
-
-impl Service {
-    /// Starts `binary` (`order-service` or `fulfillment-service`) on a free
-    /// port against `vhost`, with a store in `data_dir`, plus `env`; waits
-    /// until `/healthz` answers.
-    pub async fn start(
-        binary: &'static str,
-        vhost: &TestVhost,
-        data_dir: &Path,
-        env: &[(&str, &str)],
-    ) -> Result<Self> {
-        Self::start_on(binary, &vhost.amqp_url, data_dir, env).await
-    }
-
-    /// As [`Service::start`], against any broker URL (e.g. a
-    /// [`PrivateBroker`]'s).
-    pub async fn start_on(
-        binary: &'static str,
-        amqp_url: &str,
-        data_dir: &Path,
-        env: &[(&str, &str)],
-    ) -> Result<Self> {
-        let http_addr = format!("127.0.0.1:{}", free_port());
-        let store = format!(
-            "sqlite://{}",
-            data_dir.join(format!("{binary}.db")).display()
-        );
-        let mut all_env: Vec<(String, String)> = vec![
-            ("AMQP_URL".into(), amqp_url.to_owned()),
-            ("HTTP_ADDR".into(), http_addr.clone()),
-            ("STORE_URL".into(), store),
-            (
-                "RUST_LOG".into(),
-                std::env::var("TEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
-            ),
-        ];
-        for (k, v) in env {
-            all_env.retain(|(key, _)| key != k);
-            all_env.push(((*k).into(), (*v).into()));
-        }
-        let mut service = Self {
-            name: binary,
-            base_url: format!("http://{http_addr}"),
-            http_addr,
-            env: all_env,
-            log_file: None,
-            child: None,
-        };
-        service.spawn().await?;
-        Ok(service)
-    }
-
-    /// As [`Service::start`], with stdout and stderr appended to `log_file`
-    /// (read it with [`Service::log`]).
-    pub async fn start_logged(
-        binary: &'static str,
-        vhost: &TestVhost,
-        data_dir: &Path,
-        env: &[(&str, &str)],
-        log_file: &Path,
-    ) -> Result<Self> {
-        let http_addr = format!("127.0.0.1:{}", free_port());
-        let mut service = Self {
-            name: binary,
-            base_url: format!("http://{http_addr}"),
-            http_addr: http_addr.clone(),
-            env: Vec::new(),
-            log_file: Some(log_file.to_owned()),
-            child: None,
-        };
-        let store = format!(
-            "sqlite://{}",
-            data_dir.join(format!("{binary}.db")).display()
-        );
-        service.env = vec![
-            ("AMQP_URL".into(), vhost.amqp_url.clone()),
-            ("HTTP_ADDR".into(), http_addr),
-            ("STORE_URL".into(), store),
-            ("RUST_LOG".into(), "info".into()),
-        ];
-        for (k, v) in env {
-            service.env.retain(|(key, _)| key != k);
-            service.env.push(((*k).into(), (*v).into()));
-        }
-        service.spawn().await?;
-        Ok(service)
-    }
-
-    /// What the service has written to its log file so far (empty when
-    /// not captured).
-    pub fn log(&self) -> String {
-        self.log_file
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default()
-    }
-
-    async fn spawn(&mut self) -> Result<()> {
-        let path = binary_path(self.name);
-        if !path.exists() {
-            bail!(
-                "{} not found: build the binaries first (`cargo build --workspace --bins`)",
-                path.display()
-            );
-        }
-        let mut command = tokio::process::Command::new(&path);
-        if let Some(log) = &self.log_file {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .with_context(|| format!("opening {}", log.display()))?;
-            command.stdout(file.try_clone()?).stderr(file);
-        }
-        let child = command
-            .envs(self.env.iter().cloned())
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", path.display()))?;
-        self.child = Some(child);
-        self.wait_ok("/healthz").await
-    }
-
-    /// Waits until `/readyz` says ready (broker connected, store open).
-    pub async fn wait_ready(&self) -> Result<()> {
-        self.wait_ok("/readyz").await
-    }
-
-    /// Waits (up to 20 s) until `path` answers 2xx.
-    async fn wait_ok(&self, path: &str) -> Result<()> {
-        let url = self.url(path);
-        let client = reqwest::Client::new();
-        eventually(
-            &format!("{} {path}", self.name),
-            Duration::from_secs(20),
-            || {
-                let request = client.get(&url).send();
-                async move {
-                    Ok(request
-                        .await
-                        .ok()
-                        .filter(|r| r.status().is_success())
-                        .map(|_| ()))
-                }
-            },
-        )
-        .await
-    }
-
-    /// `kill -9`: no chance to finish anything.
-    pub async fn kill(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await?;
-        }
-        Ok(())
-    }
-
-    /// SIGTERM, then wait for the process to exit by itself.
-    pub async fn terminate(&mut self, grace: Duration) -> Result<std::process::ExitStatus> {
-        let mut child = self.child.take().context("not running")?;
-        let pid = child.id().context("already exited")?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )?;
-        match tokio::time::timeout(grace, child.wait()).await {
-            Ok(status) => Ok(status?),
-            Err(_) => {
-                child.kill().await?;
-                bail!("{} did not exit within {grace:?} of SIGTERM", self.name)
-            }
-        }
-    }
-
-    /// Starts the same binary again with the same settings and port.
-    pub async fn restart(&mut self) -> Result<()> {
-        self.kill().await?;
-        self.spawn().await
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url)
-    }
-}
-
-/// A small JSON-over-HTTP client for tests: every call returns the status
-/// and the parsed body (or `Value::Null` when the body is not JSON).
-#[derive(Clone, Default)]
-pub struct Http {
-    client: reqwest::Client,
-}
-
-impl Http {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    async fn finish(response: reqwest::Response) -> Result<(u16, Value)> {
-        let status = response.status().as_u16();
-        let text = response.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-
-    pub async fn get(&self, url: &str) -> Result<(u16, Value)> {
-        Self::finish(self.client.get(url).send().await?).await
-    }
-
-    pub async fn post(&self, url: &str, body: Option<&Value>) -> Result<(u16, Value)> {
-        let mut request = self.client.post(url);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        Self::finish(request.send().await?).await
-    }
-
-    pub async fn patch(&self, url: &str, body: &Value) -> Result<(u16, Value)> {
-        Self::finish(self.client.patch(url).json(body).send().await?).await
-    }
-
-    pub async fn delete(&self, url: &str, body: Option<&Value>) -> Result<(u16, Value)> {
-        let mut request = self.client.delete(url);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        Self::finish(request.send().await?).await
-    }
-
-    /// Sends raw bytes with a content type, for malformed-body tests.
-    pub async fn send_raw(
-        &self,
-        method: reqwest::Method,
-        url: &str,
-        content_type: &str,
-        body: Vec<u8>,
-    ) -> Result<(u16, Value)> {
-        let response = self
-            .client
-            .request(method, url)
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await?;
-        Self::finish(response).await
-    }
 }

@@ -13,7 +13,6 @@
 //! Every wait is bounded by `--scale-timeout`.
 
 use std::collections::VecDeque;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -25,7 +24,7 @@ use shared_messages::ids::fulfillment_workflow_id;
 use shared_messages::messages::StartFulfillmentWorkflow;
 use shared_messages::topology::{FULFILLMENT_SIGNALS_EXCHANGE, FULFILLMENT_SIGNAL_KEY};
 use shared_messages::{Envelope, Message};
-use system_tests::{binary_path, Http, Service, TestVhost};
+use system_tests::{Http, Service, TestVhost};
 
 use crate::args::Args;
 use crate::procs;
@@ -87,7 +86,7 @@ pub async fn run(args: &Args) -> Result<()> {
     .await?;
     service.wait_ready().await?;
     let http = Http::new();
-    let pid = procs::by_http_addr(&service.http_addr).context("fulfillment-service's pid")?;
+    let pid = service.pid().context("fulfillment-service's pid")?;
     let rss_idle_kib = procs::rss_kib(pid).unwrap_or(0);
 
     // Open fulfillments: signals in confirmed windows, then wait for all.
@@ -139,22 +138,19 @@ pub async fn run(args: &Args) -> Result<()> {
     let store_bytes = dir_size(dir.path());
     service.kill().await?;
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(binary_path("fulfillment-service"))
-        .envs(service.env.iter().cloned())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting fulfillment-service again")?;
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(Duration::from_millis(120));
     spinner.set_message(format!("restart with {n} open: waiting for /readyz"));
+    // Recovery runs before the listener binds: the port is known once every
+    // fulfillment is loaded, and a new one (the restart binds port 0 again).
+    service
+        .launch(deadline.saturating_duration_since(Instant::now()))
+        .await
+        .context("fulfillment-service during recovery")?;
     let ready_url = service.url("/readyz");
     let ready_body = loop {
         if let Ok((200, body)) = http.get(&ready_url).await {
             break body;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            bail!("fulfillment-service exited during recovery: {status}");
         }
         if Instant::now() > deadline {
             bail!("fulfillment-service not ready before --scale-timeout");
@@ -163,7 +159,7 @@ pub async fn run(args: &Args) -> Result<()> {
     };
     let restart_to_ready_seconds = started.elapsed().as_secs_f64();
     spinner.finish_and_clear();
-    let rss_after_restart_kib = child.id().and_then(procs::rss_kib).unwrap_or_default();
+    let rss_after_restart_kib = service.pid().and_then(procs::rss_kib).unwrap_or_default();
     // Ready means every actor is spawned (recovery runs before the listener
     // binds); each then starts on the actix arbiter. Count those started.
     let metrics_url = service.url("/metrics");
@@ -183,7 +179,7 @@ pub async fn run(args: &Args) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = child.kill().await;
+    let _ = service.kill().await;
 
     let report = ScaleReport {
         open: n,

@@ -6,7 +6,7 @@ pub const HELP: &str = "\
 loadgen: load and performance figures for order-service and fulfillment-service,
 each measured against RabbitMQ's own floor in the same run.
 
-usage: cargo run --release -p system-tests --bin loadgen -- [options]
+usage: cargo run --release -p loadgen -- [options]
 
 By default it builds the release binaries of both services (when run through
 cargo), starts them on a vhost of its own with every delay 0, measures, and

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use system_tests::{binary_path, Service, TestVhost};
+use system_tests::{binary_path, TestSystem};
 
 use crate::args::Args;
 
@@ -16,16 +16,9 @@ const ORDER_ENV: &[(&str, &str)] = &[
 ];
 const FULFILLMENT_ENV: &[(&str, &str)] = &[("STEP_DELAY_MS", "0"), ("QUERY_TIMEOUT_MS", "5000")];
 
-/// Fields drop in order: the services stop before their vhost goes.
-pub struct Managed {
-    pub orders: Service,
-    pub fulfillment: Service,
-    pub vhost: TestVhost,
-    _dir: tempfile::TempDir,
-}
-
 pub enum System {
-    Managed(Box<Managed>),
+    /// Started here, on a vhost of their own.
+    Managed(Box<TestSystem>),
     External {
         order_url: String,
         fulfillment_url: String,
@@ -44,32 +37,25 @@ impl System {
                 vhost: args.vhost.clone(),
             });
         }
-        let vhost = TestVhost::create("loadgen").await?;
-        let dir = tempfile::tempdir()?;
         // fulfillment first: it declares the events exchange we subscribe to.
-        let fulfillment =
-            Service::start("fulfillment-service", &vhost, dir.path(), FULFILLMENT_ENV).await?;
-        fulfillment.wait_ready().await?;
-        let orders = Service::start("order-service", &vhost, dir.path(), ORDER_ENV).await?;
-        orders.wait_ready().await?;
-        Ok(Self::Managed(Box::new(Managed {
-            vhost,
-            orders,
-            fulfillment,
-            _dir: dir,
-        })))
+        let system = TestSystem::builder("loadgen")
+            .fulfillment(FULFILLMENT_ENV)
+            .orders(ORDER_ENV)
+            .start()
+            .await?;
+        Ok(Self::Managed(Box::new(system)))
     }
 
     pub fn order_url(&self) -> String {
         match self {
-            Self::Managed(m) => m.orders.base_url.clone(),
+            Self::Managed(m) => m.order_service().base_url(),
             Self::External { order_url, .. } => order_url.clone(),
         }
     }
 
     pub fn fulfillment_url(&self) -> String {
         match self {
-            Self::Managed(m) => m.fulfillment.base_url.clone(),
+            Self::Managed(m) => m.fulfillment_service().base_url(),
             Self::External {
                 fulfillment_url, ..
             } => fulfillment_url.clone(),
@@ -78,26 +64,24 @@ impl System {
 
     pub fn amqp_url(&self) -> String {
         match self {
-            Self::Managed(m) => m.vhost.amqp_url.clone(),
+            Self::Managed(m) => m.amqp_url.clone(),
             Self::External { amqp_url, .. } => amqp_url.clone(),
         }
     }
 
     pub fn vhost(&self) -> String {
         match self {
-            Self::Managed(m) => m.vhost.name.clone(),
+            Self::Managed(m) => m.vhost().name.clone(),
             Self::External { vhost, .. } => vhost.clone(),
         }
     }
 
     /// The process ids of order-service and fulfillment-service, when
-    /// they run on this machine (found by their `HTTP_ADDR`).
+    /// they run on this machine (started here, or found by their
+    /// `HTTP_ADDR`).
     pub fn pids(&self) -> (Option<u32>, Option<u32>) {
         match self {
-            Self::Managed(m) => (
-                crate::procs::by_http_addr(&m.orders.http_addr),
-                crate::procs::by_http_addr(&m.fulfillment.http_addr),
-            ),
+            Self::Managed(m) => (m.order_service().pid(), m.fulfillment_service().pid()),
             Self::External {
                 order_url,
                 fulfillment_url,
@@ -115,8 +99,8 @@ impl System {
     /// Stops services started here (`kill -9`: nothing of theirs is kept).
     pub async fn stop(self) -> Result<()> {
         if let Self::Managed(mut m) = self {
-            m.orders.kill().await?;
-            m.fulfillment.kill().await?;
+            m.order_service_mut().kill().await?;
+            m.fulfillment_service_mut().kill().await?;
         }
         Ok(())
     }
@@ -128,7 +112,7 @@ impl System {
         let Self::Managed(m) = self else {
             return Ok(false);
         };
-        let service = &mut m.fulfillment;
+        let service = m.fulfillment_service_mut();
         service.env.retain(|(k, _)| k != "STEP_DELAY_MS");
         service.env.push(("STEP_DELAY_MS".into(), ms.to_string()));
         service.restart().await?;
