@@ -132,7 +132,7 @@ pub fn handle_signal(
             Ok(accepted) => SignalReply::accepted(accepted.status),
             Err(error) => {
                 // The status as it is now, when the fulfillment exists.
-                let status = registry.load(&fulfillment_id).ok().flatten().map(|f| f.status);
+                let status = registry.load(&fulfillment_id).await.ok().flatten().map(|f| f.status);
                 SignalReply::rejected(error.clone(), status)
             }
         };
@@ -179,11 +179,11 @@ pub fn handle_query(
         message_id = %envelope.message_id,
         progress,
     );
-    let loaded = registry.load(&fulfillment_id);
+    let registry = registry.clone();
     let timing = registry.timing();
     let bus = bus.clone();
     async move {
-        let answer = match loaded {
+        let answer = match registry.load(&fulfillment_id).await {
             // A row that cannot be read will not be readable on retry.
             Err(error @ StoreError::Corrupt { .. }) => {
                 return Outcome::DeadLetter(error.to_string())

@@ -58,6 +58,7 @@ impl Application {
     /// and binds the HTTP listener. Call inside the actix system.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let opened = store::open(&config.store_url)
+            .await
             .with_context(|| format!("opening the store at {}", config.store_url_redacted()))?;
         let outbox = OutboxSignal::new();
         let writer = store::Writer::start(
@@ -77,6 +78,7 @@ impl Application {
         let registry = Registry::new(deps, actix::System::current().arbiter().clone());
         let recovered = registry
             .recover()
+            .await
             .context("loading unfinished fulfillments")?;
         tracing::info!(
             recovered = recovered.resumed,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use actix::{Actor, Addr};
 use actix_rt::ArbiterHandle;
 use chrono::Utc;
-use futures::future::{self, BoxFuture, FutureExt};
+use futures::future::{BoxFuture, FutureExt};
 use uuid::Uuid;
 
 use tokio::sync::oneshot;
@@ -32,6 +32,9 @@ pub struct Registry {
 
 struct Inner {
     actors: Mutex<HashMap<String, Addr<FulfillmentActor>>>,
+    /// Held while a signal to an actor that is not running reads the
+    /// stored state and decides (creates, spawns or stores at once).
+    creating: tokio::sync::Mutex<()>,
     deps: Deps,
     arbiter: ArbiterHandle,
 }
@@ -42,6 +45,7 @@ impl Registry {
         Self {
             inner: Arc::new(Inner {
                 actors: Mutex::new(HashMap::new()),
+                creating: tokio::sync::Mutex::new(()),
                 deps,
                 arbiter,
             }),
@@ -56,9 +60,9 @@ impl Registry {
     /// Re-spawns every unfinished fulfillment where it stopped. A row that
     /// cannot be read is quarantined (logged, counted, listed on
     /// `/quarantine`) and the others recover regardless.
-    pub fn recover(&self) -> Result<Recovered, StoreError> {
+    pub async fn recover(&self) -> Result<Recovered, StoreError> {
         let store = &self.inner.deps.store;
-        let unfinished = store.unfinished()?;
+        let unfinished = store.unfinished().await?;
         let recovered = Recovered {
             resumed: unfinished.states.len(),
             quarantined: unfinished.unreadable.len(),
@@ -66,7 +70,7 @@ impl Registry {
         for (id, reason) in &unfinished.unreadable {
             tracing::error!(fulfillment_id = %id, %reason, "unreadable stored fulfillment quarantined; it is not resumed");
             METRICS.quarantined_rows.inc();
-            if let Err(error) = store.quarantine(id, reason) {
+            if let Err(error) = store.quarantine(id, reason).await {
                 tracing::error!(fulfillment_id = %id, %error, "cannot record the quarantined row");
             }
         }
@@ -118,8 +122,8 @@ impl Registry {
         });
         let stored = async move {
             outcome.await.unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "the new fulfillment's actor stopped".into(),
+                Err(StoreError::unavailable(
+                    "the new fulfillment's actor stopped",
                 ))
             })
         };
@@ -134,21 +138,21 @@ impl Registry {
     }
 
     /// Newest first, optionally of one status.
-    pub fn list(
+    pub async fn list(
         &self,
         status: Option<shared_messages::messages::FulfillmentStatus>,
         limit: u32,
         offset: u32,
     ) -> Result<Vec<Fulfillment>, StoreError> {
-        self.inner.deps.store.list(status, limit, offset)
+        self.inner.deps.store.list(status, limit, offset).await
     }
 
     pub fn store(&self) -> &dyn crate::store::Store {
         self.inner.deps.store.as_ref()
     }
 
-    pub fn ping_store(&self) -> Result<(), StoreError> {
-        self.inner.deps.store.ping()
+    pub async fn ping_store(&self) -> Result<(), StoreError> {
+        self.inner.deps.store.ping().await
     }
 
     pub fn timing(&self) -> Timing {
@@ -156,13 +160,15 @@ impl Registry {
     }
 
     /// The stored state of a fulfillment, running or finished.
-    pub fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
-        self.inner.deps.store.load(id)
+    pub async fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
+        self.inner.deps.store.load(id).await
     }
 
-    /// Applies a signal. The message is handed to the actor's mailbox
-    /// before this returns, so signals keep the order of the calls; the
-    /// future resolves once the outcome is stored.
+    /// Applies a signal. To a running actor, the message is handed to its
+    /// mailbox before this returns, so signals keep the order of the calls;
+    /// otherwise the stored state is read under the creation lock (in the
+    /// order the futures are first polled). The future resolves once the
+    /// outcome is stored.
     pub fn signal(
         &self,
         id: &str,
@@ -170,32 +176,47 @@ impl Registry {
         traceparent: Option<String>,
         input: Input,
     ) -> BoxFuture<'static, Result<Reply, StoreError>> {
-        let mut actors = self.actors();
-        if let Some(addr) = actors.get(id).filter(|a| a.connected()) {
+        if let Some(addr) = self.actors().get(id).filter(|a| a.connected()) {
             return self.send(addr, id, message_id, traceparent, input);
         }
-        // Not running: finished, not yet spawned, or unknown. The lock is
-        // held so two creators of one id cannot race.
+        let registry = self.clone();
+        let id = id.to_owned();
+        async move {
+            // Not running: finished, not yet spawned, or unknown. The
+            // creation lock is held so two creators of one id cannot race.
+            let _creating = registry.inner.creating.lock().await;
+            registry
+                .signal_stored(&id, message_id, traceparent, input)
+                .await
+        }
+        .boxed()
+    }
+
+    async fn signal_stored(
+        &self,
+        id: &str,
+        message_id: Option<Uuid>,
+        traceparent: Option<String>,
+        input: Input,
+    ) -> Result<Reply, StoreError> {
+        let running = self.actors().get(id).filter(|a| a.connected()).cloned();
+        if let Some(addr) = running {
+            return self.send(&addr, id, message_id, traceparent, input).await;
+        }
         let deps = &self.inner.deps;
-        let stored = match deps.store.load(id) {
-            Ok(stored) => stored,
-            Err(error) => return future::ready(Err(error)).boxed(),
-        };
+        let stored = deps.store.load(id).await?;
         let decision = match stored {
             Some(state) if !state.status.is_final() => {
                 let addr = self.spawn(state);
                 let request = self.send(&addr, id, message_id, traceparent, input);
-                actors.insert(id.to_owned(), addr);
-                return request;
+                self.actors().insert(id.to_owned(), addr);
+                return request.await;
             }
             Some(state) => workflow::decide(&state, &input, message_id, Utc::now(), deps.timing)
                 .traced(traceparent.as_deref()),
             None if input.creates() => {
                 // A cancel that came first makes it start cancelled.
-                let tombstone = match deps.store.tombstone(id) {
-                    Ok(tombstone) => tombstone,
-                    Err(error) => return future::ready(Err(error)).boxed(),
-                };
+                let tombstone = deps.store.tombstone(id).await?;
                 let decision = workflow::create_after(
                     id,
                     &input,
@@ -208,45 +229,41 @@ impl Registry {
                 if decision.state.as_ref().is_some_and(|s| s.status.is_final()) {
                     // Born final (cancelled): stored at once, no actor.
                     tracing::info!(fulfillment_id = %id, "fulfillment created cancelled: its cancel came first");
-                    if let Err(error) = deps.persist(&decision) {
-                        return future::ready(Err(error)).boxed();
-                    }
-                    return future::ready(Ok(decision.reply)).boxed();
+                    deps.persist(&decision).await?;
+                    return Ok(decision.reply);
                 }
                 let mut decision = decision;
                 let Some(state) = decision.state.take() else {
                     // Refused (e.g. invalid): nothing to store.
-                    return future::ready(Ok(decision.reply)).boxed();
+                    return Ok(decision.reply);
                 };
                 // In the map at once, so the signals after this one queue
                 // behind the creation instead of creating it again.
                 let (addr, stored) = self.spawn_new(decision, state);
-                actors.insert(id.to_owned(), addr);
-                return stored;
+                self.actors().insert(id.to_owned(), addr);
+                return stored.await;
             }
             None => {
                 return match workflow::absent(id, &input, message_id, Utc::now()) {
                     Ok((tombstone, history, reply)) => {
-                        match deps.store.put_tombstone(&tombstone, &history) {
+                        match deps.store.put_tombstone(&tombstone, &history).await {
                             Ok(added) => {
                                 if added {
                                     tracing::info!(fulfillment_id = %id, reason = %tombstone.reason, "cancel before start: tombstone left");
                                 }
-                                future::ready(Ok(reply)).boxed()
+                                Ok(reply)
                             }
-                            Err(error) => future::ready(Err(error)).boxed(),
+                            Err(error) => Err(error),
                         }
                     }
-                    Err(reply) => future::ready(Ok(reply)).boxed(),
+                    Err(reply) => Ok(reply),
                 };
             }
         };
         // A signal to a finished fulfillment: at most a remembered message
         // id, stored at once.
-        if let Err(error) = deps.persist(&decision) {
-            return future::ready(Err(error)).boxed();
-        }
-        future::ready(Ok(decision.reply)).boxed()
+        deps.persist(&decision).await?;
+        Ok(decision.reply)
     }
 
     fn send(
@@ -343,7 +360,7 @@ mod tests {
             paused.expect("stored").map(|a| a.status),
             Ok(FulfillmentStatus::Paused)
         );
-        let stored = store.load(id).expect("reads").expect("stored");
+        let stored = store.load(id).await.expect("reads").expect("stored");
         assert_eq!(stored.status, FulfillmentStatus::Paused);
         assert_eq!(registry.live(), 1, "one actor, not two");
     }
@@ -361,7 +378,7 @@ mod tests {
             .await
             .expect("stored");
         assert_eq!(answer.map(|a| a.status), Ok(FulfillmentStatus::Cancelled));
-        assert!(store.tombstone(id).expect("reads").is_some());
+        assert!(store.tombstone(id).await.expect("reads").is_some());
         // Over HTTP (no message id) a cancel of nothing is still not found.
         let http = registry
             .signal("fulfillment-ORD-2", None, None, cancel)
@@ -379,13 +396,13 @@ mod tests {
                 created: true
             })
         );
-        let stored = store.load(id).expect("reads").expect("stored");
+        let stored = store.load(id).await.expect("reads").expect("stored");
         assert_eq!(stored.status, FulfillmentStatus::Cancelled);
         assert_eq!(
             stored.cancellation_reason.as_deref(),
             Some("changed my mind")
         );
-        assert_eq!(store.tombstone(id).expect("reads"), None, "applied");
+        assert_eq!(store.tombstone(id).await.expect("reads"), None, "applied");
         assert_eq!(registry.live(), 0, "a cancelled fulfillment needs no actor");
     }
 }

@@ -56,7 +56,7 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     // Connected, every consumer consuming, nothing waiting to be retried.
     let not_ready = state.bus.not_ready_reason();
     let broker = not_ready.is_none();
-    let store = state.registry.ping_store().is_ok();
+    let store = state.registry.ping_store().await.is_ok();
     if broker && store {
         return HttpResponse::Ok().json(Readiness {
             status: Some("ready"),

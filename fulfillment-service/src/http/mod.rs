@@ -28,14 +28,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    fn find(&self, id: &str) -> Result<Fulfillment, ApiError> {
+    async fn find(&self, id: &str) -> Result<Fulfillment, ApiError> {
         self.registry
-            .load(id)?
+            .load(id)
+            .await?
             .ok_or_else(|| ApiError::NotFound(format!("no fulfillment {id}")))
     }
 
-    fn view(&self, id: &str) -> Result<FulfillmentStatusView, ApiError> {
-        Ok(self.find(id)?.status_view())
+    async fn view(&self, id: &str) -> Result<FulfillmentStatusView, ApiError> {
+        Ok(self.find(id).await?.status_view())
     }
 }
 
@@ -254,7 +255,13 @@ mod tests {
             "{body}"
         );
         // Cancelled directly: its CANCELLED event, with the reason, is in the outbox.
-        let pending = data.registry.store().pending(100).expect("outbox");
+        let pending = data
+            .registry
+            .store()
+            .outbox()
+            .pending(100)
+            .await
+            .expect("outbox");
         let cancelled = pending
             .iter()
             .find(|m| m.route.routing_key == "fulfillment.status.cancelled")

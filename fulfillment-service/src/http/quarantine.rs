@@ -27,6 +27,6 @@ pub struct QuarantineView {
         (status = 503, description = "the store does not answer", body = ErrorBody),
     ))]
 pub(crate) async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let items = state.registry.store().quarantined()?;
+    let items = state.registry.store().quarantined().await?;
     Ok(HttpResponse::Ok().json(QuarantineView { items }))
 }

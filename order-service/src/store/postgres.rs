@@ -8,6 +8,7 @@
 //! go out from whoever reads next. Calls run on the connection's own thread
 //! ([`super::pg_worker`]).
 
+use futures::future::BoxFuture;
 use postgres::error::SqlState;
 use postgres::{Client, GenericClient};
 use shared_messages::bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
@@ -424,7 +425,19 @@ impl Store for PostgresStore {
 }
 
 impl OutboxStore for PostgresStore {
-    fn pending(&self, limit: usize) -> Result<Vec<OutboxMessage>, String> {
+    // Answered on the caller's thread, as the calls are blocking.
+    fn pending(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxMessage>, String>> {
+        Box::pin(futures::future::ready(PostgresStore::pending(self, limit)))
+    }
+
+    fn remove<'a>(&'a self, seqs: &'a [i64]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(futures::future::ready(PostgresStore::remove(self, seqs)))
+    }
+}
+
+impl PostgresStore {
+    /// Up to `limit` of the oldest outbox rows (see [`OutboxStore::pending`]).
+    pub fn pending(&self, limit: usize) -> Result<Vec<OutboxMessage>, String> {
         let owner = self.owner.clone();
         let limit = clamp(limit as u64);
         self.worker
@@ -467,7 +480,8 @@ impl OutboxStore for PostgresStore {
             .map_err(|e| e.to_string())
     }
 
-    fn remove(&self, seqs: &[i64]) -> Result<(), String> {
+    /// Removes confirmed outbox rows (see [`OutboxStore::remove`]).
+    pub fn remove(&self, seqs: &[i64]) -> Result<(), String> {
         let seqs = seqs.to_vec();
         self.worker
             .call(move |client| -> Result<_, StoreError> {

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use chrono::Utc;
+use futures::future::BoxFuture;
 use rusqlite::{params, Connection, OptionalExtension};
 use shared_messages::bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
 use shared_messages::bus::Route;
@@ -450,7 +451,19 @@ fn quarantine_outbox_row(conn: &mut Connection, bad: &Undecodable) -> Result<(),
 }
 
 impl OutboxStore for SqliteStore {
-    fn pending(&self, limit: usize) -> Result<Vec<OutboxMessage>, String> {
+    // Answered on the caller's thread, as the calls are blocking.
+    fn pending(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxMessage>, String>> {
+        Box::pin(futures::future::ready(SqliteStore::pending(self, limit)))
+    }
+
+    fn remove<'a>(&'a self, seqs: &'a [i64]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(futures::future::ready(SqliteStore::remove(self, seqs)))
+    }
+}
+
+impl SqliteStore {
+    /// Up to `limit` of the oldest outbox rows (see [`OutboxStore::pending`]).
+    pub fn pending(&self, limit: usize) -> Result<Vec<OutboxMessage>, String> {
         let mut conn = self.conn();
         let raw: Vec<(i64, String, String, bool, Vec<u8>)> = conn
             .prepare_cached(
@@ -477,7 +490,8 @@ impl OutboxStore for SqliteStore {
         Ok(messages)
     }
 
-    fn remove(&self, seqs: &[i64]) -> Result<(), String> {
+    /// Removes confirmed outbox rows (see [`OutboxStore::remove`]).
+    pub fn remove(&self, seqs: &[i64]) -> Result<(), String> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| e.to_string())?;
         for seq in seqs {

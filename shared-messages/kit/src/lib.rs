@@ -1,5 +1,5 @@
 //! The service kit: what order-service and fulfillment-service build their
-//! HTTP surface and settings on, written once.
+//! HTTP surface, settings and stores on, written once.
 //!
 //! | module | what |
 //! |---|---|
@@ -8,6 +8,7 @@
 //! | [`openapi`] | the guard's answers (401, 403, 415) in a service's OpenAPI document |
 //! | [`postgres_tls`] | TLS to PostgreSQL by the connection string's `sslmode` |
 //! | [`settings`] | secret settings read from files (`NAME_FILE`) |
+//! | [`store`] | the store plumbing: SQLite and PostgreSQL connections, migrations, outbox, quarantine, history rows, group commit, the error type |
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -15,5 +16,6 @@ pub mod cors;
 pub mod openapi;
 pub mod postgres_tls;
 pub mod settings;
+pub mod store;
 
 pub use access::{Access, Guard, Role, Tokens};
