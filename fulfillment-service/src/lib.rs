@@ -66,7 +66,7 @@ impl Application {
             store::Batched(opened.store.clone()),
             outbox.clone(),
         )
-        .context("starting the store writer thread")?;
+        .context("starting the store writer")?;
         let deps = Deps {
             writer,
             store: opened.store,

@@ -139,15 +139,12 @@ impl Metrics {
     }
 
     /// Times one store write.
-    pub fn store_write<T>(&self, operation: &str, write: impl FnOnce() -> T) -> T {
-        let started = Instant::now();
-        let result = write();
+    pub fn store_write_took(&self, operation: &str, started: Instant) {
         self.store_write_seconds
             .get_or_create(&OperationLabels {
                 operation: operation.into(),
             })
             .observe(started.elapsed().as_secs_f64());
-        result
     }
 
     /// An actor of an order in `status` started (+1) or stopped (-1).

@@ -478,4 +478,42 @@ mod tests {
         .expect("a garbage row");
         crate::store::tests::an_undecodable_outbox_row_is_quarantined(&store).await;
     }
+
+    /// A database the previous migration runner made (its
+    /// `schema_migrations` table) is taken over: it opens and keeps its
+    /// fulfillments.
+    #[tokio::test]
+    async fn a_database_of_the_previous_migration_runner_is_taken_over() {
+        let db = TestDb::create("fulfillment_takeover");
+        let d = create("f-1", &Input::Start(request()), None, Utc::now(), TIMING);
+        let state = d.state.expect("created");
+        super::testdb::admin(
+            format!(
+                "{}{}
+                CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY,
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+                INSERT INTO schema_migrations (version) VALUES (1), (2);
+                INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
+                VALUES ('f-1', 'ORD-1', '{}', false, '{}', '{}', '{}');",
+                include_str!("../../migrations/postgres/V1__fulfillments_outbox.sql"),
+                include_str!("../../migrations/postgres/V2__history_tombstones_quarantine.sql"),
+                state.status.as_str(),
+                serde_json::to_string(&state).expect("json"),
+                state.created_at.to_rfc3339(),
+                state.updated_at.to_rfc3339(),
+            ),
+            &db.name,
+        )
+        .expect("the old schema");
+        let store = PostgresStore::open(&db.url).await.expect("taken over");
+        assert_eq!(store.load("f-1").await.expect("load"), Some(state.clone()));
+        store
+            .save(&state, &d.events)
+            .await
+            .expect("a save with events");
+        assert_eq!(
+            store.outbox_len().await.expect("count"),
+            d.events.len() as u64
+        );
+    }
 }

@@ -423,4 +423,49 @@ mod tests {
         assert_eq!(store.outbox().pending(10).await.expect("pending").len(), 2);
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// A database the previous runner made (`PRAGMA user_version` = 2) is
+    /// taken over: it keeps its fulfillments, and the outbox gains the
+    /// column the shared outbox SQL writes.
+    #[tokio::test]
+    async fn a_database_of_the_previous_migration_runner_is_taken_over() {
+        let dir = std::env::temp_dir().join(format!("fstore-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let path = dir.join("f.db");
+        let d = create("f-1", &Input::Start(request()), None, Utc::now(), TIMING);
+        let state = d.state.expect("created");
+        rusqlite::Connection::open(&path)
+            .expect("opens")
+            .execute_batch(&format!(
+                "{}{}
+                INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
+                VALUES ('f-1', 'ORD-1', '{}', 0, '{}', '{}', '{}');
+                INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
+                VALUES ('fulfillment.events', 'fulfillment.status.picking', 0, CAST('{}' AS BLOB));
+                PRAGMA user_version = 2;",
+                include_str!("../../migrations/sqlite/V1__fulfillments_outbox.sql"),
+                include_str!("../../migrations/sqlite/V2__history_tombstones_quarantine.sql"),
+                state.status.as_str(),
+                serde_json::to_string(&state).expect("json"),
+                state.created_at.to_rfc3339(),
+                state.updated_at.to_rfc3339(),
+                String::from_utf8(d.events[0].1.to_json()).expect("utf-8"),
+            ))
+            .expect("the old schema");
+        let path = path.to_str().expect("utf-8 path");
+        let store = SqliteStore::open(path).expect("taken over");
+        assert_eq!(store.load("f-1").await.expect("load"), Some(state.clone()));
+        store
+            .save(&state, &d.events)
+            .await
+            .expect("a save with events");
+        assert_eq!(
+            store.outbox().pending(10).await.expect("pending").len(),
+            2,
+            "the row stored before and the new one"
+        );
+        drop(store);
+        SqliteStore::open(path).expect("reopens");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

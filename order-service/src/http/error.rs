@@ -6,13 +6,15 @@ use actix_web::{HttpResponse, ResponseError};
 use shared_messages::bus::BusError;
 use shared_messages::messages::{ReplyError, ReplyErrorCode};
 
+use crate::store::StoreError;
+
 /// Every error answer: a stable code and a message a person can act on.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// `invalid_body`, `invalid_field`, `invalid_parameter`,
     /// `payload_too_large`, `not_found`, `conflict`, `broker_unavailable`,
-    /// `fulfillment_timeout`, `bad_reply`, `unavailable`, `internal`,
-    /// `not_ready`.
+    /// `fulfillment_timeout`, `bad_reply`, `unavailable`, `store_unavailable`,
+    /// `internal`, `not_ready`.
     #[schema(example = "not_found")]
     pub error: String,
     pub message: String,
@@ -45,6 +47,9 @@ pub enum ApiError {
     BadReply(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The store failed; the cause goes to the log, never to the caller.
+    #[error("the order store is not available; try again shortly")]
+    Store(#[source] StoreError),
     /// The cause goes to the log, never to the caller.
     #[error("internal error; the service log has the details")]
     Internal(String),
@@ -63,6 +68,7 @@ impl ApiError {
             Self::Timeout(_) => "fulfillment_timeout",
             Self::BadReply(_) => "bad_reply",
             Self::Unavailable(_) => "unavailable",
+            Self::Store(_) => "store_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -97,6 +103,12 @@ impl ApiError {
     }
 }
 
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
@@ -106,7 +118,9 @@ impl ResponseError for ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
-            Self::BrokerUnavailable | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BrokerUnavailable | Self::Unavailable(_) | Self::Store(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BadReply(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -114,8 +128,10 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let Self::Internal(cause) = self {
-            tracing::error!(%cause, "request failed");
+        match self {
+            Self::Internal(cause) => tracing::error!(%cause, "request failed"),
+            Self::Store(source) => tracing::error!(error = %source, "store failure answered 503"),
+            _ => {}
         }
         HttpResponse::build(self.status_code()).json(ErrorBody {
             error: self.code().into(),

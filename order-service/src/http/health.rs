@@ -56,7 +56,7 @@ pub(crate) async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     // Connected, every consumer consuming, nothing waiting to be retried.
     let not_ready = state.orders.bus().not_ready_reason();
     let broker = not_ready.is_none();
-    let store = state.orders.store().ping().is_ok();
+    let store = state.orders.store().ping().await.is_ok();
     if broker && store {
         return HttpResponse::Ok().json(Readiness {
             status: Some("ready"),

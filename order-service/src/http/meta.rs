@@ -20,7 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let store = state.orders.store();
     // Read at scrape time: what the store holds now.
-    let counts = store.count_by_status();
+    let counts = store.count_by_status().await;
     METRICS.store_up.set(i64::from(counts.is_ok()));
     let counts = counts.unwrap_or_default();
     for status in OrderStatus::ALL {
@@ -35,7 +35,7 @@ pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
             })
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
-    if let Ok(n) = store.outbox_len() {
+    if let Ok(n) = store.outbox_len().await {
         METRICS
             .outbox_pending
             .set(i64::try_from(n).unwrap_or(i64::MAX));

@@ -239,6 +239,7 @@ mod tests {
             .orders
             .store()
             .insert(&order, &events)
+            .await
             .expect("insert");
         let req = test::TestRequest::get()
             .uri("/orders/ORD-2/status?waitFor=SHIPPED&timeoutMs=5000")
@@ -249,7 +250,12 @@ mod tests {
         // an open order's wait that runs out removes its watcher
         let (open, events) =
             crate::workflow::create("ORD-3", crate::validation::demo_order(), chrono::Utc::now());
-        state.orders.store().insert(&open, &events).expect("insert");
+        state
+            .orders
+            .store()
+            .insert(&open, &events)
+            .await
+            .expect("insert");
         let req = test::TestRequest::get()
             .uri("/orders/ORD-3/status?waitFor=SHIPPED&timeoutMs=50")
             .to_request();

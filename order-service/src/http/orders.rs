@@ -53,12 +53,12 @@ fn order_id(workflow_id: &str) -> &str {
     order_id_from_workflow_id(workflow_id).unwrap_or(workflow_id)
 }
 
-fn load(state: &AppState, workflow_id: &str) -> Result<OrderState, ApiError> {
+async fn load(state: &AppState, workflow_id: &str) -> Result<OrderState, ApiError> {
     state
         .orders
         .store()
         .get(order_id(workflow_id))
-        .map_err(ApiError::internal)?
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no order with workflow id {workflow_id}")))
 }
 
@@ -164,11 +164,7 @@ pub(crate) async fn list(
         )));
     }
     let offset = params.offset.unwrap_or(0);
-    let page = state
-        .orders
-        .store()
-        .list(status, limit, offset)
-        .map_err(ApiError::internal)?;
+    let page = state.orders.store().list(status, limit, offset).await?;
     let orders: Vec<StatusView> = page.orders.iter().map(StatusView::from).collect();
     Ok(HttpResponse::Ok().json(OrderListView {
         orders,
@@ -219,7 +215,7 @@ pub(crate) async fn status(
         )));
     }
     let Some(wait_for) = wait_for else {
-        let order = load(&state, &path)?;
+        let order = load(&state, &path).await?;
         return Ok(HttpResponse::Ok().json(StatusView::from(&order)));
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -236,7 +232,7 @@ async fn wait_until(
     deadline: tokio::time::Instant,
     done: impl Fn(&OrderState) -> bool,
 ) -> Result<OrderState, ApiError> {
-    let order = load(state, workflow_id)?;
+    let order = load(state, workflow_id).await?;
     if done(&order) || order.status.is_final() || tokio::time::Instant::now() >= deadline {
         return Ok(order);
     }
@@ -244,7 +240,7 @@ async fn wait_until(
     let result = loop {
         // Watch before reading, so a change between the two still wakes us.
         let changed = state.orders.watch(id);
-        let order = match load(state, workflow_id) {
+        let order = match load(state, workflow_id).await {
             Ok(order) => order,
             Err(error) => break Err(error),
         };
@@ -270,12 +266,8 @@ pub(crate) async fn history(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let order = load(&state, &path)?;
-    let events = state
-        .orders
-        .store()
-        .history(&order.order_id)
-        .map_err(ApiError::internal)?;
+    let order = load(&state, &path).await?;
+    let events = state.orders.store().history(&order.order_id).await?;
     Ok(HttpResponse::Ok().json(History {
         workflow_id: order.workflow_id,
         events,
@@ -293,7 +285,7 @@ pub(crate) async fn progress(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let order = load(&state, &path)?;
+    let order = load(&state, &path).await?;
     let mut view = ProgressView::from(&order);
     if let Some(live) = live_fulfillment_progress(&state, &order).await {
         view.fulfillment = Some(live);
@@ -389,7 +381,7 @@ async fn control(
     signal: Message,
     done: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let order = load(state, workflow_id)?;
+    let order = load(state, workflow_id).await?;
     let Some(fulfillment_id) = order.fulfillment_workflow_id.clone() else {
         return Err(ApiError::Conflict(format!(
             "fulfillment has not started yet; the order is in {}",
@@ -440,7 +432,7 @@ fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
         }
         ApplyError::Rejected(Rejection::Invalid(m)) => ApiError::InvalidField(m),
         ApplyError::Rejected(r) => ApiError::Conflict(r.to_string()),
-        ApplyError::Store(e) => ApiError::internal(e),
+        ApplyError::Store(e) => ApiError::Store(e),
         ApplyError::Unavailable => ApiError::Unavailable(ApplyError::Unavailable.to_string()),
     }
 }

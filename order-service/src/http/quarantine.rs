@@ -26,9 +26,9 @@ pub struct QuarantineView {
 #[utoipa::path(get, path = "/quarantine", tag = "operations",
     responses(
         (status = 200, description = "the quarantined rows", body = QuarantineView),
-        (status = 500, description = "the store cannot be read", body = ErrorBody),
+        (status = 503, description = "the store does not answer", body = ErrorBody),
     ))]
 pub(crate) async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let items = state.orders.quarantined().map_err(ApiError::internal)?;
+    let items = state.orders.quarantined().await?;
     Ok(HttpResponse::Ok().json(QuarantineView { items }))
 }
