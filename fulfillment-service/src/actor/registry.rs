@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use actix::{Actor, Addr};
 use actix_rt::ArbiterHandle;
 use chrono::Utc;
-use futures::future::{BoxFuture, FutureExt};
+use futures::future::{self, BoxFuture, FutureExt};
 use uuid::Uuid;
 
 use tokio::sync::oneshot;
@@ -166,9 +166,10 @@ impl Registry {
 
     /// Applies a signal. To a running actor, the message is handed to its
     /// mailbox before this returns, so signals keep the order of the calls;
-    /// otherwise the stored state is read under the creation lock (in the
-    /// order the futures are first polled). The future resolves once the
-    /// outcome is stored.
+    /// otherwise the stored state is read under the creation lock (taken in
+    /// the order the futures are first polled) and the message handed on
+    /// before the lock is let go. The future resolves once the outcome is
+    /// stored.
     pub fn signal(
         &self,
         id: &str,
@@ -184,24 +185,32 @@ impl Registry {
         async move {
             // Not running: finished, not yet spawned, or unknown. The
             // creation lock is held so two creators of one id cannot race.
-            let _creating = registry.inner.creating.lock().await;
-            registry
-                .signal_stored(&id, message_id, traceparent, input)
-                .await
+            // Waiting for the outcome (a commit) happens after the lock is
+            // let go, so creations of many fulfillments share commits.
+            let outcome = {
+                let _creating = registry.inner.creating.lock().await;
+                registry
+                    .signal_stored(&id, message_id, traceparent, input)
+                    .await?
+            };
+            outcome.await
         }
         .boxed()
     }
 
+    /// [`Registry::signal`] to a fulfillment without a running actor, under
+    /// the creation lock: decides, stores what is stored at once, and gives
+    /// back the outcome still to wait for (an actor's answer).
     async fn signal_stored(
         &self,
         id: &str,
         message_id: Option<Uuid>,
         traceparent: Option<String>,
         input: Input,
-    ) -> Result<Reply, StoreError> {
+    ) -> Result<BoxFuture<'static, Result<Reply, StoreError>>, StoreError> {
         let running = self.actors().get(id).filter(|a| a.connected()).cloned();
         if let Some(addr) = running {
-            return self.send(&addr, id, message_id, traceparent, input).await;
+            return Ok(self.send(&addr, id, message_id, traceparent, input));
         }
         let deps = &self.inner.deps;
         let stored = deps.store.load(id).await?;
@@ -210,7 +219,7 @@ impl Registry {
                 let addr = self.spawn(state);
                 let request = self.send(&addr, id, message_id, traceparent, input);
                 self.actors().insert(id.to_owned(), addr);
-                return request.await;
+                return Ok(request);
             }
             Some(state) => workflow::decide(&state, &input, message_id, Utc::now(), deps.timing)
                 .traced(traceparent.as_deref()),
@@ -230,40 +239,36 @@ impl Registry {
                     // Born final (cancelled): stored at once, no actor.
                     tracing::info!(fulfillment_id = %id, "fulfillment created cancelled: its cancel came first");
                     deps.persist(&decision).await?;
-                    return Ok(decision.reply);
+                    return Ok(future::ready(Ok(decision.reply)).boxed());
                 }
                 let mut decision = decision;
                 let Some(state) = decision.state.take() else {
                     // Refused (e.g. invalid): nothing to store.
-                    return Ok(decision.reply);
+                    return Ok(future::ready(Ok(decision.reply)).boxed());
                 };
                 // In the map at once, so the signals after this one queue
                 // behind the creation instead of creating it again.
                 let (addr, stored) = self.spawn_new(decision, state);
                 self.actors().insert(id.to_owned(), addr);
-                return stored.await;
+                return Ok(stored);
             }
             None => {
                 return match workflow::absent(id, &input, message_id, Utc::now()) {
                     Ok((tombstone, history, reply)) => {
-                        match deps.store.put_tombstone(&tombstone, &history).await {
-                            Ok(added) => {
-                                if added {
-                                    tracing::info!(fulfillment_id = %id, reason = %tombstone.reason, "cancel before start: tombstone left");
-                                }
-                                Ok(reply)
-                            }
-                            Err(error) => Err(error),
+                        let added = deps.store.put_tombstone(&tombstone, &history).await?;
+                        if added {
+                            tracing::info!(fulfillment_id = %id, reason = %tombstone.reason, "cancel before start: tombstone left");
                         }
+                        Ok(future::ready(Ok(reply)).boxed())
                     }
-                    Err(reply) => Ok(reply),
+                    Err(reply) => Ok(future::ready(Ok(reply)).boxed()),
                 };
             }
         };
         // A signal to a finished fulfillment: at most a remembered message
         // id, stored at once.
         deps.persist(&decision).await?;
-        Ok(decision.reply)
+        Ok(future::ready(Ok(decision.reply)).boxed())
     }
 
     fn send(
