@@ -295,59 +295,8 @@ impl Store for PostgresStore {
     }
 }
 
-/// Test databases on the local server, one per test.
 #[cfg(test)]
-pub(crate) mod testdb {
-    use postgres::{Client, NoTls};
-
-    /// The server tests use, without a database name.
-    pub fn server() -> String {
-        std::env::var("TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-    }
-
-    /// A fresh database, dropped with this value.
-    pub struct TestDb {
-        pub name: String,
-        pub url: String,
-    }
-
-    /// Runs `sql` on the server's database `db`, on a thread of its own
-    /// (the blocking client cannot run on an async runtime's thread).
-    pub fn admin(sql: String, db: &str) -> Result<(), String> {
-        let url = format!("{}/{db}", server());
-        std::thread::spawn(move || {
-            let mut client = Client::connect(&url, NoTls).map_err(|e| {
-                format!("cannot reach PostgreSQL at {url} ({e}): run scripts/postgres.sh")
-            })?;
-            client
-                .batch_execute(&sql)
-                .map_err(|e| format!("{sql}: {e}"))
-        })
-        .join()
-        .map_err(|_| "the admin thread panicked".to_owned())?
-    }
-
-    impl TestDb {
-        pub fn create(label: &str) -> Self {
-            let name = format!("test_{label}_{}", uuid::Uuid::new_v4().simple());
-            if let Err(e) = admin(format!("CREATE DATABASE {name}"), "postgres") {
-                panic!("creating a test database: {e}");
-            }
-            let url = format!("{}/{name}", server());
-            Self { name, url }
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            let _ = admin(
-                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-                "postgres",
-            );
-        }
-    }
-}
+use service_kit::store::testdb;
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@
 //! | [`quarantine`] | the quarantine table: rows set aside because they cannot be read |
 //! | [`history`] | reading history rows back into [`HistoryEvent`](shared_messages::history::HistoryEvent)s |
 //! | [`group_commit`] | the writer task that stores many transitions in one transaction |
+//! | `testdb` | a PostgreSQL database per test (feature `test-support`) |
 
 pub mod error;
 pub mod group_commit;
@@ -22,6 +23,8 @@ pub mod outbox;
 pub mod postgres;
 pub mod quarantine;
 pub mod sqlite;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testdb;
 
 pub use error::StoreError;
 pub use postgres::Postgres;

@@ -112,56 +112,11 @@ fn sqlite_databases_migrated_before_refinery_are_taken_over() {
     }
 }
 
-/// Test databases on the local server, one per test.
-mod pg {
-    pub fn server() -> String {
-        std::env::var("TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-    }
-
-    /// Runs `sql` on the server's `postgres` database, on a thread of its
-    /// own (the blocking client cannot run on a runtime's thread).
-    pub fn admin(sql: String, db: &str) -> Result<(), String> {
-        let url = format!("{}/{db}", server());
-        std::thread::spawn(move || {
-            let mut client = postgres::Client::connect(&url, postgres::NoTls).map_err(|e| {
-                format!("cannot reach PostgreSQL at {url} ({e}): run scripts/postgres.sh")
-            })?;
-            client
-                .batch_execute(&sql)
-                .map_err(|e| format!("{sql}: {e}"))
-        })
-        .join()
-        .map_err(|_| "the admin thread panicked".to_owned())?
-    }
-
-    pub struct TestDb {
-        pub name: String,
-        pub url: String,
-    }
-
-    impl TestDb {
-        pub fn create(label: &str) -> Self {
-            let name = format!("test_kit_{label}_{}", uuid::Uuid::new_v4().simple());
-            admin(format!("CREATE DATABASE {name}"), "postgres").expect("a test database");
-            let url = format!("{}/{name}", server());
-            Self { name, url }
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            let _ = admin(
-                format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-                "postgres",
-            );
-        }
-    }
-}
+use super::testdb as pg;
 
 #[tokio::test]
 async fn postgres_outbox_claims_are_exclusive_and_a_bad_row_is_quarantined() {
-    let db = pg::TestDb::create("outbox");
+    let db = pg::TestDb::create("kit_outbox");
     let store = Postgres::open(&db.url, &runner(PG_V1, PG_V2), 1)
         .await
         .expect("opens");
@@ -205,7 +160,7 @@ async fn postgres_outbox_claims_are_exclusive_and_a_bad_row_is_quarantined() {
 /// rows; only later versions run.
 #[tokio::test]
 async fn a_postgres_database_migrated_before_refinery_is_taken_over() {
-    let db = pg::TestDb::create("takeover");
+    let db = pg::TestDb::create("kit_takeover");
     pg::admin(
         format!(
             "{PG_V1} CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY,
