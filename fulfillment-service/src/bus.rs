@@ -122,7 +122,7 @@ pub fn handle_signal(
             Ok(accepted) => SignalReply::accepted(accepted.status),
             Err(error) => {
                 // The status as it is now, when the fulfillment exists.
-                let status = registry.load(&fulfillment_id).ok().flatten().map(|f| f.status);
+                let status = registry.load(&fulfillment_id).await.ok().flatten().map(|f| f.status);
                 SignalReply::rejected(error.clone(), status)
             }
         };
@@ -209,10 +209,11 @@ pub fn handle_query(
         message_id = %envelope.message_id,
         progress = query == Query::Progress,
     );
-    let loaded = registry.load(&fulfillment_id);
+    let registry = registry.clone();
     let timing = registry.timing();
     let bus = bus.clone();
     async move {
+        let loaded = registry.load(&fulfillment_id).await;
         let answer = match answer_query(&fulfillment_id, query, loaded, chrono::Utc::now(), timing)
         {
             Ok(answer) => answer,

@@ -59,6 +59,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let common = &config.common;
         let opened = store::open(&common.store_url)
+            .await
             .with_context(|| format!("opening the store at {}", redact(&common.store_url)))?;
         let outbox = OutboxSignal::new();
         let writer = store::Writer::start(
@@ -66,7 +67,7 @@ impl Application {
             store::Batched(opened.store.clone()),
             outbox.clone(),
         )
-        .context("starting the store writer thread")?;
+        .context("starting the store writer")?;
         let deps = Deps {
             writer,
             store: opened.store,
@@ -78,6 +79,7 @@ impl Application {
         let registry = Registry::new(deps, actix::System::current().arbiter().clone());
         let recovered = registry
             .recover()
+            .await
             .context("loading unfinished fulfillments")?;
         tracing::info!(
             recovered = recovered.resumed,

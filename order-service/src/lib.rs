@@ -64,7 +64,9 @@ impl Application {
     /// Builds everything and binds the HTTP port (use port 0 in tests).
     /// Must run inside the actix system (`#[actix_web::main]`).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let opened = store::open(&config.store).context("opening the order store")?;
+        let opened = store::open(&config.store)
+            .await
+            .context("opening the order store")?;
         let bus = Bus::new(BusConfig::new(
             config.common.amqp_url.clone(),
             "order-service",
@@ -93,8 +95,11 @@ impl Application {
                 payment_transient_failure_rate: config.payment_transient_failure_rate,
             },
         )
-        .context("starting the store writer thread")?;
-        let recovered = orders.recover().context("loading unfinished orders")?;
+        .context("starting the store writer")?;
+        let recovered = orders
+            .recover()
+            .await
+            .context("loading unfinished orders")?;
         tracing::info!(recovered, "unfinished orders resumed");
 
         bus.consume(

@@ -52,9 +52,12 @@ pub struct Deps {
 impl Deps {
     /// Stores a decision's state and events at once, outside the group
     /// commit (a signal to a finished fulfillment); nudges the relay.
-    fn persist(&self, decision: &workflow::Decision) -> Result<(), StoreError> {
+    async fn persist(&self, decision: &workflow::Decision) -> Result<(), StoreError> {
         if let Some(write) = Write::of(decision) {
-            METRICS.store_write("save", || self.store.save_all(std::slice::from_ref(&write)))?;
+            let started = std::time::Instant::now();
+            let result = self.store.save_all(std::slice::from_ref(&write)).await;
+            METRICS.store_write_took("save", started);
+            result?;
             if !decision.messages.is_empty() {
                 self.outbox.notify();
             }

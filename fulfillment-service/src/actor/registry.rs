@@ -32,6 +32,9 @@ pub struct Registry {
 
 struct Inner {
     actors: Mutex<HashMap<String, Addr<FulfillmentActor>>>,
+    /// Held while a signal to an actor that is not running reads the
+    /// stored state and decides (creates, spawns or stores at once).
+    creating: tokio::sync::Mutex<()>,
     deps: Deps,
     arbiter: ArbiterHandle,
 }
@@ -42,6 +45,7 @@ impl Registry {
         Self {
             inner: Arc::new(Inner {
                 actors: Mutex::new(HashMap::new()),
+                creating: tokio::sync::Mutex::new(()),
                 deps,
                 arbiter,
             }),
@@ -56,9 +60,9 @@ impl Registry {
     /// Re-spawns every unfinished fulfillment where it stopped. A row that
     /// cannot be read is quarantined (logged, counted, listed on
     /// `/quarantine`) and the others recover regardless.
-    pub fn recover(&self) -> Result<Recovered, StoreError> {
+    pub async fn recover(&self) -> Result<Recovered, StoreError> {
         let store = &self.inner.deps.store;
-        let unfinished = store.unfinished()?;
+        let unfinished = store.unfinished().await?;
         let recovered = Recovered {
             resumed: unfinished.states.len(),
             quarantined: unfinished.unreadable.len(),
@@ -66,7 +70,7 @@ impl Registry {
         for (id, reason) in &unfinished.unreadable {
             tracing::error!(fulfillment_id = %id, %reason, "unreadable stored fulfillment quarantined; it is not resumed");
             METRICS.quarantined_rows.inc();
-            if let Err(error) = store.quarantine(id, reason) {
+            if let Err(error) = store.quarantine(id, reason).await {
                 tracing::error!(fulfillment_id = %id, %error, "cannot record the quarantined row");
             }
         }
@@ -118,8 +122,8 @@ impl Registry {
         });
         let stored = async move {
             outcome.await.unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "the new fulfillment's actor stopped".into(),
+                Err(StoreError::unavailable(
+                    "the new fulfillment's actor stopped",
                 ))
             })
         };
@@ -134,21 +138,21 @@ impl Registry {
     }
 
     /// Newest first, optionally of one status.
-    pub fn list(
+    pub async fn list(
         &self,
         status: Option<shared_messages::messages::FulfillmentStatus>,
         limit: u32,
         offset: u32,
     ) -> Result<Vec<Fulfillment>, StoreError> {
-        self.inner.deps.store.list(status, limit, offset)
+        self.inner.deps.store.list(status, limit, offset).await
     }
 
     pub fn store(&self) -> &dyn crate::store::Store {
         self.inner.deps.store.as_ref()
     }
 
-    pub fn ping_store(&self) -> Result<(), StoreError> {
-        self.inner.deps.store.ping()
+    pub async fn ping_store(&self) -> Result<(), StoreError> {
+        self.inner.deps.store.ping().await
     }
 
     pub fn timing(&self) -> Timing {
@@ -156,13 +160,16 @@ impl Registry {
     }
 
     /// The stored state of a fulfillment, running or finished.
-    pub fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
-        self.inner.deps.store.load(id)
+    pub async fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
+        self.inner.deps.store.load(id).await
     }
 
-    /// Applies a signal. The message is handed to the actor's mailbox
-    /// before this returns, so signals keep the order of the calls; the
-    /// future resolves once the outcome is stored.
+    /// Applies a signal. To a running actor, the message is handed to its
+    /// mailbox before this returns, so signals keep the order of the calls;
+    /// otherwise the stored state is read under the creation lock (taken in
+    /// the order the futures are first polled) and the message handed on
+    /// before the lock is let go. The future resolves once the outcome is
+    /// stored.
     pub fn signal(
         &self,
         id: &str,
@@ -170,80 +177,95 @@ impl Registry {
         traceparent: Option<String>,
         input: Input,
     ) -> BoxFuture<'static, Result<Reply, StoreError>> {
-        let mut actors = self.actors();
-        if let Some(addr) = actors.get(id).filter(|a| a.connected()) {
+        if let Some(addr) = self.actors().get(id).filter(|a| a.connected()) {
             return self.send(addr, id, message_id, traceparent, input);
         }
-        // Not running: finished, not yet spawned, or unknown. The lock is
-        // held so two creators of one id cannot race.
+        let registry = self.clone();
+        let id = id.to_owned();
+        async move {
+            // Not running: finished, not yet spawned, or unknown. The
+            // creation lock is held so two creators of one id cannot race.
+            // Waiting for the outcome (a commit) happens after the lock is
+            // let go, so creations of many fulfillments share commits.
+            let outcome = {
+                let _creating = registry.inner.creating.lock().await;
+                registry
+                    .signal_stored(&id, message_id, traceparent, input)
+                    .await?
+            };
+            outcome.await
+        }
+        .boxed()
+    }
+
+    /// [`Registry::signal`] to a fulfillment without a running actor, under
+    /// the creation lock: decides, stores what is stored at once, and gives
+    /// back the outcome still to wait for (an actor's answer).
+    async fn signal_stored(
+        &self,
+        id: &str,
+        message_id: Option<Uuid>,
+        traceparent: Option<String>,
+        input: Input,
+    ) -> Result<BoxFuture<'static, Result<Reply, StoreError>>, StoreError> {
+        let running = self.actors().get(id).filter(|a| a.connected()).cloned();
+        if let Some(addr) = running {
+            return Ok(self.send(&addr, id, message_id, traceparent, input));
+        }
         let deps = &self.inner.deps;
         let ctx = workflow::Context {
             message_id,
             now: Utc::now(),
             timing: deps.timing,
         };
-        let stored = match deps.store.load(id) {
-            Ok(stored) => stored,
-            Err(error) => return future::ready(Err(error)).boxed(),
-        };
+        let stored = deps.store.load(id).await?;
         let decision = match stored {
             Some(state) if !state.status.is_final() => {
                 let addr = self.spawn(state);
                 let request = self.send(&addr, id, message_id, traceparent, input);
-                actors.insert(id.to_owned(), addr);
-                return request;
+                self.actors().insert(id.to_owned(), addr);
+                return Ok(request);
             }
             Some(state) => workflow::decide(&state, input, ctx).traced(traceparent.as_deref()),
             None if input.creates() => {
                 // A cancel that came first makes it start cancelled.
-                let tombstone = match deps.store.tombstone(id) {
-                    Ok(tombstone) => tombstone,
-                    Err(error) => return future::ready(Err(error)).boxed(),
-                };
+                let tombstone = deps.store.tombstone(id).await?;
                 let decision = workflow::create_after(id, &input, ctx, tombstone.as_ref())
                     .traced(traceparent.as_deref());
                 if decision.state.as_ref().is_some_and(|s| s.status.is_final()) {
                     // Born final (cancelled): stored at once, no actor.
                     tracing::info!(fulfillment_id = %id, "fulfillment created cancelled: its cancel came first");
-                    if let Err(error) = deps.persist(&decision) {
-                        return future::ready(Err(error)).boxed();
-                    }
-                    return future::ready(Ok(decision.reply)).boxed();
+                    deps.persist(&decision).await?;
+                    return Ok(future::ready(Ok(decision.reply)).boxed());
                 }
                 let mut decision = decision;
                 let Some(state) = decision.state.take() else {
                     // Refused (e.g. invalid): nothing to store.
-                    return future::ready(Ok(decision.reply)).boxed();
+                    return Ok(future::ready(Ok(decision.reply)).boxed());
                 };
                 // In the map at once, so the signals after this one queue
                 // behind the creation instead of creating it again.
                 let (addr, stored) = self.spawn_new(decision, state);
-                actors.insert(id.to_owned(), addr);
-                return stored;
+                self.actors().insert(id.to_owned(), addr);
+                return Ok(stored);
             }
             None => {
                 return match workflow::absent(id, &input, ctx) {
                     Ok((tombstone, history, reply)) => {
-                        match deps.store.put_tombstone(&tombstone, &history) {
-                            Ok(added) => {
-                                if added {
-                                    tracing::info!(fulfillment_id = %id, reason = %tombstone.reason, "cancel before start: tombstone left");
-                                }
-                                future::ready(Ok(reply)).boxed()
-                            }
-                            Err(error) => future::ready(Err(error)).boxed(),
+                        let added = deps.store.put_tombstone(&tombstone, &history).await?;
+                        if added {
+                            tracing::info!(fulfillment_id = %id, reason = %tombstone.reason, "cancel before start: tombstone left");
                         }
+                        Ok(future::ready(Ok(reply)).boxed())
                     }
-                    Err(reply) => future::ready(Ok(reply)).boxed(),
+                    Err(reply) => Ok(future::ready(Ok(reply)).boxed()),
                 };
             }
         };
         // A signal to a finished fulfillment: at most a remembered message
         // id, stored at once.
-        if let Err(error) = deps.persist(&decision) {
-            return future::ready(Err(error)).boxed();
-        }
-        future::ready(Ok(decision.reply)).boxed()
+        deps.persist(&decision).await?;
+        Ok(future::ready(Ok(decision.reply)).boxed())
     }
 
     fn send(
@@ -340,7 +362,7 @@ mod tests {
             paused.expect("stored").map(|a| a.status),
             Ok(FulfillmentStatus::Paused)
         );
-        let stored = store.load(id).expect("reads").expect("stored");
+        let stored = store.load(id).await.expect("reads").expect("stored");
         assert_eq!(stored.status, FulfillmentStatus::Paused);
         assert_eq!(registry.live(), 1, "one actor, not two");
     }
@@ -358,7 +380,7 @@ mod tests {
             .await
             .expect("stored");
         assert_eq!(answer.map(|a| a.status), Ok(FulfillmentStatus::Cancelled));
-        assert!(store.tombstone(id).expect("reads").is_some());
+        assert!(store.tombstone(id).await.expect("reads").is_some());
         // Over HTTP (no message id) a cancel of nothing is still not found.
         let http = registry
             .signal("fulfillment-ORD-2", None, None, cancel)
@@ -376,13 +398,13 @@ mod tests {
                 created: true
             })
         );
-        let stored = store.load(id).expect("reads").expect("stored");
+        let stored = store.load(id).await.expect("reads").expect("stored");
         assert_eq!(stored.status, FulfillmentStatus::Cancelled);
         assert_eq!(
             stored.cancellation_reason.as_deref(),
             Some("changed my mind")
         );
-        assert_eq!(store.tombstone(id).expect("reads"), None, "applied");
+        assert_eq!(store.tombstone(id).await.expect("reads"), None, "applied");
         assert_eq!(registry.live(), 0, "a cancelled fulfillment needs no actor");
     }
 }

@@ -59,7 +59,7 @@ pub(crate) async fn create(
     }
     let id = ids::fulfillment_workflow_id(&request.order_id);
     let accepted = apply(&state, &id, Input::Start(request)).await?;
-    let view = state.view(&id)?;
+    let view = state.view(&id).await?;
     Ok(if accepted.created {
         HttpResponse::Created().json(view)
     } else {
@@ -115,7 +115,8 @@ pub(crate) async fn list(
     let Page { limit, offset } = Page::new(params.limit, params.offset)?;
     let items: Vec<_> = state
         .registry
-        .list(status, limit, offset)?
+        .list(status, limit, offset)
+        .await?
         .iter()
         .map(|f| f.status_view())
         .collect();
@@ -138,7 +139,7 @@ pub(crate) async fn status(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.view(&id)?))
+    Ok(HttpResponse::Ok().json(state.view(&id).await?))
 }
 
 /// The fulfillment's progress: step, items picked, percentage, steps done.
@@ -153,7 +154,7 @@ pub(crate) async fn progress(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let f = state.find(&id)?;
+    let f = state.find(&id).await?;
     Ok(HttpResponse::Ok().json(f.progress_view(chrono::Utc::now(), state.registry.timing())))
 }
 
@@ -171,10 +172,10 @@ pub(crate) async fn history(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let events = state.registry.store().history(&id)?;
+    let events = state.registry.store().history(&id).await?;
     if events.is_empty() {
         // Nothing recorded: unknown, unless stored before history was kept.
-        state.find(&id)?;
+        state.find(&id).await?;
     }
     Ok(HttpResponse::Ok().json(History {
         workflow_id: id.into_inner(),
@@ -282,5 +283,5 @@ async fn signal_and_show(
     input: Input,
 ) -> Result<HttpResponse, ApiError> {
     apply(state, id, input).await?;
-    Ok(HttpResponse::Ok().json(state.view(id)?))
+    Ok(HttpResponse::Ok().json(state.view(id).await?))
 }

@@ -5,7 +5,6 @@
 //! kit's ([`service_kit::http`]); this module says what they read here
 //! ([`AppState`] as a [`Surface`]).
 
-pub mod error;
 mod fulfillments;
 pub mod meta;
 
@@ -31,15 +30,16 @@ pub struct AppState {
 }
 
 impl AppState {
-    fn find(&self, id: &str) -> Result<Fulfillment, ApiError> {
+    async fn find(&self, id: &str) -> Result<Fulfillment, ApiError> {
         self.registry
             .load(id)
+            .await
             .map_err(ApiError::store)?
             .ok_or_else(|| ApiError::NotFound(format!("no fulfillment {id}")))
     }
 
-    fn view(&self, id: &str) -> Result<FulfillmentStatusView, ApiError> {
-        Ok(self.find(id)?.status_view())
+    async fn view(&self, id: &str) -> Result<FulfillmentStatusView, ApiError> {
+        Ok(self.find(id).await?.status_view())
     }
 }
 
@@ -68,6 +68,7 @@ static PAGE: Page = Page {
 }"#,
 };
 
+#[async_trait::async_trait(?Send)]
 impl Surface for AppState {
     type Quarantined = Quarantined;
 
@@ -75,16 +76,16 @@ impl Surface for AppState {
         self.bus.not_ready_reason()
     }
 
-    fn store_answers(&self) -> bool {
-        self.registry.ping_store().is_ok()
+    async fn store_answers(&self) -> bool {
+        self.registry.ping_store().await.is_ok()
     }
 
-    fn scrape(&self) -> String {
+    async fn scrape(&self) -> String {
         let store = self.registry.store();
         METRICS.read_store(
             FulfillmentStatus::ALL.iter().map(|s| s.as_str()),
-            store.count_by_status().ok(),
-            store.outbox_len().ok(),
+            store.count_by_status().await.ok(),
+            store.outbox_len().await.ok(),
         );
         METRICS.encode()
     }
@@ -93,8 +94,12 @@ impl Surface for AppState {
         operations::document(meta::ApiDoc::openapi(), env!("CARGO_PKG_VERSION"))
     }
 
-    fn quarantined(&self) -> Result<Vec<Quarantined>, ApiError> {
-        self.registry.store().quarantined().map_err(ApiError::store)
+    async fn quarantined(&self) -> Result<Vec<Quarantined>, ApiError> {
+        self.registry
+            .store()
+            .quarantined()
+            .await
+            .map_err(ApiError::store)
     }
 
     fn page(&self) -> &'static Page {
@@ -276,7 +281,13 @@ mod tests {
             "{body}"
         );
         // Cancelled directly: its CANCELLED event, with the reason, is in the outbox.
-        let pending = data.registry.store().pending(100).expect("outbox");
+        let pending = data
+            .registry
+            .store()
+            .outbox()
+            .pending(100)
+            .await
+            .expect("outbox");
         let cancelled = pending
             .iter()
             .find(|m| m.route.routing_key == "fulfillment.status.cancelled")

@@ -2,23 +2,25 @@
 //!
 //! One small interface, [`Store`]: a transition and the events it causes
 //! are written in one transaction ([`Store::save`]), and the outbox half
-//! ([`OutboxStore`]) is what the relay publishes from. [`sqlite`] is the
-//! default implementation, [`postgres`] the one for shared state; [`open`]
-//! picks one from `STORE_URL`.
+//! ([`OutboxStore`], the service kit's) is what the relay publishes from.
+//! [`sqlite`] is the default implementation, [`postgres`] the one for
+//! shared state; [`open`] picks one from `STORE_URL`. Every call is async:
+//! SQLite runs on tokio's blocking pool, PostgreSQL on a connection pool.
+//! Errors are the kit's [`StoreError`]; schemas are in `migrations/`.
 
-mod pg_worker;
 pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
 
-use message_bus::group_commit::{BatchStore, CommitError, GroupCommit};
+use async_trait::async_trait;
+use futures::future::BoxFuture;
 use message_bus::outbox::OutboxStore;
 use message_bus::Route;
+use service_kit::store::group_commit::{BatchStore, GroupCommit};
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
 
-use chrono::{DateTime, Utc};
 use shared_messages::history::HistoryEvent;
 
 use crate::config;
@@ -26,10 +28,11 @@ use crate::metrics::METRICS;
 use crate::workflow::{Entry, Fulfillment, Tombstone};
 
 pub use self::postgres::PostgresStore;
+pub use service_kit::store::{Quarantined, StoreError};
 pub use sqlite::SqliteStore;
 
 /// The group commit the actors write through (see
-/// [`message_bus::group_commit`]).
+/// [`service_kit::store::group_commit`]).
 pub type Writer = GroupCommit<Batched>;
 
 /// One transition to store: the new state, the events it causes and its
@@ -55,52 +58,12 @@ impl Write {
     }
 }
 
-/// A stored row that cannot be read, set aside at recovery.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Quarantined {
-    pub entity_id: String,
-    pub reason: String,
-    pub quarantined_at: DateTime<Utc>,
-}
-
 /// What recovery reads: the unfinished fulfillments, and the rows that
 /// could not be read (id, why).
 #[derive(Debug, Default)]
 pub struct Unfinished {
     pub states: Vec<Fulfillment>,
     pub unreadable: Vec<(String, String)>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("store error: {0}")]
-    Postgres(#[from] ::postgres::Error),
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    #[error("stored state of {id} cannot be read: {reason}")]
-    Corrupt { id: String, reason: String },
-    #[error("unsupported STORE_URL {0:?}: use sqlite://<path> or postgres://...")]
-    UnsupportedUrl(String),
-    #[error("cannot create the store directory {path}: {source}")]
-    Directory {
-        path: String,
-        source: std::io::Error,
-    },
-}
-
-impl From<CommitError<StoreError>> for StoreError {
-    fn from(error: CommitError<StoreError>) -> Self {
-        match error {
-            CommitError::Store(error) => error,
-            CommitError::Stopped => StoreError::Unavailable("the store writer has stopped".into()),
-            CommitError::Panicked => {
-                StoreError::Unavailable("the store failed while writing (a panic)".into())
-            }
-        }
-    }
 }
 
 /// The fulfillment store as the group commit sees it.
@@ -110,8 +73,13 @@ impl BatchStore for Batched {
     type Write = Write;
     type Error = StoreError;
 
-    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        METRICS.store_write("save", || self.0.save_all(writes))
+    fn save_all<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = self.0.save_all(writes).await;
+            METRICS.store_write_took("save", started);
+            result
+        })
     }
 
     fn has_messages(write: &Write) -> bool {
@@ -120,49 +88,61 @@ impl BatchStore for Batched {
 }
 
 /// The fulfillment store.
-pub trait Store: OutboxStore {
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The outbox half, as the relay reads it.
+    fn outbox(&self) -> Arc<dyn OutboxStore>;
     /// One fulfillment, finished or not.
-    fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError>;
+    async fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError>;
     /// Stores `state` and appends `events` to the outbox, atomically.
-    fn save(&self, state: &Fulfillment, events: &[(Route, Envelope)]) -> Result<(), StoreError> {
+    async fn save(
+        &self,
+        state: &Fulfillment,
+        events: &[(Route, Envelope)],
+    ) -> Result<(), StoreError> {
         self.save_all(&[Write {
             state: state.clone(),
             events: events.to_vec(),
             history: Vec::new(),
             clears_tombstone: false,
         }])
+        .await
     }
     /// Stores every write (state, outbox events, history entries, tombstone
     /// removal) in one transaction: all of them or none (the group commit
     /// of [`Writer`]).
-    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError>;
+    async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError>;
     /// Every fulfillment that has not reached a final status, and the
     /// unfinished rows that cannot be read.
-    fn unfinished(&self) -> Result<Unfinished, StoreError>;
+    async fn unfinished(&self) -> Result<Unfinished, StoreError>;
     /// Stores a tombstone with its history entries unless the id has one
     /// already; true when it was new.
-    fn put_tombstone(&self, tombstone: &Tombstone, history: &[Entry]) -> Result<bool, StoreError>;
+    async fn put_tombstone(
+        &self,
+        tombstone: &Tombstone,
+        history: &[Entry],
+    ) -> Result<bool, StoreError>;
     /// The tombstone left for `id`, if any.
-    fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, StoreError>;
+    async fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, StoreError>;
     /// The history of `id`, oldest first.
-    fn history(&self, id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
+    async fn history(&self, id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
     /// Records (or refreshes) an unreadable row.
-    fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError>;
+    async fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError>;
     /// Every quarantined row, oldest first.
-    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
+    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
     /// Newest first, optionally of one status.
-    fn list(
+    async fn list(
         &self,
         status: Option<FulfillmentStatus>,
         limit: u32,
         offset: u32,
     ) -> Result<Vec<Fulfillment>, StoreError>;
     /// How many fulfillments there are of each stored status.
-    fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError>;
     /// Events stored but not yet confirmed by the broker.
-    fn outbox_len(&self) -> Result<u64, StoreError>;
+    async fn outbox_len(&self) -> Result<u64, StoreError>;
     /// The store answers.
-    fn ping(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// An open store, seen as the fulfillment store and as the relay's outbox.
@@ -172,21 +152,25 @@ pub struct Opened {
 }
 
 /// Opens (creating and migrating) the store named by `url`.
-pub fn open(url: &str) -> Result<Opened, StoreError> {
+pub async fn open(url: &str) -> Result<Opened, StoreError> {
     fn both<S: Store>(store: S) -> Opened {
-        let store = Arc::new(store);
         Opened {
-            store: store.clone(),
-            outbox: store,
+            outbox: store.outbox(),
+            store: Arc::new(store),
         }
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(both(PostgresStore::open(url)?));
+        return Ok(both(PostgresStore::open(url).await?));
     }
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
-        .ok_or_else(|| StoreError::UnsupportedUrl(config::redact(url)))?;
+        .ok_or_else(|| {
+            StoreError::Open(format!(
+                "unsupported STORE_URL {:?}: use sqlite://<path> or postgres://...",
+                config::redact(url)
+            ))
+        })?;
     Ok(both(SqliteStore::open(path)?))
 }
 
@@ -197,7 +181,6 @@ pub(crate) mod tests {
     use crate::workflow::{create, Context, Input, Timing};
     use chrono::Utc;
     use message_bus::outbox::OutboxSignal;
-    use message_bus::outbox::OutboxStore;
     use shared_messages::messages::{Address, FulfillmentRequest, OrderItem};
     use std::sync::Arc;
     use std::time::Duration;
@@ -247,20 +230,20 @@ pub(crate) mod tests {
             let state = result.expect("stored").state;
             assert_eq!(state.id, format!("fulfillment-ORD-{n}"));
             assert_eq!(
-                store.load(&state.id).expect("reads"),
+                store.load(&state.id).await.expect("reads"),
                 Some(state),
                 "stored as given"
             );
         }
         assert_eq!(
-            store.pending(100).expect("reads").len(),
+            store.outbox().pending(100).await.expect("reads").len(),
             50,
             "one event each"
         );
     }
 
     /// History, tombstones and quarantine as both stores must keep them.
-    pub(crate) fn history_tombstones_and_quarantine(store: &dyn Store) {
+    pub(crate) async fn history_tombstones_and_quarantine(store: &dyn Store) {
         use crate::workflow::{absent, create_after, decide};
         let timing = Timing {
             step_delay: Duration::ZERO,
@@ -279,14 +262,18 @@ pub(crate) mod tests {
             },
         )
         .expect("a tombstone");
-        assert!(store.put_tombstone(&tombstone, &history).expect("put"));
+        assert!(store
+            .put_tombstone(&tombstone, &history)
+            .await
+            .expect("put"));
         assert!(
             !store
                 .put_tombstone(&tombstone, &history)
+                .await
                 .expect("put again"),
             "a redelivered cancel adds nothing"
         );
-        let found = store.tombstone(id).expect("read").expect("stored");
+        let found = store.tombstone(id).await.expect("read").expect("stored");
         assert_eq!(
             (found.reason.as_str(), found.message_id),
             ("first", cancel_id)
@@ -306,8 +293,13 @@ pub(crate) mod tests {
         );
         store
             .save_all(&[Write::of(&d).expect("created")])
+            .await
             .expect("save");
-        assert_eq!(store.tombstone(id).expect("read"), None, "applied, removed");
+        assert_eq!(
+            store.tombstone(id).await.expect("read"),
+            None,
+            "applied, removed"
+        );
         let f = d.state.expect("created");
         let d = decide(
             &f,
@@ -322,8 +314,9 @@ pub(crate) mod tests {
         );
         store
             .save_all(&[Write::of(&d).expect("remembered")])
+            .await
             .expect("save");
-        let history = store.history(id).expect("history");
+        let history = store.history(id).await.expect("history");
         let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(
             kinds,
@@ -340,14 +333,15 @@ pub(crate) mod tests {
         assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
         assert_eq!(history[0].message_id, Some(cancel_id));
         assert_eq!(history[4].detail["to"], "CANCELLED");
-        assert!(store.history("nobody").expect("history").is_empty());
+        assert!(store.history("nobody").await.expect("history").is_empty());
 
-        assert!(store.quarantined().expect("list").is_empty());
+        assert!(store.quarantined().await.expect("list").is_empty());
         store
             .quarantine("f-bad", "missing field")
+            .await
             .expect("quarantine");
-        store.quarantine("f-bad", "still bad").expect("again");
-        let items = store.quarantined().expect("list");
+        store.quarantine("f-bad", "still bad").await.expect("again");
+        let items = store.quarantined().await.expect("list");
         assert_eq!(items.len(), 1);
         assert_eq!(
             (items[0].entity_id.as_str(), items[0].reason.as_str()),
@@ -357,40 +351,50 @@ pub(crate) mod tests {
 
     /// A commit whose outcome was lost is retried: the same creation stored
     /// twice succeeds both times and leaves one row.
-    pub(crate) fn creating_twice_stores_one_row(store: &dyn Store) {
+    pub(crate) async fn creating_twice_stores_one_row(store: &dyn Store) {
         let w = write(3);
         store
             .save_all(std::slice::from_ref(&w))
+            .await
             .expect("first commit");
         store
             .save_all(std::slice::from_ref(&w))
+            .await
             .expect("the retried commit succeeds");
-        assert_eq!(store.list(None, 10, 0).expect("list").len(), 1, "one row");
-        assert_eq!(store.load(&w.state.id).expect("load"), Some(w.state));
+        assert_eq!(
+            store.list(None, 10, 0).await.expect("list").len(),
+            1,
+            "one row"
+        );
+        assert_eq!(store.load(&w.state.id).await.expect("load"), Some(w.state));
     }
 
-    /// `garbage` stores an outbox row that does not decode, then a good row
-    /// is stored: the bad one is moved to the quarantine, counted, and the
-    /// good one still comes out.
-    pub(crate) fn an_undecodable_outbox_row_is_quarantined(store: &dyn Store, garbage: &dyn Fn()) {
+    /// With an outbox row that does not decode stored first (the caller's
+    /// part), a good row is stored: the bad one is moved to the quarantine,
+    /// counted, and the good one still comes out.
+    pub(crate) async fn an_undecodable_outbox_row_is_quarantined(store: &dyn Store) {
         use message_bus::metrics::METRICS;
-        garbage();
         let w = write(4);
-        store.save_all(std::slice::from_ref(&w)).expect("save");
+        store
+            .save_all(std::slice::from_ref(&w))
+            .await
+            .expect("save");
         let before = METRICS.outbox_quarantined.get();
 
         let pending = store
+            .outbox()
             .pending(10)
+            .await
             .expect("one bad row does not fail the read");
         assert_eq!(pending.len(), w.events.len(), "the good rows still go out");
         assert_eq!(pending[0].envelope.message_id, w.events[0].1.message_id);
         assert_eq!(
-            store.outbox_len().expect("count"),
+            store.outbox_len().await.expect("count"),
             w.events.len() as u64,
             "the bad row left the outbox"
         );
         assert!(METRICS.outbox_quarantined.get() > before, "counted");
-        let items = store.quarantined().expect("quarantine");
+        let items = store.quarantined().await.expect("quarantine");
         assert_eq!(items.len(), 1, "{items:?}");
         assert_eq!(items[0].entity_id, "outbox row 1");
         assert!(items[0].reason.contains("cannot be decoded"), "{items:?}");
@@ -398,23 +402,26 @@ pub(crate) mod tests {
             items[0].reason.contains("not json"),
             "the body is kept: {items:?}"
         );
-        assert_eq!(store.pending(10).expect("pending").len(), w.events.len());
         assert_eq!(
-            store.quarantined().expect("quarantine").len(),
+            store.outbox().pending(10).await.expect("pending").len(),
+            w.events.len()
+        );
+        assert_eq!(
+            store.quarantined().await.expect("quarantine").len(),
             1,
             "kept once"
         );
     }
 
-    #[test]
-    fn sqlite_creates_idempotently() {
+    #[tokio::test]
+    async fn sqlite_creates_idempotently() {
         let store = SqliteStore::open(":memory:").expect("opens");
-        creating_twice_stores_one_row(&store);
+        creating_twice_stores_one_row(&store).await;
     }
 
-    #[test]
-    fn sqlite_keeps_history_tombstones_and_quarantine() {
+    #[tokio::test]
+    async fn sqlite_keeps_history_tombstones_and_quarantine() {
         let store = SqliteStore::open(":memory:").expect("opens");
-        history_tombstones_and_quarantine(&store);
+        history_tombstones_and_quarantine(&store).await;
     }
 }

@@ -2,135 +2,42 @@
 //!
 //! The same tables and the same promises as [`super::sqlite`]: a
 //! fulfillment's state and the events it causes are written in one
-//! transaction. Outbox rows are claimed before they are published
-//! (`FOR UPDATE SKIP LOCKED`, then a short lease), so two replicas' relays
-//! do not send the same rows at once; a replica that dies holding a claim
-//! lets it lapse, and its rows go out from whoever reads next. Calls run on
-//! the connection's own thread ([`super::pg_worker`]).
+//! transaction. Calls are async, on the service kit's connection pool
+//! ([`Postgres`]); the outbox (claims, leases, quarantine) is the kit's.
+//! Schema: `migrations/postgres`.
 
-use message_bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
-use postgres::Client;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use message_bus::outbox::OutboxStore;
+use service_kit::store::{history, outbox, quarantine, Postgres};
 use shared_messages::messages::FulfillmentStatus;
 
-use super::pg_worker::{Worker, WorkerGone};
 use chrono::{DateTime, Utc};
 use shared_messages::history::HistoryEvent;
 
 use super::{Quarantined, Store, StoreError, Unfinished, Write};
 use crate::workflow::{Entry, Fulfillment, Tombstone};
 
-/// Schema versions, applied in order; the applied ones are recorded in
-/// `schema_migrations`. Append, never edit.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        "CREATE TABLE fulfillments (
-        id         TEXT PRIMARY KEY,
-        order_id   TEXT NOT NULL,
-        status     TEXT NOT NULL,
-        finished   BOOLEAN NOT NULL,
-        state      TEXT NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL,
-        updated_at TIMESTAMPTZ NOT NULL
-    );
-    CREATE INDEX fulfillments_by_status ON fulfillments (status, created_at DESC, id);
-    CREATE INDEX fulfillments_created ON fulfillments (created_at DESC, id);
-    CREATE INDEX fulfillments_unfinished ON fulfillments (created_at) WHERE NOT finished;
-    CREATE TABLE outbox (
-        seq           BIGSERIAL PRIMARY KEY,
-        exchange      TEXT NOT NULL,
-        routing_key   TEXT NOT NULL,
-        mandatory     BOOLEAN NOT NULL,
-        envelope      BYTEA NOT NULL,
-        created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
-        claimed_by    TEXT,
-        claimed_until TIMESTAMPTZ
-    );",
-    ),
-    (
-        2,
-        "CREATE TABLE history (
-        workflow_id TEXT NOT NULL,
-        seq         BIGINT NOT NULL,
-        kind        TEXT NOT NULL,
-        at          TEXT NOT NULL,
-        message_id  TEXT,
-        detail      TEXT NOT NULL,
-        PRIMARY KEY (workflow_id, seq)
-    );
-    CREATE TABLE tombstones (
-        id         TEXT PRIMARY KEY,
-        reason     TEXT NOT NULL,
-        message_id TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE quarantine (
-        entity_id      TEXT PRIMARY KEY,
-        reason         TEXT NOT NULL,
-        quarantined_at TEXT NOT NULL
-    );",
-    ),
-];
-
-/// Serialises migrations of replicas that start together
-/// (`pg_advisory_xact_lock`); any constant unique to this schema.
-const MIGRATION_LOCK: i64 = 0x66_756c_6669_6c6c; // "fulfill"
-
-/// How long a relay's claim on outbox rows keeps other replicas off them.
-/// A batch is confirmed well within this; a claim left by a replica that
-/// died delays its rows by at most this much.
-const CLAIM_LEASE: &str = "10 seconds";
-
-pub struct PostgresStore {
-    worker: Worker,
-    /// Marks this process's outbox claims; it re-reads its own at once.
-    owner: String,
+mod embedded {
+    refinery::embed_migrations!("migrations/postgres");
 }
 
-impl From<WorkerGone> for StoreError {
-    fn from(_: WorkerGone) -> Self {
-        StoreError::Unavailable("the PostgreSQL connection thread has stopped".into())
-    }
+/// Serialises migrations of replicas that start together
+/// (`pg_advisory_lock`); any constant unique to this schema.
+const MIGRATION_LOCK: i64 = 0x66_756c_6669_6c6c; // "fulfill"
+
+pub struct PostgresStore {
+    db: Postgres,
 }
 
 impl PostgresStore {
     /// Connects to `url` and brings the schema up to date.
-    pub fn open(url: &str) -> Result<Self, StoreError> {
-        let worker = Worker::start(url, "fulfillment-store-pg")
-            .map_err(|e| StoreError::Unavailable(format!("starting the PostgreSQL thread: {e}")))?;
-        worker.call(migrate)?;
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            worker,
-            owner: uuid::Uuid::new_v4().to_string(),
+            db: Postgres::open(url, &embedded::migrations::runner(), MIGRATION_LOCK).await?,
         })
     }
-}
-
-fn migrate(client: &mut Client) -> Result<(), StoreError> {
-    let mut tx = client.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (
-            version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    )?;
-    for (version, sql) in MIGRATIONS {
-        let applied = tx
-            .query_opt(
-                "SELECT version FROM schema_migrations WHERE version = $1",
-                &[version],
-            )?
-            .is_some();
-        if !applied {
-            tx.batch_execute(sql)?;
-            tx.execute(
-                "INSERT INTO schema_migrations (version) VALUES ($1)",
-                &[version],
-            )?;
-            tracing::info!(version, "store schema migrated");
-        }
-    }
-    tx.commit()?;
-    Ok(())
 }
 
 fn parse(id: &str, json: &str) -> Result<Fulfillment, StoreError> {
@@ -150,8 +57,8 @@ fn time(id: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
 }
 
 /// Appends history entries of `id`, numbered after its last one.
-fn append_history(
-    tx: &mut postgres::Transaction<'_>,
+async fn append_history(
+    tx: &tokio_postgres::Transaction<'_>,
     id: &str,
     entries: &[Entry],
 ) -> Result<(), StoreError> {
@@ -167,12 +74,13 @@ fn append_history(
                 &e.message_id.map(|m| m.to_string()),
                 &e.detail.to_string(),
             ],
-        )?;
+        )
+        .await?;
     }
     Ok(())
 }
 
-fn states(rows: Vec<postgres::Row>) -> Result<Vec<Fulfillment>, StoreError> {
+fn states(rows: Vec<tokio_postgres::Row>) -> Vec<Fulfillment> {
     let mut out = Vec::with_capacity(rows.len());
     for r in &rows {
         let id: &str = r.get(0);
@@ -184,92 +92,93 @@ fn states(rows: Vec<postgres::Row>) -> Result<Vec<Fulfillment>, StoreError> {
             }
         }
     }
-    Ok(out)
+    out
 }
 
+#[async_trait]
 impl Store for PostgresStore {
-    fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
-        let id = id.to_owned();
-        self.worker.call(move |client| {
-            let row = client.query_opt("SELECT state FROM fulfillments WHERE id = $1", &[&id])?;
-            row.map(|r| parse(&id, r.get(0))).transpose()
-        })
+    fn outbox(&self) -> Arc<dyn OutboxStore> {
+        Arc::new(self.db.clone())
     }
 
-    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let rows = writes
-            .iter()
-            .map(|w| {
-                let json = serde_json::to_string(&w.state).map_err(|e| StoreError::Corrupt {
-                    id: w.state.id.clone(),
-                    reason: e.to_string(),
-                })?;
-                Ok((w.clone(), json))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        self.worker.call(move |client| {
-            let mut tx = client.transaction()?;
-            for (Write { state, events, history, clears_tombstone }, json) in &rows {
-                tx.execute(
-                    "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)
-                     ON CONFLICT (id) DO UPDATE SET status = excluded.status,
-                         finished = excluded.finished, state = excluded.state,
-                         updated_at = excluded.updated_at",
-                    &[
-                        &state.id,
-                        &state.order_id,
-                        &state.status.as_str(),
-                        &state.status.is_final(),
-                        json,
-                        &state.created_at.to_rfc3339(),
-                        &state.updated_at.to_rfc3339(),
-                    ],
-                )?;
-                for (route, envelope) in events {
-                    tx.execute(
-                        "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES ($1, $2, $3, $4)",
-                        &[
-                            &route.exchange,
-                            &route.routing_key,
-                            &route.mandatory,
-                            &envelope.to_json(),
-                        ],
-                    )?;
-                }
-                append_history(&mut tx, &state.id, history)?;
-                if *clears_tombstone {
-                    tx.execute("DELETE FROM tombstones WHERE id = $1", &[&state.id])?;
-                }
+    async fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
+        let client = self.db.client().await?;
+        let row = client
+            .query_opt("SELECT state FROM fulfillments WHERE id = $1", &[&id])
+            .await?;
+        row.map(|r| parse(id, r.get(0))).transpose()
+    }
+
+    async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await?;
+        for Write {
+            state,
+            events,
+            history,
+            clears_tombstone,
+        } in writes
+        {
+            let json = serde_json::to_string(state).map_err(|e| StoreError::Corrupt {
+                id: state.id.clone(),
+                reason: e.to_string(),
+            })?;
+            tx.execute(
+                "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+                     finished = excluded.finished, state = excluded.state,
+                     updated_at = excluded.updated_at",
+                &[
+                    &state.id,
+                    &state.order_id,
+                    &state.status.as_str(),
+                    &state.status.is_final(),
+                    &json,
+                    &state.created_at.to_rfc3339(),
+                    &state.updated_at.to_rfc3339(),
+                ],
+            )
+            .await?;
+            outbox::insert_postgres(&*tx, events).await?;
+            append_history(&tx, &state.id, history).await?;
+            if *clears_tombstone {
+                tx.execute("DELETE FROM tombstones WHERE id = $1", &[&state.id])
+                    .await?;
             }
-            tx.commit()?;
-            Ok(())
-        })
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
-    fn unfinished(&self) -> Result<Unfinished, StoreError> {
-        self.worker.call(|client| {
-            let rows = client.query(
+    async fn unfinished(&self) -> Result<Unfinished, StoreError> {
+        let client = self.db.client().await?;
+        let rows = client
+            .query(
                 "SELECT id, state FROM fulfillments WHERE NOT finished ORDER BY created_at",
                 &[],
-            )?;
-            let mut out = Unfinished::default();
-            for row in rows {
-                let id: &str = row.get(0);
-                match parse(id, row.get(1)) {
-                    Ok(state) => out.states.push(state),
-                    Err(error) => out.unreadable.push((id.to_owned(), error.to_string())),
-                }
+            )
+            .await?;
+        let mut out = Unfinished::default();
+        for row in rows {
+            let id: &str = row.get(0);
+            match parse(id, row.get(1)) {
+                Ok(state) => out.states.push(state),
+                Err(error) => out.unreadable.push((id.to_owned(), error.to_string())),
             }
-            Ok(out)
-        })
+        }
+        Ok(out)
     }
 
-    fn put_tombstone(&self, tombstone: &Tombstone, history: &[Entry]) -> Result<bool, StoreError> {
-        let (tombstone, history) = (tombstone.clone(), history.to_vec());
-        self.worker.call(move |client| {
-            let mut tx = client.transaction()?;
-            let added = tx.execute(
+    async fn put_tombstone(
+        &self,
+        tombstone: &Tombstone,
+        history: &[Entry],
+    ) -> Result<bool, StoreError> {
+        let mut client = self.db.client().await?;
+        let tx = client.transaction().await?;
+        let added = tx
+            .execute(
                 "INSERT INTO tombstones (id, reason, message_id, created_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (id) DO NOTHING",
                 &[
@@ -278,95 +187,57 @@ impl Store for PostgresStore {
                     &tombstone.message_id.to_string(),
                     &tombstone.at.to_rfc3339(),
                 ],
-            )? == 1;
-            if added {
-                append_history(&mut tx, &tombstone.id, &history)?;
-            }
-            tx.commit()?;
-            Ok(added)
-        })
+            )
+            .await?
+            == 1;
+        if added {
+            append_history(&tx, &tombstone.id, history).await?;
+        }
+        tx.commit().await?;
+        Ok(added)
     }
 
-    fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, StoreError> {
-        let id = id.to_owned();
-        self.worker.call(move |client| {
-            let row = client.query_opt(
+    async fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, StoreError> {
+        let client = self.db.client().await?;
+        let row = client
+            .query_opt(
                 "SELECT reason, message_id, created_at FROM tombstones WHERE id = $1",
                 &[&id],
-            )?;
-            row.map(|r| {
-                Ok(Tombstone {
-                    id: id.clone(),
-                    reason: r.get(0),
-                    message_id: r
-                        .get::<_, &str>(1)
-                        .parse()
-                        .map_err(|e| StoreError::Corrupt {
-                            id: id.clone(),
-                            reason: format!("tombstone message id: {e}"),
-                        })?,
-                    at: time(&id, r.get(2))?,
-                })
+            )
+            .await?;
+        row.map(|r| {
+            Ok(Tombstone {
+                id: id.to_owned(),
+                reason: r.get(0),
+                message_id: r
+                    .get::<_, &str>(1)
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt {
+                        id: id.to_owned(),
+                        reason: format!("tombstone message id: {e}"),
+                    })?,
+                at: time(id, r.get(2))?,
             })
-            .transpose()
         })
+        .transpose()
     }
 
-    fn history(&self, id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
-        let id = id.to_owned();
-        self.worker.call(move |client| {
-            let rows = client.query(
-                "SELECT seq, kind, at, message_id, detail FROM history WHERE workflow_id = $1 ORDER BY seq",
-                &[&id],
-            )?;
-            rows.iter()
-                .map(|r| {
-                    Ok(HistoryEvent {
-                        seq: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
-                        kind: r.get(1),
-                        at: time(&id, r.get(2))?,
-                        message_id: r.get::<_, Option<&str>>(3).and_then(|m| m.parse().ok()),
-                        detail: serde_json::from_str(r.get(4)).unwrap_or(serde_json::Value::Null),
-                    })
-                })
-                .collect()
-        })
+    async fn history(&self, id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+        let client = self.db.client().await?;
+        history::read_postgres(&**client, "history", "workflow_id", id).await
     }
 
-    fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError> {
-        let (id, reason) = (id.to_owned(), reason.to_owned());
-        self.worker.call(move |client| {
-            client.execute(
-                "INSERT INTO quarantine (entity_id, reason, quarantined_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (entity_id) DO UPDATE SET reason = excluded.reason,
-                     quarantined_at = excluded.quarantined_at",
-                &[&id, &reason, &Utc::now().to_rfc3339()],
-            )?;
-            Ok(())
-        })
+    async fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError> {
+        let client = self.db.client().await?;
+        quarantine::put_postgres(&**client, id, reason).await
     }
 
-    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
-        self.worker.call(|client| {
-            let rows = client.query(
-                "SELECT entity_id, reason, quarantined_at FROM quarantine
-                 ORDER BY quarantined_at, entity_id",
-                &[],
-            )?;
-            rows.iter()
-                .map(|r| {
-                    let entity_id: String = r.get(0);
-                    Ok(Quarantined {
-                        quarantined_at: time(&entity_id, r.get(2))?,
-                        reason: r.get(1),
-                        entity_id,
-                    })
-                })
-                .collect()
-        })
+    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        let client = self.db.client().await?;
+        quarantine::list_postgres(&**client).await
     }
 
-    fn list(
+    async fn list(
         &self,
         status: Option<FulfillmentStatus>,
         limit: u32,
@@ -374,150 +245,46 @@ impl Store for PostgresStore {
     ) -> Result<Vec<Fulfillment>, StoreError> {
         let status = status.map(|s| s.as_str().to_owned());
         let (limit, offset) = (i64::from(limit), i64::from(offset));
-        self.worker.call(move |client| {
-            states(client.query(
-                "SELECT id, state FROM fulfillments WHERE ($1::text IS NULL OR status = $1)
-                 ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
-                &[&status, &limit, &offset],
-            )?)
-        })
+        let client = self.db.client().await?;
+        Ok(states(
+            client
+                .query(
+                    "SELECT id, state FROM fulfillments WHERE ($1::text IS NULL OR status = $1)
+                     ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+                    &[&status, &limit, &offset],
+                )
+                .await?,
+        ))
     }
 
-    fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.worker.call(|client| {
-            let rows = client.query(
+    async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let client = self.db.client().await?;
+        let rows = client
+            .query(
                 "SELECT status, COUNT(*) FROM fulfillments GROUP BY status",
                 &[],
-            )?;
-            Ok(rows
-                .iter()
-                .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
-                .collect())
-        })
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+            .collect())
     }
 
-    fn outbox_len(&self) -> Result<u64, StoreError> {
-        self.worker.call(|client| {
-            let n: i64 = client.query_one("SELECT COUNT(*) FROM outbox", &[])?.get(0);
-            Ok(u64::try_from(n).unwrap_or(0))
-        })
+    async fn outbox_len(&self) -> Result<u64, StoreError> {
+        let client = self.db.client().await?;
+        outbox::len_postgres(&**client).await
     }
 
-    fn ping(&self) -> Result<(), StoreError> {
-        self.worker.call(|client| {
-            client.query_one("SELECT 1", &[])?;
-            Ok(())
-        })
+    async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.db.client().await?;
+        client.query_one("SELECT 1", &[]).await?;
+        Ok(())
     }
 }
 
-impl OutboxStore for PostgresStore {
-    fn pending(&self, limit: usize) -> Result<Vec<OutboxMessage>, String> {
-        let owner = self.owner.clone();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.worker
-            .call(move |client| -> Result<_, StoreError> {
-                let rows = client.query(
-                    &format!(
-                        "UPDATE outbox SET claimed_by = $1, claimed_until = now() + interval '{CLAIM_LEASE}'
-                         WHERE seq IN (
-                             SELECT seq FROM outbox
-                             WHERE claimed_by IS NULL OR claimed_by = $1 OR claimed_until < now()
-                             ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)
-                         RETURNING seq, exchange, routing_key, mandatory, envelope"
-                    ),
-                    &[&owner, &limit],
-                )?;
-                let mut out = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let seq: i64 = row.get(0);
-                    match Undecodable::decode(seq, row.get(1), row.get(2), row.get(3), row.get(4)) {
-                        Ok(message) => out.push(message),
-                        Err(bad) => {
-                            let mut tx = client.transaction()?;
-                            tx.execute("DELETE FROM outbox WHERE seq = $1", &[&seq])?;
-                            tx.execute(
-                                "INSERT INTO quarantine (entity_id, reason, quarantined_at) VALUES ($1, $2, $3)
-                                 ON CONFLICT (entity_id) DO UPDATE SET reason = excluded.reason,
-                                     quarantined_at = excluded.quarantined_at",
-                                &[&bad.entity_id(), &bad.reason, &Utc::now().to_rfc3339()],
-                            )?;
-                            tx.commit()?;
-                            bad.reported();
-                        }
-                    }
-                }
-                // RETURNING keeps no order; the relay publishes in seq order.
-                out.sort_by_key(|m| m.seq);
-                Ok(out)
-            })
-            .map_err(|e| e.to_string())
-    }
-
-    fn remove(&self, seqs: &[i64]) -> Result<(), String> {
-        let seqs = seqs.to_vec();
-        self.worker
-            .call(move |client| -> Result<_, StoreError> {
-                client.execute("DELETE FROM outbox WHERE seq = ANY($1)", &[&seqs])?;
-                Ok(())
-            })
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// Test databases on the local server, one per test.
 #[cfg(test)]
-mod testdb {
-    use postgres::{Client, NoTls};
-
-    /// The server tests use, without a database name.
-    pub fn server() -> String {
-        std::env::var("TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-    }
-
-    /// A fresh database, dropped with this value.
-    pub struct TestDb {
-        pub name: String,
-        pub url: String,
-    }
-
-    /// Runs `sql` on the server's `postgres` database, on a thread of its
-    /// own so that async tests may call it too.
-    fn admin(sql: String) -> Result<(), String> {
-        let url = format!("{}/postgres", server());
-        std::thread::spawn(move || {
-            let mut client = Client::connect(&url, NoTls).map_err(|e| {
-                format!("cannot reach PostgreSQL at {url} ({e}): run scripts/postgres.sh")
-            })?;
-            client
-                .batch_execute(&sql)
-                .map_err(|e| format!("{sql}: {e}"))
-        })
-        .join()
-        .map_err(|_| "the admin thread panicked".to_owned())?
-    }
-
-    impl TestDb {
-        pub fn create(label: &str) -> Self {
-            let name = format!("test_{label}_{}", uuid::Uuid::new_v4().simple());
-            if let Err(e) = admin(format!("CREATE DATABASE {name}")) {
-                panic!("creating a test database: {e}");
-            }
-            let url = format!("{}/{name}", server());
-            Self { name, url }
-        }
-    }
-
-    impl Drop for TestDb {
-        fn drop(&mut self) {
-            let _ = admin(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-}
+use service_kit::store::testdb;
 
 #[cfg(test)]
 mod tests {
@@ -553,11 +320,11 @@ mod tests {
         step_delay: std::time::Duration::ZERO,
     };
 
-    #[test]
-    fn state_and_events_are_stored_together_and_survive_reopen() {
+    #[tokio::test]
+    async fn state_and_events_are_stored_together_and_survive_reopen() {
         let db = TestDb::create("fulfillment_store");
         {
-            let store = PostgresStore::open(&db.url).expect("open");
+            let store = PostgresStore::open(&db.url).await.expect("open");
             let d = create(
                 "f-1",
                 &Input::Start(request()),
@@ -568,7 +335,7 @@ mod tests {
                 },
             );
             let state = d.state.expect("created");
-            store.save(&state, &d.messages).expect("save");
+            store.save(&state, &d.messages).await.expect("save");
             let d = decide(
                 &state,
                 Input::Cancel { reason: "r".into() },
@@ -580,6 +347,7 @@ mod tests {
             );
             store
                 .save(d.state.as_ref().expect("cancelled"), &d.messages)
+                .await
                 .expect("save");
             let c = create(
                 "f-2",
@@ -592,17 +360,21 @@ mod tests {
             );
             store
                 .save(c.state.as_ref().expect("created"), &c.messages)
+                .await
                 .expect("save");
         }
-        let store = PostgresStore::open(&db.url).expect("reopen migrates idempotently");
+        let store = PostgresStore::open(&db.url)
+            .await
+            .expect("reopen migrates idempotently");
         assert_eq!(
-            store.load("f-1").expect("load").map(|f| f.status),
+            store.load("f-1").await.expect("load").map(|f| f.status),
             Some(FulfillmentStatus::Cancelled),
             "the last saved state wins"
         );
-        assert_eq!(store.load("nope").expect("load"), None);
+        assert_eq!(store.load("nope").await.expect("load"), None);
         let unfinished: Vec<String> = store
             .unfinished()
+            .await
             .expect("unfinished")
             .states
             .into_iter()
@@ -611,67 +383,75 @@ mod tests {
         assert_eq!(unfinished, vec!["f-2".to_owned()]);
         let cancelled = store
             .list(Some(FulfillmentStatus::Cancelled), 10, 0)
+            .await
             .expect("list");
         assert_eq!(cancelled.len(), 1);
-        assert_eq!(store.list(None, 1, 1).expect("list").len(), 1);
-        let mut counts = store.count_by_status().expect("counts");
+        assert_eq!(store.list(None, 1, 1).await.expect("list").len(), 1);
+        let mut counts = store.count_by_status().await.expect("counts");
         counts.sort();
         assert_eq!(counts, vec![("CANCELLED".into(), 1), ("PICKING".into(), 1)]);
-        store.ping().expect("ping");
+        store.ping().await.expect("ping");
 
-        let pending = store.pending(10).expect("pending");
+        let pending = store.outbox().pending(10).await.expect("pending");
         assert_eq!(pending.len(), 3, "every event of the three transitions");
-        assert_eq!(store.outbox_len().expect("count"), 3);
+        assert_eq!(store.outbox_len().await.expect("count"), 3);
         assert!(
             pending.windows(2).all(|w| w[0].seq < w[1].seq),
             "in seq order"
         );
         assert_eq!(pending[1].route.routing_key, "fulfillment.status.cancelled");
-        let other = PostgresStore::open(&db.url).expect("second replica");
+        let other = PostgresStore::open(&db.url).await.expect("second replica");
         assert!(
-            other.pending(10).expect("pending").is_empty(),
+            other
+                .outbox()
+                .pending(10)
+                .await
+                .expect("pending")
+                .is_empty(),
             "another replica does not take rows under a live claim"
         );
-        store.remove(&[pending[0].seq]).expect("remove");
-        assert_eq!(store.pending(10).expect("pending").len(), 2);
+        store
+            .outbox()
+            .remove(&[pending[0].seq])
+            .await
+            .expect("remove");
+        assert_eq!(store.outbox().pending(10).await.expect("pending").len(), 2);
     }
 
-    #[test]
-    fn keeps_history_tombstones_and_quarantine() {
+    #[tokio::test]
+    async fn keeps_history_tombstones_and_quarantine() {
         let db = TestDb::create("fulfillment_history");
-        let store = PostgresStore::open(&db.url).expect("open");
-        crate::store::tests::history_tombstones_and_quarantine(&store);
+        let store = PostgresStore::open(&db.url).await.expect("open");
+        crate::store::tests::history_tombstones_and_quarantine(&store).await;
     }
 
-    #[test]
-    fn creates_idempotently() {
+    #[tokio::test]
+    async fn creates_idempotently() {
         let db = TestDb::create("fulfillment_idempotent");
-        let store = PostgresStore::open(&db.url).expect("open");
-        crate::store::tests::creating_twice_stores_one_row(&store);
+        let store = PostgresStore::open(&db.url).await.expect("open");
+        crate::store::tests::creating_twice_stores_one_row(&store).await;
     }
 
-    #[test]
-    fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
+    #[tokio::test]
+    async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
         let db = TestDb::create("fulfillment_outbox_quarantine");
-        let store = PostgresStore::open(&db.url).expect("open");
-        crate::store::tests::an_undecodable_outbox_row_is_quarantined(&store, &|| {
-            let mut raw =
-                postgres::Client::connect(&db.url, postgres::NoTls).expect("a plain connection");
-            raw.execute(
-                "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
-                 VALUES ('fulfillment.events', 'fulfillment.status.picking', false, $1)",
-                &[&&b"not json"[..]],
-            )
-            .expect("a garbage row");
-        });
+        let store = PostgresStore::open(&db.url).await.expect("open");
+        super::testdb::admin(
+            "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
+             VALUES ('fulfillment.events', 'fulfillment.status.picking', false, 'not json')"
+                .into(),
+            &db.name,
+        )
+        .expect("a garbage row");
+        crate::store::tests::an_undecodable_outbox_row_is_quarantined(&store).await;
     }
 
-    /// The reason for the worker thread: actors call the store from inside
-    /// a tokio runtime, where the blocking client alone would panic.
-    #[actix_rt::test]
-    async fn works_when_called_from_inside_the_async_runtime() {
-        let db = TestDb::create("fulfillment_in_runtime");
-        let store = PostgresStore::open(&db.url).expect("open inside a runtime");
+    /// A database the previous migration runner made (its
+    /// `schema_migrations` table) is taken over: it opens and keeps its
+    /// fulfillments.
+    #[tokio::test]
+    async fn a_database_of_the_previous_migration_runner_is_taken_over() {
+        let db = TestDb::create("fulfillment_takeover");
         let d = create(
             "f-1",
             &Input::Start(request()),
@@ -681,9 +461,34 @@ mod tests {
                 timing: TIMING,
             },
         );
+        let state = d.state.expect("created");
+        super::testdb::admin(
+            format!(
+                "{}{}
+                CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY,
+                    applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+                INSERT INTO schema_migrations (version) VALUES (1), (2);
+                INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
+                VALUES ('f-1', 'ORD-1', '{}', false, '{}', '{}', '{}');",
+                include_str!("../../migrations/postgres/V1__fulfillments_outbox.sql"),
+                include_str!("../../migrations/postgres/V2__history_tombstones_quarantine.sql"),
+                state.status.as_str(),
+                serde_json::to_string(&state).expect("json"),
+                state.created_at.to_rfc3339(),
+                state.updated_at.to_rfc3339(),
+            ),
+            &db.name,
+        )
+        .expect("the old schema");
+        let store = PostgresStore::open(&db.url).await.expect("taken over");
+        assert_eq!(store.load("f-1").await.expect("load"), Some(state.clone()));
         store
-            .save(d.state.as_ref().expect("created"), &d.messages)
-            .expect("save inside a runtime");
-        assert!(store.load("f-1").expect("load").is_some());
+            .save(&state, &d.messages)
+            .await
+            .expect("a save with events");
+        assert_eq!(
+            store.outbox_len().await.expect("count"),
+            d.messages.len() as u64
+        );
     }
 }

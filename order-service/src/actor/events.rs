@@ -124,11 +124,16 @@ mod tests {
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
         order.status = OrderStatus::FulfillmentInProgress;
         order.fulfillment_workflow_id = Some("fulfillment-ORD-1".into());
-        orders.store().insert(&order, &[]).expect("insert");
-        orders.recover().expect("recover");
+        orders.store().insert(&order, &[]).await.expect("insert");
+        orders.recover().await.expect("recover");
         let event = incoming(shipped("ORD-1"));
         assert_eq!(handle_event(&orders, event.clone()).await, Outcome::Ack);
-        let stored = orders.store().get("ORD-1").expect("get").expect("exists");
+        let stored = orders
+            .store()
+            .get("ORD-1")
+            .await
+            .expect("get")
+            .expect("exists");
         assert_eq!(stored.status, OrderStatus::Shipped);
         assert_eq!(stored.tracking_number.as_deref(), Some("TRK-1"));
         assert_eq!(stored.fulfillment_progress.map(|p| p.percentage), Some(100));
@@ -138,6 +143,7 @@ mod tests {
             orders
                 .store()
                 .get("ORD-1")
+                .await
                 .expect("get")
                 .map(|o| o.updated_at),
             Some(stored.updated_at)

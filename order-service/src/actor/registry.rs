@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::{Applied, Apply, OrderActor};
 use crate::metrics::METRICS;
-use message_bus::group_commit::CommitError;
+use service_kit::store::group_commit::CommitError;
 
 use crate::ids;
 use crate::store::{Batched, Store, StoreError, Write, Writer};
@@ -77,7 +77,7 @@ struct Inner {
     /// Who waits for an order's next change of status (`waitFor`).
     watchers: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     quarantine: Mutex<Vec<Quarantined>>,
-    finished_writes: Mutex<()>,
+    finished_writes: tokio::sync::Mutex<()>,
     arbiter: ArbiterHandle,
     store: Arc<dyn Store>,
     /// Where actors' transitions are stored (group commit).
@@ -101,7 +101,7 @@ enum Lookup {
 
 impl Orders {
     /// Actors run on `arbiter` (the main system's), whoever creates them;
-    /// their writes go through a group commit on a thread of its own.
+    /// their writes go through a group commit (a task of its own).
     pub fn new(
         arbiter: ArbiterHandle,
         store: Arc<dyn Store>,
@@ -115,7 +115,7 @@ impl Orders {
                 actors: Mutex::new(HashMap::new()),
                 watchers: Mutex::new(HashMap::new()),
                 quarantine: Mutex::new(Vec::new()),
-                finished_writes: Mutex::new(()),
+                finished_writes: tokio::sync::Mutex::new(()),
                 arbiter,
                 store,
                 writer,
@@ -199,8 +199,8 @@ impl Orders {
     /// Respawns every open order from the store, at its step. An order
     /// that cannot be read is quarantined (logged, counted, listed on
     /// `GET /quarantine`) and the rest recover.
-    pub fn recover(&self) -> Result<usize, StoreError> {
-        let open = self.inner.store.unfinished()?;
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let open = self.inner.store.unfinished().await?;
         if !open.unreadable.is_empty() {
             let now = Utc::now();
             let mut quarantine = self
@@ -233,14 +233,14 @@ impl Orders {
 
     /// Stored orders recovery could not read, then outbox rows that did
     /// not decode (kept in the store).
-    pub fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+    pub async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
         let mut items = self
             .inner
             .quarantine
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        items.extend(self.inner.store.quarantined()?);
+        items.extend(self.inner.store.quarantined().await?);
         Ok(items)
     }
 
@@ -308,15 +308,23 @@ impl Orders {
         }
     }
 
-    fn lookup(&self, order_id: &str) -> Result<Lookup, StoreError> {
-        let mut actors = self.actors();
-        if let Some(addr) = actors.get(order_id).filter(|a| a.connected()) {
-            return Ok(Lookup::Running(addr.clone()));
+    async fn lookup(&self, order_id: &str) -> Result<Lookup, StoreError> {
+        let running = |actors: &HashMap<String, Addr<OrderActor>>| {
+            actors.get(order_id).filter(|a| a.connected()).cloned()
+        };
+        if let Some(addr) = running(&self.actors()) {
+            return Ok(Lookup::Running(addr));
         }
-        match self.inner.store.get(order_id)? {
+        match self.inner.store.get(order_id).await? {
             None => Ok(Lookup::Missing),
             Some(state) if state.status.is_final() => Ok(Lookup::Finished),
             Some(state) => {
+                let mut actors = self.actors();
+                // Another lookup (or the creation) may have spawned it
+                // while the store was read.
+                if let Some(addr) = running(&actors) {
+                    return Ok(Lookup::Running(addr));
+                }
                 let addr = self.spawn(state);
                 actors.insert(order_id.into(), addr.clone());
                 Ok(Lookup::Running(addr))
@@ -329,16 +337,13 @@ impl Orders {
     /// hearing from its fulfillment) updates what the order knows of it.
     /// One lock serialises these rare writes so two events cannot
     /// overwrite each other.
-    fn apply_finished(&self, order_id: &str, input: Input) -> Result<Applied, ApplyError> {
-        let _one_at_a_time = self
-            .inner
-            .finished_writes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+    async fn apply_finished(&self, order_id: &str, input: Input) -> Result<Applied, ApplyError> {
+        let _one_at_a_time = self.inner.finished_writes.lock().await;
         let state = self
             .inner
             .store
             .get(order_id)
+            .await
             .map_err(ApplyError::Store)?
             .ok_or(ApplyError::NotFound)?;
         let decision = workflow::decide(&state, input, workflow::Context::at(Utc::now()));
@@ -347,11 +352,10 @@ impl Orders {
             return Ok(Applied { state, reply });
         };
         // Final orders send nothing, so there is no outbox to write.
-        METRICS
-            .store_write("save", || {
-                self.inner.store.save(&next, &[], &decision.history)
-            })
-            .map_err(ApplyError::Store)?;
+        let started = std::time::Instant::now();
+        let saved = self.inner.store.save(&next, &[], &decision.history).await;
+        METRICS.store_write_took("save", started);
+        saved.map_err(ApplyError::Store)?;
         Ok(Applied { state: next, reply })
     }
 
@@ -361,9 +365,9 @@ impl Orders {
         // What caused the input: the delivery or request being handled.
         let cause = message_bus::trace::current().map(|t| t.traceparent());
         for _ in 0..3 {
-            match self.lookup(order_id).map_err(ApplyError::Store)? {
+            match self.lookup(order_id).await.map_err(ApplyError::Store)? {
                 Lookup::Missing => return Err(ApplyError::NotFound),
-                Lookup::Finished => return self.apply_finished(order_id, input),
+                Lookup::Finished => return self.apply_finished(order_id, input).await,
                 Lookup::Running(addr) => match addr.send(Apply(input.clone(), cause.clone())).await
                 {
                     Ok(result) => return result,

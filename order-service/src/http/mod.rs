@@ -66,6 +66,7 @@ static PAGE: Page = Page {
 }"#,
 };
 
+#[async_trait::async_trait(?Send)]
 impl Surface for AppState {
     type Quarantined = Quarantined;
 
@@ -73,13 +74,13 @@ impl Surface for AppState {
         self.orders.bus().not_ready_reason()
     }
 
-    fn store_answers(&self) -> bool {
-        self.orders.store().ping().is_ok()
+    async fn store_answers(&self) -> bool {
+        self.orders.store().ping().await.is_ok()
     }
 
-    fn scrape(&self) -> String {
+    async fn scrape(&self) -> String {
         let store = self.orders.store();
-        let counts = store.count_by_status().ok().map(|counts| {
+        let counts = store.count_by_status().await.ok().map(|counts| {
             counts
                 .into_iter()
                 .map(|(status, n)| (status.as_str().to_owned(), n))
@@ -88,7 +89,7 @@ impl Surface for AppState {
         METRICS.read_store(
             OrderStatus::ALL.iter().map(|s| s.as_str()),
             counts,
-            store.outbox_len().ok(),
+            store.outbox_len().await.ok(),
         );
         METRICS.encode()
     }
@@ -97,8 +98,8 @@ impl Surface for AppState {
         operations::document(meta::ApiDoc::openapi(), env!("CARGO_PKG_VERSION"))
     }
 
-    fn quarantined(&self) -> Result<Vec<Quarantined>, ApiError> {
-        self.orders.quarantined().map_err(ApiError::store)
+    async fn quarantined(&self) -> Result<Vec<Quarantined>, ApiError> {
+        self.orders.quarantined().await.map_err(ApiError::store)
     }
 
     fn page(&self) -> &'static Page {
@@ -245,6 +246,7 @@ mod tests {
             .orders
             .store()
             .insert(&order, &events)
+            .await
             .expect("insert");
         let req = test::TestRequest::get()
             .uri("/orders/ORD-2/status?waitFor=SHIPPED&timeoutMs=5000")
@@ -255,7 +257,12 @@ mod tests {
         // an open order's wait that runs out removes its watcher
         let (open, events) =
             crate::workflow::create("ORD-3", crate::validation::demo_order(), chrono::Utc::now());
-        state.orders.store().insert(&open, &events).expect("insert");
+        state
+            .orders
+            .store()
+            .insert(&open, &events)
+            .await
+            .expect("insert");
         let req = test::TestRequest::get()
             .uri("/orders/ORD-3/status?waitFor=SHIPPED&timeoutMs=50")
             .to_request();
@@ -303,6 +310,7 @@ mod tests {
             .orders
             .store()
             .insert(&pending, &events)
+            .await
             .expect("insert");
         for action in ["pause", "resume"] {
             let res =
@@ -324,6 +332,7 @@ mod tests {
             .orders
             .store()
             .insert(&handed_over, &events)
+            .await
             .expect("insert");
         let res = test::call_service(&app, post("/orders/ORD-5/fulfillment/pause")).await;
         assert_eq!(res.status().as_u16(), 503);

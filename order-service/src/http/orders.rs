@@ -52,11 +52,12 @@ fn order_id(workflow_id: &str) -> &str {
     order_id_from_workflow_id(workflow_id).unwrap_or(workflow_id)
 }
 
-fn load(state: &AppState, workflow_id: &str) -> Result<OrderState, ApiError> {
+async fn load(state: &AppState, workflow_id: &str) -> Result<OrderState, ApiError> {
     state
         .orders
         .store()
         .get(order_id(workflow_id))
+        .await
         .map_err(ApiError::store)?
         .ok_or_else(|| ApiError::NotFound(format!("no order with workflow id {workflow_id}")))
 }
@@ -164,6 +165,7 @@ pub(crate) async fn list(
         .orders
         .store()
         .list(status, limit, u64::from(offset))
+        .await
         .map_err(ApiError::store)?;
     let orders: Vec<StatusView> = page.orders.iter().map(StatusView::from).collect();
     Ok(HttpResponse::Ok().json(OrderListView {
@@ -215,7 +217,7 @@ pub(crate) async fn status(
         )));
     }
     let Some(wait_for) = wait_for else {
-        let order = load(&state, &path)?;
+        let order = load(&state, &path).await?;
         return Ok(HttpResponse::Ok().json(StatusView::from(&order)));
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
@@ -232,7 +234,7 @@ async fn wait_until(
     deadline: tokio::time::Instant,
     done: impl Fn(&OrderState) -> bool,
 ) -> Result<OrderState, ApiError> {
-    let order = load(state, workflow_id)?;
+    let order = load(state, workflow_id).await?;
     if done(&order) || order.status.is_final() || tokio::time::Instant::now() >= deadline {
         return Ok(order);
     }
@@ -240,7 +242,7 @@ async fn wait_until(
     let result = loop {
         // Watch before reading, so a change between the two still wakes us.
         let changed = state.orders.watch(id);
-        let order = match load(state, workflow_id) {
+        let order = match load(state, workflow_id).await {
             Ok(order) => order,
             Err(error) => break Err(error),
         };
@@ -266,11 +268,12 @@ pub(crate) async fn history(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let order = load(&state, &path)?;
+    let order = load(&state, &path).await?;
     let events = state
         .orders
         .store()
         .history(&order.order_id)
+        .await
         .map_err(ApiError::store)?;
     Ok(HttpResponse::Ok().json(History {
         workflow_id: order.workflow_id,
@@ -289,7 +292,7 @@ pub(crate) async fn progress(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let order = load(&state, &path)?;
+    let order = load(&state, &path).await?;
     let mut view = ProgressView::from(&order);
     if let Some(live) = live_fulfillment_progress(&state, &order).await {
         view.fulfillment = Some(live);

@@ -4,20 +4,25 @@
 //! whole state as JSON. Signals an order sends are written to the outbox
 //! table in the same transaction as the state that caused them; the
 //! outbox relay (`message_bus::outbox`) publishes and removes them.
-//! [`open`] picks the implementation from `STORE_URL`.
+//! [`open`] picks the implementation from `STORE_URL`. Every call is async:
+//! SQLite runs on tokio's blocking pool, PostgreSQL on a connection pool
+//! (the service kit's [`service_kit::store`]). Errors are the kit's
+//! [`StoreError`]; schemas are in `migrations/`.
 
-mod pg_worker;
 mod postgres;
 mod sqlite;
 
 pub use self::postgres::PostgresStore;
+pub use service_kit::store::{Quarantined, StoreError};
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
 
-use message_bus::group_commit::{BatchStore, CommitError, GroupCommit};
+use async_trait::async_trait;
+use futures::future::BoxFuture;
 use message_bus::outbox::OutboxStore;
 use message_bus::Route;
+use service_kit::store::group_commit::{BatchStore, GroupCommit};
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
@@ -32,46 +37,17 @@ pub struct Opened {
 }
 
 /// Opens (creating and migrating) the store at `location`.
-pub fn open(location: &StoreLocation) -> Result<Opened, StoreError> {
+pub async fn open(location: &StoreLocation) -> Result<Opened, StoreError> {
     fn both<S: Store>(store: S) -> Opened {
-        let store = Arc::new(store);
         Opened {
-            store: store.clone(),
-            outbox: store,
+            outbox: store.outbox(),
+            store: Arc::new(store),
         }
     }
     Ok(match location {
-        StoreLocation::Postgres(url) => both(PostgresStore::open(url)?),
+        StoreLocation::Postgres(url) => both(PostgresStore::open(url).await?),
         sqlite => both(SqliteStore::open(sqlite)?),
     })
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("order {0} already exists")]
-    Duplicate(String),
-    #[error("store error: {0}")]
-    Database(#[from] rusqlite::Error),
-    #[error("store error: {0}")]
-    Postgres(#[from] ::postgres::Error),
-    #[error("stored order {id} cannot be read: {reason}")]
-    Corrupt { id: String, reason: String },
-    #[error("cannot open the store: {0}")]
-    Open(String),
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl From<CommitError<StoreError>> for StoreError {
-    fn from(error: CommitError<StoreError>) -> Self {
-        match error {
-            CommitError::Store(error) => error,
-            CommitError::Stopped => StoreError::Unavailable("the store writer has stopped".into()),
-            CommitError::Panicked => {
-                StoreError::Unavailable("the store failed while writing (a panic)".into())
-            }
-        }
-    }
 }
 
 /// One write for the group commit: a new order (`insert`, failing with
@@ -108,8 +84,13 @@ impl BatchStore for Batched {
     type Write = Write;
     type Error = StoreError;
 
-    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        METRICS.store_write("save", || self.0.save_all(writes))
+    fn save_all<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = self.0.save_all(writes).await;
+            METRICS.store_write_took("save", started);
+            result
+        })
     }
 
     fn has_messages(write: &Write) -> bool {
@@ -118,7 +99,7 @@ impl BatchStore for Batched {
 }
 
 /// The group commit the actors write through (see
-/// [`message_bus::group_commit`]).
+/// [`service_kit::store::group_commit`]).
 pub type Writer = GroupCommit<Batched>;
 
 /// One page of orders, newest first.
@@ -128,25 +109,21 @@ pub struct Page {
     pub total: u64,
 }
 
-/// A row set aside because it cannot be read (`GET /quarantine`): a stored
-/// order at recovery (kept in memory by the registry) or an outbox row that
-/// does not decode (moved to the store's `quarantine` table).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Quarantined {
-    pub entity_id: String,
-    pub reason: String,
-    pub quarantined_at: chrono::DateTime<chrono::Utc>,
-}
-
-pub trait Store: OutboxStore {
+/// The order store. Rows set aside because they cannot be read are
+/// [`Quarantined`]: a stored order at recovery (kept in memory by the
+/// registry) or an outbox row that does not decode (moved to the store's
+/// `quarantine` table by the kit's outbox).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The outbox half, as the relay reads it.
+    fn outbox(&self) -> Arc<dyn OutboxStore>;
     /// Stores a new order and its first history entries; fails with
     /// `Duplicate` when another order has the id. Idempotent: the same
     /// order stored again succeeds and leaves the one row as it is.
-    fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError>;
+    async fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError>;
     /// Stores a transition, the signals it causes and its history
     /// entries, atomically.
-    fn save(
+    async fn save(
         &self,
         state: &OrderState,
         outbox: &[(Route, Envelope)],
@@ -154,9 +131,9 @@ pub trait Store: OutboxStore {
     ) -> Result<(), StoreError>;
     /// Stores every write (inserts and transitions) in one transaction:
     /// all of them or none (the group commit of [`Writer`]).
-    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError>;
-    fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError>;
-    fn list(
+    async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError>;
+    async fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError>;
+    async fn list(
         &self,
         status: Option<OrderStatus>,
         limit: u32,
@@ -164,43 +141,16 @@ pub trait Store: OutboxStore {
     ) -> Result<Page, StoreError>;
     /// Every order that is not shipped, cancelled or failed; rows that
     /// cannot be read are listed apart, never fail the whole.
-    fn unfinished(&self) -> Result<Unfinished, StoreError>;
+    async fn unfinished(&self) -> Result<Unfinished, StoreError>;
     /// The order's history, oldest first (empty for an unknown order).
-    fn history(&self, order_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
+    async fn history(&self, order_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
     /// How many orders are in each status (statuses with none are left out).
-    fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError>;
+    async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError>;
     /// Signals stored and not yet confirmed by the broker.
-    fn outbox_len(&self) -> Result<u64, StoreError>;
+    async fn outbox_len(&self) -> Result<u64, StoreError>;
     /// Succeeds when the store answers.
-    fn ping(&self) -> Result<(), StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
     /// Outbox rows moved to the quarantine because they do not decode,
     /// oldest first.
-    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
-}
-
-/// A history row as read back from either store.
-fn history_event(
-    order_id: &str,
-    seq: i64,
-    kind: String,
-    at: &str,
-    message_id: Option<&str>,
-    detail: &str,
-) -> Result<HistoryEvent, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        id: format!("{order_id} (history entry {seq})"),
-        reason,
-    };
-    Ok(HistoryEvent {
-        seq: u64::try_from(seq).map_err(|e| corrupt(e.to_string()))?,
-        kind,
-        at: chrono::DateTime::parse_from_rfc3339(at)
-            .map_err(|e| corrupt(e.to_string()))?
-            .with_timezone(&chrono::Utc),
-        message_id: message_id
-            .map(uuid::Uuid::parse_str)
-            .transpose()
-            .map_err(|e| corrupt(e.to_string()))?,
-        detail: serde_json::from_str(detail).map_err(|e| corrupt(e.to_string()))?,
-    })
+    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
 }

@@ -1,17 +1,15 @@
-//! The SQLite store (rusqlite, WAL, `synchronous=NORMAL`).
-//!
-//! One connection behind a mutex: SQLite takes one writer at a time anyway,
-//! and each statement here is a short indexed read or write. WAL with
-//! `synchronous=NORMAL` survives a process crash (`kill -9`) without losing
-//! a committed transaction; only a power loss may lose the last few.
+//! The SQLite store (rusqlite, WAL, `synchronous=NORMAL`), on the service
+//! kit's [`Sqlite`]: one connection, its calls on tokio's blocking pool.
+//! Schema: `migrations/sqlite`.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Arc;
 
-use chrono::Utc;
-use message_bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
+use async_trait::async_trait;
+use message_bus::outbox::OutboxStore;
 use message_bus::Route;
 use rusqlite::{params, Connection, OptionalExtension};
+use service_kit::store::{history, outbox, quarantine, Sqlite};
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
@@ -19,118 +17,26 @@ use super::{Page, Quarantined, Store, StoreError, Unfinished, Unreadable, Write}
 use crate::config::StoreLocation;
 use crate::workflow::{OrderState, OrderStatus};
 
-/// Schema versions, applied in order; the applied ones are recorded in
-/// `schema_migrations`.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        "CREATE TABLE orders (
-        id TEXT PRIMARY KEY,
-        workflow_id TEXT NOT NULL UNIQUE,
-        status TEXT NOT NULL,
-        finished INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE INDEX orders_unfinished ON orders (finished) WHERE finished = 0;
-    CREATE INDEX orders_status_created ON orders (status, created_at);
-    CREATE INDEX orders_created ON orders (created_at);
-    CREATE TABLE outbox (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        exchange TEXT NOT NULL,
-        routing_key TEXT NOT NULL,
-        mandatory INTEGER NOT NULL,
-        envelope BLOB NOT NULL,
-        created_at TEXT NOT NULL
-    );",
-    ),
-    (
-        2,
-        "CREATE TABLE order_history (
-            order_id TEXT NOT NULL,
-            seq INTEGER NOT NULL,
-            kind TEXT NOT NULL,
-            at TEXT NOT NULL,
-            message_id TEXT,
-            detail TEXT NOT NULL,
-            PRIMARY KEY (order_id, seq)
-        );",
-    ),
-    (
-        3,
-        "CREATE TABLE quarantine (
-            entity_id TEXT PRIMARY KEY,
-            reason TEXT NOT NULL,
-            quarantined_at TEXT NOT NULL
-        );",
-    ),
-];
+mod embedded {
+    refinery::embed_migrations!("migrations/sqlite");
+}
 
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    db: Sqlite,
 }
 
 impl SqliteStore {
     pub fn open(location: &StoreLocation) -> Result<Self, StoreError> {
-        let conn = match location {
-            StoreLocation::SqliteMemory => Connection::open_in_memory()?,
-            StoreLocation::SqliteFile(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        StoreError::Open(format!("creating {}: {e}", dir.display()))
-                    })?;
-                }
-                Connection::open(Path::new(path))?
-            }
+        let path = match location {
+            StoreLocation::SqliteMemory => Path::new(":memory:"),
+            StoreLocation::SqliteFile(path) => path.as_path(),
             StoreLocation::Postgres(_) => {
                 return Err(StoreError::Open("not a SQLite location".into()))
             }
         };
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let store = Self {
-            conn: Mutex::new(conn),
-        };
-        store.migrate()?;
-        Ok(store)
-    }
-
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent
-        // (transactions roll back on drop), so a poisoned lock is still usable.
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)",
-        )?;
-        for (version, sql) in MIGRATIONS {
-            let tx = conn.transaction()?;
-            let applied: Option<i64> = tx
-                .query_row(
-                    "SELECT version FROM schema_migrations WHERE version = ?1",
-                    [version],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if applied.is_none() {
-                tx.execute_batch(sql)?;
-                tx.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
-                    params![version, Utc::now().to_rfc3339()],
-                )?;
-                tracing::info!(version, "store schema migrated");
-            }
-            tx.commit()?;
-        }
-        Ok(())
+        Ok(Self {
+            db: Sqlite::open(path, &embedded::migrations::runner())?,
+        })
     }
 }
 
@@ -140,7 +46,7 @@ fn encode(state: &OrderState) -> String {
 
 fn decode(id: &str, json: &str) -> Result<OrderState, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-        id: id.into(),
+        id: format!("order {id}"),
         reason: e.to_string(),
     })
 }
@@ -209,13 +115,13 @@ fn insert_in(
                 .transpose()
             {
                 Ok(Some(stored)) if stored == *state => append_in(conn, &state.order_id, events),
-                _ => Err(StoreError::Duplicate(state.order_id.clone())),
+                _ => Err(StoreError::Duplicate(format!("order {}", state.order_id))),
             }
         }
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            Err(StoreError::Duplicate(state.order_id.clone()))
+            Err(StoreError::Duplicate(format!("order {}", state.order_id)))
         }
         Err(e) => Err(e.into()),
     }
@@ -225,7 +131,7 @@ fn insert_in(
 fn save_in(
     tx: &rusqlite::Transaction<'_>,
     state: &OrderState,
-    outbox: &[(Route, Envelope)],
+    signals: &[(Route, Envelope)],
     events: &[HistoryEvent],
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
@@ -239,253 +145,183 @@ fn save_in(
         state.updated_at.to_rfc3339(),
     ])?;
     append_in(tx, &state.order_id, events)?;
-    if outbox.is_empty() {
-        return Ok(());
-    }
-    let now = Utc::now().to_rfc3339();
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    for (route, envelope) in outbox {
-        insert.execute(params![
-            route.exchange,
-            route.routing_key,
-            route.mandatory,
-            envelope.to_json(),
-            now
-        ])?;
-    }
-    Ok(())
+    outbox::insert_sqlite(tx, signals)
 }
 
+#[async_trait]
 impl Store for SqliteStore {
-    fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        insert_in(&tx, state, events)?;
-        tx.commit()?;
-        Ok(())
+    fn outbox(&self) -> Arc<dyn OutboxStore> {
+        Arc::new(self.db.clone())
     }
 
-    fn save(
+    async fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError> {
+        let (state, events) = (state.clone(), events.to_vec());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                insert_in(&tx, &state, &events)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn save(
         &self,
         state: &OrderState,
-        outbox: &[(Route, Envelope)],
+        signals: &[(Route, Envelope)],
         events: &[HistoryEvent],
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        save_in(&tx, state, outbox, events)?;
-        tx.commit()?;
-        Ok(())
+        let (state, signals, events) = (state.clone(), signals.to_vec(), events.to_vec());
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                save_in(&tx, &state, &signals, &events)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
     }
 
-    fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        for w in writes {
-            if w.insert {
-                insert_in(&tx, &w.state, &w.events)?;
-            } else {
-                save_in(&tx, &w.state, &w.outbox, &w.events)?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+    async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let writes = writes.to_vec();
+        self.db
+            .call(move |conn| {
+                let tx = conn.transaction()?;
+                for w in &writes {
+                    if w.insert {
+                        insert_in(&tx, &w.state, &w.events)?;
+                    } else {
+                        save_in(&tx, &w.state, &w.outbox, &w.events)?;
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await
     }
 
-    fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {
-        let conn = self.conn();
-        let json: Option<String> = conn
-            .prepare_cached("SELECT state FROM orders WHERE id = ?1")?
-            .query_row([order_id], |r| r.get(0))
-            .optional()?;
-        json.map(|j| decode(order_id, &j)).transpose()
+    async fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {
+        let id = order_id.to_owned();
+        self.db
+            .call(move |conn| {
+                let json: Option<String> = conn
+                    .prepare_cached("SELECT state FROM orders WHERE id = ?1")?
+                    .query_row([&id], |r| r.get(0))
+                    .optional()?;
+                json.map(|j| decode(&id, &j)).transpose()
+            })
+            .await
     }
 
-    fn list(
+    async fn list(
         &self,
         status: Option<OrderStatus>,
         limit: u32,
         offset: u64,
     ) -> Result<Page, StoreError> {
-        let conn = self.conn();
         let offset = i64::try_from(offset).unwrap_or(i64::MAX);
-        let (orders, total) = match status {
-            Some(status) => {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id, state FROM orders WHERE status = ?1
-                     ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3",
-                )?;
-                let orders = rows(&mut stmt, params![status.as_str(), limit, offset])?;
-                let total: i64 = conn.query_row(
-                    "SELECT COUNT(*) FROM orders WHERE status = ?1",
-                    [status.as_str()],
-                    |r| r.get(0),
-                )?;
-                (orders, total)
-            }
-            None => {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id, state FROM orders ORDER BY created_at DESC, id DESC LIMIT ?1 OFFSET ?2",
-                )?;
-                let orders = rows(&mut stmt, params![limit, offset])?;
-                let total: i64 = conn.query_row("SELECT COUNT(*) FROM orders", [], |r| r.get(0))?;
-                (orders, total)
-            }
-        };
-        Ok(Page {
-            orders,
-            total: u64::try_from(total).unwrap_or_default(),
-        })
-    }
-
-    fn unfinished(&self) -> Result<Unfinished, StoreError> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT id, state FROM orders WHERE finished = 0 ORDER BY created_at")?;
-        let raw: Vec<(String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        let mut found = Unfinished::default();
-        for (id, json) in raw {
-            match decode(&id, &json) {
-                Ok(state) => found.orders.push(state),
-                Err(error) => found.unreadable.push(Unreadable {
-                    order_id: id,
-                    reason: error.to_string(),
-                }),
-            }
-        }
-        Ok(found)
-    }
-
-    fn history(&self, order_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, kind, at, message_id, detail FROM order_history
-             WHERE order_id = ?1 ORDER BY seq",
-        )?;
-        let raw: Vec<(i64, String, String, Option<String>, String)> = stmt
-            .query_map([order_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        raw.into_iter()
-            .map(|(seq, kind, at, message_id, detail)| {
-                super::history_event(order_id, seq, kind, &at, message_id.as_deref(), &detail)
-            })
-            .collect()
-    }
-
-    fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare_cached("SELECT status, COUNT(*) FROM orders GROUP BY status")?;
-        let raw: Vec<(String, i64)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        Ok(raw
-            .into_iter()
-            .filter_map(|(s, n)| {
-                Some((
-                    OrderStatus::parse(&s)?,
-                    u64::try_from(n).unwrap_or_default(),
-                ))
-            })
-            .collect())
-    }
-
-    fn outbox_len(&self) -> Result<u64, StoreError> {
-        let conn = self.conn();
-        let n: i64 = conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
-        Ok(u64::try_from(n).unwrap_or_default())
-    }
-
-    fn ping(&self) -> Result<(), StoreError> {
-        let conn = self.conn();
-        conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
-        Ok(())
-    }
-
-    fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT entity_id, reason, quarantined_at FROM quarantine ORDER BY quarantined_at, entity_id",
-        )?;
-        let raw: Vec<(String, String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<Result<_, _>>()?;
-        raw.into_iter()
-            .map(|(entity_id, reason, at)| {
-                let quarantined_at = chrono::DateTime::parse_from_rfc3339(&at)
-                    .map_err(|e| StoreError::Corrupt {
-                        id: entity_id.clone(),
-                        reason: e.to_string(),
-                    })?
-                    .with_timezone(&Utc);
-                Ok(Quarantined {
-                    entity_id,
-                    reason,
-                    quarantined_at,
+        self.db
+            .call(move |conn| {
+                let (orders, total) = match status {
+                    Some(status) => {
+                        let mut stmt = conn.prepare_cached(
+                            "SELECT id, state FROM orders WHERE status = ?1
+                             ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3",
+                        )?;
+                        let orders = rows(&mut stmt, params![status.as_str(), limit, offset])?;
+                        let total: i64 = conn.query_row(
+                            "SELECT COUNT(*) FROM orders WHERE status = ?1",
+                            [status.as_str()],
+                            |r| r.get(0),
+                        )?;
+                        (orders, total)
+                    }
+                    None => {
+                        let mut stmt = conn.prepare_cached(
+                            "SELECT id, state FROM orders ORDER BY created_at DESC, id DESC LIMIT ?1 OFFSET ?2",
+                        )?;
+                        let orders = rows(&mut stmt, params![limit, offset])?;
+                        let total: i64 =
+                            conn.query_row("SELECT COUNT(*) FROM orders", [], |r| r.get(0))?;
+                        (orders, total)
+                    }
+                };
+                Ok(Page {
+                    orders,
+                    total: u64::try_from(total).unwrap_or_default(),
                 })
             })
-            .collect()
+            .await
     }
-}
 
-/// Moves an undecodable outbox row into the quarantine, in one transaction.
-fn quarantine_outbox_row(conn: &mut Connection, bad: &Undecodable) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    tx.execute("DELETE FROM outbox WHERE seq = ?1", [bad.seq])?;
-    tx.execute(
-        "INSERT INTO quarantine (entity_id, reason, quarantined_at) VALUES (?1, ?2, ?3)
-         ON CONFLICT (entity_id) DO UPDATE SET reason = excluded.reason,
-             quarantined_at = excluded.quarantined_at",
-        params![bad.entity_id(), bad.reason, Utc::now().to_rfc3339()],
-    )?;
-    tx.commit()?;
-    Ok(())
-}
-
-impl OutboxStore for SqliteStore {
-    fn pending(&self, limit: usize) -> Result<Vec<OutboxMessage>, String> {
-        let mut conn = self.conn();
-        let raw: Vec<(i64, String, String, bool, Vec<u8>)> = conn
-            .prepare_cached(
-                "SELECT seq, exchange, routing_key, mandatory, envelope FROM outbox ORDER BY seq LIMIT ?1",
-            )
-            .and_then(|mut stmt| {
-                stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-                })?
-                .collect::<Result<_, _>>()
-            })
-            .map_err(|e| e.to_string())?;
-        let mut messages = Vec::with_capacity(raw.len());
-        for (seq, exchange, routing_key, mandatory, body) in raw {
-            match Undecodable::decode(seq, &exchange, &routing_key, mandatory, &body) {
-                Ok(message) => messages.push(message),
-                // Never let one bad row block the rest, nor drop it.
-                Err(bad) => {
-                    quarantine_outbox_row(&mut conn, &bad).map_err(|e| e.to_string())?;
-                    bad.reported();
+    async fn unfinished(&self) -> Result<Unfinished, StoreError> {
+        self.db
+            .call(|conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT id, state FROM orders WHERE finished = 0 ORDER BY created_at",
+                )?;
+                let raw: Vec<(String, String)> = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                let mut found = Unfinished::default();
+                for (id, json) in raw {
+                    match decode(&id, &json) {
+                        Ok(state) => found.orders.push(state),
+                        Err(error) => found.unreadable.push(Unreadable {
+                            order_id: id,
+                            reason: error.to_string(),
+                        }),
+                    }
                 }
-            }
-        }
-        Ok(messages)
+                Ok(found)
+            })
+            .await
     }
 
-    fn remove(&self, seqs: &[i64]) -> Result<(), String> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| e.to_string())?;
-        for seq in seqs {
-            tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")
-                .and_then(|mut stmt| stmt.execute([seq]))
-                .map_err(|e| e.to_string())?;
-        }
-        tx.commit().map_err(|e| e.to_string())
+    async fn history(&self, order_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
+        let id = order_id.to_owned();
+        self.db
+            .call(move |conn| history::read_sqlite(conn, "order_history", "order_id", &id))
+            .await
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError> {
+        self.db
+            .call(|conn| {
+                let mut stmt =
+                    conn.prepare_cached("SELECT status, COUNT(*) FROM orders GROUP BY status")?;
+                let raw: Vec<(String, i64)> = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                Ok(raw
+                    .into_iter()
+                    .filter_map(|(s, n)| {
+                        Some((
+                            OrderStatus::parse(&s)?,
+                            u64::try_from(n).unwrap_or_default(),
+                        ))
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    async fn outbox_len(&self) -> Result<u64, StoreError> {
+        self.db.call(|conn| outbox::len_sqlite(conn)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db
+            .call(|conn| {
+                conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        self.db.call(|conn| quarantine::list_sqlite(conn)).await
     }
 }
 
@@ -494,34 +330,35 @@ mod tests {
     use super::*;
     use crate::validation::demo_order;
     use crate::workflow::{self, Context, Input};
+    use chrono::Utc;
 
     fn store() -> SqliteStore {
         SqliteStore::open(&StoreLocation::SqliteMemory).expect("in-memory store")
     }
 
-    #[test]
-    fn insert_get_and_duplicate() {
+    #[tokio::test]
+    async fn insert_get_and_duplicate() {
         let s = store();
         let order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order, &[]).expect("insert");
-        assert_eq!(s.get("ORD-1").expect("get"), Some(order.clone()));
+        s.insert(&order, &[]).await.expect("insert");
+        assert_eq!(s.get("ORD-1").await.expect("get"), Some(order.clone()));
         let other = OrderState::new(
             "ORD-1",
             demo_order(),
             Utc::now() + chrono::TimeDelta::seconds(1),
         );
         assert!(matches!(
-            s.insert(&other, &[]),
+            s.insert(&other, &[]).await,
             Err(StoreError::Duplicate(_))
         ));
-        assert_eq!(s.get("ORD-1").expect("get"), Some(order));
-        assert_eq!(s.get("ORD-2").expect("get"), None);
+        assert_eq!(s.get("ORD-1").await.expect("get"), Some(order));
+        assert_eq!(s.get("ORD-2").await.expect("get"), None);
     }
 
     /// A commit whose outcome was lost is retried: the same order stored
     /// twice succeeds both times and leaves one row, one history.
-    #[test]
-    fn creating_the_same_order_twice_stores_it_once() {
+    #[tokio::test]
+    async fn creating_the_same_order_twice_stores_it_once() {
         let s = store();
         let (state, events) = workflow::create("ORD-1", demo_order(), Utc::now());
         let write = Write {
@@ -531,50 +368,58 @@ mod tests {
             insert: true,
         };
         s.save_all(std::slice::from_ref(&write))
+            .await
             .expect("first commit");
         s.save_all(std::slice::from_ref(&write))
+            .await
             .expect("the retried commit succeeds");
         s.insert(&state, &events)
+            .await
             .expect("and so does a single insert");
-        let page = s.list(None, 10, 0).expect("list");
+        let page = s.list(None, 10, 0).await.expect("list");
         assert_eq!(page.total, 1, "one row");
         assert_eq!(page.orders, vec![state]);
         assert_eq!(
-            s.history("ORD-1").expect("history").len(),
+            s.history("ORD-1").await.expect("history").len(),
             events.len(),
             "history written once"
         );
     }
 
-    #[test]
-    fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
+    #[tokio::test]
+    async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
         use message_bus::metrics::METRICS;
         let s = store();
-        s.conn()
-            .execute(
+        s.db.blocking(|c| {
+            Ok(c.execute(
                 "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, created_at)
                  VALUES ('fulfillment.commands', 'fulfillment.start', 1, ?1, ?2)",
                 params![b"not json".to_vec(), Utc::now().to_rfc3339()],
-            )
-            .expect("a garbage row");
+            )?)
+        })
+        .expect("a garbage row");
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order, &[]).expect("insert");
+        s.insert(&order, &[]).await.expect("insert");
         order.status = OrderStatus::Confirmed;
         let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
         let (state, outbox) = (t.state.expect("advanced"), t.messages);
-        s.save(&state, &outbox, &t.history).expect("save");
+        s.save(&state, &outbox, &t.history).await.expect("save");
         let before = METRICS.outbox_quarantined.get();
 
-        let pending = s.pending(10).expect("one bad row does not fail the read");
+        let pending = s
+            .outbox()
+            .pending(10)
+            .await
+            .expect("one bad row does not fail the read");
         assert_eq!(pending.len(), 1, "the good row still goes out");
         assert_eq!(pending[0].envelope.message_id, outbox[0].1.message_id);
         assert_eq!(
-            s.outbox_len().expect("count"),
+            s.outbox_len().await.expect("count"),
             1,
             "the bad row left the outbox"
         );
         assert!(METRICS.outbox_quarantined.get() > before, "counted");
-        let items = s.quarantined().expect("quarantine");
+        let items = s.quarantined().await.expect("quarantine");
         assert_eq!(items.len(), 1, "{items:?}");
         assert_eq!(items[0].entity_id, "outbox row 1");
         assert!(items[0].reason.contains("cannot be decoded"), "{items:?}");
@@ -582,12 +427,16 @@ mod tests {
             items[0].reason.contains("not json"),
             "the body is kept: {items:?}"
         );
-        assert_eq!(s.pending(10).expect("pending").len(), 1);
-        assert_eq!(s.quarantined().expect("quarantine").len(), 1, "kept once");
+        assert_eq!(s.outbox().pending(10).await.expect("pending").len(), 1);
+        assert_eq!(
+            s.quarantined().await.expect("quarantine").len(),
+            1,
+            "kept once"
+        );
     }
 
-    #[test]
-    fn a_group_commit_inserts_and_updates_together_or_not_at_all() {
+    #[tokio::test]
+    async fn a_group_commit_inserts_and_updates_together_or_not_at_all() {
         let s = store();
         let first = OrderState::new("ORD-1", demo_order(), Utc::now());
         let write = |state: &OrderState, insert| Write {
@@ -596,7 +445,7 @@ mod tests {
             events: Vec::new(),
             insert,
         };
-        s.save_all(&[write(&first, true)]).expect("insert");
+        s.save_all(&[write(&first, true)]).await.expect("insert");
         let mut moved = first.clone();
         moved.status = OrderStatus::Confirmed;
         let second = OrderState::new("ORD-2", demo_order(), Utc::now());
@@ -608,80 +457,85 @@ mod tests {
             Utc::now() + chrono::TimeDelta::seconds(1),
         );
         assert!(matches!(
-            s.save_all(&[write(&moved, false), write(&taken, true)]),
+            s.save_all(&[write(&moved, false), write(&taken, true)])
+                .await,
             Err(StoreError::Duplicate(_))
         ));
-        assert_eq!(s.get("ORD-1").expect("get"), Some(first));
+        assert_eq!(s.get("ORD-1").await.expect("get"), Some(first));
         s.save_all(&[write(&moved, false), write(&second, true)])
+            .await
             .expect("both");
-        assert_eq!(s.get("ORD-1").expect("get"), Some(moved));
-        assert_eq!(s.get("ORD-2").expect("get"), Some(second));
+        assert_eq!(s.get("ORD-1").await.expect("get"), Some(moved));
+        assert_eq!(s.get("ORD-2").await.expect("get"), Some(second));
     }
 
-    #[test]
-    fn state_and_outbox_are_saved_together() {
+    #[tokio::test]
+    async fn state_and_outbox_are_saved_together() {
         let s = store();
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order, &[]).expect("insert");
+        s.insert(&order, &[]).await.expect("insert");
         order.status = OrderStatus::Confirmed;
         let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
         let (state, outbox) = (t.state.expect("advanced"), t.messages);
-        s.save(&state, &outbox, &t.history).expect("save");
-        let pending = s.pending(10).expect("pending");
+        s.save(&state, &outbox, &t.history).await.expect("save");
+        let pending = s.outbox().pending(10).await.expect("pending");
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].envelope.message_id, outbox[0].1.message_id);
         assert_eq!(pending[0].route, outbox[0].0);
-        s.remove(&[pending[0].seq]).expect("remove");
-        assert!(s.pending(10).expect("pending").is_empty());
+        s.outbox().remove(&[pending[0].seq]).await.expect("remove");
+        assert!(s.outbox().pending(10).await.expect("pending").is_empty());
         assert_eq!(
-            s.get("ORD-1").expect("get").map(|o| o.status),
+            s.get("ORD-1").await.expect("get").map(|o| o.status),
             Some(OrderStatus::FulfillmentStarted)
         );
     }
 
-    #[test]
-    fn list_filters_paginates_and_unfinished() {
+    #[tokio::test]
+    async fn list_filters_paginates_and_unfinished() {
         let s = store();
         for i in 0..5 {
             let mut o = OrderState::new(&format!("ORD-{i}"), demo_order(), Utc::now());
-            s.insert(&o, &[]).expect("insert");
+            s.insert(&o, &[]).await.expect("insert");
             if i % 2 == 0 {
                 o.status = OrderStatus::Shipped;
-                s.save(&o, &[], &[]).expect("save");
+                s.save(&o, &[], &[]).await.expect("save");
             }
         }
-        let page = s.list(Some(OrderStatus::Shipped), 2, 0).expect("list");
+        let page = s
+            .list(Some(OrderStatus::Shipped), 2, 0)
+            .await
+            .expect("list");
         assert_eq!(page.total, 3);
         assert_eq!(page.orders.len(), 2);
-        let page = s.list(None, 10, 4).expect("list");
+        let page = s.list(None, 10, 4).await.expect("list");
         assert_eq!(page.total, 5);
         assert_eq!(page.orders.len(), 1);
-        assert_eq!(s.unfinished().expect("unfinished").orders.len(), 2);
-        let mut counts = s.count_by_status().expect("counts");
+        assert_eq!(s.unfinished().await.expect("unfinished").orders.len(), 2);
+        let mut counts = s.count_by_status().await.expect("counts");
         counts.sort_by_key(|(_, n)| *n);
         assert_eq!(
             counts,
             vec![(OrderStatus::Pending, 2), (OrderStatus::Shipped, 3)]
         );
-        assert_eq!(s.outbox_len().expect("outbox"), 0);
-        s.ping().expect("ping");
+        assert_eq!(s.outbox_len().await.expect("outbox"), 0);
+        s.ping().await.expect("ping");
     }
 
-    #[test]
-    fn history_is_written_with_the_state_once() {
+    #[tokio::test]
+    async fn history_is_written_with_the_state_once() {
         let s = store();
         let (order, created) = workflow::create("ORD-1", demo_order(), Utc::now());
-        s.insert(&order, &created).expect("insert");
+        s.insert(&order, &created).await.expect("insert");
         let t = workflow::decide(
             &order,
             Input::Cancel { reason: None },
             Context::at(Utc::now()),
         );
         let state = t.state.expect("cancelled");
-        s.save(&state, &[], &t.history).expect("save");
+        s.save(&state, &[], &t.history).await.expect("save");
         // the same write again (a retried commit) adds nothing
-        s.save(&state, &[], &t.history).expect("save again");
-        let history = s.history("ORD-1").expect("history");
+        s.save(&state, &[], &t.history).await.expect("save again");
+        let history = s.history("ORD-1").await.expect("history");
         let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(
             kinds,
@@ -689,40 +543,88 @@ mod tests {
         );
         let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3]);
-        assert!(s.history("ORD-2").expect("history").is_empty());
+        assert!(s.history("ORD-2").await.expect("history").is_empty());
     }
 
-    #[test]
-    fn an_unreadable_row_is_set_aside_and_the_rest_recover() {
+    #[tokio::test]
+    async fn an_unreadable_row_is_set_aside_and_the_rest_recover() {
         let s = store();
         s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()), &[])
+            .await
             .expect("insert");
         s.insert(&OrderState::new("ORD-2", demo_order(), Utc::now()), &[])
+            .await
             .expect("insert");
-        s.conn()
-            .execute(
+        s.db.blocking(|c| {
+            Ok(c.execute(
                 "UPDATE orders SET state = '{\"nope\": 1}' WHERE id = 'ORD-1'",
                 [],
-            )
-            .expect("corrupt a row");
-        let found = s.unfinished().expect("recovery reads the rest");
+            )?)
+        })
+        .expect("corrupt a row");
+        let found = s.unfinished().await.expect("recovery reads the rest");
         assert_eq!(found.orders.len(), 1);
         assert_eq!(found.orders[0].order_id, "ORD-2");
         assert_eq!(found.unreadable.len(), 1);
         assert_eq!(found.unreadable[0].order_id, "ORD-1");
     }
 
-    #[test]
-    fn a_file_store_survives_reopening() {
+    #[tokio::test]
+    async fn a_file_store_survives_reopening() {
         let dir = std::env::temp_dir().join(format!("order-store-{}", uuid::Uuid::new_v4()));
         let location = StoreLocation::SqliteFile(dir.join("nested/orders.db"));
         {
             let s = SqliteStore::open(&location).expect("open creates the directory");
             s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()), &[])
+                .await
                 .expect("insert");
         }
         let s = SqliteStore::open(&location).expect("reopen migrates idempotently");
-        assert!(s.get("ORD-1").expect("get").is_some());
+        assert!(s.get("ORD-1").await.expect("get").is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The schema as the hand-written runner left it: every migration run,
+    /// recorded in `schema_migrations`, one order stored.
+    fn old_schema_with_one_order(order: &OrderState) -> String {
+        format!(
+            "{}{}{}
+            CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);
+            INSERT INTO schema_migrations VALUES (1, 'then'), (2, 'then'), (3, 'then');
+            INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
+            VALUES ('{}', '{}', '{}', 0, '{}', '{}', '{}');",
+            include_str!("../../migrations/sqlite/V1__orders_outbox.sql"),
+            include_str!("../../migrations/sqlite/V2__order_history.sql"),
+            include_str!("../../migrations/sqlite/V3__quarantine.sql"),
+            order.order_id,
+            order.workflow_id,
+            order.status.as_str(),
+            encode(order),
+            order.created_at.to_rfc3339(),
+            order.updated_at.to_rfc3339(),
+        )
+    }
+
+    /// A database the previous migration runner made is taken over, not
+    /// migrated again: it opens, keeps its orders and takes new ones.
+    #[tokio::test]
+    async fn a_database_of_the_previous_migration_runner_is_taken_over() {
+        let dir = std::env::temp_dir().join(format!("order-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("a directory");
+        let path = dir.join("orders.db");
+        let order = OrderState::new("ORD-1", demo_order(), Utc::now());
+        Connection::open(&path)
+            .expect("opens")
+            .execute_batch(&old_schema_with_one_order(&order))
+            .expect("the old schema");
+        let s = SqliteStore::open(&StoreLocation::SqliteFile(path.clone())).expect("taken over");
+        assert_eq!(s.get("ORD-1").await.expect("get"), Some(order));
+        s.insert(&OrderState::new("ORD-2", demo_order(), Utc::now()), &[])
+            .await
+            .expect("insert");
+        drop(s);
+        let s = SqliteStore::open(&StoreLocation::SqliteFile(path)).expect("reopens");
+        assert_eq!(s.list(None, 10, 0).await.expect("list").total, 2);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

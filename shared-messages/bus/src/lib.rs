@@ -29,9 +29,9 @@
 //!   consumer consumes and no delivery waits to be retried.
 //! - Requests pending when the connection drops fail at once with
 //!   [`BusError::NotConnected`] instead of waiting out their timeout.
-//! - The transactional outbox: [`group_commit`] stores the services'
-//!   transitions with the messages they cause, many per transaction, and
-//!   [`outbox::relay`] publishes what is stored.
+//! - The transactional outbox: the services store their transitions with
+//!   the messages they cause (many per transaction, by the service kit's
+//!   group commit), and [`outbox::relay`] publishes what is stored.
 //! - [`trace`]: W3C `traceparent`, carried so one order's spans in both
 //!   services share one trace id; `telemetry` (feature `telemetry`)
 //!   sets up logging and OTLP span export for a service.
@@ -40,7 +40,6 @@
 pub mod addresses;
 pub mod backoff;
 mod consumer;
-pub mod group_commit;
 pub mod metrics;
 pub mod outbox;
 mod rpc;

@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use tokio::sync::Notify;
 
 use super::backoff::Backoff;
@@ -102,12 +103,14 @@ impl Undecodable {
 }
 
 /// The store side of the outbox, implemented by each service's store.
+/// Its calls are async: the relay shares its thread with the service's
+/// actors, which must not wait on the disk or the database server.
 pub trait OutboxStore: Send + Sync + 'static {
     /// Up to `limit` of the oldest rows. A row that does not decode is
     /// moved to the store's quarantine ([`Undecodable`]) and left out.
-    fn pending(&self, limit: usize) -> Result<Vec<OutboxMessage>, String>;
+    fn pending(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxMessage>, String>>;
     /// Removes rows that the broker has confirmed.
-    fn remove(&self, seqs: &[i64]) -> Result<(), String>;
+    fn remove<'a>(&'a self, seqs: &'a [i64]) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// Messages published per batch; confirms within a batch are pipelined.
@@ -200,18 +203,6 @@ pub async fn relay(bus: Bus, store: Arc<dyn OutboxStore>, signal: OutboxSignal) 
     let _ = publish_batch(&bus, &store, &mut held).await;
 }
 
-/// Runs a store call on tokio's blocking pool, so the thread the relay
-/// shares with the service's actors does not wait on the disk.
-async fn blocking<T: Send + 'static>(
-    store: &Arc<dyn OutboxStore>,
-    call: impl FnOnce(&dyn OutboxStore) -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || call(store.as_ref()))
-        .await
-        .unwrap_or_else(|e| Err(format!("outbox store call failed: {e}")))
-}
-
 /// Publishes the oldest rows that are due, deletes those confirmed, and
 /// keeps back those refused or unroutable. Returns how many were sent.
 async fn publish_batch(
@@ -223,12 +214,10 @@ async fn publish_batch(
         return Err(BusError::NotConnected);
     }
     let limit = BATCH + held.len().min(HELD_CAP);
-    let rows = blocking(store, move |s| s.pending(limit))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot read the outbox");
-            BusError::NotConnected
-        })?;
+    let rows = store.pending(limit).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot read the outbox");
+        BusError::NotConnected
+    })?;
     held.retain(&rows.iter().map(|r| r.seq).collect());
     let now = Instant::now();
     let skip_held = held.len() < HELD_CAP;
@@ -281,8 +270,7 @@ async fn publish_batch(
     }
     super::metrics::METRICS.outbox_held.set(held.len() as i64);
     if !sent.is_empty() {
-        let seqs = sent.clone();
-        if let Err(error) = blocking(store, move |s| s.remove(&seqs)).await {
+        if let Err(error) = store.remove(&sent).await {
             tracing::error!(%error, "cannot clear published outbox rows; they will be sent again");
         }
     }

@@ -1,5 +1,5 @@
 //! The service kit: what order-service and fulfillment-service build their
-//! HTTP surface, metrics, settings and shutdown on, written once.
+//! HTTP surface, metrics, settings, shutdown and stores on, written once.
 //!
 //! | module | what |
 //! |---|---|
@@ -11,6 +11,7 @@
 //! | [`postgres_tls`] | TLS to PostgreSQL by the connection string's `sslmode` |
 //! | [`serve`] | the `HttpServer` wiring, and shutdown on SIGTERM or Ctrl-C |
 //! | [`settings`] | secret settings read from files (`NAME_FILE`) |
+//! | [`store`] | the store plumbing: SQLite and PostgreSQL connections, migrations, outbox, quarantine, history rows, group commit, the error type |
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -21,5 +22,6 @@ pub mod openapi;
 pub mod postgres_tls;
 pub mod serve;
 pub mod settings;
+pub mod store;
 
 pub use access::{Access, Guard, Role, Tokens};

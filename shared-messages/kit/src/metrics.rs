@@ -148,6 +148,16 @@ impl Common {
         m
     }
 
+    /// Records one store write that started at `started` (for writes
+    /// that are awaited, where a closure cannot time them).
+    pub fn store_write_took(&self, operation: &str, started: Instant) {
+        self.store_write_seconds
+            .get_or_create(&OperationLabels {
+                operation: operation.into(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     /// Times one store write.
     pub fn store_write<T>(&self, operation: &str, write: impl FnOnce() -> T) -> T {
         let started = Instant::now();

@@ -15,7 +15,7 @@
 //! system's roots explicitly. Unlike libpq, an absent `sslmode` means
 //! plain, as the services have always connected.
 //!
-//! The `postgres` crate understands neither `verify-*` nor `sslrootcert`;
+//! tokio-postgres understands neither `verify-*` nor `sslrootcert`;
 //! [`connector`] takes them out of the string and gives back one it
 //! parses, with the connector that does what they asked.
 
@@ -82,7 +82,7 @@ impl Mode {
         }
     }
 
-    /// The `sslmode` the `postgres` crate understands for this mode.
+    /// The `sslmode` tokio-postgres understands for this mode.
     fn wire(self) -> &'static str {
         match self {
             Self::Disable => "disable",
@@ -163,7 +163,7 @@ fn percent_decode(value: &str) -> Result<String, TlsSettingsError> {
     String::from_utf8(out).map_err(|_| TlsSettingsError::BadEscape(value.to_owned()))
 }
 
-/// The connection string to give the `postgres` crate (with an `sslmode`
+/// The connection string to give tokio-postgres (with an `sslmode`
 /// it understands) and the TLS connector to connect with. `env` reads
 /// `PGSSLROOTCERT` (the environment, or a map in tests).
 pub fn connector(

@@ -250,6 +250,14 @@ pub fn optional_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::from_json(&e))
 }
 
+/// A store failure: 503 `store_unavailable`, the cause in the log (one
+/// vocabulary for both services).
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self::store(error)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use super::error::{ApiError, ErrorBody};
 use super::ui::Page;
 
 /// What the operations routes ask of a service.
+#[async_trait::async_trait(?Send)]
 pub trait Surface: Send + Sync + 'static {
     /// A row set aside, as `/quarantine` lists it.
     type Quarantined: Serialize;
@@ -21,14 +22,14 @@ pub trait Surface: Send + Sync + 'static {
     /// consuming), or `None` when it is.
     fn broker_not_ready(&self) -> Option<String>;
     /// Whether the store answers now.
-    fn store_answers(&self) -> bool;
+    async fn store_answers(&self) -> bool;
     /// Sets the gauges read at scrape time, and answers the registry as
     /// Prometheus text.
-    fn scrape(&self) -> String;
+    async fn scrape(&self) -> String;
     /// The service's OpenAPI document (with [`document`]'s routes merged in).
     fn openapi(&self) -> utoipa::openapi::OpenApi;
     /// The rows set aside, oldest first.
-    fn quarantined(&self) -> Result<Vec<Self::Quarantined>, ApiError>;
+    async fn quarantined(&self) -> Result<Vec<Self::Quarantined>, ApiError>;
     /// The page's settings.
     fn page(&self) -> &'static Page;
 }
@@ -104,7 +105,7 @@ pub async fn healthz() -> HttpResponse {
         (status = 503, description = "not ready, and why", body = Readiness),
     ))]
 pub async fn readyz<S: Surface>(state: web::Data<S>) -> HttpResponse {
-    readiness(state.broker_not_ready(), state.store_answers())
+    readiness(state.broker_not_ready(), state.store_answers().await)
 }
 
 /// The `/readyz` answer for what was found.
@@ -139,7 +140,7 @@ pub fn readiness(broker_not_ready: Option<String>, store: bool) -> HttpResponse 
 pub async fn metrics<S: Surface>(state: web::Data<S>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.scrape())
+        .body(state.scrape().await)
 }
 
 /// OpenAPI 3.1 document of every route, generated from the handlers and
@@ -159,7 +160,7 @@ pub async fn openapi<S: Surface>(state: web::Data<S>) -> HttpResponse {
         (status = 503, description = "the store does not answer", body = ErrorBody),
     ))]
 pub async fn quarantine<S: Surface>(state: web::Data<S>) -> Result<HttpResponse, ApiError> {
-    let items = state.quarantined()?;
+    let items = state.quarantined().await?;
     Ok(HttpResponse::Ok().json(QuarantineView { items }))
 }
 

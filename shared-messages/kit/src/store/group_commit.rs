@@ -1,32 +1,34 @@
 //! Group commit, the write side of the outbox: actors hand their
-//! transitions (a state and the messages it causes) to one writer thread,
+//! transitions (a state and the messages it causes) to one writer task,
 //! which stores whatever has queued up meanwhile in one transaction.
 //!
 //! Under load many workflows finish a step at about the same time; one
 //! transaction for all of them divides the commit's cost (WAL pages, file
 //! locks, the round trip to a database server) by the batch size, and the
-//! actors' thread goes on with other work while the disk works. A write is
-//! answered only once its transaction has committed, so nothing is acked
-//! or published before it is stored. A batch that fails is retried one
-//! write at a time, so one bad write fails alone.
+//! actors go on with other work while the store works. A write is answered
+//! only once its transaction has committed, so nothing is acked or
+//! published before it is stored. A batch that fails is retried one write
+//! at a time, so one bad write fails alone; a store that panics fails the
+//! writes of that transaction and the writer goes on.
 
-use std::sync::mpsc;
-use std::thread;
+use std::panic::AssertUnwindSafe;
 
-use tokio::sync::oneshot;
-
-use super::outbox::OutboxSignal;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use message_bus::outbox::OutboxSignal;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// The most writes one transaction takes.
 pub const MAX_BATCH: usize = 256;
 
 /// What a service's store does for the writer.
-pub trait BatchStore: Send + 'static {
+pub trait BatchStore: Send + Sync + 'static {
     /// One transition: the new state and its outbox messages.
-    type Write: Send + 'static;
+    type Write: Send + Sync + 'static;
     type Error: Send + 'static;
     /// Stores every write in one transaction: all of them or none.
-    fn save_all(&self, writes: &[Self::Write]) -> Result<(), Self::Error>;
+    fn save_all<'a>(&'a self, writes: &'a [Self::Write]) -> BoxFuture<'a, Result<(), Self::Error>>;
     /// The write has outbox messages (the relay is nudged after it).
     fn has_messages(write: &Self::Write) -> bool;
 }
@@ -36,7 +38,7 @@ pub trait BatchStore: Send + 'static {
 pub enum CommitError<E> {
     /// The store refused it.
     Store(E),
-    /// The writer thread has stopped (the service is shutting down).
+    /// The writer has stopped (the service is shutting down).
     Stopped,
     /// The store panicked while writing it; the writer goes on.
     Panicked,
@@ -50,10 +52,10 @@ struct Job<S: BatchStore> {
     done: Answer<S>,
 }
 
-/// The handle actors write through; cheap to clone. The thread stops when
-/// the last handle is dropped, after storing what was sent.
+/// The handle actors write through; cheap to clone. The writer task stops
+/// when the last handle is dropped, after storing what was sent.
 pub struct GroupCommit<S: BatchStore> {
-    jobs: mpsc::Sender<Job<S>>,
+    jobs: mpsc::UnboundedSender<Job<S>>,
 }
 
 impl<S: BatchStore> Clone for GroupCommit<S> {
@@ -65,13 +67,13 @@ impl<S: BatchStore> Clone for GroupCommit<S> {
 }
 
 impl<S: BatchStore> GroupCommit<S> {
-    /// Starts the writer thread `name`; it nudges `outbox` after each
-    /// commit that stored messages.
+    /// Spawns the writer task (on the current tokio runtime), named `name`
+    /// in its span; it nudges `outbox` after each commit that stored
+    /// messages.
     pub fn start(name: &str, store: S, outbox: OutboxSignal) -> std::io::Result<Self> {
-        let (jobs, queue) = mpsc::channel();
-        thread::Builder::new()
-            .name(name.into())
-            .spawn(move || run(&store, &outbox, &queue))?;
+        let (jobs, queue) = mpsc::unbounded_channel();
+        let span = tracing::info_span!("group_commit", writer = %name);
+        tokio::spawn(run(store, outbox, queue).instrument(span));
         Ok(Self { jobs })
     }
 
@@ -86,9 +88,12 @@ impl<S: BatchStore> GroupCommit<S> {
     }
 }
 
-/// One transaction; a panic in the store fails it instead of the thread.
-fn save<S: BatchStore>(store: &S, writes: &[S::Write]) -> Result<(), CommitError<S::Error>> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.save_all(writes))) {
+/// One transaction; a panic in the store fails it instead of the writer.
+async fn save<S: BatchStore>(store: &S, writes: &[S::Write]) -> Result<(), CommitError<S::Error>> {
+    match AssertUnwindSafe(store.save_all(writes))
+        .catch_unwind()
+        .await
+    {
         Ok(result) => result.map_err(CommitError::Store),
         Err(_) => {
             tracing::error!(
@@ -100,18 +105,17 @@ fn save<S: BatchStore>(store: &S, writes: &[S::Write]) -> Result<(), CommitError
     }
 }
 
-fn run<S: BatchStore>(store: &S, outbox: &OutboxSignal, queue: &mpsc::Receiver<Job<S>>) {
-    while let Ok(first) = queue.recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+async fn run<S: BatchStore>(
+    store: S,
+    outbox: OutboxSignal,
+    mut queue: mpsc::UnboundedReceiver<Job<S>>,
+) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    // Whatever queued while the last transaction ran goes in the next.
+    while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         let (writes, answers): (Vec<S::Write>, Vec<Answer<S>>) =
-            jobs.into_iter().map(|j| (j.write, j.done)).unzip();
-        let results: Vec<Result<(), CommitError<S::Error>>> = match save(store, &writes) {
+            jobs.drain(..).map(|j| (j.write, j.done)).unzip();
+        let results: Vec<Result<(), CommitError<S::Error>>> = match save(&store, &writes).await {
             Ok(()) => writes.iter().map(|_| Ok(())).collect(),
             Err(error) if writes.len() == 1 => vec![Err(error)],
             Err(_) => {
@@ -119,10 +123,11 @@ fn run<S: BatchStore>(store: &S, outbox: &OutboxSignal, queue: &mpsc::Receiver<J
                     writes = writes.len(),
                     "group commit failed; storing one write at a time"
                 );
-                writes
-                    .iter()
-                    .map(|w| save(store, std::slice::from_ref(w)))
-                    .collect()
+                let mut results = Vec::with_capacity(writes.len());
+                for write in &writes {
+                    results.push(save(&store, std::slice::from_ref(write)).await);
+                }
+                results
             }
         };
         let mut stored_messages = false;
@@ -149,12 +154,16 @@ mod tests {
     impl BatchStore for Recorder {
         type Write = i32;
         type Error = String;
-        fn save_all(&self, writes: &[i32]) -> Result<(), String> {
-            if writes.iter().any(|w| *w < 0) {
-                return Err(format!("refused {writes:?}"));
-            }
-            self.0.lock().expect("lock").push(writes.to_vec());
-            Ok(())
+        fn save_all<'a>(&'a self, writes: &'a [i32]) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async move {
+                // A commit takes a while: writes sent meanwhile queue up.
+                tokio::task::yield_now().await;
+                if writes.iter().any(|w| *w < 0) {
+                    return Err(format!("refused {writes:?}"));
+                }
+                self.0.lock().expect("lock").push(writes.to_vec());
+                Ok(())
+            })
         }
         fn has_messages(_: &i32) -> bool {
             true
@@ -165,7 +174,7 @@ mod tests {
     async fn every_write_is_stored_once_and_a_bad_one_fails_alone() {
         let store = Recorder::default();
         let writer = GroupCommit::start("test-writer", store.clone(), OutboxSignal::new())
-            .expect("thread starts");
+            .expect("task starts");
         let writes = (-1..100).map(|n| writer.save(n));
         let results = futures::future::join_all(writes).await;
         assert!(
@@ -180,15 +189,37 @@ mod tests {
         assert_eq!(stored, (0..100).collect::<Vec<_>>());
     }
 
+    /// Writes sent together are stored in few transactions, not one each.
+    #[tokio::test]
+    async fn writes_sent_together_share_a_transaction() {
+        let store = Recorder::default();
+        let writer = GroupCommit::start("test-writer", store.clone(), OutboxSignal::new())
+            .expect("task starts");
+        let results = futures::future::join_all((0..600).map(|n| writer.save(n))).await;
+        assert!(results.iter().all(Result::is_ok));
+        let batches = store.0.lock().expect("lock").clone();
+        assert!(
+            batches.iter().all(|b| b.len() <= MAX_BATCH),
+            "no transaction above MAX_BATCH"
+        );
+        assert!(
+            batches.len() <= 4,
+            "600 writes queued at once go in a few transactions, not {}",
+            batches.len()
+        );
+    }
+
     /// Panics on 13; stores the rest.
     struct Fragile;
 
     impl BatchStore for Fragile {
         type Write = i32;
         type Error = String;
-        fn save_all(&self, writes: &[i32]) -> Result<(), String> {
-            assert!(!writes.contains(&13), "unlucky");
-            Ok(())
+        fn save_all<'a>(&'a self, writes: &'a [i32]) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async move {
+                assert!(!writes.contains(&13), "unlucky");
+                Ok(())
+            })
         }
         fn has_messages(_: &i32) -> bool {
             false
@@ -198,7 +229,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
         let writer =
-            GroupCommit::start("test-writer", Fragile, OutboxSignal::new()).expect("thread starts");
+            GroupCommit::start("test-writer", Fragile, OutboxSignal::new()).expect("task starts");
         let results = futures::future::join_all([12, 13, 14].map(|n| writer.save(n))).await;
         assert!(matches!(results[1], Err(CommitError::Panicked)));
         assert_eq!(results[0].as_ref().ok(), Some(&12));
@@ -207,8 +238,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_write_after_the_thread_stopped_is_refused() {
-        let (jobs, queue) = mpsc::channel::<Job<Recorder>>();
+    async fn a_write_after_the_writer_stopped_is_refused() {
+        let (jobs, queue) = mpsc::unbounded_channel::<Job<Recorder>>();
         drop(queue);
         let writer = GroupCommit { jobs };
         assert!(matches!(writer.save(1).await, Err(CommitError::Stopped)));

@@ -1,0 +1,9 @@
+    CREATE TABLE order_history (
+            order_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            at TEXT NOT NULL,
+            message_id TEXT,
+            detail TEXT NOT NULL,
+            PRIMARY KEY (order_id, seq)
+        );

@@ -1,0 +1,35 @@
+//! The store plumbing both services share, for SQLite and PostgreSQL.
+//!
+//! A service's store holds its own tables and queries; what sits under
+//! them is here, written once:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`error`] | [`StoreError`], the one store error vocabulary |
+//! | [`sqlite`] | the SQLite connection (WAL), its calls on tokio's blocking pool |
+//! | [`postgres`] | the PostgreSQL pool (deadpool on tokio-postgres, TLS by `sslmode`) |
+//! | [`migrate`] | schema migrations by refinery, taking over databases migrated before it |
+//! | [`outbox`] | the outbox table's SQL and [`OutboxStore`](message_bus::outbox::OutboxStore) for both backends |
+//! | [`quarantine`] | the quarantine table: rows set aside because they cannot be read |
+//! | [`history`] | reading history rows back into [`HistoryEvent`](shared_messages::history::HistoryEvent)s |
+//! | [`group_commit`] | the writer task that stores many transitions in one transaction |
+//! | `testdb` | a PostgreSQL database per test (feature `test-support`) |
+
+pub mod error;
+pub mod group_commit;
+pub mod history;
+pub mod migrate;
+pub mod outbox;
+pub mod postgres;
+pub mod quarantine;
+pub mod sqlite;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testdb;
+
+pub use error::StoreError;
+pub use postgres::Postgres;
+pub use quarantine::Quarantined;
+pub use sqlite::Sqlite;
+
+#[cfg(test)]
+mod tests;

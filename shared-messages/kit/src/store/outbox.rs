@@ -1,0 +1,214 @@
+//! The outbox table, written once for both services and both backends:
+//! the rows a transaction adds ([`insert_sqlite`], [`insert_postgres`],
+//! inside the caller's transaction) and what the relay reads and clears
+//! ([`OutboxStore`] for [`Sqlite`] and [`Postgres`]).
+//!
+//! On PostgreSQL, rows are claimed before they are published (`FOR UPDATE
+//! SKIP LOCKED`, then a short lease), so two replicas' relays do not send
+//! the same rows at once; a replica that dies holding a claim lets it
+//! lapse, and its rows go out from whoever reads next.
+
+use chrono::Utc;
+use futures::future::BoxFuture;
+use message_bus::outbox::{OutboxMessage, OutboxStore, Undecodable};
+use message_bus::Route;
+use shared_messages::Envelope;
+
+use super::{quarantine, Postgres, Sqlite, StoreError};
+
+/// How long a relay's claim on outbox rows keeps other replicas off them.
+/// A batch is confirmed well within this; a claim left by a replica that
+/// died delays its rows by at most this much.
+const CLAIM_LEASE: &str = "10 seconds";
+
+/// The messages a transition sends, inside the caller's SQLite
+/// transaction.
+pub fn insert_sqlite(
+    conn: &rusqlite::Connection,
+    messages: &[(Route, Envelope)],
+) -> Result<(), StoreError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let now = Utc::now().to_rfc3339();
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (route, envelope) in messages {
+        insert.execute(rusqlite::params![
+            route.exchange,
+            route.routing_key,
+            route.mandatory,
+            envelope.to_json(),
+            now
+        ])?;
+    }
+    Ok(())
+}
+
+/// The messages a transition sends, inside the caller's PostgreSQL
+/// transaction.
+pub async fn insert_postgres(
+    client: &impl tokio_postgres::GenericClient,
+    messages: &[(Route, Envelope)],
+) -> Result<(), StoreError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let insert = client
+        .prepare(
+            "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES ($1, $2, $3, $4)",
+        )
+        .await?;
+    for (route, envelope) in messages {
+        client
+            .execute(
+                &insert,
+                &[
+                    &route.exchange,
+                    &route.routing_key,
+                    &route.mandatory,
+                    &envelope.to_json(),
+                ],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Rows stored and not yet confirmed by the broker, on SQLite.
+pub fn len_sqlite(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or_default())
+}
+
+/// Rows stored and not yet confirmed by the broker, on PostgreSQL.
+pub async fn len_postgres(client: &impl tokio_postgres::GenericClient) -> Result<u64, StoreError> {
+    let n: i64 = client
+        .query_one("SELECT COUNT(*) FROM outbox", &[])
+        .await?
+        .get(0);
+    Ok(u64::try_from(n).unwrap_or_default())
+}
+
+fn pending_sqlite(
+    conn: &mut rusqlite::Connection,
+    limit: usize,
+) -> Result<Vec<OutboxMessage>, StoreError> {
+    let raw: Vec<(i64, String, String, bool, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT seq, exchange, routing_key, mandatory, envelope FROM outbox ORDER BY seq LIMIT ?1",
+        )?
+        .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut messages = Vec::with_capacity(raw.len());
+    for (seq, exchange, routing_key, mandatory, body) in raw {
+        match Undecodable::decode(seq, &exchange, &routing_key, mandatory, &body) {
+            Ok(message) => messages.push(message),
+            // Never let one bad row block the rest, nor drop it.
+            Err(bad) => {
+                let tx = conn.transaction()?;
+                tx.execute("DELETE FROM outbox WHERE seq = ?1", [bad.seq])?;
+                quarantine::put_sqlite(&tx, &bad.entity_id(), &bad.reason)?;
+                tx.commit()?;
+                bad.reported();
+            }
+        }
+    }
+    Ok(messages)
+}
+
+fn remove_sqlite(conn: &mut rusqlite::Connection, seqs: &[i64]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+        for seq in seqs {
+            delete.execute([seq])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl OutboxStore for Sqlite {
+    fn pending(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxMessage>, String>> {
+        Box::pin(async move {
+            self.call(move |conn| pending_sqlite(conn, limit))
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn remove<'a>(&'a self, seqs: &'a [i64]) -> BoxFuture<'a, Result<(), String>> {
+        let seqs = seqs.to_vec();
+        Box::pin(async move {
+            self.call(move |conn| remove_sqlite(conn, &seqs))
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+async fn pending_postgres(
+    store: &Postgres,
+    limit: usize,
+) -> Result<Vec<OutboxMessage>, StoreError> {
+    let mut client = store.client().await?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            &format!(
+                "UPDATE outbox SET claimed_by = $1, claimed_until = now() + interval '{CLAIM_LEASE}'
+                 WHERE seq IN (
+                     SELECT seq FROM outbox
+                     WHERE claimed_by IS NULL OR claimed_by = $1 OR claimed_until < now()
+                     ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING seq, exchange, routing_key, mandatory, envelope"
+            ),
+            &[&store.owner, &limit],
+        )
+        .await?;
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq: i64 = row.get(0);
+        match Undecodable::decode(seq, row.get(1), row.get(2), row.get(3), row.get(4)) {
+            Ok(message) => messages.push(message),
+            // Never let one bad row block the rest, nor drop it.
+            Err(bad) => {
+                let tx = client.transaction().await?;
+                tx.execute("DELETE FROM outbox WHERE seq = $1", &[&seq])
+                    .await?;
+                quarantine::put_postgres(&*tx, &bad.entity_id(), &bad.reason).await?;
+                tx.commit().await?;
+                bad.reported();
+            }
+        }
+    }
+    // RETURNING keeps no order; the relay publishes in seq order.
+    messages.sort_by_key(|m| m.seq);
+    Ok(messages)
+}
+
+impl OutboxStore for Postgres {
+    fn pending(&self, limit: usize) -> BoxFuture<'_, Result<Vec<OutboxMessage>, String>> {
+        Box::pin(async move {
+            pending_postgres(self, limit)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn remove<'a>(&'a self, seqs: &'a [i64]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let client = self.client().await.map_err(|e| e.to_string())?;
+            client
+                .execute("DELETE FROM outbox WHERE seq = ANY($1)", &[&seqs])
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+}

@@ -1,0 +1,97 @@
+//! The PostgreSQL pool both services' shared store runs on.
+//!
+//! deadpool-postgres over tokio-postgres: every call is async, so no actor
+//! or HTTP thread waits on the server, and a connection that broke (the
+//! server restarted, a failover) is dropped at its next checkout and a new
+//! one opened, so the store comes back by itself. TLS follows the
+//! connection string's `sslmode` ([`crate::postgres_tls`]).
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use refinery::Runner;
+
+use super::{migrate, StoreError};
+use crate::postgres_tls;
+
+/// Longest wait for a connection to open: a PostgreSQL that does not
+/// answer fails the call (retried by the caller) instead of hanging it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// TCP keepalives find a peer that vanished (a failed-over host) on an
+/// idle connection within about a minute.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Longest a statement may run; every statement here is a short indexed
+/// read or write, so anything near this is a stuck server.
+const STATEMENT_TIMEOUT_MS: u64 = 15_000;
+/// Connections per process: the group commit holds one, reads (HTTP,
+/// the relay, recovery) share the rest.
+const POOL_SIZE: usize = 8;
+/// Longest a call waits for a free connection before failing.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An open PostgreSQL store: a pool of connections; cheap to clone.
+#[derive(Clone)]
+pub struct Postgres {
+    pool: Pool,
+    /// Marks this process's outbox claims; it re-reads its own at once.
+    pub(crate) owner: String,
+}
+
+impl Postgres {
+    /// Connects to `url` and brings the schema up to date with
+    /// `migrations`, holding the advisory lock `lock` so that replicas
+    /// starting together migrate one at a time. TLS settings the URL gets
+    /// wrong (an unknown `sslmode`, an unreadable `sslrootcert`) and a
+    /// server that does not answer fail here, at start.
+    pub async fn open(url: &str, migrations: &Runner, lock: i64) -> Result<Self, StoreError> {
+        let (url, mode, tls) = postgres_tls::connector(url, &|name| std::env::var(name).ok())
+            .map_err(|e| StoreError::Open(e.to_string()))?;
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Open(format!("the PostgreSQL URL: {e}")))?;
+        let options = format!(
+            "{} -c statement_timeout={STATEMENT_TIMEOUT_MS} -c idle_in_transaction_session_timeout={}",
+            config.get_options().unwrap_or_default(),
+            STATEMENT_TIMEOUT_MS * 2
+        );
+        config
+            .options(options.trim())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives(true)
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
+        let manager = Manager::from_config(
+            config,
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(CHECKOUT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Open(format!("the PostgreSQL pool: {e}")))?;
+        tracing::info!(sslmode = mode.name(), "PostgreSQL store");
+        let store = Self {
+            pool,
+            owner: uuid::Uuid::new_v4().to_string(),
+        };
+        let mut client = store.client().await?;
+        if let Err(error) = migrate::postgres(&mut client, migrations, lock).await {
+            // The session may still hold the migration lock: end it.
+            drop(Object::take(client));
+            return Err(error);
+        }
+        Ok(store)
+    }
+
+    /// A connection from the pool, given back when dropped.
+    pub async fn client(&self) -> Result<Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+}

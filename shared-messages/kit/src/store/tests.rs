@@ -1,0 +1,216 @@
+//! The outbox, the quarantine and migrations on a SQLite file and on the
+//! local PostgreSQL server (a database per test).
+
+use message_bus::outbox::OutboxStore;
+use message_bus::Route;
+use refinery::{Migration, Runner};
+use rusqlite::OptionalExtension;
+use shared_messages::Envelope;
+
+use super::*;
+
+const SQLITE_V1: &str = "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    exchange TEXT NOT NULL, routing_key TEXT NOT NULL, mandatory INTEGER NOT NULL,
+    envelope BLOB NOT NULL, created_at TEXT NOT NULL);";
+const SQLITE_V2: &str = "CREATE TABLE quarantine (entity_id TEXT PRIMARY KEY,
+    reason TEXT NOT NULL, quarantined_at TEXT NOT NULL);";
+const PG_V1: &str = "CREATE TABLE outbox (seq BIGSERIAL PRIMARY KEY, exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL, mandatory BOOLEAN NOT NULL, envelope BYTEA NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(), claimed_by TEXT, claimed_until TIMESTAMPTZ);";
+const PG_V2: &str = SQLITE_V2;
+
+fn runner(v1: &str, v2: &str) -> Runner {
+    Runner::new(&[
+        Migration::unapplied("V1__outbox", v1).expect("a migration"),
+        Migration::unapplied("V2__quarantine", v2).expect("a migration"),
+    ])
+}
+
+fn message(n: u32) -> (Route, Envelope) {
+    let envelope = Envelope::new(
+        format!("entity-{n}"),
+        shared_messages::messages::Message::GetFulfillmentStatus(Default::default()),
+    );
+    (Route::new("test.exchange", "test.key", true), envelope)
+}
+
+#[tokio::test]
+async fn sqlite_outbox_rows_go_out_in_order_and_a_bad_one_is_quarantined() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Sqlite::open(
+        &dir.path().join("nested/store.db"),
+        &runner(SQLITE_V1, SQLITE_V2),
+    )
+    .expect("opens, creating the directory");
+    db.blocking(|conn| {
+        conn.execute(
+            "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, created_at)
+             VALUES ('x', 'k', 1, X'6e6f74206a736f6e', 'now')",
+            [],
+        )?;
+        outbox::insert_sqlite(conn, &[message(1), message(2)])
+    })
+    .expect("rows stored");
+    let pending = db
+        .pending(10)
+        .await
+        .expect("one bad row does not fail the read");
+    assert_eq!(pending.len(), 2, "the good rows go out");
+    assert!(pending[0].seq < pending[1].seq, "in order");
+    let items = db
+        .call(|conn| quarantine::list_sqlite(conn))
+        .await
+        .expect("list");
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0].entity_id, "outbox row 1");
+    assert!(
+        items[0].reason.contains("not json"),
+        "the body is kept: {items:?}"
+    );
+    db.remove(&[pending[0].seq]).await.expect("remove");
+    assert_eq!(db.call(|c| outbox::len_sqlite(c)).await.expect("len"), 1);
+}
+
+/// A database migrated before refinery (a `schema_migrations` table, or
+/// `PRAGMA user_version`) is taken over: what it records is not run again.
+#[test]
+fn sqlite_databases_migrated_before_refinery_are_taken_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, legacy) in [
+        ("table.db", "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);
+                      INSERT INTO schema_migrations VALUES (1, 'then');"),
+        ("pragma.db", "PRAGMA user_version = 1;"),
+    ] {
+        let path = dir.path().join(name);
+        let conn = rusqlite::Connection::open(&path).expect("opens");
+        conn.execute_batch(SQLITE_V1).expect("v1 as the old runner ran it");
+        conn.execute_batch(legacy).expect("the old record");
+        drop(conn);
+        let db = Sqlite::open(&path, &runner(SQLITE_V1, SQLITE_V2)).expect("taken over, v2 run");
+        let versions: Vec<i64> = db
+            .blocking(|c| {
+                let mut stmt =
+                    c.prepare("SELECT version FROM refinery_schema_history ORDER BY version")?;
+                let v = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok(v)
+            })
+            .expect("history");
+        assert_eq!(versions, [1, 2], "{name}");
+        let quarantine: Option<String> = db
+            .blocking(|c| {
+                Ok(c.query_row(
+                    "SELECT name FROM sqlite_master WHERE name = 'quarantine'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?)
+            })
+            .expect("reads");
+        assert!(quarantine.is_some(), "v2 ran on {name}");
+        drop(db);
+        Sqlite::open(&path, &runner(SQLITE_V1, SQLITE_V2)).expect("reopens as it is");
+    }
+}
+
+use super::testdb as pg;
+
+#[tokio::test]
+async fn postgres_outbox_claims_are_exclusive_and_a_bad_row_is_quarantined() {
+    let db = pg::TestDb::create("kit_outbox");
+    let store = Postgres::open(&db.url, &runner(PG_V1, PG_V2), 1)
+        .await
+        .expect("opens");
+    pg::admin(
+        "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES ('x', 'k', true, 'not json')".into(),
+        &db.name,
+    )
+    .expect("a garbage row");
+    let client = store.client().await.expect("a connection");
+    outbox::insert_postgres(&**client, &[message(1), message(2)])
+        .await
+        .expect("rows stored");
+    drop(client);
+    let pending = store
+        .pending(10)
+        .await
+        .expect("one bad row does not fail the read");
+    assert_eq!(pending.len(), 2, "the good rows go out");
+    assert!(pending[0].seq < pending[1].seq, "in seq order");
+    assert_eq!(
+        store.pending(10).await.expect("again").len(),
+        2,
+        "its own claims re-read"
+    );
+    let other = Postgres::open(&db.url, &runner(PG_V1, PG_V2), 1)
+        .await
+        .expect("a second replica");
+    assert!(
+        other.pending(10).await.expect("reads").is_empty(),
+        "another replica does not take rows under a live claim"
+    );
+    let client = store.client().await.expect("a connection");
+    let items = quarantine::list_postgres(&**client).await.expect("list");
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0].entity_id, "outbox row 1");
+    store.remove(&[pending[0].seq]).await.expect("remove");
+    assert_eq!(outbox::len_postgres(&**client).await.expect("len"), 1);
+}
+
+/// A database migrated by the runner before refinery keeps its tables and
+/// rows; only later versions run.
+#[tokio::test]
+async fn a_postgres_database_migrated_before_refinery_is_taken_over() {
+    let db = pg::TestDb::create("kit_takeover");
+    pg::admin(
+        format!(
+            "{PG_V1} CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+             INSERT INTO schema_migrations (version) VALUES (1);
+             INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES ('x', 'k', true, 'kept');"
+        ),
+        &db.name,
+    )
+    .expect("a database as the old runner left it");
+    let store = Postgres::open(&db.url, &runner(PG_V1, PG_V2), 1)
+        .await
+        .expect("taken over, v2 run");
+    let client = store.client().await.expect("a connection");
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM refinery_schema_history ORDER BY version",
+            &[],
+        )
+        .await
+        .expect("history")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    assert_eq!(
+        outbox::len_postgres(&**client).await.expect("len"),
+        1,
+        "rows kept"
+    );
+    quarantine::list_postgres(&**client)
+        .await
+        .expect("v2's table exists");
+    drop(client);
+    Postgres::open(&db.url, &runner(PG_V1, PG_V2), 1)
+        .await
+        .expect("reopens as it is");
+}
+
+#[tokio::test]
+async fn a_closed_port_fails_at_open() {
+    let result = Postgres::open(
+        "postgres://postgres@127.0.0.1:1/none",
+        &runner(PG_V1, PG_V2),
+        1,
+    )
+    .await;
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        result.err()
+    );
+}
