@@ -34,29 +34,26 @@ pub mod store;
 pub use message_bus::telemetry;
 pub mod workflow;
 
-use actix_web::dev::Server;
 use actix_web::web;
 use anyhow::Context as _;
 use message_bus::outbox::{relay, OutboxSignal};
-use message_bus::Bus;
-use service_kit::serve::{self, Listening};
+use service_kit::serve::{self, Listening, Running};
 use service_kit::settings::redact;
 
 use crate::actor::{Deps, Registry};
 use crate::config::Config;
 use crate::workflow::Timing;
 
-/// The running service: HTTP server, bus consumers, outbox relay, actors.
-pub struct Application {
-    port: u16,
-    server: Server,
-    bus: Bus,
-}
+/// The service as its binary runs it ([`serve::run`]): HTTP server, bus
+/// consumers, outbox relay, actors.
+pub struct Application;
 
-impl Application {
-    /// Opens the store, recovers unfinished fulfillments, connects the bus
-    /// and binds the HTTP listener. Call inside the actix system.
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+#[async_trait::async_trait(?Send)]
+impl serve::Service for Application {
+    type Config = Config;
+    const NAME: &'static str = env!("CARGO_PKG_NAME");
+
+    async fn build(config: Config) -> anyhow::Result<Running> {
         let common = &config.common;
         let opened = store::open(&common.store_url)
             .await
@@ -106,17 +103,6 @@ impl Application {
             store = %redact(&common.store_url),
             "fulfillment-service started"
         );
-        Ok(Self { port, server, bus })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Serves until SIGTERM or SIGINT, then stops taking HTTP requests,
-    /// lets those in hand finish, lets the consumers finish and ack what
-    /// they hold, and returns (see [`service_kit::serve`]).
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        serve::run_until_stopped(self.server, &self.bus).await
+        Ok(Running { port, server, bus })
     }
 }

@@ -214,6 +214,12 @@ impl Config {
     }
 }
 
+impl AsRef<service_kit::settings::Common> for Config {
+    fn as_ref(&self) -> &service_kit::settings::Common {
+        &self.common
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,29 +41,26 @@ pub use message_bus::telemetry;
 pub mod validation;
 pub mod workflow;
 
-use actix_web::dev::Server;
 use actix_web::web;
 use anyhow::Context;
 use message_bus::outbox::{relay, OutboxSignal};
 use message_bus::{Bus, BusConfig};
-use service_kit::serve::{self, Listening};
+use service_kit::serve::{self, Listening, Running};
 use shared_messages::topology;
 
 use crate::actor::{Orders, Timings};
 use crate::config::Config;
 
-/// The running service: HTTP server, bus, actors.
-pub struct Application {
-    port: u16,
-    server: Server,
-    bus: Bus,
-    orders: Orders,
-}
+/// The service as its binary runs it ([`serve::run`]): HTTP server, bus,
+/// actors.
+pub struct Application;
 
-impl Application {
-    /// Builds everything and binds the HTTP port (use port 0 in tests).
-    /// Must run inside the actix system (`#[actix_web::main]`).
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+#[async_trait::async_trait(?Send)]
+impl serve::Service for Application {
+    type Config = Config;
+    const NAME: &'static str = env!("CARGO_PKG_NAME");
+
+    async fn build(config: Config) -> anyhow::Result<Running> {
         let opened = store::open(&config.store)
             .await
             .context("opening the order store")?;
@@ -121,26 +118,6 @@ impl Application {
             },
         )?;
         tracing::info!(addr = %config.common.http_addr, port, "order-service listening");
-        Ok(Self {
-            port,
-            server,
-            bus,
-            orders,
-        })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn orders(&self) -> &Orders {
-        &self.orders
-    }
-
-    /// Serves until SIGTERM or SIGINT, then stops taking requests, lets
-    /// those in hand finish, lets the consumer settle what it holds and
-    /// closes the broker connection (see [`service_kit::serve`]).
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        serve::run_until_stopped(self.server, &self.bus).await
+        Ok(Running { port, server, bus })
     }
 }

@@ -107,6 +107,47 @@ pub async fn run_until_stopped(server: Server, bus: &Bus) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A service as its binary runs it: [`run`] is the whole of its `main`.
+#[async_trait::async_trait(?Send)]
+pub trait Service {
+    /// The service's settings, read from the environment.
+    type Config: std::fmt::Debug + AsRef<Common> + 'static;
+    /// The package name: in the log, and in the line announcing the port.
+    const NAME: &'static str;
+    /// Opens the store, recovers, connects the bus and binds the HTTP
+    /// listener (port 0: one the OS picks). Runs inside the actix system.
+    async fn build(config: Self::Config) -> anyhow::Result<Running>;
+}
+
+/// A built service: its HTTP server, bound to `port`, and its bus.
+pub struct Running {
+    pub port: u16,
+    pub server: Server,
+    pub bus: Bus,
+}
+
+/// Logging, then `S` built from `config`, its port announced on stdout
+/// ([`announce`]), served until SIGTERM or SIGINT ([`run_until_stopped`]).
+pub async fn run<S: Service>(config: S::Config, target: &'static str) -> anyhow::Result<()> {
+    let common = config.as_ref().clone();
+    main(&common, target, async move {
+        tracing::info!(?config, "starting {}", S::NAME);
+        let running = S::build(config).await?;
+        announce(S::NAME, running.port);
+        run_until_stopped(running.server, &running.bus).await
+    })
+    .await
+}
+
+/// The bound port on stdout, one line (`<name> listening on port N`):
+/// with `HTTP_ADDR=127.0.0.1:0` the OS picks a free port, and whoever
+/// started the process reads it here (logs go to stderr). A closed stdout
+/// is no reason to stop.
+pub fn announce(name: &str, port: u16) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout(), "{name} listening on port {port}");
+}
+
 /// A service's `main` after reading its settings: logging (and span
 /// export when configured) for the crate `target`
 /// (`env!("CARGO_CRATE_NAME")`), then `service` (build and run until
