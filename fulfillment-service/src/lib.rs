@@ -44,65 +44,59 @@ use crate::actor::{Deps, Registry};
 use crate::config::Config;
 use crate::workflow::Timing;
 
-/// The service as its binary runs it ([`serve::run`]): HTTP server, bus
-/// consumers, outbox relay, actors.
-pub struct Application;
+/// Builds the service (HTTP server, bus consumers, outbox relay, actors)
+/// for [`serve::run`]: opens the store, recovers unfinished fulfillments,
+/// connects the bus and binds the HTTP listener. Runs inside the actix
+/// system.
+pub async fn build(config: Config) -> anyhow::Result<Running> {
+    let common = &config.common;
+    let opened = store::open(&common.store_url)
+        .await
+        .with_context(|| format!("opening the store at {}", redact(&common.store_url)))?;
+    let outbox = OutboxSignal::new();
+    let writer = store::Writer::start(
+        "store-writer",
+        store::Batched(opened.store.clone()),
+        outbox.clone(),
+    )
+    .context("starting the store writer")?;
+    let deps = Deps {
+        writer,
+        store: opened.store,
+        outbox: outbox.clone(),
+        timing: Timing {
+            step_delay: config.step_delay,
+        },
+    };
+    let registry = Registry::new(deps, actix::System::current().arbiter().clone());
+    let recovered = registry
+        .recover()
+        .await
+        .context("loading unfinished fulfillments")?;
+    tracing::info!(
+        recovered = recovered.resumed,
+        quarantined = recovered.quarantined,
+        "unfinished fulfillments resumed"
+    );
 
-#[async_trait::async_trait(?Send)]
-impl serve::Service for Application {
-    type Config = Config;
-    const NAME: &'static str = env!("CARGO_PKG_NAME");
+    let bus = bus::connect(&common.amqp_url, registry.clone());
+    bus.start();
+    tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
 
-    async fn build(config: Config) -> anyhow::Result<Running> {
-        let common = &config.common;
-        let opened = store::open(&common.store_url)
-            .await
-            .with_context(|| format!("opening the store at {}", redact(&common.store_url)))?;
-        let outbox = OutboxSignal::new();
-        let writer = store::Writer::start(
-            "store-writer",
-            store::Batched(opened.store.clone()),
-            outbox.clone(),
-        )
-        .context("starting the store writer")?;
-        let deps = Deps {
-            writer,
-            store: opened.store,
-            outbox: outbox.clone(),
-            timing: Timing {
-                step_delay: config.step_delay,
-            },
-        };
-        let registry = Registry::new(deps, actix::System::current().arbiter().clone());
-        let recovered = registry
-            .recover()
-            .await
-            .context("loading unfinished fulfillments")?;
-        tracing::info!(
-            recovered = recovered.resumed,
-            quarantined = recovered.quarantined,
-            "unfinished fulfillments resumed"
-        );
-
-        let bus = bus::connect(&common.amqp_url, registry.clone());
-        bus.start();
-        tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
-
-        let state = web::Data::new(http::AppState {
-            registry,
-            bus: bus.clone(),
-        });
-        let Listening { port, server } =
-            serve::start::<http::HttpSpans, _>(env!("CARGO_PKG_NAME"), common, move |cfg| {
-                cfg.app_data(state.clone()).configure(http::configure);
-            })?;
-        tracing::info!(
-            http = %common.http_addr,
-            port,
-            amqp = %redact(&common.amqp_url),
-            store = %redact(&common.store_url),
-            "fulfillment-service started"
-        );
-        Ok(Running { port, server, bus })
-    }
+    let state = web::Data::new(http::AppState {
+        registry,
+        bus: bus.clone(),
+    });
+    let Listening { port, server } =
+        serve::start::<http::HttpSpans, _>(env!("CARGO_PKG_NAME"), common, move |cfg| {
+            cfg.app_data(state.clone()).configure(http::configure);
+        })?;
+    tracing::info!(
+        http = %common.http_addr,
+        port,
+        amqp = %redact(&common.amqp_url),
+        store = %redact(&common.store_url),
+        "fulfillment-service started"
+    );
+    Ok(Running { port, server, bus })
 }

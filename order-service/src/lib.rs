@@ -23,7 +23,7 @@
 //! What both services share (the HTTP wiring and shutdown, the errors,
 //! health, metrics and the page) is in `service_kit`.
 //!
-//! Start-up ([`Application::build`]): open the store (migrations), respawn
+//! Start-up ([`build`]): open the store (migrations), respawn
 //! every unfinished order's actor at its step, register the consumer,
 //! start the bus and the outbox relay, bind HTTP.
 #![forbid(unsafe_code)]
@@ -51,73 +51,63 @@ use shared_messages::topology;
 use crate::actor::{Orders, Timings};
 use crate::config::Config;
 
-/// The service as its binary runs it ([`serve::run`]): HTTP server, bus,
-/// actors.
-pub struct Application;
-
-#[async_trait::async_trait(?Send)]
-impl serve::Service for Application {
-    type Config = Config;
-    const NAME: &'static str = env!("CARGO_PKG_NAME");
-
-    async fn build(config: Config) -> anyhow::Result<Running> {
-        let opened = store::open(&config.store)
-            .await
-            .context("opening the order store")?;
-        let bus = Bus::new(BusConfig::new(
-            config.common.amqp_url.clone(),
-            "order-service",
-            if config.declare_peer_queues {
-                topology::order_service()
-            } else {
-                topology::order_service_own()
-            },
-        ));
-        let outbox = OutboxSignal::new();
-        let orders = Orders::new(
-            actix::Arbiter::current(),
-            opened.store,
-            bus.clone(),
-            outbox.clone(),
-            Timings {
-                inventory_delay: config.inventory_delay,
-                payment_delay: config.payment_delay,
-                poll_interval: config.poll_interval,
-                query_timeout: config.common.query_timeout,
-                payment_decline_rate: config.payment_decline_rate,
-                fulfillment_deadline: config.fulfillment_deadline,
-                inventory_retry: config.inventory_retry,
-                payment_retry: config.payment_retry,
-                inventory_transient_failure_rate: config.inventory_transient_failure_rate,
-                payment_transient_failure_rate: config.payment_transient_failure_rate,
-            },
-        )
-        .context("starting the store writer")?;
-        let recovered = orders
-            .recover()
-            .await
-            .context("loading unfinished orders")?;
-        tracing::info!(recovered, "unfinished orders resumed");
-
-        bus.consume(
-            topology::ORDER_FULFILLMENT_EVENTS_QUEUE,
-            bus::event_handler(orders.clone()),
-        );
-        bus.start();
-        tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
-
-        let state = web::Data::new(http::AppState {
-            orders: orders.clone(),
+/// Builds the service (HTTP server, bus, actors) for [`serve::run`]:
+/// opens the store, recovers, connects the bus and binds the HTTP port
+/// (port 0: one the OS picks). Runs inside the actix system.
+pub async fn build(config: Config) -> anyhow::Result<Running> {
+    let opened = store::open(&config.store)
+        .await
+        .context("opening the order store")?;
+    let bus = Bus::new(BusConfig::new(
+        config.common.amqp_url.clone(),
+        "order-service",
+        if config.declare_peer_queues {
+            topology::order_service()
+        } else {
+            topology::order_service_own()
+        },
+    ));
+    let outbox = OutboxSignal::new();
+    let orders = Orders::new(
+        actix::Arbiter::current(),
+        opened.store,
+        bus.clone(),
+        outbox.clone(),
+        Timings {
+            inventory_delay: config.inventory_delay,
+            payment_delay: config.payment_delay,
+            poll_interval: config.poll_interval,
             query_timeout: config.common.query_timeout,
-        });
-        let Listening { port, server } = serve::start::<http::HttpSpans, _>(
-            env!("CARGO_PKG_NAME"),
-            &config.common,
-            move |cfg| {
-                cfg.app_data(state.clone()).configure(http::configure);
-            },
-        )?;
-        tracing::info!(addr = %config.common.http_addr, port, "order-service listening");
-        Ok(Running { port, server, bus })
-    }
+            payment_decline_rate: config.payment_decline_rate,
+            fulfillment_deadline: config.fulfillment_deadline,
+            inventory_retry: config.inventory_retry,
+            payment_retry: config.payment_retry,
+            inventory_transient_failure_rate: config.inventory_transient_failure_rate,
+            payment_transient_failure_rate: config.payment_transient_failure_rate,
+        },
+    )
+    .context("starting the store writer")?;
+    let recovered = orders
+        .recover()
+        .await
+        .context("loading unfinished orders")?;
+    tracing::info!(recovered, "unfinished orders resumed");
+
+    bus.consume(
+        topology::ORDER_FULFILLMENT_EVENTS_QUEUE,
+        bus::event_handler(orders.clone()),
+    );
+    bus.start();
+    tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
+
+    let state = web::Data::new(http::AppState {
+        orders: orders.clone(),
+        query_timeout: config.common.query_timeout,
+    });
+    let Listening { port, server } =
+        serve::start::<http::HttpSpans, _>(env!("CARGO_PKG_NAME"), &config.common, move |cfg| {
+            cfg.app_data(state.clone()).configure(http::configure);
+        })?;
+    tracing::info!(addr = %config.common.http_addr, port, "order-service listening");
+    Ok(Running { port, server, bus })
 }

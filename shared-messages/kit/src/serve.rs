@@ -107,18 +107,6 @@ pub async fn run_until_stopped(server: Server, bus: &Bus) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A service as its binary runs it: [`run`] is the whole of its `main`.
-#[async_trait::async_trait(?Send)]
-pub trait Service {
-    /// The service's settings, read from the environment.
-    type Config: std::fmt::Debug + AsRef<Common> + 'static;
-    /// The package name: in the log, and in the line announcing the port.
-    const NAME: &'static str;
-    /// Opens the store, recovers, connects the bus and binds the HTTP
-    /// listener (port 0: one the OS picks). Runs inside the actix system.
-    async fn build(config: Self::Config) -> anyhow::Result<Running>;
-}
-
 /// A built service: its HTTP server, bound to `port`, and its bus.
 pub struct Running {
     pub port: u16,
@@ -126,14 +114,25 @@ pub struct Running {
     pub bus: Bus,
 }
 
-/// Logging, then `S` built from `config`, its port announced on stdout
-/// ([`announce`]), served until SIGTERM or SIGINT ([`run_until_stopped`]).
-pub async fn run<S: Service>(config: S::Config, target: &'static str) -> anyhow::Result<()> {
+/// The whole of a service's `main` after reading its settings: logging,
+/// then `build(config)`, its port announced on stdout ([`announce`]),
+/// served until SIGTERM or SIGINT ([`run_until_stopped`]). `name` is the
+/// package name, `target` the crate's (`env!("CARGO_CRATE_NAME")`).
+pub async fn run<C, B>(
+    config: C,
+    name: &'static str,
+    target: &'static str,
+    build: impl FnOnce(C) -> B,
+) -> anyhow::Result<()>
+where
+    C: std::fmt::Debug + AsRef<Common>,
+    B: Future<Output = anyhow::Result<Running>>,
+{
     let common = config.as_ref().clone();
     main(&common, target, async move {
-        tracing::info!(?config, "starting {}", S::NAME);
-        let running = S::build(config).await?;
-        announce(S::NAME, running.port);
+        tracing::info!(?config, "starting {name}");
+        let running = build(config).await?;
+        announce(name, running.port);
         run_until_stopped(running.server, &running.bus).await
     })
     .await
