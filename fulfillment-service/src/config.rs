@@ -10,6 +10,8 @@ pub const DEFAULT_STORE_URL: &str = "sqlite://./data/fulfillment.db";
 /// Seconds per step by default, so a person can pause and resume by hand.
 pub const DEFAULT_STEP_DELAY_MS: u64 = 3_000;
 pub const DEFAULT_QUERY_TIMEOUT_MS: u64 = 5_000;
+/// Longest `REPLICA_ID`: the queue name it goes into may have 255 bytes.
+const MAX_REPLICA_ID_LEN: usize = 200;
 
 pub use shared_messages::telemetry::LogFormat;
 
@@ -33,6 +35,11 @@ pub struct Config {
     pub api_token_file: Option<PathBuf>,
     /// `CORS_ALLOWED_ORIGINS`: other origins whose pages may call the API.
     pub cors_allowed_origins: Vec<String>,
+    /// `REPLICA_ID`: this replica's name, unique among the replicas on one
+    /// broker; its query queue is `fulfillment.queries.<REPLICA_ID>`. By
+    /// default the host name and the process id (`<host>-<pid>`), so
+    /// processes on one host never share a name.
+    pub replica_id: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +101,21 @@ impl Config {
                     value: get("CORS_ALLOWED_ORIGINS").unwrap_or_default(),
                     reason,
                 })?;
+        let replica_id = match get("REPLICA_ID").map(|v| v.trim().to_owned()) {
+            Some(id) if !id.is_empty() => {
+                if id.len() > MAX_REPLICA_ID_LEN || id.chars().any(|c| !c.is_ascii_graphic()) {
+                    return Err(ConfigError {
+                        name: "REPLICA_ID",
+                        value: id,
+                        reason: format!(
+                            "expected at most {MAX_REPLICA_ID_LEN} printable ASCII characters without spaces"
+                        ),
+                    });
+                }
+                id
+            }
+            _ => default_replica_id(&get),
+        };
         Ok(Self {
             amqp_url: secret("AMQP_URL", DEFAULT_AMQP_URL)?,
             http_addr: text("HTTP_ADDR", DEFAULT_HTTP_ADDR),
@@ -113,6 +135,7 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
             cors_allowed_origins,
+            replica_id,
         })
     }
 
@@ -147,8 +170,20 @@ impl std::fmt::Debug for Config {
             .field("service_name", &self.service_name)
             .field("api_token_file", &self.api_token_file)
             .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .field("replica_id", &self.replica_id)
             .finish()
     }
+}
+
+/// `<host>-<pid>`: the host name from `HOSTNAME` (a pod's name on
+/// Kubernetes) or the kernel, so it is unique on one host as well.
+fn default_replica_id(get: &impl Fn(&str) -> Option<String>) -> String {
+    let host = get("HOSTNAME")
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or_else(|| "local".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// `amqp://user:secret@host` -> `amqp://user:***@host`.
@@ -227,6 +262,28 @@ mod tests {
         })
         .expect("valid");
         assert_eq!(named.exported_as(), Some("fulfillment-eu"));
+    }
+
+    #[test]
+    fn the_replica_is_named_by_replica_id_or_host_and_process() {
+        let pid = std::process::id();
+        let c = Config::from_lookup(|n| (n == "HOSTNAME").then(|| "fulfillment-7c9d".into()))
+            .expect("defaults");
+        assert_eq!(c.replica_id, format!("fulfillment-7c9d-{pid}"));
+        let c = Config::from_lookup(|_| None).expect("defaults");
+        assert!(
+            c.replica_id.ends_with(&format!("-{pid}")),
+            "{}",
+            c.replica_id
+        );
+        let c =
+            Config::from_lookup(|n| (n == "REPLICA_ID").then(|| " eu-1 ".into())).expect("valid");
+        assert_eq!(c.replica_id, "eu-1");
+        for bad in ["two words", &"x".repeat(201)] {
+            let err = Config::from_lookup(|n| (n == "REPLICA_ID").then(|| bad.to_owned()))
+                .expect_err("not a queue name part");
+            assert!(err.to_string().contains("REPLICA_ID"), "{err}");
+        }
     }
 
     #[test]

@@ -84,7 +84,7 @@ impl Application {
             "unfinished fulfillments resumed"
         );
 
-        let bus = bus::connect(&config.amqp_url, registry.clone());
+        let bus = bus::connect(&config.amqp_url, &config.replica_id, registry.clone());
         bus.start();
         tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
 
@@ -122,6 +122,7 @@ impl Application {
             port,
             amqp = %config.amqp_url_redacted(),
             store = %config.store_url_redacted(),
+            replica = %config.replica_id,
             "fulfillment-service started"
         );
         Ok(Self { port, server, bus })

@@ -57,6 +57,7 @@ impl System {
             ("STEP_DELAY_MS", step_delay_ms),
             ("LOG_FORMAT", "json"),
             ("RUST_LOG", "info"),
+            ("REPLICA_ID", "ops-1"),
         ];
         fulfillment_env.extend_from_slice(both);
         let orders = Service::start_logged(
@@ -633,7 +634,8 @@ async fn metrics_count_an_order_in_both_services() -> Result<()> {
     f(
         "fulfillment_service_messages_consumed_total",
         &[
-            ("queue", "fulfillment.queries"),
+            // The replica's own query queue (REPLICA_ID=ops-1).
+            ("queue", "fulfillment.queries.ops-1"),
             ("message_type", "GetFulfillmentStatus"),
         ],
         1.0,
