@@ -7,6 +7,9 @@
 #   scripts/rabbitmq-cluster.sh kill NODE       kill -9 one node (NODE: 1, 2, 3 or ha1@localhost ...)
 #   scripts/rabbitmq-cluster.sh start-node NODE start one node again; it rejoins by itself
 #   scripts/rabbitmq-cluster.sh status          which nodes run, and the cluster as node 1 sees it
+#   scripts/rabbitmq-cluster.sh delete-queue VHOST QUEUE
+#                                               delete a queue through a running node, even one
+#                                               exclusive to a connection (the management API refuses those)
 #
 # Node i (1..3) is `ha<i>@localhost`: AMQP on 570<i>, management API on
 # 1570<i> (guest/guest), inter-node traffic on 2570<i>, data and logs under
@@ -146,6 +149,18 @@ case ${1:-} in
     await_node "$i"
     log "$(node_name "$i") is up"
     ;;
+  delete-queue)
+    vhost=${2:?vhost}
+    queue=${3:?queue}
+    for i in "${NODES[@]}"; do
+      if running "$i"; then
+        ctl "$i" delete_queue --vhost "$vhost" "$queue" >/dev/null
+        exit 0
+      fi
+    done
+    log "no node is running"
+    exit 1
+    ;;
   status)
     for i in "${NODES[@]}"; do
       if running "$i"; then state=running; else state=down; fi
@@ -156,7 +171,7 @@ case ${1:-} in
     done
     ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -9,7 +9,10 @@
 //!   nothing, or an invalid one nobody waits on, is dead-lettered with
 //!   why, as is one whose envelope and payload name different
 //!   fulfillments ([`workflow::check_entity`]).
-//! - `fulfillment.queries`: status and progress, answered from the store.
+//! - `fulfillment.queries.<replica>`: this replica's own query queue
+//!   (exclusive to its connection, bound to `fulfillment.queries` with the
+//!   `query` key): status and progress, answered from the store. Every
+//!   replica answers every query; the requester keeps the first reply.
 //!
 //! Events do not go out from here: every transition writes its
 //! `FulfillmentStatusChanged` to the outbox in the same transaction as the
@@ -28,12 +31,13 @@ use crate::actor::Registry;
 use crate::store::StoreError;
 use crate::workflow::{self, Input, Reply};
 
-/// The bus with both consumers registered (not started).
-pub fn connect(amqp_url: &str, registry: Registry) -> Bus {
+/// The bus with both consumers registered (not started); `replica` names
+/// this replica's query queue.
+pub fn connect(amqp_url: &str, replica: &str, registry: Registry) -> Bus {
     let bus = Bus::new(BusConfig::new(
         amqp_url,
         "fulfillment-service",
-        topology::fulfillment_service(),
+        topology::fulfillment_service_replica(replica),
     ));
     let (signals_bus, signals_registry) = (bus.clone(), registry.clone());
     bus.consume(
@@ -42,7 +46,7 @@ pub fn connect(amqp_url: &str, registry: Registry) -> Bus {
     );
     let queries_bus = bus.clone();
     bus.consume(
-        FULFILLMENT_QUERIES_QUEUE,
+        &topology::fulfillment_query_queue(replica),
         Arc::new(move |incoming| handle_query(&registry, &queries_bus, incoming)),
     );
     bus

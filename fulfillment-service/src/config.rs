@@ -52,6 +52,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_replica_is_named_by_replica_id_or_host_and_process() {
+        let pid = std::process::id();
+        let c = Config::from_lookup(|n| (n == "HOSTNAME").then(|| "fulfillment-7c9d".into()))
+            .expect("defaults");
+        assert_eq!(c.common.replica_id, format!("fulfillment-7c9d-{pid}"));
+        let c = Config::from_lookup(|_| None).expect("defaults");
+        assert!(
+            c.common.replica_id.ends_with(&format!("-{pid}")),
+            "{}",
+            c.common.replica_id
+        );
+        let c =
+            Config::from_lookup(|n| (n == "REPLICA_ID").then(|| " eu-1 ".into())).expect("valid");
+        assert_eq!(c.common.replica_id, "eu-1");
+        for bad in ["two words", &"x".repeat(201)] {
+            let err = Config::from_lookup(|n| (n == "REPLICA_ID").then(|| bad.to_owned()))
+                .expect_err("not a queue name part");
+            assert!(err.to_string().contains("REPLICA_ID"), "{err}");
+        }
+    }
+
+    #[test]
     fn a_missing_secret_file_is_named() {
         let err = Config::from_lookup(|n| (n == "STORE_URL_FILE").then(|| "/nonexistent".into()))
             .expect_err("missing file");

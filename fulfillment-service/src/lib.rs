@@ -79,7 +79,7 @@ pub async fn build(config: Config) -> anyhow::Result<Running> {
         "unfinished fulfillments resumed"
     );
 
-    let bus = bus::connect(&common.amqp_url, registry.clone());
+    let bus = bus::connect(&common.amqp_url, &common.replica_id, registry.clone());
     bus.start();
     tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
 
@@ -96,6 +96,7 @@ pub async fn build(config: Config) -> anyhow::Result<Running> {
         port,
         amqp = %redact(&common.amqp_url),
         store = %redact(&common.store_url),
+        replica = %common.replica_id,
         "fulfillment-service started"
     );
     Ok(Running { port, server, bus })

@@ -26,9 +26,11 @@ use uuid::Uuid;
 
 use crate::workflow::Input;
 
-/// Where queries to fulfillment go.
+/// Where queries to fulfillment go: to every fulfillment-service replica's
+/// own query queue. Mandatory, so with no replica running a query is
+/// returned unroutable at once (HTTP 503), not timed out.
 pub fn query_route() -> Route {
-    Route::new(FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY, false)
+    Route::new(FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY, true)
 }
 
 /// What became of an event given to its order.

@@ -6,14 +6,17 @@
 //! sent while the receiver has never run still waits in its queue. Both
 //! services build their declarations from the same functions here, so the
 //! arguments always agree (RabbitMQ refuses a re-declaration that differs).
+//! The one exception is each fulfillment-service replica's query queue
+//! ([`fulfillment_query_replica`]): exclusive to the replica's connection,
+//! so only that replica declares it.
 //!
 //! | exchange (type) | routing key | queue | consumer |
 //! |---|---|---|---|
 //! | `fulfillment.signals` (direct) | `signal` | `fulfillment.signals` (quorum) | fulfillment-service |
-//! | `fulfillment.queries` (direct) | `query` | `fulfillment.queries` (quorum, expiring) | fulfillment-service |
+//! | `fulfillment.queries` (direct) | `query` | `fulfillment.queries.<replica>` (classic, exclusive, expiring), one per replica | that fulfillment-service replica |
 //! | `fulfillment.events` (topic) | `fulfillment.status.<status>` | `order-service.fulfillment-events` (quorum) | order-service |
 //! | `fulfillment.events` (topic) | `fulfillment.progress.<status>` | none by default | whoever binds it |
-//! | `fulfillment.dead-letter` (direct) | queue name | `fulfillment.signals.dlq`, `fulfillment.queries.dlq` | operators |
+//! | `fulfillment.dead-letter` (direct) | queue name (`fulfillment.queries` for every replica's query queue) | `fulfillment.signals.dlq`, `fulfillment.queries.dlq` | operators |
 //! | `order-service.dead-letter` (direct) | queue name | `order-service.fulfillment-events.dlq` | operators |
 
 use crate::messages::FulfillmentStatus;
@@ -23,6 +26,9 @@ pub const FULFILLMENT_SIGNALS_QUEUE: &str = "fulfillment.signals";
 pub const FULFILLMENT_SIGNAL_KEY: &str = "signal";
 
 pub const FULFILLMENT_QUERIES_EXCHANGE: &str = "fulfillment.queries";
+/// What every replica's query queue is named after
+/// ([`fulfillment_query_queue`]), and the key their dead letters go under,
+/// into `fulfillment.queries.dlq`.
 pub const FULFILLMENT_QUERIES_QUEUE: &str = "fulfillment.queries";
 pub const FULFILLMENT_QUERY_KEY: &str = "query";
 
@@ -49,6 +55,12 @@ pub const DELIVERY_LIMIT: i32 = 20;
 /// (`QUERY_TIMEOUT_MS`), after which nobody waits for the answer.
 /// Requesters also set a per-message expiration equal to their own timeout.
 pub const QUERY_QUEUE_TTL_MS: i32 = 5_000;
+
+/// The query queue of the fulfillment-service replica `replica`, e.g.
+/// `fulfillment.queries.fulfillment-7c9d-1`.
+pub fn fulfillment_query_queue(replica: &str) -> String {
+    format!("{FULFILLMENT_QUERIES_QUEUE}.{replica}")
+}
 
 /// The routing key a status event is published with, e.g.
 /// `fulfillment.status.ready_to_ship`.
@@ -101,13 +113,12 @@ pub enum QueueKind {
     /// Durable definition, transient messages that expire; lives on one
     /// node, so it is unavailable while that node is down.
     Classic { message_ttl_ms: Option<i32> },
-    /// Replicated like [`QueueKind::Quorum`], for requests that expire
-    /// (queries): survives the loss of any one node of a cluster, and drops
-    /// what nobody waits for any more instead of dead-lettering it.
-    QuorumExpiring {
-        message_ttl_ms: i32,
-        delivery_limit: Option<i32>,
-    },
+    /// Classic, not durable, exclusive to the connection that declares it:
+    /// deleted with that connection and declared again, on whichever node
+    /// the next connection is on, when the consumer reconnects. For
+    /// requests that expire (queries): what nobody waits for any more is
+    /// dropped, never dead-lettered. Never part of `definitions.json`.
+    Exclusive { message_ttl_ms: i32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +129,9 @@ pub struct QueueSpec {
     /// without requeue). The consumer uses the same exchange when it
     /// dead-letters a message with a reason.
     pub dead_letter_exchange: Option<String>,
+    /// The routing key dead letters go under, when not the queue's own
+    /// name: every replica's query queue shares `fulfillment.queries.dlq`.
+    pub dead_letter_key: Option<String>,
 }
 
 /// The value of one `x-` queue argument.
@@ -139,15 +153,9 @@ impl QueueSpec {
                     args.push(("x-delivery-limit", QueueArgument::Int(limit)));
                 }
             }
-            QueueKind::QuorumExpiring {
-                message_ttl_ms,
-                delivery_limit,
-            } => {
-                args.push(("x-queue-type", QueueArgument::Text("quorum".into())));
+            QueueKind::Exclusive { message_ttl_ms } => {
+                args.push(("x-queue-type", QueueArgument::Text("classic".into())));
                 args.push(("x-message-ttl", QueueArgument::Int(message_ttl_ms)));
-                if let Some(limit) = delivery_limit {
-                    args.push(("x-delivery-limit", QueueArgument::Int(limit)));
-                }
             }
             QueueKind::Classic { message_ttl_ms } => {
                 args.push(("x-queue-type", QueueArgument::Text("classic".into())));
@@ -163,10 +171,20 @@ impl QueueSpec {
             args.push(("x-dead-letter-exchange", QueueArgument::Text(dlx.clone())));
             args.push((
                 "x-dead-letter-routing-key",
-                QueueArgument::Text(self.name.clone()),
+                QueueArgument::Text(self.dead_letter_routing_key().to_owned()),
             ));
         }
         args
+    }
+
+    /// The routing key this queue's dead letters go under.
+    pub fn dead_letter_routing_key(&self) -> &str {
+        self.dead_letter_key.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Owned by the declaring connection (see [`QueueKind::Exclusive`]).
+    pub fn is_exclusive(&self) -> bool {
+        matches!(self.kind, QueueKind::Exclusive { .. })
     }
 }
 
@@ -245,12 +263,14 @@ impl Topology {
                     delivery_limit: None,
                 },
                 dead_letter_exchange: None,
+                dead_letter_key: None,
             })
             .bind(&dlq, dead_letter_exchange, name)
             .queue(QueueSpec {
                 name: name.into(),
                 kind,
                 dead_letter_exchange: Some(dead_letter_exchange.into()),
+                dead_letter_key: None,
             })
     }
 }
@@ -274,25 +294,52 @@ pub fn fulfillment_signals() -> Topology {
         )
 }
 
-/// Queries to fulfillment: a quorum queue, so queries keep being answered
-/// while any one node of a cluster is down, whose messages expire with the
-/// query timeout (see docs/durability.md for why not a queue per replica).
+/// Queries to fulfillment, as every sender and `definitions.json` know
+/// them: the exchange, and the dead-letter queue every replica's query
+/// queue shares. The queues that take queries are the replicas' own
+/// ([`fulfillment_query_replica`]); with none bound, a (mandatory) query is
+/// unroutable at once.
 pub fn fulfillment_queries() -> Topology {
+    let dlq = dead_letter_queue(FULFILLMENT_QUERIES_QUEUE);
     Topology::default()
         .exchange(FULFILLMENT_QUERIES_EXCHANGE, ExchangeType::Direct)
-        .consumed_queue(
-            FULFILLMENT_QUERIES_QUEUE,
-            QueueKind::QuorumExpiring {
-                message_ttl_ms: QUERY_QUEUE_TTL_MS,
-                delivery_limit: Some(DELIVERY_LIMIT),
+        .exchange(FULFILLMENT_DEAD_LETTER_EXCHANGE, ExchangeType::Direct)
+        .queue(QueueSpec {
+            name: dlq.clone(),
+            kind: QueueKind::Quorum {
+                delivery_limit: None,
             },
-            FULFILLMENT_DEAD_LETTER_EXCHANGE,
-        )
+            dead_letter_exchange: None,
+            dead_letter_key: None,
+        })
         .bind(
+            &dlq,
+            FULFILLMENT_DEAD_LETTER_EXCHANGE,
             FULFILLMENT_QUERIES_QUEUE,
-            FULFILLMENT_QUERIES_EXCHANGE,
-            FULFILLMENT_QUERY_KEY,
         )
+}
+
+/// The query queue of one fulfillment-service replica
+/// ([`fulfillment_query_queue`]): classic and exclusive, so it dies with
+/// the replica's connection and is declared again on whichever node the
+/// replica reconnects to; its messages expire with the query timeout.
+/// Classic rather than quorum because a quorum queue commits every query
+/// through its Raft log before delivering it, which doubled a query's
+/// latency (docs/durability.md). Every replica binds the `query` key, so
+/// with several replicas each answers every query and the requester keeps
+/// the first reply.
+pub fn fulfillment_query_replica(replica: &str) -> Topology {
+    let queue = fulfillment_query_queue(replica);
+    fulfillment_queries()
+        .queue(QueueSpec {
+            name: queue.clone(),
+            kind: QueueKind::Exclusive {
+                message_ttl_ms: QUERY_QUEUE_TTL_MS,
+            },
+            dead_letter_exchange: Some(FULFILLMENT_DEAD_LETTER_EXCHANGE.into()),
+            dead_letter_key: Some(FULFILLMENT_QUERIES_QUEUE.into()),
+        })
+        .bind(&queue, FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY)
 }
 
 /// The exchange fulfillment status events are published to.
@@ -300,15 +347,22 @@ pub fn fulfillment_events() -> Topology {
     Topology::default().exchange(FULFILLMENT_EVENTS_EXCHANGE, ExchangeType::Topic)
 }
 
-/// What fulfillment-service declares.
+/// What every fulfillment-service replica declares in common: everything
+/// but its own query queue.
 pub fn fulfillment_service() -> Topology {
     fulfillment_signals()
         .merge(fulfillment_queries())
         .merge(fulfillment_events())
 }
 
+/// What the fulfillment-service replica `replica` declares: the common
+/// topology and its own query queue.
+pub fn fulfillment_service_replica(replica: &str) -> Topology {
+    fulfillment_service().merge(fulfillment_query_replica(replica))
+}
+
 /// What order-service declares: its own subscription to fulfillment events,
-/// and the fulfillment queues it sends to.
+/// the fulfillment queues it sends signals to and the query exchange.
 pub fn order_service() -> Topology {
     fulfillment_events()
         .consumed_queue(
@@ -356,9 +410,15 @@ pub fn all() -> Topology {
 /// `topology` in RabbitMQ's definitions format (what the management API's
 /// `/api/definitions` and `load_definitions` take), for vhost `vhost`.
 /// `deploy/rabbitmq/definitions.json` is `definitions(&all(), "/")`; a test
-/// keeps the file and the code from drifting apart.
+/// keeps the file and the code from drifting apart. Exclusive queues and
+/// their bindings are left out: they belong to a connection.
 pub fn definitions(topology: &Topology, vhost: &str) -> serde_json::Value {
     use serde_json::json;
+    let exclusive = |name: &str| {
+        topology
+            .find_queue(name)
+            .is_some_and(QueueSpec::is_exclusive)
+    };
     let exchanges: Vec<_> = topology
         .exchanges
         .iter()
@@ -372,6 +432,7 @@ pub fn definitions(topology: &Topology, vhost: &str) -> serde_json::Value {
     let queues: Vec<_> = topology
         .queues
         .iter()
+        .filter(|q| !q.is_exclusive())
         .map(|q| {
             let arguments: serde_json::Map<String, serde_json::Value> = q
                 .arguments()
@@ -393,6 +454,7 @@ pub fn definitions(topology: &Topology, vhost: &str) -> serde_json::Value {
     let bindings: Vec<_> = topology
         .bindings
         .iter()
+        .filter(|b| !exclusive(&b.queue))
         .map(|b| {
             json!({
                 "source": b.exchange, "vhost": vhost, "destination": b.queue,
@@ -447,16 +509,42 @@ mod tests {
 
     #[test]
     fn every_consumed_queue_has_a_bound_dead_letter_queue() {
-        let t = all();
+        let t = all().merge(fulfillment_service_replica("r1"));
         for q in t.queues.iter().filter(|q| q.dead_letter_exchange.is_some()) {
             let dlx = q.dead_letter_exchange.as_deref().expect("filtered");
-            let dlq = dead_letter_queue(&q.name);
+            let key = q.dead_letter_routing_key();
+            let dlq = dead_letter_queue(key);
             assert!(t.find_queue(&dlq).is_some(), "{dlq} declared");
             assert!(t
                 .bindings
                 .iter()
-                .any(|b| b.queue == dlq && b.exchange == dlx && b.routing_key == q.name));
+                .any(|b| b.queue == dlq && b.exchange == dlx && b.routing_key == key));
         }
+    }
+
+    #[test]
+    fn each_replica_has_its_own_exclusive_query_queue_bound_to_the_query_key() {
+        let (one, two) = (fulfillment_query_queue("r1"), fulfillment_query_queue("r2"));
+        assert_eq!(one, "fulfillment.queries.r1");
+        let both = fulfillment_service_replica("r1").merge(fulfillment_service_replica("r2"));
+        for queue in [&one, &two] {
+            let spec = both.find_queue(queue).expect("declared");
+            assert!(spec.is_exclusive());
+            assert!(spec
+                .arguments()
+                .contains(&("x-message-ttl", QueueArgument::Int(QUERY_QUEUE_TTL_MS))));
+            assert_eq!(spec.dead_letter_routing_key(), FULFILLMENT_QUERIES_QUEUE);
+            assert!(both.bindings.contains(&BindingSpec {
+                queue: queue.to_string(),
+                exchange: FULFILLMENT_QUERIES_EXCHANGE.into(),
+                routing_key: FULFILLMENT_QUERY_KEY.into(),
+            }));
+        }
+        // Nobody else declares or binds a replica's queue, and the broker's
+        // definitions have none.
+        assert!(!all().queues.iter().any(QueueSpec::is_exclusive));
+        let defs = definitions(&fulfillment_service_replica("r1"), "/");
+        assert!(!defs.to_string().contains(&one));
     }
 
     #[test]

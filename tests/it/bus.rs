@@ -30,8 +30,27 @@ fn pause(entity: &str) -> Envelope {
     Envelope::new(entity, Message::PauseFulfillment(PauseFulfillment {}))
 }
 
+/// A bus with the whole shared topology. A consumer of a replica's query
+/// queue (`fulfillment.queries.<replica>`) declares that queue too: it is
+/// exclusive to the connection that consumes it.
 async fn connected_bus(vhost: &TestVhost, name: &str, consumers: &[(&str, Handler)]) -> Bus {
-    let mut config = BusConfig::new(&vhost.amqp_url, name, topology::all());
+    let mut topology = topology::all();
+    let replica_prefix = format!("{FULFILLMENT_QUERIES_QUEUE}.");
+    for (queue, _) in consumers {
+        if let Some(replica) = queue.strip_prefix(&replica_prefix) {
+            topology = topology.merge(topology::fulfillment_query_replica(replica));
+        }
+    }
+    connected_bus_with(vhost, name, topology, consumers).await
+}
+
+async fn connected_bus_with(
+    vhost: &TestVhost,
+    name: &str,
+    topology: Topology,
+    consumers: &[(&str, Handler)],
+) -> Bus {
+    let mut config = BusConfig::new(&vhost.amqp_url, name, topology);
     config.reconnect_max = Duration::from_millis(500);
     let bus = Bus::new(config);
     for (queue, handler) in consumers {
@@ -43,6 +62,13 @@ async fn connected_bus(vhost: &TestVhost, name: &str, consumers: &[(&str, Handle
         "could not connect to RabbitMQ at {} (is it running? ./scripts/test.sh starts it)",
         vhost.amqp_url
     );
+    // Every consumer consuming: a replica's query queue exists only from
+    // then on.
+    eventually("the bus to be ready", DEADLINE, || async {
+        Ok(bus.is_ready().then_some(()))
+    })
+    .await
+    .expect("every consumer consumes");
     bus
 }
 
@@ -172,7 +198,7 @@ async fn many_requests_in_flight_get_their_own_replies() -> Result<()> {
     let answering = connected_bus(
         &vhost,
         "bus-answering",
-        &[(FULFILLMENT_QUERIES_QUEUE, handler)],
+        &[(&fulfillment_query_queue("answering"), handler)],
     )
     .await;
     let client = connected_bus(&vhost, "bus-client", &[]).await;
@@ -200,8 +226,26 @@ async fn many_requests_in_flight_get_their_own_replies() -> Result<()> {
 }
 
 #[tokio::test]
-async fn a_query_nobody_consumes_times_out_within_its_bound() -> Result<()> {
+async fn a_query_nobody_answers_times_out_within_its_bound() -> Result<()> {
     let vhost = TestVhost::create("bus-timeout").await?;
+    // A queue bound for queries, with the replicas' TTL, never consumed.
+    let queue = "bus-test.queries";
+    let silent = connected_bus_with(
+        &vhost,
+        "bus-silent",
+        topology::all()
+            .queue(QueueSpec {
+                name: queue.into(),
+                kind: QueueKind::Classic {
+                    message_ttl_ms: Some(QUERY_QUEUE_TTL_MS),
+                },
+                dead_letter_exchange: None,
+                dead_letter_key: None,
+            })
+            .bind(queue, FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY),
+        &[],
+    )
+    .await;
     let client = connected_bus(&vhost, "bus-client", &[]).await;
     let timeout = Duration::from_millis(300);
     let started = Instant::now();
@@ -225,7 +269,81 @@ async fn a_query_nobody_consumes_times_out_within_its_bound() -> Result<()> {
     );
     // The expired query does not linger in the queue.
     eventually("the expired query to leave the queue", DEADLINE, || async {
-        Ok((queue_depth(&vhost, FULFILLMENT_QUERIES_QUEUE).await? == Some(0)).then_some(()))
+        Ok((queue_depth(&vhost, queue).await? == Some(0)).then_some(()))
+    })
+    .await?;
+    silent.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_query_with_no_replica_bound_is_unroutable_at_once() -> Result<()> {
+    let vhost = TestVhost::create("bus-no-replica").await?;
+    let client = connected_bus(&vhost, "bus-client", &[]).await;
+    let query = Envelope::new(
+        "fulfillment-x",
+        Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
+    );
+    let started = Instant::now();
+    let result = client
+        .request(&query_route(), &query, Duration::from_secs(10), false)
+        .await;
+    assert!(
+        matches!(result, Err(BusError::Unroutable { .. })),
+        "{result:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "failed at once, not at its timeout: {:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_two_replicas_each_answers_and_the_first_reply_is_kept() -> Result<()> {
+    let vhost = TestVhost::create("bus-two-replicas").await?;
+    let server = connected_bus(&vhost, "bus-server", &[]).await;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counting = |delay: Duration| -> Handler {
+        let inner = responder(server.clone(), delay);
+        let answered = answered.clone();
+        Arc::new(move |incoming: Incoming| {
+            answered.fetch_add(1, Ordering::SeqCst);
+            inner(incoming)
+        })
+    };
+    let _one = connected_bus(
+        &vhost,
+        "bus-replica-1",
+        &[(&fulfillment_query_queue("one"), counting(Duration::ZERO))],
+    )
+    .await;
+    let _two = connected_bus(
+        &vhost,
+        "bus-replica-2",
+        &[(
+            &fulfillment_query_queue("two"),
+            counting(Duration::from_millis(50)),
+        )],
+    )
+    .await;
+    let client = connected_bus(&vhost, "bus-client", &[]).await;
+    for i in 0..5 {
+        let entity = format!("fulfillment-{i}");
+        let query = Envelope::new(
+            &entity,
+            Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
+        );
+        let reply = client
+            .request(&query_route(), &query, Duration::from_secs(10), false)
+            .await?;
+        // The second replica's late answer to the previous query never
+        // answers this one.
+        assert_eq!(answered_entity(&reply), entity);
+    }
+    eventually("both replicas to answer every query", DEADLINE, || async {
+        Ok((answered.load(Ordering::SeqCst) == 10).then_some(()))
     })
     .await?;
     Ok(())
@@ -239,7 +357,7 @@ async fn a_late_reply_is_dropped_and_does_not_answer_the_next_request() -> Resul
     let _answering = connected_bus(
         &vhost,
         "bus-answering",
-        &[(FULFILLMENT_QUERIES_QUEUE, handler)],
+        &[(&fulfillment_query_queue("answering"), handler)],
     )
     .await;
     let client = connected_bus(&vhost, "bus-client", &[]).await;
@@ -439,8 +557,11 @@ async fn topology_declaration_is_idempotent_across_services() -> Result<()> {
     let fulfillment = Bus::new(BusConfig::new(
         &vhost.amqp_url,
         "fulfillment-service",
-        topology::fulfillment_service(),
+        topology::fulfillment_service_replica("r1"),
     ));
+    // Its consumer declares the replica's query queue.
+    let (handler, _rx) = collecting();
+    fulfillment.consume(&fulfillment_query_queue("r1"), handler);
     fulfillment.start();
     assert!(
         fulfillment.wait_connected(DEADLINE).await,
@@ -450,6 +571,17 @@ async fn topology_declaration_is_idempotent_across_services() -> Result<()> {
         let info = vhost.queue_info(&queue.name).await?;
         assert_eq!(info["durable"], true, "{}", queue.name);
     }
+    // The replica's query queue is its connection's own.
+    let replica = eventually("the replica's query queue", DEADLINE, || async {
+        let info = vhost.queue_info(&fulfillment_query_queue("r1")).await;
+        Ok(info.ok())
+    })
+    .await?;
+    assert_eq!(replica["durable"], false, "{replica}");
+    assert_eq!(replica["exclusive"], true, "{replica}");
+    assert_eq!(replica["arguments"]["x-message-ttl"], QUERY_QUEUE_TTL_MS);
+    fulfillment.shutdown().await;
+    order.shutdown().await;
     let signals = vhost.queue_info(FULFILLMENT_SIGNALS_QUEUE).await?;
     assert_eq!(signals["arguments"]["x-queue-type"], "quorum");
     assert_eq!(signals["arguments"]["x-delivery-limit"], DELIVERY_LIMIT);

@@ -74,7 +74,9 @@ fn documented_queues(doc: &Value) -> BTreeMap<String, (Value, BTreeSet<(String, 
 #[test]
 fn asyncapi_queues_and_exchanges_match_the_topology() {
     let doc = document();
-    let code = topology::all();
+    // Every shared queue, and a replica's query queue under the document's
+    // name for it (`fulfillment.queries.{replica}`).
+    let code = topology::all().merge(topology::fulfillment_query_replica("{replica}"));
 
     let expected: BTreeMap<String, (Value, BTreeSet<(String, String)>)> = code
         .queues
@@ -100,10 +102,18 @@ fn asyncapi_queues_and_exchanges_match_the_topology() {
             (q.name.clone(), (Value::Object(arguments), bindings))
         })
         .collect();
+    for q in &code.queues {
+        let amqp = &channels(&doc)
+            .values()
+            .find(|c| c["bindings"]["amqp"]["queue"]["name"] == q.name.as_str())
+            .unwrap_or_else(|| panic!("{} has a channel", q.name))["bindings"]["amqp"]["queue"];
+        assert_eq!(amqp["durable"], !q.is_exclusive(), "{}", q.name);
+        assert_eq!(amqp["exclusive"], q.is_exclusive(), "{}", q.name);
+    }
     assert_eq!(
         documented_queues(&doc),
         expected,
-        "queues (names, x- arguments, bindings) in docs/asyncapi.yaml differ from shared_messages::topology::all()"
+        "queues (names, x- arguments, bindings) in docs/asyncapi.yaml differ from shared_messages::topology"
     );
 
     let documented_exchanges: BTreeSet<(String, String)> = channels(&doc)
@@ -202,8 +212,9 @@ fn asyncapi_routing_keys_match_the_topology() {
         );
     }
 
-    // Dead letters: routed by the original queue's name, into `<queue>.dlq`.
-    let code = all();
+    // Dead letters: routed by the original queue's name (a replica's query
+    // queue: by `fulfillment.queries`), into `<key>.dlq`.
+    let code = all().merge(fulfillment_query_replica("{replica}"));
     for (id, exchange) in [
         ("fulfillmentDeadLetters", FULFILLMENT_DEAD_LETTER_EXCHANGE),
         ("orderServiceDeadLetters", ORDER_DEAD_LETTER_EXCHANGE),
@@ -212,7 +223,7 @@ fn asyncapi_routing_keys_match_the_topology() {
             .queues
             .iter()
             .filter(|q| q.dead_letter_exchange.as_deref() == Some(exchange))
-            .map(|q| q.name.clone())
+            .map(|q| q.dead_letter_routing_key().to_owned())
             .collect();
         assert_eq!(parameter_enum(&doc, id, "queue"), dead_lettered, "{id}");
         for queue in &dead_lettered {

@@ -71,6 +71,7 @@ impl EventLog {
                     delivery_limit: None,
                 },
                 dead_letter_exchange: None,
+                dead_letter_key: None,
             })
             .bind(
                 EVENTS_QUEUE,

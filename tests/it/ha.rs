@@ -1,8 +1,9 @@
 //! Broker high availability (issue 13), against the local three-node
 //! RabbitMQ cluster (`scripts/rabbitmq-cluster.sh`, started here when it is
-//! not running): a node dies and both services carry on; a consumer the
-//! broker cancels consumes again; a request pending when the connection
-//! drops fails at once.
+//! not running): a node dies and both services carry on (fulfillment's
+//! query queue, exclusive to its connection, is declared again on the node
+//! it reconnects to); a consumer the broker cancels consumes again; a
+//! request pending when the connection drops fails at once.
 //!
 //! Tests that take nodes down or delete queues hold the cluster
 //! exclusively, so they never overlap; each has a vhost of its own.
@@ -17,7 +18,8 @@ use message_bus::{Bus, BusConfig, BusError, Route};
 use serde_json::Value;
 use shared_messages::messages::{GetFulfillmentStatus, Message};
 use shared_messages::topology::{
-    self, FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERIES_QUEUE, FULFILLMENT_QUERY_KEY,
+    self, QueueKind, QueueSpec, FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERIES_QUEUE,
+    FULFILLMENT_QUERY_KEY,
 };
 use shared_messages::Envelope;
 use system_tests::cluster::{Cluster, ClusterVhost, NODES};
@@ -53,6 +55,33 @@ async fn query_fulfillment(system: &System, workflow: &str) -> Result<(u16, Valu
             "/orders/fulfillment/fulfillment-{order_id}/status"
         )))
         .await
+}
+
+/// The query queue of the one fulfillment-service replica of the vhost
+/// (`fulfillment.queries.<replica>`), once it is declared.
+async fn replica_query_queue(vhost: &ClusterVhost) -> Result<String> {
+    let prefix = format!("{FULFILLMENT_QUERIES_QUEUE}.");
+    let dlq = topology::dead_letter_queue(FULFILLMENT_QUERIES_QUEUE);
+    eventually(
+        "fulfillment-service's query queue to be listed",
+        Duration::from_secs(20),
+        || async {
+            let names: Vec<String> = vhost
+                .queues()
+                .await?
+                .iter()
+                .filter_map(|q| q["name"].as_str())
+                .filter(|name| name.starts_with(&prefix) && *name != dlq)
+                .map(str::to_owned)
+                .collect();
+            ensure!(
+                names.len() <= 1,
+                "one replica, several query queues: {names:?}"
+            );
+            Ok(names.into_iter().next())
+        },
+    )
+    .await
 }
 
 /// Every queue of the vhost by name, once each reports `running` on a
@@ -159,7 +188,8 @@ async fn a_deleted_queue_is_consumed_again_and_readyz_says_not_ready_in_between(
             }
         })
     };
-    vhost.delete_queue(FULFILLMENT_QUERIES_QUEUE).await?;
+    let queue = replica_query_queue(&vhost).await?;
+    vhost.delete_queue(&queue).await?;
     let deleted = Instant::now();
     eventually(
         "a fulfillment query to be answered again",
@@ -193,7 +223,7 @@ async fn a_deleted_queue_is_consumed_again_and_readyz_says_not_ready_in_between(
         .await?;
     ensure!(
         text.lines().any(|l| l.contains("consumer_restarts_total")
-            && l.contains(FULFILLMENT_QUERIES_QUEUE)
+            && l.contains(&format!("queue=\"{queue}\""))
             && !l.ends_with(" 0")),
         "the restart is counted by queue in /metrics"
     );
@@ -206,10 +236,21 @@ async fn a_deleted_queue_is_consumed_again_and_readyz_says_not_ready_in_between(
 #[tokio::test]
 async fn a_pending_request_fails_at_once_when_the_connection_drops() -> Result<()> {
     let vhost = TestVhost::create("ha-pending").await?;
+    // A queue bound for queries that nobody consumes.
+    let queue = "ha-test.queries";
     let bus = Bus::new(BusConfig::new(
         &vhost.amqp_url,
         "ha-test",
-        topology::fulfillment_queries(),
+        topology::fulfillment_queries()
+            .queue(QueueSpec {
+                name: queue.into(),
+                kind: QueueKind::Classic {
+                    message_ttl_ms: None,
+                },
+                dead_letter_exchange: None,
+                dead_letter_key: None,
+            })
+            .bind(queue, FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY),
     ));
     bus.start();
     ensure!(
@@ -237,7 +278,7 @@ async fn a_pending_request_fails_at_once_when_the_connection_drops() -> Result<(
         "the query to be queued",
         Duration::from_secs(15),
         || async {
-            let info = vhost.queue_info(FULFILLMENT_QUERIES_QUEUE).await?;
+            let info = vhost.queue_info(queue).await?;
             Ok((info["messages"].as_u64() == Some(1)).then_some(()))
         },
     )

@@ -46,6 +46,7 @@ async fn start_with(label: &str, step_delay_ms: &str, both: &[(&str, &str)]) -> 
         ("STEP_DELAY_MS", step_delay_ms),
         ("LOG_FORMAT", "json"),
         ("RUST_LOG", "info"),
+        ("REPLICA_ID", "ops-1"),
     ];
     fulfillment_env.extend_from_slice(both);
     TestSystem::builder(label)
@@ -618,7 +619,8 @@ async fn metrics_count_an_order_in_both_services() -> Result<()> {
     f(
         "fulfillment_service_messages_consumed_total",
         &[
-            ("queue", "fulfillment.queries"),
+            // The replica's own query queue (REPLICA_ID=ops-1).
+            ("queue", "fulfillment.queries.ops-1"),
             ("message_type", "GetFulfillmentStatus"),
         ],
         1.0,

@@ -712,11 +712,17 @@ async fn each_service_runs_under_its_own_broker_user_and_no_further() -> Result<
         "fulfillment-service",
         &fulfillment_url,
         dir.path(),
-        &[("STEP_DELAY_MS", "10"), ("QUERY_TIMEOUT_MS", "3000")],
+        &[
+            ("STEP_DELAY_MS", "10"),
+            ("QUERY_TIMEOUT_MS", "3000"),
+            ("REPLICA_ID", "sec-1"),
+        ],
     )
     .await?;
     orders.wait_ready().await?;
+    // Ready means consuming: its own query queue, declared under its user.
     fulfillment.wait_ready().await?;
+    let replica_queue = topology::fulfillment_query_queue("sec-1");
 
     // An order ships: signals, queries with replies, events, all allowed.
     let http = system_tests::Http::new();
@@ -745,11 +751,11 @@ async fn each_service_runs_under_its_own_broker_user_and_no_further() -> Result<
         .await?;
     assert_eq!(code, 200, "{body}");
 
-    // order-service's user cannot read fulfillment's signals, nor
-    // fulfillment-service's user order-service's events.
+    // order-service's user cannot read fulfillment's signals or queries,
+    // nor fulfillment-service's user order-service's events.
     for (user, queue) in [
         (&order_url, topology::FULFILLMENT_SIGNALS_QUEUE),
-        (&order_url, topology::FULFILLMENT_QUERIES_QUEUE),
+        (&order_url, replica_queue.as_str()),
         (&fulfillment_url, topology::ORDER_FULFILLMENT_EVENTS_QUEUE),
     ] {
         let connection = Connection::connect(user, ConnectionProperties::default()).await?;
@@ -770,6 +776,26 @@ async fn each_service_runs_under_its_own_broker_user_and_no_further() -> Result<
         );
         let _ = connection.close(200, "done".into()).await;
     }
+    // Nor may order-service's user declare a query queue of its own and
+    // take queries meant for fulfillment-service.
+    let connection = Connection::connect(&order_url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let refused = channel
+        .queue_declare(
+            topology::fulfillment_query_queue("intruder")
+                .as_str()
+                .into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .err()
+        .context("order-service's user declared a query queue")?;
+    assert!(refused.to_string().contains("ACCESS_REFUSED"), "{refused}");
+    let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
 

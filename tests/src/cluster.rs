@@ -254,23 +254,16 @@ impl ClusterVhost {
         Ok(queues.as_array().context("a list of queues")?.clone())
     }
 
-    /// Deletes a queue (the broker cancels its consumers).
+    /// Deletes a queue (the broker cancels its consumers), through
+    /// `rabbitmqctl`: unlike the management API it also deletes a queue
+    /// exclusive to a connection, as an operator can.
     pub async fn delete_queue(&self, queue: &str) -> Result<()> {
-        let mut last = None;
-        for node in NODES {
-            let url = format!(
-                "{}/api/queues/{}/{}",
-                management_url(node),
-                encode(&self.name),
-                encode(queue)
-            );
-            match self.http.delete(&url).send().await {
-                Ok(r) if r.status().is_success() => return Ok(()),
-                Ok(r) => last = Some(anyhow::anyhow!("deleting {queue}: {}", r.status())),
-                Err(e) => last = Some(e.into()),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("deleting {queue}: no node answered")))
+        run_script(vec![
+            "delete-queue".into(),
+            self.name.clone(),
+            queue.to_owned(),
+        ])
+        .await
     }
 }
 

@@ -189,7 +189,7 @@ async fn consume_inner(
 ) -> Result<Stopped, lapin::Error> {
     // The queue may have been deleted (and the consumer cancelled with
     // it): declare everything again first. Declaring is idempotent.
-    declare_topology(channel, &inner.config.topology).await?;
+    declare_topology(channel, &inner.config.topology, Some(&spec.queue)).await?;
     channel
         .basic_qos(inner.config.prefetch, BasicQosOptions::default())
         .await?;
@@ -204,15 +204,16 @@ async fn consume_inner(
         .await?;
     inner.set_consuming(&spec.queue, true);
     tracing::info!(queue = %spec.queue, "consuming");
-    let dead_letter_exchange = inner
-        .config
-        .topology
-        .find_queue(&spec.queue)
-        .and_then(|q| q.dead_letter_exchange.clone());
+    // Where dead letters go: the queue's dead-letter exchange, under the
+    // queue's name or the key it shares with others (a replica's queue).
+    let dead_letter = inner.config.topology.find_queue(&spec.queue).and_then(|q| {
+        let exchange = q.dead_letter_exchange.clone()?;
+        Some((exchange, q.dead_letter_routing_key().to_owned()))
+    });
 
     let mut in_flight = FuturesUnordered::new();
     let mut acks = AckWindow::default();
-    let dlx = dead_letter_exchange.as_deref();
+    let dlx = dead_letter.as_ref().map(|(e, k)| (e.as_str(), k.as_str()));
     let queue = spec.queue.as_str();
     let mut check = tokio::time::interval(QUEUE_CHECK);
     check.tick().await;
@@ -440,7 +441,7 @@ async fn settle(
     inner: &Arc<Inner>,
     channel: &Channel,
     queue: &str,
-    dead_letter_exchange: Option<&str>,
+    dead_letter_to: Option<(&str, &str)>,
     delivery: Delivery,
     outcome: Outcome,
     acks: &mut AckWindow<Acker>,
@@ -464,15 +465,7 @@ async fn settle(
         }
         Outcome::DeadLetter(reason) => {
             tracing::warn!(%queue, %reason, message_type = ?delivery.properties.kind(), "message dead-lettered");
-            dead_letter(
-                inner,
-                channel,
-                queue,
-                dead_letter_exchange,
-                &delivery,
-                &reason,
-            )
-            .await
+            dead_letter(inner, channel, queue, dead_letter_to, &delivery, &reason).await
         }
     };
     acks.settled(tag);
@@ -487,12 +480,12 @@ async fn dead_letter(
     inner: &Arc<Inner>,
     _channel: &Channel,
     queue: &str,
-    dead_letter_exchange: Option<&str>,
+    dead_letter: Option<(&str, &str)>,
     delivery: &Delivery,
     reason: &str,
 ) -> Result<bool, lapin::Error> {
     let reject = || delivery.acker.reject(BasicRejectOptions { requeue: false });
-    let Some(exchange) = dead_letter_exchange else {
+    let Some((exchange, routing_key)) = dead_letter else {
         return reject().await;
     };
     let Some(session) = inner
@@ -521,7 +514,7 @@ async fn dead_letter(
         .publisher
         .basic_publish(
             exchange.into(),
-            queue.into(),
+            routing_key.into(),
             BasicPublishOptions {
                 mandatory: true,
                 ..Default::default()

@@ -92,7 +92,7 @@ async fn connect(inner: &Arc<Inner>, url: &str) -> Result<Arc<Session>, lapin::E
         .with_connection_name(inner.config.connection_name.as_str().into());
     let connection = Connection::connect(url, properties).await?;
     let declare = connection.create_channel().await?;
-    declare_topology(&declare, &inner.config.topology).await?;
+    declare_topology(&declare, &inner.config.topology, None).await?;
     let _ = declare.close(200, "declared".into()).await;
 
     let publisher = connection.create_channel().await?;
@@ -173,10 +173,18 @@ async fn serve(inner: &Arc<Inner>, session: Arc<Session>) -> bool {
     stopped
 }
 
+/// Declares `topology` on `channel`: every exchange, every shared queue
+/// and, of the exclusive queues, only `own` (the one the caller consumes),
+/// with the bindings of what it declared. An exclusive queue still held by
+/// a connection the broker has not yet noticed is gone (RESOURCE_LOCKED)
+/// then fails only its own consumer, which tries again, and never the
+/// connection or the other consumers.
 pub(super) async fn declare_topology(
     channel: &Channel,
     topology: &Topology,
+    own: Option<&str>,
 ) -> Result<(), lapin::Error> {
+    let declared = |queue: &QueueSpec| !queue.is_exclusive() || own == Some(queue.name.as_str());
     for exchange in &topology.exchanges {
         let kind = match exchange.kind {
             ExchangeType::Direct => ExchangeKind::Direct,
@@ -194,19 +202,25 @@ pub(super) async fn declare_topology(
             )
             .await?;
     }
-    for queue in &topology.queues {
+    for queue in topology.queues.iter().filter(|q| declared(q)) {
         channel
             .queue_declare(
                 queue.name.as_str().into(),
                 QueueDeclareOptions {
-                    durable: true,
+                    // An exclusive queue lives as long as its connection.
+                    durable: !queue.is_exclusive(),
+                    exclusive: queue.is_exclusive(),
                     ..Default::default()
                 },
                 queue_arguments(queue),
             )
             .await?;
     }
-    for binding in &topology.bindings {
+    let bound = topology
+        .bindings
+        .iter()
+        .filter(|b| topology.find_queue(&b.queue).is_none_or(declared));
+    for binding in bound {
         channel
             .queue_bind(
                 binding.queue.as_str().into(),

@@ -74,7 +74,16 @@ pub struct Common {
     pub api_token_file: Option<PathBuf>,
     /// `CORS_ALLOWED_ORIGINS`: other origins whose pages may call the API.
     pub cors_allowed_origins: Vec<String>,
+    /// `REPLICA_ID`: this replica's name, unique among the replicas of a
+    /// service on one broker (fulfillment-service's query queue is
+    /// `fulfillment.queries.<REPLICA_ID>`). By default the host name and
+    /// the process id (`<host>-<pid>`), so processes on one host never
+    /// share a name.
+    pub replica_id: String,
 }
+
+/// Longest `REPLICA_ID`: the queue name it goes into may have 255 bytes.
+const MAX_REPLICA_ID_LEN: usize = 200;
 
 impl Common {
     /// Reads the common settings through `lookup` (the environment, or a
@@ -118,6 +127,17 @@ impl Common {
         let origins = lookup("CORS_ALLOWED_ORIGINS").unwrap_or_default();
         let cors_allowed_origins = crate::cors::parse_origins(&origins)
             .map_err(|reason| SettingError::new("CORS_ALLOWED_ORIGINS", &origins, reason))?;
+        let replica_id = match trimmed("REPLICA_ID") {
+            Some(id) if id.len() > MAX_REPLICA_ID_LEN || id.chars().any(|c| !c.is_ascii_graphic()) => {
+                return Err(SettingError::new(
+                    "REPLICA_ID",
+                    &id,
+                    format!("expected at most {MAX_REPLICA_ID_LEN} printable ASCII characters without spaces"),
+                ))
+            }
+            Some(id) => id,
+            None => default_replica_id(lookup),
+        };
         Ok(Self {
             amqp_url: secret("AMQP_URL", DEFAULT_AMQP_URL)?,
             store_url: secret("STORE_URL", defaults.store_url)?,
@@ -129,6 +149,7 @@ impl Common {
             service_name: trimmed("OTEL_SERVICE_NAME").unwrap_or_else(|| defaults.service.into()),
             api_token_file: trimmed("API_TOKEN_FILE").map(PathBuf::from),
             cors_allowed_origins,
+            replica_id,
         })
     }
 
@@ -153,8 +174,20 @@ impl std::fmt::Debug for Common {
             .field("service_name", &self.service_name)
             .field("api_token_file", &self.api_token_file)
             .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .field("replica_id", &self.replica_id)
             .finish()
     }
+}
+
+/// `<host>-<pid>`: the host name from `HOSTNAME` (a pod's name on
+/// Kubernetes) or the kernel, so it is unique on one host as well.
+fn default_replica_id(lookup: &impl Fn(&str) -> Option<String>) -> String {
+    let host = lookup("HOSTNAME")
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or_else(|| "local".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// The setting `name`, a whole number of milliseconds, or `default`.
