@@ -4,32 +4,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
 use tokio::task::JoinSet;
 
 use super::addresses::{host_of, Addresses};
 use super::backoff::Backoff;
+use super::channels::{declare_topology, Session};
 use super::{consumer, rpc, Inner};
-use shared_messages::topology::{ExchangeType, QueueArgument, QueueSpec, Topology};
 
 /// How long one attempt to connect and declare may take before it is
 /// abandoned and retried (a half-open TCP connection would otherwise hang).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The channels of one live connection.
-pub(super) struct Session {
-    pub(super) connection: Connection,
-    /// Confirm mode; signals, events, dead letters and replies.
-    pub(super) publisher: Channel,
-    /// Requests and their direct reply-to consumer (must be one channel);
-    /// confirm mode.
-    pub(super) rpc: Channel,
-}
 
 /// Runs until shutdown: connect, serve, and on any loss start over, on the
 /// next address of the list (see [`Addresses`]). A failed attempt moves on
@@ -171,64 +158,4 @@ async fn serve(inner: &Arc<Inner>, session: Arc<Session>) -> bool {
         while consumers.join_next().await.is_some() {}
     }
     stopped
-}
-
-pub(super) async fn declare_topology(
-    channel: &Channel,
-    topology: &Topology,
-) -> Result<(), lapin::Error> {
-    for exchange in &topology.exchanges {
-        let kind = match exchange.kind {
-            ExchangeType::Direct => ExchangeKind::Direct,
-            ExchangeType::Topic => ExchangeKind::Topic,
-        };
-        channel
-            .exchange_declare(
-                exchange.name.as_str().into(),
-                kind,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-    }
-    for queue in &topology.queues {
-        channel
-            .queue_declare(
-                queue.name.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                queue_arguments(queue),
-            )
-            .await?;
-    }
-    for binding in &topology.bindings {
-        channel
-            .queue_bind(
-                binding.queue.as_str().into(),
-                binding.exchange.as_str().into(),
-                binding.routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
-    Ok(())
-}
-
-/// The `x-` arguments of a queue, as lapin wants them.
-fn queue_arguments(queue: &QueueSpec) -> FieldTable {
-    let mut args = FieldTable::default();
-    for (name, value) in queue.arguments() {
-        let value = match value {
-            QueueArgument::Text(text) => AMQPValue::LongString(text.as_str().into()),
-            QueueArgument::Int(n) => AMQPValue::LongInt(n),
-        };
-        args.insert(name.into(), value);
-    }
-    args
 }
