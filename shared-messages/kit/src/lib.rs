@@ -4,6 +4,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`access`] | bearer tokens and roles, the cross-site guard, the middleware |
+//! | [`actors`] | the actors of running workflows by id |
 //! | [`cors`] | CORS, closed unless origins are configured |
 //! | [`http`] | the error vocabulary, paging, health, metrics and OpenAPI routes, quarantine, the page, request spans |
 //! | [`metrics`] | the metrics both services keep, under each one's prefix |
@@ -14,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod actors;
 pub mod cors;
 pub mod http;
 pub mod metrics;
