@@ -130,6 +130,15 @@ pub async fn main(
     result
 }
 
+/// Says the bound port on stdout, one line, `<name> listening on port
+/// <port>`: with `HTTP_ADDR=127.0.0.1:0` the OS picks a free port, and
+/// whoever started the process reads it here (logs go to stderr). A closed
+/// stdout is no reason to stop.
+pub fn announce_port(name: &str, port: u16) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{name} listening on port {port}");
+}
+
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
