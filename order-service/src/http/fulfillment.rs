@@ -12,7 +12,7 @@ use shared_messages::Message;
 use super::views::SignalView;
 use super::{ApiError, AppState, ErrorBody};
 use crate::bus;
-use service_kit::http::error::{BadBody, NotFound};
+use service_kit::http::error::{BadBody, NotFound, TooLarge};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(
@@ -102,6 +102,7 @@ pub(crate) async fn progress(
         BadBody,
         NotFound,
         (status = 409, description = "the label is already printed", body = ErrorBody),
+        TooLarge,
         (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
         (status = 504, description = "fulfillment-service did not answer in time; the signal stays queued", body = ErrorBody),
     ))]

@@ -459,6 +459,7 @@ fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
         BadReason,
         NotFound,
         (status = 409, description = "already shipped (the cancel was refused), cancelled or failed", body = ErrorBody),
+        TooLarge,
         (status = 503, description = "the order's actor is restarting, or the store does not answer", body = ErrorBody),
     ))]
 pub(crate) async fn cancel(
@@ -519,6 +520,7 @@ pub(crate) async fn cancel(
         (status = 400, description = "nothing to change, or a field is wrong", body = ErrorBody),
         NotFound,
         (status = 409, description = "fulfillment has started", body = ErrorBody),
+        TooLarge,
         StoreDown,
     ))]
 pub(crate) async fn update(
