@@ -201,6 +201,7 @@ const DEFAULT_WAIT_MS: u64 = 10_000;
         (status = 200, description = "the order (with `waitFor`: in that status, in a final one, or as it is when the wait ran out)", body = StatusView),
         (status = 400, description = "unknown `waitFor` status, or `timeoutMs` out of range", body = ErrorBody),
         NotFound,
+        StoreDown,
     ))]
 pub(crate) async fn status(
     state: web::Data<AppState>,
@@ -261,6 +262,7 @@ async fn wait_until(
     responses(
         (status = 200, description = "the order's history", body = History),
         NotFound,
+        StoreDown,
     ))]
 pub(crate) async fn history(
     state: web::Data<AppState>,
@@ -284,6 +286,7 @@ pub(crate) async fn history(
     responses(
         (status = 200, description = "the order's progress", body = ProgressView),
         NotFound,
+        StoreDown,
     ))]
 pub(crate) async fn progress(
     state: web::Data<AppState>,
