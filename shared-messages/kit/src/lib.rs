@@ -12,6 +12,7 @@
 //! | [`postgres_tls`] | TLS to PostgreSQL by the connection string's `sslmode` |
 //! | [`serve`] | the `HttpServer` wiring, and shutdown on SIGTERM or Ctrl-C |
 //! | [`settings`] | secret settings read from files (`NAME_FILE`) |
+//! | [`workflow`] | the outcome of one input to a workflow, the one shape of both |
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -23,5 +24,6 @@ pub mod openapi;
 pub mod postgres_tls;
 pub mod serve;
 pub mod settings;
+pub mod workflow;
 
 pub use access::{Access, Guard, Role, Tokens};
