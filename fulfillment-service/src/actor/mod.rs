@@ -28,7 +28,7 @@ use shared_messages::Envelope;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::metrics::{TransitionLabels, METRICS};
+use crate::metrics::METRICS;
 
 use crate::store::{Store, StoreError, Write, Writer};
 use crate::workflow::{self, Fulfillment, Input, Reply, Timing};
@@ -226,15 +226,7 @@ impl FulfillmentActor {
         }
         if state.status != self.state.status {
             let (from, to) = (self.state.status.as_str(), state.status.as_str());
-            METRICS
-                .transitions
-                .get_or_create(&TransitionLabels {
-                    from: from.into(),
-                    to: to.into(),
-                })
-                .inc();
-            METRICS.actor(from, -1);
-            METRICS.actor(to, 1);
+            METRICS.transition(from, to);
         }
         self.state = state;
         self.arm(ctx, None);
@@ -288,7 +280,7 @@ impl Actor for FulfillmentActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        METRICS.actor(self.state.status.as_str(), 1);
+        self.registry.started(self.state.status.as_str());
         match self.creation.take() {
             Some(creation) => self.store_creation(creation, ctx),
             // A recovered fulfillment runs its current step again from the start.
@@ -297,8 +289,9 @@ impl Actor for FulfillmentActor {
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
-        METRICS.actor(self.state.status.as_str(), -1);
-        self.registry.forget(&self.state.id, &ctx.address());
+        let status = self.state.status.as_str();
+        self.registry
+            .stopped(&self.state.id, status, &ctx.address());
     }
 }
 

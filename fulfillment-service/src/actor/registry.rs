@@ -1,12 +1,13 @@
 //! Finds the actor of a fulfillment, spawning or creating it as needed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 
 use actix::{Actor, Addr};
 use actix_rt::ArbiterHandle;
 use chrono::Utc;
 use futures::future::{self, BoxFuture, FutureExt};
+use service_kit::actors::Actors;
 use uuid::Uuid;
 
 use tokio::sync::oneshot;
@@ -31,7 +32,7 @@ pub struct Registry {
 }
 
 struct Inner {
-    actors: Mutex<HashMap<String, Addr<FulfillmentActor>>>,
+    actors: Actors<FulfillmentActor>,
     /// Held while a signal to an actor that is not running reads the
     /// stored state and decides (creates, spawns or stores at once).
     creating: tokio::sync::Mutex<()>,
@@ -44,7 +45,7 @@ impl Registry {
     pub fn new(deps: Deps, arbiter: ArbiterHandle) -> Self {
         Self {
             inner: Arc::new(Inner {
-                actors: Mutex::new(HashMap::new()),
+                actors: Actors::new(&METRICS),
                 creating: tokio::sync::Mutex::new(()),
                 deps,
                 arbiter,
@@ -53,8 +54,7 @@ impl Registry {
     }
 
     fn actors(&self) -> MutexGuard<'_, HashMap<String, Addr<FulfillmentActor>>> {
-        // The map stays consistent under a panic (single inserts/removes).
-        self.inner.actors.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.actors.lock()
     }
 
     /// Re-spawns every unfinished fulfillment where it stopped. A row that
@@ -74,19 +74,15 @@ impl Registry {
                 tracing::error!(fulfillment_id = %id, %error, "cannot record the quarantined row");
             }
         }
-        let mut actors = self.actors();
-        for state in unfinished.states {
-            if !actors.contains_key(&state.id) {
-                let id = state.id.clone();
-                actors.insert(id, self.spawn(state));
-            }
-        }
+        self.inner
+            .actors
+            .spawn_missing(unfinished.states, |f| &f.id, |f| self.spawn(f));
         Ok(recovered)
     }
 
     /// Running actors.
     pub fn live(&self) -> usize {
-        self.actors().len()
+        self.inner.actors.len()
     }
 
     fn spawn(&self, state: Fulfillment) -> Addr<FulfillmentActor> {
@@ -130,11 +126,14 @@ impl Registry {
         (addr, stored.boxed())
     }
 
-    pub(super) fn forget(&self, id: &str, addr: &Addr<FulfillmentActor>) {
-        let mut actors = self.actors();
-        if actors.get(id) == Some(addr) {
-            actors.remove(id);
-        }
+    /// Called by an actor as it stops.
+    pub(super) fn stopped(&self, id: &str, status: &str, addr: &Addr<FulfillmentActor>) {
+        self.inner.actors.stopped(id, status, addr);
+    }
+
+    /// Called by an actor as it starts.
+    pub(super) fn started(&self, status: &str) {
+        self.inner.actors.started(status);
     }
 
     /// Newest first, optionally of one status.

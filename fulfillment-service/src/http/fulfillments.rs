@@ -12,7 +12,7 @@ use shared_messages::messages::{
 
 use super::{ApiError, AppState, ErrorBody};
 use crate::workflow::{Accepted, Input};
-use service_kit::http::error::{StoreDown, TooLarge};
+use service_kit::http::error::{BadBody, BadListQuery, BadReason, NotFound, StoreDown, TooLarge};
 use service_kit::http::{optional_json, Page};
 
 /// Said when a cancel gives no reason.
@@ -40,7 +40,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     responses(
         (status = 201, description = "created and started", body = FulfillmentStatusView),
         (status = 200, description = "it already existed; started if it was waiting", body = FulfillmentStatusView),
-        (status = 400, description = "malformed body or a wrong field", body = ErrorBody),
+        BadBody,
         (status = 409, description = "not startable in its current state, or the order id is one order-service mints (its fulfillment starts from order-service only)", body = ErrorBody),
         TooLarge,
         StoreDown,
@@ -93,7 +93,7 @@ pub struct FulfillmentListView {
     params(ListParams),
     responses(
         (status = 200, description = "one page", body = FulfillmentListView),
-        (status = 400, description = "unknown status, or limit out of range", body = ErrorBody),
+        BadListQuery,
         StoreDown,
     ))]
 pub(crate) async fn list(
@@ -132,7 +132,7 @@ pub(crate) async fn list(
     params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
     responses(
         (status = 200, description = "the fulfillment", body = FulfillmentStatusView),
-        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        NotFound,
         StoreDown,
     ))]
 pub(crate) async fn status(
@@ -147,7 +147,7 @@ pub(crate) async fn status(
     params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
     responses(
         (status = 200, description = "its progress", body = FulfillmentProgressView),
-        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        NotFound,
         StoreDown,
     ))]
 pub(crate) async fn progress(
@@ -188,7 +188,7 @@ pub(crate) async fn history(
     params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
     responses(
         (status = 200, description = "paused", body = FulfillmentStatusView),
-        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        NotFound,
         (status = 409, description = "not pausable in its current state", body = ErrorBody),
         StoreDown,
     ))]
@@ -204,7 +204,7 @@ pub(crate) async fn pause(
     params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
     responses(
         (status = 200, description = "resumed", body = FulfillmentStatusView),
-        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        NotFound,
         (status = 409, description = "not paused", body = ErrorBody),
         StoreDown,
     ))]
@@ -228,8 +228,8 @@ pub struct CancelBody {
     request_body(content = Option<CancelBody>, description = "optional"),
     responses(
         (status = 200, description = "cancelled", body = FulfillmentStatusView),
-        (status = 400, description = "the body is not `{reason}`", body = ErrorBody),
-        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        BadReason,
+        NotFound,
         (status = 409, description = "already shipped, cancelled or failed", body = ErrorBody),
         TooLarge,
         StoreDown,
@@ -252,8 +252,8 @@ pub(crate) async fn cancel(
     request_body = Address,
     responses(
         (status = 200, description = "updated", body = FulfillmentStatusView),
-        (status = 400, description = "malformed body or a wrong field", body = ErrorBody),
-        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        BadBody,
+        NotFound,
         (status = 409, description = "the label is already printed, or it is finished", body = ErrorBody),
         TooLarge,
         StoreDown,

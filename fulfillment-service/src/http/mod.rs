@@ -56,13 +56,10 @@ static PAGE: Page = Page {
         "Updated",
     ],
     one: "a fulfillment",
-    config: r#"{
-  list: "/fulfillments?limit=100",
-  key: "fulfillments",
-  id: "fulfillmentWorkflowId",
-  noun: "fulfillments",
-  progress: (f) => "/fulfillments/" + encodeURIComponent(f.fulfillmentWorkflowId) + "/progress",
-  history: (id) => "/fulfillments/" + encodeURIComponent(id) + "/history",
+    list: "/fulfillments",
+    id: "fulfillmentWorkflowId",
+    progress_id: "fulfillmentWorkflowId",
+    cells: r#"{
   step: (f, p) => p ? p.stepName + (p.totalItems ? " (" + p.itemsPicked + "/" + p.totalItems + " items)" : "") : f.currentStep,
   extra: (f) => f.trackingNumber ? f.trackingNumber + (f.shippingCarrier ? " · " + f.shippingCarrier : "") : (f.error || f.cancellationReason || ""),
 }"#,

@@ -25,7 +25,7 @@ use rand::Rng;
 use shared_messages::messages::{GetFulfillmentStatus, ReplyErrorCode};
 use shared_messages::{Envelope, Message as WireMessage};
 
-use crate::metrics::{ActivityLabels, TransitionLabels, METRICS};
+use crate::metrics::{ActivityLabels, METRICS};
 use crate::store::Write;
 use crate::workflow::{self, Accepted, Effect, Input, OrderState, Timer};
 use crate::{bus, inventory, payment};
@@ -164,15 +164,7 @@ impl OrderActor {
                 to,
                 "order transition"
             );
-            METRICS
-                .transitions
-                .get_or_create(&TransitionLabels {
-                    from: from.into(),
-                    to: to.into(),
-                })
-                .inc();
-            METRICS.actor(from, -1);
-            METRICS.actor(to, 1);
+            METRICS.transition(from, to);
             self.orders.status_changed(&state.order_id);
         }
         if state.overdue && !self.state.overdue {
@@ -418,14 +410,15 @@ impl Actor for OrderActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        METRICS.actor(self.state.status.as_str(), 1);
+        self.orders.started(self.state.status.as_str());
         let effects = workflow::resume(&self.state);
         self.perform(effects, ctx);
     }
 
     fn stopped(&mut self, ctx: &mut Self::Context) {
-        METRICS.actor(self.state.status.as_str(), -1);
-        self.orders.forget(&self.state.order_id, &ctx.address());
+        let status = self.state.status.as_str();
+        self.orders
+            .stopped(&self.state.order_id, status, &ctx.address());
     }
 }
 

@@ -13,6 +13,7 @@ use actix::prelude::*;
 use chrono::Utc;
 use message_bus::outbox::OutboxSignal;
 use message_bus::Bus;
+use service_kit::actors::Actors;
 use tokio::sync::oneshot;
 
 use super::{Applied, Apply, OrderActor};
@@ -73,7 +74,7 @@ pub enum ApplyError {
 }
 
 struct Inner {
-    actors: Mutex<HashMap<String, Addr<OrderActor>>>,
+    actors: Actors<OrderActor>,
     /// Who waits for an order's next change of status (`waitFor`).
     watchers: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     quarantine: Mutex<Vec<Quarantined>>,
@@ -112,7 +113,7 @@ impl Orders {
         let writer = Writer::start("store-writer", Batched(store.clone()), outbox.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
-                actors: Mutex::new(HashMap::new()),
+                actors: Actors::new(&METRICS),
                 watchers: Mutex::new(HashMap::new()),
                 quarantine: Mutex::new(Vec::new()),
                 finished_writes: tokio::sync::Mutex::new(()),
@@ -143,12 +144,12 @@ impl Orders {
     }
 
     fn actors(&self) -> MutexGuard<'_, HashMap<String, Addr<OrderActor>>> {
-        self.inner.actors.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.actors.lock()
     }
 
     /// Open orders with a running actor.
     pub fn running(&self) -> usize {
-        self.actors().len()
+        self.inner.actors.len()
     }
 
     fn spawn(&self, state: OrderState) -> Addr<OrderActor> {
@@ -181,13 +182,10 @@ impl Orders {
                 Err(error) => return Err(error.into()),
             }
         };
-        {
-            let mut actors = self.actors();
-            // A lookup may have found it in the store and spawned it already.
-            if !actors.contains_key(&state.order_id) {
-                actors.insert(state.order_id.clone(), self.spawn(state.clone()));
-            }
-        }
+        // A lookup may have found it in the store and spawned it already.
+        self.inner
+            .actors
+            .spawn_missing([state.clone()], |o| &o.order_id, |o| self.spawn(o));
         tracing::info!(
             order_id = %state.order_id,
             trace_id = %message_bus::trace::trace_id_of(state.traceparent.as_deref()),
@@ -221,13 +219,9 @@ impl Orders {
             }
         }
         let count = open.orders.len();
-        let mut actors = self.actors();
-        for state in open.orders {
-            if !actors.contains_key(&state.order_id) {
-                let id = state.order_id.clone();
-                actors.insert(id, self.spawn(state));
-            }
-        }
+        self.inner
+            .actors
+            .spawn_missing(open.orders, |o| &o.order_id, |o| self.spawn(o));
         Ok(count)
     }
 
@@ -301,11 +295,13 @@ impl Orders {
     }
 
     /// Called by an actor as it stops.
-    pub(super) fn forget(&self, order_id: &str, addr: &Addr<OrderActor>) {
-        let mut actors = self.actors();
-        if actors.get(order_id) == Some(addr) {
-            actors.remove(order_id);
-        }
+    pub(super) fn stopped(&self, order_id: &str, status: &str, addr: &Addr<OrderActor>) {
+        self.inner.actors.stopped(order_id, status, addr);
+    }
+
+    /// Called by an actor as it starts.
+    pub(super) fn started(&self, status: &str) {
+        self.inner.actors.started(status);
     }
 
     async fn lookup(&self, order_id: &str) -> Result<Lookup, StoreError> {

@@ -12,6 +12,7 @@ use shared_messages::Message;
 use super::views::SignalView;
 use super::{ApiError, AppState, ErrorBody};
 use crate::bus;
+use service_kit::http::error::{BadBody, NotFound, TooLarge};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(
@@ -98,9 +99,10 @@ pub(crate) async fn progress(
     request_body = Address,
     responses(
         (status = 200, description = "updated", body = SignalView),
-        (status = 400, description = "a field of the address is wrong", body = ErrorBody),
-        (status = 404, description = "no such fulfillment", body = ErrorBody),
+        BadBody,
+        NotFound,
         (status = 409, description = "the label is already printed", body = ErrorBody),
+        TooLarge,
         (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
         (status = 504, description = "fulfillment-service did not answer in time; the signal stays queued", body = ErrorBody),
     ))]

@@ -54,13 +54,10 @@ static PAGE: Page = Page {
         "Updated",
     ],
     one: "an order",
-    config: r#"{
-  list: "/orders?limit=100",
-  key: "orders",
-  id: "orderId",
-  noun: "orders",
-  progress: (o) => "/orders/" + encodeURIComponent(o.workflowId) + "/progress",
-  history: (id) => "/orders/" + encodeURIComponent(id) + "/history",
+    list: "/orders",
+    id: "orderId",
+    progress_id: "workflowId",
+    cells: r#"{
   step: (o, p) => (p && p.stepName) || o.currentStep,
   extra: (o) => o.fulfillmentStatus ? "fulfillment " + o.fulfillmentStatus + (o.trackingNumber ? " · " + o.trackingNumber : "") : (o.error || o.cancellationReason || ""),
 }"#,

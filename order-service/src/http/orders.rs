@@ -21,7 +21,7 @@ use crate::validation::{demo_order, CreateOrder};
 use crate::workflow::{
     Accepted, DetailsUpdate, Input, OrderDetails, OrderState, OrderStatus, Rejection,
 };
-use service_kit::http::error::{StoreDown, TooLarge};
+use service_kit::http::error::{BadBody, BadListQuery, BadReason, NotFound, StoreDown, TooLarge};
 use service_kit::http::Page;
 
 /// How long the progress route waits for a live answer from fulfillment
@@ -93,7 +93,7 @@ async fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse
     request_body = CreateOrder,
     responses(
         (status = 201, description = "created; follow it by its workflowId", body = CreatedView),
-        (status = 400, description = "the body is not JSON or a field is wrong", body = ErrorBody),
+        BadBody,
         TooLarge,
         StoreDown,
     ))]
@@ -152,7 +152,7 @@ fn parse_status(value: Option<&str>) -> Result<Option<OrderStatus>, ApiError> {
     params(ListParams),
     responses(
         (status = 200, description = "one page of orders", body = OrderListView),
-        (status = 400, description = "unknown status, or limit out of range", body = ErrorBody),
+        BadListQuery,
         StoreDown,
     ))]
 pub(crate) async fn list(
@@ -202,7 +202,8 @@ const DEFAULT_WAIT_MS: u64 = 10_000;
     responses(
         (status = 200, description = "the order (with `waitFor`: in that status, in a final one, or as it is when the wait ran out)", body = StatusView),
         (status = 400, description = "unknown `waitFor` status, or `timeoutMs` out of range", body = ErrorBody),
-        (status = 404, description = "no such order", body = ErrorBody),
+        NotFound,
+        StoreDown,
     ))]
 pub(crate) async fn status(
     state: web::Data<AppState>,
@@ -262,7 +263,8 @@ async fn wait_until(
     params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
     responses(
         (status = 200, description = "the order's history", body = History),
-        (status = 404, description = "no such order", body = ErrorBody),
+        NotFound,
+        StoreDown,
     ))]
 pub(crate) async fn history(
     state: web::Data<AppState>,
@@ -286,7 +288,8 @@ pub(crate) async fn history(
     params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
     responses(
         (status = 200, description = "the order's progress", body = ProgressView),
-        (status = 404, description = "no such order", body = ErrorBody),
+        NotFound,
+        StoreDown,
     ))]
 pub(crate) async fn progress(
     state: web::Data<AppState>,
@@ -340,7 +343,7 @@ async fn live_fulfillment_progress(
     params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
     responses(
         (status = 200, description = "paused", body = SignalView),
-        (status = 404, description = "no such order", body = ErrorBody),
+        NotFound,
         (status = 409, description = "fulfillment not started yet, or not pausable now", body = ErrorBody),
         (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
         (status = 504, description = "fulfillment-service did not answer in time; the signal stays queued", body = ErrorBody),
@@ -357,7 +360,7 @@ pub(crate) async fn pause(
     params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
     responses(
         (status = 200, description = "resumed", body = SignalView),
-        (status = 404, description = "no such order", body = ErrorBody),
+        NotFound,
         (status = 409, description = "fulfillment not started yet, or not paused", body = ErrorBody),
         (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
         (status = 504, description = "fulfillment-service did not answer in time; the signal stays queued", body = ErrorBody),
@@ -459,9 +462,10 @@ fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
     responses(
         (status = 200, description = "cancelled", body = CancelledView),
         (status = 202, description = "cancel requested, the fulfillment has not answered yet (`status` is `CANCELLING`)", body = CancelledView),
-        (status = 400, description = "the body is not `{reason}`", body = ErrorBody),
-        (status = 404, description = "no such order", body = ErrorBody),
+        BadReason,
+        NotFound,
         (status = 409, description = "already shipped (the cancel was refused), cancelled or failed", body = ErrorBody),
+        TooLarge,
         (status = 503, description = "the order's actor is restarting, or the store does not answer", body = ErrorBody),
     ))]
 pub(crate) async fn cancel(
@@ -520,8 +524,9 @@ pub(crate) async fn cancel(
     responses(
         (status = 200, description = "the updated order", body = StatusView),
         (status = 400, description = "nothing to change, or a field is wrong", body = ErrorBody),
-        (status = 404, description = "no such order", body = ErrorBody),
+        NotFound,
         (status = 409, description = "fulfillment has started", body = ErrorBody),
+        TooLarge,
         StoreDown,
     ))]
 pub(crate) async fn update(

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    fail, start_signal, Decision, Draft, Effect, OrderState, OrderStatus, PendingRetry,
+    fail, nothing, start_signal, Decision, Draft, Effect, OrderState, OrderStatus, PendingRetry,
     RetryPolicy, StepStatus, Timer, STEP_CONFIRM, STEP_PAYMENT, STEP_RESERVE,
     STEP_START_FULFILLMENT,
 };
@@ -16,7 +16,7 @@ pub(super) fn stock_checked(
     now: DateTime<Utc>,
 ) -> Decision {
     if state.status != OrderStatus::Pending {
-        return Decision::nothing();
+        return nothing();
     }
     let mut d = Draft::from(state);
     let next = &mut d.next;
@@ -56,7 +56,7 @@ pub(super) fn payment_processed(
     now: DateTime<Utc>,
 ) -> Decision {
     if state.status != OrderStatus::PaymentProcessing {
-        return Decision::nothing();
+        return nothing();
     }
     let mut d = Draft::from(state);
     let next = &mut d.next;
@@ -103,7 +103,7 @@ pub(super) fn failed(
     now: DateTime<Utc>,
 ) -> Decision {
     if state.status != activity.status() {
-        return Decision::nothing();
+        return nothing();
     }
     let mut d = Draft::from(state);
     let failed = state
@@ -182,7 +182,7 @@ pub(super) fn advance(state: &OrderState, now: DateTime<Utc>) -> Decision {
             d.send(envelope);
             d.effects.push(Effect::StartPolling);
         }
-        _ => return Decision::nothing(),
+        _ => return nothing(),
     }
     d.finish(state, now)
 }

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use shared_messages::Message;
 
 use super::{
-    cancel_signal, compensate, Accepted, Decision, DetailsUpdate, Draft, Effect, OrderState,
-    OrderStatus, Rejection, StepStatus, MAX_FIELD, STEP_CANCEL_FULFILLMENT,
+    cancel_signal, compensate, nothing, rejected, Accepted, Decision, DetailsUpdate, Draft, Effect,
+    OrderState, OrderStatus, Rejection, StepStatus, MAX_FIELD, STEP_CANCEL_FULFILLMENT,
 };
 
 /// Cancel the order. Before the hand-over it is compensated and
@@ -14,11 +14,11 @@ use super::{
 /// asked, and nothing is undone until it confirms (`CANCELLING`).
 pub(super) fn cancel(state: &OrderState, reason: Option<String>, now: DateTime<Utc>) -> Decision {
     if state.status.is_final() {
-        return Decision::rejected(Rejection::AlreadyFinal(state.status));
+        return rejected(Rejection::AlreadyFinal(state.status));
     }
     if state.status == OrderStatus::Cancelling {
         // Asked already; the fulfillment's answer decides.
-        return Decision::nothing();
+        return nothing();
     }
     let reason = reason
         .map(|r| r.trim().to_owned())
@@ -98,27 +98,27 @@ pub(super) fn update_details(
         || state.status.is_waiting_on_fulfillment()
         || state.fulfillment_workflow_id.is_some()
     {
-        return Decision::rejected(Rejection::FulfillmentStarted(state.status));
+        return rejected(Rejection::FulfillmentStarted(state.status));
     }
     let mut d = Draft::from(state);
     let mut changed_fields = Vec::new();
     if let Some(email) = update.customer_email {
         if let Err(why) = check_email(&email) {
-            return Decision::rejected(Rejection::Invalid(why));
+            return rejected(Rejection::Invalid(why));
         }
         d.next.details.customer_email = email;
         changed_fields.push("customerEmail");
     }
     if let Some(name) = update.customer_name {
         if name.trim().is_empty() {
-            return Decision::rejected(Rejection::Invalid("customerName must not be empty".into()));
+            return rejected(Rejection::Invalid("customerName must not be empty".into()));
         }
         d.next.details.customer_name = name;
         changed_fields.push("customerName");
     }
     if let Some(address) = update.shipping_address {
         if let Err(why) = address.validate() {
-            return Decision::rejected(Rejection::Invalid(why));
+            return rejected(Rejection::Invalid(why));
         }
         d.next.details.shipping_address = address;
         changed_fields.push("shippingAddress");
@@ -143,7 +143,7 @@ pub(super) fn forward(state: &OrderState, signal: Message) -> Decision {
             fulfillment_id: fulfillment_id.clone(),
             signal: Box::new(signal),
         })),
-        None => Decision::rejected(Rejection::FulfillmentNotStarted(state.status)),
+        None => rejected(Rejection::FulfillmentNotStarted(state.status)),
     }
 }
 

@@ -9,8 +9,8 @@ use shared_messages::messages::{
 use uuid::Uuid;
 
 use super::{
-    cancel_signal, compensate, fail, start_signal, Decision, Draft, OrderState, OrderStatus,
-    StepStatus, START_RESEND_INTERVAL_SECS, STEP_FULFILLMENT, STEP_SHIP,
+    cancel_signal, compensate, fail, nothing, start_signal, Decision, Draft, OrderState,
+    OrderStatus, StepStatus, START_RESEND_INTERVAL_SECS, STEP_FULFILLMENT, STEP_SHIP,
 };
 
 /// Fulfillment reported its state: an event (with its message id) or the
@@ -23,18 +23,18 @@ pub(super) fn reported(
     now: DateTime<Utc>,
 ) -> Decision {
     if message_id.is_some_and(|id| state.processed_messages.contains(&id)) {
-        return Decision::nothing();
+        return nothing();
     }
     if state.fulfillment_workflow_id.as_deref() != Some(view.fulfillment_workflow_id.as_str()) {
         // Not handed over yet, or another fulfillment.
-        return Decision::nothing();
+        return nothing();
     }
     let mut d = Draft::from(state);
     if state.status == OrderStatus::Cancelled {
         // The order is over, but its fulfillment may still be winding
         // down: keep the order's view of it current, nothing else.
         if is_stale(state, view) {
-            return Decision::nothing();
+            return nothing();
         }
         if let Some(id) = message_id {
             d.next.remember(id);
@@ -48,7 +48,7 @@ pub(super) fn reported(
     }
     if !state.status.is_waiting_on_fulfillment() {
         // Shipped and failed orders take nothing more.
-        return Decision::nothing();
+        return nothing();
     }
     let next = &mut d.next;
     if let Some(id) = message_id {
@@ -160,13 +160,13 @@ pub(super) fn reported(
 /// again after it.
 pub(super) fn not_found(state: &OrderState, now: DateTime<Utc>) -> Decision {
     if !state.status.is_waiting_on_fulfillment() {
-        return Decision::nothing();
+        return nothing();
     }
     if state
         .start_resent_at
         .is_some_and(|at| now - at < chrono::Duration::seconds(START_RESEND_INTERVAL_SECS))
     {
-        return Decision::nothing();
+        return nothing();
     }
     let mut d = Draft::from(state);
     d.next.start_resent_at = Some(now);

@@ -519,41 +519,16 @@ impl Context {
 }
 
 /// The outcome of one input.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    /// The state to store; `None` when the input changed nothing.
-    pub state: Option<OrderState>,
-    /// Signals to fulfillment, stored in the outbox with the state.
-    pub messages: Vec<(Route, Envelope)>,
-    /// What the actor does once the state is stored.
-    pub effects: Vec<Effect>,
-    /// History entries, stored with the state.
-    pub history: Vec<HistoryEvent>,
-    /// The answer to whoever sent the input.
-    pub reply: Reply,
+pub type Decision = service_kit::workflow::Decision<OrderState, Effect, HistoryEvent, Reply>;
+
+/// Taken, changing nothing.
+fn nothing() -> Decision {
+    Decision::unchanged(Ok(Accepted::Applied))
 }
 
-impl Decision {
-    /// Nothing changes, nothing to do: the input is answered with `reply`.
-    fn unchanged(reply: Reply) -> Self {
-        Self {
-            state: None,
-            messages: Vec::new(),
-            effects: Vec::new(),
-            history: Vec::new(),
-            reply,
-        }
-    }
-
-    /// Taken, changing nothing.
-    fn nothing() -> Self {
-        Self::unchanged(Ok(Accepted::Applied))
-    }
-
-    /// Refused, changing nothing.
-    fn rejected(rejection: Rejection) -> Self {
-        Self::unchanged(Err(rejection))
-    }
+/// Refused, changing nothing.
+fn rejected(rejection: Rejection) -> Decision {
+    Decision::unchanged(Err(rejection))
 }
 
 impl Timer {
@@ -675,7 +650,7 @@ impl Draft {
         }
         let history = std::mem::take(&mut next.recorded);
         if next == *state {
-            return Decision::nothing();
+            return nothing();
         }
         next.updated_at = now;
         Decision {

@@ -4,13 +4,13 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Decision, Draft, OrderState};
+use super::{nothing, Decision, Draft, OrderState};
 
 /// `FULFILLMENT_DEADLINE_MS` has passed since the hand-over: the order is
 /// marked overdue, once.
 pub(super) fn deadline_passed(state: &OrderState, now: DateTime<Utc>) -> Decision {
     if !state.status.is_waiting_on_fulfillment() || state.overdue {
-        return Decision::nothing();
+        return nothing();
     }
     let mut d = Draft::from(state);
     d.next.overdue = true;

@@ -50,7 +50,7 @@ use lapin::{Acker, Channel};
 use tokio::sync::watch;
 
 use super::backoff::Backoff;
-use super::session::{declare_topology, Session};
+use super::channels::{declare_topology, Session};
 use super::{ConsumerSpec, Inner, DEAD_LETTER_REASON_HEADER, ORIGINAL_QUEUE_HEADER};
 use shared_messages::envelope::Envelope;
 

@@ -39,6 +39,7 @@
 
 pub mod addresses;
 pub mod backoff;
+mod channels;
 mod consumer;
 pub mod metrics;
 pub mod outbox;
@@ -64,8 +65,8 @@ use tracing::Instrument;
 use shared_messages::envelope::{DecodeError, Envelope};
 use shared_messages::topology::Topology;
 
+use channels::Session;
 pub use consumer::{Incoming, Outcome, ReplyTo, RETRY_MAX, RETRY_MIN};
-use session::Session;
 
 /// Header carrying why a message was dead-lettered.
 pub const DEAD_LETTER_REASON_HEADER: &str = "x-dead-letter-reason";

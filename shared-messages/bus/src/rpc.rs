@@ -18,7 +18,7 @@ use lapin::Consumer;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use super::session::Session;
+use super::channels::Session;
 use super::{Bus, BusError, Inner, Route};
 use shared_messages::envelope::Envelope;
 

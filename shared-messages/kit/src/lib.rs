@@ -4,6 +4,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`access`] | bearer tokens and roles, the cross-site guard, the middleware |
+//! | [`actors`] | the actors of running workflows by id |
 //! | [`cors`] | CORS, closed unless origins are configured |
 //! | [`http`] | the error vocabulary, paging, health, metrics and OpenAPI routes, quarantine, the page, request spans |
 //! | [`metrics`] | the metrics both services keep, under each one's prefix |
@@ -12,9 +13,11 @@
 //! | [`serve`] | the `HttpServer` wiring, and shutdown on SIGTERM or Ctrl-C |
 //! | [`settings`] | secret settings read from files (`NAME_FILE`) |
 //! | [`store`] | the store plumbing: SQLite and PostgreSQL connections, migrations, outbox, quarantine, history rows, group commit, the error type |
+//! | [`workflow`] | the outcome of one input to a workflow, the one shape of both |
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod actors;
 pub mod cors;
 pub mod http;
 pub mod metrics;
@@ -23,5 +26,6 @@ pub mod postgres_tls;
 pub mod serve;
 pub mod settings;
 pub mod store;
+pub mod workflow;
 
 pub use access::{Access, Guard, Role, Tokens};

@@ -179,6 +179,19 @@ impl Common {
             .inc_by(delta);
     }
 
+    /// A running workflow moved from status `from` to `to`: the transition
+    /// is counted and its actor moves between the `actors` statuses.
+    pub fn transition(&self, from: &str, to: &str) {
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                from: from.into(),
+                to: to.into(),
+            })
+            .inc();
+        self.actor(from, -1);
+        self.actor(to, 1);
+    }
+
     /// At scrape time: what the store holds now. `counts` is the number
     /// of workflows by status (`None` when the store did not answer: then
     /// `store_up` is 0 and every status 0), over every status in

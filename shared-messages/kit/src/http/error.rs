@@ -397,6 +397,33 @@ pub struct StoreDown(pub ErrorBody);
 #[response(status = 413, description = "the body is larger than 256 KiB")]
 pub struct TooLarge(pub ErrorBody);
 
+/// Documents, on a route that takes a JSON body, its 400 when the body
+/// does not parse or a field is wrong.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 400,
+    description = "the body is not JSON, or a field is wrong"
+)]
+pub struct BadBody(pub ErrorBody);
+
+/// Documents, on a list route, its 400 for a status filter or page it
+/// cannot take.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 400, description = "unknown status, or limit out of range")]
+pub struct BadListQuery(pub ErrorBody);
+
+/// Documents, on a cancel, its 400 when the optional body is not
+/// `{reason}`.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 400, description = "the body is not `{reason}`")]
+pub struct BadReason(pub ErrorBody);
+
+/// Documents, on a route whose path names one workflow, its 404 when there
+/// is none of that id.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 404, description = "nothing has this id")]
+pub struct NotFound(pub ErrorBody);
+
 #[cfg(test)]
 mod doc_tests {
     use super::*;

@@ -16,11 +16,17 @@ pub struct Page {
     pub columns: [&'static str; 6],
     /// One workflow, with its article ("an order"), for the footer.
     pub one: &'static str,
-    /// A JavaScript object: `list` (the list route), `key` (the list's
-    /// field), `id` (the row id field), `noun`, and functions `progress(row)`
-    /// and `history(id)` (routes), `step(row, progress)` and `extra(row)`
-    /// (cell texts).
-    pub config: &'static str,
+    /// The list route (`/orders`). Its answer names the list by the
+    /// route's last segment (`orders`), which is also the page's noun; a
+    /// workflow's routes are `<list>/<id>/progress` and `<list>/<id>/history`.
+    pub list: &'static str,
+    /// The row field shown as the id, and the id of the history route.
+    pub id: &'static str,
+    /// The row field that is the id of the progress route.
+    pub progress_id: &'static str,
+    /// A JavaScript object with the cell texts: functions `step(row,
+    /// progress)` and `extra(row)`.
+    pub cells: &'static str,
 }
 
 impl Page {
@@ -36,7 +42,30 @@ impl Page {
             .replace("__SUBTITLE__", self.subtitle)
             .replace("__HEAD__", &head)
             .replace("__ONE__", self.one)
-            .replace("__CONFIG__", self.config)
+            .replace("__CONFIG__", &self.config())
+    }
+
+    /// The JavaScript object the page reads its routes and cells from.
+    fn config(&self) -> String {
+        let Self {
+            list,
+            id,
+            progress_id,
+            cells,
+            ..
+        } = self;
+        let noun = list.rsplit('/').next().unwrap_or(list);
+        format!(
+            r#"{{
+  list: "{list}?limit=100",
+  key: "{noun}",
+  id: "{id}",
+  noun: "{noun}",
+  progress: (row) => "{list}/" + encodeURIComponent(row.{progress_id}) + "/progress",
+  history: (id) => "{list}/" + encodeURIComponent(id) + "/history",
+  ...{cells},
+}}"#
+        )
     }
 }
 
@@ -51,10 +80,18 @@ mod tests {
             subtitle: "things",
             columns: ["A", "B", "C", "D", "E", "F"],
             one: "a thing",
-            config: "{}",
+            list: "/things",
+            id: "thingId",
+            progress_id: "thingId",
+            cells: "{ step: (t, p) => t.step, extra: (t) => \"\" }",
         }
         .html();
         assert!(!html.contains("__"), "{html}");
+        assert!(html.contains(r#"list: "/things?limit=100","#));
+        assert!(html.contains(r#"key: "things","#));
+        assert!(html.contains(
+            r#"progress: (row) => "/things/" + encodeURIComponent(row.thingId) + "/progress","#
+        ));
         assert!(html.contains("<th>A</th><th>B</th>"));
         assert!(html.contains("<title>t-service</title>"));
     }
