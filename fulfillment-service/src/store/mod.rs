@@ -14,10 +14,8 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 use message_bus::outbox::OutboxStore;
 use message_bus::Route;
-use service_kit::store::group_commit::{BatchStore, GroupCommit};
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
 
@@ -27,13 +25,8 @@ use crate::config;
 use crate::metrics::METRICS;
 use crate::workflow::{Entry, Fulfillment, Tombstone};
 
-pub use self::postgres::PostgresStore;
-pub use service_kit::store::{Quarantined, StoreError};
+pub use service_kit::store::{OnDatabase, Quarantined, StoreError};
 pub use sqlite::SqliteStore;
-
-/// The group commit the actors write through (see
-/// [`service_kit::store::group_commit`]).
-pub type Writer = GroupCommit<Batched>;
 
 /// One transition to store: the new state, the events it causes and its
 /// history entries.
@@ -66,32 +59,14 @@ pub struct Unfinished {
     pub unreadable: Vec<(String, String)>,
 }
 
-/// The fulfillment store as the group commit sees it.
-pub struct Batched(pub Arc<dyn Store>);
-
-impl BatchStore for Batched {
-    type Write = Write;
-    type Error = StoreError;
-
-    fn save_all<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let result = self.0.save_all(writes).await;
-            METRICS.store_write_took("save", started);
-            result
-        })
-    }
-
-    fn has_messages(write: &Write) -> bool {
-        !write.events.is_empty()
-    }
+service_kit::group_commit_adapter! {
+    store: Store, write: Write, messages: events, metrics: METRICS
 }
 
-/// The fulfillment store.
+/// The fulfillment store; the outbox, the quarantine and `ping` are the
+/// kit's ([`OnDatabase`]).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// The outbox half, as the relay reads it.
-    fn outbox(&self) -> Arc<dyn OutboxStore>;
+pub trait Store: OnDatabase {
     /// One fulfillment, finished or not.
     async fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError>;
     /// Stores `state` and appends `events` to the outbox, atomically.
@@ -126,10 +101,6 @@ pub trait Store: Send + Sync + 'static {
     async fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, StoreError>;
     /// The history of `id`, oldest first.
     async fn history(&self, id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
-    /// Records (or refreshes) an unreadable row.
-    async fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError>;
-    /// Every quarantined row, oldest first.
-    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
     /// Newest first, optionally of one status.
     async fn list(
         &self,
@@ -139,11 +110,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Fulfillment>, StoreError>;
     /// How many fulfillments there are of each stored status.
     async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError>;
-    /// Events stored but not yet confirmed by the broker.
-    async fn outbox_len(&self) -> Result<u64, StoreError>;
-    /// The store answers.
-    async fn ping(&self) -> Result<(), StoreError>;
 }
+
+service_kit::embed_schema!("fulfill");
 
 /// An open store, seen as the fulfillment store and as the relay's outbox.
 pub struct Opened {
@@ -160,7 +129,7 @@ pub async fn open(url: &str) -> Result<Opened, StoreError> {
         }
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(both(PostgresStore::open(url).await?));
+        return Ok(both(SCHEMA.open_postgres(url).await?));
     }
     let path = url
         .strip_prefix("sqlite://")

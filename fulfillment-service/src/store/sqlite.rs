@@ -3,23 +3,17 @@
 //! [`Sqlite`]). Schema: `migrations/sqlite`.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use async_trait::async_trait;
-use message_bus::outbox::OutboxStore;
 use rusqlite::{params, OptionalExtension};
-use service_kit::store::{history, outbox, quarantine, Sqlite};
+use service_kit::store::{history, outbox, Database, Sqlite};
 use shared_messages::messages::FulfillmentStatus;
 
 use chrono::{DateTime, Utc};
 use shared_messages::history::HistoryEvent;
 
-use super::{Quarantined, Store, StoreError, Unfinished, Write};
+use super::{OnDatabase, Store, StoreError, Unfinished, Write};
 use crate::workflow::{Entry, Fulfillment, Tombstone};
-
-mod embedded {
-    refinery::embed_migrations!("migrations/sqlite");
-}
 
 pub struct SqliteStore {
     db: Sqlite,
@@ -29,7 +23,7 @@ impl SqliteStore {
     /// Opens (creating the file and its directory) and migrates.
     pub fn open(path: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            db: Sqlite::open(Path::new(path), &embedded::migrations::runner())?,
+            db: super::SCHEMA.open_sqlite(Path::new(path))?,
         })
     }
 
@@ -132,12 +126,14 @@ fn rows_to_states(
     Ok(out)
 }
 
+impl OnDatabase for SqliteStore {
+    fn db(&self) -> &dyn Database {
+        &self.db
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
-    fn outbox(&self) -> Arc<dyn OutboxStore> {
-        Arc::new(self.db.clone())
-    }
-
     async fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
         let id = id.to_owned();
         self.db
@@ -247,17 +243,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError> {
-        let (id, reason) = (id.to_owned(), reason.to_owned());
-        self.db
-            .call(move |conn| quarantine::put_sqlite(conn, &id, &reason))
-            .await
-    }
-
-    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
-        self.db.call(|conn| quarantine::list_sqlite(conn)).await
-    }
-
     async fn list(
         &self,
         status: Option<FulfillmentStatus>,
@@ -292,19 +277,6 @@ impl Store for SqliteStore {
                     out.push((status, u64::try_from(n).unwrap_or(0)));
                 }
                 Ok(out)
-            })
-            .await
-    }
-
-    async fn outbox_len(&self) -> Result<u64, StoreError> {
-        self.db.call(|conn| outbox::len_sqlite(conn)).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.db
-            .call(|conn| {
-                conn.query_row("SELECT 1", [], |_| Ok(()))?;
-                Ok(())
             })
             .await
     }

@@ -3,23 +3,17 @@
 //! Schema: `migrations/sqlite`.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use async_trait::async_trait;
-use message_bus::outbox::OutboxStore;
 use message_bus::Route;
 use rusqlite::{params, Connection, OptionalExtension};
-use service_kit::store::{history, outbox, quarantine, Sqlite};
+use service_kit::store::{history, outbox, Database, Sqlite};
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
-use super::{Page, Quarantined, Store, StoreError, Unfinished, Unreadable, Write};
+use super::{OnDatabase, Page, Store, StoreError, Unfinished, Unreadable, Write};
 use crate::config::StoreLocation;
 use crate::workflow::{OrderState, OrderStatus};
-
-mod embedded {
-    refinery::embed_migrations!("migrations/sqlite");
-}
 
 pub struct SqliteStore {
     db: Sqlite,
@@ -35,7 +29,7 @@ impl SqliteStore {
             }
         };
         Ok(Self {
-            db: Sqlite::open(path, &embedded::migrations::runner())?,
+            db: super::SCHEMA.open_sqlite(path)?,
         })
     }
 }
@@ -148,12 +142,14 @@ fn save_in(
     outbox::insert_sqlite(tx, signals)
 }
 
+impl OnDatabase for SqliteStore {
+    fn db(&self) -> &dyn Database {
+        &self.db
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
-    fn outbox(&self) -> Arc<dyn OutboxStore> {
-        Arc::new(self.db.clone())
-    }
-
     async fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError> {
         let (state, events) = (state.clone(), events.to_vec());
         self.db
@@ -305,23 +301,6 @@ impl Store for SqliteStore {
                     .collect())
             })
             .await
-    }
-
-    async fn outbox_len(&self) -> Result<u64, StoreError> {
-        self.db.call(|conn| outbox::len_sqlite(conn)).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.db
-            .call(|conn| {
-                conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
-                Ok(())
-            })
-            .await
-    }
-
-    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
-        self.db.call(|conn| quarantine::list_sqlite(conn)).await
     }
 }
 

@@ -6,8 +6,10 @@
 //! | module | what |
 //! |---|---|
 //! | [`error`] | [`StoreError`], the one store error vocabulary |
+//! | [`database`] | the calls every store answers alike (outbox, quarantine, ping), once per backend |
 //! | [`sqlite`] | the SQLite connection (WAL), its calls on tokio's blocking pool |
 //! | [`postgres`] | the PostgreSQL pool (deadpool on tokio-postgres, TLS by `sslmode`) |
+//! | [`schema`] | a service's migrations and opening its store: connect, then migrate |
 //! | [`migrate`] | schema migrations by refinery, taking over databases migrated before it |
 //! | [`outbox`] | the outbox table's SQL and [`OutboxStore`](message_bus::outbox::OutboxStore) for both backends |
 //! | [`quarantine`] | the quarantine table: rows set aside because they cannot be read |
@@ -15,6 +17,7 @@
 //! | [`group_commit`] | the writer task that stores many transitions in one transaction |
 //! | `testdb` | a PostgreSQL database per test (feature `test-support`) |
 
+pub mod database;
 pub mod error;
 pub mod group_commit;
 pub mod history;
@@ -22,13 +25,16 @@ pub mod migrate;
 pub mod outbox;
 pub mod postgres;
 pub mod quarantine;
+pub mod schema;
 pub mod sqlite;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testdb;
 
+pub use database::{Database, OnDatabase};
 pub use error::StoreError;
 pub use postgres::Postgres;
 pub use quarantine::Quarantined;
+pub use schema::Schema;
 pub use sqlite::Sqlite;
 
 #[cfg(test)]
