@@ -14,7 +14,6 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use message_bus::outbox::OutboxStore;
 use message_bus::Route;
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
@@ -53,11 +52,7 @@ impl Write {
 
 /// What recovery reads: the unfinished fulfillments, and the rows that
 /// could not be read (id, why).
-#[derive(Debug, Default)]
-pub struct Unfinished {
-    pub states: Vec<Fulfillment>,
-    pub unreadable: Vec<(String, String)>,
-}
+pub type Unfinished = service_kit::store::entities::Unfinished<Fulfillment>;
 
 service_kit::group_commit_adapter! {
     store: Store, write: Write, messages: events, metrics: METRICS
@@ -115,21 +110,12 @@ pub trait Store: OnDatabase {
 service_kit::embed_schema!("fulfill");
 
 /// An open store, seen as the fulfillment store and as the relay's outbox.
-pub struct Opened {
-    pub store: Arc<dyn Store>,
-    pub outbox: Arc<dyn OutboxStore>,
-}
+pub type Opened = service_kit::store::Opened<dyn Store>;
 
 /// Opens (creating and migrating) the store named by `url`.
 pub async fn open(url: &str) -> Result<Opened, StoreError> {
-    fn both<S: Store>(store: S) -> Opened {
-        Opened {
-            outbox: store.outbox(),
-            store: Arc::new(store),
-        }
-    }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(both(SCHEMA.open_postgres(url).await?));
+        return Ok(Opened::new(Arc::new(SCHEMA.open_postgres(url).await?)));
     }
     let path = url
         .strip_prefix("sqlite://")
@@ -140,7 +126,7 @@ pub async fn open(url: &str) -> Result<Opened, StoreError> {
                 config::redact(url)
             ))
         })?;
-    Ok(both(SqliteStore::open(path)?))
+    Ok(Opened::new(Arc::new(SqliteStore::open(path)?)))
 }
 
 #[cfg(test)]
@@ -342,44 +328,13 @@ pub(crate) mod tests {
     /// part), a good row is stored: the bad one is moved to the quarantine,
     /// counted, and the good one still comes out.
     pub(crate) async fn an_undecodable_outbox_row_is_quarantined(store: &dyn Store) {
-        use message_bus::metrics::METRICS;
         let w = write(4);
         store
             .save_all(std::slice::from_ref(&w))
             .await
             .expect("save");
-        let before = METRICS.outbox_quarantined.get();
-
-        let pending = store
-            .outbox()
-            .pending(10)
-            .await
-            .expect("one bad row does not fail the read");
-        assert_eq!(pending.len(), w.events.len(), "the good rows still go out");
-        assert_eq!(pending[0].envelope.message_id, w.events[0].1.message_id);
-        assert_eq!(
-            store.outbox_len().await.expect("count"),
-            w.events.len() as u64,
-            "the bad row left the outbox"
-        );
-        assert!(METRICS.outbox_quarantined.get() > before, "counted");
-        let items = store.quarantined().await.expect("quarantine");
-        assert_eq!(items.len(), 1, "{items:?}");
-        assert_eq!(items[0].entity_id, "outbox row 1");
-        assert!(items[0].reason.contains("cannot be decoded"), "{items:?}");
-        assert!(
-            items[0].reason.contains("not json"),
-            "the body is kept: {items:?}"
-        );
-        assert_eq!(
-            store.outbox().pending(10).await.expect("pending").len(),
-            w.events.len()
-        );
-        assert_eq!(
-            store.quarantined().await.expect("quarantine").len(),
-            1,
-            "kept once"
-        );
+        service_kit::store::testing::an_undecodable_outbox_row_is_quarantined(store, &w.events)
+            .await;
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@
 //! quarantine) is the kit's. Schema: `migrations/postgres`.
 
 use async_trait::async_trait;
+use service_kit::store::entities::Entities;
 use service_kit::store::{history, outbox, Postgres};
 use shared_messages::messages::FulfillmentStatus;
 
@@ -40,17 +41,12 @@ async fn append_history(
     entries: &[Entry],
 ) -> Result<(), StoreError> {
     for e in entries {
+        let c = history::columns(&e.at, e.message_id, &e.detail);
         tx.execute(
             "INSERT INTO history (workflow_id, seq, kind, at, message_id, detail)
              VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE workflow_id = $1),
                      $2, $3, $4, $5)",
-            &[
-                &id,
-                &e.kind,
-                &e.at.to_rfc3339(),
-                &e.message_id.map(|m| m.to_string()),
-                &e.detail.to_string(),
-            ],
+            &[&id, &e.kind, &c.at, &c.message_id, &c.detail],
         )
         .await?;
     }
@@ -75,11 +71,7 @@ fn states(rows: Vec<tokio_postgres::Row>) -> Vec<Fulfillment> {
 #[async_trait]
 impl Store for Postgres {
     async fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt("SELECT state FROM fulfillments WHERE id = $1", &[&id])
-            .await?;
-        row.map(|r| parse(id, r.get(0))).transpose()
+        self.read_state("fulfillments", id, parse).await
     }
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
@@ -125,22 +117,7 @@ impl Store for Postgres {
     }
 
     async fn unfinished(&self) -> Result<Unfinished, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, state FROM fulfillments WHERE NOT finished ORDER BY created_at",
-                &[],
-            )
-            .await?;
-        let mut out = Unfinished::default();
-        for row in rows {
-            let id: &str = row.get(0);
-            match parse(id, row.get(1)) {
-                Ok(state) => out.states.push(state),
-                Err(error) => out.unreadable.push((id.to_owned(), error.to_string())),
-            }
-        }
-        Ok(out)
+        self.read_unfinished("fulfillments", parse).await
     }
 
     async fn put_tombstone(
@@ -221,17 +198,7 @@ impl Store for Postgres {
     }
 
     async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT status, COUNT(*) FROM fulfillments GROUP BY status",
-                &[],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
-            .collect())
+        self.count_statuses("fulfillments").await
     }
 }
 
@@ -355,15 +322,7 @@ mod tests {
         );
         assert_eq!(pending[1].route.routing_key, "fulfillment.status.cancelled");
         let other = SCHEMA.open_postgres(&db.url).await.expect("second replica");
-        assert!(
-            other
-                .outbox()
-                .pending(10)
-                .await
-                .expect("pending")
-                .is_empty(),
-            "another replica does not take rows under a live claim"
-        );
+        service_kit::store::testing::another_replica_takes_no_claimed_rows(&other).await;
         store
             .outbox()
             .remove(&[pending[0].seq])
@@ -390,13 +349,8 @@ mod tests {
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
         let db = TestDb::create("fulfillment_outbox_quarantine");
         let store = SCHEMA.open_postgres(&db.url).await.expect("open");
-        super::testdb::admin(
-            "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
-             VALUES ('fulfillment.events', 'fulfillment.status.picking', false, 'not json')"
-                .into(),
-            &db.name,
-        )
-        .expect("a garbage row");
+        service_kit::store::testing::store_undecodable_outbox_row_postgres(&db)
+            .expect("a garbage row");
         crate::store::tests::an_undecodable_outbox_row_is_quarantined(&store).await;
     }
 

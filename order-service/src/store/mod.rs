@@ -18,8 +18,8 @@ pub use sqlite::SqliteStore;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use message_bus::outbox::OutboxStore;
 use message_bus::Route;
+use service_kit::store::entities;
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
@@ -30,23 +30,15 @@ use crate::workflow::{OrderState, OrderStatus};
 service_kit::embed_schema!("orders");
 
 /// An open store, seen as the order store and as the relay's outbox.
-pub struct Opened {
-    pub store: Arc<dyn Store>,
-    pub outbox: Arc<dyn OutboxStore>,
-}
+pub type Opened = service_kit::store::Opened<dyn Store>;
 
 /// Opens (creating and migrating) the store at `location`.
 pub async fn open(location: &StoreLocation) -> Result<Opened, StoreError> {
-    fn both<S: Store>(store: S) -> Opened {
-        Opened {
-            outbox: store.outbox(),
-            store: Arc::new(store),
-        }
-    }
-    Ok(match location {
-        StoreLocation::Postgres(url) => both(SCHEMA.open_postgres(url).await?),
-        sqlite => both(SqliteStore::open(sqlite)?),
-    })
+    let store: Arc<dyn Store> = match location {
+        StoreLocation::Postgres(url) => Arc::new(SCHEMA.open_postgres(url).await?),
+        sqlite => Arc::new(SqliteStore::open(sqlite)?),
+    };
+    Ok(Opened::new(store))
 }
 
 /// One write for the group commit: a new order (`insert`, failing with
@@ -56,9 +48,12 @@ pub async fn open(location: &StoreLocation) -> Result<Opened, StoreError> {
 #[derive(Debug, Clone)]
 pub struct Write {
     pub state: OrderState,
-    pub outbox: Vec<(Route, Envelope)>,
-    pub events: Vec<HistoryEvent>,
+    /// A new order rather than a transition of a stored one.
     pub insert: bool,
+    /// The signals the transition sends, stored in the outbox.
+    pub outbox: Vec<(Route, Envelope)>,
+    /// Its history entries.
+    pub events: Vec<HistoryEvent>,
 }
 
 /// A stored order that cannot be read (e.g. written by a version with
@@ -74,6 +69,40 @@ pub struct Unreadable {
 pub struct Unfinished {
     pub orders: Vec<OrderState>,
     pub unreadable: Vec<Unreadable>,
+}
+
+impl From<entities::Unfinished<OrderState>> for Unfinished {
+    fn from(found: entities::Unfinished<OrderState>) -> Self {
+        Self {
+            orders: found.states,
+            unreadable: found
+                .unreadable
+                .into_iter()
+                .map(|(order_id, reason)| Unreadable { order_id, reason })
+                .collect(),
+        }
+    }
+}
+
+/// An order's stored state.
+fn encode(state: &OrderState) -> String {
+    serde_json::to_string(state).expect("order state always serializes to JSON")
+}
+
+/// An order's state read back from its row.
+fn decode(id: &str, json: &str) -> Result<OrderState, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        id: format!("order {id}"),
+        reason: e.to_string(),
+    })
+}
+
+/// Counts by stored status, as order statuses (an unknown one left out).
+fn counts(stored: Vec<(String, u64)>) -> Vec<(OrderStatus, u64)> {
+    stored
+        .into_iter()
+        .filter_map(|(status, n)| Some((OrderStatus::parse(&status)?, n)))
+        .collect()
 }
 
 service_kit::group_commit_adapter! {

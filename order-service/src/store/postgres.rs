@@ -9,25 +9,15 @@
 
 use async_trait::async_trait;
 use message_bus::Route;
+use service_kit::store::entities::Entities;
 use service_kit::store::{history, outbox, Postgres};
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::GenericClient;
 
-use super::{Page, Store, StoreError, Unfinished, Unreadable, Write};
+use super::{counts, decode, encode, Page, Store, StoreError, Unfinished, Write};
 use crate::workflow::{OrderState, OrderStatus};
-
-fn encode(state: &OrderState) -> String {
-    serde_json::to_string(state).expect("order state always serializes to JSON")
-}
-
-fn decode(id: &str, json: &str) -> Result<OrderState, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-        id: format!("order {id}"),
-        reason: e.to_string(),
-    })
-}
 
 fn states(rows: Vec<tokio_postgres::Row>) -> Result<Vec<OrderState>, StoreError> {
     rows.iter()
@@ -47,18 +37,13 @@ async fn append_in(
     events: &[HistoryEvent],
 ) -> Result<(), StoreError> {
     for e in events {
+        let c = history::columns(&e.at, e.message_id, &e.detail);
+        let seq = i64::try_from(e.seq).unwrap_or(i64::MAX);
         client
             .execute(
                 "INSERT INTO order_history (order_id, seq, kind, at, message_id, detail)
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id, seq) DO NOTHING",
-                &[
-                    &order_id,
-                    &i64::try_from(e.seq).unwrap_or(i64::MAX),
-                    &e.kind,
-                    &e.at.to_rfc3339(),
-                    &e.message_id.map(|m| m.to_string()),
-                    &e.detail.to_string(),
-                ],
+                &[&order_id, &seq, &e.kind, &c.at, &c.message_id, &c.detail],
             )
             .await?;
     }
@@ -172,11 +157,7 @@ impl Store for Postgres {
     }
 
     async fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt("SELECT state FROM orders WHERE id = $1", &[&order_id])
-            .await?;
-        row.map(|r| decode(order_id, r.get(0))).transpose()
+        self.read_state("orders", order_id, decode).await
     }
 
     async fn list(
@@ -209,25 +190,7 @@ impl Store for Postgres {
     }
 
     async fn unfinished(&self) -> Result<Unfinished, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, state FROM orders WHERE NOT finished ORDER BY created_at",
-                &[],
-            )
-            .await?;
-        let mut found = Unfinished::default();
-        for row in rows {
-            let id: &str = row.get(0);
-            match decode(id, row.get(1)) {
-                Ok(state) => found.orders.push(state),
-                Err(error) => found.unreadable.push(Unreadable {
-                    order_id: id.to_owned(),
-                    reason: error.to_string(),
-                }),
-            }
-        }
-        Ok(found)
+        Ok(self.read_unfinished("orders", decode).await?.into())
     }
 
     async fn history(&self, order_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
@@ -236,19 +199,7 @@ impl Store for Postgres {
     }
 
     async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query("SELECT status, COUNT(*) FROM orders GROUP BY status", &[])
-            .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                Some((
-                    OrderStatus::parse(r.get(0))?,
-                    u64::try_from(r.get::<_, i64>(1)).unwrap_or_default(),
-                ))
-            })
-            .collect())
+        Ok(counts(self.count_statuses("orders").await?))
     }
 }
 
@@ -343,51 +294,18 @@ mod tests {
 
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
-        use message_bus::metrics::METRICS;
+        use service_kit::store::testing;
         let db = TestDb::create("orders_outbox_quarantine");
         let s = SCHEMA.open_postgres(&db.url).await.expect("open");
-        super::testdb::admin(
-            "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
-             VALUES ('fulfillment.commands', 'fulfillment.start', true, 'not json')"
-                .into(),
-            &db.name,
-        )
-        .expect("a garbage row");
+        testing::store_undecodable_outbox_row_postgres(&db).expect("a garbage row");
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &[]).await.expect("insert");
         order.status = OrderStatus::Confirmed;
         let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
         let (state, outbox) = (t.state.expect("advanced"), t.messages);
         s.save(&state, &outbox, &t.history).await.expect("save");
-        let before = METRICS.outbox_quarantined.get();
-
-        let pending = s
-            .outbox()
-            .pending(10)
-            .await
-            .expect("one bad row does not fail the read");
-        assert_eq!(pending.len(), 1, "the good row still goes out");
-        assert_eq!(pending[0].envelope.message_id, outbox[0].1.message_id);
-        assert_eq!(
-            s.outbox_len().await.expect("count"),
-            1,
-            "the bad row left the outbox"
-        );
-        assert!(METRICS.outbox_quarantined.get() > before, "counted");
-        let items = s.quarantined().await.expect("quarantine");
-        assert_eq!(items.len(), 1, "{items:?}");
-        assert_eq!(items[0].entity_id, "outbox row 1");
-        assert!(items[0].reason.contains("cannot be decoded"), "{items:?}");
-        assert!(
-            items[0].reason.contains("not json"),
-            "the body is kept: {items:?}"
-        );
-        assert_eq!(s.outbox().pending(10).await.expect("pending").len(), 1);
-        assert_eq!(
-            s.quarantined().await.expect("quarantine").len(),
-            1,
-            "kept once"
-        );
+        assert_eq!(outbox.len(), 1, "advancing from CONFIRMED sends one signal");
+        testing::an_undecodable_outbox_row_is_quarantined(&s, &outbox).await;
     }
 
     #[tokio::test]
@@ -413,15 +331,7 @@ mod tests {
             "the claiming store reads its own claimed rows again"
         );
         let other = SCHEMA.open_postgres(&db.url).await.expect("second replica");
-        assert!(
-            other
-                .outbox()
-                .pending(10)
-                .await
-                .expect("pending")
-                .is_empty(),
-            "another replica does not take rows under a live claim"
-        );
+        service_kit::store::testing::another_replica_takes_no_claimed_rows(&other).await;
         s.outbox().remove(&[pending[0].seq]).await.expect("remove");
         assert!(s.outbox().pending(10).await.expect("pending").is_empty());
         assert_eq!(

@@ -119,3 +119,19 @@ impl OnDatabase for Postgres {
         self
     }
 }
+
+/// An open store, seen as the service's store (`S`, its `dyn Store`) and
+/// as the relay's outbox.
+pub struct Opened<S: ?Sized> {
+    pub store: Arc<S>,
+    pub outbox: Arc<dyn OutboxStore>,
+}
+
+impl<S: OnDatabase + ?Sized> Opened<S> {
+    pub fn new(store: Arc<S>) -> Self {
+        Self {
+            outbox: store.outbox(),
+            store,
+        }
+    }
+}
