@@ -14,10 +14,7 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
-use message_bus::outbox::OutboxStore;
 use message_bus::Route;
-use service_kit::store::group_commit::{BatchStore, GroupCommit};
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
 
@@ -27,13 +24,8 @@ use crate::config;
 use crate::metrics::METRICS;
 use crate::workflow::{Entry, Fulfillment, Tombstone};
 
-pub use self::postgres::PostgresStore;
-pub use service_kit::store::{Quarantined, StoreError};
+pub use service_kit::store::{OnDatabase, Quarantined, StoreError};
 pub use sqlite::SqliteStore;
-
-/// The group commit the actors write through (see
-/// [`service_kit::store::group_commit`]).
-pub type Writer = GroupCommit<Batched>;
 
 /// One transition to store: the new state, the events it causes and its
 /// history entries.
@@ -60,38 +52,16 @@ impl Write {
 
 /// What recovery reads: the unfinished fulfillments, and the rows that
 /// could not be read (id, why).
-#[derive(Debug, Default)]
-pub struct Unfinished {
-    pub states: Vec<Fulfillment>,
-    pub unreadable: Vec<(String, String)>,
+pub type Unfinished = service_kit::store::entities::Unfinished<Fulfillment>;
+
+service_kit::group_commit_adapter! {
+    store: Store, write: Write, messages: events, metrics: METRICS
 }
 
-/// The fulfillment store as the group commit sees it.
-pub struct Batched(pub Arc<dyn Store>);
-
-impl BatchStore for Batched {
-    type Write = Write;
-    type Error = StoreError;
-
-    fn save_all<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let result = self.0.save_all(writes).await;
-            METRICS.store_write_took("save", started);
-            result
-        })
-    }
-
-    fn has_messages(write: &Write) -> bool {
-        !write.events.is_empty()
-    }
-}
-
-/// The fulfillment store.
+/// The fulfillment store; the outbox, the quarantine and `ping` are the
+/// kit's ([`OnDatabase`]).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// The outbox half, as the relay reads it.
-    fn outbox(&self) -> Arc<dyn OutboxStore>;
+pub trait Store: OnDatabase {
     /// One fulfillment, finished or not.
     async fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError>;
     /// Stores `state` and appends `events` to the outbox, atomically.
@@ -126,10 +96,6 @@ pub trait Store: Send + Sync + 'static {
     async fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, StoreError>;
     /// The history of `id`, oldest first.
     async fn history(&self, id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
-    /// Records (or refreshes) an unreadable row.
-    async fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError>;
-    /// Every quarantined row, oldest first.
-    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
     /// Newest first, optionally of one status.
     async fn list(
         &self,
@@ -139,28 +105,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Fulfillment>, StoreError>;
     /// How many fulfillments there are of each stored status.
     async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError>;
-    /// Events stored but not yet confirmed by the broker.
-    async fn outbox_len(&self) -> Result<u64, StoreError>;
-    /// The store answers.
-    async fn ping(&self) -> Result<(), StoreError>;
 }
 
+service_kit::embed_schema!("fulfill");
+
 /// An open store, seen as the fulfillment store and as the relay's outbox.
-pub struct Opened {
-    pub store: Arc<dyn Store>,
-    pub outbox: Arc<dyn OutboxStore>,
-}
+pub type Opened = service_kit::store::Opened<dyn Store>;
 
 /// Opens (creating and migrating) the store named by `url`.
 pub async fn open(url: &str) -> Result<Opened, StoreError> {
-    fn both<S: Store>(store: S) -> Opened {
-        Opened {
-            outbox: store.outbox(),
-            store: Arc::new(store),
-        }
-    }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(both(PostgresStore::open(url).await?));
+        return Ok(Opened::new(Arc::new(SCHEMA.open_postgres(url).await?)));
     }
     let path = url
         .strip_prefix("sqlite://")
@@ -171,7 +126,7 @@ pub async fn open(url: &str) -> Result<Opened, StoreError> {
                 config::redact(url)
             ))
         })?;
-    Ok(both(SqliteStore::open(path)?))
+    Ok(Opened::new(Arc::new(SqliteStore::open(path)?)))
 }
 
 #[cfg(test)]
@@ -373,44 +328,13 @@ pub(crate) mod tests {
     /// part), a good row is stored: the bad one is moved to the quarantine,
     /// counted, and the good one still comes out.
     pub(crate) async fn an_undecodable_outbox_row_is_quarantined(store: &dyn Store) {
-        use message_bus::metrics::METRICS;
         let w = write(4);
         store
             .save_all(std::slice::from_ref(&w))
             .await
             .expect("save");
-        let before = METRICS.outbox_quarantined.get();
-
-        let pending = store
-            .outbox()
-            .pending(10)
-            .await
-            .expect("one bad row does not fail the read");
-        assert_eq!(pending.len(), w.events.len(), "the good rows still go out");
-        assert_eq!(pending[0].envelope.message_id, w.events[0].1.message_id);
-        assert_eq!(
-            store.outbox_len().await.expect("count"),
-            w.events.len() as u64,
-            "the bad row left the outbox"
-        );
-        assert!(METRICS.outbox_quarantined.get() > before, "counted");
-        let items = store.quarantined().await.expect("quarantine");
-        assert_eq!(items.len(), 1, "{items:?}");
-        assert_eq!(items[0].entity_id, "outbox row 1");
-        assert!(items[0].reason.contains("cannot be decoded"), "{items:?}");
-        assert!(
-            items[0].reason.contains("not json"),
-            "the body is kept: {items:?}"
-        );
-        assert_eq!(
-            store.outbox().pending(10).await.expect("pending").len(),
-            w.events.len()
-        );
-        assert_eq!(
-            store.quarantined().await.expect("quarantine").len(),
-            1,
-            "kept once"
-        );
+        service_kit::store::testing::an_undecodable_outbox_row_is_quarantined(store, &w.events)
+            .await;
     }
 
     #[tokio::test]

@@ -3,42 +3,20 @@
 //! The same tables and the same promises as [`super::sqlite`]: a
 //! fulfillment's state and the events it causes are written in one
 //! transaction. Calls are async, on the service kit's connection pool
-//! ([`Postgres`]); the outbox (claims, leases, quarantine) is the kit's.
-//! Schema: `migrations/postgres`.
-
-use std::sync::Arc;
+//! ([`Postgres`], the store itself, opened by
+//! [`SCHEMA`](super::SCHEMA)`.open_postgres`); the outbox (claims, leases,
+//! quarantine) is the kit's. Schema: `migrations/postgres`.
 
 use async_trait::async_trait;
-use message_bus::outbox::OutboxStore;
-use service_kit::store::{history, outbox, quarantine, Postgres};
+use service_kit::store::entities::Entities;
+use service_kit::store::{history, outbox, Postgres};
 use shared_messages::messages::FulfillmentStatus;
 
 use chrono::{DateTime, Utc};
 use shared_messages::history::HistoryEvent;
 
-use super::{Quarantined, Store, StoreError, Unfinished, Write};
+use super::{Store, StoreError, Unfinished, Write};
 use crate::workflow::{Entry, Fulfillment, Tombstone};
-
-mod embedded {
-    refinery::embed_migrations!("migrations/postgres");
-}
-
-/// Serialises migrations of replicas that start together
-/// (`pg_advisory_lock`); any constant unique to this schema.
-const MIGRATION_LOCK: i64 = 0x66_756c_6669_6c6c; // "fulfill"
-
-pub struct PostgresStore {
-    db: Postgres,
-}
-
-impl PostgresStore {
-    /// Connects to `url` and brings the schema up to date.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Ok(Self {
-            db: Postgres::open(url, &embedded::migrations::runner(), MIGRATION_LOCK).await?,
-        })
-    }
-}
 
 fn parse(id: &str, json: &str) -> Result<Fulfillment, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
@@ -63,17 +41,12 @@ async fn append_history(
     entries: &[Entry],
 ) -> Result<(), StoreError> {
     for e in entries {
+        let c = history::columns(&e.at, e.message_id, &e.detail);
         tx.execute(
             "INSERT INTO history (workflow_id, seq, kind, at, message_id, detail)
              VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE workflow_id = $1),
                      $2, $3, $4, $5)",
-            &[
-                &id,
-                &e.kind,
-                &e.at.to_rfc3339(),
-                &e.message_id.map(|m| m.to_string()),
-                &e.detail.to_string(),
-            ],
+            &[&id, &e.kind, &c.at, &c.message_id, &c.detail],
         )
         .await?;
     }
@@ -96,21 +69,13 @@ fn states(rows: Vec<tokio_postgres::Row>) -> Vec<Fulfillment> {
 }
 
 #[async_trait]
-impl Store for PostgresStore {
-    fn outbox(&self) -> Arc<dyn OutboxStore> {
-        Arc::new(self.db.clone())
-    }
-
+impl Store for Postgres {
     async fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
-        let client = self.db.client().await?;
-        let row = client
-            .query_opt("SELECT state FROM fulfillments WHERE id = $1", &[&id])
-            .await?;
-        row.map(|r| parse(id, r.get(0))).transpose()
+        self.read_state("fulfillments", id, parse).await
     }
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let mut client = self.db.client().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         for Write {
             state,
@@ -152,22 +117,7 @@ impl Store for PostgresStore {
     }
 
     async fn unfinished(&self) -> Result<Unfinished, StoreError> {
-        let client = self.db.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, state FROM fulfillments WHERE NOT finished ORDER BY created_at",
-                &[],
-            )
-            .await?;
-        let mut out = Unfinished::default();
-        for row in rows {
-            let id: &str = row.get(0);
-            match parse(id, row.get(1)) {
-                Ok(state) => out.states.push(state),
-                Err(error) => out.unreadable.push((id.to_owned(), error.to_string())),
-            }
-        }
-        Ok(out)
+        self.read_unfinished("fulfillments", parse).await
     }
 
     async fn put_tombstone(
@@ -175,7 +125,7 @@ impl Store for PostgresStore {
         tombstone: &Tombstone,
         history: &[Entry],
     ) -> Result<bool, StoreError> {
-        let mut client = self.db.client().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let added = tx
             .execute(
@@ -198,7 +148,7 @@ impl Store for PostgresStore {
     }
 
     async fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, StoreError> {
-        let client = self.db.client().await?;
+        let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT reason, message_id, created_at FROM tombstones WHERE id = $1",
@@ -223,18 +173,8 @@ impl Store for PostgresStore {
     }
 
     async fn history(&self, id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
-        let client = self.db.client().await?;
+        let client = self.client().await?;
         history::read_postgres(&**client, "history", "workflow_id", id).await
-    }
-
-    async fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError> {
-        let client = self.db.client().await?;
-        quarantine::put_postgres(&**client, id, reason).await
-    }
-
-    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
-        let client = self.db.client().await?;
-        quarantine::list_postgres(&**client).await
     }
 
     async fn list(
@@ -245,7 +185,7 @@ impl Store for PostgresStore {
     ) -> Result<Vec<Fulfillment>, StoreError> {
         let status = status.map(|s| s.as_str().to_owned());
         let (limit, offset) = (i64::from(limit), i64::from(offset));
-        let client = self.db.client().await?;
+        let client = self.client().await?;
         Ok(states(
             client
                 .query(
@@ -258,28 +198,7 @@ impl Store for PostgresStore {
     }
 
     async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let client = self.db.client().await?;
-        let rows = client
-            .query(
-                "SELECT status, COUNT(*) FROM fulfillments GROUP BY status",
-                &[],
-            )
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
-            .collect())
-    }
-
-    async fn outbox_len(&self) -> Result<u64, StoreError> {
-        let client = self.db.client().await?;
-        outbox::len_postgres(&**client).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.db.client().await?;
-        client.query_one("SELECT 1", &[]).await?;
-        Ok(())
+        self.count_statuses("fulfillments").await
     }
 }
 
@@ -290,6 +209,7 @@ use service_kit::store::testdb;
 mod tests {
     use super::testdb::TestDb;
     use super::*;
+    use crate::store::{OnDatabase, SCHEMA};
     use crate::workflow::{create, decide, Context, Input, Timing};
     use chrono::Utc;
     use shared_messages::messages::{Address, FulfillmentRequest, OrderItem};
@@ -324,7 +244,7 @@ mod tests {
     async fn state_and_events_are_stored_together_and_survive_reopen() {
         let db = TestDb::create("fulfillment_store");
         {
-            let store = PostgresStore::open(&db.url).await.expect("open");
+            let store = SCHEMA.open_postgres(&db.url).await.expect("open");
             let d = create(
                 "f-1",
                 &Input::Start(request()),
@@ -363,7 +283,8 @@ mod tests {
                 .await
                 .expect("save");
         }
-        let store = PostgresStore::open(&db.url)
+        let store = SCHEMA
+            .open_postgres(&db.url)
             .await
             .expect("reopen migrates idempotently");
         assert_eq!(
@@ -400,16 +321,8 @@ mod tests {
             "in seq order"
         );
         assert_eq!(pending[1].route.routing_key, "fulfillment.status.cancelled");
-        let other = PostgresStore::open(&db.url).await.expect("second replica");
-        assert!(
-            other
-                .outbox()
-                .pending(10)
-                .await
-                .expect("pending")
-                .is_empty(),
-            "another replica does not take rows under a live claim"
-        );
+        let other = SCHEMA.open_postgres(&db.url).await.expect("second replica");
+        service_kit::store::testing::another_replica_takes_no_claimed_rows(&other).await;
         store
             .outbox()
             .remove(&[pending[0].seq])
@@ -421,28 +334,23 @@ mod tests {
     #[tokio::test]
     async fn keeps_history_tombstones_and_quarantine() {
         let db = TestDb::create("fulfillment_history");
-        let store = PostgresStore::open(&db.url).await.expect("open");
+        let store = SCHEMA.open_postgres(&db.url).await.expect("open");
         crate::store::tests::history_tombstones_and_quarantine(&store).await;
     }
 
     #[tokio::test]
     async fn creates_idempotently() {
         let db = TestDb::create("fulfillment_idempotent");
-        let store = PostgresStore::open(&db.url).await.expect("open");
+        let store = SCHEMA.open_postgres(&db.url).await.expect("open");
         crate::store::tests::creating_twice_stores_one_row(&store).await;
     }
 
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
         let db = TestDb::create("fulfillment_outbox_quarantine");
-        let store = PostgresStore::open(&db.url).await.expect("open");
-        super::testdb::admin(
-            "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
-             VALUES ('fulfillment.events', 'fulfillment.status.picking', false, 'not json')"
-                .into(),
-            &db.name,
-        )
-        .expect("a garbage row");
+        let store = SCHEMA.open_postgres(&db.url).await.expect("open");
+        service_kit::store::testing::store_undecodable_outbox_row_postgres(&db)
+            .expect("a garbage row");
         crate::store::tests::an_undecodable_outbox_row_is_quarantined(&store).await;
     }
 
@@ -480,7 +388,7 @@ mod tests {
             &db.name,
         )
         .expect("the old schema");
-        let store = PostgresStore::open(&db.url).await.expect("taken over");
+        let store = SCHEMA.open_postgres(&db.url).await.expect("taken over");
         assert_eq!(store.load("f-1").await.expect("load"), Some(state.clone()));
         store
             .save(&state, &d.messages)

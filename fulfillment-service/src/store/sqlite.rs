@@ -3,23 +3,18 @@
 //! [`Sqlite`]). Schema: `migrations/sqlite`.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use async_trait::async_trait;
-use message_bus::outbox::OutboxStore;
 use rusqlite::{params, OptionalExtension};
-use service_kit::store::{history, outbox, quarantine, Sqlite};
+use service_kit::store::entities::Entities;
+use service_kit::store::{history, outbox, Database, Sqlite};
 use shared_messages::messages::FulfillmentStatus;
 
 use chrono::{DateTime, Utc};
 use shared_messages::history::HistoryEvent;
 
-use super::{Quarantined, Store, StoreError, Unfinished, Write};
+use super::{OnDatabase, Store, StoreError, Unfinished, Write};
 use crate::workflow::{Entry, Fulfillment, Tombstone};
-
-mod embedded {
-    refinery::embed_migrations!("migrations/sqlite");
-}
 
 pub struct SqliteStore {
     db: Sqlite,
@@ -29,7 +24,7 @@ impl SqliteStore {
     /// Opens (creating the file and its directory) and migrates.
     pub fn open(path: &str) -> Result<Self, StoreError> {
         Ok(Self {
-            db: Sqlite::open(Path::new(path), &embedded::migrations::runner())?,
+            db: super::SCHEMA.open_sqlite(Path::new(path))?,
         })
     }
 
@@ -67,13 +62,8 @@ fn append_history(
                  ?2, ?3, ?4, ?5)",
     )?;
     for e in entries {
-        insert.execute(params![
-            id,
-            e.kind,
-            e.at.to_rfc3339(),
-            e.message_id.map(|m| m.to_string()),
-            e.detail.to_string(),
-        ])?;
+        let c = history::columns(&e.at, e.message_id, &e.detail);
+        insert.execute(params![id, e.kind, c.at, c.message_id, c.detail])?;
     }
     Ok(())
 }
@@ -132,58 +122,24 @@ fn rows_to_states(
     Ok(out)
 }
 
+impl OnDatabase for SqliteStore {
+    fn db(&self) -> &dyn Database {
+        &self.db
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
-    fn outbox(&self) -> Arc<dyn OutboxStore> {
-        Arc::new(self.db.clone())
-    }
-
     async fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
-        let id = id.to_owned();
-        self.db
-            .call(move |conn| {
-                let json: Option<String> = conn
-                    .prepare_cached("SELECT state FROM fulfillments WHERE id = ?1")?
-                    .query_row([&id], |r| r.get(0))
-                    .optional()?;
-                json.map(|j| parse(&id, &j)).transpose()
-            })
-            .await
+        self.db.read_state("fulfillments", id, parse).await
     }
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let writes = writes.to_vec();
-        self.db
-            .call(move |conn| {
-                let tx = conn.transaction()?;
-                for w in &writes {
-                    write(&tx, w)?;
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await
+        self.db.write_all(writes.to_vec(), write).await
     }
 
     async fn unfinished(&self) -> Result<Unfinished, StoreError> {
-        self.db
-            .call(|conn| {
-                let mut stmt = conn.prepare(
-                    "SELECT id, state FROM fulfillments WHERE finished = 0 ORDER BY created_at",
-                )?;
-                let rows =
-                    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-                let mut out = Unfinished::default();
-                for row in rows {
-                    let (id, json) = row?;
-                    match parse(&id, &json) {
-                        Ok(state) => out.states.push(state),
-                        Err(error) => out.unreadable.push((id, error.to_string())),
-                    }
-                }
-                Ok(out)
-            })
-            .await
+        self.db.read_unfinished("fulfillments", parse).await
     }
 
     async fn put_tombstone(
@@ -247,17 +203,6 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn quarantine(&self, id: &str, reason: &str) -> Result<(), StoreError> {
-        let (id, reason) = (id.to_owned(), reason.to_owned());
-        self.db
-            .call(move |conn| quarantine::put_sqlite(conn, &id, &reason))
-            .await
-    }
-
-    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
-        self.db.call(|conn| quarantine::list_sqlite(conn)).await
-    }
-
     async fn list(
         &self,
         status: Option<FulfillmentStatus>,
@@ -280,33 +225,7 @@ impl Store for SqliteStore {
     }
 
     async fn count_by_status(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.db
-            .call(|conn| {
-                let mut stmt = conn
-                    .prepare_cached("SELECT status, COUNT(*) FROM fulfillments GROUP BY status")?;
-                let rows =
-                    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-                let mut out = Vec::new();
-                for row in rows {
-                    let (status, n) = row?;
-                    out.push((status, u64::try_from(n).unwrap_or(0)));
-                }
-                Ok(out)
-            })
-            .await
-    }
-
-    async fn outbox_len(&self) -> Result<u64, StoreError> {
-        self.db.call(|conn| outbox::len_sqlite(conn)).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.db
-            .call(|conn| {
-                conn.query_row("SELECT 1", [], |_| Ok(()))?;
-                Ok(())
-            })
-            .await
+        self.db.count_statuses("fulfillments").await
     }
 }
 
@@ -346,15 +265,7 @@ mod tests {
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
         let store = SqliteStore::open(":memory:").expect("opens");
-        store
-            .db()
-            .blocking(|conn| {
-                Ok(conn.execute(
-                    "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
-                     VALUES ('fulfillment.events', 'fulfillment.status.picking', 0, ?1)",
-                    [b"not json".to_vec()],
-                )?)
-            })
+        service_kit::store::testing::store_undecodable_outbox_row_sqlite(store.db())
             .expect("a garbage row");
         crate::store::tests::an_undecodable_outbox_row_is_quarantined(&store).await;
     }

@@ -12,17 +12,14 @@
 mod postgres;
 mod sqlite;
 
-pub use self::postgres::PostgresStore;
-pub use service_kit::store::{Quarantined, StoreError};
+pub use service_kit::store::{OnDatabase, Quarantined, StoreError};
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
-use message_bus::outbox::OutboxStore;
 use message_bus::Route;
-use service_kit::store::group_commit::{BatchStore, GroupCommit};
+use service_kit::store::entities;
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
@@ -30,24 +27,18 @@ use crate::config::StoreLocation;
 use crate::metrics::METRICS;
 use crate::workflow::{OrderState, OrderStatus};
 
+service_kit::embed_schema!("orders");
+
 /// An open store, seen as the order store and as the relay's outbox.
-pub struct Opened {
-    pub store: Arc<dyn Store>,
-    pub outbox: Arc<dyn OutboxStore>,
-}
+pub type Opened = service_kit::store::Opened<dyn Store>;
 
 /// Opens (creating and migrating) the store at `location`.
 pub async fn open(location: &StoreLocation) -> Result<Opened, StoreError> {
-    fn both<S: Store>(store: S) -> Opened {
-        Opened {
-            outbox: store.outbox(),
-            store: Arc::new(store),
-        }
-    }
-    Ok(match location {
-        StoreLocation::Postgres(url) => both(PostgresStore::open(url).await?),
-        sqlite => both(SqliteStore::open(sqlite)?),
-    })
+    let store: Arc<dyn Store> = match location {
+        StoreLocation::Postgres(url) => Arc::new(SCHEMA.open_postgres(url).await?),
+        sqlite => Arc::new(SqliteStore::open(sqlite)?),
+    };
+    Ok(Opened::new(store))
 }
 
 /// One write for the group commit: a new order (`insert`, failing with
@@ -57,9 +48,12 @@ pub async fn open(location: &StoreLocation) -> Result<Opened, StoreError> {
 #[derive(Debug, Clone)]
 pub struct Write {
     pub state: OrderState,
-    pub outbox: Vec<(Route, Envelope)>,
-    pub events: Vec<HistoryEvent>,
+    /// A new order rather than a transition of a stored one.
     pub insert: bool,
+    /// The signals the transition sends, stored in the outbox.
+    pub outbox: Vec<(Route, Envelope)>,
+    /// Its history entries.
+    pub events: Vec<HistoryEvent>,
 }
 
 /// A stored order that cannot be read (e.g. written by a version with
@@ -77,30 +71,43 @@ pub struct Unfinished {
     pub unreadable: Vec<Unreadable>,
 }
 
-/// The order store as the group commit sees it.
-pub struct Batched(pub Arc<dyn Store>);
-
-impl BatchStore for Batched {
-    type Write = Write;
-    type Error = StoreError;
-
-    fn save_all<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let started = std::time::Instant::now();
-            let result = self.0.save_all(writes).await;
-            METRICS.store_write_took("save", started);
-            result
-        })
-    }
-
-    fn has_messages(write: &Write) -> bool {
-        !write.outbox.is_empty()
+impl From<entities::Unfinished<OrderState>> for Unfinished {
+    fn from(found: entities::Unfinished<OrderState>) -> Self {
+        Self {
+            orders: found.states,
+            unreadable: found
+                .unreadable
+                .into_iter()
+                .map(|(order_id, reason)| Unreadable { order_id, reason })
+                .collect(),
+        }
     }
 }
 
-/// The group commit the actors write through (see
-/// [`service_kit::store::group_commit`]).
-pub type Writer = GroupCommit<Batched>;
+/// An order's stored state.
+fn encode(state: &OrderState) -> String {
+    serde_json::to_string(state).expect("order state always serializes to JSON")
+}
+
+/// An order's state read back from its row.
+fn decode(id: &str, json: &str) -> Result<OrderState, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        id: format!("order {id}"),
+        reason: e.to_string(),
+    })
+}
+
+/// Counts by stored status, as order statuses (an unknown one left out).
+fn counts(stored: Vec<(String, u64)>) -> Vec<(OrderStatus, u64)> {
+    stored
+        .into_iter()
+        .filter_map(|(status, n)| Some((OrderStatus::parse(&status)?, n)))
+        .collect()
+}
+
+service_kit::group_commit_adapter! {
+    store: Store, write: Write, messages: outbox, metrics: METRICS
+}
 
 /// One page of orders, newest first.
 #[derive(Debug, Clone)]
@@ -109,14 +116,13 @@ pub struct Page {
     pub total: u64,
 }
 
-/// The order store. Rows set aside because they cannot be read are
+/// The order store; the outbox, the quarantine and `ping` are the kit's
+/// ([`OnDatabase`]). Rows set aside because they cannot be read are
 /// [`Quarantined`]: a stored order at recovery (kept in memory by the
 /// registry) or an outbox row that does not decode (moved to the store's
 /// `quarantine` table by the kit's outbox).
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// The outbox half, as the relay reads it.
-    fn outbox(&self) -> Arc<dyn OutboxStore>;
+pub trait Store: OnDatabase {
     /// Stores a new order and its first history entries; fails with
     /// `Duplicate` when another order has the id. Idempotent: the same
     /// order stored again succeeds and leaves the one row as it is.
@@ -146,11 +152,4 @@ pub trait Store: Send + Sync + 'static {
     async fn history(&self, order_id: &str) -> Result<Vec<HistoryEvent>, StoreError>;
     /// How many orders are in each status (statuses with none are left out).
     async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError>;
-    /// Signals stored and not yet confirmed by the broker.
-    async fn outbox_len(&self) -> Result<u64, StoreError>;
-    /// Succeeds when the store answers.
-    async fn ping(&self) -> Result<(), StoreError>;
-    /// Outbox rows moved to the quarantine because they do not decode,
-    /// oldest first.
-    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
 }

@@ -3,54 +3,21 @@
 //! The same tables and the same promises as the SQLite store: an order's
 //! state and the signals it causes are written in one transaction. Calls
 //! are async, on the service kit's connection pool ([`Postgres`]); the
-//! outbox (claims, leases, quarantine) is the kit's. Schema:
-//! `migrations/postgres`.
-
-use std::sync::Arc;
+//! outbox (claims, leases, quarantine) is the kit's. The store is the
+//! kit's pool itself, opened by [`SCHEMA`](super::SCHEMA)`.open_postgres`.
+//! Schema: `migrations/postgres`.
 
 use async_trait::async_trait;
-use message_bus::outbox::OutboxStore;
 use message_bus::Route;
-use service_kit::store::{history, outbox, quarantine, Postgres};
+use service_kit::store::entities::Entities;
+use service_kit::store::{history, outbox, Postgres};
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::GenericClient;
 
-use super::{Page, Quarantined, Store, StoreError, Unfinished, Unreadable, Write};
+use super::{counts, decode, encode, Page, Store, StoreError, Unfinished, Write};
 use crate::workflow::{OrderState, OrderStatus};
-
-mod embedded {
-    refinery::embed_migrations!("migrations/postgres");
-}
-
-/// Serialises migrations of replicas that start together
-/// (`pg_advisory_lock`); any constant unique to this schema.
-const MIGRATION_LOCK: i64 = 0x6f72_6465_7273; // "orders"
-
-pub struct PostgresStore {
-    db: Postgres,
-}
-
-impl PostgresStore {
-    /// Connects to `url` and brings the schema up to date.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        Ok(Self {
-            db: Postgres::open(url, &embedded::migrations::runner(), MIGRATION_LOCK).await?,
-        })
-    }
-}
-
-fn encode(state: &OrderState) -> String {
-    serde_json::to_string(state).expect("order state always serializes to JSON")
-}
-
-fn decode(id: &str, json: &str) -> Result<OrderState, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-        id: format!("order {id}"),
-        reason: e.to_string(),
-    })
-}
 
 fn states(rows: Vec<tokio_postgres::Row>) -> Result<Vec<OrderState>, StoreError> {
     rows.iter()
@@ -70,18 +37,13 @@ async fn append_in(
     events: &[HistoryEvent],
 ) -> Result<(), StoreError> {
     for e in events {
+        let c = history::columns(&e.at, e.message_id, &e.detail);
+        let seq = i64::try_from(e.seq).unwrap_or(i64::MAX);
         client
             .execute(
                 "INSERT INTO order_history (order_id, seq, kind, at, message_id, detail)
                  VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id, seq) DO NOTHING",
-                &[
-                    &order_id,
-                    &i64::try_from(e.seq).unwrap_or(i64::MAX),
-                    &e.kind,
-                    &e.at.to_rfc3339(),
-                    &e.message_id.map(|m| m.to_string()),
-                    &e.detail.to_string(),
-                ],
+                &[&order_id, &seq, &e.kind, &c.at, &c.message_id, &c.detail],
             )
             .await?;
     }
@@ -158,13 +120,9 @@ async fn save_in(
 }
 
 #[async_trait]
-impl Store for PostgresStore {
-    fn outbox(&self) -> Arc<dyn OutboxStore> {
-        Arc::new(self.db.clone())
-    }
-
+impl Store for Postgres {
     async fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError> {
-        let mut client = self.db.client().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         insert_in(&*tx, state, events).await?;
         tx.commit().await?;
@@ -177,7 +135,7 @@ impl Store for PostgresStore {
         signals: &[(Route, Envelope)],
         events: &[HistoryEvent],
     ) -> Result<(), StoreError> {
-        let mut client = self.db.client().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         save_in(&*tx, state, signals, events).await?;
         tx.commit().await?;
@@ -185,7 +143,7 @@ impl Store for PostgresStore {
     }
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let mut client = self.db.client().await?;
+        let mut client = self.client().await?;
         let tx = client.transaction().await?;
         for w in writes {
             if w.insert {
@@ -199,11 +157,7 @@ impl Store for PostgresStore {
     }
 
     async fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {
-        let client = self.db.client().await?;
-        let row = client
-            .query_opt("SELECT state FROM orders WHERE id = $1", &[&order_id])
-            .await?;
-        row.map(|r| decode(order_id, r.get(0))).transpose()
+        self.read_state("orders", order_id, decode).await
     }
 
     async fn list(
@@ -214,7 +168,7 @@ impl Store for PostgresStore {
     ) -> Result<Page, StoreError> {
         let status = status.map(|s| s.as_str().to_owned());
         let (limit, offset) = (i64::from(limit), clamp(offset));
-        let client = self.db.client().await?;
+        let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT id, state FROM orders WHERE ($1::text IS NULL OR status = $1)
@@ -236,62 +190,16 @@ impl Store for PostgresStore {
     }
 
     async fn unfinished(&self) -> Result<Unfinished, StoreError> {
-        let client = self.db.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, state FROM orders WHERE NOT finished ORDER BY created_at",
-                &[],
-            )
-            .await?;
-        let mut found = Unfinished::default();
-        for row in rows {
-            let id: &str = row.get(0);
-            match decode(id, row.get(1)) {
-                Ok(state) => found.orders.push(state),
-                Err(error) => found.unreadable.push(Unreadable {
-                    order_id: id.to_owned(),
-                    reason: error.to_string(),
-                }),
-            }
-        }
-        Ok(found)
+        Ok(self.read_unfinished("orders", decode).await?.into())
     }
 
     async fn history(&self, order_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
-        let client = self.db.client().await?;
+        let client = self.client().await?;
         history::read_postgres(&**client, "order_history", "order_id", order_id).await
     }
 
     async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError> {
-        let client = self.db.client().await?;
-        let rows = client
-            .query("SELECT status, COUNT(*) FROM orders GROUP BY status", &[])
-            .await?;
-        Ok(rows
-            .iter()
-            .filter_map(|r| {
-                Some((
-                    OrderStatus::parse(r.get(0))?,
-                    u64::try_from(r.get::<_, i64>(1)).unwrap_or_default(),
-                ))
-            })
-            .collect())
-    }
-
-    async fn outbox_len(&self) -> Result<u64, StoreError> {
-        let client = self.db.client().await?;
-        outbox::len_postgres(&**client).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let client = self.db.client().await?;
-        client.query_one("SELECT 1", &[]).await?;
-        Ok(())
-    }
-
-    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
-        let client = self.db.client().await?;
-        quarantine::list_postgres(&**client).await
+        Ok(counts(self.count_statuses("orders").await?))
     }
 }
 
@@ -302,6 +210,7 @@ use service_kit::store::testdb;
 mod tests {
     use super::testdb::TestDb;
     use super::*;
+    use crate::store::{OnDatabase, SCHEMA};
     use crate::validation::demo_order;
     use crate::workflow::{self, Context, Input};
     use chrono::Utc;
@@ -309,7 +218,7 @@ mod tests {
     #[tokio::test]
     async fn insert_get_duplicate_list_and_counts() {
         let db = TestDb::create("orders_crud");
-        let s = PostgresStore::open(&db.url).await.expect("open");
+        let s = SCHEMA.open_postgres(&db.url).await.expect("open");
         let order = OrderState::new("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &[]).await.expect("insert");
         assert_eq!(s.get("ORD-1").await.expect("get"), Some(order.clone()));
@@ -356,7 +265,7 @@ mod tests {
     #[tokio::test]
     async fn creating_the_same_order_twice_stores_it_once() {
         let db = TestDb::create("orders_idempotent");
-        let s = PostgresStore::open(&db.url).await.expect("open");
+        let s = SCHEMA.open_postgres(&db.url).await.expect("open");
         let (state, events) = workflow::create("ORD-1", demo_order(), Utc::now());
         let write = Write {
             state: state.clone(),
@@ -385,57 +294,24 @@ mod tests {
 
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
-        use message_bus::metrics::METRICS;
+        use service_kit::store::testing;
         let db = TestDb::create("orders_outbox_quarantine");
-        let s = PostgresStore::open(&db.url).await.expect("open");
-        super::testdb::admin(
-            "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
-             VALUES ('fulfillment.commands', 'fulfillment.start', true, 'not json')"
-                .into(),
-            &db.name,
-        )
-        .expect("a garbage row");
+        let s = SCHEMA.open_postgres(&db.url).await.expect("open");
+        testing::store_undecodable_outbox_row_postgres(&db).expect("a garbage row");
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &[]).await.expect("insert");
         order.status = OrderStatus::Confirmed;
         let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
         let (state, outbox) = (t.state.expect("advanced"), t.messages);
         s.save(&state, &outbox, &t.history).await.expect("save");
-        let before = METRICS.outbox_quarantined.get();
-
-        let pending = s
-            .outbox()
-            .pending(10)
-            .await
-            .expect("one bad row does not fail the read");
-        assert_eq!(pending.len(), 1, "the good row still goes out");
-        assert_eq!(pending[0].envelope.message_id, outbox[0].1.message_id);
-        assert_eq!(
-            s.outbox_len().await.expect("count"),
-            1,
-            "the bad row left the outbox"
-        );
-        assert!(METRICS.outbox_quarantined.get() > before, "counted");
-        let items = s.quarantined().await.expect("quarantine");
-        assert_eq!(items.len(), 1, "{items:?}");
-        assert_eq!(items[0].entity_id, "outbox row 1");
-        assert!(items[0].reason.contains("cannot be decoded"), "{items:?}");
-        assert!(
-            items[0].reason.contains("not json"),
-            "the body is kept: {items:?}"
-        );
-        assert_eq!(s.outbox().pending(10).await.expect("pending").len(), 1);
-        assert_eq!(
-            s.quarantined().await.expect("quarantine").len(),
-            1,
-            "kept once"
-        );
+        assert_eq!(outbox.len(), 1, "advancing from CONFIRMED sends one signal");
+        testing::an_undecodable_outbox_row_is_quarantined(&s, &outbox).await;
     }
 
     #[tokio::test]
     async fn state_and_outbox_are_saved_together_and_claims_are_exclusive() {
         let db = TestDb::create("orders_outbox");
-        let s = PostgresStore::open(&db.url).await.expect("open");
+        let s = SCHEMA.open_postgres(&db.url).await.expect("open");
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &[]).await.expect("insert");
         order.status = OrderStatus::Confirmed;
@@ -454,16 +330,8 @@ mod tests {
             1,
             "the claiming store reads its own claimed rows again"
         );
-        let other = PostgresStore::open(&db.url).await.expect("second replica");
-        assert!(
-            other
-                .outbox()
-                .pending(10)
-                .await
-                .expect("pending")
-                .is_empty(),
-            "another replica does not take rows under a live claim"
-        );
+        let other = SCHEMA.open_postgres(&db.url).await.expect("second replica");
+        service_kit::store::testing::another_replica_takes_no_claimed_rows(&other).await;
         s.outbox().remove(&[pending[0].seq]).await.expect("remove");
         assert!(s.outbox().pending(10).await.expect("pending").is_empty());
         assert_eq!(
@@ -476,19 +344,19 @@ mod tests {
     async fn reopening_migrates_idempotently_and_keeps_orders() {
         let db = TestDb::create("orders_reopen");
         {
-            let s = PostgresStore::open(&db.url).await.expect("open");
+            let s = SCHEMA.open_postgres(&db.url).await.expect("open");
             s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()), &[])
                 .await
                 .expect("insert");
         }
-        let s = PostgresStore::open(&db.url).await.expect("reopen");
+        let s = SCHEMA.open_postgres(&db.url).await.expect("reopen");
         assert!(s.get("ORD-1").await.expect("get").is_some());
     }
 
     #[tokio::test]
     async fn the_store_reconnects_after_the_server_drops_its_connection() {
         let db = TestDb::create("orders_reconnect");
-        let s = PostgresStore::open(&db.url).await.expect("open");
+        let s = SCHEMA.open_postgres(&db.url).await.expect("open");
         s.ping().await.expect("ping");
         super::testdb::admin(
             format!(
@@ -512,7 +380,7 @@ mod tests {
     #[tokio::test]
     async fn history_is_written_with_the_state_once_and_bad_rows_are_set_aside() {
         let db = TestDb::create("orders_history");
-        let s = PostgresStore::open(&db.url).await.expect("open");
+        let s = SCHEMA.open_postgres(&db.url).await.expect("open");
         let (order, created) = workflow::create("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &created).await.expect("insert");
         let t = workflow::decide(
@@ -554,7 +422,8 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_url_fails_at_open() {
         assert!(
-            PostgresStore::open("postgres://postgres@127.0.0.1:1/none")
+            SCHEMA
+                .open_postgres("postgres://postgres@127.0.0.1:1/none")
                 .await
                 .is_err(),
             "opening against a closed port fails at once"
@@ -589,13 +458,13 @@ mod tests {
             &db.name,
         )
         .expect("the old schema");
-        let s = PostgresStore::open(&db.url).await.expect("taken over");
+        let s = SCHEMA.open_postgres(&db.url).await.expect("taken over");
         assert_eq!(s.get("ORD-1").await.expect("get"), Some(order));
         s.insert(&OrderState::new("ORD-2", demo_order(), Utc::now()), &[])
             .await
             .expect("insert");
         drop(s);
-        let s = PostgresStore::open(&db.url).await.expect("reopens");
+        let s = SCHEMA.open_postgres(&db.url).await.expect("reopens");
         assert_eq!(s.list(None, 10, 0).await.expect("list").total, 2);
     }
 }

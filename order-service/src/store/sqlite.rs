@@ -3,23 +3,18 @@
 //! Schema: `migrations/sqlite`.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use async_trait::async_trait;
-use message_bus::outbox::OutboxStore;
 use message_bus::Route;
 use rusqlite::{params, Connection, OptionalExtension};
-use service_kit::store::{history, outbox, quarantine, Sqlite};
+use service_kit::store::entities::Entities;
+use service_kit::store::{history, outbox, Database, Sqlite};
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
-use super::{Page, Quarantined, Store, StoreError, Unfinished, Unreadable, Write};
+use super::{counts, decode, encode, OnDatabase, Page, Store, StoreError, Unfinished, Write};
 use crate::config::StoreLocation;
 use crate::workflow::{OrderState, OrderStatus};
-
-mod embedded {
-    refinery::embed_migrations!("migrations/sqlite");
-}
 
 pub struct SqliteStore {
     db: Sqlite,
@@ -35,20 +30,9 @@ impl SqliteStore {
             }
         };
         Ok(Self {
-            db: Sqlite::open(path, &embedded::migrations::runner())?,
+            db: super::SCHEMA.open_sqlite(path)?,
         })
     }
-}
-
-fn encode(state: &OrderState) -> String {
-    serde_json::to_string(state).expect("order state always serializes to JSON")
-}
-
-fn decode(id: &str, json: &str) -> Result<OrderState, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-        id: format!("order {id}"),
-        reason: e.to_string(),
-    })
 }
 
 fn rows(
@@ -69,14 +53,9 @@ fn append_in(conn: &Connection, order_id: &str, events: &[HistoryEvent]) -> Resu
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for e in events {
-        insert.execute(params![
-            order_id,
-            i64::try_from(e.seq).unwrap_or(i64::MAX),
-            e.kind,
-            e.at.to_rfc3339(),
-            e.message_id.map(|m| m.to_string()),
-            e.detail.to_string(),
-        ])?;
+        let c = history::columns(&e.at, e.message_id, &e.detail);
+        let seq = i64::try_from(e.seq).unwrap_or(i64::MAX);
+        insert.execute(params![order_id, seq, e.kind, c.at, c.message_id, c.detail])?;
     }
     Ok(())
 }
@@ -148,12 +127,14 @@ fn save_in(
     outbox::insert_sqlite(tx, signals)
 }
 
+impl OnDatabase for SqliteStore {
+    fn db(&self) -> &dyn Database {
+        &self.db
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
-    fn outbox(&self) -> Arc<dyn OutboxStore> {
-        Arc::new(self.db.clone())
-    }
-
     async fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError> {
         let (state, events) = (state.clone(), events.to_vec());
         self.db
@@ -184,34 +165,19 @@ impl Store for SqliteStore {
     }
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let writes = writes.to_vec();
         self.db
-            .call(move |conn| {
-                let tx = conn.transaction()?;
-                for w in &writes {
-                    if w.insert {
-                        insert_in(&tx, &w.state, &w.events)?;
-                    } else {
-                        save_in(&tx, &w.state, &w.outbox, &w.events)?;
-                    }
+            .write_all(writes.to_vec(), |tx, w| {
+                if w.insert {
+                    insert_in(tx, &w.state, &w.events)
+                } else {
+                    save_in(tx, &w.state, &w.outbox, &w.events)
                 }
-                tx.commit()?;
-                Ok(())
             })
             .await
     }
 
     async fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {
-        let id = order_id.to_owned();
-        self.db
-            .call(move |conn| {
-                let json: Option<String> = conn
-                    .prepare_cached("SELECT state FROM orders WHERE id = ?1")?
-                    .query_row([&id], |r| r.get(0))
-                    .optional()?;
-                json.map(|j| decode(&id, &j)).transpose()
-            })
-            .await
+        self.db.read_state("orders", order_id, decode).await
     }
 
     async fn list(
@@ -256,27 +222,7 @@ impl Store for SqliteStore {
     }
 
     async fn unfinished(&self) -> Result<Unfinished, StoreError> {
-        self.db
-            .call(|conn| {
-                let mut stmt = conn.prepare(
-                    "SELECT id, state FROM orders WHERE finished = 0 ORDER BY created_at",
-                )?;
-                let raw: Vec<(String, String)> = stmt
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                let mut found = Unfinished::default();
-                for (id, json) in raw {
-                    match decode(&id, &json) {
-                        Ok(state) => found.orders.push(state),
-                        Err(error) => found.unreadable.push(Unreadable {
-                            order_id: id,
-                            reason: error.to_string(),
-                        }),
-                    }
-                }
-                Ok(found)
-            })
-            .await
+        Ok(self.db.read_unfinished("orders", decode).await?.into())
     }
 
     async fn history(&self, order_id: &str) -> Result<Vec<HistoryEvent>, StoreError> {
@@ -287,41 +233,7 @@ impl Store for SqliteStore {
     }
 
     async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError> {
-        self.db
-            .call(|conn| {
-                let mut stmt =
-                    conn.prepare_cached("SELECT status, COUNT(*) FROM orders GROUP BY status")?;
-                let raw: Vec<(String, i64)> = stmt
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
-                Ok(raw
-                    .into_iter()
-                    .filter_map(|(s, n)| {
-                        Some((
-                            OrderStatus::parse(&s)?,
-                            u64::try_from(n).unwrap_or_default(),
-                        ))
-                    })
-                    .collect())
-            })
-            .await
-    }
-
-    async fn outbox_len(&self) -> Result<u64, StoreError> {
-        self.db.call(|conn| outbox::len_sqlite(conn)).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.db
-            .call(|conn| {
-                conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?;
-                Ok(())
-            })
-            .await
-    }
-
-    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
-        self.db.call(|conn| quarantine::list_sqlite(conn)).await
+        Ok(counts(self.db.count_statuses("orders").await?))
     }
 }
 
@@ -388,51 +300,17 @@ mod tests {
 
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
-        use message_bus::metrics::METRICS;
+        use service_kit::store::testing;
         let s = store();
-        s.db.blocking(|c| {
-            Ok(c.execute(
-                "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, created_at)
-                 VALUES ('fulfillment.commands', 'fulfillment.start', 1, ?1, ?2)",
-                params![b"not json".to_vec(), Utc::now().to_rfc3339()],
-            )?)
-        })
-        .expect("a garbage row");
+        testing::store_undecodable_outbox_row_sqlite(&s.db).expect("a garbage row");
         let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
         s.insert(&order, &[]).await.expect("insert");
         order.status = OrderStatus::Confirmed;
         let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
         let (state, outbox) = (t.state.expect("advanced"), t.messages);
         s.save(&state, &outbox, &t.history).await.expect("save");
-        let before = METRICS.outbox_quarantined.get();
-
-        let pending = s
-            .outbox()
-            .pending(10)
-            .await
-            .expect("one bad row does not fail the read");
-        assert_eq!(pending.len(), 1, "the good row still goes out");
-        assert_eq!(pending[0].envelope.message_id, outbox[0].1.message_id);
-        assert_eq!(
-            s.outbox_len().await.expect("count"),
-            1,
-            "the bad row left the outbox"
-        );
-        assert!(METRICS.outbox_quarantined.get() > before, "counted");
-        let items = s.quarantined().await.expect("quarantine");
-        assert_eq!(items.len(), 1, "{items:?}");
-        assert_eq!(items[0].entity_id, "outbox row 1");
-        assert!(items[0].reason.contains("cannot be decoded"), "{items:?}");
-        assert!(
-            items[0].reason.contains("not json"),
-            "the body is kept: {items:?}"
-        );
-        assert_eq!(s.outbox().pending(10).await.expect("pending").len(), 1);
-        assert_eq!(
-            s.quarantined().await.expect("quarantine").len(),
-            1,
-            "kept once"
-        );
+        assert_eq!(outbox.len(), 1, "advancing from CONFIRMED sends one signal");
+        testing::an_undecodable_outbox_row_is_quarantined(&s, &outbox).await;
     }
 
     #[tokio::test]

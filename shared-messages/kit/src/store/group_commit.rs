@@ -13,7 +13,7 @@
 
 use std::panic::AssertUnwindSafe;
 
-use futures::future::BoxFuture;
+pub use futures::future::BoxFuture;
 use futures::FutureExt;
 use message_bus::outbox::OutboxSignal;
 use tokio::sync::{mpsc, oneshot};
@@ -140,6 +140,55 @@ async fn run<S: BatchStore>(
             outbox.notify();
         }
     }
+}
+
+/// Declares a service's adapter between its store trait and the group
+/// commit, and the writer the actors use:
+///
+/// ```ignore
+/// service_kit::group_commit_adapter! {
+///     store: Store, write: Write, messages: outbox, metrics: METRICS
+/// }
+/// ```
+///
+/// makes `pub struct Batched(pub Arc<dyn Store>)` (its commits call
+/// `Store::save_all` and are timed as the store write `save` in
+/// `METRICS`, which derefs to [`Common`](crate::metrics::Common)), where a
+/// write carries outbox messages when its field `outbox` is not empty,
+/// and `pub type Writer = GroupCommit<Batched>`.
+#[macro_export]
+macro_rules! group_commit_adapter {
+    (store: $store:ident, write: $write:ty, messages: $messages:ident, metrics: $metrics:path) => {
+        /// The store as the group commit sees it (see
+        /// [`service_kit::store::group_commit`]): each commit is timed as
+        /// the store write `save`.
+        pub struct Batched(pub ::std::sync::Arc<dyn $store>);
+
+        impl $crate::store::group_commit::BatchStore for Batched {
+            type Write = $write;
+            type Error = $crate::store::StoreError;
+
+            fn save_all<'a>(
+                &'a self,
+                writes: &'a [$write],
+            ) -> $crate::store::group_commit::BoxFuture<'a, Result<(), Self::Error>> {
+                Box::pin(async move {
+                    let started = ::std::time::Instant::now();
+                    let result = self.0.save_all(writes).await;
+                    $metrics.store_write_took("save", started);
+                    result
+                })
+            }
+
+            fn has_messages(write: &$write) -> bool {
+                !write.$messages.is_empty()
+            }
+        }
+
+        /// The group commit the actors write through (see
+        /// [`service_kit::store::group_commit`]).
+        pub type Writer = $crate::store::group_commit::GroupCommit<Batched>;
+    };
 }
 
 #[cfg(test)]

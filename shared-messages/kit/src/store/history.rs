@@ -1,10 +1,34 @@
-//! History rows read back: each service keeps its entities' history in a
-//! table of `(<key>, seq, kind, at, message_id, detail)`; reading one is
-//! the same on both backends and in both services.
+//! History rows: each service keeps its entities' history in a table of
+//! `(<key>, seq, kind, at, message_id, detail)`; how an entry's columns
+//! are written ([`columns`]) and read back is the same on both backends
+//! and in both services.
 
 use shared_messages::history::HistoryEvent;
 
 use super::StoreError;
+
+/// An entry's stored `at`, `message_id` and `detail`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Columns {
+    /// RFC 3339.
+    pub at: String,
+    pub message_id: Option<String>,
+    /// JSON.
+    pub detail: String,
+}
+
+/// The stored form of an entry's time, message id and detail.
+pub fn columns(
+    at: &chrono::DateTime<chrono::Utc>,
+    message_id: Option<uuid::Uuid>,
+    detail: &serde_json::Value,
+) -> Columns {
+    Columns {
+        at: at.to_rfc3339(),
+        message_id: message_id.map(|m| m.to_string()),
+        detail: detail.to_string(),
+    }
+}
 
 /// The columns read, in this order, from a history table.
 const COLUMNS: &str = "seq, kind, at, message_id, detail";

@@ -64,6 +64,24 @@ impl Sqlite {
             })
     }
 
+    /// Stores each of `writes` by `write`, all in one transaction (all of
+    /// them or none), on tokio's blocking pool.
+    pub async fn write_all<W: Send + 'static>(
+        &self,
+        writes: Vec<W>,
+        write: fn(&rusqlite::Transaction<'_>, &W) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction()?;
+            for w in &writes {
+                write(&tx, w)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Runs `f` on the connection on the calling thread (start-up, tests).
     pub fn blocking<T>(
         &self,

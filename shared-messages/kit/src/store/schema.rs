@@ -1,0 +1,97 @@
+//! A service's schema: its migrations for each backend (embedded from the
+//! service's `migrations/sqlite` and `migrations/postgres` by
+//! [`embed_schema!`](crate::embed_schema)), and the name PostgreSQL
+//! migrations lock under. Opening a store is the same for every service:
+//! connect, then migrate ([`Schema::open_sqlite`], [`Schema::open_postgres`]).
+
+use std::path::Path;
+
+use refinery::Runner;
+
+use super::{Postgres, Sqlite, StoreError};
+
+/// What a service's tables are made of.
+pub struct Schema {
+    /// Names the schema; its bytes are the advisory lock PostgreSQL
+    /// migrations hold (at most 8 bytes).
+    pub name: &'static str,
+    /// The SQLite migrations (`migrations/sqlite`).
+    pub sqlite: fn() -> Runner,
+    /// The PostgreSQL migrations (`migrations/postgres`).
+    pub postgres: fn() -> Runner,
+}
+
+impl Schema {
+    /// Opens the SQLite database at `path` (`:memory:` for one in memory),
+    /// creating it, and brings it up to date.
+    pub fn open_sqlite(&self, path: &Path) -> Result<Sqlite, StoreError> {
+        Sqlite::open(path, &(self.sqlite)())
+    }
+
+    /// Connects to the PostgreSQL database at `url` and brings it up to
+    /// date; replicas that start together migrate one at a time.
+    pub async fn open_postgres(&self, url: &str) -> Result<Postgres, StoreError> {
+        Postgres::open(url, &(self.postgres)(), self.lock()).await
+    }
+
+    /// The advisory lock serialising migrations: the name's bytes read as
+    /// one number (`"orders"` is `0x6f72_6465_7273`), so each schema has
+    /// its own and it stays the same from one release to the next.
+    pub const fn lock(&self) -> i64 {
+        let bytes = self.name.as_bytes();
+        assert!(bytes.len() <= 8, "a schema name is at most 8 bytes");
+        let mut key = 0i64;
+        let mut i = 0;
+        while i < bytes.len() {
+            key = (key << 8) | bytes[i] as i64;
+            i += 1;
+        }
+        key
+    }
+}
+
+/// Embeds the calling crate's `migrations/sqlite` and
+/// `migrations/postgres` and names them `SCHEMA`, a
+/// [`Schema`](crate::store::schema::Schema) called `$name`:
+/// `service_kit::embed_schema!("orders");`. The crate depends on
+/// `refinery`, whose macro reads the files at build time.
+#[macro_export]
+macro_rules! embed_schema {
+    ($name:literal) => {
+        mod embedded_migrations {
+            pub mod sqlite {
+                refinery::embed_migrations!("migrations/sqlite");
+            }
+            pub mod postgres {
+                refinery::embed_migrations!("migrations/postgres");
+            }
+        }
+
+        /// The schema, from `migrations/`.
+        const SCHEMA: $crate::store::schema::Schema = $crate::store::schema::Schema {
+            name: $name,
+            sqlite: embedded_migrations::sqlite::migrations::runner,
+            postgres: embedded_migrations::postgres::migrations::runner,
+        };
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(name: &'static str) -> Schema {
+        Schema {
+            name,
+            sqlite: || Runner::new(&[]),
+            postgres: || Runner::new(&[]),
+        }
+    }
+
+    /// The locks the services held before the key came from the name.
+    #[test]
+    fn the_lock_is_the_name_read_as_a_number() {
+        assert_eq!(named("orders").lock(), 0x6f72_6465_7273);
+        assert_eq!(named("fulfill").lock(), 0x66_756c_6669_6c6c);
+    }
+}
