@@ -219,26 +219,24 @@ pub enum Effect {
     ClearTombstone,
 }
 
-/// The outcome of one input.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    /// The state to store; `None` when nothing changed.
-    pub state: Option<Fulfillment>,
-    /// Events to store in the outbox in the same transaction.
-    pub messages: Vec<(Route, Envelope)>,
-    /// What the write does besides storing the state.
-    pub effects: Vec<Effect>,
-    /// History entries to store in the same transaction.
-    pub history: Vec<Entry>,
-    /// The answer to the signal's sender.
-    pub reply: Reply,
-}
+/// The outcome of one input, in the one shape of both services'
+/// workflows: the state to store (`None` when nothing changed), the events
+/// for the outbox, what the write does besides (`Effect`), the history
+/// entries and the answer to the signal's sender.
+pub type Decision = service_kit::workflow::Decision<Fulfillment, Effect, Entry, Reply>;
 
-impl Decision {
+/// What fulfillment's decisions add to the common shape.
+pub trait DecisionExt {
     /// Keeps `traceparent` with a fulfillment that has none yet (the one
     /// it is created with sticks), and stamps every event with a child of
     /// the fulfillment's trace.
-    pub fn traced(mut self, traceparent: Option<&str>) -> Self {
+    fn traced(self, traceparent: Option<&str>) -> Self;
+    /// Whether storing it removes the fulfillment's tombstone.
+    fn clears_tombstone(&self) -> bool;
+}
+
+impl DecisionExt for Decision {
+    fn traced(mut self, traceparent: Option<&str>) -> Self {
         if let Some(state) = self.state.as_mut() {
             if state.traceparent.is_none() {
                 state.traceparent = traceparent.map(str::to_owned);
@@ -250,19 +248,8 @@ impl Decision {
         self
     }
 
-    /// Whether storing it removes the fulfillment's tombstone.
-    pub fn clears_tombstone(&self) -> bool {
+    fn clears_tombstone(&self) -> bool {
         self.effects.contains(&Effect::ClearTombstone)
-    }
-
-    fn unchanged(reply: Reply) -> Self {
-        Self {
-            state: None,
-            messages: Vec::new(),
-            effects: Vec::new(),
-            history: Vec::new(),
-            reply,
-        }
     }
 }
 

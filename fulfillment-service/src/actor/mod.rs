@@ -31,7 +31,7 @@ use uuid::Uuid;
 use crate::metrics::METRICS;
 
 use crate::store::{Store, StoreError, Write, Writer};
-use crate::workflow::{self, Fulfillment, Input, Reply, Timing};
+use crate::workflow::{self, DecisionExt as _, Fulfillment, Input, Reply, Timing};
 
 pub use registry::{Recovered, Registry};
 

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use super::{Creation, Deps, FulfillmentActor, Signal};
 use crate::metrics::METRICS;
 use crate::store::StoreError;
-use crate::workflow::{self, Fulfillment, Input, Reply, Timing};
+use crate::workflow::{self, DecisionExt as _, Fulfillment, Input, Reply, Timing};
 
 /// What [`Registry::recover`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

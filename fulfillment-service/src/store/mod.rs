@@ -22,7 +22,7 @@ use shared_messages::history::HistoryEvent;
 
 use crate::config;
 use crate::metrics::METRICS;
-use crate::workflow::{Entry, Fulfillment, Tombstone};
+use crate::workflow::{DecisionExt as _, Entry, Fulfillment, Tombstone};
 
 pub use service_kit::store::{OnDatabase, Quarantined, StoreError};
 pub use sqlite::SqliteStore;
