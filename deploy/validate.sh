@@ -163,6 +163,10 @@ expected = {
     "fulfillment-service": {"AMQP_URL", "HTTP_ADDR", "STORE_URL", "STEP_DELAY_MS", "QUERY_TIMEOUT_MS",
                             "RUST_LOG", "LOG_FORMAT", "OTEL_EXPORTER_OTLP_ENDPOINT"},
 }
+# Set on Kubernetes only: REPLICA_ID is the pod's name there; compose
+# leaves it to its default (the container's host name and the process id),
+# so containers scaled with --scale never share one.
+kubernetes_only = {"fulfillment-service": {"REPLICA_ID"}}
 compose = yaml.safe_load(open(sys.argv[1]))
 docs = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
 configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
@@ -175,6 +179,7 @@ for svc, names in expected.items():
     in_k8s = {e["name"].removesuffix("_FILE") for e in c.get("env", [])}
     for ref in c.get("envFrom", []):
         in_k8s |= set(configmaps[ref["configMapRef"]["name"]])
+    in_k8s -= kubernetes_only.get(svc, set())
     for where, have in (("compose.yaml", in_compose), ("kubernetes dev", in_k8s)):
         if names - have:
             print(f"  {svc}: {where} misses {sorted(names - have)}", file=sys.stderr)
