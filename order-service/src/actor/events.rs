@@ -28,48 +28,20 @@ fn event_result(result: Result<(), ApplyError>) -> EventResult {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
     use chrono::Utc;
-    use message_bus::outbox::OutboxSignal;
-    use message_bus::{Bus, BusConfig, Incoming, Outcome};
+    use message_bus::{Incoming, Outcome};
     use shared_messages::messages::PauseFulfillment;
     use shared_messages::{Envelope, Message};
 
     use super::*;
-    use crate::actor::Timings;
     use crate::bus::handle_event;
     use crate::bus::tests::shipped;
-    use crate::config::StoreLocation;
-    use crate::store::{SqliteStore, Store, StoreError};
+    use crate::store::StoreError;
     use crate::validation::demo_order;
     use crate::workflow::{OrderState, OrderStatus, Rejection};
 
     fn orders() -> Orders {
-        let store =
-            Arc::new(SqliteStore::open(&StoreLocation::SqliteMemory).expect("memory store"));
-        let bus = Bus::new(BusConfig::new(
-            "amqp://127.0.0.1:1/%2f",
-            "order-service-test",
-            shared_messages::topology::order_service(),
-        ));
-        let timings = Timings {
-            inventory_delay: Duration::from_secs(60),
-            payment_delay: Duration::from_secs(60),
-            poll_interval: Duration::from_secs(60),
-            query_timeout: Duration::from_millis(100),
-            payment_decline_rate: 0.0,
-            ..Timings::default()
-        };
-        Orders::new(
-            actix::Arbiter::current(),
-            store as Arc<dyn Store>,
-            bus,
-            OutboxSignal::new(),
-            timings,
-        )
-        .expect("the store writer thread starts")
+        crate::actor::testing::orders()
     }
 
     fn incoming(message: Message) -> Incoming {

@@ -11,6 +11,8 @@
 
 mod events;
 mod registry;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use registry::{ApplyError, Orders, Quarantined, Timings};
 

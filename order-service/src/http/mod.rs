@@ -115,46 +115,16 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use actix_web::{test, App};
-    use message_bus::outbox::OutboxSignal;
-    use message_bus::{Bus, BusConfig};
     use serde_json::Value;
 
     use super::*;
-    use crate::actor::Timings;
-    use crate::config::StoreLocation;
-    use crate::store::{SqliteStore, Store};
     use service_kit::http::MAX_BODY_BYTES;
 
     /// The app over an in-memory store and a bus that never connects.
     fn state() -> web::Data<AppState> {
-        let store =
-            Arc::new(SqliteStore::open(&StoreLocation::SqliteMemory).expect("memory store"));
-        let bus = Bus::new(BusConfig::new(
-            "amqp://127.0.0.1:1/%2f",
-            "order-service-test",
-            shared_messages::topology::order_service(),
-        ));
-        let timings = Timings {
-            inventory_delay: Duration::from_secs(60),
-            payment_delay: Duration::from_secs(60),
-            poll_interval: Duration::from_secs(60),
-            query_timeout: Duration::from_millis(100),
-            payment_decline_rate: 0.0,
-            ..Timings::default()
-        };
-        let orders = Orders::new(
-            actix::Arbiter::current(),
-            store as Arc<dyn Store>,
-            bus,
-            OutboxSignal::new(),
-            timings,
-        )
-        .expect("the store writer thread starts");
         web::Data::new(AppState {
-            orders,
+            orders: crate::actor::testing::orders(),
             query_timeout: Duration::from_millis(100),
         })
     }
