@@ -214,3 +214,46 @@ async fn a_closed_port_fails_at_open() {
         result.err()
     );
 }
+
+/// A SQLite store belongs to one process: a second open of the same file
+/// is refused, saying why and what to do, until the first is closed.
+#[tokio::test]
+async fn a_sqlite_store_is_opened_by_one_owner_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    let first = Sqlite::open(&path, &runner(SQLITE_V1, SQLITE_V2)).expect("opens");
+    let Err(refused) = Sqlite::open(&path, &runner(SQLITE_V1, SQLITE_V2)) else {
+        panic!("a second owner of {} was let in", path.display());
+    };
+    let said = refused.to_string();
+    assert!(
+        said.contains("in use by another process") && said.contains("PostgreSQL"),
+        "{said}"
+    );
+    drop(first);
+    let again = Sqlite::open(&path, &runner(SQLITE_V1, SQLITE_V2))
+        .expect("opens once the first owner has closed it");
+    assert_eq!(again.outbox_len().await.expect("answers"), 0);
+}
+
+/// Calls run on the SQLite thread; one that panics fails alone.
+#[tokio::test]
+async fn a_sqlite_call_that_panics_fails_alone() {
+    let db = Sqlite::open(
+        std::path::Path::new(":memory:"),
+        &runner(SQLITE_V1, SQLITE_V2),
+    )
+    .expect("opens");
+    let on = db
+        .call(|_| Ok(std::thread::current().name().map(str::to_owned)))
+        .await
+        .expect("answers");
+    assert_eq!(on.as_deref(), Some("sqlite"));
+    let failed = db
+        .call(|_| -> Result<(), StoreError> { panic!("a bug in a call") })
+        .await;
+    assert!(failed.is_err(), "the caller is told");
+    let calls = (0..100).map(|n| db.call(move |_| Ok(n)));
+    let answers = futures::future::try_join_all(calls).await.expect("still serving");
+    assert_eq!(answers, (0..100).collect::<Vec<_>>());
+}
