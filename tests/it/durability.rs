@@ -566,3 +566,26 @@ async fn postgres_stores_ship_orders_across_kill_9() -> Result<()> {
     system.assert_each_shipped_exactly_once(&workflows).await?;
     Ok(())
 }
+
+/// A SQLite store serves one process: a second fulfillment-service on the
+/// same file stops at start-up and says why, and the first goes on.
+#[tokio::test]
+async fn a_second_process_on_the_same_sqlite_store_refuses_to_start() -> Result<()> {
+    let vhost = TestVhost::create("durability-one-owner").await?;
+    let dir = tempfile::tempdir()?;
+    let first = Service::start("fulfillment-service", &vhost, dir.path(), &[]).await?;
+    let log = dir.path().join("second.log");
+    let second = Service::start_logged("fulfillment-service", &vhost, dir.path(), &[], &log).await;
+    ensure!(
+        second.is_err(),
+        "a second fulfillment-service started on {}",
+        dir.path().display()
+    );
+    let said = std::fs::read_to_string(&log)?;
+    ensure!(
+        said.contains("in use by another process"),
+        "the second process says why it stopped; its log:\n{said}"
+    );
+    first.wait_ready().await?;
+    Ok(())
+}

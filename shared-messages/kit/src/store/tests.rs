@@ -254,6 +254,8 @@ async fn a_sqlite_call_that_panics_fails_alone() {
         .await;
     assert!(failed.is_err(), "the caller is told");
     let calls = (0..100).map(|n| db.call(move |_| Ok(n)));
-    let answers = futures::future::try_join_all(calls).await.expect("still serving");
+    let answers = futures::future::try_join_all(calls)
+        .await
+        .expect("still serving");
     assert_eq!(answers, (0..100).collect::<Vec<_>>());
 }
