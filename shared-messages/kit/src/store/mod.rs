@@ -7,7 +7,7 @@
 //! |---|---|
 //! | [`error`] | [`StoreError`], the one store error vocabulary |
 //! | [`database`] | the calls every store answers alike (outbox, quarantine, ping), once per backend |
-//! | [`sqlite`] | the SQLite connection (WAL), its calls on tokio's blocking pool |
+//! | [`sqlite`] | the SQLite connection (WAL), its calls on a thread of its own |
 //! | [`postgres`] | the PostgreSQL pool (deadpool on tokio-postgres, TLS by `sslmode`) |
 //! | [`schema`] | a service's migrations and opening its store: connect, then migrate |
 //! | [`migrate`] | schema migrations by refinery, taking over databases migrated before it |
