@@ -303,10 +303,10 @@ impl State {
         let live = table::live(client, ttl).await?;
         let target = share(&live, &self.replica, self.settings.partitions);
         self.hand_over_extras(target);
-        while self.held.len() < target {
-            match table::claim(client, &self.replica, ttl).await? {
-                Some(fence) => self.acquired(fence),
-                None => break,
+        let missing = target.saturating_sub(self.held.len());
+        if missing > 0 {
+            for fence in table::claim(client, &self.replica, ttl, missing).await? {
+                self.acquired(fence);
             }
         }
         Ok(())

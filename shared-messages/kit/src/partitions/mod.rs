@@ -31,9 +31,9 @@
 //!   sorted by id, the one at rank `i` aims at `P / R` partitions, plus
 //!   one if `i < P % R`: the shares add up to `P` and differ by at most
 //!   one. Above its share a replica hands partitions over (highest
-//!   first); below, it claims free ones (lowest first, one statement each,
-//!   `FOR UPDATE SKIP LOCKED` so replicas claiming together never wait on
-//!   each other).
+//!   first); below, it claims the free ones it lacks (lowest first, in one
+//!   statement, `FOR UPDATE SKIP LOCKED` so replicas claiming together
+//!   never wait on each other).
 //! - **Handover.** A partition handed over is first drained by the
 //!   service ([`Change::Release`]: stop consuming, finish what is in
 //!   flight, answer), and only then is its row freed; the next replica

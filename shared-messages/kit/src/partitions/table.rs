@@ -147,33 +147,43 @@ pub async fn renew(
     Ok(rows.iter().map(|r| partition(r.get(0))).collect())
 }
 
-/// Takes the lowest partition that is free (never held, released, or its
-/// lease run out) for `replica`, with the next epoch. A row a write is
-/// checking at that moment is skipped, to be taken at a later tick.
+/// Takes up to `count` of the lowest partitions that are free (never
+/// held, released, or their lease run out) for `replica`, each at its
+/// next epoch, in one statement. A row a write is checking at that moment
+/// is skipped (and one another replica is claiming), to be taken at a
+/// later tick.
 pub async fn claim(
     client: &Client,
     replica: &str,
     ttl_ms: i64,
-) -> Result<Option<Fence>, StoreError> {
-    let row = client
-        .query_opt(
-            "UPDATE partition_leases
-             SET owner = $1, epoch = epoch + 1,
-                 expires_at = now() + $2::BIGINT * interval '1 millisecond'
-             WHERE partition = (
+    count: usize,
+) -> Result<Vec<Fence>, StoreError> {
+    let count = i64::try_from(count).unwrap_or(i64::MAX);
+    let rows = client
+        .query(
+            "WITH free AS (
                  SELECT partition FROM partition_leases
                  WHERE owner IS NULL OR expires_at IS NULL OR expires_at < now()
                  ORDER BY partition
-                 LIMIT 1
+                 LIMIT $3
                  FOR UPDATE SKIP LOCKED)
-             RETURNING partition, epoch",
-            &[&replica, &ttl_ms],
+             UPDATE partition_leases l
+             SET owner = $1, epoch = l.epoch + 1,
+                 expires_at = now() + $2::BIGINT * interval '1 millisecond'
+             FROM free WHERE l.partition = free.partition
+             RETURNING l.partition, l.epoch",
+            &[&replica, &ttl_ms, &count],
         )
         .await?;
-    Ok(row.map(|r| Fence {
-        partition: partition(r.get(0)),
-        epoch: r.get(1),
-    }))
+    let mut claimed: Vec<Fence> = rows
+        .iter()
+        .map(|r| Fence {
+            partition: partition(r.get(0)),
+            epoch: r.get(1),
+        })
+        .collect();
+    claimed.sort_unstable();
+    Ok(claimed)
 }
 
 /// Gives up `replica`'s lease on `fence` (if it still holds it at that

@@ -278,6 +278,27 @@ async fn three_replicas_share_sixteen_partitions() {
     );
 }
 
+/// The most partitions allowed: claimed over a few ticks, renewed in one
+/// statement, shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_partitions_are_claimed_and_shared() {
+    let db = TestDb::create("partitions_many");
+    let s = settings(MAX_PARTITIONS, 1500);
+    let mut a = Replica::start(&db, "replica-a", s).await;
+    eventually(WITHIN, "one replica owns them all", || {
+        balanced(&[&a], MAX_PARTITIONS)
+    })
+    .await;
+    let mut b = Replica::start(&db, "replica-b", s).await;
+    eventually(WITHIN, "two share them", || {
+        balanced(&[&a, &b], MAX_PARTITIONS)
+    })
+    .await;
+    rows_match(&a.pg, &[&a, &b]).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_replica_rebalances_and_a_graceful_leave_hands_over_at_once() {
     let db = TestDb::create("partitions_join_leave");
@@ -530,25 +551,20 @@ async fn a_claim_waits_for_a_write_that_checked_the_old_fence() {
         .expect("nobody claimed it yet: a may write");
     let claimer = pg.client().await.expect("a connection");
     assert_eq!(
-        table::claim(&claimer, "b", 1000).await.expect("claims"),
-        None,
+        table::claim(&claimer, "b", 1000, 2).await.expect("claims"),
+        vec![],
         "the row under a's check is not claimable until a's write ends"
     );
     tx.execute("INSERT INTO fenced_writes VALUES (0, 1, 'a')", &[])
         .await
         .expect("a writes");
     tx.commit().await.expect("a commits");
-    let new = table::claim(&claimer, "b", 1000)
-        .await
-        .expect("claims")
-        .expect("free now");
-    assert_eq!(
-        new,
-        Fence {
-            partition: 0,
-            epoch: 2
-        }
-    );
+    let claimed = table::claim(&claimer, "b", 1000, 2).await.expect("claims");
+    let new = Fence {
+        partition: 0,
+        epoch: 2,
+    };
+    assert_eq!(claimed, vec![new], "free now (and only that one)");
     let tx = writer.transaction().await.expect("a transaction");
     match check_fences(&tx, "a", &[old]).await {
         Err(StoreError::Fenced(fenced)) => {
