@@ -13,7 +13,9 @@
 //!   a replica started with another number refuses to start.
 //! - **Leases.** Table `partition_leases` has one row per partition:
 //!   `owner`, `epoch`, `expires_at`. A replica owns a partition while the
-//!   row names it and has not expired. Claiming a free or expired row
+//!   row names it at the epoch it claimed (a row past `expires_at` may be
+//!   claimed by another; until then it is still its owner's). Claiming a
+//!   free or expired row
 //!   sets the owner and increments the epoch; the owner renews its rows
 //!   every `LEASE_TTL_MS / 3` (default 10 s / 3). Expiry is always judged
 //!   by the database's clock (`now()`), never by comparing replicas'
@@ -22,9 +24,10 @@
 //!   partition's state runs [`check_fences`] in its transaction: the lease
 //!   row is read `FOR SHARE` and the write is refused ([`Fenced`]) unless
 //!   the row still names this replica at the epoch it was given. The
-//!   share lock keeps the row unchanged until the write commits, so a
-//!   replica that was paused or cut off and wakes up after another one
-//!   claimed its partition cannot commit anything: either its write
+//!   share lock keeps the row unchanged until the write commits (a claim
+//!   skips a row under such a lock, a renewal or release waits for it),
+//!   so a replica that was paused or cut off and wakes up after another
+//!   one claimed its partition cannot commit anything: either its write
 //!   commits before the claim, or it sees the new epoch and is refused.
 //! - **Balance.** Each replica heartbeats a row in `partition_replicas`;
 //!   the live ones are those seen within a lease. With `R` live replicas
@@ -41,14 +44,19 @@
 //!
 //! # What happens when
 //!
-//! | event | what happens |
-//! |---|---|
-//! | a replica starts | creates the tables if missing (advisory lock), heartbeats; the others see one more live replica and hand over their extras, which it claims: balanced within a few ticks |
-//! | SIGTERM ([`Leases::shutdown`]) | its replica row is deleted (the others' shares grow at once), every partition is drained and released, so the others claim them at their next tick: no wait for the lease |
-//! | `kill -9`, a crash | its leases are not renewed; after the TTL the others count one replica fewer and claim the expired rows: within the TTL plus a tick |
-//! | paused (SIGSTOP, a long GC) and woken after the TTL | its renewal finds the rows at new epochs: [`Change::Lost`]; any write it tries before that is refused by [`check_fences`] |
-//! | cut off from the database | renewals fail; once the last successful one started a whole lease ago (local monotonic clock, which starts before the database's expiry), every partition is [`Change::Lost`] |
-//! | `PARTITIONS` differs from the tables | [`Leases::start`] fails and says so |
+//! Each row names the test (in `partitions/tests.rs`, on the local
+//! PostgreSQL, short leases) that shows it.
+//!
+//! | event | what happens | shown by |
+//! |---|---|---|
+//! | replicas start | create the tables if missing (advisory lock), heartbeat; the first claims what it can, the others' arrival makes it hand over its extras: balanced within a few ticks | `three_replicas_share_sixteen_partitions`, `a_thousand_partitions_are_claimed_and_shared` |
+//! | a replica joins | the others see one more live replica, hand over their extras (drained first), it claims them | `a_fourth_replica_rebalances_and_a_graceful_leave_hands_over_at_once` |
+//! | SIGTERM ([`Leases::shutdown`]) | its replica row is deleted (the others' shares grow at once), every partition is drained and released, so the others claim them at their next tick: no wait for the lease | the same |
+//! | `kill -9`, a crash | its leases are not renewed; after the TTL the others count one replica fewer and claim the expired rows: within the TTL plus a tick | `fenced_writes_stay_ordered_through_random_freezes_joins_and_leaves` (its kills) |
+//! | paused (SIGSTOP, a long GC) and woken after the TTL | the others claim its partitions after the TTL; its renewal then finds the rows at new epochs: [`Change::Lost`]; any write it tries before that is refused by [`check_fences`] | `a_frozen_replica_loses_its_partitions_and_its_writes_are_fenced` |
+//! | a write races a claim | the claim waits for the write that checked the old fence; after it, the old fence is refused; over many random freezes, joins, leaves and kills, every committed write carries the fence its writer was given, and per partition the epochs of committed writes never go down | `a_claim_waits_for_a_write_that_checked_the_old_fence`, `fenced_writes_stay_ordered_through_random_freezes_joins_and_leaves` |
+//! | cut off from the database | renewals fail (each tick gives up after a tick's time); once the last successful renewal started a whole lease ago by the local monotonic clock (which started before the database's expiry was set), every partition is [`Change::Lost`], at the latest a tick later; claimed anew once the database answers. Its writes could not commit anyway: they need the database, and [`check_fences`] refuses them once another replica claims | `a_replica_cut_off_from_the_database_gives_its_partitions_up_after_the_lease` |
+//! | `PARTITIONS` differs from the tables | [`Leases::start`] fails and says so | `another_partition_count_refuses_to_start` |
 //!
 //! # The tables
 //!
@@ -73,6 +81,14 @@
 //! //   check_fences(&tx, leases.replica(), &[fence_of(partition_of(id, settings.partitions))]).await?
 //! // /readyz: leases.owned(); on SIGTERM: leases.shutdown().await (keep applying changes meanwhile)
 //! ```
+//!
+//! The changes come in order on one channel, which the service must keep
+//! reading (a [`Change::Release`] not answered holds the handover up to
+//! [`DRAIN_TIMEOUT`]). [`Change::Acquired`] comes after the claim has
+//! committed: the previous owner's writes are all in the database by
+//! then, so recovering the partition's workflows from it sees them. On
+//! SQLite (one replica, no leases) a service owns every partition and
+//! writes without fences.
 
 mod fence;
 mod hash;
