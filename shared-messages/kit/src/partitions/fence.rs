@@ -20,16 +20,26 @@ pub struct Fence {
 /// claimed the partition, or it was released). Never worth retrying on
 /// this replica: the partition's work belongs elsewhere now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "fenced: {replica} no longer holds partition {} at epoch {} (its lease is now {}); nothing was written",
-    fence.partition, fence.epoch, now.as_deref().unwrap_or("missing")
-)]
+#[error("fenced: {replica} no longer holds partition {} at epoch {} ({}); nothing was written", fence.partition, fence.epoch, self.lease())]
 pub struct Fenced {
     pub replica: String,
     pub fence: Fence,
-    /// The lease as the database has it (`epoch 8, held by b`), or `None`
-    /// when the partition has no row.
-    pub now: Option<String>,
+    /// The partition's epoch in the database now; `None` when it has no
+    /// row (a partition number beyond `PARTITIONS`).
+    pub epoch: Option<i64>,
+    /// Who holds it now; `None` when nobody does.
+    pub owner: Option<String>,
+}
+
+impl Fenced {
+    /// The lease as the database has it, in words.
+    fn lease(&self) -> String {
+        match (self.epoch, &self.owner) {
+            (None, _) => "no such partition".into(),
+            (Some(epoch), Some(owner)) => format!("the lease is at epoch {epoch}, held by {owner}"),
+            (Some(epoch), None) => format!("the lease is at epoch {epoch}, free"),
+        }
+    }
 }
 
 /// Refuses the write in `tx` unless `replica` holds every lease in
@@ -76,10 +86,8 @@ pub async fn check_fences(
             return Err(StoreError::Fenced(Fenced {
                 replica: replica.to_owned(),
                 fence: *fence,
-                now: lease.map(|(_, owner, epoch)| match owner {
-                    Some(owner) => format!("epoch {epoch}, held by {owner}"),
-                    None => format!("epoch {epoch}, free"),
-                }),
+                epoch: lease.map(|(_, _, epoch)| *epoch),
+                owner: lease.and_then(|(_, owner, _)| owner.clone()),
             }));
         }
     }

@@ -569,9 +569,13 @@ async fn a_claim_waits_for_a_write_that_checked_the_old_fence() {
     match check_fences(&tx, "a", &[old]).await {
         Err(StoreError::Fenced(fenced)) => {
             assert_eq!(
-                fenced.now.as_deref(),
-                Some("epoch 2, held by b"),
-                "{fenced}"
+                (fenced.epoch, fenced.owner.as_deref()),
+                (Some(2), Some("b"))
+            );
+            assert_eq!(
+                fenced.to_string(),
+                "fenced: a no longer holds partition 0 at epoch 1 (the lease is at epoch 2, \
+                 held by b); nothing was written"
             );
         }
         other => panic!("the old fence must be refused: {other:?}"),
@@ -586,7 +590,7 @@ async fn a_claim_waits_for_a_write_that_checked_the_old_fence() {
         epoch: 1,
     };
     assert!(
-        matches!(check_fences(&tx, "b", &[new, missing]).await, Err(StoreError::Fenced(f)) if f.fence == missing && f.now.is_none()),
+        matches!(check_fences(&tx, "b", &[new, missing]).await, Err(StoreError::Fenced(f)) if f.fence == missing && f.epoch.is_none()),
         "a partition without a row is refused"
     );
     check_fences(&tx, "b", &[]).await.expect("nothing to check");
