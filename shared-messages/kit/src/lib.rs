@@ -8,6 +8,7 @@
 //! | [`cors`] | CORS, closed unless origins are configured |
 //! | [`http`] | the error vocabulary, paging, health, metrics and OpenAPI routes, quarantine, the page, request spans |
 //! | [`metrics`] | the metrics both services keep, under each one's prefix |
+//! | [`partitions`] | several replicas on one PostgreSQL: each workflow's partition leased by one, writes fenced by its epoch |
 //! | [`openapi`] | the guard's answers (401, 403, 415) in a service's OpenAPI document |
 //! | [`postgres_tls`] | TLS to PostgreSQL by the connection string's `sslmode` |
 //! | [`serve`] | the `HttpServer` wiring, and shutdown on SIGTERM or Ctrl-C |
@@ -22,6 +23,7 @@ pub mod cors;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod partitions;
 pub mod postgres_tls;
 pub mod serve;
 pub mod settings;

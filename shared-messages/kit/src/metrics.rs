@@ -1,9 +1,9 @@
 //! The metrics both services keep alike, registered under the service's
 //! prefix by [`Common::register`]: HTTP requests, actors by status, status
 //! transitions, store writes, workflows in the store by status, the outbox
-//! backlog, whether the store answers, rows quarantined; and the bus's
-//! families (messages, requests, broker connection) from
-//! [`message_bus::metrics`]. Counters and histograms are updated
+//! backlog, whether the store answers, rows quarantined, partitions
+//! owned; and the bus's families (messages, requests, broker connection)
+//! from [`message_bus::metrics`]. Counters and histograms are updated
 //! where things happen; the store's gauges are read at scrape time
 //! ([`Common::read_store`]).
 
@@ -73,6 +73,9 @@ pub struct Common {
     pub outbox_pending: Gauge,
     pub store_up: Gauge,
     pub quarantined_rows: Counter,
+    /// Partitions whose lease this replica holds
+    /// ([`crate::partitions::Leases::start`] keeps it).
+    pub partitions_owned: Gauge,
 }
 
 impl Common {
@@ -89,6 +92,7 @@ impl Common {
             outbox_pending: Gauge::default(),
             store_up: Gauge::default(),
             quarantined_rows: Counter::default(),
+            partitions_owned: Gauge::default(),
         };
         let Nouns {
             one,
@@ -144,6 +148,11 @@ impl Common {
                 "Stored {many} that could not be read at recovery, set aside (GET /quarantine)"
             ),
             m.quarantined_rows.clone(),
+        );
+        registry.register(
+            "partitions_owned",
+            format!("Partitions of the {many} whose lease this replica holds"),
+            m.partitions_owned.clone(),
         );
         m
     }
@@ -293,6 +302,7 @@ mod tests {
             "thing_service_things{status=\"NEW\"} 0",
             "thing_service_outbox_pending 2",
             "thing_service_store_up 1",
+            "thing_service_partitions_owned 0",
             "thing_service_actors{status=\"NEW\"} 1",
             "# HELP thing_service_actors Thing actors alive",
         ] {

@@ -21,6 +21,12 @@ pub enum StoreError {
     /// The store cannot be opened (a bad location, a failed migration).
     #[error("cannot open the store: {0}")]
     Open(String),
+    /// The write was refused because this replica no longer holds the
+    /// partition's lease at the epoch it was given
+    /// ([`check_fences`](crate::partitions::check_fences)). Not retried:
+    /// the partition's work belongs to another replica now.
+    #[error(transparent)]
+    Fenced(#[from] crate::partitions::Fenced),
 }
 
 impl StoreError {
