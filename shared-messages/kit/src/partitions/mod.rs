@@ -93,11 +93,13 @@
 mod fence;
 mod hash;
 mod manager;
+mod owner;
 mod settings;
 mod table;
 
 pub use fence::{check_fences, Fence, Fenced};
 pub use hash::partition_of;
+pub use owner::{Held, Owner, Workflows};
 #[cfg(any(test, feature = "test-support"))]
 pub use manager::Frozen;
 pub use manager::{Change, Leases, DRAIN_TIMEOUT};

@@ -37,7 +37,7 @@ pub mod testing;
 
 pub use database::{Database, OnDatabase, Opened};
 pub use error::StoreError;
-pub use postgres::Postgres;
+pub use postgres::{Postgres, WriteGuard};
 pub use quarantine::Quarantined;
 pub use schema::Schema;
 pub use sqlite::Sqlite;

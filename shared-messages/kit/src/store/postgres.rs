@@ -6,9 +6,11 @@
 //! one opened, so the store comes back by itself. TLS follows the
 //! connection string's `sslmode` ([`crate::postgres_tls`]).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use futures::future::BoxFuture;
 use refinery::Runner;
 
 use super::{migrate, StoreError};
@@ -35,6 +37,22 @@ pub struct Postgres {
     pool: Pool,
     /// Marks this process's outbox claims; it re-reads its own at once.
     pub(crate) owner: String,
+    /// What every write of workflow state must pass, once set (the
+    /// partition leases of [`crate::partitions`]); shared by all clones.
+    guard: Arc<OnceLock<Arc<dyn WriteGuard>>>,
+}
+
+/// A check every write of workflow state runs inside its transaction
+/// before it commits ([`Postgres::check_writes`]): with several replicas,
+/// that this replica still owns the workflows it writes.
+pub trait WriteGuard: Send + Sync + 'static {
+    /// Refuses the write of `entity_ids` in `tx` with an error, or lets it
+    /// commit.
+    fn check<'a>(
+        &'a self,
+        tx: &'a tokio_postgres::Transaction<'_>,
+        entity_ids: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 impl Postgres {
@@ -80,6 +98,7 @@ impl Postgres {
         let store = Self {
             pool,
             owner: uuid::Uuid::new_v4().to_string(),
+            guard: Arc::new(OnceLock::new()),
         };
         let mut client = store.client().await?;
         if let Err(error) = migrate::postgres(&mut client, migrations, lock).await {
@@ -88,6 +107,28 @@ impl Postgres {
             return Err(error);
         }
         Ok(store)
+    }
+
+    /// Makes every later write of workflow state pass `guard` (once per
+    /// store: a second guard is refused).
+    pub fn guard_writes(&self, guard: Arc<dyn WriteGuard>) -> Result<(), StoreError> {
+        self.guard
+            .set(guard)
+            .map_err(|_| StoreError::Open("the store's writes are guarded already".into()))
+    }
+
+    /// Runs the write guard, if any, for a write of `entity_ids` in `tx`;
+    /// a service's store calls it in each transaction that writes
+    /// workflow state, before committing.
+    pub async fn check_writes(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        entity_ids: &[&str],
+    ) -> Result<(), StoreError> {
+        match self.guard.get() {
+            Some(guard) => guard.check(tx, entity_ids).await,
+            None => Ok(()),
+        }
     }
 
     /// A connection from the pool, given back when dropped.
