@@ -241,6 +241,7 @@ async fn a_query_nobody_answers_times_out_within_its_bound() -> Result<()> {
                 },
                 dead_letter_exchange: None,
                 dead_letter_key: None,
+                single_active_consumer: false,
             })
             .bind(queue, FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY),
         &[],
