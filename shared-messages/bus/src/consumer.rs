@@ -45,8 +45,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::BasicProperties;
-
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -55,7 +53,7 @@ use lapin::options::{
     BasicRejectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Acker, Channel};
+use lapin::{Acker, BasicProperties, Channel};
 use tokio::sync::watch;
 
 use super::backoff::Backoff;

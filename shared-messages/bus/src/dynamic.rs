@@ -205,3 +205,68 @@ impl Drop for ConsumerHandle {
         self.release();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    fn spec(id: u64) -> (ConsumerSpec, Arc<watch::Sender<usize>>) {
+        let handler: super::super::Handler =
+            Arc::new(|_| async { super::super::Outcome::Ack }.boxed());
+        let spec = ConsumerSpec {
+            id,
+            queue: format!("q{id}"),
+            handler,
+            release: None,
+        };
+        (spec, Arc::new(watch::channel(0).0))
+    }
+
+    fn ids(starts: &[Start]) -> Vec<u64> {
+        starts.iter().map(|s| s.spec.id).collect()
+    }
+
+    #[test]
+    fn a_consumer_registered_between_connections_starts_on_the_next() {
+        let mut registry = Registry::default();
+        let (one, runs) = spec(1);
+        registry.add(one, runs.clone());
+        assert_eq!(*runs.borrow(), 0, "nothing runs it yet");
+        let (now, _added) = registry.serve();
+        assert_eq!(ids(&now), vec![1]);
+        assert_eq!(*runs.borrow(), 1);
+        drop(now);
+        assert_eq!(*runs.borrow(), 0, "a start dropped unrun counts no more");
+    }
+
+    #[test]
+    fn a_consumer_registered_while_serving_is_handed_to_the_session_once() {
+        let mut registry = Registry::default();
+        let (now, mut added) = registry.serve();
+        assert!(now.is_empty());
+        let (two, runs) = spec(2);
+        registry.add(two, runs.clone());
+        let start = added.try_recv().expect("handed over");
+        assert_eq!(start.spec.id, 2);
+        assert!(added.try_recv().is_err());
+        assert_eq!(*runs.borrow(), 1, "counted before it is sent");
+        // The connection goes; the next one starts it again.
+        drop((start, added));
+        registry.unserve();
+        let (now, _added) = registry.serve();
+        assert_eq!(ids(&now), vec![2]);
+    }
+
+    #[test]
+    fn a_removed_consumer_is_started_by_no_later_connection() {
+        let mut registry = Registry::default();
+        let (one, runs_one) = spec(1);
+        let (two, runs_two) = spec(2);
+        registry.add(one, runs_one);
+        registry.add(two, runs_two);
+        registry.remove(1);
+        let (now, _added) = registry.serve();
+        assert_eq!(ids(&now), vec![2]);
+    }
+}

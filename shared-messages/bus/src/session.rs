@@ -151,6 +151,9 @@ async fn serve(inner: &Arc<Inner>, session: Arc<Session>) -> bool {
         tokio::select! {
             _ = super::stopping(&mut shutdown) => break true,
             Some(Start { spec, run }) = added.recv() => spawn(&mut consumers, spec, Some(run)),
+            // A stopped consumer's task is gone; its entry goes too, so
+            // partitions moving back and forth do not pile them up.
+            Some(_) = consumers.join_next(), if !consumers.is_empty() => {}
             event = events.next() => match event {
                 Some(lapin::Event::Error(error)) => {
                     tracing::warn!(%error, "RabbitMQ connection lost");
