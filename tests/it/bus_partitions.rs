@@ -143,6 +143,28 @@ async fn readiness_counts_a_started_consumer_and_forgets_it_once_stopped() -> Re
     Ok(())
 }
 
+#[tokio::test]
+async fn dropping_the_handle_stops_the_consumer() -> Result<()> {
+    let vhost = TestVhost::create("dyn-drop").await?;
+    let bus = replica(&vhost, "replica-a").await?;
+    let queue = fulfillment_partition_queue(0);
+    let (handler, _rx) = collecting();
+    let handle = bus.consume_until(&queue, handler);
+    eventually("one consumer on the queue", DEADLINE, || async {
+        Ok((queue_counts(&vhost, &queue).await? == (0, 1)).then_some(()))
+    })
+    .await?;
+
+    drop(handle);
+    assert!(bus.is_ready(), "{:?}", bus.not_ready_reason());
+    eventually("no consumer on the queue", DEADLINE, || async {
+        Ok((queue_counts(&vhost, &queue).await? == (0, 0)).then_some(()))
+    })
+    .await?;
+    bus.shutdown().await;
+    Ok(())
+}
+
 /// How many deliveries the handler was called for and how many of those
 /// calls finished.
 #[derive(Default)]
@@ -399,5 +421,44 @@ async fn one_replica_at_a_time_consumes_a_partition() -> Result<()> {
     assert_eq!(queue_counts(&vhost, &queue).await?, (0, 0));
     a.shutdown().await;
     b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn stop_gives_back_a_message_whose_handler_keeps_failing() -> Result<()> {
+    let vhost = TestVhost::create("dyn-retrying").await?;
+    let bus = replica(&vhost, "replica-a").await?;
+    let queue = fulfillment_partition_queue(0);
+    publish_each(&bus, &partition_route(0), 1).await?;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failing: Handler = {
+        let calls = calls.clone();
+        Arc::new(move |_incoming: Incoming| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Outcome::Retry("the store is down".into()) }.boxed()
+        })
+    };
+    let handle = bus.consume_until(&queue, failing);
+    eventually("the handler to be retried", DEADLINE, || async {
+        Ok((calls.load(Ordering::SeqCst) >= 2).then_some(()))
+    })
+    .await?;
+    assert!(
+        !bus.is_ready(),
+        "not ready while a delivery waits to be retried"
+    );
+
+    // The retry stops at once (no wait for the drain time) and the message
+    // goes back to the queue for the next owner.
+    let started = std::time::Instant::now();
+    handle.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(queue_counts(&vhost, &queue).await?, (1, 0));
+    assert!(bus.is_ready(), "{:?}", bus.not_ready_reason());
+    bus.shutdown().await;
     Ok(())
 }
