@@ -83,6 +83,7 @@ pub fn handle_signal(
         reply_to,
         redelivered: incoming_redelivered,
         traceparent,
+        ..
     } = incoming;
     let traceparent = traceparent.or_else(|| envelope.traceparent.clone());
     let message_type = envelope.message_type();

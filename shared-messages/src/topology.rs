@@ -18,6 +18,21 @@
 //! | `fulfillment.events` (topic) | `fulfillment.progress.<status>` | none by default | whoever binds it |
 //! | `fulfillment.dead-letter` (direct) | queue name (`fulfillment.queries` for every replica's query queue) | `fulfillment.signals.dlq`, `fulfillment.queries.dlq` | operators |
 //! | `order-service.dead-letter` (direct) | queue name | `order-service.fulfillment-events.dlq` | operators |
+//!
+//! In partitioned mode (several replicas of a service, each workflow owned
+//! by the replica that owns its partition) a service also declares its
+//! partition queues, one per partition: quorum, single-active-consumer,
+//! dead-lettering into the dead-letter queue of the queue they are fed
+//! from. The replica that owns partition 0 moves each message from the
+//! shared queue to its partition's queue; the owner of a partition consumes
+//! that partition's queue. Only the consuming service declares them, and
+//! they are never part of `definitions.json` ([`all`]): how many there are
+//! is a setting of the service.
+//!
+//! | exchange (type) | routing key | queue | dead letters under |
+//! |---|---|---|---|
+//! | `fulfillment.partitions` (direct) | `<n>` ([`partition_key`]) | `fulfillment.signals.p<nn>` ([`fulfillment_partition_queue`]) | `fulfillment.signals` |
+//! | `order-service.partitions` (direct) | `<n>` | `order-service.partition.p<nn>` ([`order_partition_queue`]) | `order-service.fulfillment-events` |
 
 use crate::messages::FulfillmentStatus;
 
@@ -45,6 +60,16 @@ pub const FULFILLMENT_DEAD_LETTER_EXCHANGE: &str = "fulfillment.dead-letter";
 
 pub const ORDER_FULFILLMENT_EVENTS_QUEUE: &str = "order-service.fulfillment-events";
 pub const ORDER_DEAD_LETTER_EXCHANGE: &str = "order-service.dead-letter";
+
+/// Where fulfillment-service's ingress sends each signal on to its
+/// partition's queue ([`fulfillment_partitions`]).
+pub const FULFILLMENT_PARTITIONS_EXCHANGE: &str = "fulfillment.partitions";
+/// Where order-service's ingress sends each message on to its partition's
+/// queue ([`order_partitions`]).
+pub const ORDER_PARTITIONS_EXCHANGE: &str = "order-service.partitions";
+/// What order-service's partition queues are named after
+/// ([`order_partition_queue`]).
+pub const ORDER_PARTITION_QUEUE: &str = "order-service.partition";
 
 /// How often a quorum queue redelivers a message whose handler keeps
 /// failing before RabbitMQ dead-letters it. RabbitMQ 3.10 has no default
@@ -132,6 +157,11 @@ pub struct QueueSpec {
     /// The routing key dead letters go under, when not the queue's own
     /// name: every replica's query queue shares `fulfillment.queries.dlq`.
     pub dead_letter_key: Option<String>,
+    /// At most one consumer gets deliveries at a time
+    /// (`x-single-active-consumer`); the others wait, and the broker hands
+    /// the queue to one of them when the active one goes. A partition
+    /// queue's guard against two replicas handling one partition at once.
+    pub single_active_consumer: bool,
 }
 
 /// The value of one `x-` queue argument.
@@ -139,6 +169,7 @@ pub struct QueueSpec {
 pub enum QueueArgument {
     Text(String),
     Int(i32),
+    Bool(bool),
 }
 
 impl QueueSpec {
@@ -173,6 +204,11 @@ impl QueueSpec {
                 "x-dead-letter-routing-key",
                 QueueArgument::Text(self.dead_letter_routing_key().to_owned()),
             ));
+        }
+        // Last, and only when set, so that every other queue's arguments
+        // (and `definitions.json`) stay as they were.
+        if self.single_active_consumer {
+            args.push(("x-single-active-consumer", QueueArgument::Bool(true)));
         }
         args
     }
@@ -257,20 +293,14 @@ impl Topology {
     pub fn consumed_queue(self, name: &str, kind: QueueKind, dead_letter_exchange: &str) -> Self {
         let dlq = dead_letter_queue(name);
         self.exchange(dead_letter_exchange, ExchangeType::Direct)
-            .queue(QueueSpec {
-                name: dlq.clone(),
-                kind: QueueKind::Quorum {
-                    delivery_limit: None,
-                },
-                dead_letter_exchange: None,
-                dead_letter_key: None,
-            })
+            .queue(dead_letter_queue_spec(&dlq))
             .bind(&dlq, dead_letter_exchange, name)
             .queue(QueueSpec {
                 name: name.into(),
                 kind,
                 dead_letter_exchange: Some(dead_letter_exchange.into()),
                 dead_letter_key: None,
+                single_active_consumer: false,
             })
     }
 }
@@ -304,14 +334,7 @@ pub fn fulfillment_queries() -> Topology {
     Topology::default()
         .exchange(FULFILLMENT_QUERIES_EXCHANGE, ExchangeType::Direct)
         .exchange(FULFILLMENT_DEAD_LETTER_EXCHANGE, ExchangeType::Direct)
-        .queue(QueueSpec {
-            name: dlq.clone(),
-            kind: QueueKind::Quorum {
-                delivery_limit: None,
-            },
-            dead_letter_exchange: None,
-            dead_letter_key: None,
-        })
+        .queue(dead_letter_queue_spec(&dlq))
         .bind(
             &dlq,
             FULFILLMENT_DEAD_LETTER_EXCHANGE,
@@ -338,6 +361,7 @@ pub fn fulfillment_query_replica(replica: &str) -> Topology {
             },
             dead_letter_exchange: Some(FULFILLMENT_DEAD_LETTER_EXCHANGE.into()),
             dead_letter_key: Some(FULFILLMENT_QUERIES_QUEUE.into()),
+            single_active_consumer: false,
         })
         .bind(&queue, FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY)
 }
@@ -402,6 +426,114 @@ pub fn order_service_own() -> Topology {
         )
 }
 
+/// The routing key of partition `n` on a partitions exchange: the number
+/// itself, e.g. `7`.
+pub fn partition_key(n: u16) -> String {
+    n.to_string()
+}
+
+/// The queue of fulfillment-service's partition `n`, e.g.
+/// `fulfillment.signals.p07`: two digits at least, so that the management
+/// console lists up to 100 partitions in order.
+pub fn fulfillment_partition_queue(n: u16) -> String {
+    format!("{FULFILLMENT_SIGNALS_QUEUE}.p{n:02}")
+}
+
+/// The queue of order-service's partition `n`, e.g.
+/// `order-service.partition.p07` (padded as
+/// [`fulfillment_partition_queue`]).
+pub fn order_partition_queue(n: u16) -> String {
+    format!("{ORDER_PARTITION_QUEUE}.p{n:02}")
+}
+
+/// fulfillment-service's partition queues `0..partitions`
+/// ([`fulfillment_partition_queue`]), each bound to
+/// [`FULFILLMENT_PARTITIONS_EXCHANGE`] under [`partition_key`]. Their dead
+/// letters join those of `fulfillment.signals`, whose messages they carry,
+/// in `fulfillment.signals.dlq`.
+pub fn fulfillment_partitions(partitions: u16) -> Topology {
+    partitioned(
+        Partitions {
+            exchange: FULFILLMENT_PARTITIONS_EXCHANGE,
+            queue: fulfillment_partition_queue,
+            dead_letter_exchange: FULFILLMENT_DEAD_LETTER_EXCHANGE,
+            dead_letter_key: FULFILLMENT_SIGNALS_QUEUE,
+        },
+        partitions,
+    )
+}
+
+/// order-service's partition queues `0..partitions`
+/// ([`order_partition_queue`]), each bound to [`ORDER_PARTITIONS_EXCHANGE`]
+/// under [`partition_key`]; their dead letters go to
+/// `order-service.fulfillment-events.dlq`.
+pub fn order_partitions(partitions: u16) -> Topology {
+    partitioned(
+        Partitions {
+            exchange: ORDER_PARTITIONS_EXCHANGE,
+            queue: order_partition_queue,
+            dead_letter_exchange: ORDER_DEAD_LETTER_EXCHANGE,
+            dead_letter_key: ORDER_FULFILLMENT_EVENTS_QUEUE,
+        },
+        partitions,
+    )
+}
+
+/// One service's set of partition queues.
+struct Partitions {
+    /// The direct exchange the ingress forwards to.
+    exchange: &'static str,
+    /// The name of partition `n`'s queue.
+    queue: fn(u16) -> String,
+    dead_letter_exchange: &'static str,
+    /// The key (and so the dead-letter queue) the partitions share with
+    /// the queue they are fed from.
+    dead_letter_key: &'static str,
+}
+
+/// The exchange, the shared dead-letter queue (declared exactly as by
+/// [`Topology::consumed_queue`], so the declarations agree) and one
+/// quorum, single-active-consumer queue per partition. Single active
+/// consumer keeps a partition with one handler even while two replicas
+/// both believe they own it (a lease just moved): the second waits until
+/// the first stops consuming.
+fn partitioned(set: Partitions, partitions: u16) -> Topology {
+    let dlq = dead_letter_queue(set.dead_letter_key);
+    let mut topology = Topology::default()
+        .exchange(set.exchange, ExchangeType::Direct)
+        .exchange(set.dead_letter_exchange, ExchangeType::Direct)
+        .queue(dead_letter_queue_spec(&dlq))
+        .bind(&dlq, set.dead_letter_exchange, set.dead_letter_key);
+    for n in 0..partitions {
+        let queue = (set.queue)(n);
+        topology = topology
+            .queue(QueueSpec {
+                name: queue.clone(),
+                kind: QueueKind::Quorum {
+                    delivery_limit: Some(DELIVERY_LIMIT),
+                },
+                dead_letter_exchange: Some(set.dead_letter_exchange.into()),
+                dead_letter_key: Some(set.dead_letter_key.into()),
+                single_active_consumer: true,
+            })
+            .bind(&queue, set.exchange, &partition_key(n));
+    }
+    topology
+}
+
+/// A dead-letter queue: quorum, kept until an operator looks.
+fn dead_letter_queue_spec(name: &str) -> QueueSpec {
+    QueueSpec {
+        name: name.into(),
+        kind: QueueKind::Quorum {
+            delivery_limit: None,
+        },
+        dead_letter_exchange: None,
+        dead_letter_key: None,
+        single_active_consumer: false,
+    }
+}
+
 /// Everything, as an operator would load it into a fresh broker.
 pub fn all() -> Topology {
     fulfillment_service().merge(order_service())
@@ -441,6 +573,7 @@ pub fn definitions(topology: &Topology, vhost: &str) -> serde_json::Value {
                     let v = match v {
                         QueueArgument::Text(t) => json!(t),
                         QueueArgument::Int(n) => json!(n),
+                        QueueArgument::Bool(b) => json!(b),
                     };
                     (k.to_owned(), v)
                 })
@@ -558,6 +691,128 @@ mod tests {
         }
         // merge is idempotent
         assert_eq!(all(), all().merge(all()));
+    }
+
+    #[test]
+    fn partition_queues_and_keys_are_named_by_number() {
+        assert_eq!(partition_key(0), "0");
+        assert_eq!(partition_key(15), "15");
+        assert_eq!(fulfillment_partition_queue(0), "fulfillment.signals.p00");
+        assert_eq!(fulfillment_partition_queue(7), "fulfillment.signals.p07");
+        assert_eq!(fulfillment_partition_queue(123), "fulfillment.signals.p123");
+        assert_eq!(order_partition_queue(15), "order-service.partition.p15");
+    }
+
+    #[test]
+    fn each_fulfillment_partition_is_a_single_active_consumer_quorum_queue() {
+        let t = fulfillment_partitions(16);
+        assert_eq!(
+            t.queues.iter().filter(|q| q.single_active_consumer).count(),
+            16
+        );
+        assert!(t.exchanges.contains(&ExchangeSpec {
+            name: FULFILLMENT_PARTITIONS_EXCHANGE.into(),
+            kind: ExchangeType::Direct,
+        }));
+        for n in 0..16 {
+            let queue = fulfillment_partition_queue(n);
+            let spec = t.find_queue(&queue).expect("declared");
+            assert_eq!(
+                spec.arguments(),
+                vec![
+                    ("x-queue-type", QueueArgument::Text("quorum".into())),
+                    ("x-delivery-limit", QueueArgument::Int(DELIVERY_LIMIT)),
+                    (
+                        "x-dead-letter-exchange",
+                        QueueArgument::Text(FULFILLMENT_DEAD_LETTER_EXCHANGE.into())
+                    ),
+                    (
+                        "x-dead-letter-routing-key",
+                        QueueArgument::Text(FULFILLMENT_SIGNALS_QUEUE.into())
+                    ),
+                    ("x-single-active-consumer", QueueArgument::Bool(true)),
+                ]
+            );
+            let bound: Vec<_> = t.bindings.iter().filter(|b| b.queue == queue).collect();
+            assert_eq!(
+                bound,
+                vec![&BindingSpec {
+                    queue: queue.clone(),
+                    exchange: FULFILLMENT_PARTITIONS_EXCHANGE.into(),
+                    routing_key: partition_key(n),
+                }]
+            );
+        }
+        assert!(t.find_queue(&fulfillment_partition_queue(16)).is_none());
+    }
+
+    #[test]
+    fn order_partitions_dead_letter_with_the_fulfillment_events() {
+        let t = order_partitions(4);
+        let spec = t.find_queue(&order_partition_queue(3)).expect("declared");
+        assert!(spec.single_active_consumer);
+        assert_eq!(
+            spec.dead_letter_exchange.as_deref(),
+            Some(ORDER_DEAD_LETTER_EXCHANGE)
+        );
+        assert_eq!(
+            spec.dead_letter_routing_key(),
+            ORDER_FULFILLMENT_EVENTS_QUEUE
+        );
+        assert!(t.bindings.contains(&BindingSpec {
+            queue: order_partition_queue(3),
+            exchange: ORDER_PARTITIONS_EXCHANGE.into(),
+            routing_key: "3".into(),
+        }));
+        assert_eq!(t.queues.len(), 4 + 1, "four partitions and the shared dlq");
+    }
+
+    #[test]
+    fn partition_queues_share_the_dead_letter_queue_of_their_source() {
+        let with_partitions = all()
+            .merge(fulfillment_partitions(16))
+            .merge(order_partitions(16));
+        // The shared dead-letter queues are declared exactly as before (a
+        // different declaration would be refused by the broker).
+        for dlq in [
+            dead_letter_queue(FULFILLMENT_SIGNALS_QUEUE),
+            dead_letter_queue(ORDER_FULFILLMENT_EVENTS_QUEUE),
+        ] {
+            let ours = with_partitions.find_queue(&dlq).expect("declared");
+            assert_eq!(Some(ours), all().find_queue(&dlq));
+        }
+        assert_eq!(with_partitions.queues.len(), all().queues.len() + 32);
+        for q in with_partitions
+            .queues
+            .iter()
+            .filter(|q| q.dead_letter_exchange.is_some())
+        {
+            let dlx = q.dead_letter_exchange.as_deref().expect("filtered");
+            let key = q.dead_letter_routing_key();
+            let dlq = dead_letter_queue(key);
+            assert!(with_partitions.find_queue(&dlq).is_some(), "{dlq} declared");
+            assert!(with_partitions
+                .bindings
+                .iter()
+                .any(|b| b.queue == dlq && b.exchange == dlx && b.routing_key == key));
+        }
+    }
+
+    #[test]
+    fn the_broker_definitions_have_no_partitions() {
+        assert!(!all().queues.iter().any(|q| q.single_active_consumer));
+        let defs = definitions(&all(), "/").to_string();
+        assert!(!defs.contains("partition"));
+        assert!(!defs.contains("x-single-active-consumer"));
+        // A partition queue written out carries the argument as a boolean.
+        let defs = definitions(&fulfillment_partitions(1), "/");
+        let queue = defs["queues"]
+            .as_array()
+            .expect("queues")
+            .iter()
+            .find(|q| q["name"] == "fulfillment.signals.p00")
+            .expect("partition 0");
+        assert_eq!(queue["arguments"]["x-single-active-consumer"], true);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use shared_messages::Envelope;
 use system_tests::{eventually, TestVhost};
 use tokio::sync::mpsc;
 
-const DEADLINE: Duration = Duration::from_secs(15);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(15);
 
 fn signal_route() -> Route {
     Route::new(FULFILLMENT_SIGNALS_EXCHANGE, FULFILLMENT_SIGNAL_KEY, true)
@@ -73,7 +73,7 @@ async fn connected_bus_with(
 }
 
 /// A handler that forwards every delivery to a channel and acks.
-fn collecting() -> (Handler, mpsc::UnboundedReceiver<Incoming>) {
+pub(crate) fn collecting() -> (Handler, mpsc::UnboundedReceiver<Incoming>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let handler: Handler = Arc::new(move |incoming| {
         let _ = tx.send(incoming);
@@ -82,7 +82,7 @@ fn collecting() -> (Handler, mpsc::UnboundedReceiver<Incoming>) {
     (handler, rx)
 }
 
-async fn recv(rx: &mut mpsc::UnboundedReceiver<Incoming>) -> Incoming {
+pub(crate) async fn recv(rx: &mut mpsc::UnboundedReceiver<Incoming>) -> Incoming {
     tokio::time::timeout(DEADLINE, rx.recv())
         .await
         .expect("a delivery within the deadline")
@@ -241,6 +241,7 @@ async fn a_query_nobody_answers_times_out_within_its_bound() -> Result<()> {
                 },
                 dead_letter_exchange: None,
                 dead_letter_key: None,
+                single_active_consumer: false,
             })
             .bind(queue, FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY),
         &[],

@@ -89,6 +89,7 @@ fn asyncapi_queues_and_exchanges_match_the_topology() {
                     let v = match v {
                         QueueArgument::Text(t) => json!(t),
                         QueueArgument::Int(n) => json!(n),
+                        QueueArgument::Bool(b) => json!(b),
                     };
                     (k.to_owned(), v)
                 })

@@ -72,6 +72,7 @@ impl EventLog {
                 },
                 dead_letter_exchange: None,
                 dead_letter_key: None,
+                single_active_consumer: false,
             })
             .bind(
                 EVENTS_QUEUE,

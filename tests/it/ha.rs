@@ -249,6 +249,7 @@ async fn a_pending_request_fails_at_once_when_the_connection_drops() -> Result<(
                 },
                 dead_letter_exchange: None,
                 dead_letter_key: None,
+                single_active_consumer: false,
             })
             .bind(queue, FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY),
     ));

@@ -5,6 +5,7 @@
 //! first when it is not running.
 
 mod bus;
+mod bus_partitions;
 mod chaos;
 mod contract;
 mod durability;

@@ -50,6 +50,7 @@ mod tests {
             reply_to: None,
             redelivered: false,
             traceparent: None,
+            original: None,
         }
     }
 

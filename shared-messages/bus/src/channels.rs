@@ -85,6 +85,7 @@ fn queue_arguments(queue: &QueueSpec) -> FieldTable {
         let value = match value {
             QueueArgument::Text(text) => AMQPValue::LongString(text.as_str().into()),
             QueueArgument::Int(n) => AMQPValue::LongInt(n),
+            QueueArgument::Bool(b) => AMQPValue::Boolean(b),
         };
         args.insert(name.into(), value);
     }

@@ -7,12 +7,19 @@
 //!   ([`RETRY_MIN`] to [`RETRY_MAX`]), for as long as it takes. The message
 //!   is never requeued for it, so a transient failure never counts toward a
 //!   quorum queue's delivery limit; while any delivery waits to be retried
-//!   the bus reports itself not ready ([`super::Bus::is_ready`]). Only at
-//!   shutdown is a delivery still failing requeued.
+//!   the bus reports itself not ready ([`super::Bus::is_ready`]). Only when
+//!   the consumer stops (shutdown, or its handle stops it) is a delivery
+//!   still failing requeued.
 //! - `DeadLetter`: the message can never succeed (unknown entity, wrong
 //!   payload); republish it to the queue's dead-letter exchange with the
 //!   reason in `x-dead-letter-reason`, then ack. If that republish fails the
 //!   message is rejected without requeue, and RabbitMQ dead-letters it.
+//!
+//! A consumer started by [`super::Bus::consume_until`] is also stopped by
+//! its handle ([`StopSignals`]): it cancels, lets the handlers already
+//! called finish and settles their deliveries (for at most `DRAIN`), and
+//! closes its channel, so what the broker had sent it but no handler had
+//! seen goes back to the queue.
 //!
 //! Each consumer is supervised ([`supervise`]): when the broker cancels it
 //! (its queue was deleted, or its node went away), closes its channel, or
@@ -46,7 +53,7 @@ use lapin::options::{
     BasicRejectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Acker, Channel};
+use lapin::{Acker, BasicProperties, Channel};
 use tokio::sync::watch;
 
 use super::backoff::Backoff;
@@ -74,10 +81,10 @@ const RESTART_MAX: Duration = Duration::from_secs(5);
 /// this bounds how long such a consumer waits on a queue that is gone.
 const QUEUE_CHECK: Duration = Duration::from_secs(2);
 
-/// How long a consumer whose stream ended (cancelled by the broker) lets
-/// its handlers finish before it gives up on them; their deliveries go
-/// back to the queue when the channel closes.
-const DRAIN: Duration = Duration::from_secs(5);
+/// How long a consumer whose stream ended (cancelled by the broker) or
+/// that its handle stopped lets its handlers finish before it gives up on
+/// them; their deliveries go back to the queue when the channel closes.
+pub(super) const DRAIN: Duration = Duration::from_secs(5);
 
 /// Most finished deliveries held back behind one still running before they
 /// are acked one by one (they hold prefetch slots while held).
@@ -100,6 +107,28 @@ pub struct Incoming {
     /// died or did not ack): the handler's idempotence matters here.
     pub redelivered: bool,
     pub traceparent: Option<String>,
+    /// The message as it arrived, for [`super::Bus::forward`] to pass on
+    /// unchanged. Always set on a delivery; `None` in an `Incoming` made by
+    /// hand (a test), which is then forwarded as published from its
+    /// envelope.
+    pub original: Option<Arc<OriginalMessage>>,
+}
+
+/// A delivery's body and AMQP properties as the broker handed them over.
+#[derive(Clone)]
+pub struct OriginalMessage {
+    pub body: Vec<u8>,
+    pub properties: BasicProperties,
+}
+
+impl std::fmt::Debug for OriginalMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The body is the envelope, already shown beside this.
+        f.debug_struct("OriginalMessage")
+            .field("body_len", &self.body.len())
+            .field("properties", &self.properties)
+            .finish()
+    }
 }
 
 /// What to do with a delivery once its handler is done.
@@ -112,31 +141,86 @@ pub enum Outcome {
 
 /// Why a consumer stopped consuming.
 #[derive(Debug)]
-enum Stopped {
+pub(super) enum Stopped {
     /// Shutdown was asked for.
     Shutdown,
+    /// Its handle stopped it ([`super::ConsumerHandle::stop`]).
+    Released,
     /// The broker cancelled the consumer or the delivery stream ended.
     Cancelled,
     /// The channel failed (closed by the broker, or the connection went).
     Failed(lapin::Error),
 }
 
-/// Consumes `spec.queue` on `session` until shutdown or until the session's
-/// connection is gone, consuming again whenever the consumer stops.
+/// What ends a consumer for good: the bus shutting down, or, for a
+/// consumer started by [`super::Bus::consume_until`], its handle stopping
+/// it.
+#[derive(Clone)]
+pub(super) struct StopSignals {
+    shutdown: watch::Receiver<bool>,
+    release: Option<watch::Receiver<bool>>,
+}
+
+impl StopSignals {
+    pub(super) fn new(shutdown: watch::Receiver<bool>, spec: &ConsumerSpec) -> Self {
+        Self {
+            shutdown,
+            release: spec.release.clone(),
+        }
+    }
+
+    /// Whether either has been asked for already.
+    fn asked(&self) -> Option<Stopped> {
+        if *self.shutdown.borrow() {
+            Some(Stopped::Shutdown)
+        } else if self.release.as_ref().is_some_and(|r| *r.borrow()) {
+            Some(Stopped::Released)
+        } else {
+            None
+        }
+    }
+
+    /// Resolves once either is asked for, telling which. A handle dropped
+    /// without a word counts as asking.
+    async fn wait(&mut self) -> Stopped {
+        let Self { shutdown, release } = self;
+        let released = async {
+            match release {
+                Some(release) => {
+                    let _ = release.wait_for(|r| *r).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = super::stopping(shutdown) => Stopped::Shutdown,
+            _ = released => Stopped::Released,
+        }
+    }
+}
+
+/// Consumes `spec.queue` on `session` until `stop` says so or until the
+/// session's connection is gone, consuming again whenever the consumer
+/// stops otherwise.
 pub(super) async fn supervise(
     inner: Arc<Inner>,
     session: Arc<Session>,
     spec: ConsumerSpec,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: StopSignals,
 ) {
     let queue = spec.queue.as_str();
     let mut backoff = Backoff::new(RESTART_MIN, RESTART_MAX);
     loop {
+        if stop.asked().is_some() {
+            return;
+        }
         let stopped = match session.connection.create_channel().await {
             Ok(channel) => {
-                let stopped = consume(&inner, &channel, &spec, &mut shutdown).await;
-                inner.set_consuming(queue, false);
+                let stopped = consume(&inner, &channel, &spec, &mut stop).await;
+                inner.set_consuming(&spec, false);
                 if channel.status().connected() {
+                    // Deliveries the handler never saw go back to the
+                    // queue now.
                     let _ = channel.close(200, "consumer stopped".into()).await;
                 }
                 stopped
@@ -145,6 +229,10 @@ pub(super) async fn supervise(
         };
         match &stopped {
             Stopped::Shutdown => return,
+            Stopped::Released => {
+                tracing::info!(%queue, "stopped consuming");
+                return;
+            }
             Stopped::Cancelled => {
                 tracing::warn!(%queue, reason = "cancelled by the broker", "consumer stopped; consuming again");
             }
@@ -160,7 +248,7 @@ pub(super) async fn supervise(
         let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = super::stopping(&mut shutdown) => return,
+            _ = stop.wait() => return,
         }
         if matches!(stopped, Stopped::Cancelled) {
             // It had been consuming: a later stop starts the schedule over.
@@ -173,9 +261,9 @@ async fn consume(
     inner: &Arc<Inner>,
     channel: &Channel,
     spec: &ConsumerSpec,
-    shutdown: &mut watch::Receiver<bool>,
+    stop: &mut StopSignals,
 ) -> Stopped {
-    match consume_inner(inner, channel, spec, shutdown).await {
+    match consume_inner(inner, channel, spec, stop).await {
         Ok(stopped) => stopped,
         Err(error) => Stopped::Failed(error),
     }
@@ -185,7 +273,7 @@ async fn consume_inner(
     inner: &Arc<Inner>,
     channel: &Channel,
     spec: &ConsumerSpec,
-    shutdown: &mut watch::Receiver<bool>,
+    stop: &mut StopSignals,
 ) -> Result<Stopped, lapin::Error> {
     // The queue may have been deleted (and the consumer cancelled with
     // it): declare everything again first. Declaring is idempotent.
@@ -193,6 +281,10 @@ async fn consume_inner(
     channel
         .basic_qos(inner.config.prefetch, BasicQosOptions::default())
         .await?;
+    if let Some(stopped) = stop.asked() {
+        // Stopped while declaring: never start.
+        return Ok(stopped);
+    }
     let tag = format!("{}/{}", inner.config.connection_name, spec.queue);
     let mut deliveries = channel
         .basic_consume(
@@ -202,7 +294,7 @@ async fn consume_inner(
             FieldTable::default(),
         )
         .await?;
-    inner.set_consuming(&spec.queue, true);
+    inner.set_consuming(spec, true);
     tracing::info!(queue = %spec.queue, "consuming");
     // Where dead letters go: the queue's dead-letter exchange, under the
     // queue's name or the key it shares with others (a replica's queue).
@@ -219,7 +311,7 @@ async fn consume_inner(
     check.tick().await;
     let stopped = loop {
         tokio::select! {
-            _ = super::stopping(shutdown) => break Stopped::Shutdown,
+            why = stop.wait() => break why,
             _ = check.tick() => {
                 // A passive declare fails (and closes this channel) once
                 // the queue is gone, even if the broker's cancel never came.
@@ -228,7 +320,7 @@ async fn consume_inner(
                     .queue_declare(spec.queue.as_str().into(), passive, FieldTable::default())
                     .await
                 {
-                    inner.set_consuming(queue, false);
+                    inner.set_consuming(spec, false);
                     return Err(error);
                 }
             }
@@ -243,21 +335,22 @@ async fn consume_inner(
             next = deliveries.next() => match next {
                 Some(Ok(delivery)) => {
                     acks.received(delivery.delivery_tag);
-                    let work = start(inner, spec, delivery, shutdown.clone());
+                    let work = start(inner, spec, delivery, stop.clone());
                     in_flight.push(work);
                 }
                 Some(Err(error)) => {
-                    inner.set_consuming(queue, false);
+                    inner.set_consuming(spec, false);
                     return Err(error);
                 }
                 None => break Stopped::Cancelled,
             },
         }
     };
-    inner.set_consuming(queue, false);
-    // Take no more; finish and settle what is in hand (after a cancel, for
-    // a while: what is left goes back to the queue with the channel).
-    if matches!(stopped, Stopped::Shutdown) {
+    inner.set_consuming(spec, false);
+    // Take no more; finish and settle what is in hand (at shutdown, all of
+    // it; otherwise for a while: what is left goes back to the queue with
+    // the channel).
+    if matches!(stopped, Stopped::Shutdown | Stopped::Released) {
         let _ = channel
             .basic_cancel(tag.as_str().into(), Default::default())
             .await;
@@ -359,7 +452,7 @@ fn start(
     inner: &Arc<Inner>,
     spec: &ConsumerSpec,
     delivery: Delivery,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop: StopSignals,
 ) -> futures::future::BoxFuture<'static, (Delivery, Outcome)> {
     match decode(&delivery) {
         Ok(incoming) => {
@@ -372,7 +465,8 @@ fn start(
                 let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
                 let mut _retrying = None;
                 while let Outcome::Retry(reason) = &outcome {
-                    if *shutdown.borrow() {
+                    if stop.asked().is_some() {
+                        // Requeued for whoever consumes next.
                         break;
                     }
                     let delay = backoff.next_delay();
@@ -384,7 +478,7 @@ fn start(
                     // consumer goes on with the others meanwhile.
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = super::stopping(&mut shutdown) => break,
+                        _ = stop.wait() => break,
                     }
                     outcome = handler(incoming.clone()).await;
                 }
@@ -433,6 +527,10 @@ fn decode(delivery: &Delivery) -> Result<Incoming, String> {
         reply_to,
         redelivered: delivery.redelivered,
         traceparent,
+        original: Some(Arc::new(OriginalMessage {
+            body: delivery.data.clone(),
+            properties: delivery.properties.clone(),
+        })),
     })
 }
 
@@ -453,8 +551,8 @@ async fn settle(
             return;
         }
         Outcome::Retry(reason) => {
-            // Only at shutdown: otherwise the handler is retried in place.
-            tracing::warn!(%queue, %reason, "handler still failing at shutdown; message requeued");
+            // Only when stopping: otherwise the handler is retried in place.
+            tracing::warn!(%queue, %reason, "handler still failing when the consumer stopped; message requeued");
             delivery
                 .acker
                 .nack(BasicNackOptions {

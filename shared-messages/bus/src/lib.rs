@@ -27,6 +27,13 @@
 //!   cancelled by the broker or its channel closed, it declares its queue
 //!   again and consumes again; [`Bus::is_ready`] is true only while every
 //!   consumer consumes and no delivery waits to be retried.
+//! - Consumers can also come and go while the bus runs
+//!   ([`Bus::consume_until`], `dynamic.rs`): a partition's queue consumed
+//!   for as long as this replica owns the partition; the
+//!   [`ConsumerHandle`] stops it, its handlers' deliveries settled.
+//! - [`Bus::forward`] passes a delivery on unchanged (body, properties,
+//!   reply-to) to another exchange, confirmed: how one replica moves a
+//!   message from a shared queue to its partition's queue.
 //! - Requests pending when the connection drops fail at once with
 //!   [`BusError::NotConnected`] instead of waiting out their timeout.
 //! - The transactional outbox: the services store their transitions with
@@ -41,6 +48,7 @@ pub mod addresses;
 pub mod backoff;
 mod channels;
 mod consumer;
+mod dynamic;
 pub mod metrics;
 pub mod outbox;
 mod rpc;
@@ -50,7 +58,7 @@ pub mod telemetry;
 pub mod trace;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -66,7 +74,8 @@ use shared_messages::envelope::{DecodeError, Envelope};
 use shared_messages::topology::Topology;
 
 use channels::Session;
-pub use consumer::{Incoming, Outcome, ReplyTo, RETRY_MAX, RETRY_MIN};
+pub use consumer::{Incoming, OriginalMessage, Outcome, ReplyTo, RETRY_MAX, RETRY_MIN};
+pub use dynamic::ConsumerHandle;
 
 /// Header carrying why a message was dead-lettered.
 pub const DEAD_LETTER_REASON_HEADER: &str = "x-dead-letter-reason";
@@ -176,8 +185,14 @@ pub type Handler = Arc<dyn Fn(Incoming) -> BoxFuture<'static, Outcome> + Send + 
 
 #[derive(Clone)]
 struct ConsumerSpec {
+    /// Tells this consumer from another of the same queue (readiness and
+    /// restarts are counted per consumer).
+    id: u64,
     queue: String,
     handler: Handler,
+    /// For a consumer started by [`Bus::consume_until`]: true once its
+    /// handle stops it.
+    release: Option<watch::Receiver<bool>>,
 }
 
 type Pending = Mutex<HashMap<String, oneshot::Sender<Result<Envelope, DecodeError>>>>;
@@ -185,10 +200,14 @@ type Pending = Mutex<HashMap<String, oneshot::Sender<Result<Envelope, DecodeErro
 struct Inner {
     config: BusConfig,
     consumers: Mutex<Vec<ConsumerSpec>>,
-    /// Per consumed queue: consuming now.
-    consuming: Mutex<BTreeMap<String, bool>>,
-    /// Queues consumed at least once, so later starts count as restarts.
-    consumed_before: Mutex<HashSet<String>>,
+    /// Consumers started by [`Bus::consume_until`] and not stopped.
+    dynamic: Mutex<dynamic::Registry>,
+    next_consumer_id: AtomicU64,
+    /// Per consumer (its queue and id): consuming now.
+    consuming: Mutex<BTreeMap<(String, u64), bool>>,
+    /// Consumers that consumed at least once, so later starts count as
+    /// restarts.
+    consumed_before: Mutex<HashSet<u64>>,
     /// Deliveries waiting for their handler to be retried.
     retrying: AtomicUsize,
     session: RwLock<Option<Arc<Session>>>,
@@ -210,6 +229,8 @@ impl Bus {
             inner: Arc::new(Inner {
                 config,
                 consumers: Mutex::new(Vec::new()),
+                dynamic: Mutex::new(dynamic::Registry::default()),
+                next_consumer_id: AtomicU64::new(0),
                 consuming: Mutex::new(BTreeMap::new()),
                 consumed_before: Mutex::new(HashSet::new()),
                 retrying: AtomicUsize::new(0),
@@ -226,16 +247,25 @@ impl Bus {
     /// [`Bus::start`]. The handler runs inside a `message` span and its
     /// outcome and duration are counted (see [`metrics`]).
     pub fn consume(&self, queue: &str, handler: Handler) {
-        let handler = observed(queue, handler);
-        self.inner.set_consuming(queue, false);
+        let spec = self.inner.consumer_spec(queue, handler);
+        self.inner.register_consumer(&spec);
         self.inner
             .consumers
             .lock()
             .expect("consumer list lock is never poisoned")
-            .push(ConsumerSpec {
-                queue: queue.into(),
-                handler,
-            });
+            .push(spec);
+    }
+
+    /// Starts consuming `queue` now (at once if connected, else on
+    /// connecting), and again after every reconnect, until the handle's
+    /// [`ConsumerHandle::stop`]. Callable at any time, before or after
+    /// [`Bus::start`]; the handler is wrapped as in [`Bus::consume`]. While
+    /// registered, the consumer counts for [`Bus::is_ready`]; once stopped,
+    /// no longer. `queue` belongs in [`BusConfig::topology`]: it is
+    /// declared with it, and dead letters go where its spec says.
+    pub fn consume_until(&self, queue: &str, handler: Handler) -> ConsumerHandle {
+        let spec = self.inner.consumer_spec(queue, handler);
+        dynamic::register(&self.inner, spec)
     }
 
     /// Starts the supervisor on the current tokio runtime. Returns at once;
@@ -266,15 +296,16 @@ impl Bus {
         if !self.is_connected() {
             return Some("not connected to RabbitMQ".into());
         }
-        let idle: Vec<String> = self
+        let mut idle: Vec<String> = self
             .inner
             .consuming
             .lock()
             .expect("consumer state lock is never poisoned")
             .iter()
             .filter(|(_, consuming)| !**consuming)
-            .map(|(queue, _)| queue.clone())
+            .map(|((queue, _), _)| queue.clone())
             .collect();
+        idle.dedup();
         if !idle.is_empty() {
             return Some(format!("not consuming {}", idle.join(", ")));
         }
@@ -401,6 +432,54 @@ impl Bus {
         results
     }
 
+    /// Publishes a consumed message again, unchanged, to `route`, and waits
+    /// for the broker's confirm: the same body, message id, type,
+    /// timestamp, app id and headers (entity id, `traceparent`), and the
+    /// same `reply_to` and `correlation_id`, so the final consumer answers
+    /// a request straight to its requester (a direct reply-to address
+    /// works from any connection). Persistent whatever it was. The headers
+    /// the broker wrote about the message's stay in the queue it came from
+    /// (`x-delivery-count`, `x-death`, ...) are left out: the next queue
+    /// counts afresh. A handler that acks after this succeeded and retries
+    /// when it failed moves each message exactly once (at least once, by
+    /// the handlers' idempotence, when the connection drops in between).
+    pub async fn forward(&self, route: &Route, incoming: &Incoming) -> Result<(), BusError> {
+        let session = self.session().ok_or(BusError::NotConnected)?;
+        let (body, properties) = match &incoming.original {
+            Some(original) => (
+                std::borrow::Cow::Borrowed(original.body.as_slice()),
+                forwarded_properties(&original.properties, &self.inner.config.app_id),
+            ),
+            // Made by hand: as published, with its reply address.
+            None => {
+                let mut properties = self.properties(&incoming.envelope, true);
+                if let Some(to) = &incoming.reply_to {
+                    properties = properties
+                        .with_reply_to(to.queue.as_str().into())
+                        .with_correlation_id(to.correlation_id.as_str().into());
+                }
+                (
+                    std::borrow::Cow::Owned(incoming.envelope.to_json()),
+                    properties,
+                )
+            }
+        };
+        let confirm = session
+            .publisher
+            .basic_publish(
+                route.exchange.as_str().into(),
+                route.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: route.mandatory,
+                    ..Default::default()
+                },
+                &body,
+                properties,
+            )
+            .await?;
+        confirmed(route, &incoming.envelope, confirm.await)
+    }
+
     /// Sends `envelope` and waits up to `timeout` for the reply. Queries are
     /// transient and expire with the timeout; signals (`persistent`) stay
     /// queued when nobody answers in time, and run when the receiver returns.
@@ -460,6 +539,35 @@ impl Bus {
             .inc();
         Ok(())
     }
+}
+
+/// A delivery's properties as [`Bus::forward`] sends them on: persistent,
+/// without the broker's notes about the queue it came from, and with
+/// `app_id` (ours) only when the sender set none.
+fn forwarded_properties(original: &BasicProperties, app_id: &str) -> BasicProperties {
+    let mut properties = original.clone().with_delivery_mode(2);
+    if let Some(headers) = original.headers() {
+        let kept = headers
+            .inner()
+            .iter()
+            .filter(|(name, _)| !is_broker_history(name.as_str()))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect::<BTreeMap<_, _>>();
+        properties = properties.with_headers(FieldTable::from(kept));
+    }
+    if original.app_id().is_none() {
+        properties = properties.with_app_id(app_id.into());
+    }
+    properties
+}
+
+/// A header the broker writes about a message's stay in one queue: its
+/// deliveries there (quorum queues) and its dead-lettering history.
+fn is_broker_history(header: &str) -> bool {
+    header == "x-delivery-count"
+        || header == "x-death"
+        || header.starts_with("x-first-death-")
+        || header.starts_with("x-last-death-")
 }
 
 /// The outcome of one publish's confirm, counted when delivered.
@@ -588,22 +696,59 @@ impl Inner {
         }
     }
 
-    /// Records whether `queue` is consumed now. Every start after the
-    /// first (after a cancel, a closed channel or a reconnect) counts as a
-    /// restart.
-    fn set_consuming(&self, queue: &str, consuming: bool) {
+    /// A new consumer of `queue`, its handler observed (see [`observed`]).
+    fn consumer_spec(&self, queue: &str, handler: Handler) -> ConsumerSpec {
+        ConsumerSpec {
+            id: self.next_consumer_id.fetch_add(1, Ordering::Relaxed),
+            queue: queue.into(),
+            handler: observed(queue, handler),
+            release: None,
+        }
+    }
+
+    /// Counts `spec` for readiness, not consuming yet.
+    fn register_consumer(&self, spec: &ConsumerSpec) {
         self.consuming
             .lock()
             .expect("consumer state lock is never poisoned")
-            .insert(queue.to_owned(), consuming);
+            .insert((spec.queue.clone(), spec.id), false);
+    }
+
+    /// Readiness no longer counts a stopped consumer; what its ending task
+    /// still reports is ignored.
+    fn forget_consumer(&self, id: u64, queue: &str) {
+        self.consuming
+            .lock()
+            .expect("consumer state lock is never poisoned")
+            .remove(&(queue.to_owned(), id));
+        self.consumed_before
+            .lock()
+            .expect("consumer state lock is never poisoned")
+            .remove(&id);
+    }
+
+    /// Records whether the consumer `spec` consumes now (if still
+    /// registered). Every start after its first (after a cancel, a closed
+    /// channel or a reconnect) counts as a restart of its queue.
+    fn set_consuming(&self, spec: &ConsumerSpec, consuming: bool) {
+        {
+            let mut states = self
+                .consuming
+                .lock()
+                .expect("consumer state lock is never poisoned");
+            match states.get_mut(&(spec.queue.clone(), spec.id)) {
+                Some(state) => *state = consuming,
+                None => return,
+            }
+        }
         if consuming {
             let first = self
                 .consumed_before
                 .lock()
                 .expect("consumer state lock is never poisoned")
-                .insert(queue.to_owned());
+                .insert(spec.id);
             if !first {
-                metrics::consumer_restarted(queue);
+                metrics::consumer_restarted(&spec.queue);
             }
         }
     }
@@ -619,4 +764,73 @@ impl Inner {
 /// Resolves once shutdown has been asked for.
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent_properties() -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ENTITY_ID_HEADER.into(),
+            AMQPValue::LongString("fulfillment-1".into()),
+        );
+        headers.insert(
+            TRACEPARENT_HEADER.into(),
+            AMQPValue::LongString("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        );
+        headers.insert("x-delivery-count".into(), AMQPValue::LongLongInt(2));
+        headers.insert("x-death".into(), AMQPValue::FieldArray(Default::default()));
+        headers.insert(
+            "x-first-death-queue".into(),
+            AMQPValue::LongString("fulfillment.signals".into()),
+        );
+        BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_type("PauseFulfillment".into())
+            .with_timestamp(1_700_000_000)
+            .with_app_id("order-service".into())
+            .with_delivery_mode(1)
+            .with_reply_to("amq.rabbitmq.reply-to.g2dkABk".into())
+            .with_correlation_id("c-1".into())
+            .with_headers(headers)
+    }
+
+    #[test]
+    fn a_forwarded_message_keeps_its_properties_and_is_persistent() {
+        let original = sent_properties();
+        let forwarded = forwarded_properties(&original, "fulfillment-service");
+        assert_eq!(forwarded.delivery_mode(), &Some(2));
+        assert_eq!(forwarded.message_id(), original.message_id());
+        assert_eq!(forwarded.kind(), original.kind());
+        assert_eq!(forwarded.timestamp(), original.timestamp());
+        assert_eq!(forwarded.app_id(), original.app_id());
+        assert_eq!(forwarded.reply_to(), original.reply_to());
+        assert_eq!(forwarded.correlation_id(), original.correlation_id());
+        let headers = forwarded.headers().as_ref().expect("headers kept");
+        assert!(headers.contains_key(ENTITY_ID_HEADER));
+        assert!(headers.contains_key(TRACEPARENT_HEADER));
+    }
+
+    #[test]
+    fn the_broker_notes_about_the_previous_queue_are_left_behind() {
+        let forwarded = forwarded_properties(&sent_properties(), "fulfillment-service");
+        let headers = forwarded.headers().as_ref().expect("headers kept");
+        for note in ["x-delivery-count", "x-death", "x-first-death-queue"] {
+            assert!(!headers.contains_key(note), "{note} dropped");
+        }
+        assert_eq!(headers.inner().len(), 2);
+    }
+
+    #[test]
+    fn a_message_without_app_id_is_forwarded_under_ours() {
+        let original = BasicProperties::default();
+        let forwarded = forwarded_properties(&original, "fulfillment-service");
+        assert_eq!(
+            forwarded.app_id().as_ref().map(|a| a.as_str()),
+            Some("fulfillment-service")
+        );
+        assert!(forwarded.headers().is_none());
+    }
 }

@@ -12,7 +12,9 @@ use tokio::task::JoinSet;
 use super::addresses::{host_of, Addresses};
 use super::backoff::Backoff;
 use super::channels::{declare_topology, Session};
-use super::{consumer, rpc, Inner};
+use super::consumer::StopSignals;
+use super::dynamic::{Run, Start};
+use super::{consumer, rpc, ConsumerSpec, Inner};
 
 /// How long one attempt to connect and declare may take before it is
 /// abandoned and retried (a half-open TCP connection would otherwise hang).
@@ -109,19 +111,37 @@ async fn connect(inner: &Arc<Inner>, url: &str) -> Result<Arc<Session>, lapin::E
     Ok(session)
 }
 
-/// Serves one session until it is lost (false) or shutdown is asked (true).
+/// Serves one session until it is lost (false) or shutdown is asked (true):
+/// runs the consumers registered before start, and those of
+/// [`super::Bus::consume_until`] not stopped, including the ones
+/// registered while it serves.
 async fn serve(inner: &Arc<Inner>, session: Arc<Session>) -> bool {
     let mut shutdown = inner.shutdown.subscribe();
     let mut events = session.connection.events_listener();
     let mut consumers = JoinSet::new();
+    let spawn = {
+        let (inner, session, shutdown) = (inner.clone(), session.clone(), shutdown.clone());
+        move |consumers: &mut JoinSet<()>, spec: ConsumerSpec, run: Option<Run>| {
+            let stop = StopSignals::new(shutdown.clone(), &spec);
+            let supervised = consumer::supervise(inner.clone(), session.clone(), spec, stop);
+            consumers.spawn(async move {
+                // Counted as running until it ends or is aborted.
+                let _run = run;
+                supervised.await;
+            });
+        }
+    };
     inner.set_session(Some(session.clone()));
     for spec in inner.consumers() {
-        consumers.spawn(consumer::supervise(
-            inner.clone(),
-            session.clone(),
-            spec,
-            shutdown.clone(),
-        ));
+        spawn(&mut consumers, spec, None);
+    }
+    let (started, mut added) = inner
+        .dynamic
+        .lock()
+        .expect("dynamic consumer lock is never poisoned")
+        .serve();
+    for Start { spec, run } in started {
+        spawn(&mut consumers, spec, Some(run));
     }
 
     // A connection can die without an event reaching us (e.g. an I/O error
@@ -130,6 +150,10 @@ async fn serve(inner: &Arc<Inner>, session: Arc<Session>) -> bool {
     let stopped = loop {
         tokio::select! {
             _ = super::stopping(&mut shutdown) => break true,
+            Some(Start { spec, run }) = added.recv() => spawn(&mut consumers, spec, Some(run)),
+            // A stopped consumer's task is gone; its entry goes too, so
+            // partitions moving back and forth do not pile them up.
+            Some(_) = consumers.join_next(), if !consumers.is_empty() => {}
             event = events.next() => match event {
                 Some(lapin::Event::Error(error)) => {
                     tracing::warn!(%error, "RabbitMQ connection lost");
@@ -146,6 +170,12 @@ async fn serve(inner: &Arc<Inner>, session: Arc<Session>) -> bool {
             }
         }
     };
+    // Consumers registered from now on start on the next connection.
+    inner
+        .dynamic
+        .lock()
+        .expect("dynamic consumer lock is never poisoned")
+        .unserve();
     // Publishing stops at once; consumers settle what they hold (on a lost
     // connection their acks fail and the broker redelivers, which the
     // handlers' idempotence makes harmless).
