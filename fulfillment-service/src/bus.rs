@@ -21,9 +21,11 @@
 use std::sync::Arc;
 
 use futures::future::{self, BoxFuture, FutureExt};
-use message_bus::{Bus, BusConfig, Incoming, Outcome, ReplyTo};
+use message_bus::{Bus, BusConfig, BusError, Handler, Incoming, Outcome, ReplyTo, Route};
 use shared_messages::messages::{ReplyError, ReplyErrorCode, SignalReply};
-use shared_messages::topology::{self, FULFILLMENT_QUERIES_QUEUE, FULFILLMENT_SIGNALS_QUEUE};
+use shared_messages::topology::{
+    self, FULFILLMENT_PARTITIONS_EXCHANGE, FULFILLMENT_QUERIES_QUEUE, FULFILLMENT_SIGNALS_QUEUE,
+};
 use shared_messages::{Envelope, Message};
 use tracing::Instrument;
 
@@ -31,25 +33,97 @@ use crate::actor::Registry;
 use crate::store::StoreError;
 use crate::workflow::{self, Input, Reply};
 
-/// The bus with both consumers registered (not started); `replica` names
-/// this replica's query queue.
-pub fn connect(amqp_url: &str, replica: &str, registry: Registry) -> Bus {
-    let bus = Bus::new(BusConfig::new(
-        amqp_url,
-        "fulfillment-service",
-        topology::fulfillment_service_replica(replica),
-    ));
-    let (signals_bus, signals_registry) = (bus.clone(), registry.clone());
-    bus.consume(
-        FULFILLMENT_SIGNALS_QUEUE,
-        Arc::new(move |incoming| handle_signal(&signals_registry, &signals_bus, incoming)),
-    );
+/// The bus (not started) with its query consumer; `replica` names this
+/// replica's query queue. On a store of its own (`partitions` is `None`)
+/// it consumes `fulfillment.signals` itself; as one of several replicas it
+/// declares the partition queues, and [`service_kit::partitions::Owner`]
+/// consumes those it owns with [`signal_handler`].
+pub fn connect(amqp_url: &str, replica: &str, registry: Registry, partitions: Option<u16>) -> Bus {
+    let mut declared = topology::fulfillment_service_replica(replica);
+    if let Some(partitions) = partitions {
+        declared = declared.merge(topology::fulfillment_partitions(partitions));
+    }
+    let bus = Bus::new(BusConfig::new(amqp_url, "fulfillment-service", declared));
+    if partitions.is_none() {
+        bus.consume(FULFILLMENT_SIGNALS_QUEUE, signal_handler(&bus, &registry));
+    }
     let queries_bus = bus.clone();
     bus.consume(
         &topology::fulfillment_query_queue(replica),
         Arc::new(move |incoming| handle_query(&registry, &queries_bus, incoming)),
     );
     bus
+}
+
+/// Handles signal deliveries with [`handle_signal`].
+pub fn signal_handler(bus: &Bus, registry: &Registry) -> Handler {
+    let (bus, registry) = (bus.clone(), registry.clone());
+    Arc::new(move |incoming| handle_signal(&registry, &bus, incoming))
+}
+
+/// Sends `input` for fulfillment `id` to the replica that owns it, through
+/// its partition queue, and waits up to `timeout` for its answer (an HTTP
+/// request that reached a replica that does not own the fulfillment).
+pub async fn signal_owner(
+    bus: &Bus,
+    partition: u16,
+    id: &str,
+    input: Input,
+    timeout: std::time::Duration,
+) -> Result<Reply, BusError> {
+    let Some(message) = message_of(input) else {
+        return Ok(Err(ReplyError::invalid("not a signal")));
+    };
+    let route = Route::new(
+        FULFILLMENT_PARTITIONS_EXCHANGE,
+        &topology::partition_key(partition),
+        true,
+    );
+    let mut envelope = Envelope::new(id, message);
+    envelope.traceparent = message_bus::trace::current_child();
+    let answer = bus.request(&route, &envelope, timeout, true).await?;
+    Ok(match answer.message {
+        Message::SignalReply(reply) => reply_of(reply),
+        other => Err(ReplyError::invalid(format!(
+            "the owner answered {} instead of a SignalReply",
+            other.type_name()
+        ))),
+    })
+}
+
+/// The signal an input is sent as (the timer's is none).
+fn message_of(input: Input) -> Option<Message> {
+    use shared_messages::messages::{
+        CancelFulfillment, PauseFulfillment, ResumeFulfillment, StartFulfillment,
+        StartFulfillmentWorkflow, UpdateShippingAddress,
+    };
+    Some(match input {
+        Input::Create { order_id } => {
+            Message::StartFulfillmentWorkflow(StartFulfillmentWorkflow { order_id })
+        }
+        Input::Start(request) => Message::StartFulfillment(StartFulfillment { request }),
+        Input::Pause => Message::PauseFulfillment(PauseFulfillment {}),
+        Input::Resume => Message::ResumeFulfillment(ResumeFulfillment {}),
+        Input::Cancel { reason } => Message::CancelFulfillment(CancelFulfillment { reason }),
+        Input::UpdateAddress(address) => {
+            Message::UpdateShippingAddress(UpdateShippingAddress { address })
+        }
+        Input::StepDone { .. } => return None,
+    })
+}
+
+/// The workflow's reply a `SignalReply` carries.
+fn reply_of(reply: SignalReply) -> Reply {
+    match (reply.accepted, reply.status, reply.error) {
+        (true, Some(status), _) => Ok(workflow::Accepted {
+            status,
+            created: false,
+        }),
+        (_, _, Some(error)) => Err(error),
+        _ => Err(ReplyError::invalid(
+            "the owner's reply names no status and no error",
+        )),
+    }
 }
 
 /// The workflow input a signal stands for, or why it is not a signal.

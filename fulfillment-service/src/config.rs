@@ -19,6 +19,9 @@ pub struct Config {
     pub common: Common,
     /// `STEP_DELAY_MS`: how long each step takes.
     pub step_delay: Duration,
+    /// `PARTITIONS`, `LEASE_TTL_MS`: how fulfillments are shared among
+    /// replicas on PostgreSQL (unused on SQLite, which has one replica).
+    pub partitions: service_kit::partitions::Settings,
 }
 
 impl Config {
@@ -37,6 +40,7 @@ impl Config {
         Ok(Self {
             common: Common::from_lookup(&get, defaults)?,
             step_delay: settings::millis(&get, "STEP_DELAY_MS", DEFAULT_STEP_DELAY_MS)?,
+            partitions: service_kit::partitions::Settings::from_lookup(&get)?,
         })
     }
 }

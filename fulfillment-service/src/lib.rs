@@ -37,8 +37,11 @@ pub mod workflow;
 use actix_web::web;
 use anyhow::Context as _;
 use message_bus::outbox::{relay, OutboxSignal};
+use service_kit::partitions::{Held, Leases, Owner};
 use service_kit::serve::{self, Listening, Running};
 use service_kit::settings::redact;
+use shared_messages::topology;
+use std::sync::Arc;
 
 use crate::actor::{Deps, Registry};
 use crate::config::Config;
@@ -50,7 +53,7 @@ use crate::workflow::Timing;
 /// system.
 pub async fn build(config: Config) -> anyhow::Result<Running> {
     let common = &config.common;
-    let opened = store::open(&common.store_url)
+    let (opened, shared) = store::open_shared(&common.store_url)
         .await
         .with_context(|| format!("opening the store at {}", redact(&common.store_url)))?;
     let outbox = OutboxSignal::new();
@@ -69,23 +72,41 @@ pub async fn build(config: Config) -> anyhow::Result<Running> {
         },
     };
     let registry = Registry::new(deps, actix::System::current().arbiter().clone());
-    let recovered = registry
-        .recover()
-        .await
-        .context("loading unfinished fulfillments")?;
-    tracing::info!(
-        recovered = recovered.resumed,
-        quarantined = recovered.quarantined,
-        "unfinished fulfillments resumed"
-    );
+    let partitions = shared.as_ref().map(|_| config.partitions.partitions);
+    if shared.is_none() {
+        // A store of its own: every fulfillment is this replica's.
+        let recovered = registry
+            .recover()
+            .await
+            .context("loading unfinished fulfillments")?;
+        tracing::info!(
+            recovered = recovered.resumed,
+            quarantined = recovered.quarantined,
+            "unfinished fulfillments resumed"
+        );
+    }
 
-    let bus = bus::connect(&common.amqp_url, &common.replica_id, registry.clone());
+    let bus = bus::connect(
+        &common.amqp_url,
+        &common.replica_id,
+        registry.clone(),
+        partitions,
+    );
     bus.start();
     tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
+    let (held, leases) = match shared {
+        Some(pg) => {
+            let (held, leases) = own_partitions(&config, &pg, &bus, &registry).await?;
+            (Some(held), Some(leases))
+        }
+        None => (None, None),
+    };
 
     let state = web::Data::new(http::AppState {
         registry,
         bus: bus.clone(),
+        held,
+        query_timeout: common.query_timeout,
     });
     let Listening { port, server } =
         serve::start::<http::HttpSpans, _>(env!("CARGO_PKG_NAME"), common, move |cfg| {
@@ -99,5 +120,48 @@ pub async fn build(config: Config) -> anyhow::Result<Running> {
         replica = %common.replica_id,
         "fulfillment-service started"
     );
-    Ok(Running { port, server, bus })
+    Ok(Running {
+        port,
+        server,
+        bus,
+        leases,
+    })
+}
+
+/// One of several replicas on a shared PostgreSQL: fences this replica's
+/// writes by the partitions it holds, takes its share of the partition
+/// leases, and consumes the partitions it gets (recovering their
+/// fulfillments) until it hands them over.
+async fn own_partitions(
+    config: &Config,
+    pg: &store::Postgres,
+    bus: &message_bus::Bus,
+    registry: &Registry,
+) -> anyhow::Result<(Arc<Held>, Leases)> {
+    let replica = &config.common.replica_id;
+    let settings = config.partitions.clone();
+    let held = Held::new(replica.as_str(), settings.partitions);
+    pg.guard_writes(held.clone())?;
+    let (leases, changes) = Leases::start(
+        pg,
+        replica.as_str(),
+        settings,
+        metrics::METRICS.partitions_owned.clone(),
+    )
+    .await
+    .context("taking a share of the partition leases")?;
+    let owner = Owner {
+        bus: bus.clone(),
+        held: held.clone(),
+        partition_queue: topology::fulfillment_partition_queue,
+        handler: bus::signal_handler(bus, registry),
+        ingress: vec![topology::FULFILLMENT_SIGNALS_QUEUE.into()],
+        partitions_exchange: topology::FULFILLMENT_PARTITIONS_EXCHANGE.into(),
+        workflows: Arc::new(actor::Partition {
+            registry: registry.clone(),
+            held: held.clone(),
+        }),
+    };
+    tokio::spawn(owner.run(changes));
+    Ok((held, leases))
 }

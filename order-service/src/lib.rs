@@ -109,5 +109,10 @@ pub async fn build(config: Config) -> anyhow::Result<Running> {
             cfg.app_data(state.clone()).configure(http::configure);
         })?;
     tracing::info!(addr = %config.common.http_addr, port, "order-service listening");
-    Ok(Running { port, server, bus })
+    Ok(Running {
+        port,
+        server,
+        bus,
+        leases: None,
+    })
 }

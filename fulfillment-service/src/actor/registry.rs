@@ -80,6 +80,39 @@ impl Registry {
         Ok(recovered)
     }
 
+    /// Re-spawns the unfinished fulfillments whose ids `mine` accepts:
+    /// those of a partition this replica has just taken over.
+    pub async fn recover_where(
+        &self,
+        mine: impl Fn(&str) -> bool,
+    ) -> Result<Recovered, StoreError> {
+        let mut unfinished = self.inner.deps.store.unfinished().await?;
+        unfinished.states.retain(|f| mine(&f.id));
+        let resumed = unfinished.states.len();
+        self.inner
+            .actors
+            .spawn_missing(unfinished.states, |f| &f.id, |f| self.spawn(f));
+        Ok(Recovered {
+            resumed,
+            quarantined: 0,
+        })
+    }
+
+    /// Stops the actors whose ids `leaving` accepts, each once its write
+    /// in flight has committed; answers when all have stopped.
+    pub async fn leave_where(&self, leaving: impl Fn(&str) -> bool) -> usize {
+        let addrs: Vec<_> = self
+            .actors()
+            .iter()
+            .filter(|(id, _)| leaving(id))
+            .map(|(_, addr)| addr.clone())
+            .collect();
+        let count = addrs.len();
+        // An actor that stopped meanwhile has nothing left to do.
+        futures::future::join_all(addrs.iter().map(|a| a.send(super::Leave))).await;
+        count
+    }
+
     /// Running actors.
     pub fn live(&self) -> usize {
         self.inner.actors.len()

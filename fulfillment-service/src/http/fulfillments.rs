@@ -269,12 +269,45 @@ pub(crate) async fn shipping_address(
 }
 
 async fn apply(state: &AppState, id: &str, input: Input) -> Result<Accepted, ApiError> {
+    if let Some(held) = state.held.as_ref().filter(|held| !held.owns(id)) {
+        return apply_at_owner(state, held.partition_of(id), id, input).await;
+    }
     // A fulfillment created over HTTP starts (or continues) the request's trace.
     let traceparent = message_bus::trace::current().map(|t| t.traceparent());
     Ok(state
         .registry
         .signal(id, None, traceparent, input)
         .await??)
+}
+
+/// [`apply`] for a fulfillment another replica owns: the signal goes to
+/// the owner through its partition queue. As over HTTP on the owner, a
+/// signal for a fulfillment that does not exist is not found (sent through
+/// the broker it would leave a tombstone), and a start says whether it
+/// created the fulfillment.
+async fn apply_at_owner(
+    state: &AppState,
+    partition: u16,
+    id: &str,
+    input: Input,
+) -> Result<Accepted, ApiError> {
+    let existed = state
+        .registry
+        .load(id)
+        .await
+        .map_err(ApiError::store)?
+        .is_some();
+    if !existed && !input.creates() {
+        return Err(ApiError::NotFound(format!("no fulfillment {id}")));
+    }
+    let timeout = state.query_timeout;
+    let reply = crate::bus::signal_owner(&state.bus, partition, id, input, timeout)
+        .await
+        .map_err(|e| ApiError::from_bus(e, "the fulfillment's owner", timeout.as_millis(), true))?;
+    Ok(reply.map(|accepted| Accepted {
+        created: !existed,
+        ..accepted
+    })?)
 }
 
 async fn signal_and_show(

@@ -8,11 +8,15 @@
 mod fulfillments;
 pub mod meta;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use actix_web::web;
 use message_bus::Bus;
 use service_kit::http::ui::Page;
 use service_kit::http::{operations, Surface};
 pub use service_kit::http::{ApiError, ErrorBody};
+use service_kit::partitions::Held;
 use shared_messages::messages::{FulfillmentStatus, FulfillmentStatusView};
 use utoipa::OpenApi as _;
 
@@ -27,6 +31,12 @@ service_kit::http_spans!(HttpSpans);
 pub struct AppState {
     pub registry: Registry,
     pub bus: Bus,
+    /// The partitions this replica owns, when it is one of several
+    /// replicas (PostgreSQL); a signal for a fulfillment it does not own
+    /// goes to the owner through the broker.
+    pub held: Option<Arc<Held>>,
+    /// How long a signal sent to the owner waits for its answer.
+    pub query_timeout: Duration,
 }
 
 impl AppState {
@@ -102,6 +112,10 @@ impl Surface for AppState {
     fn page(&self) -> &'static Page {
         &PAGE
     }
+
+    fn partitions(&self) -> Option<Vec<u16>> {
+        self.held.as_ref().map(|held| held.owned())
+    }
 }
 
 /// Every route, plus extractor settings that turn bad input into JSON
@@ -149,7 +163,12 @@ mod tests {
             "http-test",
             Topology::default(),
         ));
-        web::Data::new(AppState { registry, bus })
+        web::Data::new(AppState {
+            registry,
+            bus,
+            held: None,
+            query_timeout: Duration::from_secs(1),
+        })
     }
 
     fn order(order_id: &str) -> Value {

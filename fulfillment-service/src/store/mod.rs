@@ -24,7 +24,7 @@ use crate::config;
 use crate::metrics::METRICS;
 use crate::workflow::{DecisionExt as _, Entry, Fulfillment, Tombstone};
 
-pub use service_kit::store::{OnDatabase, Quarantined, StoreError};
+pub use service_kit::store::{OnDatabase, Postgres, Quarantined, StoreError};
 pub use sqlite::SqliteStore;
 
 /// One transition to store: the new state, the events it causes and its
@@ -114,8 +114,15 @@ pub type Opened = service_kit::store::Opened<dyn Store>;
 
 /// Opens (creating and migrating) the store named by `url`.
 pub async fn open(url: &str) -> Result<Opened, StoreError> {
+    Ok(open_shared(url).await?.0)
+}
+
+/// [`open`], and on PostgreSQL the pool too: the database several replicas
+/// share, where their partition leases live.
+pub async fn open_shared(url: &str) -> Result<(Opened, Option<Postgres>), StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(Opened::new(Arc::new(SCHEMA.open_postgres(url).await?)));
+        let pg = SCHEMA.open_postgres(url).await?;
+        return Ok((Opened::new(Arc::new(pg.clone())), Some(pg)));
     }
     let path = url
         .strip_prefix("sqlite://")
@@ -126,7 +133,7 @@ pub async fn open(url: &str) -> Result<Opened, StoreError> {
                 config::redact(url)
             ))
         })?;
-    Ok(Opened::new(Arc::new(SqliteStore::open(path)?)))
+    Ok((Opened::new(Arc::new(SqliteStore::open(path)?)), None))
 }
 
 #[cfg(test)]

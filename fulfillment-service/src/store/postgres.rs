@@ -112,6 +112,9 @@ impl Store for Postgres {
                     .await?;
             }
         }
+        // With several replicas: only the owner of these fulfillments commits.
+        let ids: Vec<&str> = writes.iter().map(|w| w.state.id.as_str()).collect();
+        self.check_writes(&tx, &ids).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -143,6 +146,7 @@ impl Store for Postgres {
         if added {
             append_history(&tx, &tombstone.id, history).await?;
         }
+        self.check_writes(&tx, &[tombstone.id.as_str()]).await?;
         tx.commit().await?;
         Ok(added)
     }

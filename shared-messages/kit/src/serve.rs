@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use message_bus::Bus;
 
 use crate::http::observe::{in_trace, RootSpanBuilder, TracingLogger};
+use crate::partitions::Leases;
 use crate::settings::Common;
 use crate::{Access, Guard};
 
@@ -83,7 +84,11 @@ where
 /// taking requests, lets those in hand finish within
 /// [`HTTP_SHUTDOWN_GRACE`], and shuts `bus` down within
 /// [`BUS_SHUTDOWN_GRACE`].
-pub async fn run_until_stopped(server: Server, bus: &Bus) -> anyhow::Result<()> {
+pub async fn run_until_stopped(
+    server: Server,
+    bus: &Bus,
+    leases: Option<Leases>,
+) -> anyhow::Result<()> {
     let handle = server.handle();
     let mut server = tokio::spawn(server);
     tokio::select! {
@@ -96,7 +101,13 @@ pub async fn run_until_stopped(server: Server, bus: &Bus) -> anyhow::Result<()> 
             let _ = server.await;
         }
     }
-    tracing::info!("HTTP stopped; closing the broker connection");
+    if let Some(leases) = leases {
+        // Every partition drained and released now, so the other replicas
+        // take them over at their next tick instead of after the lease.
+        tracing::info!("HTTP stopped; handing the partitions over");
+        leases.shutdown().await;
+    }
+    tracing::info!("closing the broker connection");
     if tokio::time::timeout(BUS_SHUTDOWN_GRACE, bus.shutdown())
         .await
         .is_err()
@@ -107,11 +118,13 @@ pub async fn run_until_stopped(server: Server, bus: &Bus) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// A built service: its HTTP server, bound to `port`, and its bus.
+/// A built service: its HTTP server, bound to `port`, its bus, and its
+/// partition leases when it runs as one of several replicas.
 pub struct Running {
     pub port: u16,
     pub server: Server,
     pub bus: Bus,
+    pub leases: Option<Leases>,
 }
 
 /// The whole of a service's `main` after reading its settings: logging,
@@ -133,7 +146,7 @@ where
         tracing::info!(?config, "starting {name}");
         let running = build(config).await?;
         announce(name, running.port);
-        run_until_stopped(running.server, &running.bus).await
+        run_until_stopped(running.server, &running.bus, running.leases).await
     })
     .await
 }

@@ -32,6 +32,11 @@ pub trait Surface: Send + Sync + 'static {
     async fn quarantined(&self) -> Result<Vec<Self::Quarantined>, ApiError>;
     /// The page's settings.
     fn page(&self) -> &'static Page;
+    /// The partitions this replica owns, when it runs as one of several
+    /// replicas (`None` on a store of its own, which owns everything).
+    fn partitions(&self) -> Option<Vec<u16>> {
+        None
+    }
 }
 
 /// Every route of this module, as `(method, path)`, for the services'
@@ -79,6 +84,10 @@ pub struct Readiness {
     pub broker: bool,
     /// The store answers.
     pub store: bool,
+    /// The partitions this replica owns now (only with several replicas on
+    /// PostgreSQL); owning none is no reason to be unready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Vec<u16>>,
 }
 
 /// `GET /quarantine`.
@@ -105,11 +114,19 @@ pub async fn healthz() -> HttpResponse {
         (status = 503, description = "not ready, and why", body = Readiness),
     ))]
 pub async fn readyz<S: Surface>(state: web::Data<S>) -> HttpResponse {
-    readiness(state.broker_not_ready(), state.store_answers().await)
+    readiness(
+        state.broker_not_ready(),
+        state.store_answers().await,
+        state.partitions(),
+    )
 }
 
 /// The `/readyz` answer for what was found.
-pub fn readiness(broker_not_ready: Option<String>, store: bool) -> HttpResponse {
+pub fn readiness(
+    broker_not_ready: Option<String>,
+    store: bool,
+    partitions: Option<Vec<u16>>,
+) -> HttpResponse {
     let broker = broker_not_ready.is_none();
     if broker && store {
         return HttpResponse::Ok().json(Readiness {
@@ -118,6 +135,7 @@ pub fn readiness(broker_not_ready: Option<String>, store: bool) -> HttpResponse 
             message: None,
             broker,
             store,
+            partitions,
         });
     }
     let mut missing = Vec::new();
@@ -131,6 +149,7 @@ pub fn readiness(broker_not_ready: Option<String>, store: bool) -> HttpResponse 
         message: Some(missing.join("; ")),
         broker,
         store,
+        partitions,
     })
 }
 
@@ -274,8 +293,8 @@ mod tests {
 
     #[test]
     fn not_ready_says_why() {
-        let res = readiness(Some("not connected to RabbitMQ".into()), false);
+        let res = readiness(Some("not connected to RabbitMQ".into()), false, None);
         assert_eq!(res.status().as_u16(), 503);
-        assert_eq!(readiness(None, true).status().as_u16(), 200);
+        assert_eq!(readiness(None, true, None).status().as_u16(), 200);
     }
 }

@@ -99,10 +99,10 @@ mod table;
 
 pub use fence::{check_fences, Fence, Fenced};
 pub use hash::partition_of;
-pub use owner::{Held, Owner, Workflows};
 #[cfg(any(test, feature = "test-support"))]
 pub use manager::Frozen;
 pub use manager::{Change, Leases, DRAIN_TIMEOUT};
+pub use owner::{Held, Owner, Workflows};
 pub use settings::{
     Settings, DEFAULT_LEASE_TTL_MS, DEFAULT_PARTITIONS, MAX_LEASE_TTL_MS, MAX_PARTITIONS,
     MIN_LEASE_TTL_MS,

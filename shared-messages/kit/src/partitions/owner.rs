@@ -246,9 +246,9 @@ fn forwarder(bus: Bus, exchange: String, held: Arc<Held>) -> Handler {
         async move {
             match bus.forward(&route, &incoming).await {
                 Ok(()) => Outcome::Ack,
-                Err(error) => Outcome::Retry(format!(
-                    "forwarding to partition {partition}: {error}"
-                )),
+                Err(error) => {
+                    Outcome::Retry(format!("forwarding to partition {partition}: {error}"))
+                }
             }
         }
         .boxed()
