@@ -5,6 +5,9 @@
 
 use ::postgres::{Client, NoTls};
 
+use super::schema::Schema;
+use super::Postgres;
+
 /// The server tests use, without a database name.
 pub fn server() -> String {
     std::env::var("TEST_POSTGRES_URL")
@@ -43,6 +46,18 @@ impl TestDb {
         }
         let url = format!("{}/{name}", server());
         Self { name, url }
+    }
+
+    /// A fresh database (as [`create`](Self::create)) with `schema`
+    /// migrated in, and the store on it; keep the database alive as long
+    /// as the store.
+    pub async fn open(label: &str, schema: &Schema) -> (Self, Postgres) {
+        let db = Self::create(label);
+        let store = schema
+            .open_postgres(&db.url)
+            .await
+            .unwrap_or_else(|e| panic!("opening the test database {}: {e}", db.name));
+        (db, store)
     }
 }
 
