@@ -415,15 +415,15 @@ pub(crate) mod tests {
             .await;
     }
 
-    #[tokio::test]
-    async fn sqlite_creates_idempotently() {
-        let store = SqliteStore::open(":memory:").expect("opens");
-        creating_twice_stores_one_row(&store).await;
-    }
+    /// The checks on SQLite, each on a store in memory.
+    mod on_sqlite {
+        use super::super::tests;
+        use super::SqliteStore;
 
-    #[tokio::test]
-    async fn sqlite_keeps_history_tombstones_and_quarantine() {
-        let store = SqliteStore::open(":memory:").expect("opens");
-        history_tombstones_and_quarantine(&store).await;
+        service_kit::store_checks!(
+            |_| async { ((), SqliteStore::open(":memory:").expect("opens")) } => tests:
+            history_tombstones_and_quarantine,
+            creating_twice_stores_one_row,
+        );
     }
 }

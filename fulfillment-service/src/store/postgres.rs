@@ -230,17 +230,11 @@ mod tests {
         tests::removes_what_was_sent(&store, &pending).await;
     }
 
-    #[tokio::test]
-    async fn keeps_history_tombstones_and_quarantine() {
-        let (_db, store) = TestDb::open("fulfillment_history", &SCHEMA).await;
-        tests::history_tombstones_and_quarantine(&store).await;
-    }
-
-    #[tokio::test]
-    async fn creates_idempotently() {
-        let (_db, store) = TestDb::open("fulfillment_idempotent", &SCHEMA).await;
-        tests::creating_twice_stores_one_row(&store).await;
-    }
+    service_kit::store_checks!(
+        |name| TestDb::open(name, &SCHEMA) => tests:
+        history_tombstones_and_quarantine,
+        creating_twice_stores_one_row,
+    );
 
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {

@@ -214,25 +214,12 @@ mod tests {
     use crate::validation::demo_order;
     use chrono::Utc;
 
-    #[tokio::test]
-    async fn insert_get_and_duplicate() {
-        let (_db, s) = TestDb::open("orders_crud", &SCHEMA).await;
-        tests::insert_get_and_duplicate(&s).await;
-    }
-
-    #[tokio::test]
-    async fn list_filters_paginates_and_counts() {
-        let (_db, s) = TestDb::open("orders_list", &SCHEMA).await;
-        tests::list_filters_paginates_and_counts(&s).await;
-    }
-
-    /// A commit whose outcome was lost is retried (by the group commit, one
-    /// write at a time).
-    #[tokio::test]
-    async fn creating_the_same_order_twice_stores_it_once() {
-        let (_db, s) = TestDb::open("orders_idempotent", &SCHEMA).await;
-        tests::creating_the_same_order_twice_stores_it_once(&s).await;
-    }
+    service_kit::store_checks!(
+        |name| TestDb::open(name, &SCHEMA) => tests:
+        insert_get_and_duplicate,
+        list_filters_paginates_and_counts,
+        creating_the_same_order_twice_stores_it_once,
+    );
 
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {

@@ -248,16 +248,13 @@ mod tests {
         SqliteStore::open(&StoreLocation::SqliteMemory).expect("in-memory store")
     }
 
-    #[tokio::test]
-    async fn insert_get_and_duplicate() {
-        tests::insert_get_and_duplicate(&store()).await;
-    }
-
-    /// A commit whose outcome was lost is retried.
-    #[tokio::test]
-    async fn creating_the_same_order_twice_stores_it_once() {
-        tests::creating_the_same_order_twice_stores_it_once(&store()).await;
-    }
+    service_kit::store_checks!(
+        |_| async { ((), store()) } => tests:
+        insert_get_and_duplicate,
+        creating_the_same_order_twice_stores_it_once,
+        list_filters_paginates_and_counts,
+        history_is_written_with_the_state_once,
+    );
 
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
@@ -304,16 +301,6 @@ mod tests {
     #[tokio::test]
     async fn state_and_outbox_are_saved_together() {
         tests::state_and_outbox_are_saved_together(&store(), async {}).await;
-    }
-
-    #[tokio::test]
-    async fn list_filters_paginates_and_counts() {
-        tests::list_filters_paginates_and_counts(&store()).await;
-    }
-
-    #[tokio::test]
-    async fn history_is_written_with_the_state_once() {
-        tests::history_is_written_with_the_state_once(&store()).await;
     }
 
     #[tokio::test]

@@ -30,6 +30,10 @@ pub fn admin(sql: String, db: &str) -> Result<(), String> {
     .map_err(|_| "the admin thread panicked".to_owned())?
 }
 
+/// The longest label a database name holds: `test_`, the label, `_` and
+/// 32 hex digits in PostgreSQL's 63 bytes.
+const LABEL_CHARS: usize = 63 - 5 - 1 - 32;
+
 /// A fresh database, dropped with this value.
 pub struct TestDb {
     pub name: String,
@@ -37,9 +41,11 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates `test_<label>_<random>`; panics when the server cannot be
-    /// reached (a test that needs PostgreSQL fails and says why).
+    /// Creates `test_<label>_<random>` (the label cut to fit PostgreSQL's
+    /// 63 bytes); panics when the server cannot be reached (a test that
+    /// needs PostgreSQL fails and says why).
     pub fn create(label: &str) -> Self {
+        let label: String = label.chars().take(LABEL_CHARS).collect();
         let name = format!("test_{label}_{}", uuid::Uuid::new_v4().simple());
         if let Err(e) = admin(format!("CREATE DATABASE {name}"), "postgres") {
             panic!("creating a test database: {e}");
