@@ -11,13 +11,13 @@ use shared_messages::messages::{
     Address, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus, FulfillmentStatusView,
 };
 
-use super::{ApiError, AppState, ErrorBody};
+use super::AppState;
 use crate::workflow::{Accepted, Input};
 use service_kit::http::error::{
     BadBody, BadListQuery, BadReason, Lookup, NotFound, StoreDown, TooLarge,
 };
 use service_kit::http::paging::status_filter;
-use service_kit::http::{OptionalJson, Page, Reply};
+use service_kit::http::{ApiError, ErrorBody, OptionalJson, Page, Reply};
 
 /// Said when a cancel gives no reason.
 const DEFAULT_CANCEL_REASON: &str = "cancelled through the fulfillment API";

@@ -11,8 +11,7 @@ pub mod meta;
 use actix_web::web;
 use message_bus::Bus;
 use service_kit::http::ui::Page;
-use service_kit::http::{operations, Surface};
-pub use service_kit::http::{ApiError, ErrorBody};
+use service_kit::http::{operations, ApiError, Surface};
 use shared_messages::messages::{FulfillmentStatus, FulfillmentStatusView};
 
 use crate::actor::Registry;

@@ -12,10 +12,10 @@ use shared_messages::Message;
 
 use super::error::{Queried, Signalled};
 use super::views::SignalView;
-use super::{ApiError, AppState, ErrorBody};
+use super::AppState;
 use crate::bus;
 use service_kit::http::error::{BadBody, NotFound, TooLarge};
-use service_kit::http::Reply;
+use service_kit::http::{ApiError, ErrorBody, Reply};
 
 service_kit::routes!(status, progress, shipping_address);
 

@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use actix_web::web;
 use service_kit::http::ui::Page;
-use service_kit::http::{operations, Surface};
-pub use service_kit::http::{ApiError, ErrorBody};
+use service_kit::http::{operations, ApiError, Surface};
 
 use crate::actor::{Orders, Quarantined};
 use crate::metrics::METRICS;

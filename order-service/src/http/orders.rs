@@ -16,7 +16,7 @@ use super::error::Signalled;
 use super::views::{
     CancelledView, CreatedView, OrderListView, ProgressView, SignalView, StatusView,
 };
-use super::{ApiError, AppState, ErrorBody};
+use super::AppState;
 use crate::actor::ApplyError;
 use crate::bus;
 use crate::validation::{demo_order, CreateOrder};
@@ -27,7 +27,7 @@ use service_kit::http::error::{
     BadBody, BadListQuery, BadReason, Lookup, NotFound, StoreDown, TooLarge,
 };
 use service_kit::http::paging::status_filter;
-use service_kit::http::{OptionalJson, Page, Reply};
+use service_kit::http::{ApiError, ErrorBody, OptionalJson, Page, Reply};
 
 /// How long the progress route waits for a live answer from fulfillment
 /// before it shows the progress of the last event instead.
