@@ -26,7 +26,8 @@ service_kit::routes! {
     create, list, status, progress, history, pause, resume, cancel, shipping_address
 }
 
-/// The `{id}` of a fulfillment's routes.
+/// The `{id}` of a fulfillment's routes, documented once for all of them
+/// (`params(Id)`); the handlers take it as `Path<String>`.
 #[derive(utoipa::IntoParams)]
 #[into_params(names("id"), parameter_in = Path)]
 struct Id(

@@ -19,7 +19,8 @@ use service_kit::http::{ApiError, ErrorBody, Reply};
 
 service_kit::routes!(status, progress, shipping_address);
 
-/// The `{fulfillment_id}` of a fulfillment's routes.
+/// The `{fulfillment_id}` of a fulfillment's routes, documented once for all of them
+/// (`params(FulfillmentId)`); the handlers take it as `Path<String>`.
 #[derive(utoipa::IntoParams)]
 #[into_params(names("fulfillment_id"), parameter_in = Path)]
 struct FulfillmentId(

@@ -37,7 +37,8 @@ service_kit::routes! {
     create, list, create_demo, status, progress, history, pause, resume, cancel, update
 }
 
-/// The `{workflow_id}` of an order's routes.
+/// The `{workflow_id}` of an order's routes, documented once for all of them
+/// (`params(WorkflowId)`); the handlers take it as `Path<String>`.
 #[derive(utoipa::IntoParams)]
 #[into_params(names("workflow_id"), parameter_in = Path)]
 struct WorkflowId(
