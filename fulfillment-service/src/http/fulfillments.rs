@@ -2,7 +2,8 @@
 //! cancel, shipping address. Writes go to the fulfillment's actor directly (not
 //! through the broker) and answer once the outcome is stored.
 
-use actix_web::{web, HttpResponse};
+use actix_web::web::{Data, Json, Path, Query};
+use actix_web::HttpResponse;
 use serde::Deserialize;
 use shared_messages::history::History;
 use shared_messages::ids;
@@ -10,28 +11,30 @@ use shared_messages::messages::{
     Address, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus, FulfillmentStatusView,
 };
 
-use super::{ApiError, AppState, ErrorBody};
+use super::AppState;
 use crate::workflow::{Accepted, Input};
-use service_kit::http::error::{BadBody, BadListQuery, BadReason, NotFound, StoreDown, TooLarge};
-use service_kit::http::{optional_json, Page};
+use service_kit::http::error::{
+    BadBody, BadListQuery, BadReason, Lookup, NotFound, StoreDown, TooLarge,
+};
+use service_kit::http::paging::status_filter;
+use service_kit::http::{ApiError, ErrorBody, OptionalJson, Page, Reply};
 
 /// Said when a cancel gives no reason.
 const DEFAULT_CANCEL_REASON: &str = "cancelled through the fulfillment API";
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/fulfillments", web::post().to(create))
-        .route("/fulfillments", web::get().to(list))
-        .route("/fulfillments/{id}/status", web::get().to(status))
-        .route("/fulfillments/{id}/progress", web::get().to(progress))
-        .route("/fulfillments/{id}/history", web::get().to(history))
-        .route("/fulfillments/{id}/pause", web::post().to(pause))
-        .route("/fulfillments/{id}/resume", web::post().to(resume))
-        .route("/fulfillments/{id}/cancel", web::post().to(cancel))
-        .route(
-            "/fulfillments/{id}/shipping-address",
-            web::patch().to(shipping_address),
-        );
+service_kit::routes! {
+    create, list, status, progress, history, pause, resume, cancel, shipping_address
 }
+
+/// The `{id}` of a fulfillment's routes, documented once for all of them
+/// (`params(Id)`); the handlers take it as `Path<String>`.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+struct Id(
+    /// `fulfillment-<orderId>`
+    #[allow(dead_code)]
+    String,
+);
 
 /// Start a fulfillment (created if new; a repeat of the same order answers
 /// the existing one with 200).
@@ -40,15 +43,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     responses(
         (status = 201, description = "created and started", body = FulfillmentStatusView),
         (status = 200, description = "it already existed; started if it was waiting", body = FulfillmentStatusView),
-        BadBody,
         (status = 409, description = "not startable in its current state, or the order id is one order-service mints (its fulfillment starts from order-service only)", body = ErrorBody),
-        TooLarge,
-        StoreDown,
+        BadBody, TooLarge, StoreDown,
     ))]
-pub(crate) async fn create(
-    state: web::Data<AppState>,
-    body: web::Json<FulfillmentRequest>,
-) -> Result<HttpResponse, ApiError> {
+async fn create(state: Data<AppState>, body: Json<FulfillmentRequest>) -> Reply {
     let request = body.into_inner();
     request.validate().map_err(ApiError::InvalidField)?;
     if ids::is_order_service_order_id(&request.order_id) {
@@ -93,25 +91,14 @@ pub struct FulfillmentListView {
     params(ListParams),
     responses(
         (status = 200, description = "one page", body = FulfillmentListView),
-        BadListQuery,
-        StoreDown,
+        BadListQuery, StoreDown,
     ))]
-pub(crate) async fn list(
-    state: web::Data<AppState>,
-    params: web::Query<ListParams>,
-) -> Result<HttpResponse, ApiError> {
-    let status = match params.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(
-            FulfillmentStatus::parse(&s.to_ascii_uppercase()).ok_or_else(|| {
-                let known: Vec<&str> = FulfillmentStatus::ALL.iter().map(|s| s.as_str()).collect();
-                ApiError::InvalidParameter(format!(
-                    "unknown status {s:?}; expected one of {}",
-                    known.join(", ")
-                ))
-            })?,
-        ),
-    };
+async fn list(state: Data<AppState>, params: Query<ListParams>) -> Reply {
+    let status = status_filter(
+        params.status.as_deref(),
+        &FulfillmentStatus::ALL,
+        FulfillmentStatus::as_str,
+    )?;
     let Page { limit, offset } = Page::new(params.limit, params.offset)?;
     let items: Vec<_> = state
         .registry
@@ -129,31 +116,17 @@ pub(crate) async fn list(
 
 /// The fulfillment's status.
 #[utoipa::path(get, path = "/fulfillments/{id}/status", tag = "fulfillments", operation_id = "getFulfillmentStatus",
-    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
-    responses(
-        (status = 200, description = "the fulfillment", body = FulfillmentStatusView),
-        NotFound,
-        StoreDown,
-    ))]
-pub(crate) async fn status(
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+    params(Id),
+    responses((status = 200, description = "the fulfillment", body = FulfillmentStatusView), Lookup))]
+async fn status(state: Data<AppState>, id: Path<String>) -> Reply {
     Ok(HttpResponse::Ok().json(state.view(&id).await?))
 }
 
 /// The fulfillment's progress: step, items picked, percentage, steps done.
 #[utoipa::path(get, path = "/fulfillments/{id}/progress", tag = "fulfillments", operation_id = "getFulfillmentProgress",
-    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
-    responses(
-        (status = 200, description = "its progress", body = FulfillmentProgressView),
-        NotFound,
-        StoreDown,
-    ))]
-pub(crate) async fn progress(
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+    params(Id),
+    responses((status = 200, description = "its progress", body = FulfillmentProgressView), Lookup))]
+async fn progress(state: Data<AppState>, id: Path<String>) -> Reply {
     let f = state.find(&id).await?;
     Ok(HttpResponse::Ok().json(f.progress_view(chrono::Utc::now(), state.registry.timing())))
 }
@@ -162,16 +135,13 @@ pub(crate) async fn progress(
 /// message type), its creation, each step completed, each status change,
 /// refused cancels and an applied tombstone, with times and message ids.
 #[utoipa::path(get, path = "/fulfillments/{id}/history", tag = "fulfillments",
-    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
+    params(Id),
     responses(
         (status = 200, description = "its history", body = History),
         (status = 404, description = "no such fulfillment, and no cancel waiting for it", body = ErrorBody),
         StoreDown,
     ))]
-pub(crate) async fn history(
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+async fn history(state: Data<AppState>, id: Path<String>) -> Reply {
     let events = state.registry.store().history(&id).await?;
     if events.is_empty() {
         // Nothing recorded: unknown, unless stored before history was kept.
@@ -185,33 +155,25 @@ pub(crate) async fn history(
 
 /// Pause at once; a step in progress is interrupted and run again on resume.
 #[utoipa::path(post, path = "/fulfillments/{id}/pause", tag = "fulfillments", operation_id = "pauseFulfillment",
-    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
+    params(Id),
     responses(
         (status = 200, description = "paused", body = FulfillmentStatusView),
-        NotFound,
         (status = 409, description = "not pausable in its current state", body = ErrorBody),
-        StoreDown,
+        NotFound, StoreDown,
     ))]
-pub(crate) async fn pause(
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+async fn pause(state: Data<AppState>, id: Path<String>) -> Reply {
     signal_and_show(&state, &id, Input::Pause).await
 }
 
 /// Resume at the step that was paused.
 #[utoipa::path(post, path = "/fulfillments/{id}/resume", tag = "fulfillments", operation_id = "resumeFulfillment",
-    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
+    params(Id),
     responses(
         (status = 200, description = "resumed", body = FulfillmentStatusView),
-        NotFound,
         (status = 409, description = "not paused", body = ErrorBody),
-        StoreDown,
+        NotFound, StoreDown,
     ))]
-pub(crate) async fn resume(
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+async fn resume(state: Data<AppState>, id: Path<String>) -> Reply {
     signal_and_show(&state, &id, Input::Resume).await
 }
 
@@ -224,22 +186,15 @@ pub struct CancelBody {
 
 /// Cancel at once, with an optional reason.
 #[utoipa::path(post, path = "/fulfillments/{id}/cancel", tag = "fulfillments", operation_id = "cancelFulfillment",
-    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
+    params(Id),
     request_body(content = Option<CancelBody>, description = "optional"),
     responses(
         (status = 200, description = "cancelled", body = FulfillmentStatusView),
-        BadReason,
-        NotFound,
         (status = 409, description = "already shipped, cancelled or failed", body = ErrorBody),
-        TooLarge,
-        StoreDown,
+        BadReason, NotFound, TooLarge, StoreDown,
     ))]
-pub(crate) async fn cancel(
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-    body: Result<web::Bytes, actix_web::Error>,
-) -> Result<HttpResponse, ApiError> {
-    let reason = optional_json::<CancelBody>(body)?.and_then(|b| b.reason);
+async fn cancel(state: Data<AppState>, id: Path<String>, body: OptionalJson<CancelBody>) -> Reply {
+    let reason = body.0.and_then(|b| b.reason);
     let reason = reason
         .filter(|r| !r.trim().is_empty())
         .unwrap_or_else(|| DEFAULT_CANCEL_REASON.into());
@@ -248,21 +203,14 @@ pub(crate) async fn cancel(
 
 /// A new shipping address (until the label is printed).
 #[utoipa::path(patch, path = "/fulfillments/{id}/shipping-address", tag = "fulfillments", operation_id = "updateFulfillmentShippingAddress",
-    params(("id" = String, Path, description = "`fulfillment-<orderId>`")),
+    params(Id),
     request_body = Address,
     responses(
         (status = 200, description = "updated", body = FulfillmentStatusView),
-        BadBody,
-        NotFound,
         (status = 409, description = "the label is already printed, or it is finished", body = ErrorBody),
-        TooLarge,
-        StoreDown,
+        BadBody, NotFound, TooLarge, StoreDown,
     ))]
-pub(crate) async fn shipping_address(
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-    body: web::Json<Address>,
-) -> Result<HttpResponse, ApiError> {
+async fn shipping_address(state: Data<AppState>, id: Path<String>, body: Json<Address>) -> Reply {
     let address = body.into_inner();
     address.validate().map_err(ApiError::InvalidField)?;
     signal_and_show(&state, &id, Input::UpdateAddress(address)).await

@@ -1,7 +1,9 @@
-//! The service's part of the OpenAPI document served at `/openapi.json`:
-//! its routes, generated with utoipa from the handlers' `#[utoipa::path]`
-//! and the types' `ToSchema` (the kit adds the operations routes).
+//! The service's OpenAPI document served at `/openapi.json`: its title and
+//! tags here, its routes from the handlers' `#[utoipa::path]` (each
+//! resource's `Doc`) and the types' `ToSchema`, the operations routes
+//! from the kit.
 
+use service_kit::http::operations;
 use utoipa::OpenApi;
 
 use super::fulfillments;
@@ -12,11 +14,13 @@ use super::fulfillments;
         title = "fulfillment-service",
         description = "One workflow per fulfillment: wait, pick, quality check, pack, label, ship; pausable, resumable, cancellable, re-addressable. The same actors take signals and queries over RabbitMQ. Errors are `{error, message}` with a stable code."
     ),
-    paths(
-        fulfillments::create, fulfillments::list, fulfillments::status, fulfillments::progress,
-        fulfillments::history, fulfillments::pause, fulfillments::resume, fulfillments::cancel,
-        fulfillments::shipping_address,
-    ),
     tags((name = "fulfillments", description = "fulfillments by id"))
 )]
 pub struct ApiDoc;
+
+/// The whole document, as version `version`.
+pub fn document(version: &str) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(fulfillments::Doc::openapi());
+    operations::document(doc, version)
+}

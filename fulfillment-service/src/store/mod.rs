@@ -142,13 +142,14 @@ pub(crate) mod tests {
     use crate::store::SqliteStore;
     use crate::workflow::{create, Context, Input, Timing};
     use chrono::Utc;
-    use message_bus::outbox::OutboxSignal;
+    use message_bus::outbox::{OutboxMessage, OutboxSignal};
     use shared_messages::messages::{Address, FulfillmentRequest, OrderItem};
     use std::sync::Arc;
     use std::time::Duration;
 
-    fn write(n: usize) -> Write {
-        let request = FulfillmentRequest {
+    /// A fulfillment request for the order `ORD-<n>`.
+    pub(crate) fn request(n: usize) -> FulfillmentRequest {
+        FulfillmentRequest {
             order_id: format!("ORD-{n}"),
             customer_id: "c-1".into(),
             customer_name: None,
@@ -166,19 +167,96 @@ pub(crate) mod tests {
                 zip_code: "62701".into(),
                 country: "USA".into(),
             },
-        };
+        }
+    }
+
+    /// Now, with no message id and steps that take no time.
+    pub(crate) fn now() -> Context {
+        Context {
+            message_id: None,
+            now: Utc::now(),
+            timing: Timing {
+                step_delay: Duration::ZERO,
+            },
+        }
+    }
+
+    fn write(n: usize) -> Write {
         let decision = create(
             &format!("fulfillment-ORD-{n}"),
-            &Input::Start(request),
-            Context {
-                message_id: None,
-                now: Utc::now(),
-                timing: Timing {
-                    step_delay: Duration::ZERO,
-                },
-            },
+            &Input::Start(request(n)),
+            now(),
         );
         Write::of(&decision).expect("created")
+    }
+
+    /// Stores three transitions, each with its event: `f-1` created and
+    /// then cancelled, `f-2` created.
+    pub(crate) async fn save_three_transitions(store: &dyn Store) {
+        let d = create("f-1", &Input::Start(request(1)), now());
+        let state = d.state.expect("created");
+        store.save(&state, &d.messages).await.expect("save");
+        let d = crate::workflow::decide(&state, Input::Cancel { reason: "r".into() }, now());
+        store
+            .save(d.state.as_ref().expect("cancelled"), &d.messages)
+            .await
+            .expect("save");
+        let c = create("f-2", &Input::Start(request(2)), now());
+        store
+            .save(c.state.as_ref().expect("created"), &c.messages)
+            .await
+            .expect("save");
+    }
+
+    /// What `store` (reopened) reads back after [`save_three_transitions`]:
+    /// the last state of each, the unfinished one, pages, counts, and the
+    /// three events in the outbox in order. Answers those (now claimed).
+    pub(crate) async fn reads_back_three_transitions(store: &dyn Store) -> Vec<OutboxMessage> {
+        assert_eq!(
+            store.load("f-1").await.expect("load").map(|f| f.status),
+            Some(FulfillmentStatus::Cancelled),
+            "the last saved state wins"
+        );
+        assert_eq!(store.load("nope").await.expect("load"), None);
+        let unfinished: Vec<String> = store
+            .unfinished()
+            .await
+            .expect("unfinished")
+            .states
+            .into_iter()
+            .map(|f| f.id)
+            .collect();
+        assert_eq!(unfinished, vec!["f-2".to_owned()]);
+        let cancelled = store
+            .list(Some(FulfillmentStatus::Cancelled), 10, 0)
+            .await
+            .expect("list");
+        assert_eq!(cancelled.len(), 1);
+        assert_eq!(store.list(None, 1, 1).await.expect("list").len(), 1);
+        let mut counts = store.count_by_status().await.expect("counts");
+        counts.sort();
+        assert_eq!(counts, vec![("CANCELLED".into(), 1), ("PICKING".into(), 1)]);
+        store.ping().await.expect("ping");
+
+        let pending = store.outbox().pending(10).await.expect("pending");
+        assert_eq!(pending.len(), 3, "every event of the three transitions");
+        assert_eq!(store.outbox_len().await.expect("count"), 3);
+        assert!(
+            pending.windows(2).all(|w| w[0].seq < w[1].seq),
+            "in seq order"
+        );
+        assert_eq!(pending[1].route.routing_key, "fulfillment.status.cancelled");
+        pending
+    }
+
+    /// The first of `pending` sent and removed, the other two remain.
+    pub(crate) async fn removes_what_was_sent(store: &dyn Store, pending: &[OutboxMessage]) {
+        store
+            .outbox()
+            .remove(&[pending[0].seq])
+            .await
+            .expect("remove");
+        assert_eq!(store.outbox().pending(10).await.expect("pending").len(), 2);
     }
 
     #[tokio::test]
@@ -344,15 +422,15 @@ pub(crate) mod tests {
             .await;
     }
 
-    #[tokio::test]
-    async fn sqlite_creates_idempotently() {
-        let store = SqliteStore::open(":memory:").expect("opens");
-        creating_twice_stores_one_row(&store).await;
-    }
+    /// The checks on SQLite, each on a store in memory.
+    mod on_sqlite {
+        use super::super::tests;
+        use super::SqliteStore;
 
-    #[tokio::test]
-    async fn sqlite_keeps_history_tombstones_and_quarantine() {
-        let store = SqliteStore::open(":memory:").expect("opens");
-        history_tombstones_and_quarantine(&store).await;
+        service_kit::store_checks!(
+            |_| async { ((), SqliteStore::open(":memory:").expect("opens")) } => tests:
+            history_tombstones_and_quarantine,
+            creating_twice_stores_one_row,
+        );
     }
 }

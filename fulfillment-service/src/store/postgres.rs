@@ -213,149 +213,39 @@ use service_kit::store::testdb;
 mod tests {
     use super::testdb::TestDb;
     use super::*;
+    use crate::store::tests::{self, now, request};
     use crate::store::{OnDatabase, SCHEMA};
-    use crate::workflow::{create, decide, Context, Input, Timing};
-    use chrono::Utc;
-    use shared_messages::messages::{Address, FulfillmentRequest, OrderItem};
-
-    fn request() -> FulfillmentRequest {
-        FulfillmentRequest {
-            order_id: "ORD-1".into(),
-            customer_id: "c".into(),
-            customer_name: None,
-            customer_email: None,
-            items: vec![OrderItem {
-                product_id: "p".into(),
-                product_name: "P".into(),
-                quantity: 1,
-                price: 1.0,
-            }],
-            shipping_address: Address {
-                street: "s".into(),
-                city: "c".into(),
-                state: "st".into(),
-                zip_code: "z".into(),
-                country: "co".into(),
-            },
-        }
-    }
-
-    const TIMING: Timing = Timing {
-        step_delay: std::time::Duration::ZERO,
-    };
+    use crate::workflow::{create, Input};
 
     #[tokio::test]
     async fn state_and_events_are_stored_together_and_survive_reopen() {
         let db = TestDb::create("fulfillment_store");
         {
             let store = SCHEMA.open_postgres(&db.url).await.expect("open");
-            let d = create(
-                "f-1",
-                &Input::Start(request()),
-                Context {
-                    message_id: None,
-                    now: Utc::now(),
-                    timing: TIMING,
-                },
-            );
-            let state = d.state.expect("created");
-            store.save(&state, &d.messages).await.expect("save");
-            let d = decide(
-                &state,
-                Input::Cancel { reason: "r".into() },
-                Context {
-                    message_id: None,
-                    now: Utc::now(),
-                    timing: TIMING,
-                },
-            );
-            store
-                .save(d.state.as_ref().expect("cancelled"), &d.messages)
-                .await
-                .expect("save");
-            let c = create(
-                "f-2",
-                &Input::Start(request()),
-                Context {
-                    message_id: None,
-                    now: Utc::now(),
-                    timing: TIMING,
-                },
-            );
-            store
-                .save(c.state.as_ref().expect("created"), &c.messages)
-                .await
-                .expect("save");
+            tests::save_three_transitions(&store).await;
         }
         let store = SCHEMA
             .open_postgres(&db.url)
             .await
             .expect("reopen migrates idempotently");
-        assert_eq!(
-            store.load("f-1").await.expect("load").map(|f| f.status),
-            Some(FulfillmentStatus::Cancelled),
-            "the last saved state wins"
-        );
-        assert_eq!(store.load("nope").await.expect("load"), None);
-        let unfinished: Vec<String> = store
-            .unfinished()
-            .await
-            .expect("unfinished")
-            .states
-            .into_iter()
-            .map(|f| f.id)
-            .collect();
-        assert_eq!(unfinished, vec!["f-2".to_owned()]);
-        let cancelled = store
-            .list(Some(FulfillmentStatus::Cancelled), 10, 0)
-            .await
-            .expect("list");
-        assert_eq!(cancelled.len(), 1);
-        assert_eq!(store.list(None, 1, 1).await.expect("list").len(), 1);
-        let mut counts = store.count_by_status().await.expect("counts");
-        counts.sort();
-        assert_eq!(counts, vec![("CANCELLED".into(), 1), ("PICKING".into(), 1)]);
-        store.ping().await.expect("ping");
-
-        let pending = store.outbox().pending(10).await.expect("pending");
-        assert_eq!(pending.len(), 3, "every event of the three transitions");
-        assert_eq!(store.outbox_len().await.expect("count"), 3);
-        assert!(
-            pending.windows(2).all(|w| w[0].seq < w[1].seq),
-            "in seq order"
-        );
-        assert_eq!(pending[1].route.routing_key, "fulfillment.status.cancelled");
+        let pending = tests::reads_back_three_transitions(&store).await;
         let other = SCHEMA.open_postgres(&db.url).await.expect("second replica");
         service_kit::store::testing::another_replica_takes_no_claimed_rows(&other).await;
-        store
-            .outbox()
-            .remove(&[pending[0].seq])
-            .await
-            .expect("remove");
-        assert_eq!(store.outbox().pending(10).await.expect("pending").len(), 2);
+        tests::removes_what_was_sent(&store, &pending).await;
     }
 
-    #[tokio::test]
-    async fn keeps_history_tombstones_and_quarantine() {
-        let db = TestDb::create("fulfillment_history");
-        let store = SCHEMA.open_postgres(&db.url).await.expect("open");
-        crate::store::tests::history_tombstones_and_quarantine(&store).await;
-    }
-
-    #[tokio::test]
-    async fn creates_idempotently() {
-        let db = TestDb::create("fulfillment_idempotent");
-        let store = SCHEMA.open_postgres(&db.url).await.expect("open");
-        crate::store::tests::creating_twice_stores_one_row(&store).await;
-    }
+    service_kit::store_checks!(
+        |name| TestDb::open(name, &SCHEMA) => tests:
+        history_tombstones_and_quarantine,
+        creating_twice_stores_one_row,
+    );
 
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
-        let db = TestDb::create("fulfillment_outbox_quarantine");
-        let store = SCHEMA.open_postgres(&db.url).await.expect("open");
+        let (db, store) = TestDb::open("fulfillment_outbox_quarantine", &SCHEMA).await;
         service_kit::store::testing::store_undecodable_outbox_row_postgres(&db)
             .expect("a garbage row");
-        crate::store::tests::an_undecodable_outbox_row_is_quarantined(&store).await;
+        tests::an_undecodable_outbox_row_is_quarantined(&store).await;
     }
 
     /// A database the previous migration runner made (its
@@ -364,15 +254,7 @@ mod tests {
     #[tokio::test]
     async fn a_database_of_the_previous_migration_runner_is_taken_over() {
         let db = TestDb::create("fulfillment_takeover");
-        let d = create(
-            "f-1",
-            &Input::Start(request()),
-            Context {
-                message_id: None,
-                now: Utc::now(),
-                timing: TIMING,
-            },
-        );
+        let d = create("f-1", &Input::Start(request(1)), now());
         let state = d.state.expect("created");
         super::testdb::admin(
             format!(

@@ -232,42 +232,15 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workflow::{create, decide, Context, Input, Timing};
-    use chrono::Utc;
-    use shared_messages::messages::{Address, FulfillmentRequest, OrderItem};
-
-    fn request() -> FulfillmentRequest {
-        FulfillmentRequest {
-            order_id: "ORD-1".into(),
-            customer_id: "c".into(),
-            customer_name: None,
-            customer_email: None,
-            items: vec![OrderItem {
-                product_id: "p".into(),
-                product_name: "P".into(),
-                quantity: 1,
-                price: 1.0,
-            }],
-            shipping_address: Address {
-                street: "s".into(),
-                city: "c".into(),
-                state: "st".into(),
-                zip_code: "z".into(),
-                country: "co".into(),
-            },
-        }
-    }
-
-    const TIMING: Timing = Timing {
-        step_delay: std::time::Duration::ZERO,
-    };
+    use crate::store::tests::{self, now, request};
+    use crate::workflow::{create, Input};
 
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
         let store = SqliteStore::open(":memory:").expect("opens");
         service_kit::store::testing::store_undecodable_outbox_row_sqlite(store.db())
             .expect("a garbage row");
-        crate::store::tests::an_undecodable_outbox_row_is_quarantined(&store).await;
+        tests::an_undecodable_outbox_row_is_quarantined(&store).await;
     }
 
     #[tokio::test]
@@ -277,79 +250,11 @@ mod tests {
         let path = path.to_str().expect("utf-8 path");
         {
             let store = SqliteStore::open(path).expect("open");
-            let d = create(
-                "f-1",
-                &Input::Start(request()),
-                Context {
-                    message_id: None,
-                    now: Utc::now(),
-                    timing: TIMING,
-                },
-            );
-            let state = d.state.expect("created");
-            store.save(&state, &d.messages).await.expect("save");
-            let d = decide(
-                &state,
-                Input::Cancel { reason: "r".into() },
-                Context {
-                    message_id: None,
-                    now: Utc::now(),
-                    timing: TIMING,
-                },
-            );
-            store
-                .save(d.state.as_ref().expect("cancelled"), &d.messages)
-                .await
-                .expect("save");
-            let c = create(
-                "f-2",
-                &Input::Start(request()),
-                Context {
-                    message_id: None,
-                    now: Utc::now(),
-                    timing: TIMING,
-                },
-            );
-            store
-                .save(c.state.as_ref().expect("created"), &c.messages)
-                .await
-                .expect("save");
+            tests::save_three_transitions(&store).await;
         }
         let store = SqliteStore::open(path).expect("reopen");
-        assert_eq!(
-            store.load("f-1").await.expect("load").map(|f| f.status),
-            Some(FulfillmentStatus::Cancelled)
-        );
-        assert_eq!(store.load("nope").await.expect("load"), None);
-        let unfinished: Vec<String> = store
-            .unfinished()
-            .await
-            .expect("unfinished")
-            .states
-            .into_iter()
-            .map(|f| f.id)
-            .collect();
-        assert_eq!(unfinished, vec!["f-2".to_owned()]);
-        let cancelled = store
-            .list(Some(FulfillmentStatus::Cancelled), 10, 0)
-            .await
-            .expect("list");
-        assert_eq!(cancelled.len(), 1);
-        assert_eq!(store.list(None, 1, 1).await.expect("list").len(), 1);
-        let pending = store.outbox().pending(10).await.expect("pending");
-        assert_eq!(pending.len(), 3);
-        assert_eq!(store.outbox_len().await.expect("count"), 3);
-        let mut counts = store.count_by_status().await.expect("counts");
-        counts.sort();
-        assert_eq!(counts, vec![("CANCELLED".into(), 1), ("PICKING".into(), 1)]);
-        assert!(pending.windows(2).all(|w| w[0].seq < w[1].seq));
-        assert_eq!(pending[1].route.routing_key, "fulfillment.status.cancelled");
-        store
-            .outbox()
-            .remove(&[pending[0].seq])
-            .await
-            .expect("remove");
-        assert_eq!(store.outbox().pending(10).await.expect("pending").len(), 2);
+        let pending = tests::reads_back_three_transitions(&store).await;
+        tests::removes_what_was_sent(&store, &pending).await;
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -361,15 +266,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fstore-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("a directory");
         let path = dir.join("f.db");
-        let d = create(
-            "f-1",
-            &Input::Start(request()),
-            Context {
-                message_id: None,
-                now: Utc::now(),
-                timing: TIMING,
-            },
-        );
+        let d = create("f-1", &Input::Start(request(1)), now());
         let state = d.state.expect("created");
         rusqlite::Connection::open(&path)
             .expect("opens")

@@ -1,7 +1,8 @@
 //! `/orders/fulfillment/{fulfillmentWorkflowId}/...`: a fulfillment by its
 //! id, queried and signalled through RabbitMQ (never over HTTP).
 
-use actix_web::{web, HttpResponse};
+use actix_web::web::{Data, Json, Path};
+use actix_web::HttpResponse;
 use message_bus::trace;
 use shared_messages::messages::{
     Address, FulfillmentProgressView, FulfillmentStatusView, UpdateShippingAddress,
@@ -9,25 +10,24 @@ use shared_messages::messages::{
 use shared_messages::messages::{GetFulfillmentProgress, GetFulfillmentStatus};
 use shared_messages::Message;
 
+use super::error::{Queried, Signalled};
 use super::views::SignalView;
-use super::{ApiError, AppState, ErrorBody};
+use super::AppState;
 use crate::bus;
 use service_kit::http::error::{BadBody, NotFound, TooLarge};
+use service_kit::http::{ApiError, ErrorBody, Reply};
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/orders/fulfillment/{fulfillment_id}/status",
-        web::get().to(status),
-    )
-    .route(
-        "/orders/fulfillment/{fulfillment_id}/progress",
-        web::get().to(progress),
-    )
-    .route(
-        "/orders/fulfillment/{fulfillment_id}/shipping-address",
-        web::patch().to(shipping_address),
-    );
-}
+service_kit::routes!(status, progress, shipping_address);
+
+/// The `{fulfillment_id}` of a fulfillment's routes, documented once for all of them
+/// (`params(FulfillmentId)`); the handlers take it as `Path<String>`.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("fulfillment_id"), parameter_in = Path)]
+struct FulfillmentId(
+    /// `fulfillment-<orderId>`
+    #[allow(dead_code)]
+    String,
+);
 
 fn answer(reply: Message) -> Result<HttpResponse, ApiError> {
     match reply {
@@ -41,76 +41,63 @@ fn answer(reply: Message) -> Result<HttpResponse, ApiError> {
     }
 }
 
-/// The fulfillment's status, queried through RabbitMQ.
-#[utoipa::path(get, path = "/orders/fulfillment/{fulfillment_id}/status", tag = "fulfillment", operation_id = "getFulfillmentStatus",
-    params(("fulfillment_id" = String, Path, description = "`fulfillment-<orderId>`")),
-    responses(
-        (status = 200, description = "the fulfillment", body = FulfillmentStatusView),
-        (status = 404, description = "fulfillment-service has no such fulfillment", body = ErrorBody),
-        (status = 502, description = "fulfillment-service sent an unreadable reply", body = ErrorBody),
-        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
-        (status = 504, description = "fulfillment-service did not answer in time", body = ErrorBody),
-    ))]
-pub(crate) async fn status(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+/// Asks fulfillment-service `question` about the fulfillment `id` through
+/// RabbitMQ, and answers its reply.
+async fn query(state: &AppState, id: &str, question: Message) -> Reply {
     let reply = bus::query(
         state.orders.bus(),
-        &path,
-        Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
+        id,
+        question,
         trace::current_child(),
         state.query_timeout,
     )
     .await
     .map_err(|e| super::error::from_bus(e, state.timeout_ms(), false))?;
     answer(reply.message)
+}
+
+/// The fulfillment's status, queried through RabbitMQ.
+#[utoipa::path(get, path = "/orders/fulfillment/{fulfillment_id}/status", tag = "fulfillment", operation_id = "getFulfillmentStatus",
+    params(FulfillmentId),
+    responses(
+        (status = 200, description = "the fulfillment", body = FulfillmentStatusView),
+        Queried,
+    ))]
+async fn status(state: Data<AppState>, path: Path<String>) -> Reply {
+    query(
+        &state,
+        &path,
+        Message::GetFulfillmentStatus(GetFulfillmentStatus {}),
+    )
+    .await
 }
 
 /// The fulfillment's progress, queried through RabbitMQ.
 #[utoipa::path(get, path = "/orders/fulfillment/{fulfillment_id}/progress", tag = "fulfillment", operation_id = "getFulfillmentProgress",
-    params(("fulfillment_id" = String, Path, description = "`fulfillment-<orderId>`")),
+    params(FulfillmentId),
     responses(
         (status = 200, description = "the fulfillment's progress", body = FulfillmentProgressView),
-        (status = 404, description = "fulfillment-service has no such fulfillment", body = ErrorBody),
-        (status = 502, description = "fulfillment-service sent an unreadable reply", body = ErrorBody),
-        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
-        (status = 504, description = "fulfillment-service did not answer in time", body = ErrorBody),
+        Queried,
     ))]
-pub(crate) async fn progress(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let reply = bus::query(
-        state.orders.bus(),
+async fn progress(state: Data<AppState>, path: Path<String>) -> Reply {
+    query(
+        &state,
         &path,
         Message::GetFulfillmentProgress(GetFulfillmentProgress {}),
-        trace::current_child(),
-        state.query_timeout,
     )
     .await
-    .map_err(|e| super::error::from_bus(e, state.timeout_ms(), false))?;
-    answer(reply.message)
 }
 
 /// A new shipping address for the fulfillment (before its label is printed).
 #[utoipa::path(patch, path = "/orders/fulfillment/{fulfillment_id}/shipping-address", tag = "fulfillment", operation_id = "updateFulfillmentShippingAddress",
-    params(("fulfillment_id" = String, Path, description = "`fulfillment-<orderId>`")),
+    params(FulfillmentId),
     request_body = Address,
     responses(
         (status = 200, description = "updated", body = SignalView),
-        BadBody,
-        NotFound,
         (status = 409, description = "the label is already printed", body = ErrorBody),
-        TooLarge,
-        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
-        (status = 504, description = "fulfillment-service did not answer in time; the signal stays queued", body = ErrorBody),
+        BadBody, NotFound, TooLarge, Signalled,
     ))]
-pub(crate) async fn shipping_address(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    body: web::Json<Address>,
-) -> Result<HttpResponse, ApiError> {
+async fn shipping_address(state: Data<AppState>, path: Path<String>, body: Json<Address>) -> Reply {
     let address = body.into_inner();
     address.validate().map_err(ApiError::InvalidField)?;
     let fulfillment_id = path.into_inner();

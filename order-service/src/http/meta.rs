@@ -1,7 +1,9 @@
-//! The service's part of the OpenAPI document served at `/openapi.json`:
-//! its routes, generated with utoipa from the handlers' `#[utoipa::path]`
-//! and the types' `ToSchema` (the kit adds the operations routes).
+//! The service's OpenAPI document served at `/openapi.json`: its title and
+//! tags here, its routes from the handlers' `#[utoipa::path]` (each
+//! resource's `Doc`) and the types' `ToSchema`, the operations routes
+//! from the kit.
 
+use service_kit::http::operations;
 use utoipa::OpenApi;
 
 use super::{fulfillment, orders};
@@ -12,14 +14,17 @@ use super::{fulfillment, orders};
         title = "order-service",
         description = "Orders as sagas: stock, payment, then fulfillment, reached only through RabbitMQ. Errors are `{error, message}` with a stable code."
     ),
-    paths(
-        orders::create, orders::create_demo, orders::list, orders::status, orders::progress,
-        orders::pause, orders::resume, orders::cancel, orders::update, orders::history,
-        fulfillment::status, fulfillment::progress, fulfillment::shipping_address,
-    ),
     tags(
         (name = "orders", description = "orders and their fulfillment, by order"),
         (name = "fulfillment", description = "a fulfillment by its id, through RabbitMQ"),
     )
 )]
 pub struct ApiDoc;
+
+/// The whole document, as version `version`.
+pub fn document(version: &str) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(orders::Doc::openapi());
+    doc.merge(fulfillment::Doc::openapi());
+    operations::document(doc, version)
+}

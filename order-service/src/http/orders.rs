@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::web::{Data, Json, Path, Query};
+use actix_web::HttpResponse;
 use message_bus::trace;
 use serde::Deserialize;
 use shared_messages::history::History;
@@ -11,41 +12,40 @@ use shared_messages::ids::order_id_from_workflow_id;
 use shared_messages::messages::{FulfillmentProgressView, GetFulfillmentProgress};
 use shared_messages::Message;
 
+use super::error::Signalled;
 use super::views::{
     CancelledView, CreatedView, OrderListView, ProgressView, SignalView, StatusView,
 };
-use super::{optional_json, ApiError, AppState, ErrorBody};
+use super::AppState;
 use crate::actor::ApplyError;
 use crate::bus;
 use crate::validation::{demo_order, CreateOrder};
 use crate::workflow::{
     Accepted, DetailsUpdate, Input, OrderDetails, OrderState, OrderStatus, Rejection,
 };
-use service_kit::http::error::{BadBody, BadListQuery, BadReason, NotFound, StoreDown, TooLarge};
-use service_kit::http::Page;
+use service_kit::http::error::{
+    BadBody, BadListQuery, BadReason, Lookup, NotFound, StoreDown, TooLarge,
+};
+use service_kit::http::paging::status_filter;
+use service_kit::http::{ApiError, ErrorBody, OptionalJson, Page, Reply};
 
 /// How long the progress route waits for a live answer from fulfillment
 /// before it shows the progress of the last event instead.
 const LIVE_PROGRESS_TIMEOUT: Duration = Duration::from_millis(500);
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/orders", web::post().to(create))
-        .route("/orders", web::get().to(list))
-        .route("/orders/demo", web::post().to(create_demo))
-        .route("/orders/{workflow_id}/status", web::get().to(status))
-        .route("/orders/{workflow_id}/progress", web::get().to(progress))
-        .route("/orders/{workflow_id}/history", web::get().to(history))
-        .route(
-            "/orders/{workflow_id}/fulfillment/pause",
-            web::post().to(pause),
-        )
-        .route(
-            "/orders/{workflow_id}/fulfillment/resume",
-            web::post().to(resume),
-        )
-        .route("/orders/{workflow_id}", web::delete().to(cancel))
-        .route("/orders/{workflow_id}", web::patch().to(update));
+service_kit::routes! {
+    create, list, create_demo, status, progress, history, pause, resume, cancel, update
 }
+
+/// The `{workflow_id}` of an order's routes, documented once for all of them
+/// (`params(WorkflowId)`); the handlers take it as `Path<String>`.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("workflow_id"), parameter_in = Path)]
+struct WorkflowId(
+    /// `order-workflow-<orderId>` or the bare order id
+    #[allow(dead_code)]
+    String,
+);
 
 /// Accepts `order-workflow-<orderId>` (as the original) or a bare order id.
 fn order_id(workflow_id: &str) -> &str {
@@ -93,14 +93,9 @@ async fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse
     request_body = CreateOrder,
     responses(
         (status = 201, description = "created; follow it by its workflowId", body = CreatedView),
-        BadBody,
-        TooLarge,
-        StoreDown,
+        BadBody, TooLarge, StoreDown,
     ))]
-pub(crate) async fn create(
-    state: web::Data<AppState>,
-    body: web::Json<CreateOrder>,
-) -> Result<HttpResponse, ApiError> {
+async fn create(state: Data<AppState>, body: Json<CreateOrder>) -> Reply {
     let details = body
         .into_inner()
         .validate()
@@ -110,11 +105,8 @@ pub(crate) async fn create(
 
 /// Create the original demo's order (two `product-1`, one `product-2`).
 #[utoipa::path(post, path = "/orders/demo", tag = "orders", operation_id = "createDemoOrder",
-    responses(
-        (status = 201, description = "created", body = CreatedView),
-        StoreDown,
-    ))]
-pub(crate) async fn create_demo(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    responses((status = 201, description = "created", body = CreatedView), StoreDown))]
+async fn create_demo(state: Data<AppState>) -> Reply {
     created(&state, demo_order()).await
 }
 
@@ -133,18 +125,7 @@ pub(crate) struct ListParams {
 
 /// An order status given as a query parameter (any case; empty is none).
 fn parse_status(value: Option<&str>) -> Result<Option<OrderStatus>, ApiError> {
-    match value {
-        None | Some("") => Ok(None),
-        Some(s) => OrderStatus::parse(&s.to_ascii_uppercase())
-            .map(Some)
-            .ok_or_else(|| {
-                let known: Vec<&str> = OrderStatus::ALL.iter().map(|s| s.as_str()).collect();
-                ApiError::InvalidParameter(format!(
-                    "unknown status {s:?}; expected one of {}",
-                    known.join(", ")
-                ))
-            }),
-    }
+    status_filter(value, &OrderStatus::ALL, OrderStatus::as_str)
 }
 
 /// List orders, newest first, optionally of one status.
@@ -152,13 +133,9 @@ fn parse_status(value: Option<&str>) -> Result<Option<OrderStatus>, ApiError> {
     params(ListParams),
     responses(
         (status = 200, description = "one page of orders", body = OrderListView),
-        BadListQuery,
-        StoreDown,
+        BadListQuery, StoreDown,
     ))]
-pub(crate) async fn list(
-    state: web::Data<AppState>,
-    params: web::Query<ListParams>,
-) -> Result<HttpResponse, ApiError> {
+async fn list(state: Data<AppState>, params: Query<ListParams>) -> Reply {
     let status = parse_status(params.status.as_deref())?;
     let Page { limit, offset } = Page::new(params.limit, params.offset)?;
     let page = state
@@ -197,19 +174,13 @@ const DEFAULT_WAIT_MS: u64 = 10_000;
 /// The order's status, including its fulfillment's; with `waitFor`, once
 /// the order has that status (or a final one) or the wait is over.
 #[utoipa::path(get, path = "/orders/{workflow_id}/status", tag = "orders", operation_id = "getOrderStatus",
-    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id"),
-        StatusParams),
+    params(WorkflowId, StatusParams),
     responses(
         (status = 200, description = "the order (with `waitFor`: in that status, in a final one, or as it is when the wait ran out)", body = StatusView),
         (status = 400, description = "unknown `waitFor` status, or `timeoutMs` out of range", body = ErrorBody),
-        NotFound,
-        StoreDown,
+        Lookup,
     ))]
-pub(crate) async fn status(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    params: web::Query<StatusParams>,
-) -> Result<HttpResponse, ApiError> {
+async fn status(state: Data<AppState>, path: Path<String>, params: Query<StatusParams>) -> Reply {
     let wait_for = parse_status(params.wait_for.as_deref())?;
     let timeout_ms = params.timeout_ms.unwrap_or(DEFAULT_WAIT_MS);
     if timeout_ms > MAX_WAIT_MS {
@@ -260,16 +231,9 @@ async fn wait_until(
 /// Every input, decision and effect of the order, oldest first, each with
 /// its time, type and message id (like Temporal's event history).
 #[utoipa::path(get, path = "/orders/{workflow_id}/history", tag = "orders",
-    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
-    responses(
-        (status = 200, description = "the order's history", body = History),
-        NotFound,
-        StoreDown,
-    ))]
-pub(crate) async fn history(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+    params(WorkflowId),
+    responses((status = 200, description = "the order's history", body = History), Lookup))]
+async fn history(state: Data<AppState>, path: Path<String>) -> Reply {
     let order = load(&state, &path).await?;
     let events = state
         .orders
@@ -285,16 +249,9 @@ pub(crate) async fn history(
 
 /// The order's steps with their timestamps, and its fulfillment's progress.
 #[utoipa::path(get, path = "/orders/{workflow_id}/progress", tag = "orders", operation_id = "getOrderProgress",
-    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
-    responses(
-        (status = 200, description = "the order's progress", body = ProgressView),
-        NotFound,
-        StoreDown,
-    ))]
-pub(crate) async fn progress(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+    params(WorkflowId),
+    responses((status = 200, description = "the order's progress", body = ProgressView), Lookup))]
+async fn progress(state: Data<AppState>, path: Path<String>) -> Reply {
     let order = load(&state, &path).await?;
     let mut view = ProgressView::from(&order);
     if let Some(live) = live_fulfillment_progress(&state, &order).await {
@@ -340,35 +297,25 @@ async fn live_fulfillment_progress(
 
 /// Pause the order's fulfillment; answers fulfillment's verdict.
 #[utoipa::path(post, path = "/orders/{workflow_id}/fulfillment/pause", tag = "orders", operation_id = "pauseOrderFulfillment",
-    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
+    params(WorkflowId),
     responses(
         (status = 200, description = "paused", body = SignalView),
-        NotFound,
         (status = 409, description = "fulfillment not started yet, or not pausable now", body = ErrorBody),
-        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
-        (status = 504, description = "fulfillment-service did not answer in time; the signal stays queued", body = ErrorBody),
+        NotFound, Signalled,
     ))]
-pub(crate) async fn pause(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+async fn pause(state: Data<AppState>, path: Path<String>) -> Reply {
     control(&state, &path, Input::PauseFulfillment, "Fulfillment paused").await
 }
 
 /// Resume the order's paused fulfillment, at the step that was paused.
 #[utoipa::path(post, path = "/orders/{workflow_id}/fulfillment/resume", tag = "orders", operation_id = "resumeOrderFulfillment",
-    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
+    params(WorkflowId),
     responses(
         (status = 200, description = "resumed", body = SignalView),
-        NotFound,
         (status = 409, description = "fulfillment not started yet, or not paused", body = ErrorBody),
-        (status = 503, description = "RabbitMQ unavailable", body = ErrorBody),
-        (status = 504, description = "fulfillment-service did not answer in time; the signal stays queued", body = ErrorBody),
+        NotFound, Signalled,
     ))]
-pub(crate) async fn resume(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+async fn resume(state: Data<AppState>, path: Path<String>) -> Reply {
     control(
         &state,
         &path,
@@ -457,23 +404,21 @@ fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
 /// The answer waits up to `QUERY_TIMEOUT_MS` for that outcome; 202 while
 /// it is still pending (follow it on the status or history route).
 #[utoipa::path(delete, path = "/orders/{workflow_id}", tag = "orders", operation_id = "cancelOrder",
-    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
+    params(WorkflowId),
     request_body(content = Option<CancelBody>, description = "optional"),
     responses(
         (status = 200, description = "cancelled", body = CancelledView),
         (status = 202, description = "cancel requested, the fulfillment has not answered yet (`status` is `CANCELLING`)", body = CancelledView),
-        BadReason,
-        NotFound,
         (status = 409, description = "already shipped (the cancel was refused), cancelled or failed", body = ErrorBody),
-        TooLarge,
         (status = 503, description = "the order's actor is restarting, or the store does not answer", body = ErrorBody),
+        BadReason, NotFound, TooLarge,
     ))]
-pub(crate) async fn cancel(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    body: Result<web::Bytes, actix_web::Error>,
-) -> Result<HttpResponse, ApiError> {
-    let body: CancelBody = optional_json(body)?.unwrap_or_default();
+async fn cancel(
+    state: Data<AppState>,
+    path: Path<String>,
+    body: OptionalJson<CancelBody>,
+) -> Reply {
+    let body = body.0.unwrap_or_default();
     let order = state
         .orders
         .apply(
@@ -519,21 +464,15 @@ pub(crate) async fn cancel(
 
 /// Change the contact details or the address before fulfillment starts.
 #[utoipa::path(patch, path = "/orders/{workflow_id}", tag = "orders", operation_id = "updateOrder",
-    params(("workflow_id" = String, Path, description = "`order-workflow-<orderId>` or the bare order id")),
+    params(WorkflowId),
     request_body = DetailsUpdate,
     responses(
         (status = 200, description = "the updated order", body = StatusView),
         (status = 400, description = "nothing to change, or a field is wrong", body = ErrorBody),
-        NotFound,
         (status = 409, description = "fulfillment has started", body = ErrorBody),
-        TooLarge,
-        StoreDown,
+        NotFound, TooLarge, StoreDown,
     ))]
-pub(crate) async fn update(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    body: web::Json<DetailsUpdate>,
-) -> Result<HttpResponse, ApiError> {
+async fn update(state: Data<AppState>, path: Path<String>, body: Json<DetailsUpdate>) -> Reply {
     let update = body.into_inner();
     if update == DetailsUpdate::default() {
         return Err(ApiError::InvalidField(

@@ -153,3 +153,183 @@ pub trait Store: OnDatabase {
     /// How many orders are in each status (statuses with none are left out).
     async fn count_by_status(&self) -> Result<Vec<(OrderStatus, u64)>, StoreError>;
 }
+
+/// What both stores must do alike, as checks each backend's tests run on
+/// a fresh store.
+#[cfg(test)]
+pub(crate) mod tests {
+    use chrono::Utc;
+    use shared_messages::Envelope;
+
+    use super::{Store, StoreError, Write};
+    use crate::validation::demo_order;
+    use crate::workflow::{self, Context, Input, OrderState, OrderStatus};
+
+    /// An order inserted, read back, and another order with its id refused
+    /// as a duplicate.
+    pub(crate) async fn insert_get_and_duplicate(s: &dyn Store) {
+        let order = OrderState::new("ORD-1", demo_order(), Utc::now());
+        s.insert(&order, &[]).await.expect("insert");
+        assert_eq!(s.get("ORD-1").await.expect("get"), Some(order.clone()));
+        let other = OrderState::new(
+            "ORD-1",
+            demo_order(),
+            Utc::now() + chrono::TimeDelta::seconds(1),
+        );
+        assert!(
+            matches!(s.insert(&other, &[]).await, Err(StoreError::Duplicate(_))),
+            "another order with a taken id is refused as a duplicate"
+        );
+        assert_eq!(s.get("ORD-1").await.expect("get"), Some(order));
+        assert_eq!(s.get("ORD-2").await.expect("get"), None);
+    }
+
+    /// Five orders, three of them shipped: filtered and offset pages, the
+    /// unfinished ones, the counts by status.
+    pub(crate) async fn list_filters_paginates_and_counts(s: &dyn Store) {
+        for i in 0..5 {
+            let mut o = OrderState::new(&format!("ORD-{i}"), demo_order(), Utc::now());
+            s.insert(&o, &[]).await.expect("insert");
+            if i % 2 == 0 {
+                o.status = OrderStatus::Shipped;
+                s.save(&o, &[], &[]).await.expect("save");
+            }
+        }
+        let page = s
+            .list(Some(OrderStatus::Shipped), 2, 0)
+            .await
+            .expect("list");
+        assert_eq!((page.total, page.orders.len()), (3, 2), "filtered page");
+        assert_eq!(page.orders[0].order_id, "ORD-4", "newest first");
+        let page = s.list(None, 10, 4).await.expect("list");
+        assert_eq!((page.total, page.orders.len()), (5, 1), "offset page");
+        assert_eq!(s.unfinished().await.expect("unfinished").orders.len(), 2);
+        let mut counts = s.count_by_status().await.expect("counts");
+        counts.sort_by_key(|(_, n)| *n);
+        assert_eq!(
+            counts,
+            vec![(OrderStatus::Pending, 2), (OrderStatus::Shipped, 3)]
+        );
+        assert_eq!(s.outbox_len().await.expect("outbox"), 0);
+        s.ping().await.expect("ping");
+    }
+
+    /// A commit whose outcome was lost is retried: the same order stored
+    /// twice succeeds both times and leaves one row, one history.
+    pub(crate) async fn creating_the_same_order_twice_stores_it_once(s: &dyn Store) {
+        let (state, events) = workflow::create("ORD-1", demo_order(), Utc::now());
+        let write = Write {
+            state: state.clone(),
+            outbox: Vec::new(),
+            events: events.clone(),
+            insert: true,
+        };
+        s.save_all(std::slice::from_ref(&write))
+            .await
+            .expect("first commit");
+        s.save_all(std::slice::from_ref(&write))
+            .await
+            .expect("the retried commit succeeds");
+        s.insert(&state, &events)
+            .await
+            .expect("and so does a single insert");
+        let page = s.list(None, 10, 0).await.expect("list");
+        assert_eq!(page.total, 1, "one row");
+        assert_eq!(page.orders, vec![state]);
+        assert_eq!(
+            s.history("ORD-1").await.expect("history").len(),
+            events.len(),
+            "history written once"
+        );
+    }
+
+    /// `ORD-1` stored, then advanced from `CONFIRMED`: its state saved with
+    /// the one signal it sends. Answers what went to the outbox.
+    pub(crate) async fn advance_a_confirmed_order(
+        s: &dyn Store,
+    ) -> Vec<(message_bus::Route, Envelope)> {
+        let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
+        s.insert(&order, &[]).await.expect("insert");
+        order.status = OrderStatus::Confirmed;
+        let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
+        let (state, outbox) = (t.state.expect("advanced"), t.messages);
+        assert_eq!(outbox.len(), 1, "advancing from CONFIRMED sends one signal");
+        s.save(&state, &outbox, &t.history).await.expect("save");
+        outbox
+    }
+
+    /// With an outbox row that does not decode stored first (the caller's
+    /// part), a good row is stored: the bad one is moved to the quarantine
+    /// and the good one still comes out.
+    pub(crate) async fn an_undecodable_outbox_row_is_quarantined(s: &dyn Store) {
+        let outbox = advance_a_confirmed_order(s).await;
+        service_kit::store::testing::an_undecodable_outbox_row_is_quarantined(s, &outbox).await;
+    }
+
+    /// The state and its outbox row are saved together; the row comes out
+    /// as it went in (to a claiming reader, which reads its own claims
+    /// again), and is gone once removed. `also` runs while the row is
+    /// claimed.
+    pub(crate) async fn state_and_outbox_are_saved_together(
+        s: &dyn Store,
+        also: impl std::future::Future<Output = ()>,
+    ) {
+        let outbox = advance_a_confirmed_order(s).await;
+        assert_eq!(s.outbox_len().await.expect("outbox"), 1);
+        let pending = s.outbox().pending(10).await.expect("pending");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].envelope.message_id, outbox[0].1.message_id);
+        assert_eq!(pending[0].route, outbox[0].0);
+        assert_eq!(
+            s.outbox().pending(10).await.expect("pending").len(),
+            1,
+            "the claiming store reads its own claimed rows again"
+        );
+        also.await;
+        s.outbox().remove(&[pending[0].seq]).await.expect("remove");
+        assert!(s.outbox().pending(10).await.expect("pending").is_empty());
+        assert_eq!(
+            s.get("ORD-1").await.expect("get").map(|o| o.status),
+            Some(OrderStatus::FulfillmentStarted)
+        );
+    }
+
+    /// History is written with the state, once even when the same write is
+    /// committed again, numbered from 1.
+    pub(crate) async fn history_is_written_with_the_state_once(s: &dyn Store) {
+        let (order, created) = workflow::create("ORD-1", demo_order(), Utc::now());
+        s.insert(&order, &created).await.expect("insert");
+        let t = workflow::decide(
+            &order,
+            Input::Cancel { reason: None },
+            Context::at(Utc::now()),
+        );
+        let state = t.state.expect("cancelled");
+        s.save(&state, &[], &t.history).await.expect("save");
+        // the same write again (a retried commit) adds nothing
+        s.save(&state, &[], &t.history).await.expect("save again");
+        let history = s.history("ORD-1").await.expect("history");
+        let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["OrderCreated", "CancelRequested", "StatusChanged"]);
+        let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        assert!(s.history("ORD-2").await.expect("history").is_empty());
+    }
+
+    /// Recovery with the row of `ORD-2` made unreadable by `corrupt` (after
+    /// `ORD-2` and `ORD-3` are stored): it reads `ORD-3` and sets `ORD-2`
+    /// aside.
+    pub(crate) async fn an_unreadable_row_is_set_aside(s: &dyn Store, corrupt: impl FnOnce()) {
+        for id in ["ORD-2", "ORD-3"] {
+            s.insert(&OrderState::new(id, demo_order(), Utc::now()), &[])
+                .await
+                .expect("insert");
+        }
+        corrupt();
+        let found = s.unfinished().await.expect("recovery reads the rest");
+        let ids: Vec<&str> = found.orders.iter().map(|o| o.order_id.as_str()).collect();
+        assert_eq!(ids, ["ORD-3"]);
+        assert_eq!(found.unreadable.len(), 1);
+        assert_eq!(found.unreadable[0].order_id, "ORD-2");
+    }
+}

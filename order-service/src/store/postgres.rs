@@ -210,134 +210,32 @@ use service_kit::store::testdb;
 mod tests {
     use super::testdb::TestDb;
     use super::*;
-    use crate::store::{OnDatabase, SCHEMA};
+    use crate::store::{tests, OnDatabase, SCHEMA};
     use crate::validation::demo_order;
-    use crate::workflow::{self, Context, Input};
     use chrono::Utc;
 
-    #[tokio::test]
-    async fn insert_get_duplicate_list_and_counts() {
-        let db = TestDb::create("orders_crud");
-        let s = SCHEMA.open_postgres(&db.url).await.expect("open");
-        let order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order, &[]).await.expect("insert");
-        assert_eq!(s.get("ORD-1").await.expect("get"), Some(order.clone()));
-        let other = OrderState::new(
-            "ORD-1",
-            demo_order(),
-            Utc::now() + chrono::TimeDelta::seconds(1),
-        );
-        assert!(
-            matches!(s.insert(&other, &[]).await, Err(StoreError::Duplicate(_))),
-            "another order with a taken id is refused as a duplicate"
-        );
-        assert_eq!(s.get("ORD-1").await.expect("get"), Some(order.clone()));
-        assert_eq!(s.get("ORD-2").await.expect("get"), None);
-        for i in 2..6 {
-            let mut o = OrderState::new(&format!("ORD-{i}"), demo_order(), Utc::now());
-            s.insert(&o, &[]).await.expect("insert");
-            if i % 2 == 0 {
-                o.status = OrderStatus::Shipped;
-                s.save(&o, &[], &[]).await.expect("save");
-            }
-        }
-        let page = s
-            .list(Some(OrderStatus::Shipped), 1, 0)
-            .await
-            .expect("list");
-        assert_eq!((page.total, page.orders.len()), (2, 1), "filtered page");
-        assert_eq!(page.orders[0].order_id, "ORD-4", "newest first");
-        let page = s.list(None, 10, 4).await.expect("list");
-        assert_eq!((page.total, page.orders.len()), (5, 1), "offset page");
-        assert_eq!(s.unfinished().await.expect("unfinished").orders.len(), 3);
-        let mut counts = s.count_by_status().await.expect("counts");
-        counts.sort_by_key(|(_, n)| *n);
-        assert_eq!(
-            counts,
-            vec![(OrderStatus::Shipped, 2), (OrderStatus::Pending, 3)]
-        );
-        s.ping().await.expect("ping");
-    }
-
-    /// A commit whose outcome was lost is retried (by the group commit, one
-    /// write at a time): the same order stored twice succeeds both times
-    /// and leaves one row, one history.
-    #[tokio::test]
-    async fn creating_the_same_order_twice_stores_it_once() {
-        let db = TestDb::create("orders_idempotent");
-        let s = SCHEMA.open_postgres(&db.url).await.expect("open");
-        let (state, events) = workflow::create("ORD-1", demo_order(), Utc::now());
-        let write = Write {
-            state: state.clone(),
-            outbox: Vec::new(),
-            events: events.clone(),
-            insert: true,
-        };
-        s.save_all(std::slice::from_ref(&write))
-            .await
-            .expect("first commit");
-        s.save_all(std::slice::from_ref(&write))
-            .await
-            .expect("the retried commit succeeds");
-        s.insert(&state, &events)
-            .await
-            .expect("and so does a single insert");
-        let page = s.list(None, 10, 0).await.expect("list");
-        assert_eq!(page.total, 1, "one row");
-        assert_eq!(page.orders, vec![state]);
-        assert_eq!(
-            s.history("ORD-1").await.expect("history").len(),
-            events.len(),
-            "history written once"
-        );
-    }
+    service_kit::store_checks!(
+        |name| TestDb::open(name, &SCHEMA) => tests:
+        insert_get_and_duplicate,
+        list_filters_paginates_and_counts,
+        creating_the_same_order_twice_stores_it_once,
+    );
 
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
-        use service_kit::store::testing;
-        let db = TestDb::create("orders_outbox_quarantine");
-        let s = SCHEMA.open_postgres(&db.url).await.expect("open");
-        testing::store_undecodable_outbox_row_postgres(&db).expect("a garbage row");
-        let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order, &[]).await.expect("insert");
-        order.status = OrderStatus::Confirmed;
-        let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
-        let (state, outbox) = (t.state.expect("advanced"), t.messages);
-        s.save(&state, &outbox, &t.history).await.expect("save");
-        assert_eq!(outbox.len(), 1, "advancing from CONFIRMED sends one signal");
-        testing::an_undecodable_outbox_row_is_quarantined(&s, &outbox).await;
+        let (db, s) = TestDb::open("orders_outbox_quarantine", &SCHEMA).await;
+        service_kit::store::testing::store_undecodable_outbox_row_postgres(&db)
+            .expect("a garbage row");
+        tests::an_undecodable_outbox_row_is_quarantined(&s).await;
     }
 
     #[tokio::test]
     async fn state_and_outbox_are_saved_together_and_claims_are_exclusive() {
-        let db = TestDb::create("orders_outbox");
-        let s = SCHEMA.open_postgres(&db.url).await.expect("open");
-        let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order, &[]).await.expect("insert");
-        order.status = OrderStatus::Confirmed;
-        let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
-        let (state, outbox) = (t.state.expect("advanced"), t.messages);
-        assert_eq!(outbox.len(), 1, "advancing from CONFIRMED sends one signal");
-        s.save(&state, &outbox, &t.history).await.expect("save");
-        assert_eq!(s.outbox_len().await.expect("outbox"), 1);
-
-        let pending = s.outbox().pending(10).await.expect("pending");
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].envelope.message_id, outbox[0].1.message_id);
-        assert_eq!(pending[0].route, outbox[0].0);
-        assert_eq!(
-            s.outbox().pending(10).await.expect("pending").len(),
-            1,
-            "the claiming store reads its own claimed rows again"
-        );
+        let (db, s) = TestDb::open("orders_outbox", &SCHEMA).await;
         let other = SCHEMA.open_postgres(&db.url).await.expect("second replica");
-        service_kit::store::testing::another_replica_takes_no_claimed_rows(&other).await;
-        s.outbox().remove(&[pending[0].seq]).await.expect("remove");
-        assert!(s.outbox().pending(10).await.expect("pending").is_empty());
-        assert_eq!(
-            s.get("ORD-1").await.expect("get").map(|o| o.status),
-            Some(OrderStatus::FulfillmentStarted)
-        );
+        let other_takes_none =
+            service_kit::store::testing::another_replica_takes_no_claimed_rows(&other);
+        tests::state_and_outbox_are_saved_together(&s, other_takes_none).await;
     }
 
     #[tokio::test]
@@ -355,8 +253,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_store_reconnects_after_the_server_drops_its_connection() {
-        let db = TestDb::create("orders_reconnect");
-        let s = SCHEMA.open_postgres(&db.url).await.expect("open");
+        let (db, s) = TestDb::open("orders_reconnect", &SCHEMA).await;
         s.ping().await.expect("ping");
         super::testdb::admin(
             format!(
@@ -379,44 +276,16 @@ mod tests {
 
     #[tokio::test]
     async fn history_is_written_with_the_state_once_and_bad_rows_are_set_aside() {
-        let db = TestDb::create("orders_history");
-        let s = SCHEMA.open_postgres(&db.url).await.expect("open");
-        let (order, created) = workflow::create("ORD-1", demo_order(), Utc::now());
-        s.insert(&order, &created).await.expect("insert");
-        let t = workflow::decide(
-            &order,
-            Input::Cancel { reason: None },
-            Context::at(Utc::now()),
-        );
-        let state = t.state.expect("cancelled");
-        s.save(&state, &[], &t.history).await.expect("save");
-        // a commit retried after its answer was lost adds nothing
-        s.save(&state, &[], &t.history).await.expect("save again");
-        let kinds: Vec<String> = s
-            .history("ORD-1")
-            .await
-            .expect("history")
-            .into_iter()
-            .map(|e| e.kind)
-            .collect();
-        assert_eq!(kinds, ["OrderCreated", "CancelRequested", "StatusChanged"]);
-
-        s.insert(&OrderState::new("ORD-2", demo_order(), Utc::now()), &[])
-            .await
-            .expect("insert");
-        s.insert(&OrderState::new("ORD-3", demo_order(), Utc::now()), &[])
-            .await
-            .expect("insert");
-        super::testdb::admin(
-            "UPDATE orders SET state = '{}' WHERE id = 'ORD-2'".into(),
-            &db.name,
-        )
-        .expect("corrupt a row");
-        let found = s.unfinished().await.expect("recovery reads the rest");
-        let ids: Vec<&str> = found.orders.iter().map(|o| o.order_id.as_str()).collect();
-        assert_eq!(ids, ["ORD-3"]);
-        assert_eq!(found.unreadable.len(), 1);
-        assert_eq!(found.unreadable[0].order_id, "ORD-2");
+        let (db, s) = TestDb::open("orders_history", &SCHEMA).await;
+        tests::history_is_written_with_the_state_once(&s).await;
+        tests::an_unreadable_row_is_set_aside(&s, || {
+            super::testdb::admin(
+                "UPDATE orders SET state = '{}' WHERE id = 'ORD-2'".into(),
+                &db.name,
+            )
+            .expect("corrupt a row")
+        })
+        .await;
     }
 
     #[tokio::test]

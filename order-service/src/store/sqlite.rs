@@ -240,77 +240,28 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::tests;
     use crate::validation::demo_order;
-    use crate::workflow::{self, Context, Input};
     use chrono::Utc;
 
     fn store() -> SqliteStore {
         SqliteStore::open(&StoreLocation::SqliteMemory).expect("in-memory store")
     }
 
-    #[tokio::test]
-    async fn insert_get_and_duplicate() {
-        let s = store();
-        let order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order, &[]).await.expect("insert");
-        assert_eq!(s.get("ORD-1").await.expect("get"), Some(order.clone()));
-        let other = OrderState::new(
-            "ORD-1",
-            demo_order(),
-            Utc::now() + chrono::TimeDelta::seconds(1),
-        );
-        assert!(matches!(
-            s.insert(&other, &[]).await,
-            Err(StoreError::Duplicate(_))
-        ));
-        assert_eq!(s.get("ORD-1").await.expect("get"), Some(order));
-        assert_eq!(s.get("ORD-2").await.expect("get"), None);
-    }
-
-    /// A commit whose outcome was lost is retried: the same order stored
-    /// twice succeeds both times and leaves one row, one history.
-    #[tokio::test]
-    async fn creating_the_same_order_twice_stores_it_once() {
-        let s = store();
-        let (state, events) = workflow::create("ORD-1", demo_order(), Utc::now());
-        let write = Write {
-            state: state.clone(),
-            outbox: Vec::new(),
-            events: events.clone(),
-            insert: true,
-        };
-        s.save_all(std::slice::from_ref(&write))
-            .await
-            .expect("first commit");
-        s.save_all(std::slice::from_ref(&write))
-            .await
-            .expect("the retried commit succeeds");
-        s.insert(&state, &events)
-            .await
-            .expect("and so does a single insert");
-        let page = s.list(None, 10, 0).await.expect("list");
-        assert_eq!(page.total, 1, "one row");
-        assert_eq!(page.orders, vec![state]);
-        assert_eq!(
-            s.history("ORD-1").await.expect("history").len(),
-            events.len(),
-            "history written once"
-        );
-    }
+    service_kit::store_checks!(
+        |_| async { ((), store()) } => tests:
+        insert_get_and_duplicate,
+        creating_the_same_order_twice_stores_it_once,
+        list_filters_paginates_and_counts,
+        history_is_written_with_the_state_once,
+    );
 
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
-        use service_kit::store::testing;
         let s = store();
-        testing::store_undecodable_outbox_row_sqlite(&s.db).expect("a garbage row");
-        let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order, &[]).await.expect("insert");
-        order.status = OrderStatus::Confirmed;
-        let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
-        let (state, outbox) = (t.state.expect("advanced"), t.messages);
-        s.save(&state, &outbox, &t.history).await.expect("save");
-        assert_eq!(outbox.len(), 1, "advancing from CONFIRMED sends one signal");
-        testing::an_undecodable_outbox_row_is_quarantined(&s, &outbox).await;
+        service_kit::store::testing::store_undecodable_outbox_row_sqlite(&s.db)
+            .expect("a garbage row");
+        tests::an_undecodable_outbox_row_is_quarantined(&s).await;
     }
 
     #[tokio::test]
@@ -349,102 +300,22 @@ mod tests {
 
     #[tokio::test]
     async fn state_and_outbox_are_saved_together() {
-        let s = store();
-        let mut order = OrderState::new("ORD-1", demo_order(), Utc::now());
-        s.insert(&order, &[]).await.expect("insert");
-        order.status = OrderStatus::Confirmed;
-        let t = workflow::decide(&order, Input::Advance, Context::at(Utc::now()));
-        let (state, outbox) = (t.state.expect("advanced"), t.messages);
-        s.save(&state, &outbox, &t.history).await.expect("save");
-        let pending = s.outbox().pending(10).await.expect("pending");
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].envelope.message_id, outbox[0].1.message_id);
-        assert_eq!(pending[0].route, outbox[0].0);
-        s.outbox().remove(&[pending[0].seq]).await.expect("remove");
-        assert!(s.outbox().pending(10).await.expect("pending").is_empty());
-        assert_eq!(
-            s.get("ORD-1").await.expect("get").map(|o| o.status),
-            Some(OrderStatus::FulfillmentStarted)
-        );
-    }
-
-    #[tokio::test]
-    async fn list_filters_paginates_and_unfinished() {
-        let s = store();
-        for i in 0..5 {
-            let mut o = OrderState::new(&format!("ORD-{i}"), demo_order(), Utc::now());
-            s.insert(&o, &[]).await.expect("insert");
-            if i % 2 == 0 {
-                o.status = OrderStatus::Shipped;
-                s.save(&o, &[], &[]).await.expect("save");
-            }
-        }
-        let page = s
-            .list(Some(OrderStatus::Shipped), 2, 0)
-            .await
-            .expect("list");
-        assert_eq!(page.total, 3);
-        assert_eq!(page.orders.len(), 2);
-        let page = s.list(None, 10, 4).await.expect("list");
-        assert_eq!(page.total, 5);
-        assert_eq!(page.orders.len(), 1);
-        assert_eq!(s.unfinished().await.expect("unfinished").orders.len(), 2);
-        let mut counts = s.count_by_status().await.expect("counts");
-        counts.sort_by_key(|(_, n)| *n);
-        assert_eq!(
-            counts,
-            vec![(OrderStatus::Pending, 2), (OrderStatus::Shipped, 3)]
-        );
-        assert_eq!(s.outbox_len().await.expect("outbox"), 0);
-        s.ping().await.expect("ping");
-    }
-
-    #[tokio::test]
-    async fn history_is_written_with_the_state_once() {
-        let s = store();
-        let (order, created) = workflow::create("ORD-1", demo_order(), Utc::now());
-        s.insert(&order, &created).await.expect("insert");
-        let t = workflow::decide(
-            &order,
-            Input::Cancel { reason: None },
-            Context::at(Utc::now()),
-        );
-        let state = t.state.expect("cancelled");
-        s.save(&state, &[], &t.history).await.expect("save");
-        // the same write again (a retried commit) adds nothing
-        s.save(&state, &[], &t.history).await.expect("save again");
-        let history = s.history("ORD-1").await.expect("history");
-        let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(
-            kinds,
-            vec!["OrderCreated", "CancelRequested", "StatusChanged"]
-        );
-        let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, vec![1, 2, 3]);
-        assert!(s.history("ORD-2").await.expect("history").is_empty());
+        tests::state_and_outbox_are_saved_together(&store(), async {}).await;
     }
 
     #[tokio::test]
     async fn an_unreadable_row_is_set_aside_and_the_rest_recover() {
         let s = store();
-        s.insert(&OrderState::new("ORD-1", demo_order(), Utc::now()), &[])
-            .await
-            .expect("insert");
-        s.insert(&OrderState::new("ORD-2", demo_order(), Utc::now()), &[])
-            .await
-            .expect("insert");
-        s.db.blocking(|c| {
-            Ok(c.execute(
-                "UPDATE orders SET state = '{\"nope\": 1}' WHERE id = 'ORD-1'",
-                [],
-            )?)
+        tests::an_unreadable_row_is_set_aside(&s, || {
+            s.db.blocking(|c| {
+                Ok(c.execute(
+                    "UPDATE orders SET state = '{\"nope\": 1}' WHERE id = 'ORD-2'",
+                    [],
+                )?)
+            })
+            .expect("corrupt a row");
         })
-        .expect("corrupt a row");
-        let found = s.unfinished().await.expect("recovery reads the rest");
-        assert_eq!(found.orders.len(), 1);
-        assert_eq!(found.orders[0].order_id, "ORD-2");
-        assert_eq!(found.unreadable.len(), 1);
-        assert_eq!(found.unreadable[0].order_id, "ORD-1");
+        .await;
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@
 //! | [`access`] | bearer tokens and roles, the cross-site guard, the middleware |
 //! | [`actors`] | the actors of running workflows by id |
 //! | [`cors`] | CORS, closed unless origins are configured |
-//! | [`http`] | the error vocabulary, paging, health, metrics and OpenAPI routes, quarantine, the page, request spans |
+//! | [`http`] | the error vocabulary, paging, health, metrics and OpenAPI routes, quarantine, the page, request spans, a service's own routes declared once |
 //! | [`metrics`] | the metrics both services keep, under each one's prefix |
 //! | [`partitions`] | several replicas on one PostgreSQL: each workflow's partition leased by one, writes fenced by its epoch |
 //! | [`openapi`] | the guard's answers (401, 403, 415) in a service's OpenAPI document |

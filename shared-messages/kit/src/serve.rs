@@ -151,6 +151,28 @@ where
     .await
 }
 
+/// A service's whole binary: `service_kit::main!(order_service);` in its
+/// `src/main.rs` reads the library's `config::Config::from_env()`, then
+/// [`run`]s the library's `build` under the actix system (actors need it),
+/// named after the package. Start-up errors end the process with the
+/// error on stderr and a non-zero exit.
+#[macro_export]
+macro_rules! main {
+    ($service:ident) => {
+        #[actix_web::main]
+        async fn main() -> anyhow::Result<()> {
+            let config = $service::config::Config::from_env().map_err(anyhow::Error::msg)?;
+            $crate::serve::run(
+                config,
+                env!("CARGO_PKG_NAME"),
+                env!("CARGO_CRATE_NAME"),
+                $service::build,
+            )
+            .await
+        }
+    };
+}
+
 /// The bound port on stdout, one line (`<name> listening on port N`):
 /// with `HTTP_ADDR=127.0.0.1:0` the OS picks a free port, and whoever
 /// started the process reads it here (logs go to stderr). A closed stdout

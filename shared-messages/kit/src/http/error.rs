@@ -7,9 +7,11 @@
 //! ([`extractors`]): malformed or oversized bodies, wrong path and query
 //! parameters, unknown routes.
 
+use actix_web::dev::Payload;
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use futures::future::LocalBoxFuture;
 use message_bus::BusError;
 use shared_messages::messages::{ReplyError, ReplyErrorCode};
 
@@ -250,6 +252,21 @@ pub fn optional_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::from_json(&e))
 }
 
+/// A JSON body that may be absent, as an extractor (e.g. a cancel with an
+/// optional reason): `None` when the body is empty or white space; a body
+/// that does not parse or is too large answers like [`optional_json`].
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<T: serde::de::DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = web::Bytes::from_request(req, payload);
+        Box::pin(async move { optional_json(body.await).map(OptionalJson) })
+    }
+}
+
 /// A store failure: 503 `store_unavailable`, the cause in the log (one
 /// vocabulary for both services).
 impl From<crate::store::StoreError> for ApiError {
@@ -424,6 +441,17 @@ pub struct BadReason(pub ErrorBody);
 #[response(status = 404, description = "nothing has this id")]
 pub struct NotFound(pub ErrorBody);
 
+/// Documents, on a route that reads one workflow by its id, its 404 when
+/// there is none of that id and its 503 when the store does not answer
+/// ([`NotFound`] and [`StoreDown`] together).
+#[derive(utoipa::IntoResponses)]
+pub enum Lookup {
+    #[response(status = 404, description = "nothing has this id")]
+    NotFound(ErrorBody),
+    #[response(status = 503, description = "the store does not answer")]
+    StoreDown(ErrorBody),
+}
+
 #[cfg(test)]
 mod doc_tests {
     use super::*;
@@ -432,6 +460,14 @@ mod doc_tests {
     #[utoipa::path(get, path = "/x", responses((status = 200, description = "ok", body = String), StoreDown))]
     #[allow(dead_code)]
     async fn x() {}
+
+    #[utoipa::path(get, path = "/y", responses((status = 200, description = "ok", body = String), NotFound, StoreDown))]
+    #[allow(dead_code)]
+    async fn y() {}
+
+    #[utoipa::path(get, path = "/y", responses((status = 200, description = "ok", body = String), Lookup))]
+    #[allow(dead_code)]
+    async fn y_grouped() {}
 
     #[derive(OpenApi)]
     #[openapi(paths(x))]
@@ -445,5 +481,19 @@ mod doc_tests {
             responses["200"].is_object() && responses["503"].is_object(),
             "{responses}"
         );
+    }
+
+    #[test]
+    fn a_group_documents_what_its_parts_do() {
+        #[derive(OpenApi)]
+        #[openapi(paths(y))]
+        struct Parts;
+        #[derive(OpenApi)]
+        #[openapi(paths(y_grouped))]
+        struct Grouped;
+        let responses = |doc: utoipa::openapi::OpenApi| {
+            serde_json::to_value(doc).expect("json")["paths"]["/y"]["get"]["responses"].clone()
+        };
+        assert_eq!(responses(Grouped::openapi()), responses(Parts::openapi()));
     }
 }

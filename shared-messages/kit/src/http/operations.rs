@@ -39,8 +39,8 @@ pub trait Surface: Send + Sync + 'static {
     }
 }
 
-/// Every route of this module, as `(method, path)`, for the services'
-/// "every route is documented" checks.
+/// Every route of this module, as `(method, path)`, for the check that
+/// each is documented ([`check_routes`]).
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -212,10 +212,11 @@ pub fn document(mut doc: utoipa::openapi::OpenApi, version: &str) -> utoipa::ope
 }
 
 /// Checks that `doc` documents every route the `configure` functions in
-/// `sources` (a service's route modules, `include_str!`) register, plus
-/// [`ROUTES`], and no route more; answers how many there are. Routes are
-/// read from the source, so a route added and not documented fails the
-/// service's test.
+/// `sources` (route modules registering by hand, `include_str!`) register,
+/// plus [`ROUTES`], and no route more; answers how many there are. Routes
+/// are read from the source, so a route added and not documented fails
+/// the test. (A service's own routes need no such check: `routes!` serves
+/// what their `#[utoipa::path]` documents.)
 pub fn check_routes(doc: &utoipa::openapi::OpenApi, sources: &[&str]) -> Result<usize, String> {
     let doc = serde_json::to_value(doc).map_err(|e| e.to_string())?;
     let mut routes: Vec<(String, String)> = ROUTES

@@ -2,7 +2,7 @@
 //! [`MAX_LIMIT`], default [`DEFAULT_LIMIT`]) and `offset` (default 0),
 //! newest first. A list route declares the two query fields itself (its
 //! query struct refuses unknown parameters) and reads them with
-//! [`Page::new`].
+//! [`Page::new`]; a status filter, with [`status_filter`].
 
 use super::error::ApiError;
 
@@ -36,6 +36,32 @@ impl Page {
     }
 }
 
+/// The status filter of a list route, given as a query parameter: any
+/// case, absent or empty for none. `all` lists the statuses and `name`
+/// gives each its wire name (`SHIPPED`); an unknown one is a 400 that
+/// lists them.
+pub fn status_filter<S: Copy>(
+    value: Option<&str>,
+    all: &[S],
+    name: fn(S) -> &'static str,
+) -> Result<Option<S>, ApiError> {
+    let Some(value) = value.filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let wanted = value.to_ascii_uppercase();
+    all.iter()
+        .copied()
+        .find(|status| name(*status) == wanted)
+        .map(Some)
+        .ok_or_else(|| {
+            let known: Vec<&str> = all.iter().map(|s| name(*s)).collect();
+            ApiError::InvalidParameter(format!(
+                "unknown status {value:?}; expected one of {}",
+                known.join(", ")
+            ))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +85,25 @@ mod tests {
                 Some("invalid_parameter")
             );
         }
+    }
+
+    #[test]
+    fn a_status_filter_takes_any_case_and_lists_the_known_ones() {
+        let all = [true, false];
+        let name = |b: bool| if b { "YES" } else { "NO" };
+        assert_eq!(status_filter(None, &all, name).ok(), Some(None));
+        assert_eq!(status_filter(Some(""), &all, name).ok(), Some(None));
+        assert_eq!(
+            status_filter(Some("no"), &all, name).ok(),
+            Some(Some(false))
+        );
+        let unknown = status_filter(Some("maybe"), &all, name).err();
+        assert_eq!(
+            unknown.map(|e| (e.code(), e.to_string())),
+            Some((
+                "invalid_parameter",
+                "unknown status \"maybe\"; expected one of YES, NO".to_owned()
+            ))
+        );
     }
 }

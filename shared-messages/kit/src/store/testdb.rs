@@ -5,6 +5,9 @@
 
 use ::postgres::{Client, NoTls};
 
+use super::schema::Schema;
+use super::Postgres;
+
 /// The server tests use, without a database name.
 pub fn server() -> String {
     std::env::var("TEST_POSTGRES_URL")
@@ -27,6 +30,10 @@ pub fn admin(sql: String, db: &str) -> Result<(), String> {
     .map_err(|_| "the admin thread panicked".to_owned())?
 }
 
+/// The longest label a database name holds: `test_`, the label, `_` and
+/// 32 hex digits in PostgreSQL's 63 bytes.
+const LABEL_CHARS: usize = 63 - 5 - 1 - 32;
+
 /// A fresh database, dropped with this value.
 pub struct TestDb {
     pub name: String,
@@ -34,15 +41,29 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates `test_<label>_<random>`; panics when the server cannot be
-    /// reached (a test that needs PostgreSQL fails and says why).
+    /// Creates `test_<label>_<random>` (the label cut to fit PostgreSQL's
+    /// 63 bytes); panics when the server cannot be reached (a test that
+    /// needs PostgreSQL fails and says why).
     pub fn create(label: &str) -> Self {
+        let label: String = label.chars().take(LABEL_CHARS).collect();
         let name = format!("test_{label}_{}", uuid::Uuid::new_v4().simple());
         if let Err(e) = admin(format!("CREATE DATABASE {name}"), "postgres") {
             panic!("creating a test database: {e}");
         }
         let url = format!("{}/{name}", server());
         Self { name, url }
+    }
+
+    /// A fresh database (as [`create`](Self::create)) with `schema`
+    /// migrated in, and the store on it; keep the database alive as long
+    /// as the store.
+    pub async fn open(label: &str, schema: &Schema) -> (Self, Postgres) {
+        let db = Self::create(label);
+        let store = schema
+            .open_postgres(&db.url)
+            .await
+            .unwrap_or_else(|e| panic!("opening the test database {}: {e}", db.name));
+        (db, store)
     }
 }
 

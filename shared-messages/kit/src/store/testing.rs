@@ -8,6 +8,25 @@ use shared_messages::Envelope;
 use super::testdb::{admin, TestDb};
 use super::{OnDatabase, Sqlite, StoreError};
 
+/// One `#[tokio::test]` per check, each on a store of its own:
+/// `store_checks!(open => checks: insert_and_get, list_pages);` runs
+/// `checks::insert_and_get(&store)` and so on, where `open(name)` (given
+/// the check's name) makes `(keep, store)` and `keep` lives as long as the
+/// check (a [`TestDb`], or `()`). For a service's store tests, once per
+/// backend, over the checks written once for both.
+#[macro_export]
+macro_rules! store_checks {
+    ($open:expr => $checks:ident: $($check:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let (_keep, store) = ($open)(stringify!($check)).await;
+                $checks::$check(&store).await;
+            }
+        )+
+    };
+}
+
 /// An outbox row whose envelope is not JSON (`not json`), on SQLite.
 pub fn store_undecodable_outbox_row_sqlite(db: &Sqlite) -> Result<(), StoreError> {
     db.blocking(|conn| {
