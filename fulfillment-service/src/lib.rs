@@ -139,7 +139,7 @@ async fn own_partitions(
     registry: &Registry,
 ) -> anyhow::Result<(Arc<Held>, Leases)> {
     let replica = &config.common.replica_id;
-    let settings = config.partitions.clone();
+    let settings = config.partitions;
     let held = Held::new(replica.as_str(), settings.partitions);
     pg.guard_writes(held.clone())?;
     let (leases, changes) = Leases::start(

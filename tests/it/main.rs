@@ -16,5 +16,6 @@ mod harness;
 mod operations;
 mod orders;
 mod saga;
+mod scale;
 mod security;
 mod shutdown;
