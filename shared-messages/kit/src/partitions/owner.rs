@@ -254,3 +254,39 @@ fn forwarder(bus: Bus, exchange: String, held: Arc<Held>) -> Handler {
         .boxed()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_fenced_by_the_partitions_held_and_refused_for_the_others() {
+        let held = Held::new("replica-a", 4);
+        let ids = ["fulfillment-ORD-1", "fulfillment-ORD-2", "fulfillment-ORD-3"];
+        let partitions: Vec<u16> = ids.iter().map(|id| held.partition_of(id)).collect();
+        assert!(matches!(
+            held.fences(&ids[..1]),
+            Err(StoreError::Fenced(Fenced { epoch: None, .. }))
+        ));
+        for (n, p) in partitions.iter().enumerate() {
+            held.insert(Fence {
+                partition: *p,
+                epoch: 10 + n as i64,
+            });
+        }
+        assert!(ids.iter().all(|id| held.owns(id)));
+        let fences = held.fences(&ids).expect("all held");
+        let mut expected: Vec<u16> = partitions.clone();
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(
+            fences.iter().map(|f| f.partition).collect::<Vec<_>>(),
+            expected,
+            "one fence per partition, in order"
+        );
+        held.remove(partitions[0]);
+        assert!(!held.owns(ids[0]));
+        assert!(held.fences(&ids).is_err(), "one partition gone fences the write");
+        assert_eq!(held.owned().len(), expected.len() - 1);
+    }
+}
