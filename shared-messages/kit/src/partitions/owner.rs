@@ -262,7 +262,11 @@ mod tests {
     #[test]
     fn writes_are_fenced_by_the_partitions_held_and_refused_for_the_others() {
         let held = Held::new("replica-a", 4);
-        let ids = ["fulfillment-ORD-1", "fulfillment-ORD-2", "fulfillment-ORD-3"];
+        let ids = [
+            "fulfillment-ORD-1",
+            "fulfillment-ORD-2",
+            "fulfillment-ORD-3",
+        ];
         let partitions: Vec<u16> = ids.iter().map(|id| held.partition_of(id)).collect();
         assert!(matches!(
             held.fences(&ids[..1]),
@@ -286,7 +290,10 @@ mod tests {
         );
         held.remove(partitions[0]);
         assert!(!held.owns(ids[0]));
-        assert!(held.fences(&ids).is_err(), "one partition gone fences the write");
+        assert!(
+            held.fences(&ids).is_err(),
+            "one partition gone fences the write"
+        );
         assert_eq!(held.owned().len(), expected.len() - 1);
     }
 }
