@@ -26,6 +26,11 @@ removes the vhost. With --order-url it targets services already running.
   --out PATH            the JSON report (default target/loadgen/report.json,
                         target/loadgen/scale.json with --scale)
   --no-build            do not run cargo build for the service binaries
+  --store S             sqlite (default) or postgres: both services' stores, a
+                        fresh database each on the local PostgreSQL
+  --replicas R          fulfillment-service replicas (default 1; more than one
+                        needs --store postgres): they share its database and
+                        its partitions, balanced before the run starts
   --scale               measure scale instead: memory with --open fulfillments
                         waiting, restart to /readyz, status requests per second
   --open N              open fulfillments for --scale (default 100000)
@@ -45,6 +50,8 @@ pub struct Args {
     pub vhost: String,
     pub out: Option<String>,
     pub build: bool,
+    pub postgres: bool,
+    pub replicas: usize,
     pub scale: bool,
     pub open: usize,
     pub scale_timeout_s: u64,
@@ -64,6 +71,8 @@ impl Args {
             vhost: "/".into(),
             out: None,
             build: true,
+            postgres: false,
+            replicas: 1,
             scale: false,
             open: 100_000,
             scale_timeout_s: 900,
@@ -84,6 +93,14 @@ impl Args {
                 "--vhost" => args.vhost = value()?,
                 "--out" => args.out = Some(value()?),
                 "--no-build" => args.build = false,
+                "--store" => {
+                    args.postgres = match value()?.as_str() {
+                        "sqlite" => false,
+                        "postgres" => true,
+                        other => bail!("--store is sqlite or postgres, not {other:?}"),
+                    }
+                }
+                "--replicas" => args.replicas = number(&flag, &value()?)?.max(1),
                 "--scale" => args.scale = true,
                 "--open" => args.open = number(&flag, &value()?)?.max(1),
                 "--scale-timeout" => args.scale_timeout_s = number(&flag, &value()?)? as u64,
@@ -92,6 +109,12 @@ impl Args {
         }
         if args.order_url.is_some() != args.fulfillment_url.is_some() {
             bail!("--order-url and --fulfillment-url go together");
+        }
+        if args.replicas > 1 && !args.postgres {
+            bail!("--replicas above 1 needs --store postgres (a SQLite store serves one process)");
+        }
+        if (args.replicas > 1 || args.postgres) && args.external() {
+            bail!("--store and --replicas are for services started here, not with --order-url");
         }
         Ok(Some(args))
     }

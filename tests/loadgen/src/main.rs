@@ -89,13 +89,11 @@ async fn run(args: &Args) -> Result<Report> {
     spinner.finish_and_clear();
 
     // 1. Orders end to end, with the CPU time each process spends on them.
-    let (order_pid, fulfillment_pid) = system.pids();
-    let meter = procs::CpuMeter::start(&[
-        ("order-service", order_pid),
-        ("fulfillment-service", fulfillment_pid),
-        ("rabbitmq", procs::rabbitmq()),
-        ("loadgen", Some(std::process::id())),
-    ]);
+    let mut processes = system.processes();
+    processes.push(("rabbitmq".into(), procs::rabbitmq()));
+    processes.push(("loadgen".into(), Some(std::process::id())));
+    let named: Vec<(&str, Option<u32>)> = processes.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    let meter = procs::CpuMeter::start(&named);
     let progress = bar(args.orders, "orders: created -> SHIPPED");
     let (orders, shipped) = workload::orders(
         &http,
@@ -220,6 +218,16 @@ async fn run(args: &Args) -> Result<Report> {
         machine: report::Machine::here().await,
         args: format!("{args:?}"),
         managed: !args.external(),
+        setup: format!(
+            "{}, {} fulfillment-service replica{}",
+            if args.postgres {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            },
+            args.replicas,
+            if args.replicas == 1 { "" } else { "s" }
+        ),
         orders,
         cpu,
         published,

@@ -67,6 +67,8 @@ pub struct Report {
     pub machine: Machine,
     pub args: String,
     pub managed: bool,
+    /// The stores and replicas, e.g. `SQLite, 1 fulfillment-service replica`.
+    pub setup: String,
     pub orders: OrdersResult,
     /// CPU time of each process during the order run.
     pub cpu: CpuUse,
@@ -125,7 +127,7 @@ impl Report {
         let f = &self.floor;
         let m = &self.machine;
         println!(
-            "\nmachine: {} CPUs ({}), {} MiB, RabbitMQ {}; services {}",
+            "\nmachine: {} CPUs ({}), {} MiB, RabbitMQ {}; services {}; {}",
             m.cpus,
             m.cpu_model,
             m.memory_mib,
@@ -134,7 +136,8 @@ impl Report {
                 "started by loadgen, all delays 0"
             } else {
                 "already running"
-            }
+            },
+            self.setup
         );
         println!(
             "\n{:<44} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8}",
@@ -321,6 +324,7 @@ impl Report {
             "machine": self.machine,
             "args": self.args,
             "servicesStartedByLoadgen": self.managed,
+            "setup": self.setup,
             "orders": self.orders,
             "cpuDuringOrders": self.cpu,
             "published": {

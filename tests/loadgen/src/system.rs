@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use system_tests::{binary_path, TestSystem};
+use std::time::Duration;
+
+use system_tests::{binary_path, eventually, Service, TestSystem};
 
 use crate::args::Args;
 
@@ -17,8 +19,9 @@ const ORDER_ENV: &[(&str, &str)] = &[
 const FULFILLMENT_ENV: &[(&str, &str)] = &[("STEP_DELAY_MS", "0"), ("QUERY_TIMEOUT_MS", "5000")];
 
 pub enum System {
-    /// Started here, on a vhost of their own.
-    Managed(Box<TestSystem>),
+    /// Started here, on a vhost of their own; with `--replicas`, the
+    /// fulfillment-service replicas beyond the first.
+    Managed(Box<TestSystem>, Vec<Service>),
     External {
         order_url: String,
         fulfillment_url: String,
@@ -38,24 +41,48 @@ impl System {
             });
         }
         // fulfillment first: it declares the events exchange we subscribe to.
-        let system = TestSystem::builder("loadgen")
+        let mut builder = TestSystem::builder("loadgen")
             .fulfillment(FULFILLMENT_ENV)
-            .orders(ORDER_ENV)
-            .start()
-            .await?;
-        Ok(Self::Managed(Box::new(system)))
+            .orders(ORDER_ENV);
+        if args.postgres {
+            builder = builder.postgres();
+        }
+        let mut system = builder.start().await?;
+        let mut replicas = Vec::new();
+        if args.replicas > 1 {
+            let store = system
+                .database("fulfillment-service")
+                .context("fulfillment-service's database")?
+                .url
+                .clone();
+            for n in 2..=args.replicas {
+                let replica = format!("loadgen-fulfillment-{n}");
+                let mut env = FULFILLMENT_ENV.to_vec();
+                env.extend([
+                    ("STORE_URL", store.as_str()),
+                    ("REPLICA_ID", replica.as_str()),
+                ]);
+                let service = system.start_service("fulfillment-service", &env).await?;
+                service.wait_ready().await?;
+                replicas.push(service);
+            }
+            let mut all: Vec<&Service> = vec![system.fulfillment_service()];
+            all.extend(replicas.iter());
+            balanced(&all).await?;
+        }
+        Ok(Self::Managed(Box::new(system), replicas))
     }
 
     pub fn order_url(&self) -> String {
         match self {
-            Self::Managed(m) => m.order_service().base_url(),
+            Self::Managed(m, _) => m.order_service().base_url(),
             Self::External { order_url, .. } => order_url.clone(),
         }
     }
 
     pub fn fulfillment_url(&self) -> String {
         match self {
-            Self::Managed(m) => m.fulfillment_service().base_url(),
+            Self::Managed(m, _) => m.fulfillment_service().base_url(),
             Self::External {
                 fulfillment_url, ..
             } => fulfillment_url.clone(),
@@ -64,41 +91,63 @@ impl System {
 
     pub fn amqp_url(&self) -> String {
         match self {
-            Self::Managed(m) => m.amqp_url.clone(),
+            Self::Managed(m, _) => m.amqp_url.clone(),
             Self::External { amqp_url, .. } => amqp_url.clone(),
         }
     }
 
     pub fn vhost(&self) -> String {
         match self {
-            Self::Managed(m) => m.vhost().name.clone(),
+            Self::Managed(m, _) => m.vhost().name.clone(),
             Self::External { vhost, .. } => vhost.clone(),
         }
     }
 
-    /// The process ids of order-service and fulfillment-service, when
-    /// they run on this machine (started here, or found by their
-    /// `HTTP_ADDR`).
-    pub fn pids(&self) -> (Option<u32>, Option<u32>) {
+    /// The services' processes by name, when they run on this machine
+    /// (started here, or found by their `HTTP_ADDR`): `order-service`,
+    /// `fulfillment-service`, and `fulfillment-service#2` and on for
+    /// further replicas.
+    pub fn processes(&self) -> Vec<(String, Option<u32>)> {
         match self {
-            Self::Managed(m) => (m.order_service().pid(), m.fulfillment_service().pid()),
+            Self::Managed(m, replicas) => {
+                let mut all = vec![
+                    ("order-service".to_owned(), m.order_service().pid()),
+                    (
+                        "fulfillment-service".to_owned(),
+                        m.fulfillment_service().pid(),
+                    ),
+                ];
+                for (n, replica) in replicas.iter().enumerate() {
+                    all.push((format!("fulfillment-service#{}", n + 2), replica.pid()));
+                }
+                all
+            }
             Self::External {
                 order_url,
                 fulfillment_url,
                 ..
             } => {
                 let addr = |url: &str| url.trim_start_matches("http://").to_string();
-                (
-                    crate::procs::by_http_addr(&addr(order_url)),
-                    crate::procs::by_http_addr(&addr(fulfillment_url)),
-                )
+                vec![
+                    (
+                        "order-service".to_owned(),
+                        crate::procs::by_http_addr(&addr(order_url)),
+                    ),
+                    (
+                        "fulfillment-service".to_owned(),
+                        crate::procs::by_http_addr(&addr(fulfillment_url)),
+                    ),
+                ]
             }
         }
     }
 
     /// Stops services started here (`kill -9`: nothing of theirs is kept).
     pub async fn stop(self) -> Result<()> {
-        if let Self::Managed(mut m) = self {
+        if let Self::Managed(mut m, mut replicas) = self {
+            for replica in &mut replicas {
+                replica.kill().await?;
+            }
             m.order_service_mut().kill().await?;
             m.fulfillment_service_mut().kill().await?;
         }
@@ -109,16 +158,45 @@ impl System {
     /// fulfillments stay in a step long enough to be paused. Only for
     /// services started here.
     pub async fn set_step_delay(&mut self, ms: u64) -> Result<bool> {
-        let Self::Managed(m) = self else {
+        let Self::Managed(m, replicas) = self else {
             return Ok(false);
         };
-        let service = m.fulfillment_service_mut();
-        service.env.retain(|(k, _)| k != "STEP_DELAY_MS");
-        service.env.push(("STEP_DELAY_MS".into(), ms.to_string()));
-        service.restart().await?;
-        service.wait_ready().await?;
+        for service in std::iter::once(m.fulfillment_service_mut()).chain(replicas.iter_mut()) {
+            service.env.retain(|(k, _)| k != "STEP_DELAY_MS");
+            service.env.push(("STEP_DELAY_MS".into(), ms.to_string()));
+            service.restart().await?;
+            service.wait_ready().await?;
+        }
+        if !replicas.is_empty() {
+            let mut all: Vec<&Service> = vec![m.fulfillment_service()];
+            all.extend(replicas.iter());
+            balanced(&all).await?;
+        }
         Ok(true)
     }
+}
+
+/// Waits until the fulfillment-service replicas `all` own every partition
+/// between them, none twice, each its share (`/readyz` lists them), so
+/// the run does not measure a rebalance.
+async fn balanced(all: &[&Service]) -> Result<()> {
+    let http = system_tests::Http::new();
+    eventually(
+        "the replicas to share the partitions",
+        Duration::from_secs(90),
+        || async {
+            let mut shares = Vec::new();
+            for service in all {
+                let (_, body) = http.get(&service.url("/readyz")).await?;
+                shares.push(body["partitions"].as_array().map_or(0, Vec::len));
+            }
+            let total: usize = shares.iter().sum();
+            let (low, high) = (total / all.len(), total.div_ceil(all.len()));
+            let even = shares.iter().all(|n| (low..=high).contains(n));
+            Ok((total > 0 && even && shares.iter().all(|n| *n > 0)).then_some(()))
+        },
+    )
+    .await
 }
 
 /// Where reports go: `target/loadgen/` beside the binaries.
