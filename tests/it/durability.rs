@@ -41,9 +41,10 @@ const ORDER_ENV: &[(&str, &str)] = &[
 ];
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Fulfillment steps of tens of milliseconds: a demo order's fulfillment
-/// takes a few hundred, so a batch is in flight when a process dies.
-const FULFILLMENT_ENV: &[(&str, &str)] = &[("STEP_DELAY_MS", "40"), ("QUERY_TIMEOUT_MS", "1000")];
+/// Fulfillment steps of a tenth of a second: a demo order's fulfillment
+/// takes most of a second, so a batch placed one by one is still in flight
+/// when a process dies, even on a machine busy with other tests.
+const FULFILLMENT_ENV: &[(&str, &str)] = &[("STEP_DELAY_MS", "100"), ("QUERY_TIMEOUT_MS", "1000")];
 
 const EVENTS_QUEUE: &str = "durability-test.fulfillment-events";
 

@@ -86,16 +86,25 @@ impl Registry {
         &self,
         mine: impl Fn(&str) -> bool,
     ) -> Result<Recovered, StoreError> {
-        let mut unfinished = self.inner.deps.store.unfinished().await?;
+        let store = &self.inner.deps.store;
+        let mut unfinished = store.unfinished().await?;
         unfinished.states.retain(|f| mine(&f.id));
-        let resumed = unfinished.states.len();
+        unfinished.unreadable.retain(|(id, _)| mine(id));
+        for (id, reason) in &unfinished.unreadable {
+            tracing::error!(fulfillment_id = %id, %reason, "unreadable stored fulfillment quarantined; it is not resumed");
+            METRICS.quarantined_rows.inc();
+            if let Err(error) = store.quarantine(id, reason).await {
+                tracing::error!(fulfillment_id = %id, %error, "cannot record the quarantined row");
+            }
+        }
+        let recovered = Recovered {
+            resumed: unfinished.states.len(),
+            quarantined: unfinished.unreadable.len(),
+        };
         self.inner
             .actors
             .spawn_missing(unfinished.states, |f| &f.id, |f| self.spawn(f));
-        Ok(Recovered {
-            resumed,
-            quarantined: 0,
-        })
+        Ok(recovered)
     }
 
     /// Stops the actors whose ids `leaving` accepts, each once its write
