@@ -175,6 +175,28 @@ impl Route {
             mandatory,
         }
     }
+
+    /// Publishes `body` with `properties` here on `channel` (`mandatory`
+    /// as the route says); the answer is the broker's confirm to await.
+    async fn publish_on(
+        &self,
+        channel: &lapin::Channel,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<lapin::PublisherConfirm, lapin::Error> {
+        channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                self.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: self.mandatory,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await
+    }
 }
 
 /// A handler for one consumed queue. It is called in delivery order (so
@@ -406,15 +428,9 @@ impl Bus {
         };
         let mut confirms = Vec::with_capacity(messages.len());
         for (route, envelope) in messages {
-            let confirm = session
-                .publisher
-                .basic_publish(
-                    route.exchange.as_str().into(),
-                    route.routing_key.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: route.mandatory,
-                        ..Default::default()
-                    },
+            let confirm = route
+                .publish_on(
+                    &session.publisher,
                     &envelope.to_json(),
                     self.properties(envelope, true),
                 )
@@ -464,18 +480,8 @@ impl Bus {
                 )
             }
         };
-        let confirm = session
-            .publisher
-            .basic_publish(
-                route.exchange.as_str().into(),
-                route.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: route.mandatory,
-                    ..Default::default()
-                },
-                &body,
-                properties,
-            )
+        let confirm = route
+            .publish_on(&session.publisher, &body, properties)
             .await?;
         confirmed(route, &incoming.envelope, confirm.await)
     }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::BasicPublishOptions;
 use lapin::Consumer;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -56,18 +55,8 @@ pub(super) async fn request(
         // Confirmed, and returned when nothing is bound (`mandatory` on the
         // route): a signal that reached no queue is an error at once, not a
         // timeout.
-        let confirm = session
-            .rpc
-            .basic_publish(
-                route.exchange.as_str().into(),
-                route.routing_key.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: route.mandatory,
-                    ..Default::default()
-                },
-                &envelope.to_json(),
-                properties,
-            )
+        let confirm = route
+            .publish_on(&session.rpc, &envelope.to_json(), properties)
             .await?;
         super::confirmed(route, envelope, confirm.await)?;
         let reply = rx.await.map_err(|_| BusError::NotConnected)?;
