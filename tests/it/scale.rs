@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use service_kit::partitions::partition_of;
-use system_tests::{eventually, FulfillmentApi, Service, TestDatabase, TestSystem};
+use system_tests::{eventually, FulfillmentApi, Service, TcpProxy, TestDatabase, TestSystem};
 
 use crate::durability::EventLog;
 
@@ -62,6 +62,26 @@ impl Replicas {
             ("LEASE_TTL_MS", LEASE_TTL_MS),
             ("STEP_DELAY_MS", self.step_delay_ms),
             ("QUERY_TIMEOUT_MS", "3000"),
+        ];
+        let service = self
+            .system
+            .start_service("fulfillment-service", &env)
+            .await
+            .with_context(|| format!("fulfillment-service replica {replica}"))?;
+        self.fulfillment.push(service);
+        Ok(())
+    }
+
+    /// A replica that reaches the broker at `amqp_url` instead of the
+    /// system's (through a [`TcpProxy`], say).
+    async fn add_replica_on(&mut self, replica: &str, amqp_url: &str) -> Result<()> {
+        let env = [
+            ("STORE_URL", self.database.url.as_str()),
+            ("REPLICA_ID", replica),
+            ("LEASE_TTL_MS", LEASE_TTL_MS),
+            ("STEP_DELAY_MS", self.step_delay_ms),
+            ("QUERY_TIMEOUT_MS", "3000"),
+            ("AMQP_URL", amqp_url),
         ];
         let service = self
             .system
@@ -347,4 +367,74 @@ async fn a_replica_paused_past_its_lease_is_fenced_and_rejoins() -> Result<()> {
         "the woken replica says it lost its partitions"
     );
     Ok(())
+}
+
+/// A replica cut off from the broker (its connection runs through a proxy
+/// that goes down) cannot consume its partitions' queues: a lease later
+/// it hands every partition over, the others take them and finish its
+/// fulfillments, each once; with the broker back it gets its share again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_the_broker_hands_its_partitions_over_and_rejoins() -> Result<()> {
+    let mut replicas = Replicas::start("scale-cut", 2, "100").await?;
+    let (upstream, through) = broker_address(&replicas.system.amqp_url)?;
+    let mut proxy = TcpProxy::start(upstream).await?;
+    let proxied = replicas
+        .system
+        .amqp_url
+        .replacen(&through, &proxy.listen.to_string(), 1);
+    replicas.add_replica_on("scale-cut-2", &proxied).await?;
+    let events = EventLog::start(&replicas.system.amqp_url).await?;
+    replicas
+        .system
+        .start_orders(ORDER_ENV)
+        .await?
+        .wait_ready()
+        .await?;
+    wait_balanced(&replicas.running()).await?;
+
+    let mut orders = Vec::new();
+    place_orders(&replicas.system, 30, &mut orders).await?;
+    proxy.take_down();
+    let cut_at = std::time::Instant::now();
+    place_orders(&replicas.system, 30, &mut orders).await?;
+    let reachable = [&replicas.fulfillment[0], &replicas.fulfillment[1]];
+    wait_balanced(&reachable).await?;
+    let cut_off = owned(&replicas.fulfillment[2]).await?;
+    ensure!(
+        cut_off.is_empty(),
+        "the cut-off replica holds nothing once the others own everything: {cut_off:?}"
+    );
+    let took = cut_at.elapsed();
+    ensure!(
+        took < Duration::from_secs(15),
+        "partitions taken over {took:?} after the cut, not within 15 s"
+    );
+
+    wait_each_shipped_once(&events, orders.len()).await?;
+    eventually("every order SHIPPED", DEADLINE, || async {
+        Ok((orders_shipped(&replicas.system).await? == orders.len()).then_some(()))
+    })
+    .await?;
+
+    proxy.bring_up().await?;
+    wait_balanced(&replicas.running()).await?;
+    let log = std::fs::read_to_string(replicas.system.log_path("fulfillment-service"))?;
+    ensure!(
+        log.contains("cut off from the broker for a whole lease"),
+        "the cut-off replica says why it handed its partitions over"
+    );
+    Ok(())
+}
+
+/// The broker's `host:port` in `amqp_url`, resolved, and as written.
+fn broker_address(amqp_url: &str) -> Result<(std::net::SocketAddr, String)> {
+    let rest = amqp_url
+        .split_once("://")
+        .map_or(amqp_url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let authority = rest.split('/').next().unwrap_or(rest).to_owned();
+    let address = std::net::ToSocketAddrs::to_socket_addrs(&authority)?
+        .next()
+        .with_context(|| format!("the broker's address in {amqp_url}"))?;
+    Ok((address, authority))
 }

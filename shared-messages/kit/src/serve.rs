@@ -89,6 +89,11 @@ pub async fn run_until_stopped(
     bus: &Bus,
     leases: Option<Leases>,
 ) -> anyhow::Result<()> {
+    if let Some(leases) = &leases {
+        // Cut off from the broker, this replica cannot do its partitions'
+        // work: after a lease it hands them to those that can.
+        leases.follow_broker(bus.clone());
+    }
     let handle = server.handle();
     let mut server = tokio::spawn(server);
     tokio::select! {

@@ -43,8 +43,11 @@ pub enum Change {
 /// stops the task as a crash would: the leases run out after the TTL.
 pub struct Leases {
     replica: String,
+    lease_ttl: Duration,
     owned: watch::Receiver<Vec<Fence>>,
     stop: watch::Sender<bool>,
+    /// `true` while this replica stands aside ([`Leases::stand_aside`]).
+    aside: Arc<watch::Sender<bool>>,
     task: Option<JoinHandle<()>>,
     /// Held by each tick; a test holds it to freeze the manager.
     #[cfg(any(test, feature = "test-support"))]
@@ -71,6 +74,7 @@ impl Leases {
         let (drained_tx, drained_rx) = mpsc::unbounded_channel();
         let (owned_tx, owned) = watch::channel(Vec::new());
         let (stop, stop_rx) = watch::channel(false);
+        let (aside, aside_rx) = watch::channel(false);
         let gate = Arc::new(Mutex::new(()));
         let manager = Manager {
             pg: pg.clone(),
@@ -83,6 +87,7 @@ impl Leases {
                 to_free: Vec::new(),
                 renewed_at: Instant::now(),
                 stopping: false,
+                aside: false,
                 changes,
                 drained_tx,
                 owned: owned_tx,
@@ -95,12 +100,14 @@ impl Leases {
             lease_ttl_ms = settings.ttl_ms(),
             "partition leases"
         );
-        let task = tokio::spawn(manager.run(stop_rx, drained_rx, gate.clone()));
+        let task = tokio::spawn(manager.run(stop_rx, aside_rx, drained_rx, gate.clone()));
         Ok((
             Self {
                 replica,
+                lease_ttl: settings.lease_ttl,
                 owned,
                 stop,
+                aside: Arc::new(aside),
                 task: Some(task),
                 #[cfg(any(test, feature = "test-support"))]
                 gate,
@@ -119,6 +126,54 @@ impl Leases {
     /// [`check_fences`](super::check_fences) takes).
     pub fn replica(&self) -> &str {
         &self.replica
+    }
+
+    /// Stands this replica aside (`true`) or back in (`false`). Aside, it
+    /// counts as not live, hands every partition over as on SIGTERM and
+    /// claims none, but keeps running: back in, it heartbeats and claims
+    /// its share again. For a replica that cannot do its partitions' work
+    /// for now ([`Leases::follow_broker`]).
+    pub fn stand_aside(&self, aside: bool) {
+        self.aside
+            .send_if_modified(|now| std::mem::replace(now, aside) != aside);
+    }
+
+    /// Stands aside while `bus` has been disconnected for a whole lease,
+    /// and back in once it is connected again. Cut off from the broker, a
+    /// replica cannot consume its partitions' queues, so their messages
+    /// would wait for it; standing aside lets the replicas that still
+    /// reach the broker take them over. A shorter outage (a broker node
+    /// restarting, the bus reconnecting) moves nothing. Ends with the
+    /// manager.
+    pub fn follow_broker(&self, bus: message_bus::Bus) {
+        let aside = self.aside.clone();
+        let grace = self.lease_ttl;
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(200));
+            let mut down_since: Option<Instant> = None;
+            // Ends when the manager has stopped (its receiver is gone).
+            while !aside.is_closed() {
+                every.tick().await;
+                if bus.is_connected() {
+                    down_since = None;
+                    if aside.send_if_modified(|now| std::mem::replace(now, false)) {
+                        tracing::info!(
+                            "connected to the broker again: claiming a share of the partitions"
+                        );
+                    }
+                    continue;
+                }
+                let since = *down_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= grace
+                    && aside.send_if_modified(|now| !std::mem::replace(now, true))
+                {
+                    tracing::warn!(
+                        after_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                        "cut off from the broker for a whole lease: handing every partition over"
+                    );
+                }
+            }
+        });
     }
 
     /// Leaves (on SIGTERM): stops counting as live, hands every partition
@@ -176,6 +231,7 @@ impl Manager {
     async fn run(
         mut self,
         mut stop: watch::Receiver<bool>,
+        mut aside: watch::Receiver<bool>,
         mut drained: mpsc::UnboundedReceiver<Drained>,
         gate: Arc<Mutex<()>>,
     ) {
@@ -190,6 +246,7 @@ impl Manager {
             tokio::select! {
                 _ = ticks.tick() => {}
                 _ = stop.changed(), if !stopping => self.state.stopping = true,
+                Ok(()) = aside.changed() => self.state.aside = *aside.borrow_and_update(),
                 Some(answer) = drained.recv() => self.state.drained(answer),
                 _ = tokio::time::sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {}
             }
@@ -265,6 +322,9 @@ struct State {
     renewed_at: Instant,
     /// Shutting down: no heartbeat, no claims, everything handed over.
     stopping: bool,
+    /// Standing aside ([`Leases::stand_aside`]): as `stopping`, until
+    /// asked back in.
+    aside: bool,
     changes: mpsc::UnboundedSender<Change>,
     drained_tx: mpsc::UnboundedSender<Drained>,
     owned: watch::Sender<Vec<Fence>>,
@@ -276,7 +336,8 @@ impl State {
     /// towards this replica's share: hand over extras, claim missing ones.
     async fn tick(&mut self, client: &Client, started: Instant) -> Result<(), StoreError> {
         let ttl = self.settings.ttl_ms();
-        if self.stopping {
+        let leaving = self.stopping || self.aside;
+        if leaving {
             table::leave(client, &self.replica).await?;
         } else {
             table::heartbeat(client, &self.replica, ttl).await?;
@@ -296,7 +357,7 @@ impl State {
             table::release(client, &self.replica, fence).await?;
             self.to_free.pop();
         }
-        if self.stopping {
+        if leaving {
             self.hand_over_extras(0);
             return Ok(());
         }

@@ -365,6 +365,61 @@ async fn a_fourth_replica_rebalances_and_a_graceful_leave_hands_over_at_once() {
     }
 }
 
+/// A replica that stands aside (cut off from the broker) hands every
+/// partition over through the drain, as on SIGTERM, and counts as gone:
+/// the others take its partitions at their next tick. Back in, it gets
+/// its share again, at new epochs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_standing_aside_hands_over_and_comes_back_for_its_share() {
+    let db = TestDb::create("partitions_aside");
+    let s = settings(16, 3000);
+    let mut replicas = Vec::new();
+    for name in ["replica-a", "replica-b", "replica-c"] {
+        replicas.push(Replica::start(&db, name, s).await);
+    }
+    let three: Vec<&Replica> = replicas.iter().collect();
+    eventually(WITHIN, "three replicas balanced", || balanced(&three, 16)).await;
+
+    let theirs = replicas[2].owned();
+    replicas[2].leases().stand_aside(true);
+    let aside_at = Instant::now();
+    let rest: Vec<&Replica> = replicas[..2].iter().collect();
+    eventually(WITHIN, "the other two take every partition", || {
+        balanced(&rest, 16)
+    })
+    .await;
+    let took = aside_at.elapsed();
+    assert!(
+        took < s.lease_ttl,
+        "taken over in {took:?}: about a tick, not the lease ({:?})",
+        s.lease_ttl
+    );
+    let log = replicas[2].log();
+    for fence in &theirs {
+        assert!(
+            log.contains(&('r', *fence)),
+            "{fence:?} handed over through the drain: {log:?}"
+        );
+    }
+    assert!(replicas[2].owned().is_empty() && replicas[2].believed().is_empty());
+    rows_match(&replicas[0].pg, &rest).await;
+
+    replicas[2].leases().stand_aside(false);
+    eventually(WITHIN, "three replicas balanced again", || {
+        balanced(&three, 16)
+    })
+    .await;
+    let epochs: BTreeMap<u16, i64> = theirs.iter().map(|f| (f.partition, f.epoch)).collect();
+    for fence in replicas[2].owned() {
+        if let Some(old) = epochs.get(&fence.partition) {
+            assert!(fence.epoch > *old, "claimed anew: {old} then {fence:?}");
+        }
+    }
+    for r in &mut replicas {
+        r.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_replica_loses_its_partitions_and_its_writes_are_fenced() {
     let db = TestDb::create("partitions_frozen");
