@@ -31,6 +31,11 @@ removes the vhost. With --order-url it targets services already running.
   --replicas R          fulfillment-service replicas (default 1; more than one
                         needs --store postgres): they share its database and
                         its partitions, balanced before the run starts
+  --failover K          measure failover instead: K times, kill -9 one
+                        fulfillment-service replica (round robin) with orders
+                        under way, and time until the others own every
+                        partition and until those orders have shipped (needs
+                        --store postgres and --replicas 2 or more)
   --scale               measure scale instead: memory with --open fulfillments
                         waiting, restart to /readyz, status requests per second
   --open N              open fulfillments for --scale (default 100000)
@@ -52,6 +57,7 @@ pub struct Args {
     pub build: bool,
     pub postgres: bool,
     pub replicas: usize,
+    pub failover: usize,
     pub scale: bool,
     pub open: usize,
     pub scale_timeout_s: u64,
@@ -73,6 +79,7 @@ impl Args {
             build: true,
             postgres: false,
             replicas: 1,
+            failover: 0,
             scale: false,
             open: 100_000,
             scale_timeout_s: 900,
@@ -101,6 +108,7 @@ impl Args {
                     }
                 }
                 "--replicas" => args.replicas = number(&flag, &value()?)?.max(1),
+                "--failover" => args.failover = number(&flag, &value()?)?.max(1),
                 "--scale" => args.scale = true,
                 "--open" => args.open = number(&flag, &value()?)?.max(1),
                 "--scale-timeout" => args.scale_timeout_s = number(&flag, &value()?)? as u64,
@@ -112,6 +120,9 @@ impl Args {
         }
         if args.replicas > 1 && !args.postgres {
             bail!("--replicas above 1 needs --store postgres (a SQLite store serves one process)");
+        }
+        if args.failover > 0 && (args.replicas < 2 || !args.postgres) {
+            bail!("--failover needs --store postgres and --replicas 2 or more");
         }
         if (args.replicas > 1 || args.postgres) && args.external() {
             bail!("--store and --replicas are for services started here, not with --order-url");

@@ -10,11 +10,13 @@
 //! - [`broker`]: messages published, from the management API.
 //! - [`procs`]: CPU time and memory of the processes, from `/proc`.
 //! - [`scale`]: memory and recovery with many open fulfillments.
+//! - [`failover`]: how long the replicas take to recover from a crash.
 //! - [`report`]: the table and the JSON file.
 
 mod args;
 mod broker;
 mod events;
+mod failover;
 mod floor;
 mod procs;
 mod report;
@@ -48,6 +50,9 @@ async fn main() -> Result<()> {
     }
     if args.scale {
         return scale::run(&args).await;
+    }
+    if args.failover > 0 {
+        return failover::run(&args).await;
     }
     let report = run(&args).await?;
     report.print();

@@ -142,6 +142,32 @@ impl System {
         }
     }
 
+    /// The fulfillment-service replicas started here, the first one first
+    /// (none for services running elsewhere).
+    pub fn fulfillment_replicas(&self) -> Vec<&Service> {
+        match self {
+            Self::Managed(m, replicas) => std::iter::once(m.fulfillment_service())
+                .chain(replicas.iter())
+                .collect(),
+            Self::External { .. } => Vec::new(),
+        }
+    }
+
+    /// [`System::fulfillment_replicas`], to stop and start them.
+    pub fn fulfillment_replicas_mut(&mut self) -> Vec<&mut Service> {
+        match self {
+            Self::Managed(m, replicas) => std::iter::once(m.fulfillment_service_mut())
+                .chain(replicas.iter_mut())
+                .collect(),
+            Self::External { .. } => Vec::new(),
+        }
+    }
+
+    /// Waits until the replicas started here share the partitions evenly.
+    pub async fn wait_balanced(&self) -> Result<()> {
+        balanced(&self.fulfillment_replicas()).await
+    }
+
     /// Stops services started here (`kill -9`: nothing of theirs is kept).
     pub async fn stop(self) -> Result<()> {
         if let Self::Managed(mut m, mut replicas) = self {
