@@ -90,7 +90,9 @@ pub(super) async fn create_elsewhere(state: &AppState, details: &OrderDetails) -
         workflow_id: candidate.clone(),
         action: OrderAction::Create { details },
     };
-    Some(send(state, partition, &candidate, command, Duration::ZERO, true).await)
+    // Transient, expiring with the wait: a creation nobody answered in
+    // time must not happen later behind the client's back.
+    Some(send(state, partition, &candidate, command, Duration::ZERO, false).await)
 }
 
 /// Sends `command` to the owner of `partition` and turns its reply into
