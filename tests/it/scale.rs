@@ -397,6 +397,49 @@ async fn any_order_replica_answers_for_orders_another_owns() -> Result<()> {
     Ok(())
 }
 
+/// With more order-service replicas than partitions, one holds none: an
+/// order created through it is created by an owner, in the owner's
+/// partition, and ships.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_replica_holding_no_partition_creates_through_an_owner() -> Result<()> {
+    let mut replicas = Replicas::start("scale-orders-none", 1, "30").await?;
+    let mut env = ORDER_ENV.to_vec();
+    env.push(("PARTITIONS", "2"));
+    for n in 0..3 {
+        replicas
+            .add_order_replica(&format!("scale-orders-none-{n}"), &env)
+            .await?;
+    }
+    let shares = eventually(
+        "two order-service replicas with a partition each, one with none",
+        DEADLINE,
+        || async {
+            let mut shares = Vec::new();
+            for service in replicas.running_orders() {
+                shares.push(owned(service).await?);
+            }
+            let one_each = shares.iter().filter(|s| s.len() == 1).count() == 2;
+            Ok((one_each && shares.iter().any(Vec::is_empty)).then_some(shares))
+        },
+    )
+    .await?;
+    let none = shares
+        .iter()
+        .position(Vec::is_empty)
+        .context("a replica with none")?;
+    let api = replicas.orders_api(none);
+    let created = api.place_demo().await?;
+    let partition = partition_of(&created.order_id, 2);
+    ensure!(
+        shares.iter().any(|s| s.contains(&partition)),
+        "created in an owner's partition: {}",
+        created.order_id
+    );
+    api.wait_status(&created.workflow_id, "SHIPPED", DEADLINE)
+        .await?;
+    Ok(())
+}
+
 /// A fulfillment owned by one replica is started, read, paused and resumed
 /// through the others, and queried through order-service over the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
