@@ -194,10 +194,9 @@ const DEFAULT_WAIT_MS: u64 = 10_000;
     ))]
 async fn status(state: Data<AppState>, path: Path<String>, params: Query<StatusParams>) -> Reply {
     let params = params.into_inner();
-    if let (Some(Some(_)), Some(raw)) = (
-        parse_status(params.wait_for.as_deref()).ok(),
-        params.wait_for.clone(),
-    ) {
+    let waits = parse_status(params.wait_for.as_deref()).is_ok_and(|s| s.is_some())
+        && params.timeout_ms.unwrap_or(DEFAULT_WAIT_MS) <= MAX_WAIT_MS;
+    if let Some(raw) = params.wait_for.clone().filter(|_| waits) {
         // A wait is woken by the order's changes, which its owner makes.
         let action = OrderAction::WaitFor {
             wait_for: raw,
