@@ -13,9 +13,9 @@
 //!
 //! On the owner, [`command_handler`] runs each command as the HTTP route
 //! would and replies. A command for an order this replica no longer owns
-//! (its partition is being handed over) is retried until the consumer
-//! stops, then goes back to the queue for the next owner; one that nobody
-//! waits for (no `reply_to`) is dead-lettered.
+//! (its partition was just handed over) goes on to the queue of the
+//! order's partition, for its owner; one that nobody waits for (no
+//! `reply_to`) is dead-lettered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,41 +133,36 @@ async fn send(
 /// would, and its response goes back to the sender.
 pub fn command_handler(state: web::Data<AppState>, arbiter: ArbiterHandle) -> Handler {
     Arc::new(move |incoming: Incoming| {
-        let Incoming {
-            envelope, reply_to, ..
-        } = incoming;
-        let Some(to) = reply_to else {
-            return futures::future::ready(Outcome::DeadLetter(format!(
-                "{} without reply_to: nobody to answer",
-                envelope.message_type()
-            )))
-            .boxed();
+        let (Some(to), Message::OrderCommand(command)) =
+            (incoming.reply_to.clone(), &incoming.envelope.message)
+        else {
+            let reason = match incoming.reply_to {
+                None => "without reply_to: nobody to answer",
+                Some(_) => "is not an order command",
+            };
+            let message_type = incoming.envelope.message_type();
+            return futures::future::ready(Outcome::DeadLetter(format!("{message_type} {reason}")))
+                .boxed();
         };
-        let Message::OrderCommand(command) = envelope.message else {
-            return futures::future::ready(Outcome::DeadLetter(format!(
-                "{} is not an order command",
-                envelope.message_type()
-            )))
-            .boxed();
-        };
-        let mine = match &command.action {
-            OrderAction::Create { .. } => state
-                .orders
-                .held()
-                .is_none_or(|held| !held.owned().is_empty()),
-            _ => state.orders.owns(order_id(&command.workflow_id)),
-        };
-        if !mine {
-            // Being handed over: the next owner answers it.
-            return futures::future::ready(Outcome::Retry(format!(
-                "order {} is not this replica's now",
-                command.workflow_id
-            )))
+        let command = command.clone();
+        if let Some(partition) = elsewhere_now(&state, &command) {
+            // The partition was handed over (or the command sent to the
+            // wrong one): on to the queue of the order's partition, whose
+            // owner answers it.
+            let bus = state.orders.bus().clone();
+            return async move {
+                match bus.forward(&route(partition), &incoming).await {
+                    Ok(()) => Outcome::Ack,
+                    Err(error) => Outcome::Retry(format!(
+                        "forwarding a command to partition {partition}: {error}"
+                    )),
+                }
+            }
             .boxed();
         }
+        let entity_id = incoming.envelope.entity_id;
         let (done, answered) = oneshot::channel();
         let state = state.clone();
-        let entity_id = envelope.entity_id.clone();
         arbiter.spawn_fn(move || {
             actix_rt::spawn(async move {
                 let response = run_here(&state, command).await;
@@ -191,6 +186,17 @@ pub fn command_handler(state: web::Data<AppState>, arbiter: ArbiterHandle) -> Ha
         }
         .boxed()
     })
+}
+
+/// The partition to send `command` on to when this replica cannot run it
+/// now: the order's is not held (a creation: no partition is held).
+fn elsewhere_now(state: &AppState, command: &OrderCommand) -> Option<u16> {
+    let held = state.orders.held()?;
+    let id = match &command.action {
+        OrderAction::Create { .. } if !held.owned().is_empty() => return None,
+        _ => order_id(&command.workflow_id),
+    };
+    (!held.owns(id)).then(|| held.partition_of(id))
 }
 
 /// Runs `command` as its HTTP route would on this replica.
@@ -229,4 +235,27 @@ fn parts(response: HttpResponse) -> (u16, Value) {
         Err(_) => Value::Null,
     };
     (status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_travels_as_its_status_and_json_body() {
+        let ok = HttpResponse::Created().json(serde_json::json!({"orderId": "ORD-1"}));
+        assert_eq!(parts(ok), (201, serde_json::json!({"orderId": "ORD-1"})));
+        let refused = ApiError::Conflict("it has already shipped".into()).error_response();
+        assert_eq!(
+            parts(refused),
+            (
+                409,
+                serde_json::json!({"error": "conflict", "message": "it has already shipped"})
+            )
+        );
+        assert_eq!(
+            parts(HttpResponse::NoContent().finish()),
+            (204, Value::Null)
+        );
+    }
 }
