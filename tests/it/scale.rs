@@ -12,8 +12,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use message_bus::{Bus, BusConfig, Route};
 use serde_json::Value;
 use service_kit::partitions::partition_of;
+use shared_messages::messages::{OrderAction, OrderCommand};
+use shared_messages::topology::{
+    dead_letter_queue, partition_key, Topology, ORDER_FULFILLMENT_EVENTS_QUEUE,
+    ORDER_PARTITIONS_EXCHANGE,
+};
+use shared_messages::{Envelope, Message};
 use system_tests::{eventually, FulfillmentApi, OrdersApi, Service, TestDatabase, TestSystem};
 
 use crate::durability::EventLog;
@@ -394,6 +401,64 @@ async fn any_order_replica_answers_for_orders_another_owns() -> Result<()> {
         through_owner.0 == 404 && through_other == through_owner,
         "not found alike: {through_owner:?} / {through_other:?}"
     );
+
+    // A command that reaches the queue of another partition goes on to the
+    // order's owner, which answers it.
+    let bus = Bus::new(BusConfig::new(
+        &replicas.system.amqp_url,
+        "scale-test",
+        Topology::default(),
+    ));
+    bus.start();
+    let right = partition_of(&created.order_id, PARTITIONS);
+    let wrong = (right + 1) % PARTITIONS;
+    let route = |p: u16| Route::new(ORDER_PARTITIONS_EXCHANGE, &partition_key(p), true);
+    let command = Envelope::new(
+        &created.order_id,
+        Message::OrderCommand(OrderCommand {
+            workflow_id: wf.clone(),
+            action: OrderAction::WaitFor {
+                wait_for: "CANCELLED".into(),
+                timeout_ms: Some(0),
+            },
+        }),
+    );
+    let answer = eventually(
+        "the owner's answer to a misrouted command",
+        DEADLINE,
+        || async {
+            Ok(bus
+                .request(&route(wrong), &command, Duration::from_secs(5), false)
+                .await
+                .ok())
+        },
+    )
+    .await?;
+    ensure!(
+        matches!(&answer.message, Message::OrderCommandReply(r) if r.status == 200 && r.body["status"] == "CANCELLED"),
+        "the order's status from its owner: {:?}",
+        answer.message
+    );
+    // Without reply_to nobody could be answered: dead-lettered with why.
+    bus.publish(&route(right), &command).await?;
+    let dlq = dead_letter_queue(ORDER_FULFILLMENT_EVENTS_QUEUE);
+    let vhost = replicas.system.vhost();
+    eventually(
+        "the command without reply_to dead-lettered",
+        DEADLINE,
+        || async {
+            let messages = vhost.peek(&dlq, 10).await?;
+            Ok(messages
+                .iter()
+                .any(|m| {
+                    m["properties"]["headers"]["x-dead-letter-reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("without reply_to"))
+                })
+                .then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }
 
