@@ -32,6 +32,7 @@ use shared_messages::messages::{OrderAction, OrderCommand, OrderCommandReply};
 use shared_messages::topology::{partition_key, ORDER_PARTITIONS_EXCHANGE};
 use shared_messages::{Envelope, Message};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::orders::{self, order_id};
 use super::AppState;
@@ -161,11 +162,22 @@ pub fn command_handler(state: web::Data<AppState>, arbiter: ArbiterHandle) -> Ha
             .boxed();
         }
         let entity_id = incoming.envelope.entity_id;
+        // In the trace of the request the command stands for.
+        let traceparent = incoming
+            .traceparent
+            .or_else(|| incoming.envelope.traceparent.clone());
         let (done, answered) = oneshot::channel();
         let state = state.clone();
         arbiter.spawn_fn(move || {
             actix_rt::spawn(async move {
-                let response = run_here(&state, command).await;
+                let span = tracing::info_span!(
+                    "order_command",
+                    order_id = %entity_id,
+                    trace_id = tracing::field::Empty,
+                );
+                let context = message_bus::trace::start(&span, traceparent.as_deref());
+                let work = run_here(&state, command).instrument(span);
+                let response = message_bus::trace::scope(context, work).await;
                 let (status, body) = parts(response);
                 let reply = Envelope::new(
                     entity_id.as_str(),
