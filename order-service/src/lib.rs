@@ -26,6 +26,13 @@
 //! Start-up ([`build`]): open the store (migrations), respawn
 //! every unfinished order's actor at its step, register the consumer,
 //! start the bus and the outbox relay, bind HTTP.
+//!
+//! On PostgreSQL the service runs as any number of replicas
+//! (docs/scaling.md): each takes a share of the partition leases
+//! (`PARTITIONS`, `LEASE_TTL_MS`), resumes the orders of the partitions it
+//! gets and consumes their queues (fulfillment events, and the commands
+//! other replicas send for their orders: [`http::owner`]); its writes are
+//! fenced by the leases it holds.
 #![forbid(unsafe_code)]
 
 pub mod actor;
