@@ -9,6 +9,8 @@
 //! (the service kit's [`service_kit::store`]). Errors are the kit's
 //! [`StoreError`]; schemas are in `migrations/`.
 
+#[cfg(test)]
+mod fencing;
 mod postgres;
 mod sqlite;
 
