@@ -318,6 +318,14 @@ async fn any_order_replica_answers_for_orders_another_owns() -> Result<()> {
             .await?;
     }
     let shares = wait_orders_balanced(&replicas).await?;
+    for (n, share) in shares.iter().enumerate() {
+        let line = format!("order_service_partitions_owned {}", share.len());
+        let metrics = replicas.orders_api(n).metrics().await?.text;
+        ensure!(
+            metrics.lines().any(|l| l == line),
+            "replica {n}'s /metrics has {line:?}"
+        );
+    }
     let owner_of = |order_id: &str| {
         let partition = partition_of(order_id, PARTITIONS);
         shares.iter().position(|s| s.contains(&partition))
