@@ -6,8 +6,8 @@
 //! and runs its workflows. The replica holding partition 0 also consumes
 //! the service's shared ingress queues (what other services send to it,
 //! as they always did) and forwards each message, unchanged, to the queue
-//! of the partition its entity belongs to: one forwarder at a time, so
-//! messages for one workflow keep their order.
+//! of the partition its workflow belongs to ([`Owner::key`]): one
+//! forwarder at a time, so messages for one workflow keep their order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
