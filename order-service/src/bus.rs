@@ -63,6 +63,31 @@ pub fn event_handler(orders: impl EventSink) -> Handler {
     })
 }
 
+/// The order an ingress message belongs to, whose partition it is
+/// forwarded to ([`service_kit::partitions::Owner::key`]): a fulfillment
+/// event's envelope names the fulfillment, so its order comes from the
+/// payload; anything else keeps its entity (its handler dead-letters it).
+pub fn order_key(envelope: &Envelope) -> String {
+    match &envelope.message {
+        Message::FulfillmentStatusChanged(event) => event.fulfillment.order_id.clone(),
+        _ => envelope.entity_id.clone(),
+    }
+}
+
+/// The consumer of a partition queue (`order-service.partition.p<nn>`, as
+/// one of several replicas): fulfillment events, as [`event_handler`];
+/// order commands from the other replicas, by `commands`.
+pub fn partition_handler(orders: impl EventSink, commands: Handler) -> Handler {
+    let events = event_handler(orders);
+    Arc::new(move |incoming: Incoming| {
+        if matches!(incoming.envelope.message, Message::OrderCommand(_)) {
+            commands(incoming)
+        } else {
+            events(incoming)
+        }
+    })
+}
+
 /// A fulfillment event, as the input of the order it is for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
@@ -247,6 +272,17 @@ pub(crate) mod tests {
         assert_eq!(message_id, Some(id));
         assert_eq!(view.tracking_number.as_deref(), Some("TRK-1"));
         assert_eq!(progress.map(|p| p.percentage), Some(100));
+    }
+
+    #[test]
+    fn a_fulfillment_event_belongs_to_its_orders_partition() {
+        let event = Envelope::new("fulfillment-ORD-7", shipped("ORD-7"));
+        assert_eq!(order_key(&event), "ORD-7");
+        let other = Envelope::new(
+            "fulfillment-ORD-7",
+            Message::PauseFulfillment(PauseFulfillment {}),
+        );
+        assert_eq!(order_key(&other), "fulfillment-ORD-7");
     }
 
     #[test]

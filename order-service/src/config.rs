@@ -78,12 +78,16 @@ pub struct Config {
     /// runs. `false` where the broker's definitions are loaded beforehand
     /// and order-service's broker user may not touch those queues.
     pub declare_peer_queues: bool,
+    /// `PARTITIONS` and `LEASE_TTL_MS`: how the orders are shared among
+    /// the replicas on one PostgreSQL database (unused on SQLite).
+    pub partitions: service_kit::partitions::Settings,
 }
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("common", &self.common)
+            .field("partitions", &self.partitions)
             .field("store", &self.store)
             .field("inventory_delay", &self.inventory_delay)
             .field("payment_delay", &self.payment_delay)
@@ -182,7 +186,10 @@ impl Config {
             },
         )
         .map_err(|e| e.to_string())?;
+        let partitions =
+            service_kit::partitions::Settings::from_lookup(&lookup).map_err(|e| e.to_string())?;
         Ok(Self {
+            partitions,
             store: StoreLocation::parse(&common.store_url)?,
             common,
             inventory_delay: millis("INVENTORY_DELAY_MS", 1000)?,

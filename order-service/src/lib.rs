@@ -26,6 +26,13 @@
 //! Start-up ([`build`]): open the store (migrations), respawn
 //! every unfinished order's actor at its step, register the consumer,
 //! start the bus and the outbox relay, bind HTTP.
+//!
+//! On PostgreSQL the service runs as any number of replicas
+//! (docs/scaling.md): each takes a share of the partition leases
+//! (`PARTITIONS`, `LEASE_TTL_MS`), resumes the orders of the partitions it
+//! gets and consumes their queues (fulfillment events, and the commands
+//! other replicas send for their orders: [`http::owner`]); its writes are
+//! fenced by the leases it holds.
 #![forbid(unsafe_code)]
 
 pub mod actor;
@@ -41,10 +48,13 @@ pub use message_bus::telemetry;
 pub mod validation;
 pub mod workflow;
 
+use std::sync::Arc;
+
 use actix_web::web;
 use anyhow::Context;
 use message_bus::outbox::{relay, OutboxSignal};
 use message_bus::{Bus, BusConfig};
+use service_kit::partitions::{Held, Leases, Owner};
 use service_kit::serve::{self, Listening, Running};
 use shared_messages::topology;
 
@@ -55,17 +65,23 @@ use crate::config::Config;
 /// opens the store, recovers, connects the bus and binds the HTTP port
 /// (port 0: one the OS picks). Runs inside the actix system.
 pub async fn build(config: Config) -> anyhow::Result<Running> {
-    let opened = store::open(&config.store)
+    let (opened, shared) = store::open_shared(&config.store)
         .await
         .context("opening the order store")?;
+    let mut declared = if config.declare_peer_queues {
+        topology::order_service()
+    } else {
+        topology::order_service_own()
+    };
+    if shared.is_some() {
+        // One of several replicas: each order is consumed from its
+        // partition's queue by the replica holding the partition.
+        declared = declared.merge(topology::order_partitions(config.partitions.partitions));
+    }
     let bus = Bus::new(BusConfig::new(
         config.common.amqp_url.clone(),
         "order-service",
-        if config.declare_peer_queues {
-            topology::order_service()
-        } else {
-            topology::order_service_own()
-        },
+        declared,
     ));
     let outbox = OutboxSignal::new();
     let orders = Orders::new(
@@ -87,16 +103,27 @@ pub async fn build(config: Config) -> anyhow::Result<Running> {
         },
     )
     .context("starting the store writer")?;
-    let recovered = orders
-        .recover()
-        .await
-        .context("loading unfinished orders")?;
-    tracing::info!(recovered, "unfinished orders resumed");
-
-    bus.consume(
-        topology::ORDER_FULFILLMENT_EVENTS_QUEUE,
-        bus::event_handler(orders.clone()),
-    );
+    let held = shared.as_ref().map(|_| {
+        Held::new(
+            config.common.replica_id.as_str(),
+            config.partitions.partitions,
+        )
+    });
+    match &held {
+        Some(held) => orders.partitioned(held.clone()),
+        None => {
+            // A store of its own: every order is this replica's.
+            let recovered = orders
+                .recover()
+                .await
+                .context("loading unfinished orders")?;
+            tracing::info!(recovered, "unfinished orders resumed");
+            bus.consume(
+                topology::ORDER_FULFILLMENT_EVENTS_QUEUE,
+                bus::event_handler(orders.clone()),
+            );
+        }
+    }
     bus.start();
     tokio::spawn(relay(bus.clone(), opened.outbox, outbox));
 
@@ -104,15 +131,69 @@ pub async fn build(config: Config) -> anyhow::Result<Running> {
         orders: orders.clone(),
         query_timeout: config.common.query_timeout,
     });
+    let leases = match (shared, held) {
+        (Some(pg), Some(held)) => {
+            Some(own_partitions(&config, &pg, &bus, &orders, held, state.clone()).await?)
+        }
+        _ => None,
+    };
     let Listening { port, server } =
         serve::start::<http::HttpSpans, _>(env!("CARGO_PKG_NAME"), &config.common, move |cfg| {
             cfg.app_data(state.clone()).configure(http::configure);
         })?;
-    tracing::info!(addr = %config.common.http_addr, port, "order-service listening");
+    tracing::info!(
+        addr = %config.common.http_addr,
+        port,
+        replica = %config.common.replica_id,
+        "order-service listening"
+    );
     Ok(Running {
         port,
         server,
         bus,
-        leases: None,
+        leases,
     })
+}
+
+/// One of several replicas on a shared PostgreSQL: fences this replica's
+/// writes by the partitions it holds, takes its share of the partition
+/// leases, and consumes the partitions it gets (fulfillment events and the
+/// other replicas' commands; their orders recovered) until it hands them
+/// over. The holder of partition 0 also moves `order-service.fulfillment-events`
+/// into the partition queues, by the order each event is for.
+async fn own_partitions(
+    config: &Config,
+    pg: &store::Postgres,
+    bus: &Bus,
+    orders: &Orders,
+    held: Arc<Held>,
+    state: web::Data<http::AppState>,
+) -> anyhow::Result<Leases> {
+    let settings = config.partitions;
+    pg.guard_writes(held.clone())?;
+    let (leases, changes) = Leases::start(
+        pg,
+        config.common.replica_id.as_str(),
+        settings,
+        metrics::METRICS.partitions_owned.clone(),
+    )
+    .await
+    .context("taking a share of the partition leases")?;
+    let commands = http::owner::command_handler(state, actix::Arbiter::current());
+    let owner = Owner {
+        bus: bus.clone(),
+        held: held.clone(),
+        partition_queue: topology::order_partition_queue,
+        handler: bus::partition_handler(orders.clone(), commands),
+        ingress: vec![topology::ORDER_FULFILLMENT_EVENTS_QUEUE.into()],
+        partitions_exchange: topology::ORDER_PARTITIONS_EXCHANGE.into(),
+        key: bus::order_key,
+        workflows: Arc::new(actor::Partition {
+            orders: orders.clone(),
+            held: held.clone(),
+        }),
+    };
+    tokio::spawn(owner.run(changes));
+    service_kit::partitions::settle(&leases, &held, settings.lease_ttl).await;
+    Ok(leases)
 }

@@ -168,6 +168,8 @@ payload_codec!(
     FulfillmentStatusReply,
     FulfillmentProgressReply,
     QueryFailed,
+    OrderCommand,
+    OrderCommandReply,
 );
 
 /// A message of a version other than [`SCHEMA_VERSION`] that
@@ -307,6 +309,21 @@ mod tests {
                 Some(FulfillmentStatus::Shipped),
             )),
             Message::QueryFailed(ReplyError::not_found("no such fulfillment")),
+            Message::OrderCommand(OrderCommand {
+                workflow_id: "order-workflow-ORD-1".into(),
+                action: OrderAction::WaitFor {
+                    wait_for: "SHIPPED".into(),
+                    timeout_ms: Some(5000),
+                },
+            }),
+            Message::OrderCommand(OrderCommand {
+                workflow_id: "ORD-1".into(),
+                action: OrderAction::PauseFulfillment,
+            }),
+            Message::OrderCommandReply(OrderCommandReply {
+                status: 409,
+                body: serde_json::json!({"error": "conflict", "message": "already shipped"}),
+            }),
         ]
     }
 

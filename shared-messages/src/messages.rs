@@ -281,6 +281,58 @@ pub struct FulfillmentStatusChanged {
     pub progress: FulfillmentProgressView,
 }
 
+// ----- order-service's own: a request for the replica that owns an order -----
+
+/// A request an order-service replica got over HTTP for an order another
+/// replica owns, sent to the owner on `order-service.partitions` under the
+/// order's partition (order-service's internal channel; nothing else sends
+/// it). The owner handles it as it would the HTTP request and answers an
+/// [`OrderCommandReply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCommand {
+    /// The order as the request named it (`order-workflow-<orderId>` or
+    /// the order id); for a creation, an id in the partition it is sent to.
+    pub workflow_id: String,
+    pub action: OrderAction,
+}
+
+/// What an [`OrderCommand`] asks, one per HTTP route that acts on an order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum OrderAction {
+    /// `POST /orders` or `POST /orders/demo`, with the order's details as
+    /// validated by the replica that took the request; the owner gives the
+    /// order an id in one of its partitions.
+    Create { details: serde_json::Value },
+    /// `DELETE /orders/{workflowId}`.
+    Cancel { reason: Option<String> },
+    /// `PATCH /orders/{workflowId}` with this body.
+    Update { update: serde_json::Value },
+    /// `POST /orders/{workflowId}/fulfillment/pause`.
+    PauseFulfillment,
+    /// `POST /orders/{workflowId}/fulfillment/resume`.
+    ResumeFulfillment,
+    /// `GET /orders/{workflowId}/status?waitFor=..&timeoutMs=..`.
+    WaitFor {
+        wait_for: String,
+        timeout_ms: Option<u64>,
+    },
+}
+
+/// The owner's answer to an [`OrderCommand`]: the HTTP status and JSON
+/// body the request gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderCommandReply {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
 // ----- replies -----
 
 /// Why a request was refused; `code` is stable, `message` is for people.
@@ -372,6 +424,9 @@ pub enum Message {
     FulfillmentStatusReply(Box<FulfillmentStatusView>),
     FulfillmentProgressReply(Box<FulfillmentProgressView>),
     QueryFailed(ReplyError),
+    // order-service's own
+    OrderCommand(OrderCommand),
+    OrderCommandReply(OrderCommandReply),
 }
 
 impl Message {
@@ -390,6 +445,8 @@ impl Message {
         "FulfillmentStatusReply",
         "FulfillmentProgressReply",
         "QueryFailed",
+        "OrderCommand",
+        "OrderCommandReply",
     ];
 
     pub fn type_name(&self) -> &'static str {
@@ -407,6 +464,8 @@ impl Message {
             Self::FulfillmentStatusReply(_) => "FulfillmentStatusReply",
             Self::FulfillmentProgressReply(_) => "FulfillmentProgressReply",
             Self::QueryFailed(_) => "QueryFailed",
+            Self::OrderCommand(_) => "OrderCommand",
+            Self::OrderCommandReply(_) => "OrderCommandReply",
         }
     }
 }

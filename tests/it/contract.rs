@@ -131,9 +131,19 @@ fn asyncapi_queues_and_exchanges_match_the_topology() {
             )
         })
         .collect();
+    // order-service's internal channel between its replicas: the exchange
+    // of its partition queues is documented, the queues (`PARTITIONS` of
+    // them, its own) are not.
+    let internal = topology::order_partitions(1);
     let code_exchanges: BTreeSet<(String, String)> = code
         .exchanges
         .iter()
+        .chain(
+            internal
+                .exchanges
+                .iter()
+                .filter(|e| e.name == topology::ORDER_PARTITIONS_EXCHANGE),
+        )
         .map(|e| (e.name.clone(), e.kind.as_str().to_owned()))
         .collect();
     assert_eq!(documented_exchanges, code_exchanges, "exchanges");
@@ -186,6 +196,11 @@ fn asyncapi_routing_keys_match_the_topology() {
     assert_eq!(
         route(&doc, "fulfillmentQueries", None),
         owned(FULFILLMENT_QUERIES_EXCHANGE, FULFILLMENT_QUERY_KEY)
+    );
+
+    assert_eq!(
+        route(&doc, "orderPartitions", Some("3")),
+        owned(ORDER_PARTITIONS_EXCHANGE, &partition_key(3))
     );
 
     let statuses: BTreeSet<String> = FulfillmentStatus::ALL

@@ -28,7 +28,7 @@ use shared_messages::messages::{GetFulfillmentStatus, ReplyErrorCode};
 use shared_messages::{Envelope, Message as WireMessage};
 
 use crate::metrics::{ActivityLabels, METRICS};
-use crate::store::Write;
+use crate::store::{StoreError, Write};
 use crate::workflow::{self, Accepted, Effect, Input, OrderState, Timer};
 use crate::{bus, inventory, payment};
 
@@ -185,6 +185,12 @@ impl OrderActor {
     fn apply_internal(&mut self, input: Input, ctx: &mut Context<Self>) {
         let work = self.apply(input, None).map(|result, act, ctx| match result {
             Ok(_) | Err(ApplyError::Rejected(_)) => {}
+            Err(ApplyError::Store(StoreError::Fenced(fenced))) => {
+                // Another replica owns the order now and resumes it from
+                // what is stored.
+                tracing::warn!(order_id = %act.state.order_id, %fenced, "step refused: the order's partition is another replica's now; its actor stops");
+                ctx.stop();
+            }
             Err(error) => {
                 tracing::error!(order_id = %act.state.order_id, %error, "step not stored; retrying");
                 ctx.run_later(STORE_RETRY, |act, ctx| {
@@ -424,10 +430,52 @@ impl Actor for OrderActor {
     }
 }
 
+/// Stops the actor once its write in flight (if any) has committed: its
+/// partition goes to another replica. Its timers go with it and are armed
+/// again by the next owner, which resumes the order from the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave;
+
+impl Handler<Leave> for OrderActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Leave, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
 impl Handler<Apply> for OrderActor {
     type Result = AtomicResponse<Self, Result<Applied, ApplyError>>;
 
     fn handle(&mut self, msg: Apply, _ctx: &mut Self::Context) -> Self::Result {
         AtomicResponse::new(self.apply(msg.0, msg.1))
+    }
+}
+
+/// The orders of one partition, as the partition's owner takes and leaves
+/// them ([`service_kit::partitions::Owner`]).
+pub struct Partition {
+    pub orders: Orders,
+    pub held: std::sync::Arc<service_kit::partitions::Held>,
+}
+
+impl service_kit::partitions::Workflows for Partition {
+    fn take(&self, partition: u16) -> futures::future::BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let held = &self.held;
+            self.orders
+                .recover_where(|id| held.partition_of(id) == partition)
+                .await
+        })
+    }
+
+    fn leave(&self, partition: u16) -> futures::future::BoxFuture<'_, usize> {
+        let held = self.held.clone();
+        Box::pin(async move {
+            self.orders
+                .leave_where(move |id| held.partition_of(id) == partition)
+                .await
+        })
     }
 }

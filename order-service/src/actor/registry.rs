@@ -6,7 +6,7 @@
 //! orders are answered from the store.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -14,9 +14,10 @@ use chrono::Utc;
 use message_bus::outbox::OutboxSignal;
 use message_bus::Bus;
 use service_kit::actors::Actors;
+use service_kit::partitions::Held;
 use tokio::sync::oneshot;
 
-use super::{Applied, Apply, OrderActor};
+use super::{Applied, Apply, Leave, OrderActor};
 use crate::metrics::METRICS;
 use service_kit::store::group_commit::CommitError;
 
@@ -86,6 +87,9 @@ struct Inner {
     bus: Bus,
     outbox: OutboxSignal,
     timings: Timings,
+    /// The partitions this replica holds, as one of several replicas on
+    /// PostgreSQL (unset on a store of its own: every order is its own).
+    held: OnceLock<Arc<Held>>,
 }
 
 /// Creates orders, finds their actors and feeds them. Cheap to clone.
@@ -123,8 +127,48 @@ impl Orders {
                 bus,
                 outbox,
                 timings,
+                held: OnceLock::new(),
             }),
         })
+    }
+
+    /// Makes this one of several replicas: it creates orders only in the
+    /// partitions `held` names (once; a second call is ignored).
+    pub fn partitioned(&self, held: Arc<Held>) {
+        let _ = self.inner.held.set(held);
+    }
+
+    /// The partitions held, when this is one of several replicas.
+    pub fn held(&self) -> Option<&Arc<Held>> {
+        self.inner.held.get()
+    }
+
+    /// Whether order `order_id` is this replica's to change (always, on a
+    /// store of its own).
+    pub fn owns(&self, order_id: &str) -> bool {
+        self.held().is_none_or(|held| held.owns(order_id))
+    }
+
+    /// A new order id this replica may write: one in a partition it holds
+    /// (ids are random, so a few tries find one); `None` when it holds no
+    /// partition.
+    fn new_order_id(&self) -> Option<String> {
+        let Some(held) = self.held() else {
+            return Some(ids::new_order_id(Utc::now()));
+        };
+        let owned = held.owned();
+        if owned.is_empty() {
+            return None;
+        }
+        // Each try lands in a held partition with probability
+        // owned / PARTITIONS: this many tries miss only if it lost them all.
+        for _ in 0..100_000 {
+            let id = ids::new_order_id(Utc::now());
+            if owned.contains(&held.partition_of(&id)) {
+                return Some(id);
+            }
+        }
+        None
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -166,8 +210,12 @@ impl Orders {
     ) -> Result<OrderState, StoreError> {
         let state = loop {
             let now = Utc::now();
-            let (mut state, events) =
-                workflow::create(&ids::new_order_id(now), details.clone(), now);
+            let Some(id) = self.new_order_id() else {
+                return Err(StoreError::Unavailable(
+                    "this replica holds no partition to create the order in".into(),
+                ));
+            };
+            let (mut state, events) = workflow::create(&id, details.clone(), now);
             state.traceparent = traceparent.clone();
             let write = Write {
                 state,
@@ -198,7 +246,15 @@ impl Orders {
     /// that cannot be read is quarantined (logged, counted, listed on
     /// `GET /quarantine`) and the rest recover.
     pub async fn recover(&self) -> Result<usize, StoreError> {
-        let open = self.inner.store.unfinished().await?;
+        self.recover_where(|_| true).await
+    }
+
+    /// [`Orders::recover`] for the open orders whose ids `mine` accepts:
+    /// those of a partition this replica has just taken.
+    pub async fn recover_where(&self, mine: impl Fn(&str) -> bool) -> Result<usize, StoreError> {
+        let mut open = self.inner.store.unfinished().await?;
+        open.orders.retain(|o| mine(&o.order_id));
+        open.unreadable.retain(|u| mine(&u.order_id));
         if !open.unreadable.is_empty() {
             let now = Utc::now();
             let mut quarantine = self
@@ -223,6 +279,20 @@ impl Orders {
             .actors
             .spawn_missing(open.orders, |o| &o.order_id, |o| self.spawn(o));
         Ok(count)
+    }
+
+    /// Stops the actors of the orders `leaving` accepts, each once its
+    /// write in flight has committed; answers how many, once all stopped.
+    pub async fn leave_where(&self, leaving: impl Fn(&str) -> bool) -> usize {
+        let addrs: Vec<Addr<OrderActor>> = self
+            .actors()
+            .iter()
+            .filter(|(id, _)| leaving(id))
+            .map(|(_, addr)| addr.clone())
+            .collect();
+        // An actor that stopped meanwhile has nothing left to do.
+        futures::future::join_all(addrs.iter().map(|a| a.send(Leave))).await;
+        addrs.len()
     }
 
     /// Stored orders recovery could not read, then outbox rows that did

@@ -13,6 +13,7 @@ pub mod error;
 pub mod fulfillment;
 pub mod meta;
 pub mod orders;
+pub mod owner;
 pub mod views;
 
 use std::time::Duration;
@@ -99,6 +100,10 @@ impl Surface for AppState {
 
     fn page(&self) -> &'static Page {
         &PAGE
+    }
+
+    fn partitions(&self) -> Option<Vec<u16>> {
+        self.orders.held().map(|held| held.owned())
     }
 }
 

@@ -9,10 +9,11 @@ use message_bus::trace;
 use serde::Deserialize;
 use shared_messages::history::History;
 use shared_messages::ids::order_id_from_workflow_id;
-use shared_messages::messages::{FulfillmentProgressView, GetFulfillmentProgress};
+use shared_messages::messages::{FulfillmentProgressView, GetFulfillmentProgress, OrderAction};
 use shared_messages::Message;
 
 use super::error::Signalled;
+use super::owner;
 use super::views::{
     CancelledView, CreatedView, OrderListView, ProgressView, SignalView, StatusView,
 };
@@ -48,7 +49,7 @@ struct WorkflowId(
 );
 
 /// Accepts `order-workflow-<orderId>` (as the original) or a bare order id.
-fn order_id(workflow_id: &str) -> &str {
+pub(super) fn order_id(workflow_id: &str) -> &str {
     order_id_from_workflow_id(workflow_id).unwrap_or(workflow_id)
 }
 
@@ -74,6 +75,17 @@ fn require_broker(state: &AppState) -> Result<(), ApiError> {
 }
 
 async fn created(state: &AppState, details: OrderDetails) -> Result<HttpResponse, ApiError> {
+    if let Some(reply) = owner::create_elsewhere(state, &details).await {
+        return reply;
+    }
+    created_here(state, details).await
+}
+
+/// Creates the order on this replica (in a partition it holds).
+pub(super) async fn created_here(
+    state: &AppState,
+    details: OrderDetails,
+) -> Result<HttpResponse, ApiError> {
     // The order keeps the request's trace (new, or the caller's).
     let traceparent = message_bus::trace::current().map(|t| t.traceparent());
     let order = state
@@ -181,19 +193,43 @@ const DEFAULT_WAIT_MS: u64 = 10_000;
         Lookup,
     ))]
 async fn status(state: Data<AppState>, path: Path<String>, params: Query<StatusParams>) -> Reply {
-    let wait_for = parse_status(params.wait_for.as_deref())?;
-    let timeout_ms = params.timeout_ms.unwrap_or(DEFAULT_WAIT_MS);
+    let params = params.into_inner();
+    let waits = parse_status(params.wait_for.as_deref()).is_ok_and(|s| s.is_some())
+        && params.timeout_ms.unwrap_or(DEFAULT_WAIT_MS) <= MAX_WAIT_MS;
+    if let Some(raw) = params.wait_for.clone().filter(|_| waits) {
+        // A wait is woken by the order's changes, which its owner makes.
+        let action = OrderAction::WaitFor {
+            wait_for: raw,
+            timeout_ms: params.timeout_ms,
+        };
+        let waits = Duration::from_millis(params.timeout_ms.unwrap_or(DEFAULT_WAIT_MS));
+        if let Some(reply) = owner::elsewhere(&state, &path, action, waits).await {
+            return reply;
+        }
+    }
+    status_here(&state, &path, params.wait_for.as_deref(), params.timeout_ms).await
+}
+
+/// [`status`] answered by this replica.
+pub(super) async fn status_here(
+    state: &AppState,
+    path: &str,
+    wait_for: Option<&str>,
+    timeout_ms: Option<u64>,
+) -> Reply {
+    let wait_for = parse_status(wait_for)?;
+    let timeout_ms = timeout_ms.unwrap_or(DEFAULT_WAIT_MS);
     if timeout_ms > MAX_WAIT_MS {
         return Err(ApiError::InvalidParameter(format!(
             "timeoutMs must be from 0 to {MAX_WAIT_MS}"
         )));
     }
     let Some(wait_for) = wait_for else {
-        let order = load(&state, &path).await?;
+        let order = load(state, path).await?;
         return Ok(HttpResponse::Ok().json(StatusView::from(&order)));
     };
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    let order = wait_until(&state, &path, deadline, |o| o.status == wait_for).await?;
+    let order = wait_until(state, path, deadline, |o| o.status == wait_for).await?;
     Ok(HttpResponse::Ok().json(StatusView::from(&order)))
 }
 
@@ -304,6 +340,11 @@ async fn live_fulfillment_progress(
         NotFound, Signalled,
     ))]
 async fn pause(state: Data<AppState>, path: Path<String>) -> Reply {
+    if let Some(reply) =
+        owner::elsewhere(&state, &path, OrderAction::PauseFulfillment, Duration::ZERO).await
+    {
+        return reply;
+    }
     control(&state, &path, Input::PauseFulfillment, "Fulfillment paused").await
 }
 
@@ -316,6 +357,16 @@ async fn pause(state: Data<AppState>, path: Path<String>) -> Reply {
         NotFound, Signalled,
     ))]
 async fn resume(state: Data<AppState>, path: Path<String>) -> Reply {
+    if let Some(reply) = owner::elsewhere(
+        &state,
+        &path,
+        OrderAction::ResumeFulfillment,
+        Duration::ZERO,
+    )
+    .await
+    {
+        return reply;
+    }
     control(
         &state,
         &path,
@@ -327,7 +378,7 @@ async fn resume(state: Data<AppState>, path: Path<String>) -> Reply {
 
 /// Gives pause or resume to the order; what it decides to forward goes to
 /// its fulfillment, whose verdict is the answer.
-async fn control(
+pub(super) async fn control(
     state: &AppState,
     workflow_id: &str,
     input: Input,
@@ -418,21 +469,28 @@ async fn cancel(
     path: Path<String>,
     body: OptionalJson<CancelBody>,
 ) -> Reply {
-    let body = body.0.unwrap_or_default();
+    let reason = body.0.unwrap_or_default().reason;
+    let action = OrderAction::Cancel {
+        reason: reason.clone(),
+    };
+    // The owner may wait up to QUERY_TIMEOUT_MS for the fulfillment.
+    if let Some(reply) = owner::elsewhere(&state, &path, action, state.query_timeout).await {
+        return reply;
+    }
+    cancel_here(&state, &path, reason).await
+}
+
+/// [`cancel`] on this replica.
+pub(super) async fn cancel_here(state: &AppState, path: &str, reason: Option<String>) -> Reply {
     let order = state
         .orders
-        .apply(
-            order_id(&path),
-            Input::Cancel {
-                reason: body.reason,
-            },
-        )
+        .apply(order_id(path), Input::Cancel { reason })
         .await
-        .map_err(|e| apply_error(&path, e))?
+        .map_err(|e| apply_error(path, e))?
         .state;
     let order = if order.status == OrderStatus::Cancelling {
         let deadline = tokio::time::Instant::now() + state.query_timeout;
-        wait_until(&state, &path, deadline, |o| {
+        wait_until(state, path, deadline, |o| {
             o.status != OrderStatus::Cancelling
         })
         .await?
@@ -479,11 +537,23 @@ async fn update(state: Data<AppState>, path: Path<String>, body: Json<DetailsUpd
             "nothing to change: send customerEmail, customerName or shippingAddress".into(),
         ));
     }
+    let action = OrderAction::Update {
+        update: serde_json::to_value(&update)
+            .map_err(|e| ApiError::internal(format!("an update as JSON: {e}")))?,
+    };
+    if let Some(reply) = owner::elsewhere(&state, &path, action, Duration::ZERO).await {
+        return reply;
+    }
+    update_here(&state, &path, update).await
+}
+
+/// [`update`] on this replica.
+pub(super) async fn update_here(state: &AppState, path: &str, update: DetailsUpdate) -> Reply {
     let order = state
         .orders
-        .apply(order_id(&path), Input::UpdateDetails(update))
+        .apply(order_id(path), Input::UpdateDetails(update))
         .await
-        .map_err(|e| apply_error(&path, e))?
+        .map_err(|e| apply_error(path, e))?
         .state;
     Ok(HttpResponse::Ok().json(StatusView::from(&order)))
 }

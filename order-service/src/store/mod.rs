@@ -9,10 +9,12 @@
 //! (the service kit's [`service_kit::store`]). Errors are the kit's
 //! [`StoreError`]; schemas are in `migrations/`.
 
+#[cfg(test)]
+mod fencing;
 mod postgres;
 mod sqlite;
 
-pub use service_kit::store::{OnDatabase, Quarantined, StoreError};
+pub use service_kit::store::{OnDatabase, Postgres, Quarantined, StoreError};
 pub use sqlite::SqliteStore;
 
 use std::sync::Arc;
@@ -34,11 +36,21 @@ pub type Opened = service_kit::store::Opened<dyn Store>;
 
 /// Opens (creating and migrating) the store at `location`.
 pub async fn open(location: &StoreLocation) -> Result<Opened, StoreError> {
-    let store: Arc<dyn Store> = match location {
-        StoreLocation::Postgres(url) => Arc::new(SCHEMA.open_postgres(url).await?),
-        sqlite => Arc::new(SqliteStore::open(sqlite)?),
-    };
-    Ok(Opened::new(store))
+    Ok(open_shared(location).await?.0)
+}
+
+/// [`open`], and on PostgreSQL the pool too: the database several replicas
+/// share, where their partition leases live (and whose writes they fence).
+pub async fn open_shared(
+    location: &StoreLocation,
+) -> Result<(Opened, Option<Postgres>), StoreError> {
+    match location {
+        StoreLocation::Postgres(url) => {
+            let pg = SCHEMA.open_postgres(url).await?;
+            Ok((Opened::new(Arc::new(pg.clone())), Some(pg)))
+        }
+        sqlite => Ok((Opened::new(Arc::new(SqliteStore::open(sqlite)?)), None)),
+    }
 }
 
 /// One write for the group commit: a new order (`insert`, failing with

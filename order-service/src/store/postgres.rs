@@ -125,6 +125,7 @@ impl Store for Postgres {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         insert_in(&*tx, state, events).await?;
+        self.check_writes(&tx, &[state.order_id.as_str()]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -138,6 +139,7 @@ impl Store for Postgres {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         save_in(&*tx, state, signals, events).await?;
+        self.check_writes(&tx, &[state.order_id.as_str()]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -152,6 +154,9 @@ impl Store for Postgres {
                 save_in(&*tx, &w.state, &w.outbox, &w.events).await?;
             }
         }
+        // With several replicas: only the owner of these orders commits.
+        let ids: Vec<&str> = writes.iter().map(|w| w.state.order_id.as_str()).collect();
+        self.check_writes(&tx, &ids).await?;
         tx.commit().await?;
         Ok(())
     }

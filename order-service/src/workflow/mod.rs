@@ -441,7 +441,7 @@ pub enum Input {
 }
 
 /// The body of `PATCH /orders/{workflowId}`: any of these, at least one.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DetailsUpdate {
     pub customer_email: Option<String>,

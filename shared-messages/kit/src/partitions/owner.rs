@@ -6,8 +6,8 @@
 //! and runs its workflows. The replica holding partition 0 also consumes
 //! the service's shared ingress queues (what other services send to it,
 //! as they always did) and forwards each message, unchanged, to the queue
-//! of the partition its entity belongs to: one forwarder at a time, so
-//! messages for one workflow keep their order.
+//! of the partition its workflow belongs to ([`Owner::key`]): one
+//! forwarder at a time, so messages for one workflow keep their order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -15,9 +15,10 @@ use std::sync::{Arc, RwLock};
 use futures::future::{BoxFuture, FutureExt};
 use message_bus::{Bus, ConsumerHandle, Handler, Outcome, Route};
 use shared_messages::topology::partition_key;
+use shared_messages::Envelope;
 use tokio::sync::mpsc;
 
-use super::{check_fences, partition_of, Change, Fence, Fenced};
+use super::{check_fences, partition_of, Change, Fence, Fenced, Leases};
 use crate::store::{StoreError, WriteGuard};
 
 /// The partitions this replica holds, at the epochs it was given: what
@@ -136,7 +137,17 @@ pub struct Owner {
     /// partition ([`partition_key`]).
     pub ingress: Vec<String>,
     pub partitions_exchange: String,
+    /// The workflow an ingress message belongs to, whose partition it is
+    /// forwarded to ([`entity_key`]: the envelope's entity, when that is
+    /// the workflow's id).
+    pub key: fn(&Envelope) -> String,
     pub workflows: Arc<dyn Workflows>,
+}
+
+/// The key of a message whose envelope names its workflow: its
+/// `entity_id`.
+pub fn entity_key(envelope: &Envelope) -> String {
+    envelope.entity_id.clone()
 }
 
 /// How often a partition's recovery is tried before its workflows are
@@ -228,6 +239,7 @@ impl Owner {
                     self.bus.clone(),
                     self.partitions_exchange.clone(),
                     self.held.clone(),
+                    self.key,
                 );
                 self.bus.consume_until(queue, forward)
             })
@@ -235,12 +247,30 @@ impl Owner {
     }
 }
 
-/// Moves each message of an ingress queue to its entity's partition queue,
-/// unchanged, and acks it once the broker has confirmed the copy; a
-/// failed copy is tried again (never dead-lettered: it is transient).
-fn forwarder(bus: Bus, exchange: String, held: Arc<Held>) -> Handler {
+/// Waits (at most `limit`) until the partitions this replica claimed at
+/// start are taken: their workflows recovered and their queues consumed.
+/// So a replica that says it is ready has resumed what it owns. A replica
+/// that claims nothing (the others hold every partition and will hand
+/// some over) goes on after `limit`.
+pub async fn settle(leases: &Leases, held: &Held, limit: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        let claimed: Vec<u16> = leases.owned().iter().map(|f| f.partition).collect();
+        let taken = held.owned();
+        if !claimed.is_empty() && claimed.iter().all(|p| taken.contains(p)) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Moves each message of an ingress queue to the partition queue of the
+/// workflow `key` names, unchanged, and acks it once the broker has
+/// confirmed the copy; a failed copy is tried again (never dead-lettered:
+/// it is transient).
+fn forwarder(bus: Bus, exchange: String, held: Arc<Held>, key: fn(&Envelope) -> String) -> Handler {
     Arc::new(move |incoming| {
-        let partition = held.partition_of(&incoming.envelope.entity_id);
+        let partition = held.partition_of(&key(&incoming.envelope));
         let route = Route::new(&exchange, &partition_key(partition), true);
         let bus = bus.clone();
         async move {
