@@ -28,9 +28,11 @@ removes the vhost. With --order-url it targets services already running.
   --no-build            do not run cargo build for the service binaries
   --store S             sqlite (default) or postgres: both services' stores, a
                         fresh database each on the local PostgreSQL
-  --replicas R          fulfillment-service replicas (default 1; more than one
-                        needs --store postgres): they share its database and
-                        its partitions, balanced before the run starts
+  --replicas R          replicas of each service (default 1; more than one
+                        needs --store postgres): each service's replicas share
+                        its database and its partitions, balanced before the
+                        run starts; orders are placed through every
+                        order-service replica
   --failover K          measure failover instead: K times, kill -9 one
                         fulfillment-service replica (round robin) with orders
                         under way, and time until the others own every

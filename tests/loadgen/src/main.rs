@@ -102,7 +102,7 @@ async fn run(args: &Args) -> Result<Report> {
     let progress = bar(args.orders, "orders: created -> SHIPPED");
     let (orders, shipped) = workload::orders(
         &http,
-        &order_url,
+        &system.order_urls(),
         &completions,
         args.orders,
         args.concurrency,

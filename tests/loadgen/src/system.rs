@@ -20,14 +20,21 @@ const FULFILLMENT_ENV: &[(&str, &str)] = &[("STEP_DELAY_MS", "0"), ("QUERY_TIMEO
 
 pub enum System {
     /// Started here, on a vhost of their own; with `--replicas`, the
-    /// fulfillment-service replicas beyond the first.
-    Managed(Box<TestSystem>, Vec<Service>),
+    /// replicas of each service beyond the first.
+    Managed(Box<TestSystem>, Replicas),
     External {
         order_url: String,
         fulfillment_url: String,
         amqp_url: String,
         vhost: String,
     },
+}
+
+/// The replicas beyond the first of each service (`--replicas`).
+#[derive(Default)]
+pub struct Replicas {
+    fulfillment: Vec<Service>,
+    orders: Vec<Service>,
 }
 
 impl System {
@@ -48,35 +55,40 @@ impl System {
             builder = builder.postgres();
         }
         let mut system = builder.start().await?;
-        let mut replicas = Vec::new();
+        let mut replicas = Replicas::default();
         if args.replicas > 1 {
-            let store = system
-                .database("fulfillment-service")
-                .context("fulfillment-service's database")?
-                .url
-                .clone();
-            for n in 2..=args.replicas {
-                let replica = format!("loadgen-fulfillment-{n}");
-                let mut env = FULFILLMENT_ENV.to_vec();
-                env.extend([
-                    ("STORE_URL", store.as_str()),
-                    ("REPLICA_ID", replica.as_str()),
-                ]);
-                let service = system.start_service("fulfillment-service", &env).await?;
-                service.wait_ready().await?;
-                replicas.push(service);
-            }
-            let mut all: Vec<&Service> = vec![system.fulfillment_service()];
-            all.extend(replicas.iter());
-            balanced(&all).await?;
+            replicas.fulfillment = more_replicas(
+                &mut system,
+                "fulfillment-service",
+                FULFILLMENT_ENV,
+                args.replicas,
+            )
+            .await?;
+            replicas.orders =
+                more_replicas(&mut system, "order-service", ORDER_ENV, args.replicas).await?;
         }
-        Ok(Self::Managed(Box::new(system), replicas))
+        let this = Self::Managed(Box::new(system), replicas);
+        this.wait_balanced().await?;
+        Ok(this)
     }
 
+    /// The first order-service's URL (queries, signals).
     pub fn order_url(&self) -> String {
         match self {
             Self::Managed(m, _) => m.order_service().base_url(),
             Self::External { order_url, .. } => order_url.clone(),
+        }
+    }
+
+    /// Every order-service replica's URL: orders are placed through all
+    /// of them in turn.
+    pub fn order_urls(&self) -> Vec<String> {
+        match self {
+            Self::Managed(m, replicas) => std::iter::once(m.order_service())
+                .chain(replicas.orders.iter())
+                .map(Service::base_url)
+                .collect(),
+            Self::External { order_url, .. } => vec![order_url.clone()],
         }
     }
 
@@ -105,8 +117,8 @@ impl System {
 
     /// The services' processes by name, when they run on this machine
     /// (started here, or found by their `HTTP_ADDR`): `order-service`,
-    /// `fulfillment-service`, and `fulfillment-service#2` and on for
-    /// further replicas.
+    /// `fulfillment-service`, and `order-service#2`,
+    /// `fulfillment-service#2` and on for further replicas.
     pub fn processes(&self) -> Vec<(String, Option<u32>)> {
         match self {
             Self::Managed(m, replicas) => {
@@ -117,7 +129,10 @@ impl System {
                         m.fulfillment_service().pid(),
                     ),
                 ];
-                for (n, replica) in replicas.iter().enumerate() {
+                for (n, replica) in replicas.orders.iter().enumerate() {
+                    all.push((format!("order-service#{}", n + 2), replica.pid()));
+                }
+                for (n, replica) in replicas.fulfillment.iter().enumerate() {
                     all.push((format!("fulfillment-service#{}", n + 2), replica.pid()));
                 }
                 all
@@ -147,7 +162,7 @@ impl System {
     pub fn fulfillment_replicas(&self) -> Vec<&Service> {
         match self {
             Self::Managed(m, replicas) => std::iter::once(m.fulfillment_service())
-                .chain(replicas.iter())
+                .chain(replicas.fulfillment.iter())
                 .collect(),
             Self::External { .. } => Vec::new(),
         }
@@ -157,21 +172,34 @@ impl System {
     pub fn fulfillment_replicas_mut(&mut self) -> Vec<&mut Service> {
         match self {
             Self::Managed(m, replicas) => std::iter::once(m.fulfillment_service_mut())
-                .chain(replicas.iter_mut())
+                .chain(replicas.fulfillment.iter_mut())
                 .collect(),
             Self::External { .. } => Vec::new(),
         }
     }
 
-    /// Waits until the replicas started here share the partitions evenly.
+    /// Waits until the replicas of each service started here share its
+    /// partitions evenly (at once with one replica each).
     pub async fn wait_balanced(&self) -> Result<()> {
-        balanced(&self.fulfillment_replicas()).await
+        let Self::Managed(m, replicas) = self else {
+            return Ok(());
+        };
+        if !replicas.fulfillment.is_empty() {
+            balanced(&self.fulfillment_replicas()).await?;
+        }
+        if !replicas.orders.is_empty() {
+            let orders: Vec<&Service> = std::iter::once(m.order_service())
+                .chain(replicas.orders.iter())
+                .collect();
+            balanced(&orders).await?;
+        }
+        Ok(())
     }
 
     /// Stops services started here (`kill -9`: nothing of theirs is kept).
     pub async fn stop(self) -> Result<()> {
         if let Self::Managed(mut m, mut replicas) = self {
-            for replica in &mut replicas {
+            for replica in replicas.fulfillment.iter_mut().chain(&mut replicas.orders) {
                 replica.kill().await?;
             }
             m.order_service_mut().kill().await?;
@@ -187,22 +215,48 @@ impl System {
         let Self::Managed(m, replicas) = self else {
             return Ok(false);
         };
-        for service in std::iter::once(m.fulfillment_service_mut()).chain(replicas.iter_mut()) {
+        for service in
+            std::iter::once(m.fulfillment_service_mut()).chain(replicas.fulfillment.iter_mut())
+        {
             service.env.retain(|(k, _)| k != "STEP_DELAY_MS");
             service.env.push(("STEP_DELAY_MS".into(), ms.to_string()));
             service.restart().await?;
             service.wait_ready().await?;
         }
-        if !replicas.is_empty() {
-            let mut all: Vec<&Service> = vec![m.fulfillment_service()];
-            all.extend(replicas.iter());
-            balanced(&all).await?;
-        }
+        self.wait_balanced().await?;
         Ok(true)
     }
 }
 
-/// Waits until the fulfillment-service replicas `all` own every partition
+/// Starts replicas 2 to `replicas` of `binary` beside the first, on its
+/// database, each with a `REPLICA_ID` of its own.
+async fn more_replicas(
+    system: &mut TestSystem,
+    binary: &'static str,
+    env: &[(&str, &str)],
+    replicas: usize,
+) -> Result<Vec<Service>> {
+    let store = system
+        .database(binary)
+        .with_context(|| format!("{binary}'s database"))?
+        .url
+        .clone();
+    let mut started = Vec::new();
+    for n in 2..=replicas {
+        let replica = format!("loadgen-{binary}-{n}");
+        let mut all = env.to_vec();
+        all.extend([
+            ("STORE_URL", store.as_str()),
+            ("REPLICA_ID", replica.as_str()),
+        ]);
+        let service = system.start_service(binary, &all).await?;
+        service.wait_ready().await?;
+        started.push(service);
+    }
+    Ok(started)
+}
+
+/// Waits until the replicas `all` of one service own every partition
 /// between them, none twice, each its share (`/readyz` lists them), so
 /// the run does not measure a rebalance.
 async fn balanced(all: &[&Service]) -> Result<()> {

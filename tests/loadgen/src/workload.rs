@@ -42,14 +42,15 @@ pub struct OrdersResult {
     pub status_reads_per_order: f64,
 }
 
-/// Places `count` demo orders, `concurrency` at a time, each waiting until
+/// Places `count` demo orders through the order-service replicas
+/// `order_urls` (one per worker, in turn), `concurrency` at a time, each waiting until
 /// its status route says `SHIPPED`. Completion is learnt from the broker's
 /// fulfillment events; the status route is then asked to wait for
 /// `SHIPPED` (read again with backoff where it does not wait) until the
 /// order itself shows it.
 pub async fn orders(
     http: &Http,
-    order_url: &str,
+    order_urls: &[String],
     completions: &Completions,
     count: usize,
     concurrency: usize,
@@ -58,10 +59,11 @@ pub async fn orders(
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let workers: Vec<_> = (0..concurrency.min(count))
-        .map(|_| {
+        .map(|worker| {
             let (http, url, completions, next, progress) = (
                 http.clone(),
-                order_url.to_string(),
+                // Each worker places its orders through one replica.
+                order_urls[worker % order_urls.len()].clone(),
                 completions.clone(),
                 next.clone(),
                 progress.clone(),
