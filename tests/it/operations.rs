@@ -1062,6 +1062,15 @@ async fn each_service_page_lists_its_workflows_in_headless_chromium() -> Result<
     );
 
     let dom = render(&system.fulfillment().url("/"))?;
+    ensure!(
+        dom.contains("replica ops-1"),
+        "the page names its replica (REPLICA_ID=ops-1)"
+    );
+    let (_, ready) = system.fulfillment().readyz().await?.parts();
+    ensure!(
+        ready["replica"] == "ops-1",
+        "/readyz names its replica: {ready}"
+    );
     let shown = rows(&dom);
     for workflow_id in &placed {
         let id = format!(

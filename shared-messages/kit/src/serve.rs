@@ -62,8 +62,12 @@ where
         )
         .context("reading API_TOKEN_FILE")?,
     );
+    let replica = web::Data::new(crate::http::operations::ReplicaId(
+        settings.replica_id.clone(),
+    ));
     let server = HttpServer::new(move || {
         App::new()
+            .app_data(replica.clone())
             // Innermost first: access is checked after CORS has answered
             // any preflight, inside the request's trace and span.
             .wrap(Guard::new(access.clone()))

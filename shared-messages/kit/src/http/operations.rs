@@ -39,6 +39,11 @@ pub trait Surface: Send + Sync + 'static {
     }
 }
 
+/// This replica's name (`REPLICA_ID`), shown on the page and in
+/// `/readyz`; [`crate::serve::start`] adds it to every app.
+#[derive(Debug, Clone)]
+pub struct ReplicaId(pub String);
+
 /// Every route of this module, as `(method, path)`, for the check that
 /// each is documented ([`check_routes`]).
 pub const ROUTES: &[(&str, &str)] = &[
@@ -88,6 +93,9 @@ pub struct Readiness {
     /// PostgreSQL); owning none is no reason to be unready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions: Option<Vec<u16>>,
+    /// This replica's name (`REPLICA_ID`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// `GET /quarantine`.
@@ -113,11 +121,15 @@ pub async fn healthz() -> HttpResponse {
         (status = 200, description = "ready", body = Readiness),
         (status = 503, description = "not ready, and why", body = Readiness),
     ))]
-pub async fn readyz<S: Surface>(state: web::Data<S>) -> HttpResponse {
+pub async fn readyz<S: Surface>(
+    state: web::Data<S>,
+    replica: Option<web::Data<ReplicaId>>,
+) -> HttpResponse {
     readiness(
         state.broker_not_ready(),
         state.store_answers().await,
         state.partitions(),
+        replica.map(|r| r.0.clone()),
     )
 }
 
@@ -126,6 +138,7 @@ pub fn readiness(
     broker_not_ready: Option<String>,
     store: bool,
     partitions: Option<Vec<u16>>,
+    replica: Option<String>,
 ) -> HttpResponse {
     let broker = broker_not_ready.is_none();
     if broker && store {
@@ -136,6 +149,7 @@ pub fn readiness(
             broker,
             store,
             partitions,
+            replica,
         });
     }
     let mut missing = Vec::new();
@@ -150,6 +164,7 @@ pub fn readiness(
         broker,
         store,
         partitions,
+        replica,
     })
 }
 
@@ -186,11 +201,15 @@ pub async fn quarantine<S: Surface>(state: web::Data<S>) -> Result<HttpResponse,
 /// The page for people (HTML, refreshes itself).
 #[utoipa::path(get, path = "/", tag = "operations", operation_id = "page",
     responses((status = 200, description = "an HTML page listing the workflows", content_type = "text/html", body = String)))]
-pub async fn page<S: Surface>(state: web::Data<S>) -> HttpResponse {
+pub async fn page<S: Surface>(
+    state: web::Data<S>,
+    replica: Option<web::Data<ReplicaId>>,
+) -> HttpResponse {
+    let replica = replica.map(|r| r.0.clone()).unwrap_or_default();
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header(("cache-control", "no-store"))
-        .body(state.page().html())
+        .body(state.page().html(&replica))
 }
 
 #[derive(utoipa::OpenApi)]
@@ -294,8 +313,8 @@ mod tests {
 
     #[test]
     fn not_ready_says_why() {
-        let res = readiness(Some("not connected to RabbitMQ".into()), false, None);
+        let res = readiness(Some("not connected to RabbitMQ".into()), false, None, None);
         assert_eq!(res.status().as_u16(), 503);
-        assert_eq!(readiness(None, true, None).status().as_u16(), 200);
+        assert_eq!(readiness(None, true, None, None).status().as_u16(), 200);
     }
 }

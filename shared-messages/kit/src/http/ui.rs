@@ -30,8 +30,8 @@ pub struct Page {
 }
 
 impl Page {
-    /// The page's HTML.
-    pub fn html(&self) -> String {
+    /// The page's HTML, naming the replica that serves it (`REPLICA_ID`).
+    pub fn html(&self, replica: &str) -> String {
         let head: String = self
             .columns
             .iter()
@@ -42,6 +42,7 @@ impl Page {
             .replace("__SUBTITLE__", self.subtitle)
             .replace("__HEAD__", &head)
             .replace("__ONE__", self.one)
+            .replace("__REPLICA__", &escape(replica))
             .replace("__CONFIG__", &self.config())
     }
 
@@ -69,6 +70,22 @@ impl Page {
     }
 }
 
+/// `text` as HTML text or attribute value.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,8 +102,12 @@ mod tests {
             progress_id: "thingId",
             cells: "{ step: (t, p) => t.step, extra: (t) => \"\" }",
         }
-        .html();
+        .html("pod-<1>");
         assert!(!html.contains("__"), "{html}");
+        assert!(
+            html.contains("replica pod-&lt;1&gt;"),
+            "the replica, escaped"
+        );
         assert!(html.contains(r#"list: "/things?limit=100","#));
         assert!(html.contains(r#"key: "things","#));
         assert!(html.contains(
