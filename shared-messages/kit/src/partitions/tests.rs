@@ -254,14 +254,20 @@ async fn create_writes_table(pg: &Postgres) {
 
 const WITHIN: Duration = Duration::from_secs(10);
 
+/// `replica-a`, `replica-b` and `replica-c` on `db`.
+async fn three_replicas(db: &TestDb, s: Settings) -> Vec<Replica> {
+    let mut replicas = Vec::new();
+    for name in ["replica-a", "replica-b", "replica-c"] {
+        replicas.push(Replica::start(db, name, s).await);
+    }
+    replicas
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_sixteen_partitions() {
     let db = TestDb::create("partitions_three");
     let s = settings(16, 1500);
-    let mut replicas = Vec::new();
-    for name in ["replica-a", "replica-b", "replica-c"] {
-        replicas.push(Replica::start(&db, name, s).await);
-    }
+    let mut replicas = three_replicas(&db, s).await;
     let all: Vec<&Replica> = replicas.iter().collect();
     eventually(WITHIN, "three replicas balanced", || balanced(&all, 16)).await;
     rows_match(&replicas[0].pg, &all).await;
@@ -303,10 +309,7 @@ async fn a_thousand_partitions_are_claimed_and_shared() {
 async fn a_fourth_replica_rebalances_and_a_graceful_leave_hands_over_at_once() {
     let db = TestDb::create("partitions_join_leave");
     let s = settings(16, 3000);
-    let mut replicas = Vec::new();
-    for name in ["replica-a", "replica-b", "replica-c"] {
-        replicas.push(Replica::start(&db, name, s).await);
-    }
+    let mut replicas = three_replicas(&db, s).await;
     let three: Vec<&Replica> = replicas.iter().collect();
     eventually(WITHIN, "three replicas balanced", || balanced(&three, 16)).await;
 
@@ -373,10 +376,7 @@ async fn a_fourth_replica_rebalances_and_a_graceful_leave_hands_over_at_once() {
 async fn a_replica_standing_aside_hands_over_and_comes_back_for_its_share() {
     let db = TestDb::create("partitions_aside");
     let s = settings(16, 3000);
-    let mut replicas = Vec::new();
-    for name in ["replica-a", "replica-b", "replica-c"] {
-        replicas.push(Replica::start(&db, name, s).await);
-    }
+    let mut replicas = three_replicas(&db, s).await;
     let three: Vec<&Replica> = replicas.iter().collect();
     eventually(WITHIN, "three replicas balanced", || balanced(&three, 16)).await;
 
@@ -424,10 +424,7 @@ async fn a_replica_standing_aside_hands_over_and_comes_back_for_its_share() {
 async fn a_frozen_replica_loses_its_partitions_and_its_writes_are_fenced() {
     let db = TestDb::create("partitions_frozen");
     let s = settings(16, 1200);
-    let mut replicas = Vec::new();
-    for name in ["replica-a", "replica-b", "replica-c"] {
-        replicas.push(Replica::start(&db, name, s).await);
-    }
+    let mut replicas = three_replicas(&db, s).await;
     create_writes_table(&replicas[0].pg).await;
     let all: Vec<&Replica> = replicas.iter().collect();
     eventually(WITHIN, "three replicas balanced", || balanced(&all, 16)).await;
