@@ -15,7 +15,7 @@
 //! | [`entities`] | the reads every service makes of its entity table (state by id, unfinished, counts) |
 //! | [`quarantine`] | the quarantine table: rows set aside because they cannot be read |
 //! | [`history`] | reading history rows back into [`HistoryEvent`](shared_messages::history::HistoryEvent)s |
-//! | [`group_commit`] | the writer task that stores many transitions in one transaction |
+//! | [`group_commit`] | the writer (a task; on SQLite, on the `sqlite` thread) that stores many transitions in one transaction |
 //! | `testdb` | a PostgreSQL database per test (feature `test-support`) |
 //! | `testing` | checks every service's store must pass, on each backend (feature `test-support`) |
 
