@@ -8,7 +8,7 @@
 //! | [`error`] | [`StoreError`], the one store error vocabulary |
 //! | [`database`] | the calls every store answers alike (outbox, quarantine, ping), once per backend |
 //! | [`sqlite`] | the SQLite connection (WAL), its calls on a thread of its own |
-//! | [`postgres`] | the PostgreSQL pool (deadpool on tokio-postgres, TLS by `sslmode`) |
+//! | [`postgres`] | the PostgreSQL pool (deadpool on tokio-postgres, TLS by `sslmode`), a transaction's statements as one pipeline |
 //! | [`schema`] | a service's migrations and opening its store: connect, then migrate |
 //! | [`migrate`] | schema migrations by refinery, taking over databases migrated before it |
 //! | [`outbox`] | the outbox table's SQL and [`OutboxStore`](message_bus::outbox::OutboxStore) for both backends |
