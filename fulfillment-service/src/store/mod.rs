@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use message_bus::Route;
+use service_kit::store::sqlite::SqliteWrites;
 use shared_messages::messages::FulfillmentStatus;
 use shared_messages::Envelope;
 
@@ -82,6 +83,11 @@ pub trait Store: OnDatabase {
     /// removal) in one transaction: all of them or none (the group commit
     /// of [`Writer`]).
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError>;
+    /// On SQLite, how a batch of writes is saved on the SQLite thread, so
+    /// the group commit runs there (`None`: it awaits `save_all`).
+    fn sqlite_writes(&self) -> Option<SqliteWrites<Write>> {
+        None
+    }
     /// Every fulfillment that has not reached a final status, and the
     /// unfinished rows that cannot be read.
     async fn unfinished(&self) -> Result<Unfinished, StoreError>;

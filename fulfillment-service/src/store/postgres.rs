@@ -9,6 +9,7 @@
 
 use async_trait::async_trait;
 use service_kit::store::entities::Entities;
+use service_kit::store::postgres::{pipeline, prepared, Statement};
 use service_kit::store::{history, outbox, Postgres};
 use shared_messages::messages::FulfillmentStatus;
 
@@ -34,23 +35,36 @@ fn time(id: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
         })
 }
 
-/// Appends history entries of `id`, numbered after its last one.
-async fn append_history(
-    tx: &tokio_postgres::Transaction<'_>,
-    id: &str,
-    entries: &[Entry],
-) -> Result<(), StoreError> {
+/// A fulfillment's row, inserted or updated.
+const UPSERT: &str =
+    "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
+     VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)
+     ON CONFLICT (id) DO UPDATE SET status = excluded.status,
+         finished = excluded.finished, state = excluded.state,
+         updated_at = excluded.updated_at";
+/// One history entry, numbered after the last of its fulfillment.
+const APPEND_HISTORY: &str = "INSERT INTO history (workflow_id, seq, kind, at, message_id, detail)
+     VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE workflow_id = $1),
+             $2, $3, $4, $5)";
+const CLEAR_TOMBSTONE: &str = "DELETE FROM tombstones WHERE id = $1";
+
+/// Appends history entries of `id`, numbered after its last one, as
+/// statements of the caller's pipeline (`append`: [`APPEND_HISTORY`]).
+fn append_history<'a>(
+    into: &mut Vec<Statement<'a>>,
+    tx: &'a tokio_postgres::Transaction<'_>,
+    append: &'a tokio_postgres::Statement,
+    id: &'a str,
+    entries: &'a [Entry],
+) {
     for e in entries {
-        let c = history::columns(&e.at, e.message_id, &e.detail);
-        tx.execute(
-            "INSERT INTO history (workflow_id, seq, kind, at, message_id, detail)
-             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE workflow_id = $1),
-                     $2, $3, $4, $5)",
-            &[&id, &e.kind, &c.at, &c.message_id, &c.detail],
-        )
-        .await?;
+        into.push(Box::pin(async move {
+            let c = history::columns(&e.at, e.message_id, &e.detail);
+            tx.execute(append, &[&id, &e.kind, &c.at, &c.message_id, &c.detail])
+                .await?;
+            Ok(())
+        }));
     }
-    Ok(())
 }
 
 fn states(rows: Vec<tokio_postgres::Row>) -> Vec<Fulfillment> {
@@ -77,6 +91,19 @@ impl Store for Postgres {
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        let [upsert, insert_outbox, append, clear_tombstone] = prepared(
+            &tx,
+            [
+                UPSERT,
+                outbox::INSERT_POSTGRES,
+                APPEND_HISTORY,
+                CLEAR_TOMBSTONE,
+            ],
+        )
+        .await?;
+        // Every statement of the batch in one pipeline (sent together,
+        // answered in order), not one round trip each.
+        let mut statements: Vec<Statement<'_>> = Vec::new();
         for Write {
             state,
             events,
@@ -88,33 +115,37 @@ impl Store for Postgres {
                 id: state.id.clone(),
                 reason: e.to_string(),
             })?;
-            tx.execute(
-                "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status,
-                     finished = excluded.finished, state = excluded.state,
-                     updated_at = excluded.updated_at",
-                &[
-                    &state.id,
-                    &state.order_id,
-                    &state.status.as_str(),
-                    &state.status.is_final(),
-                    &json,
-                    &state.created_at.to_rfc3339(),
-                    &state.updated_at.to_rfc3339(),
-                ],
-            )
-            .await?;
-            outbox::insert_postgres(&*tx, events).await?;
-            append_history(&tx, &state.id, history).await?;
+            let (tx, upsert) = (&*tx, &upsert);
+            statements.push(Box::pin(async move {
+                tx.execute(
+                    upsert,
+                    &[
+                        &state.id,
+                        &state.order_id,
+                        &state.status.as_str(),
+                        &state.status.is_final(),
+                        &json,
+                        &state.created_at.to_rfc3339(),
+                        &state.updated_at.to_rfc3339(),
+                    ],
+                )
+                .await?;
+                Ok(())
+            }));
+            outbox::insert_pipelined(&mut statements, tx, &insert_outbox, events);
+            append_history(&mut statements, tx, &append, &state.id, history);
             if *clears_tombstone {
-                tx.execute("DELETE FROM tombstones WHERE id = $1", &[&state.id])
-                    .await?;
+                let clear_tombstone = &clear_tombstone;
+                statements.push(Box::pin(async move {
+                    tx.execute(clear_tombstone, &[&state.id]).await?;
+                    Ok(())
+                }));
             }
         }
-        // With several replicas: only the owner of these fulfillments commits.
+        // With several replicas: only the owner of these fulfillments
+        // commits (checked beside the pipeline).
         let ids: Vec<&str> = writes.iter().map(|w| w.state.id.as_str()).collect();
-        self.check_writes(&tx, &ids).await?;
+        futures::try_join!(pipeline(statements), self.check_writes(&tx, &ids))?;
         tx.commit().await?;
         Ok(())
     }
@@ -144,7 +175,10 @@ impl Store for Postgres {
             .await?
             == 1;
         if added {
-            append_history(&tx, &tombstone.id, history).await?;
+            let [append] = prepared(&tx, [APPEND_HISTORY]).await?;
+            let mut statements = Vec::new();
+            append_history(&mut statements, &tx, &append, &tombstone.id, history);
+            pipeline(statements).await?;
         }
         self.check_writes(&tx, &[tombstone.id.as_str()]).await?;
         tx.commit().await?;

@@ -1,12 +1,14 @@
 //! The embedded SQLite store: one file, WAL journal, created on first
-//! start; its calls run on tokio's blocking pool (the service kit's
-//! [`Sqlite`]). Schema: `migrations/sqlite`.
+//! start; its calls, and the group commit's transactions, run on the
+//! store's own `sqlite` thread (the service kit's [`Sqlite`]). Schema:
+//! `migrations/sqlite`.
 
 use std::path::Path;
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use service_kit::store::entities::Entities;
+use service_kit::store::sqlite::{in_one_transaction, SqliteWrites};
 use service_kit::store::{history, outbox, Database, Sqlite};
 use shared_messages::messages::FulfillmentStatus;
 
@@ -136,6 +138,13 @@ impl Store for SqliteStore {
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
         self.db.write_all(writes.to_vec(), write).await
+    }
+
+    fn sqlite_writes(&self) -> Option<SqliteWrites<Write>> {
+        Some(SqliteWrites {
+            db: self.db.clone(),
+            save_all: |conn, writes| in_one_transaction(conn, writes, write),
+        })
     }
 
     async fn unfinished(&self) -> Result<Unfinished, StoreError> {

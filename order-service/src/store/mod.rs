@@ -22,6 +22,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use message_bus::Route;
 use service_kit::store::entities;
+use service_kit::store::sqlite::SqliteWrites;
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
@@ -150,6 +151,11 @@ pub trait Store: OnDatabase {
     /// Stores every write (inserts and transitions) in one transaction:
     /// all of them or none (the group commit of [`Writer`]).
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError>;
+    /// On SQLite, how a batch of writes is saved on the SQLite thread, so
+    /// the group commit runs there (`None`: it awaits `save_all`).
+    fn sqlite_writes(&self) -> Option<SqliteWrites<Write>> {
+        None
+    }
     async fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError>;
     async fn list(
         &self,

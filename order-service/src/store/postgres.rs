@@ -10,11 +10,11 @@
 use async_trait::async_trait;
 use message_bus::Route;
 use service_kit::store::entities::Entities;
+use service_kit::store::postgres::{pipeline, prepared, Statement, Transaction};
 use service_kit::store::{history, outbox, Postgres};
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::GenericClient;
 
 use super::{counts, decode, encode, Page, Store, StoreError, Unfinished, Write};
 use crate::workflow::{OrderState, OrderStatus};
@@ -29,83 +29,121 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// History entries, inside the caller's transaction. An entry already
-/// stored (a commit whose answer was lost, retried) is left as it is.
-async fn append_in(
-    client: &impl GenericClient,
-    order_id: &str,
-    events: &[HistoryEvent],
-) -> Result<(), StoreError> {
+const APPEND_HISTORY: &str =
+    "INSERT INTO order_history (order_id, seq, kind, at, message_id, detail)
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id, seq) DO NOTHING";
+const INSERT: &str =
+    "INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
+     VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)
+     ON CONFLICT (id) DO NOTHING";
+const UPDATE: &str = "UPDATE orders SET status = $2, finished = $3, state = $4,
+     updated_at = $5::text::timestamptz WHERE id = $1";
+
+/// The statements a write runs, prepared on the transaction's connection.
+struct Prepared {
+    append_history: tokio_postgres::Statement,
+    insert: tokio_postgres::Statement,
+    update: tokio_postgres::Statement,
+    outbox: tokio_postgres::Statement,
+}
+
+impl Prepared {
+    async fn on(tx: &Transaction<'_>) -> Result<Self, StoreError> {
+        let [append_history, insert, update, outbox] = prepared(
+            tx,
+            [APPEND_HISTORY, INSERT, UPDATE, outbox::INSERT_POSTGRES],
+        )
+        .await?;
+        Ok(Self {
+            append_history,
+            insert,
+            update,
+            outbox,
+        })
+    }
+}
+
+/// History entries, as statements of the caller's pipeline. An entry
+/// already stored (a commit whose answer was lost, retried) is left as
+/// it is.
+fn append_in<'a>(
+    into: &mut Vec<Statement<'a>>,
+    (tx, p): (&'a tokio_postgres::Transaction<'_>, &'a Prepared),
+    order_id: &'a str,
+    events: &'a [HistoryEvent],
+) {
     for e in events {
-        let c = history::columns(&e.at, e.message_id, &e.detail);
-        let seq = i64::try_from(e.seq).unwrap_or(i64::MAX);
-        client
-            .execute(
-                "INSERT INTO order_history (order_id, seq, kind, at, message_id, detail)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id, seq) DO NOTHING",
+        into.push(Box::pin(async move {
+            let c = history::columns(&e.at, e.message_id, &e.detail);
+            let seq = i64::try_from(e.seq).unwrap_or(i64::MAX);
+            tx.execute(
+                &p.append_history,
                 &[&order_id, &seq, &e.kind, &c.at, &c.message_id, &c.detail],
             )
             .await?;
+            Ok(())
+        }));
     }
-    Ok(())
 }
 
-/// A new order; `Duplicate` when its id is taken by another order. The
-/// same order stored again (the group commit retries a write whose
-/// commit's outcome was lost) succeeds and leaves the one row as it is.
-async fn insert_in(
-    client: &impl GenericClient,
-    state: &OrderState,
-    events: &[HistoryEvent],
-) -> Result<(), StoreError> {
-    let result = client
-        .execute(
-            "INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)
-             ON CONFLICT (id) DO NOTHING",
-            &[
-                &state.order_id,
-                &state.workflow_id,
-                &state.status.as_str(),
-                &state.status.is_final(),
-                &encode(state),
-                &state.created_at.to_rfc3339(),
-                &state.updated_at.to_rfc3339(),
-            ],
-        )
-        .await;
-    match result {
-        Ok(1) => append_in(client, &state.order_id, events).await,
-        Ok(_) => {
-            let stored = client
-                .query_opt("SELECT state FROM orders WHERE id = $1", &[&state.order_id])
-                .await?
-                .map(|row| decode(&state.order_id, row.get(0)))
-                .transpose();
-            match stored {
-                Ok(Some(stored)) if stored == *state => {
-                    append_in(client, &state.order_id, events).await
+/// A new order, as statements of the caller's pipeline; `Duplicate` when
+/// its id is taken by another order (the transaction then rolls back,
+/// history entries with it). The same order stored again (the group
+/// commit retries a write whose commit's outcome was lost) succeeds and
+/// leaves the one row as it is.
+fn insert_in<'a>(
+    into: &mut Vec<Statement<'a>>,
+    (tx, p): (&'a tokio_postgres::Transaction<'_>, &'a Prepared),
+    state: &'a OrderState,
+    events: &'a [HistoryEvent],
+) {
+    into.push(Box::pin(async move {
+        let result = tx
+            .execute(
+                &p.insert,
+                &[
+                    &state.order_id,
+                    &state.workflow_id,
+                    &state.status.as_str(),
+                    &state.status.is_final(),
+                    &encode(state),
+                    &state.created_at.to_rfc3339(),
+                    &state.updated_at.to_rfc3339(),
+                ],
+            )
+            .await;
+        match result {
+            Ok(1) => Ok(()),
+            Ok(_) => {
+                let stored = tx
+                    .query_opt("SELECT state FROM orders WHERE id = $1", &[&state.order_id])
+                    .await?
+                    .map(|row| decode(&state.order_id, row.get(0)))
+                    .transpose();
+                match stored {
+                    Ok(Some(stored)) if stored == *state => Ok(()),
+                    _ => Err(StoreError::Duplicate(format!("order {}", state.order_id))),
                 }
-                _ => Err(StoreError::Duplicate(format!("order {}", state.order_id))),
             }
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Err(StoreError::Duplicate(format!("order {}", state.order_id)))
+            }
+            Err(e) => Err(e.into()),
         }
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            Err(StoreError::Duplicate(format!("order {}", state.order_id)))
-        }
-        Err(e) => Err(e.into()),
-    }
+    }));
+    append_in(into, (tx, p), &state.order_id, events);
 }
 
-async fn save_in(
-    client: &impl GenericClient,
-    state: &OrderState,
-    signals: &[(Route, Envelope)],
-    events: &[HistoryEvent],
-) -> Result<(), StoreError> {
-    client
-        .execute(
-            "UPDATE orders SET status = $2, finished = $3, state = $4,
-                 updated_at = $5::text::timestamptz WHERE id = $1",
+fn save_in<'a>(
+    into: &mut Vec<Statement<'a>>,
+    (tx, p): (&'a tokio_postgres::Transaction<'_>, &'a Prepared),
+    state: &'a OrderState,
+    signals: &'a [(Route, Envelope)],
+    events: &'a [HistoryEvent],
+) {
+    into.push(Box::pin(async move {
+        tx.execute(
+            &p.update,
             &[
                 &state.order_id,
                 &state.status.as_str(),
@@ -115,8 +153,10 @@ async fn save_in(
             ],
         )
         .await?;
-    append_in(client, &state.order_id, events).await?;
-    outbox::insert_postgres(client, signals).await
+        Ok(())
+    }));
+    append_in(into, (tx, p), &state.order_id, events);
+    outbox::insert_pipelined(into, tx, &p.outbox, signals);
 }
 
 #[async_trait]
@@ -124,8 +164,11 @@ impl Store for Postgres {
     async fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        insert_in(&*tx, state, events).await?;
-        self.check_writes(&tx, &[state.order_id.as_str()]).await?;
+        let p = Prepared::on(&tx).await?;
+        let mut statements = Vec::new();
+        insert_in(&mut statements, (&*tx, &p), state, events);
+        let ids = [state.order_id.as_str()];
+        futures::try_join!(pipeline(statements), self.check_writes(&tx, &ids))?;
         tx.commit().await?;
         Ok(())
     }
@@ -138,8 +181,11 @@ impl Store for Postgres {
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        save_in(&*tx, state, signals, events).await?;
-        self.check_writes(&tx, &[state.order_id.as_str()]).await?;
+        let p = Prepared::on(&tx).await?;
+        let mut statements = Vec::new();
+        save_in(&mut statements, (&*tx, &p), state, signals, events);
+        let ids = [state.order_id.as_str()];
+        futures::try_join!(pipeline(statements), self.check_writes(&tx, &ids))?;
         tx.commit().await?;
         Ok(())
     }
@@ -147,16 +193,21 @@ impl Store for Postgres {
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        let p = Prepared::on(&tx).await?;
+        // Every statement of the batch in one pipeline (sent together,
+        // answered in order), not one round trip each.
+        let mut statements = Vec::new();
         for w in writes {
             if w.insert {
-                insert_in(&*tx, &w.state, &w.events).await?;
+                insert_in(&mut statements, (&*tx, &p), &w.state, &w.events);
             } else {
-                save_in(&*tx, &w.state, &w.outbox, &w.events).await?;
+                save_in(&mut statements, (&*tx, &p), &w.state, &w.outbox, &w.events);
             }
         }
-        // With several replicas: only the owner of these orders commits.
+        // With several replicas: only the owner of these orders commits
+        // (checked beside the pipeline).
         let ids: Vec<&str> = writes.iter().map(|w| w.state.order_id.as_str()).collect();
-        self.check_writes(&tx, &ids).await?;
+        futures::try_join!(pipeline(statements), self.check_writes(&tx, &ids))?;
         tx.commit().await?;
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The SQLite store (rusqlite, WAL, `synchronous=NORMAL`), on the service
-//! kit's [`Sqlite`]: one connection, its calls on tokio's blocking pool.
-//! Schema: `migrations/sqlite`.
+//! kit's [`Sqlite`]: one connection, its calls and the group commit's
+//! transactions on the store's own `sqlite` thread. Schema:
+//! `migrations/sqlite`.
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use async_trait::async_trait;
 use message_bus::Route;
 use rusqlite::{params, Connection, OptionalExtension};
 use service_kit::store::entities::Entities;
+use service_kit::store::sqlite::{in_one_transaction, SqliteWrites};
 use service_kit::store::{history, outbox, Database, Sqlite};
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
@@ -127,6 +129,15 @@ fn save_in(
     outbox::insert_sqlite(tx, signals)
 }
 
+/// One write of the group commit, inside the caller's transaction.
+fn write(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), StoreError> {
+    if w.insert {
+        insert_in(tx, &w.state, &w.events)
+    } else {
+        save_in(tx, &w.state, &w.outbox, &w.events)
+    }
+}
+
 impl OnDatabase for SqliteStore {
     fn db(&self) -> &dyn Database {
         &self.db
@@ -165,15 +176,14 @@ impl Store for SqliteStore {
     }
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        self.db
-            .write_all(writes.to_vec(), |tx, w| {
-                if w.insert {
-                    insert_in(tx, &w.state, &w.events)
-                } else {
-                    save_in(tx, &w.state, &w.outbox, &w.events)
-                }
-            })
-            .await
+        self.db.write_all(writes.to_vec(), write).await
+    }
+
+    fn sqlite_writes(&self) -> Option<SqliteWrites<Write>> {
+        Some(SqliteWrites {
+            db: self.db.clone(),
+            save_all: |conn, writes| in_one_transaction(conn, writes, write),
+        })
     }
 
     async fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {

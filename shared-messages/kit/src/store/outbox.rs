@@ -77,6 +77,33 @@ pub async fn insert_postgres(
     Ok(())
 }
 
+/// The statement [`insert_pipelined`] runs, to prepare with
+/// [`prepared`](super::postgres::prepared).
+pub const INSERT_POSTGRES: &str =
+    "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES ($1, $2, $3, $4)";
+
+/// The messages a transition sends, as statements of the caller's
+/// [`pipeline`](super::postgres::pipeline) in its transaction `tx`;
+/// `insert` is [`INSERT_POSTGRES`] prepared.
+pub fn insert_pipelined<'a>(
+    into: &mut Vec<super::postgres::Statement<'a>>,
+    tx: &'a tokio_postgres::Transaction<'_>,
+    insert: &'a tokio_postgres::Statement,
+    messages: &'a [(Route, Envelope)],
+) {
+    for (route, envelope) in messages {
+        into.push(Box::pin(async move {
+            let body = envelope.to_json();
+            tx.execute(
+                insert,
+                &[&route.exchange, &route.routing_key, &route.mandatory, &body],
+            )
+            .await?;
+            Ok(())
+        }));
+    }
+}
+
 /// Rows stored and not yet confirmed by the broker, on SQLite.
 pub fn len_sqlite(conn: &rusqlite::Connection) -> Result<u64, StoreError> {
     let n: i64 = conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;

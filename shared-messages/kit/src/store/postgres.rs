@@ -5,10 +5,21 @@
 //! server restarted, a failover) is dropped at its next checkout and a new
 //! one opened, so the store comes back by itself. TLS follows the
 //! connection string's `sslmode` ([`crate::postgres_tls`]).
+//!
+//! A transaction's statements go out as one [`pipeline`]: prepared once
+//! per connection ([`prepared`], deadpool's statement cache), then all
+//! sent before the first answer is read, so a group commit of many
+//! writes takes a few round trips (`BEGIN`, the pipeline, `COMMIT`)
+//! instead of two for every statement. While a transaction waits for
+//! the client, it holds its row locks and its connection.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
+pub use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use futures::future::BoxFuture;
 use refinery::Runner;
@@ -135,4 +146,53 @@ impl Postgres {
     pub async fn client(&self) -> Result<Object, StoreError> {
         Ok(self.pool.get().await?)
     }
+}
+
+/// One statement of a [`pipeline`]: a future that sends its statement
+/// when first polled (tokio-postgres queues a query with a prepared
+/// statement on its first poll, without waiting for earlier answers) and
+/// ends with the server's answer.
+pub type Statement<'a> = BoxFuture<'a, Result<(), StoreError>>;
+
+/// Runs `statements` on one connection as a pipeline: sends each, in
+/// order, before reading any answer, then reads the answers in order
+/// (the server answers in the order it was asked). The first error is
+/// the answer; inside a transaction the statements after a failed one
+/// fail too, and the transaction is rolled back when dropped. Every
+/// statement must already be prepared (see [`prepared`]): one that
+/// prepares first waits for that answer before it is sent.
+pub async fn pipeline(statements: Vec<Statement<'_>>) -> Result<(), StoreError> {
+    let mut each: Vec<_> = statements
+        .into_iter()
+        .map(futures::future::maybe_done)
+        .collect();
+    // The first poll of each sends it.
+    futures::future::poll_fn(|cx| {
+        for statement in &mut each {
+            let _ = Pin::new(statement).poll(cx);
+        }
+        Poll::Ready(())
+    })
+    .await;
+    for mut statement in each {
+        (&mut statement).await;
+        Pin::new(&mut statement)
+            .take_output()
+            .unwrap_or_else(|| Err(StoreError::unavailable("a statement's answer was lost")))?;
+    }
+    Ok(())
+}
+
+/// `queries` prepared on the transaction's connection: from deadpool's
+/// statement cache once each has been prepared there, else all prepared
+/// in one round trip.
+pub async fn prepared<const N: usize>(
+    tx: &Transaction<'_>,
+    queries: [&str; N],
+) -> Result<[tokio_postgres::Statement; N], StoreError> {
+    let statements =
+        futures::future::try_join_all(queries.map(|query| tx.prepare_cached(query))).await?;
+    statements
+        .try_into()
+        .map_err(|_| StoreError::unavailable("a prepared statement is missing"))
 }

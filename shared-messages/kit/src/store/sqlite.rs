@@ -5,10 +5,12 @@
 //! or write. [`Sqlite::call`] queues a closure for that thread and awaits
 //! its answer, so no actor or HTTP thread waits on the disk. The thread
 //! runs every call queued by the time it wakes before it sleeps again, so
-//! under load one wake-up serves many calls (the group commit's transaction,
-//! the relay's reads, status reads). On tokio's blocking pool, which hands
-//! each call over on its own, the services made about a fifth fewer orders
-//! a second (docs/performance.md).
+//! under load one wake-up serves many calls (the group commit's
+//! transactions, the relay's reads, status reads). The group commit's
+//! writer itself runs here ([`SqliteWrites`]): one hand-off per
+//! transaction, not two. On tokio's blocking pool, which hands each call
+//! over on its own, the services made about a fifth fewer orders a second
+//! (docs/performance.md).
 //!
 //! WAL with `synchronous=NORMAL` survives a process crash (`kill -9`)
 //! without losing a committed transaction; only a power loss may lose the
@@ -33,6 +35,32 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A call queued for the SQLite thread; it answers through its own channel.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// How a store saves a batch of its group commit's writes on the SQLite
+/// thread, all in one transaction (all or none). Given by a store on
+/// SQLite ([`BatchStore::on_sqlite`](super::group_commit::BatchStore::on_sqlite)),
+/// it lets the group commit's writer run on the SQLite thread itself.
+pub struct SqliteWrites<W, E = StoreError> {
+    pub db: Sqlite,
+    pub save_all: SaveAll<W, E>,
+}
+
+/// Saves a batch of writes in one transaction on the connection.
+pub type SaveAll<W, E = StoreError> = fn(&mut Connection, &[W]) -> Result<(), E>;
+
+/// Stores each of `writes` by `write` in one transaction: all or none.
+pub fn in_one_transaction<W>(
+    conn: &mut Connection,
+    writes: &[W],
+    write: fn(&rusqlite::Transaction<'_>, &W) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    for w in writes {
+        write(&tx, w)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
 
 /// An open SQLite database; cheap to clone (one shared connection). The
 /// thread and the file lock go when the last clone is dropped.
@@ -88,14 +116,20 @@ impl Sqlite {
             // The caller may have gone (a timed-out request); nothing to tell.
             let _ = answer.send(f(conn));
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| StoreError::unavailable("the SQLite thread has stopped"))?;
+        self.queue(job)?;
         answered.await.unwrap_or_else(|_| {
             Err(StoreError::unavailable(
                 "a SQLite call failed (it panicked)",
             ))
         })
+    }
+
+    /// Queues `job` for the SQLite thread without waiting for it; the job
+    /// answers its caller itself.
+    pub(crate) fn queue(&self, job: Job) -> Result<(), StoreError> {
+        self.jobs
+            .send(job)
+            .map_err(|_| StoreError::unavailable("the SQLite thread has stopped"))
     }
 
     /// Stores each of `writes` by `write`, all in one transaction (all of
@@ -105,15 +139,8 @@ impl Sqlite {
         writes: Vec<W>,
         write: fn(&rusqlite::Transaction<'_>, &W) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.call(move |conn| {
-            let tx = conn.transaction()?;
-            for w in &writes {
-                write(&tx, w)?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+        self.call(move |conn| in_one_transaction(conn, &writes, write))
+            .await
     }
 
     /// Runs `f` on the connection on the calling thread (start-up, tests).

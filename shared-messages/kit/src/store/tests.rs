@@ -259,3 +259,59 @@ async fn a_sqlite_call_that_panics_fails_alone() {
         .expect("still serving");
     assert_eq!(answers, (0..100).collect::<Vec<_>>());
 }
+
+/// A pipeline's statements run in the order given, all in the
+/// transaction; one that fails fails the pipeline, and the transaction
+/// rolls back every statement, those before it included.
+#[tokio::test]
+async fn a_pipeline_runs_its_statements_in_order_and_a_failed_one_rolls_back_all() {
+    let db = pg::TestDb::create("kit_pipeline");
+    let store = Postgres::open(&db.url, &runner(PG_V1, PG_V2), 1)
+        .await
+        .expect("opens");
+    let messages: Vec<(Route, Envelope)> = (0..50).map(message).collect();
+    let mut client = store.client().await.expect("a connection");
+    let tx = client.transaction().await.expect("begins");
+    let [insert] = postgres::prepared(&tx, [outbox::INSERT_POSTGRES])
+        .await
+        .expect("prepared");
+    let mut statements = Vec::new();
+    outbox::insert_pipelined(&mut statements, &tx, &insert, &messages);
+    postgres::pipeline(statements).await.expect("stored");
+    tx.commit().await.expect("commits");
+    let pending = store.pending(100).await.expect("reads");
+    let stored: Vec<String> = pending
+        .iter()
+        .map(|m| m.envelope.message_id.to_string())
+        .collect();
+    let sent: Vec<String> = messages
+        .iter()
+        .map(|(_, e)| e.message_id.to_string())
+        .collect();
+    assert_eq!(
+        stored, sent,
+        "rows in the order their statements were given"
+    );
+
+    let tx = client.transaction().await.expect("begins");
+    let [insert] = postgres::prepared(&tx, [outbox::INSERT_POSTGRES])
+        .await
+        .expect("from the cache");
+    let mut statements = Vec::new();
+    outbox::insert_pipelined(&mut statements, &tx, &insert, &messages[..10]);
+    statements.push(Box::pin(async {
+        tx.batch_execute("SELECT 1 / 0").await?;
+        Ok(())
+    }));
+    outbox::insert_pipelined(&mut statements, &tx, &insert, &messages[10..20]);
+    assert!(
+        postgres::pipeline(statements).await.is_err(),
+        "the failure is the answer"
+    );
+    drop(tx);
+    assert_eq!(
+        outbox::len_postgres(&**client).await.expect("len"),
+        50,
+        "nothing of the failed transaction stored"
+    );
+}
