@@ -315,10 +315,12 @@ mod tests {
                     wait_for: "SHIPPED".into(),
                     timeout_ms: Some(5000),
                 },
+                expires_at: Some("2026-11-25T10:00:10Z".parse().expect("a time")),
             }),
             Message::OrderCommand(OrderCommand {
                 workflow_id: "ORD-1".into(),
                 action: OrderAction::PauseFulfillment,
+                expires_at: None,
             }),
             Message::OrderCommandReply(OrderCommandReply {
                 status: 409,

@@ -295,6 +295,12 @@ pub struct OrderCommand {
     /// the order id); for a creation, an id in the partition it is sent to.
     pub workflow_id: String,
     pub action: OrderAction,
+    /// When the sender stops waiting for the answer (a creation, a
+    /// `waitFor`): an owner that takes the command later drops it
+    /// unanswered, so a creation nobody waits for is never made. Absent
+    /// for changes, which run whenever an owner takes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// What an [`OrderCommand`] asks, one per HTTP route that acts on an order.

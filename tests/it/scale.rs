@@ -439,6 +439,7 @@ async fn any_order_replica_answers_for_orders_another_owns() -> Result<()> {
                 wait_for: "CANCELLED".into(),
                 timeout_ms: Some(0),
             },
+            expires_at: None,
         }),
     );
     let answer = eventually(

@@ -66,6 +66,7 @@ pub(super) async fn elsewhere(
     let command = OrderCommand {
         workflow_id: workflow_id.to_owned(),
         action,
+        expires_at: None,
     };
     Some(send(state, partition, id, command, waits, persistent).await)
 }
@@ -90,9 +91,10 @@ pub(super) async fn create_elsewhere(state: &AppState, details: &OrderDetails) -
     let command = OrderCommand {
         workflow_id: candidate.clone(),
         action: OrderAction::Create { details },
+        expires_at: None,
     };
-    // Transient, expiring with the wait: a creation nobody answered in
-    // time must not happen later behind the client's back.
+    // Expiring with the wait: a creation nobody answered in time must not
+    // happen later behind the client's back.
     Some(send(state, partition, &candidate, command, Duration::ZERO, false).await)
 }
 
@@ -102,17 +104,38 @@ async fn send(
     state: &AppState,
     partition: u16,
     order_id: &str,
-    command: OrderCommand,
+    mut command: OrderCommand,
     waits: Duration,
     persistent: bool,
 ) -> Reply {
-    let envelope = Envelope::new(order_id, Message::OrderCommand(command))
-        .traced(message_bus::trace::current_child());
+    if state
+        .orders
+        .held()
+        .is_some_and(|held| held.owned().is_empty())
+    {
+        // Every replica shares the database. A replica holding no
+        // partition may have lost them because the database does not
+        // answer it; then no owner could act either, and the command
+        // would only expire in its queue: answer as the store does.
+        if let Err(error) = state.orders.store().ping().await {
+            return Err(ApiError::store(error));
+        }
+    }
     // The owner may itself wait up to QUERY_TIMEOUT_MS for fulfillment.
     let timeout = state.query_timeout * 2 + waits;
+    if !persistent {
+        // Dropped by the owner once nobody waits for it. Not a broker
+        // TTL: a message expiring in a partition queue would be
+        // dead-lettered, and an unanswered wait is no poison message.
+        command.expires_at = chrono::Duration::from_std(timeout)
+            .ok()
+            .map(|t| chrono::Utc::now() + t);
+    }
+    let envelope = Envelope::new(order_id, Message::OrderCommand(command))
+        .traced(message_bus::trace::current_child());
     let bus = state.orders.bus();
     let answer = bus
-        .request(&route(partition), &envelope, timeout, persistent)
+        .request(&route(partition), &envelope, timeout, true)
         .await
         .map_err(|e| ApiError::from_bus(e, "the order's owner", timeout.as_millis(), persistent))?;
     match answer.message {
@@ -146,6 +169,11 @@ pub fn command_handler(state: web::Data<AppState>, arbiter: ArbiterHandle) -> Ha
                 .boxed();
         };
         let command = command.clone();
+        if expired(&command, chrono::Utc::now()) {
+            // Its sender gave up waiting: nothing to do, nobody to answer.
+            tracing::debug!(order_id = %incoming.envelope.entity_id, "an order command past its expiry dropped");
+            return futures::future::ready(Outcome::Ack).boxed();
+        }
         if let Some(partition) = elsewhere_now(&state, &command) {
             // The partition was handed over (or the command sent to the
             // wrong one): on to the queue of the order's partition, whose
@@ -202,6 +230,11 @@ pub fn command_handler(state: web::Data<AppState>, arbiter: ArbiterHandle) -> Ha
 
 /// The partition to send `command` on to when this replica cannot run it
 /// now: the order's is not held (a creation: no partition is held).
+/// Whether nobody waits for `command`'s answer any more at `now`.
+fn expired(command: &OrderCommand, now: chrono::DateTime<chrono::Utc>) -> bool {
+    command.expires_at.is_some_and(|at| at <= now)
+}
+
 fn elsewhere_now(state: &AppState, command: &OrderCommand) -> Option<u16> {
     let held = state.orders.held()?;
     let id = match &command.action {
@@ -252,6 +285,21 @@ fn parts(response: HttpResponse) -> (u16, Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_past_its_expiry_is_expired_and_one_without_never() {
+        let now = chrono::Utc::now();
+        let mut command = OrderCommand {
+            workflow_id: "ORD-1".into(),
+            action: OrderAction::PauseFulfillment,
+            expires_at: None,
+        };
+        assert!(!expired(&command, now), "a change waits for its owner");
+        command.expires_at = Some(now + chrono::Duration::seconds(1));
+        assert!(!expired(&command, now));
+        command.expires_at = Some(now - chrono::Duration::milliseconds(1));
+        assert!(expired(&command, now));
+    }
 
     #[test]
     fn a_response_travels_as_its_status_and_json_body() {
