@@ -559,6 +559,14 @@ mod tests {
         .expect("reads")
     }
 
+    /// [`table`] and its group commit.
+    fn table_and_writer() -> (Sqlite, GroupCommit<OnTable>) {
+        let db = table();
+        let writer = GroupCommit::start("test-writer", OnTable(db.clone()), OutboxSignal::new())
+            .expect("starts");
+        (db, writer)
+    }
+
     #[tokio::test]
     async fn on_sqlite_every_write_is_stored_once_on_the_sqlite_thread_and_a_bad_one_fails_alone() {
         let db = table();
@@ -584,9 +592,7 @@ mod tests {
     /// Writes sent together are stored in few transactions, not one each.
     #[tokio::test]
     async fn on_sqlite_writes_sent_together_share_a_transaction() {
-        let db = table();
-        let writer = GroupCommit::start("test-writer", OnTable(db.clone()), OutboxSignal::new())
-            .expect("starts");
+        let (db, writer) = table_and_writer();
         let Writer::Sqlite(on) = &writer.writer else {
             panic!("a store on SQLite gets the writer on the SQLite thread")
         };
@@ -626,9 +632,7 @@ mod tests {
     /// one transaction, not the first alone and the rest in the next.
     #[tokio::test]
     async fn on_sqlite_writes_of_tasks_ready_together_share_a_transaction() {
-        let db = table();
-        let writer = GroupCommit::start("test-writer", OnTable(db.clone()), OutboxSignal::new())
-            .expect("starts");
+        let (db, writer) = table_and_writer();
         for round in 0..3 {
             let tasks: Vec<_> = (0..16)
                 .map(|n| {
@@ -651,9 +655,7 @@ mod tests {
 
     #[tokio::test]
     async fn on_sqlite_a_panicking_write_fails_alone_and_the_writer_goes_on() {
-        let db = table();
-        let writer = GroupCommit::start("test-writer", OnTable(db.clone()), OutboxSignal::new())
-            .expect("starts");
+        let (db, writer) = table_and_writer();
         let results = futures::future::join_all([12, -13, 14].map(|n| writer.save(n))).await;
         assert!(matches!(results[1], Err(CommitError::Panicked)));
         assert_eq!(results[0].as_ref().ok(), Some(&12));
