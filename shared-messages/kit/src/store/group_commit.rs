@@ -228,16 +228,7 @@ impl<S: BatchStore> OnSqlite<S> {
         let started = Instant::now();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| (self.save_all)(conn, writes)));
         self.store.committed(started);
-        match result {
-            Ok(result) => result.map_err(CommitError::Store),
-            Err(_) => {
-                tracing::error!(
-                    writes = writes.len(),
-                    "the store panicked during a group commit"
-                );
-                Err(CommitError::Panicked)
-            }
-        }
+        settled(result, writes.len())
     }
 }
 
@@ -291,16 +282,22 @@ fn answer<S: BatchStore>(
 
 /// One transaction; a panic in the store fails it instead of the writer.
 async fn save<S: BatchStore>(store: &S, writes: &[S::Write]) -> Result<(), CommitError<S::Error>> {
-    match AssertUnwindSafe(store.save_all(writes))
+    let result = AssertUnwindSafe(store.save_all(writes))
         .catch_unwind()
-        .await
-    {
+        .await;
+    settled(result, writes.len())
+}
+
+/// A group commit's transaction of `writes` writes as its writers hear of
+/// it: the store's error, or [`CommitError::Panicked`] if it panicked.
+fn settled<E>(
+    result: std::thread::Result<Result<(), E>>,
+    writes: usize,
+) -> Result<(), CommitError<E>> {
+    match result {
         Ok(result) => result.map_err(CommitError::Store),
         Err(_) => {
-            tracing::error!(
-                writes = writes.len(),
-                "the store panicked during a group commit"
-            );
+            tracing::error!(writes, "the store panicked during a group commit");
             Err(CommitError::Panicked)
         }
     }
