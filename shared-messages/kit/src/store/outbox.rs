@@ -6,7 +6,10 @@
 //! On PostgreSQL, rows are claimed before they are published (`FOR UPDATE
 //! SKIP LOCKED`, then a short lease), so two replicas' relays do not send
 //! the same rows at once; a replica that dies holding a claim lets it
-//! lapse, and its rows go out from whoever reads next.
+//! lapse, and its rows go out from whoever reads next. The relay's claims
+//! and deletes commit without waiting for their WAL flush
+//! ([`Postgres::relay_client`](super::Postgres)): losing one in a crash of
+//! PostgreSQL only sends rows again.
 
 use chrono::Utc;
 use futures::future::BoxFuture;
@@ -183,7 +186,7 @@ async fn pending_postgres(
     store: &Postgres,
     limit: usize,
 ) -> Result<Vec<OutboxMessage>, StoreError> {
-    let mut client = store.client().await?;
+    let mut client = store.relay_client().await?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = client
         .query(
@@ -230,7 +233,7 @@ impl OutboxStore for Postgres {
 
     fn remove<'a>(&'a self, seqs: &'a [i64]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            let client = self.client().await.map_err(|e| e.to_string())?;
+            let client = self.relay_client().await.map_err(|e| e.to_string())?;
             client
                 .execute("DELETE FROM outbox WHERE seq = ANY($1)", &[&seqs])
                 .await

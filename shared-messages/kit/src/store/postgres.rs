@@ -12,6 +12,18 @@
 //! writes takes a few round trips (`BEGIN`, the pipeline, `COMMIT`)
 //! instead of two for every statement. While a transaction waits for
 //! the client, it holds its row locks and its connection.
+//!
+//! The outbox relay has connections of its own ([`Postgres::relay_client`])
+//! whose commits do not wait for their WAL flush (`synchronous_commit`
+//! off). Its writes are the claim of rows it is about to publish and the
+//! delete of rows the broker confirmed, each a statement on its own.
+//! PostgreSQL may lose such a commit in a crash of its own (never part of
+//! one), and losing it only sends rows again: a lost claim lets another
+//! replica's relay send them too, a lost delete sends them once more. The
+//! messages keep their ids, which receivers deduplicate; a row may go out
+//! twice in any case, after a crash between publish and delete. The rows
+//! themselves are written by the workflows' transactions, which wait for
+//! their flush as always.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,8 +49,10 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// read or write, so anything near this is a stuck server.
 const STATEMENT_TIMEOUT_MS: u64 = 15_000;
 /// Connections per process: the group commit holds one, reads (HTTP,
-/// the relay, recovery) share the rest.
+/// recovery) share the rest.
 const POOL_SIZE: usize = 8;
+/// The relay's connections: one reads and claims, one clears.
+const RELAY_POOL_SIZE: usize = 2;
 /// Longest a call waits for a free connection before failing.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -46,6 +60,9 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
+    /// The outbox relay's connections: commits that do not wait for the
+    /// WAL flush (see the module's notes).
+    relay_pool: Pool,
     /// Marks this process's outbox claims; it re-reads its own at once.
     pub(crate) owner: String,
     /// What every write of workflow state must pass, once set (the
@@ -83,6 +100,7 @@ impl Postgres {
             config.get_options().unwrap_or_default(),
             STATEMENT_TIMEOUT_MS * 2
         );
+        let relay_options = format!("{options} -c synchronous_commit=off");
         config
             .options(options.trim())
             .connect_timeout(CONNECT_TIMEOUT)
@@ -90,24 +108,14 @@ impl Postgres {
             .keepalives_idle(KEEPALIVE_IDLE)
             .keepalives_interval(Duration::from_secs(10))
             .keepalives_retries(3);
-        let manager = Manager::from_config(
-            config,
-            tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(CHECKOUT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|e| StoreError::Open(format!("the PostgreSQL pool: {e}")))?;
+        let mut relay_config = config.clone();
+        relay_config.options(relay_options.trim());
+        let pool = pool_of(config, tls.clone(), POOL_SIZE)?;
+        let relay_pool = pool_of(relay_config, tls, RELAY_POOL_SIZE)?;
         tracing::info!(sslmode = mode.name(), "PostgreSQL store");
         let store = Self {
             pool,
+            relay_pool,
             owner: uuid::Uuid::new_v4().to_string(),
             guard: Arc::new(OnceLock::new()),
         };
@@ -146,6 +154,35 @@ impl Postgres {
     pub async fn client(&self) -> Result<Object, StoreError> {
         Ok(self.pool.get().await?)
     }
+
+    /// A connection of the outbox relay's: its commits do not wait for
+    /// the WAL flush. Only for writes that cost a resend if lost.
+    pub(crate) async fn relay_client(&self) -> Result<Object, StoreError> {
+        Ok(self.relay_pool.get().await?)
+    }
+}
+
+/// A pool of at most `size` connections to `config`.
+fn pool_of(
+    config: tokio_postgres::Config,
+    tls: postgres_tls::MakeRustlsConnect,
+    size: usize,
+) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config,
+        tls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(CHECKOUT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .recycle_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(|e| StoreError::Open(format!("the PostgreSQL pool: {e}")))
 }
 
 /// One statement of a [`pipeline`]: a future that sends its statement

@@ -156,6 +156,29 @@ async fn postgres_outbox_claims_are_exclusive_and_a_bad_row_is_quarantined() {
     assert_eq!(outbox::len_postgres(&**client).await.expect("len"), 1);
 }
 
+/// Only the relay's own connections commit without waiting for the WAL
+/// flush; every other connection of the store waits as the server says.
+#[tokio::test]
+async fn only_the_relay_commits_without_waiting_for_the_flush() {
+    let db = pg::TestDb::create("kit_relay_commit");
+    let store = Postgres::open(&db.url, &runner(PG_V1, PG_V2), 1)
+        .await
+        .expect("opens");
+    let setting = |client: deadpool_postgres::Object| async move {
+        let row = client
+            .query_one("SHOW synchronous_commit", &[])
+            .await
+            .expect("shows the setting");
+        row.get::<_, String>(0)
+    };
+    assert_eq!(
+        setting(store.relay_client().await.expect("a relay connection")).await,
+        "off"
+    );
+    let server = setting(store.client().await.expect("a connection")).await;
+    assert_ne!(server, "off", "the workflows' commits wait for their flush");
+}
+
 /// A database migrated by the runner before refinery keeps its tables and
 /// rows; only later versions run.
 #[tokio::test]
