@@ -102,7 +102,7 @@ pub use hash::partition_of;
 #[cfg(any(test, feature = "test-support"))]
 pub use manager::Frozen;
 pub use manager::{Change, Leases, DRAIN_TIMEOUT};
-pub use owner::{entity_key, settle, Held, Owner, Workflows};
+pub use owner::{entity_key, settle, Held, Ids, Owner, Workflows};
 pub use settings::{
     Settings, DEFAULT_LEASE_TTL_MS, DEFAULT_PARTITIONS, MAX_LEASE_TTL_MS, MAX_PARTITIONS,
     MIN_LEASE_TTL_MS,
