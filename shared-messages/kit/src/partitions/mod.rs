@@ -82,6 +82,12 @@
 //! // /readyz: leases.owned(); on SIGTERM: leases.shutdown().await (keep applying changes meanwhile)
 //! ```
 //!
+//! A service on the bus does the lease part of this with [`Owner::start`]:
+//! it fences the store's writes, takes the share, applies the changes to
+//! the partitions' queues and to the service's [`Workflows`] (resumed and
+//! stopped by id), and answers once the partitions claimed at start are
+//! taken.
+//!
 //! The changes come in order on one channel, which the service must keep
 //! reading (a [`Change::Release`] not answered holds the handover up to
 //! [`DRAIN_TIMEOUT`]). [`Change::Acquired`] comes after the claim has
