@@ -38,7 +38,7 @@ use actix_web::web;
 use anyhow::Context as _;
 use message_bus::outbox::{relay, OutboxSignal};
 use service_kit::partitions::{Held, Leases, Owner};
-use service_kit::serve::{self, Listening, Running};
+use service_kit::serve::{self, Running};
 use service_kit::settings::redact;
 use shared_messages::topology;
 use std::sync::Arc;
@@ -108,24 +108,19 @@ pub async fn build(config: Config) -> anyhow::Result<Running> {
         held,
         query_timeout: common.query_timeout,
     });
-    let Listening { port, server } =
+    let listening =
         serve::start::<http::HttpSpans, _>(env!("CARGO_PKG_NAME"), common, move |cfg| {
             cfg.app_data(state.clone()).configure(http::configure);
         })?;
     tracing::info!(
         http = %common.http_addr,
-        port,
+        port = listening.port,
         amqp = %redact(&common.amqp_url),
         store = %redact(&common.store_url),
         replica = %common.replica_id,
         "fulfillment-service started"
     );
-    Ok(Running {
-        port,
-        server,
-        bus,
-        leases,
-    })
+    Ok(listening.running(bus, leases))
 }
 
 /// One of several replicas on a shared PostgreSQL: fences this replica's
@@ -138,18 +133,10 @@ async fn own_partitions(
     bus: &message_bus::Bus,
     registry: &Registry,
 ) -> anyhow::Result<(Arc<Held>, Leases)> {
-    let replica = &config.common.replica_id;
-    let settings = config.partitions;
-    let held = Held::new(replica.as_str(), settings.partitions);
-    pg.guard_writes(held.clone())?;
-    let (leases, changes) = Leases::start(
-        pg,
-        replica.as_str(),
-        settings,
-        metrics::METRICS.partitions_owned.clone(),
-    )
-    .await
-    .context("taking a share of the partition leases")?;
+    let held = Held::new(
+        config.common.replica_id.as_str(),
+        config.partitions.partitions,
+    );
     let owner = Owner {
         bus: bus.clone(),
         held: held.clone(),
@@ -158,12 +145,15 @@ async fn own_partitions(
         ingress: vec![topology::FULFILLMENT_SIGNALS_QUEUE.into()],
         partitions_exchange: topology::FULFILLMENT_PARTITIONS_EXCHANGE.into(),
         key: service_kit::partitions::entity_key,
-        workflows: Arc::new(actor::Partition {
-            registry: registry.clone(),
-            held: held.clone(),
-        }),
+        workflows: Arc::new(registry.clone()),
     };
-    tokio::spawn(owner.run(changes));
-    service_kit::partitions::settle(&leases, &held, settings.lease_ttl).await;
+    let leases = owner
+        .start(
+            pg,
+            config.partitions,
+            metrics::METRICS.partitions_owned.clone(),
+        )
+        .await
+        .context("taking a share of the partition leases")?;
     Ok((held, leases))
 }

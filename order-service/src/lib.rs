@@ -55,7 +55,7 @@ use anyhow::Context;
 use message_bus::outbox::{relay, OutboxSignal};
 use message_bus::{Bus, BusConfig};
 use service_kit::partitions::{Held, Leases, Owner};
-use service_kit::serve::{self, Listening, Running};
+use service_kit::serve::{self, Running};
 use shared_messages::topology;
 
 use crate::actor::{Orders, Timings};
@@ -137,22 +137,17 @@ pub async fn build(config: Config) -> anyhow::Result<Running> {
         }
         _ => None,
     };
-    let Listening { port, server } =
+    let listening =
         serve::start::<http::HttpSpans, _>(env!("CARGO_PKG_NAME"), &config.common, move |cfg| {
             cfg.app_data(state.clone()).configure(http::configure);
         })?;
     tracing::info!(
         addr = %config.common.http_addr,
-        port,
+        port = listening.port,
         replica = %config.common.replica_id,
         "order-service listening"
     );
-    Ok(Running {
-        port,
-        server,
-        bus,
-        leases,
-    })
+    Ok(listening.running(bus, leases))
 }
 
 /// One of several replicas on a shared PostgreSQL: fences this replica's
@@ -169,31 +164,23 @@ async fn own_partitions(
     held: Arc<Held>,
     state: web::Data<http::AppState>,
 ) -> anyhow::Result<Leases> {
-    let settings = config.partitions;
-    pg.guard_writes(held.clone())?;
-    let (leases, changes) = Leases::start(
-        pg,
-        config.common.replica_id.as_str(),
-        settings,
-        metrics::METRICS.partitions_owned.clone(),
-    )
-    .await
-    .context("taking a share of the partition leases")?;
     let commands = http::owner::command_handler(state, actix::Arbiter::current());
     let owner = Owner {
         bus: bus.clone(),
-        held: held.clone(),
+        held,
         partition_queue: topology::order_partition_queue,
         handler: bus::partition_handler(orders.clone(), commands),
         ingress: vec![topology::ORDER_FULFILLMENT_EVENTS_QUEUE.into()],
         partitions_exchange: topology::ORDER_PARTITIONS_EXCHANGE.into(),
         key: bus::order_key,
-        workflows: Arc::new(actor::Partition {
-            orders: orders.clone(),
-            held: held.clone(),
-        }),
+        workflows: Arc::new(orders.clone()),
     };
-    tokio::spawn(owner.run(changes));
-    service_kit::partitions::settle(&leases, &held, settings.lease_ttl).await;
-    Ok(leases)
+    owner
+        .start(
+            pg,
+            config.partitions,
+            metrics::METRICS.partitions_owned.clone(),
+        )
+        .await
+        .context("taking a share of the partition leases")
 }

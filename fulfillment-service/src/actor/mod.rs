@@ -24,6 +24,7 @@ use chrono::Utc;
 use message_bus::outbox::OutboxSignal;
 use message_bus::trace;
 use message_bus::Route;
+use service_kit::actors::Leave;
 use shared_messages::Envelope;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -303,47 +304,11 @@ impl Handler<Signal> for FulfillmentActor {
     }
 }
 
-/// Stop running here: the fulfillment's partition goes to another replica.
-/// Taken after any write in flight (writes hold the mailbox), so the state
-/// the next owner loads is the last one stored; the step timer is dropped
-/// with the actor and armed again by the next owner.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Leave;
-
+/// Leaves at once: the partition goes to another replica ([`Leave`]).
 impl Handler<Leave> for FulfillmentActor {
     type Result = ();
 
     fn handle(&mut self, _: Leave, ctx: &mut Self::Context) {
         ctx.stop();
-    }
-}
-
-/// The fulfillments of one partition, as the partition's owner takes and
-/// leaves them ([`service_kit::partitions::Owner`]).
-pub struct Partition {
-    pub registry: Registry,
-    pub held: Arc<service_kit::partitions::Held>,
-}
-
-impl service_kit::partitions::Workflows for Partition {
-    fn take(&self, partition: u16) -> futures::future::BoxFuture<'_, Result<usize, StoreError>> {
-        Box::pin(async move {
-            let held = &self.held;
-            let recovered = self
-                .registry
-                .recover_where(|id| held.partition_of(id) == partition)
-                .await?;
-            Ok(recovered.resumed)
-        })
-    }
-
-    fn leave(&self, partition: u16) -> futures::future::BoxFuture<'_, usize> {
-        let held = self.held.clone();
-        Box::pin(async move {
-            self.registry
-                .leave_where(move |id| held.partition_of(id) == partition)
-                .await
-        })
     }
 }

@@ -8,6 +8,7 @@ use actix_rt::ArbiterHandle;
 use chrono::Utc;
 use futures::future::{self, BoxFuture, FutureExt};
 use service_kit::actors::Actors;
+use service_kit::partitions::{Ids, Workflows};
 use uuid::Uuid;
 
 use tokio::sync::oneshot;
@@ -105,21 +106,6 @@ impl Registry {
             .actors
             .spawn_missing(unfinished.states, |f| &f.id, |f| self.spawn(f));
         Ok(recovered)
-    }
-
-    /// Stops the actors whose ids `leaving` accepts, each once its write
-    /// in flight has committed; answers when all have stopped.
-    pub async fn leave_where(&self, leaving: impl Fn(&str) -> bool) -> usize {
-        let addrs: Vec<_> = self
-            .actors()
-            .iter()
-            .filter(|(id, _)| leaving(id))
-            .map(|(_, addr)| addr.clone())
-            .collect();
-        let count = addrs.len();
-        // An actor that stopped meanwhile has nothing left to do.
-        futures::future::join_all(addrs.iter().map(|a| a.send(super::Leave))).await;
-        count
     }
 
     /// Running actors.
@@ -333,6 +319,18 @@ impl Registry {
             }
         }
         .boxed()
+    }
+}
+
+/// The fulfillments of a partition, as its owner takes and leaves them
+/// ([`service_kit::partitions::Owner`]).
+impl Workflows for Registry {
+    fn take<'a>(&'a self, ids: Ids<'a>) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(async move { Ok(self.recover_where(ids).await?.resumed) })
+    }
+
+    fn leave<'a>(&'a self, ids: Ids<'a>) -> BoxFuture<'a, usize> {
+        Box::pin(self.inner.actors.leave_where(ids))
     }
 }
 

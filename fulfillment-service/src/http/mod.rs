@@ -14,7 +14,7 @@ use std::time::Duration;
 use actix_web::web;
 use message_bus::Bus;
 use service_kit::http::ui::Page;
-use service_kit::http::{operations, ApiError, Surface};
+use service_kit::http::{ApiError, Surface};
 use service_kit::partitions::Held;
 use shared_messages::messages::{FulfillmentStatus, FulfillmentStatusView};
 
@@ -119,8 +119,7 @@ impl Surface for AppState {
 /// Every route, plus extractor settings that turn bad input into JSON
 /// errors.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.configure(service_kit::http::error::extractors)
-        .configure(operations::configure::<AppState>)
+    cfg.configure(service_kit::http::configure::<AppState>)
         .configure(fulfillments::configure);
 }
 

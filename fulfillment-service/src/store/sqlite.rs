@@ -8,7 +8,7 @@ use std::path::Path;
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use service_kit::store::entities::Entities;
-use service_kit::store::sqlite::{in_one_transaction, SqliteWrites};
+use service_kit::store::sqlite::{SqliteWrite, SqliteWrites};
 use service_kit::store::{history, outbox, Database, Sqlite};
 use shared_messages::messages::FulfillmentStatus;
 
@@ -71,18 +71,19 @@ fn append_history(
 }
 
 /// One state with its events and history, inside the caller's transaction.
-fn write(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), StoreError> {
-    let Write {
-        state,
-        events,
-        history,
-        clears_tombstone,
-    } = w;
-    let json = serde_json::to_string(state).map_err(|e| StoreError::Corrupt {
-        id: state.id.clone(),
-        reason: e.to_string(),
-    })?;
-    tx.prepare_cached(
+impl SqliteWrite for Write {
+    fn store(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), StoreError> {
+        let Write {
+            state,
+            events,
+            history,
+            clears_tombstone,
+        } = w;
+        let json = serde_json::to_string(state).map_err(|e| StoreError::Corrupt {
+            id: state.id.clone(),
+            reason: e.to_string(),
+        })?;
+        tx.prepare_cached(
         "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (id) DO UPDATE SET status = excluded.status,
@@ -98,13 +99,14 @@ fn write(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), StoreError> {
         state.created_at.to_rfc3339(),
         state.updated_at.to_rfc3339(),
     ])?;
-    outbox::insert_sqlite(tx, events)?;
-    append_history(tx, &state.id, history)?;
-    if *clears_tombstone {
-        tx.prepare_cached("DELETE FROM tombstones WHERE id = ?1")?
-            .execute([&state.id])?;
+        outbox::insert_sqlite(tx, events)?;
+        append_history(tx, &state.id, history)?;
+        if *clears_tombstone {
+            tx.prepare_cached("DELETE FROM tombstones WHERE id = ?1")?
+                .execute([&state.id])?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn rows_to_states(
@@ -137,14 +139,11 @@ impl Store for SqliteStore {
     }
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        self.db.write_all(writes.to_vec(), write).await
+        self.db.save_all(writes).await
     }
 
     fn sqlite_writes(&self) -> Option<SqliteWrites<Write>> {
-        Some(SqliteWrites {
-            db: self.db.clone(),
-            save_all: |conn, writes| in_one_transaction(conn, writes, write),
-        })
+        Some(self.db.group_writes())
     }
 
     async fn unfinished(&self) -> Result<Unfinished, StoreError> {

@@ -24,6 +24,7 @@ use chrono::Utc;
 use message_bus::trace;
 use message_bus::Route;
 use rand::Rng;
+use service_kit::actors::Leave;
 use shared_messages::messages::{GetFulfillmentStatus, ReplyErrorCode};
 use shared_messages::{Envelope, Message as WireMessage};
 
@@ -430,13 +431,7 @@ impl Actor for OrderActor {
     }
 }
 
-/// Stops the actor once its write in flight (if any) has committed: its
-/// partition goes to another replica. Its timers go with it and are armed
-/// again by the next owner, which resumes the order from the store.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Leave;
-
+/// Leaves at once: the partition goes to another replica ([`Leave`]).
 impl Handler<Leave> for OrderActor {
     type Result = ();
 
@@ -450,32 +445,5 @@ impl Handler<Apply> for OrderActor {
 
     fn handle(&mut self, msg: Apply, _ctx: &mut Self::Context) -> Self::Result {
         AtomicResponse::new(self.apply(msg.0, msg.1))
-    }
-}
-
-/// The orders of one partition, as the partition's owner takes and leaves
-/// them ([`service_kit::partitions::Owner`]).
-pub struct Partition {
-    pub orders: Orders,
-    pub held: std::sync::Arc<service_kit::partitions::Held>,
-}
-
-impl service_kit::partitions::Workflows for Partition {
-    fn take(&self, partition: u16) -> futures::future::BoxFuture<'_, Result<usize, StoreError>> {
-        Box::pin(async move {
-            let held = &self.held;
-            self.orders
-                .recover_where(|id| held.partition_of(id) == partition)
-                .await
-        })
-    }
-
-    fn leave(&self, partition: u16) -> futures::future::BoxFuture<'_, usize> {
-        let held = self.held.clone();
-        Box::pin(async move {
-            self.orders
-                .leave_where(move |id| held.partition_of(id) == partition)
-                .await
-        })
     }
 }

@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::Utc;
+use futures::future::BoxFuture;
 use message_bus::outbox::OutboxSignal;
 use message_bus::Bus;
 use service_kit::actors::Actors;
-use service_kit::partitions::Held;
+use service_kit::partitions::{Held, Ids, Workflows};
 use tokio::sync::oneshot;
 
-use super::{Applied, Apply, Leave, OrderActor};
+use super::{Applied, Apply, OrderActor};
 use crate::metrics::METRICS;
 use service_kit::store::group_commit::CommitError;
 
@@ -281,20 +282,6 @@ impl Orders {
         Ok(count)
     }
 
-    /// Stops the actors of the orders `leaving` accepts, each once its
-    /// write in flight has committed; answers how many, once all stopped.
-    pub async fn leave_where(&self, leaving: impl Fn(&str) -> bool) -> usize {
-        let addrs: Vec<Addr<OrderActor>> = self
-            .actors()
-            .iter()
-            .filter(|(id, _)| leaving(id))
-            .map(|(_, addr)| addr.clone())
-            .collect();
-        // An actor that stopped meanwhile has nothing left to do.
-        futures::future::join_all(addrs.iter().map(|a| a.send(Leave))).await;
-        addrs.len()
-    }
-
     /// Stored orders recovery could not read, then outbox rows that did
     /// not decode (kept in the store).
     pub async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
@@ -444,5 +431,17 @@ impl Orders {
             }
         }
         Err(ApplyError::Unavailable)
+    }
+}
+
+/// The orders of a partition, as its owner takes and leaves them
+/// ([`service_kit::partitions::Owner`]).
+impl Workflows for Orders {
+    fn take<'a>(&'a self, ids: Ids<'a>) -> BoxFuture<'a, Result<usize, StoreError>> {
+        Box::pin(self.recover_where(ids))
+    }
+
+    fn leave<'a>(&'a self, ids: Ids<'a>) -> BoxFuture<'a, usize> {
+        Box::pin(self.inner.actors.leave_where(ids))
     }
 }

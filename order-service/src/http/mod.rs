@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use actix_web::web;
 use service_kit::http::ui::Page;
-use service_kit::http::{operations, ApiError, Surface};
+use service_kit::http::{ApiError, Surface};
 
 use crate::actor::{Orders, Quarantined};
 use crate::metrics::METRICS;
@@ -109,8 +109,7 @@ impl Surface for AppState {
 
 /// Every route, with JSON error handlers for bodies, paths and queries.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.configure(service_kit::http::error::extractors)
-        .configure(operations::configure::<AppState>)
+    cfg.configure(service_kit::http::configure::<AppState>)
         // fulfillment routes first: `/orders/fulfillment/...` is not an order id
         .configure(fulfillment::configure)
         .configure(orders::configure);

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use message_bus::Route;
 use rusqlite::{params, Connection, OptionalExtension};
 use service_kit::store::entities::Entities;
-use service_kit::store::sqlite::{in_one_transaction, SqliteWrites};
+use service_kit::store::sqlite::{SqliteWrite, SqliteWrites};
 use service_kit::store::{history, outbox, Database, Sqlite};
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
@@ -130,11 +130,13 @@ fn save_in(
 }
 
 /// One write of the group commit, inside the caller's transaction.
-fn write(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), StoreError> {
-    if w.insert {
-        insert_in(tx, &w.state, &w.events)
-    } else {
-        save_in(tx, &w.state, &w.outbox, &w.events)
+impl SqliteWrite for Write {
+    fn store(tx: &rusqlite::Transaction<'_>, w: &Write) -> Result<(), StoreError> {
+        if w.insert {
+            insert_in(tx, &w.state, &w.events)
+        } else {
+            save_in(tx, &w.state, &w.outbox, &w.events)
+        }
     }
 }
 
@@ -176,14 +178,11 @@ impl Store for SqliteStore {
     }
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        self.db.write_all(writes.to_vec(), write).await
+        self.db.save_all(writes).await
     }
 
     fn sqlite_writes(&self) -> Option<SqliteWrites<Write>> {
-        Some(SqliteWrites {
-            db: self.db.clone(),
-            save_all: |conn, writes| in_one_transaction(conn, writes, write),
-        })
+        Some(self.db.group_writes())
     }
 
     async fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {

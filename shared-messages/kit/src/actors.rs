@@ -1,11 +1,13 @@
 //! The actors of running workflows by id: the map both services' registries
 //! keep, so that one id has at most one actor and a stopping actor removes
-//! only itself, and the `actors` gauge they move as they start and stop.
+//! only itself, and the `actors` gauge they move as they start and stop;
+//! and [`Leave`], how they stop the actors of a partition that goes.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
-use actix::{Actor, Addr};
+use actix::dev::ToEnvelope;
+use actix::{Actor, Addr, Handler, Message};
 
 use crate::metrics::Common;
 
@@ -77,11 +79,42 @@ impl<A: Actor> Actors<A> {
     }
 }
 
+/// Stop running here: the workflow's partition goes to another replica.
+/// It comes through the actor's mailbox, so it is taken after any write in
+/// flight (writes hold the mailbox) and the state the next owner loads is
+/// the last one stored; the actor's timers go with it and are armed again
+/// by the next owner, which resumes the workflow from the store. Each
+/// workflow actor handles it by stopping.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave;
+
+impl<A> Actors<A>
+where
+    A: Actor + Handler<Leave>,
+    A::Context: ToEnvelope<A, Leave>,
+{
+    /// Stops the actors whose ids `leaving` accepts, each once its write
+    /// in flight has committed ([`Leave`]); answers how many, once all
+    /// have stopped.
+    pub async fn leave_where(&self, leaving: impl Fn(&str) -> bool) -> usize {
+        let addrs: Vec<Addr<A>> = self
+            .lock()
+            .iter()
+            .filter(|(id, _)| leaving(id))
+            .map(|(_, addr)| addr.clone())
+            .collect();
+        // An actor that stopped meanwhile has nothing left to do.
+        futures::future::join_all(addrs.iter().map(|a| a.send(Leave))).await;
+        addrs.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::{Metrics, Nouns};
-    use actix::Context;
+    use actix::{ActorContext, Context};
     use std::sync::LazyLock;
 
     static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -97,6 +130,14 @@ mod tests {
 
     impl Actor for Idle {
         type Context = Context<Self>;
+    }
+
+    impl Handler<Leave> for Idle {
+        type Result = ();
+
+        fn handle(&mut self, _: Leave, ctx: &mut Self::Context) {
+            ctx.stop();
+        }
     }
 
     #[actix::test]
@@ -127,5 +168,23 @@ mod tests {
         let owner = actors.lock()["a"].clone();
         actors.stopped("a", "RUNNING", &owner);
         assert_eq!(actors.len(), 2);
+    }
+
+    #[actix::test]
+    async fn the_actors_of_a_partition_that_goes_stop_and_the_others_run_on() {
+        let actors = Actors::<Idle>::new(&METRICS);
+        actors.spawn_missing(["a-1", "a-2", "b-1"], |s| s, |_| Idle.start());
+        let a1 = actors.lock()["a-1"].clone();
+        let b1 = actors.lock()["b-1"].clone();
+
+        assert_eq!(actors.leave_where(|id| id.starts_with("a-")).await, 2);
+        // Stopped, once their mailbox reached the message.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while a1.connected() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(!a1.connected(), "a leaving actor stops");
+        assert!(b1.connected(), "an actor of a partition kept runs on");
+        assert_eq!(actors.leave_where(|id| id == "nobody").await, 0);
     }
 }

@@ -41,6 +41,19 @@ pub struct Listening {
     pub server: Server,
 }
 
+impl Listening {
+    /// The built service: this server, with its `bus` and its partition
+    /// `leases` (when it runs as one of several replicas).
+    pub fn running(self, bus: Bus, leases: Option<Leases>) -> Running {
+        Running {
+            port: self.port,
+            server: self.server,
+            bus,
+            leases,
+        }
+    }
+}
+
 /// Binds `HTTP_ADDR` and serves the routes `configure` registers,
 /// inside the access guard, CORS and the request spans (`Spans`, declared
 /// with [`crate::http_spans!`]) and metrics. Signals are left to

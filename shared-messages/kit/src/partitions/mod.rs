@@ -82,6 +82,12 @@
 //! // /readyz: leases.owned(); on SIGTERM: leases.shutdown().await (keep applying changes meanwhile)
 //! ```
 //!
+//! A service on the bus does the lease part of this with [`Owner::start`]:
+//! it fences the store's writes, takes the share, applies the changes to
+//! the partitions' queues and to the service's [`Workflows`] (resumed and
+//! stopped by id), and answers once the partitions claimed at start are
+//! taken.
+//!
 //! The changes come in order on one channel, which the service must keep
 //! reading (a [`Change::Release`] not answered holds the handover up to
 //! [`DRAIN_TIMEOUT`]). [`Change::Acquired`] comes after the claim has
@@ -102,7 +108,7 @@ pub use hash::partition_of;
 #[cfg(any(test, feature = "test-support"))]
 pub use manager::Frozen;
 pub use manager::{Change, Leases, DRAIN_TIMEOUT};
-pub use owner::{entity_key, settle, Held, Owner, Workflows};
+pub use owner::{entity_key, settle, Held, Ids, Owner, Workflows};
 pub use settings::{
     Settings, DEFAULT_LEASE_TTL_MS, DEFAULT_PARTITIONS, MAX_LEASE_TTL_MS, MAX_PARTITIONS,
     MIN_LEASE_TTL_MS,

@@ -18,8 +18,10 @@ use shared_messages::topology::partition_key;
 use shared_messages::Envelope;
 use tokio::sync::mpsc;
 
-use super::{check_fences, partition_of, Change, Fence, Fenced, Leases};
-use crate::store::{StoreError, WriteGuard};
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::{check_fences, partition_of, Change, Fence, Fenced, Leases, Settings};
+use crate::store::{Postgres, StoreError, WriteGuard};
 
 /// The partitions this replica holds, at the epochs it was given: what
 /// its writes are fenced with. Shared by the store (the
@@ -114,14 +116,19 @@ impl WriteGuard for Held {
     }
 }
 
+/// The workflows a [`Workflows`] call is about, by id: those of one
+/// partition.
+pub type Ids<'a> = &'a (dyn Fn(&str) -> bool + Send + Sync);
+
 /// What a service does with the workflows of one partition.
 pub trait Workflows: Send + Sync + 'static {
     /// The partition is this replica's: resume its unfinished workflows
-    /// from the store (their timers run again). Answers how many.
-    fn take(&self, partition: u16) -> BoxFuture<'_, Result<usize, StoreError>>;
-    /// The partition goes: stop its workflows, each once its write in
-    /// flight is stored. Answers how many stopped.
-    fn leave(&self, partition: u16) -> BoxFuture<'_, usize>;
+    /// (those `ids` accepts) from the store (their timers run again).
+    /// Answers how many.
+    fn take<'a>(&'a self, ids: Ids<'a>) -> BoxFuture<'a, Result<usize, StoreError>>;
+    /// The partition goes: stop its workflows (those `ids` accepts), each
+    /// once its write in flight is stored. Answers how many stopped.
+    fn leave<'a>(&'a self, ids: Ids<'a>) -> BoxFuture<'a, usize>;
 }
 
 /// How a service consumes its partitions.
@@ -155,6 +162,26 @@ pub fn entity_key(envelope: &Envelope) -> String {
 const TAKE_ATTEMPTS: u32 = 5;
 
 impl Owner {
+    /// Runs this replica's share of the partitions on `pg`: fences the
+    /// store's writes by the partitions held, takes a share of the leases
+    /// ([`Leases::start`], `owned_gauge` counting them), applies their
+    /// changes in a task of its own ([`Owner::run`]) and answers once the
+    /// partitions claimed at start are taken ([`settle`]).
+    pub async fn start(
+        self,
+        pg: &Postgres,
+        settings: Settings,
+        owned_gauge: Gauge,
+    ) -> Result<Leases, StoreError> {
+        let held = self.held.clone();
+        pg.guard_writes(held.clone())?;
+        let (leases, changes) =
+            Leases::start(pg, held.replica.as_str(), settings, owned_gauge).await?;
+        tokio::spawn(self.run(changes));
+        settle(&leases, &held, settings.lease_ttl).await;
+        Ok(leases)
+    }
+
     /// Applies `changes` until the lease manager ends (after its
     /// shutdown has released everything).
     pub async fn run(self, mut changes: mpsc::UnboundedReceiver<Change>) {
@@ -194,7 +221,11 @@ impl Owner {
     /// Recovers partition `p`'s workflows, retrying a store that fails.
     async fn take(&self, p: u16) {
         for attempt in 1..=TAKE_ATTEMPTS {
-            match self.workflows.take(p).await {
+            match self
+                .workflows
+                .take(&|id| self.held.partition_of(id) == p)
+                .await
+            {
                 Ok(resumed) => {
                     tracing::info!(partition = p, resumed, "partition's workflows resumed");
                     return;
@@ -227,7 +258,10 @@ impl Owner {
         if let Some(consumer) = consumers.remove(&p) {
             consumer.stop().await;
         }
-        let left = self.workflows.leave(p).await;
+        let left = self
+            .workflows
+            .leave(&|id| self.held.partition_of(id) == p)
+            .await;
         tracing::debug!(partition = p, left, "partition's workflows stopped");
     }
 

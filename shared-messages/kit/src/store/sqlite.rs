@@ -48,6 +48,12 @@ pub struct SqliteWrites<W, E = StoreError> {
 /// Saves a batch of writes in one transaction on the connection.
 pub type SaveAll<W, E = StoreError> = fn(&mut Connection, &[W]) -> Result<(), E>;
 
+/// A store's write of its group commit, as it is stored on SQLite.
+pub trait SqliteWrite: Clone + Send + 'static {
+    /// Stores `write` inside the caller's transaction.
+    fn store(tx: &rusqlite::Transaction<'_>, write: &Self) -> Result<(), StoreError>;
+}
+
 /// Stores each of `writes` by `write` in one transaction: all or none.
 pub fn in_one_transaction<W>(
     conn: &mut Connection,
@@ -141,6 +147,21 @@ impl Sqlite {
     ) -> Result<(), StoreError> {
         self.call(move |conn| in_one_transaction(conn, &writes, write))
             .await
+    }
+
+    /// Stores `writes` in one transaction ([`Sqlite::write_all`] of
+    /// [`SqliteWrite::store`]).
+    pub async fn save_all<W: SqliteWrite>(&self, writes: &[W]) -> Result<(), StoreError> {
+        self.write_all(writes.to_vec(), W::store).await
+    }
+
+    /// How the group commit saves its batches of `W` here: each in one
+    /// transaction on this database's thread.
+    pub fn group_writes<W: SqliteWrite>(&self) -> SqliteWrites<W> {
+        SqliteWrites {
+            db: self.clone(),
+            save_all: |conn, writes| in_one_transaction(conn, writes, W::store),
+        }
     }
 
     /// Runs `f` on the connection on the calling thread (start-up, tests).
