@@ -61,7 +61,7 @@ pub trait WriteGuard: Send + Sync + 'static {
     /// commit.
     fn check<'a>(
         &'a self,
-        tx: &'a tokio_postgres::Transaction<'_>,
+        tx: &'a Transaction<'_>,
         entity_ids: &'a [&'a str],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
@@ -133,7 +133,7 @@ impl Postgres {
     /// workflow state, before committing.
     pub async fn check_writes(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &Transaction<'_>,
         entity_ids: &[&str],
     ) -> Result<(), StoreError> {
         match self.guard.get() {
