@@ -10,8 +10,11 @@
 //! per connection ([`prepared`], deadpool's statement cache), then all
 //! sent before the first answer is read, so a group commit of many
 //! writes takes a few round trips (`BEGIN`, the pipeline, `COMMIT`)
-//! instead of two for every statement. While a transaction waits for
-//! the client, it holds its row locks and its connection.
+//! instead of two for every statement. The stores write each table of a
+//! transaction with one statement over arrays (`unnest`), so a pipeline
+//! holds a handful of statements whatever the batch's size. While a
+//! transaction waits for the client, it holds its row locks and its
+//! connection.
 
 use std::future::Future;
 use std::pin::Pin;
