@@ -395,6 +395,114 @@ pub(crate) mod tests {
         );
     }
 
+    /// One transaction with two writes of one fulfillment, beside another
+    /// fulfillment's: the last state of each stored, the history numbered
+    /// 1..n in the order written, after what was stored before, and the
+    /// events of every write in the outbox in the order of the writes.
+    pub(crate) async fn one_batch_with_two_writes_of_a_fulfillment(store: &dyn Store) {
+        use crate::workflow::decide;
+        let created = write(1);
+        let paused = Write::of(&decide(&created.state, Input::Pause, now())).expect("paused");
+        let other = write(2);
+        let cancelled = Write::of(&decide(
+            &paused.state,
+            Input::Cancel { reason: "r".into() },
+            now(),
+        ))
+        .expect("cancelled");
+        let batch = [created, other, paused, cancelled];
+        store.save_all(&batch).await.expect("one transaction");
+
+        let id = &batch[0].state.id;
+        assert_eq!(
+            store.load(id).await.expect("load"),
+            Some(batch[3].state.clone()),
+            "the last write wins"
+        );
+        assert_eq!(
+            store.load(&batch[1].state.id).await.expect("load"),
+            Some(batch[1].state.clone())
+        );
+        let mine = [&batch[0], &batch[2], &batch[3]];
+        let written: Vec<&str> = mine
+            .iter()
+            .flat_map(|w| w.history.iter().map(|e| e.kind))
+            .collect();
+        let history = store.history(id).await.expect("history");
+        let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, written, "in the order written");
+        let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=written.len() as u64).collect::<Vec<_>>());
+
+        let sent: Vec<_> = batch
+            .iter()
+            .flat_map(|w| w.events.iter().map(|(_, e)| e.message_id))
+            .collect();
+        assert!(sent.len() >= 3, "each write sends an event");
+        let pending: Vec<_> = store
+            .outbox()
+            .pending(100)
+            .await
+            .expect("pending")
+            .into_iter()
+            .map(|m| m.envelope.message_id)
+            .collect();
+        assert_eq!(pending, sent, "in the order of the writes");
+
+        let later: Vec<Write> = Write::of(&decide(&batch[2].state, Input::Resume, now()))
+            .into_iter()
+            .chain([batch[3].clone()])
+            .collect();
+        store.save_all(&later).await.expect("a later transaction");
+        let more: usize = later.iter().map(|w| w.history.len()).sum();
+        let seqs: Vec<u64> = store
+            .history(id)
+            .await
+            .expect("history")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=(written.len() + more) as u64).collect::<Vec<_>>(),
+            "numbered on after the stored entries"
+        );
+    }
+
+    /// One transaction of many fulfillments: all stored, each with its
+    /// history and its events.
+    pub(crate) async fn a_batch_of_many_fulfillments_is_stored_whole(store: &dyn Store) {
+        let batch: Vec<Write> = (0..300).map(write).collect();
+        store.save_all(&batch).await.expect("one transaction");
+        for w in &batch {
+            assert_eq!(
+                store.load(&w.state.id).await.expect("load"),
+                Some(w.state.clone())
+            );
+            let seqs: Vec<u64> = store
+                .history(&w.state.id)
+                .await
+                .expect("history")
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            assert_eq!(seqs, (1..=w.history.len() as u64).collect::<Vec<_>>());
+        }
+        let sent: Vec<_> = batch
+            .iter()
+            .flat_map(|w| w.events.iter().map(|(_, e)| e.message_id))
+            .collect();
+        let pending: Vec<_> = store
+            .outbox()
+            .pending(1000)
+            .await
+            .expect("pending")
+            .into_iter()
+            .map(|m| m.envelope.message_id)
+            .collect();
+        assert_eq!(pending, sent, "in the order of the writes");
+    }
+
     /// A commit whose outcome was lost is retried: the same creation stored
     /// twice succeeds both times and leaves one row.
     pub(crate) async fn creating_twice_stores_one_row(store: &dyn Store) {

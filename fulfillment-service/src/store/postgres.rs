@@ -7,6 +7,8 @@
 //! [`SCHEMA`](super::SCHEMA)`.open_postgres`); the outbox (claims, leases,
 //! quarantine) is the kit's. Schema: `migrations/postgres`.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use service_kit::store::entities::Entities;
 use service_kit::store::postgres::{pipeline, prepared, Statement};
@@ -35,35 +37,108 @@ fn time(id: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
         })
 }
 
-/// A fulfillment's row, inserted or updated.
+/// The fulfillments' rows of a transaction, one array per column and one
+/// row per fulfillment, inserted or updated.
 const UPSERT: &str =
     "INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
-     VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)
+     SELECT u.id, u.order_id, u.status, u.finished, u.state,
+            (u.created_at)::timestamptz, (u.updated_at)::timestamptz
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[])
+         AS u(id, order_id, status, finished, state, created_at, updated_at)
      ON CONFLICT (id) DO UPDATE SET status = excluded.status,
          finished = excluded.finished, state = excluded.state,
          updated_at = excluded.updated_at";
-/// One history entry, numbered after the last of its fulfillment.
+/// The history entries of a transaction, one array per column: each
+/// fulfillment's entries numbered after its last stored one, in the order
+/// of the arrays.
 const APPEND_HISTORY: &str = "INSERT INTO history (workflow_id, seq, kind, at, message_id, detail)
-     VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM history WHERE workflow_id = $1),
-             $2, $3, $4, $5)";
-const CLEAR_TOMBSTONE: &str = "DELETE FROM tombstones WHERE id = $1";
+     SELECT u.workflow_id,
+            COALESCE((SELECT MAX(h.seq) FROM history h WHERE h.workflow_id = u.workflow_id), 0)
+                + row_number() OVER (PARTITION BY u.workflow_id ORDER BY u.n),
+            u.kind, u.at, u.message_id, u.detail
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY
+         AS u(workflow_id, kind, at, message_id, detail, n)";
+const CLEAR_TOMBSTONES: &str = "DELETE FROM tombstones WHERE id = ANY($1)";
+const INSERT_TOMBSTONE: &str =
+    "INSERT INTO tombstones (id, reason, message_id, created_at) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (id) DO NOTHING";
 
-/// Appends history entries of `id`, numbered after its last one, as
-/// statements of the caller's pipeline (`append`: [`APPEND_HISTORY`]).
+/// Appends `entries` (each with its fulfillment's id), numbered after the
+/// last of their fulfillment in the order given, as one statement of the
+/// caller's pipeline (`append`: [`APPEND_HISTORY`]); none when there are
+/// no entries.
 fn append_history<'a>(
     into: &mut Vec<Statement<'a>>,
     tx: &'a tokio_postgres::Transaction<'_>,
     append: &'a tokio_postgres::Statement,
-    id: &'a str,
-    entries: &'a [Entry],
+    entries: impl IntoIterator<Item = (&'a str, &'a Entry)>,
 ) {
-    for e in entries {
-        into.push(Box::pin(async move {
-            let c = history::columns(&e.at, e.message_id, &e.detail);
-            tx.execute(append, &[&id, &e.kind, &c.at, &c.message_id, &c.detail])
-                .await?;
-            Ok(())
-        }));
+    let (mut ids, mut kinds, mut ats, mut message_ids, mut details) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (id, e) in entries {
+        let c = history::columns(&e.at, e.message_id, &e.detail);
+        ids.push(id);
+        kinds.push(e.kind);
+        ats.push(c.at);
+        message_ids.push(c.message_id);
+        details.push(c.detail);
+    }
+    if ids.is_empty() {
+        return;
+    }
+    into.push(Box::pin(async move {
+        tx.execute(append, &[&ids, &kinds, &ats, &message_ids, &details])
+            .await?;
+        Ok(())
+    }));
+}
+
+/// The last state of each fulfillment `writes` write, by id: each write
+/// carries the whole state, and one statement may write a row only once.
+/// In id order, so that transactions lock rows in one order.
+fn last_states(writes: &[Write]) -> BTreeMap<&str, &Fulfillment> {
+    writes
+        .iter()
+        .map(|w| (w.state.id.as_str(), &w.state))
+        .collect()
+}
+
+/// The rows of `states` as the arrays [`UPSERT`] takes.
+struct Rows<'a> {
+    ids: Vec<&'a str>,
+    order_ids: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    finished: Vec<bool>,
+    states: Vec<String>,
+    created: Vec<String>,
+    updated: Vec<String>,
+}
+
+impl<'a> Rows<'a> {
+    fn of(states: &BTreeMap<&'a str, &'a Fulfillment>) -> Result<Self, StoreError> {
+        let mut rows = Rows {
+            ids: Vec::with_capacity(states.len()),
+            order_ids: Vec::with_capacity(states.len()),
+            statuses: Vec::with_capacity(states.len()),
+            finished: Vec::with_capacity(states.len()),
+            states: Vec::with_capacity(states.len()),
+            created: Vec::with_capacity(states.len()),
+            updated: Vec::with_capacity(states.len()),
+        };
+        for (id, state) in states {
+            let json = serde_json::to_string(state).map_err(|e| StoreError::Corrupt {
+                id: state.id.clone(),
+                reason: e.to_string(),
+            })?;
+            rows.ids.push(id);
+            rows.order_ids.push(&state.order_id);
+            rows.statuses.push(state.status.as_str());
+            rows.finished.push(state.status.is_final());
+            rows.states.push(json);
+            rows.created.push(state.created_at.to_rfc3339());
+            rows.updated.push(state.updated_at.to_rfc3339());
+        }
+        Ok(rows)
     }
 }
 
@@ -89,63 +164,71 @@ impl Store for Postgres {
     }
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let states = last_states(writes);
+        let rows = Rows::of(&states)?;
+        let mut cleared: Vec<&str> = writes
+            .iter()
+            .filter(|w| w.clears_tombstone)
+            .map(|w| w.state.id.as_str())
+            .collect();
+        cleared.sort_unstable();
+        cleared.dedup();
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let [upsert, insert_outbox, append, clear_tombstone] = prepared(
+        let [upsert, insert_outbox, append, clear_tombstones] = prepared(
             &tx,
             [
                 UPSERT,
                 outbox::INSERT_POSTGRES,
                 APPEND_HISTORY,
-                CLEAR_TOMBSTONE,
+                CLEAR_TOMBSTONES,
             ],
         )
         .await?;
-        // Every statement of the batch in one pipeline (sent together,
-        // answered in order), not one round trip each.
+        // One statement per table, whatever the batch's size, all in one
+        // pipeline (sent together, answered in order).
         let mut statements: Vec<Statement<'_>> = Vec::new();
-        for Write {
-            state,
-            events,
-            history,
-            clears_tombstone,
-        } in writes
-        {
-            let json = serde_json::to_string(state).map_err(|e| StoreError::Corrupt {
-                id: state.id.clone(),
-                reason: e.to_string(),
-            })?;
-            let (tx, upsert) = (&*tx, &upsert);
+        let (t, upsert, rows) = (&*tx, &upsert, &rows);
+        statements.push(Box::pin(async move {
+            t.execute(
+                upsert,
+                &[
+                    &rows.ids,
+                    &rows.order_ids,
+                    &rows.statuses,
+                    &rows.finished,
+                    &rows.states,
+                    &rows.created,
+                    &rows.updated,
+                ],
+            )
+            .await?;
+            Ok(())
+        }));
+        outbox::insert_pipelined(
+            &mut statements,
+            t,
+            &insert_outbox,
+            writes.iter().flat_map(|w| &w.events),
+        );
+        append_history(
+            &mut statements,
+            t,
+            &append,
+            writes
+                .iter()
+                .flat_map(|w| w.history.iter().map(|e| (w.state.id.as_str(), e))),
+        );
+        if !cleared.is_empty() {
+            let (clear_tombstones, cleared) = (&clear_tombstones, &cleared);
             statements.push(Box::pin(async move {
-                tx.execute(
-                    upsert,
-                    &[
-                        &state.id,
-                        &state.order_id,
-                        &state.status.as_str(),
-                        &state.status.is_final(),
-                        &json,
-                        &state.created_at.to_rfc3339(),
-                        &state.updated_at.to_rfc3339(),
-                    ],
-                )
-                .await?;
+                t.execute(clear_tombstones, &[cleared]).await?;
                 Ok(())
             }));
-            outbox::insert_pipelined(&mut statements, tx, &insert_outbox, events);
-            append_history(&mut statements, tx, &append, &state.id, history);
-            if *clears_tombstone {
-                let clear_tombstone = &clear_tombstone;
-                statements.push(Box::pin(async move {
-                    tx.execute(clear_tombstone, &[&state.id]).await?;
-                    Ok(())
-                }));
-            }
         }
         // With several replicas: only the owner of these fulfillments
         // commits (checked beside the pipeline).
-        let ids: Vec<&str> = writes.iter().map(|w| w.state.id.as_str()).collect();
-        futures::try_join!(pipeline(statements), self.check_writes(&tx, &ids))?;
+        futures::try_join!(pipeline(statements), self.check_writes(&tx, &rows.ids))?;
         tx.commit().await?;
         Ok(())
     }
@@ -161,26 +244,34 @@ impl Store for Postgres {
     ) -> Result<bool, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let added = tx
-            .execute(
-                "INSERT INTO tombstones (id, reason, message_id, created_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (id) DO NOTHING",
-                &[
-                    &tombstone.id,
-                    &tombstone.reason,
-                    &tombstone.message_id.to_string(),
-                    &tombstone.at.to_rfc3339(),
-                ],
-            )
-            .await?
-            == 1;
+        let [insert, append] = prepared(&tx, [INSERT_TOMBSTONE, APPEND_HISTORY]).await?;
+        let message_id = tombstone.message_id.to_string();
+        let at = tombstone.at.to_rfc3339();
+        let ids = [tombstone.id.as_str()];
+        // The guard's check goes out beside the insert.
+        let (added, ()) = futures::try_join!(
+            async {
+                Ok::<_, StoreError>(
+                    tx.execute(
+                        &insert,
+                        &[&tombstone.id, &tombstone.reason, &message_id, &at],
+                    )
+                    .await?
+                        == 1,
+                )
+            },
+            self.check_writes(&tx, &ids)
+        )?;
         if added {
-            let [append] = prepared(&tx, [APPEND_HISTORY]).await?;
             let mut statements = Vec::new();
-            append_history(&mut statements, &tx, &append, &tombstone.id, history);
+            append_history(
+                &mut statements,
+                &tx,
+                &append,
+                history.iter().map(|e| (tombstone.id.as_str(), e)),
+            );
             pipeline(statements).await?;
         }
-        self.check_writes(&tx, &[tombstone.id.as_str()]).await?;
         tx.commit().await?;
         Ok(added)
     }
@@ -272,6 +363,8 @@ mod tests {
         |name| TestDb::open(name, &SCHEMA) => tests:
         history_tombstones_and_quarantine,
         creating_twice_stores_one_row,
+        one_batch_with_two_writes_of_a_fulfillment,
+        a_batch_of_many_fulfillments_is_stored_whole,
     );
 
     #[tokio::test]

@@ -243,6 +243,12 @@ mod tests {
     use crate::store::tests::{self, now, request};
     use crate::workflow::{create, Input};
 
+    service_kit::store_checks!(
+        |_| async { ((), SqliteStore::open(":memory:").expect("opens")) } => tests:
+        one_batch_with_two_writes_of_a_fulfillment,
+        a_batch_of_many_fulfillments_is_stored_whole,
+    );
+
     #[tokio::test]
     async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
         let store = SqliteStore::open(":memory:").expect("opens");

@@ -22,7 +22,7 @@ struct Refuse(&'static str);
 impl WriteGuard for Refuse {
     fn check<'a>(
         &'a self,
-        _tx: &'a tokio_postgres::Transaction<'_>,
+        _tx: &'a service_kit::store::postgres::Transaction<'_>,
         entity_ids: &'a [&'a str],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let refused = entity_ids.contains(&self.0);

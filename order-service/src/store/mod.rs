@@ -350,4 +350,128 @@ pub(crate) mod tests {
         assert_eq!(found.unreadable.len(), 1);
         assert_eq!(found.unreadable[0].order_id, "ORD-2");
     }
+
+    /// The write of `decision` of `state`: its next state (or `state`
+    /// unchanged), its signals and its history.
+    fn transition(state: &OrderState, input: Input) -> Write {
+        let d = workflow::decide(state, input, Context::at(Utc::now()));
+        Write {
+            state: d.state.unwrap_or_else(|| state.clone()),
+            insert: false,
+            outbox: d.messages,
+            events: d.history,
+        }
+    }
+
+    /// One transaction with an order's insert and later transitions of
+    /// it, beside another order's: each order's last state stored, its
+    /// history numbered in order, the signals of all writes in the outbox
+    /// in the order of the writes; two different new orders with one id in
+    /// one transaction are refused.
+    pub(crate) async fn one_batch_inserts_and_transitions_the_same_order(s: &dyn Store) {
+        let (created, events) = workflow::create("ORD-1", demo_order(), Utc::now());
+        let inserted = Write {
+            state: created.clone(),
+            insert: true,
+            outbox: Vec::new(),
+            events,
+        };
+        let cancelled = transition(&created, Input::Cancel { reason: None });
+        let mut confirmed = OrderState::new("ORD-2", demo_order(), Utc::now());
+        confirmed.status = OrderStatus::Confirmed;
+        let other = Write {
+            state: confirmed.clone(),
+            insert: true,
+            outbox: Vec::new(),
+            events: Vec::new(),
+        };
+        let started = transition(&confirmed, Input::Advance);
+        let cancelling = transition(
+            &started.state,
+            Input::Cancel {
+                reason: Some("changed my mind".into()),
+            },
+        );
+        let batch = [inserted, other, started, cancelled, cancelling];
+        s.save_all(&batch).await.expect("one transaction");
+
+        assert_eq!(
+            s.get("ORD-1").await.expect("get"),
+            Some(batch[3].state.clone())
+        );
+        assert_eq!(
+            s.get("ORD-2").await.expect("get"),
+            Some(batch[4].state.clone())
+        );
+        let history = s.history("ORD-1").await.expect("history");
+        let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+        let written: Vec<&str> = [&batch[0], &batch[3]]
+            .iter()
+            .flat_map(|w| w.events.iter().map(|e| e.kind.as_str()))
+            .collect();
+        assert_eq!(
+            kinds, written,
+            "the insert's entries, then the transition's"
+        );
+        let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=written.len() as u64).collect::<Vec<_>>());
+
+        let sent: Vec<_> = batch
+            .iter()
+            .flat_map(|w| w.outbox.iter().map(|(_, e)| e.message_id))
+            .collect();
+        assert!(sent.len() >= 2, "both transitions of ORD-2 send a signal");
+        let pending: Vec<_> = s
+            .outbox()
+            .pending(100)
+            .await
+            .expect("pending")
+            .into_iter()
+            .map(|m| m.envelope.message_id)
+            .collect();
+        assert_eq!(pending, sent, "in the order of the writes");
+
+        let (a, _) = workflow::create("ORD-3", demo_order(), Utc::now());
+        let mut b = OrderState::new("ORD-3", demo_order(), Utc::now());
+        b.workflow_id = "another".into();
+        let new = |state: OrderState| Write {
+            state,
+            insert: true,
+            outbox: Vec::new(),
+            events: Vec::new(),
+        };
+        assert!(
+            matches!(
+                s.save_all(&[new(a), new(b)]).await,
+                Err(StoreError::Duplicate(_))
+            ),
+            "two orders with one id"
+        );
+        assert_eq!(s.get("ORD-3").await.expect("get"), None, "nothing stored");
+    }
+
+    /// One transaction with many new orders, each also transitioned: all
+    /// stored, each with its whole history.
+    pub(crate) async fn a_batch_of_many_orders_is_stored_whole(s: &dyn Store) {
+        let mut batch = Vec::new();
+        for n in 0..200 {
+            let (state, events) = workflow::create(&format!("ORD-{n}"), demo_order(), Utc::now());
+            let cancelled = transition(&state, Input::Cancel { reason: None });
+            batch.push(Write {
+                state,
+                insert: true,
+                outbox: Vec::new(),
+                events,
+            });
+            batch.push(cancelled);
+        }
+        s.save_all(&batch).await.expect("one transaction");
+        assert_eq!(s.list(None, 10, 0).await.expect("list").total, 200);
+        for pair in batch.chunks(2) {
+            let id = &pair[0].state.order_id;
+            assert_eq!(s.get(id).await.expect("get"), Some(pair[1].state.clone()));
+            let stored = s.history(id).await.expect("history").len();
+            assert_eq!(stored, pair[0].events.len() + pair[1].events.len());
+        }
+    }
 }

@@ -7,10 +7,12 @@
 //! kit's pool itself, opened by [`SCHEMA`](super::SCHEMA)`.open_postgres`.
 //! Schema: `migrations/postgres`.
 
+use std::collections::{BTreeMap, HashMap};
+
 use async_trait::async_trait;
 use message_bus::Route;
 use service_kit::store::entities::Entities;
-use service_kit::store::postgres::{pipeline, prepared, Statement, Transaction};
+use service_kit::store::postgres::{pipeline, prepared, Statement};
 use service_kit::store::{history, outbox, Postgres};
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
@@ -29,148 +31,305 @@ fn clamp(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The history entries of a transaction, one array per column, with
+/// their numbers. An entry already stored (a commit whose answer was
+/// lost, retried) is left as it is.
 const APPEND_HISTORY: &str =
     "INSERT INTO order_history (order_id, seq, kind, at, message_id, detail)
-     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id, seq) DO NOTHING";
-const INSERT: &str =
-    "INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
-     VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz)
-     ON CONFLICT (id) DO NOTHING";
-const UPDATE: &str = "UPDATE orders SET status = $2, finished = $3, state = $4,
-     updated_at = $5::text::timestamptz WHERE id = $1";
+     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[])
+     ON CONFLICT (order_id, seq) DO NOTHING";
+/// The new orders of a transaction, one array per column, each inserted
+/// unless its id is taken. Answers the orders not inserted (by their
+/// place in the arrays, from 1) with the row that holds their id (`NULL`
+/// when it cannot be seen): the statement's reads see the table as it was
+/// before it, so that is the row stored before.
+const INSERT: &str = "WITH u AS (
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[],
+                              $6::text[], $7::text[]) WITH ORDINALITY
+             AS u(id, workflow_id, status, finished, state, created_at, updated_at, n)),
+     added AS (
+         INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
+         SELECT id, workflow_id, status, finished, state,
+                (created_at)::timestamptz, (updated_at)::timestamptz
+         FROM u ORDER BY n
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id)
+     SELECT u.n, o.state FROM u LEFT JOIN orders o ON o.id = u.id
+     WHERE u.id NOT IN (SELECT id FROM added)";
+/// The stored orders of a transaction, one array per column, updated.
+const UPDATE: &str = "UPDATE orders AS o SET status = u.status, finished = u.finished,
+         state = u.state, updated_at = (u.updated_at)::timestamptz
+     FROM unnest($1::text[], $2::text[], $3::bool[], $4::text[], $5::text[])
+         AS u(id, status, finished, state, updated_at)
+     WHERE o.id = u.id";
 
-/// The statements a write runs, prepared on the transaction's connection.
-struct Prepared {
-    append_history: tokio_postgres::Statement,
-    insert: tokio_postgres::Statement,
-    update: tokio_postgres::Statement,
-    outbox: tokio_postgres::Statement,
+/// One write of a transaction, borrowed: a new order (`insert`) or a
+/// transition of a stored one, with its signals and history entries.
+struct Part<'a> {
+    state: &'a OrderState,
+    insert: bool,
+    signals: &'a [(Route, Envelope)],
+    events: &'a [HistoryEvent],
 }
 
-impl Prepared {
-    async fn on(tx: &Transaction<'_>) -> Result<Self, StoreError> {
-        let [append_history, insert, update, outbox] = prepared(
-            tx,
-            [APPEND_HISTORY, INSERT, UPDATE, outbox::INSERT_POSTGRES],
-        )
-        .await?;
-        Ok(Self {
-            append_history,
-            insert,
-            update,
-            outbox,
-        })
+impl<'a> From<&'a Write> for Part<'a> {
+    fn from(w: &'a Write) -> Self {
+        Self {
+            state: &w.state,
+            insert: w.insert,
+            signals: &w.outbox,
+            events: &w.events,
+        }
     }
 }
 
-/// History entries, as statements of the caller's pipeline. An entry
-/// already stored (a commit whose answer was lost, retried) is left as
-/// it is.
-fn append_in<'a>(
-    into: &mut Vec<Statement<'a>>,
-    (tx, p): (&'a tokio_postgres::Transaction<'_>, &'a Prepared),
-    order_id: &'a str,
-    events: &'a [HistoryEvent],
-) {
-    for e in events {
-        into.push(Box::pin(async move {
-            let c = history::columns(&e.at, e.message_id, &e.detail);
-            let seq = i64::try_from(e.seq).unwrap_or(i64::MAX);
-            tx.execute(
-                &p.append_history,
-                &[&order_id, &seq, &e.kind, &c.at, &c.message_id, &c.detail],
+fn duplicate(order_id: &str) -> StoreError {
+    StoreError::Duplicate(format!("order {order_id}"))
+}
+
+/// The rows [`INSERT`] takes: each new order once, in the order given.
+/// The same order twice is stored once; another order with an id taken
+/// earlier in the transaction is a `Duplicate`.
+struct Inserts<'a> {
+    states: Vec<&'a OrderState>,
+    ids: Vec<&'a str>,
+    workflow_ids: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    finished: Vec<bool>,
+    json: Vec<String>,
+    created: Vec<String>,
+    updated: Vec<String>,
+}
+
+impl<'a> Inserts<'a> {
+    fn of(parts: &[Part<'a>]) -> Result<Self, StoreError> {
+        let mut rows = Inserts {
+            states: Vec::new(),
+            ids: Vec::new(),
+            workflow_ids: Vec::new(),
+            statuses: Vec::new(),
+            finished: Vec::new(),
+            json: Vec::new(),
+            created: Vec::new(),
+            updated: Vec::new(),
+        };
+        let mut seen: HashMap<&str, &OrderState> = HashMap::new();
+        for state in parts.iter().filter(|p| p.insert).map(|p| p.state) {
+            match seen.insert(&state.order_id, state) {
+                Some(earlier) if earlier == state => continue,
+                Some(_) => return Err(duplicate(&state.order_id)),
+                None => {}
+            }
+            rows.states.push(state);
+            rows.ids.push(&state.order_id);
+            rows.workflow_ids.push(&state.workflow_id);
+            rows.statuses.push(state.status.as_str());
+            rows.finished.push(state.status.is_final());
+            rows.json.push(encode(state));
+            rows.created.push(state.created_at.to_rfc3339());
+            rows.updated.push(state.updated_at.to_rfc3339());
+        }
+        Ok(rows)
+    }
+
+    /// Runs [`INSERT`]: `Duplicate` when an id is taken by another order.
+    /// The same order stored again (the group commit retries a write
+    /// whose commit's outcome was lost) succeeds and leaves the one row as
+    /// it is.
+    async fn run(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        insert: &tokio_postgres::Statement,
+    ) -> Result<(), StoreError> {
+        let result = tx
+            .query(
+                insert,
+                &[
+                    &self.ids,
+                    &self.workflow_ids,
+                    &self.statuses,
+                    &self.finished,
+                    &self.json,
+                    &self.created,
+                    &self.updated,
+                ],
+            )
+            .await;
+        let not_added = match result {
+            Ok(rows) => rows,
+            // Another order holds the workflow id.
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                return Err(StoreError::Duplicate(format!(
+                    "order {}",
+                    self.ids.join(", ")
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        for row in not_added {
+            let n: i64 = row.get(0);
+            let stored: Option<&str> = row.get(1);
+            let state = usize::try_from(n - 1)
+                .ok()
+                .and_then(|i| self.states.get(i))
+                .ok_or_else(|| StoreError::unavailable("an inserted order's place was lost"))?;
+            match stored.map(|json| decode(&state.order_id, json)) {
+                Some(Ok(stored)) if stored == **state => {}
+                _ => return Err(duplicate(&state.order_id)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The rows [`UPDATE`] takes: the last state of each order written as a
+/// transition (each write carries the whole state, and one statement
+/// updates a row once), in id order, so that transactions lock rows in
+/// one order.
+struct Updates<'a> {
+    ids: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    finished: Vec<bool>,
+    json: Vec<String>,
+    updated: Vec<String>,
+}
+
+impl<'a> Updates<'a> {
+    fn of(parts: &[Part<'a>]) -> Self {
+        let last: BTreeMap<&str, &OrderState> = parts
+            .iter()
+            .filter(|p| !p.insert)
+            .map(|p| (p.state.order_id.as_str(), p.state))
+            .collect();
+        Updates {
+            ids: last.keys().copied().collect(),
+            statuses: last.values().map(|s| s.status.as_str()).collect(),
+            finished: last.values().map(|s| s.status.is_final()).collect(),
+            json: last.values().map(|s| encode(s)).collect(),
+            updated: last.values().map(|s| s.updated_at.to_rfc3339()).collect(),
+        }
+    }
+}
+
+/// The history entries of a transaction as the arrays [`APPEND_HISTORY`]
+/// takes.
+struct Entries<'a> {
+    order_ids: Vec<&'a str>,
+    seqs: Vec<i64>,
+    kinds: Vec<&'a str>,
+    ats: Vec<String>,
+    message_ids: Vec<Option<String>>,
+    details: Vec<String>,
+}
+
+impl<'a> Entries<'a> {
+    fn of(parts: &[Part<'a>]) -> Self {
+        let mut rows = Entries {
+            order_ids: Vec::new(),
+            seqs: Vec::new(),
+            kinds: Vec::new(),
+            ats: Vec::new(),
+            message_ids: Vec::new(),
+            details: Vec::new(),
+        };
+        for part in parts {
+            for e in part.events {
+                let c = history::columns(&e.at, e.message_id, &e.detail);
+                rows.order_ids.push(&part.state.order_id);
+                rows.seqs.push(i64::try_from(e.seq).unwrap_or(i64::MAX));
+                rows.kinds.push(&e.kind);
+                rows.ats.push(c.at);
+                rows.message_ids.push(c.message_id);
+                rows.details.push(c.detail);
+            }
+        }
+        rows
+    }
+}
+
+/// Stores `parts` in one transaction of `store`: one statement per table,
+/// whatever their number (new orders, then transitions, history entries,
+/// outbox rows), all in one pipeline beside the write guard's check.
+async fn write(store: &Postgres, parts: &[Part<'_>]) -> Result<(), StoreError> {
+    let inserts = Inserts::of(parts)?;
+    let updates = Updates::of(parts);
+    let entries = Entries::of(parts);
+    let mut client = store.client().await?;
+    let tx = client.transaction().await?;
+    let [append_history, insert, update, insert_outbox] = prepared(
+        &tx,
+        [APPEND_HISTORY, INSERT, UPDATE, outbox::INSERT_POSTGRES],
+    )
+    .await?;
+    let t: &tokio_postgres::Transaction<'_> = &tx;
+    let mut statements: Vec<Statement<'_>> = Vec::new();
+    // New orders before transitions: a transaction may hold an order's
+    // insert and later transitions of it.
+    if !inserts.ids.is_empty() {
+        statements.push(Box::pin(inserts.run(t, &insert)));
+    }
+    if !updates.ids.is_empty() {
+        let (updates, update) = (&updates, &update);
+        statements.push(Box::pin(async move {
+            t.execute(
+                update,
+                &[
+                    &updates.ids,
+                    &updates.statuses,
+                    &updates.finished,
+                    &updates.json,
+                    &updates.updated,
+                ],
             )
             .await?;
             Ok(())
         }));
     }
-}
-
-/// A new order, as statements of the caller's pipeline; `Duplicate` when
-/// its id is taken by another order (the transaction then rolls back,
-/// history entries with it). The same order stored again (the group
-/// commit retries a write whose commit's outcome was lost) succeeds and
-/// leaves the one row as it is.
-fn insert_in<'a>(
-    into: &mut Vec<Statement<'a>>,
-    (tx, p): (&'a tokio_postgres::Transaction<'_>, &'a Prepared),
-    state: &'a OrderState,
-    events: &'a [HistoryEvent],
-) {
-    into.push(Box::pin(async move {
-        let result = tx
-            .execute(
-                &p.insert,
+    if !entries.order_ids.is_empty() {
+        let (entries, append_history) = (&entries, &append_history);
+        statements.push(Box::pin(async move {
+            t.execute(
+                append_history,
                 &[
-                    &state.order_id,
-                    &state.workflow_id,
-                    &state.status.as_str(),
-                    &state.status.is_final(),
-                    &encode(state),
-                    &state.created_at.to_rfc3339(),
-                    &state.updated_at.to_rfc3339(),
+                    &entries.order_ids,
+                    &entries.seqs,
+                    &entries.kinds,
+                    &entries.ats,
+                    &entries.message_ids,
+                    &entries.details,
                 ],
             )
-            .await;
-        match result {
-            Ok(1) => Ok(()),
-            Ok(_) => {
-                let stored = tx
-                    .query_opt("SELECT state FROM orders WHERE id = $1", &[&state.order_id])
-                    .await?
-                    .map(|row| decode(&state.order_id, row.get(0)))
-                    .transpose();
-                match stored {
-                    Ok(Some(stored)) if stored == *state => Ok(()),
-                    _ => Err(StoreError::Duplicate(format!("order {}", state.order_id))),
-                }
-            }
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                Err(StoreError::Duplicate(format!("order {}", state.order_id)))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }));
-    append_in(into, (tx, p), &state.order_id, events);
-}
-
-fn save_in<'a>(
-    into: &mut Vec<Statement<'a>>,
-    (tx, p): (&'a tokio_postgres::Transaction<'_>, &'a Prepared),
-    state: &'a OrderState,
-    signals: &'a [(Route, Envelope)],
-    events: &'a [HistoryEvent],
-) {
-    into.push(Box::pin(async move {
-        tx.execute(
-            &p.update,
-            &[
-                &state.order_id,
-                &state.status.as_str(),
-                &state.status.is_final(),
-                &encode(state),
-                &state.updated_at.to_rfc3339(),
-            ],
-        )
-        .await?;
-        Ok(())
-    }));
-    append_in(into, (tx, p), &state.order_id, events);
-    outbox::insert_pipelined(into, tx, &p.outbox, signals);
+            .await?;
+            Ok(())
+        }));
+    }
+    outbox::insert_pipelined(
+        &mut statements,
+        t,
+        &insert_outbox,
+        parts.iter().flat_map(|p| p.signals),
+    );
+    // With several replicas: only the owner of these orders commits
+    // (checked beside the pipeline).
+    let ids: Vec<&str> = parts.iter().map(|p| p.state.order_id.as_str()).collect();
+    futures::try_join!(pipeline(statements), store.check_writes(&tx, &ids))?;
+    tx.commit().await?;
+    Ok(())
 }
 
 #[async_trait]
 impl Store for Postgres {
     async fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let p = Prepared::on(&tx).await?;
-        let mut statements = Vec::new();
-        insert_in(&mut statements, (&*tx, &p), state, events);
-        let ids = [state.order_id.as_str()];
-        futures::try_join!(pipeline(statements), self.check_writes(&tx, &ids))?;
-        tx.commit().await?;
-        Ok(())
+        write(
+            self,
+            &[Part {
+                state,
+                insert: true,
+                signals: &[],
+                events,
+            }],
+        )
+        .await
     }
 
     async fn save(
@@ -179,37 +338,21 @@ impl Store for Postgres {
         signals: &[(Route, Envelope)],
         events: &[HistoryEvent],
     ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let p = Prepared::on(&tx).await?;
-        let mut statements = Vec::new();
-        save_in(&mut statements, (&*tx, &p), state, signals, events);
-        let ids = [state.order_id.as_str()];
-        futures::try_join!(pipeline(statements), self.check_writes(&tx, &ids))?;
-        tx.commit().await?;
-        Ok(())
+        write(
+            self,
+            &[Part {
+                state,
+                insert: false,
+                signals,
+                events,
+            }],
+        )
+        .await
     }
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let p = Prepared::on(&tx).await?;
-        // Every statement of the batch in one pipeline (sent together,
-        // answered in order), not one round trip each.
-        let mut statements = Vec::new();
-        for w in writes {
-            if w.insert {
-                insert_in(&mut statements, (&*tx, &p), &w.state, &w.events);
-            } else {
-                save_in(&mut statements, (&*tx, &p), &w.state, &w.outbox, &w.events);
-            }
-        }
-        // With several replicas: only the owner of these orders commits
-        // (checked beside the pipeline).
-        let ids: Vec<&str> = writes.iter().map(|w| w.state.order_id.as_str()).collect();
-        futures::try_join!(pipeline(statements), self.check_writes(&tx, &ids))?;
-        tx.commit().await?;
-        Ok(())
+        let parts: Vec<Part<'_>> = writes.iter().map(Part::from).collect();
+        write(self, &parts).await
     }
 
     async fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {
@@ -275,6 +418,8 @@ mod tests {
         insert_get_and_duplicate,
         list_filters_paginates_and_counts,
         creating_the_same_order_twice_stores_it_once,
+        one_batch_inserts_and_transitions_the_same_order,
+        a_batch_of_many_orders_is_stored_whole,
     );
 
     #[tokio::test]

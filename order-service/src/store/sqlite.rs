@@ -263,6 +263,8 @@ mod tests {
         creating_the_same_order_twice_stores_it_once,
         list_filters_paginates_and_counts,
         history_is_written_with_the_state_once,
+        one_batch_inserts_and_transitions_the_same_order,
+        a_batch_of_many_orders_is_stored_whole,
     );
 
     #[tokio::test]

@@ -2,9 +2,9 @@
 //! at the epoch it was given.
 
 use serde::Serialize;
-use tokio_postgres::Transaction;
 
 use super::table::partition;
+use crate::store::postgres::Transaction;
 use crate::store::StoreError;
 
 /// A lease held: `partition` is this replica's since the claim that gave
@@ -42,6 +42,12 @@ impl Fenced {
     }
 }
 
+/// The leases of the partitions `$1`, locked until the transaction ends.
+const READ_LEASES: &str = "SELECT partition, owner, epoch FROM partition_leases
+     WHERE partition = ANY($1)
+     ORDER BY partition
+     FOR SHARE";
+
 /// Refuses the write in `tx` unless `replica` holds every lease in
 /// `fences` at its epoch. Call it inside the write's transaction, before
 /// committing (any time before the commit will do).
@@ -66,15 +72,9 @@ pub async fn check_fences(
         return Ok(());
     }
     let partitions: Vec<i32> = fences.iter().map(|f| i32::from(f.partition)).collect();
-    let rows = tx
-        .query(
-            "SELECT partition, owner, epoch FROM partition_leases
-             WHERE partition = ANY($1)
-             ORDER BY partition
-             FOR SHARE",
-            &[&partitions],
-        )
-        .await?;
+    // Prepared once per connection: one round trip per check after that.
+    let read = tx.prepare_cached(READ_LEASES).await?;
+    let rows = tx.query(&read, &[&partitions]).await?;
     let leases: Vec<(u16, Option<String>, i64)> = rows
         .iter()
         .map(|r| (partition(r.get(0)), r.get(1), r.get(2)))

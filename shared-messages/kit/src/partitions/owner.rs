@@ -105,7 +105,7 @@ impl Held {
 impl WriteGuard for Held {
     fn check<'a>(
         &'a self,
-        tx: &'a tokio_postgres::Transaction<'_>,
+        tx: &'a crate::store::postgres::Transaction<'_>,
         entity_ids: &'a [&'a str],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {

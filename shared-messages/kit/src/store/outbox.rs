@@ -51,7 +51,7 @@ pub fn insert_sqlite(
 }
 
 /// The messages a transition sends, inside the caller's PostgreSQL
-/// transaction.
+/// transaction: one statement ([`INSERT_POSTGRES`]).
 pub async fn insert_postgres(
     client: &impl tokio_postgres::GenericClient,
     messages: &[(Route, Envelope)],
@@ -59,52 +59,81 @@ pub async fn insert_postgres(
     if messages.is_empty() {
         return Ok(());
     }
-    let insert = client
-        .prepare(
-            "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES ($1, $2, $3, $4)",
-        )
-        .await?;
-    for (route, envelope) in messages {
-        client
-            .execute(
-                &insert,
-                &[
-                    &route.exchange,
-                    &route.routing_key,
-                    &route.mandatory,
-                    &envelope.to_json(),
-                ],
-            )
-            .await?;
-    }
+    let columns = Columns::of(messages);
+    client.execute(INSERT_POSTGRES, &columns.params()).await?;
     Ok(())
 }
 
-/// The statement [`insert_pipelined`] runs, to prepare with
-/// [`prepared`](super::postgres::prepared).
-pub const INSERT_POSTGRES: &str =
-    "INSERT INTO outbox (exchange, routing_key, mandatory, envelope) VALUES ($1, $2, $3, $4)";
+/// The statement [`insert_pipelined`] and [`insert_postgres`] run, to
+/// prepare with [`prepared`](super::postgres::prepared): all the rows of a
+/// transaction in one statement, one array per column. `INSERT ... SELECT`
+/// over `unnest` inserts the rows in the order of the arrays and takes
+/// each row's `seq` (its column default, `nextval`) as it inserts it, so
+/// the rows get their `seq` in the order given, which is the order the
+/// relay publishes them in.
+pub const INSERT_POSTGRES: &str = "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::bytea[])";
 
-/// The messages a transition sends, as statements of the caller's
-/// [`pipeline`](super::postgres::pipeline) in its transaction `tx`;
-/// `insert` is [`INSERT_POSTGRES`] prepared.
-pub fn insert_pipelined<'a>(
+/// The outbox rows of a transaction as the arrays [`INSERT_POSTGRES`]
+/// takes.
+struct Columns<'m> {
+    exchanges: Vec<&'m str>,
+    routing_keys: Vec<&'m str>,
+    mandatory: Vec<bool>,
+    envelopes: Vec<Vec<u8>>,
+}
+
+impl<'m> Columns<'m> {
+    fn of(messages: impl IntoIterator<Item = &'m (Route, Envelope)>) -> Self {
+        let mut columns = Self {
+            exchanges: Vec::new(),
+            routing_keys: Vec::new(),
+            mandatory: Vec::new(),
+            envelopes: Vec::new(),
+        };
+        for (route, envelope) in messages {
+            columns.exchanges.push(&route.exchange);
+            columns.routing_keys.push(&route.routing_key);
+            columns.mandatory.push(route.mandatory);
+            columns.envelopes.push(envelope.to_json());
+        }
+        columns
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exchanges.is_empty()
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4] {
+        [
+            &self.exchanges,
+            &self.routing_keys,
+            &self.mandatory,
+            &self.envelopes,
+        ]
+    }
+}
+
+/// The messages of a transaction, in the order given (those of one write
+/// after those of the write before), as one statement of the caller's
+/// [`pipeline`](super::postgres::pipeline) in its transaction `tx`, none
+/// when there are no messages; `insert` is [`INSERT_POSTGRES`] prepared.
+pub fn insert_pipelined<'a, 'm>(
     into: &mut Vec<super::postgres::Statement<'a>>,
     tx: &'a tokio_postgres::Transaction<'_>,
     insert: &'a tokio_postgres::Statement,
-    messages: &'a [(Route, Envelope)],
-) {
-    for (route, envelope) in messages {
-        into.push(Box::pin(async move {
-            let body = envelope.to_json();
-            tx.execute(
-                insert,
-                &[&route.exchange, &route.routing_key, &route.mandatory, &body],
-            )
-            .await?;
-            Ok(())
-        }));
+    messages: impl IntoIterator<Item = &'m (Route, Envelope)>,
+) where
+    'm: 'a,
+{
+    let columns = Columns::of(messages);
+    if columns.is_empty() {
+        return;
     }
+    into.push(Box::pin(async move {
+        tx.execute(insert, &columns.params()).await?;
+        Ok(())
+    }));
 }
 
 /// Rows stored and not yet confirmed by the broker, on SQLite.

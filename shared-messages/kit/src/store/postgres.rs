@@ -10,8 +10,11 @@
 //! per connection ([`prepared`], deadpool's statement cache), then all
 //! sent before the first answer is read, so a group commit of many
 //! writes takes a few round trips (`BEGIN`, the pipeline, `COMMIT`)
-//! instead of two for every statement. While a transaction waits for
-//! the client, it holds its row locks and its connection.
+//! instead of two for every statement. The stores write each table of a
+//! transaction with one statement over arrays (`unnest`), so a pipeline
+//! holds a handful of statements whatever the batch's size. While a
+//! transaction waits for the client, it holds its row locks and its
+//! connection.
 //!
 //! The outbox relay has connections of its own ([`Postgres::relay_client`])
 //! whose commits do not wait for their WAL flush (`synchronous_commit`
@@ -78,7 +81,7 @@ pub trait WriteGuard: Send + Sync + 'static {
     /// commit.
     fn check<'a>(
         &'a self,
-        tx: &'a tokio_postgres::Transaction<'_>,
+        tx: &'a Transaction<'_>,
         entity_ids: &'a [&'a str],
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
@@ -141,7 +144,7 @@ impl Postgres {
     /// workflow state, before committing.
     pub async fn check_writes(
         &self,
-        tx: &tokio_postgres::Transaction<'_>,
+        tx: &Transaction<'_>,
         entity_ids: &[&str],
     ) -> Result<(), StoreError> {
         match self.guard.get() {

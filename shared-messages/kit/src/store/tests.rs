@@ -338,3 +338,51 @@ async fn a_pipeline_runs_its_statements_in_order_and_a_failed_one_rolls_back_all
         "nothing of the failed transaction stored"
     );
 }
+
+/// A transaction's outbox rows, however many and from however many
+/// writes, are one statement, and the relay reads them back in the order
+/// given, each with its own route.
+#[tokio::test]
+async fn a_transactions_outbox_rows_are_one_statement_and_keep_their_order() {
+    let db = pg::TestDb::create("kit_outbox_batch");
+    let store = Postgres::open(&db.url, &runner(PG_V1, PG_V2), 1)
+        .await
+        .expect("opens");
+    let routed = |n: u32| {
+        let (_, envelope) = message(n);
+        let route = Route::new(
+            "test.exchange",
+            &format!("key.{}", n % 7),
+            n.is_multiple_of(2),
+        );
+        (route, envelope)
+    };
+    // Writes of 0, 1, 2, ... messages each, one after another.
+    let writes: Vec<Vec<(Route, Envelope)>> = (0..60u32)
+        .map(|w| (0..w).map(|i| routed(w * 100 + i)).collect())
+        .collect();
+    let mut client = store.client().await.expect("a connection");
+    let tx = client.transaction().await.expect("begins");
+    let [insert] = postgres::prepared(&tx, [outbox::INSERT_POSTGRES])
+        .await
+        .expect("prepared");
+    let mut statements = Vec::new();
+    outbox::insert_pipelined(&mut statements, &tx, &insert, writes.iter().flatten());
+    assert_eq!(statements.len(), 1, "one statement for every row");
+    outbox::insert_pipelined(&mut statements, &tx, &insert, &[]);
+    assert_eq!(statements.len(), 1, "none for no rows");
+    postgres::pipeline(statements).await.expect("stored");
+    tx.commit().await.expect("commits");
+    let sent: Vec<(Route, String)> = writes
+        .iter()
+        .flatten()
+        .map(|(r, e)| (r.clone(), e.message_id.to_string()))
+        .collect();
+    let pending = store.pending(10_000).await.expect("reads");
+    let stored: Vec<(Route, String)> = pending
+        .iter()
+        .map(|m| (m.route.clone(), m.envelope.message_id.to_string()))
+        .collect();
+    assert_eq!(stored.len(), 60 * 59 / 2);
+    assert_eq!(stored, sent, "in the order given, each with its route");
+}
