@@ -755,6 +755,73 @@ async fn a_replica_cut_off_from_the_broker_hands_its_partitions_over_and_rejoins
     Ok(())
 }
 
+/// An order-service replica that loses the broker (its AMQP connection
+/// runs through a proxy that goes down) hands its partitions over a lease
+/// later; the others take them and finish its orders, each charged once,
+/// its stored signals included; with the broker back it gets its share
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_replica_cut_off_from_the_broker_hands_its_partitions_over_and_rejoins(
+) -> Result<()> {
+    let mut replicas = Replicas::start("scale-orders-cut", 1, "100").await?;
+    let (upstream, through) = broker_address(&replicas.system.amqp_url)?;
+    let mut proxy = TcpProxy::start(upstream).await?;
+    let proxied = replicas
+        .system
+        .amqp_url
+        .replacen(&through, &proxy.listen.to_string(), 1);
+    for n in 0..2 {
+        replicas
+            .add_order_replica(&format!("scale-orders-cut-{n}"), ORDER_ENV)
+            .await?;
+    }
+    let mut env = ORDER_ENV.to_vec();
+    env.push(("AMQP_URL", &proxied));
+    replicas
+        .add_order_replica("scale-orders-cut-2", &env)
+        .await?;
+    wait_orders_balanced(&replicas).await?;
+
+    let mut orders = Vec::new();
+    place_round_robin(&replicas.running_orders(), 60, &mut orders).await?;
+    proxy.take_down();
+    let reachable = [&replicas.orders[0], &replicas.orders[1]];
+    eventually(
+        "the reachable order-service replicas to own every partition",
+        DEADLINE,
+        || async {
+            let mut all = BTreeSet::new();
+            for service in reachable {
+                all.extend(owned(service).await?);
+            }
+            Ok((all.len() == usize::from(PARTITIONS)).then_some(()))
+        },
+    )
+    .await?;
+    let cut_off = owned(&replicas.orders[2]).await?;
+    ensure!(
+        cut_off.is_empty(),
+        "the cut-off replica holds nothing once the others own everything: {cut_off:?}"
+    );
+    wait_balanced(&reachable).await?;
+
+    let api = replicas.orders_api(0);
+    eventually("every order SHIPPED", DEADLINE, || async {
+        Ok((orders_shipped(&api).await? == orders.len()).then_some(()))
+    })
+    .await?;
+    each_charged_once(&api, &orders).await?;
+
+    proxy.bring_up().await?;
+    wait_orders_balanced(&replicas).await?;
+    let log = std::fs::read_to_string(replicas.system.log_path("order-service"))?;
+    ensure!(
+        log.contains("cut off from the broker for a whole lease"),
+        "the cut-off replica says why it handed its partitions over"
+    );
+    Ok(())
+}
+
 /// The broker's `host:port` in `amqp_url`, resolved, and as written.
 fn broker_address(amqp_url: &str) -> Result<(std::net::SocketAddr, String)> {
     let rest = amqp_url
