@@ -698,12 +698,7 @@ async fn a_replica_paused_past_its_lease_is_fenced_and_rejoins() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_from_the_broker_hands_its_partitions_over_and_rejoins() -> Result<()> {
     let mut replicas = Replicas::start("scale-cut", 2, "100").await?;
-    let (upstream, through) = broker_address(&replicas.system.amqp_url)?;
-    let mut proxy = TcpProxy::start(upstream).await?;
-    let proxied = replicas
-        .system
-        .amqp_url
-        .replacen(&through, &proxy.listen.to_string(), 1);
+    let (mut proxy, proxied) = proxied_broker(&replicas.system.amqp_url).await?;
     replicas
         .add_replica_with("scale-cut-2", &[("AMQP_URL", &proxied)])
         .await?;
@@ -720,24 +715,7 @@ async fn a_replica_cut_off_from_the_broker_hands_its_partitions_over_and_rejoins
     place_round_robin(&[replicas.system.order_service()], 60, &mut orders).await?;
     proxy.take_down();
     let reachable = [&replicas.fulfillment[0], &replicas.fulfillment[1]];
-    eventually(
-        "the reachable replicas to own every partition",
-        DEADLINE,
-        || async {
-            let mut all = BTreeSet::new();
-            for service in reachable {
-                all.extend(owned(service).await?);
-            }
-            Ok((all.len() == usize::from(PARTITIONS)).then_some(()))
-        },
-    )
-    .await?;
-    let cut_off = owned(&replicas.fulfillment[2]).await?;
-    ensure!(
-        cut_off.is_empty(),
-        "the cut-off replica holds nothing once the others own everything: {cut_off:?}"
-    );
-    wait_balanced(&reachable).await?;
+    wait_taken_from(&replicas.fulfillment[2], &reachable).await?;
 
     wait_each_shipped_once(&events, orders.len()).await?;
     eventually("every order SHIPPED", DEADLINE, || async {
@@ -764,12 +742,7 @@ async fn a_replica_cut_off_from_the_broker_hands_its_partitions_over_and_rejoins
 async fn an_order_replica_cut_off_from_the_broker_hands_its_partitions_over_and_rejoins(
 ) -> Result<()> {
     let mut replicas = Replicas::start("scale-orders-cut", 1, "100").await?;
-    let (upstream, through) = broker_address(&replicas.system.amqp_url)?;
-    let mut proxy = TcpProxy::start(upstream).await?;
-    let proxied = replicas
-        .system
-        .amqp_url
-        .replacen(&through, &proxy.listen.to_string(), 1);
+    let (mut proxy, proxied) = proxied_broker(&replicas.system.amqp_url).await?;
     for n in 0..2 {
         replicas
             .add_order_replica(&format!("scale-orders-cut-{n}"), ORDER_ENV)
@@ -786,24 +759,7 @@ async fn an_order_replica_cut_off_from_the_broker_hands_its_partitions_over_and_
     place_round_robin(&replicas.running_orders(), 60, &mut orders).await?;
     proxy.take_down();
     let reachable = [&replicas.orders[0], &replicas.orders[1]];
-    eventually(
-        "the reachable order-service replicas to own every partition",
-        DEADLINE,
-        || async {
-            let mut all = BTreeSet::new();
-            for service in reachable {
-                all.extend(owned(service).await?);
-            }
-            Ok((all.len() == usize::from(PARTITIONS)).then_some(()))
-        },
-    )
-    .await?;
-    let cut_off = owned(&replicas.orders[2]).await?;
-    ensure!(
-        cut_off.is_empty(),
-        "the cut-off replica holds nothing once the others own everything: {cut_off:?}"
-    );
-    wait_balanced(&reachable).await?;
+    wait_taken_from(&replicas.orders[2], &reachable).await?;
 
     let api = replicas.orders_api(0);
     eventually("every order SHIPPED", DEADLINE, || async {
@@ -819,6 +775,39 @@ async fn an_order_replica_cut_off_from_the_broker_hands_its_partitions_over_and_
         log.contains("cut off from the broker for a whole lease"),
         "the cut-off replica says why it handed its partitions over"
     );
+    Ok(())
+}
+
+/// A proxy to the broker of `amqp_url`, and that URL through the proxy
+/// (for a replica whose connection a test takes down).
+async fn proxied_broker(amqp_url: &str) -> Result<(TcpProxy, String)> {
+    let (upstream, through) = broker_address(amqp_url)?;
+    let proxy = TcpProxy::start(upstream).await?;
+    let proxied = amqp_url.replacen(&through, &proxy.listen.to_string(), 1);
+    Ok((proxy, proxied))
+}
+
+/// Waits until the `reachable` replicas own every partition between them,
+/// balanced, and `cut_off` owns none.
+async fn wait_taken_from(cut_off: &Service, reachable: &[&Service]) -> Result<()> {
+    eventually(
+        "the reachable replicas to own every partition",
+        DEADLINE,
+        || async {
+            let mut all = BTreeSet::new();
+            for service in reachable {
+                all.extend(owned(service).await?);
+            }
+            Ok((all.len() == usize::from(PARTITIONS)).then_some(()))
+        },
+    )
+    .await?;
+    let left = owned(cut_off).await?;
+    ensure!(
+        left.is_empty(),
+        "the cut-off replica holds nothing once the others own everything: {left:?}"
+    );
+    wait_balanced(reachable).await?;
     Ok(())
 }
 

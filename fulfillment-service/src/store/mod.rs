@@ -439,14 +439,7 @@ pub(crate) mod tests {
             .flat_map(|w| w.events.iter().map(|(_, e)| e.message_id))
             .collect();
         assert!(sent.len() >= 3, "each write sends an event");
-        let pending: Vec<_> = store
-            .outbox()
-            .pending(100)
-            .await
-            .expect("pending")
-            .into_iter()
-            .map(|m| m.envelope.message_id)
-            .collect();
+        let pending = service_kit::store::testing::pending_message_ids(store, 100).await;
         assert_eq!(pending, sent, "in the order of the writes");
 
         let later: Vec<Write> = Write::of(&decide(&batch[2].state, Input::Resume, now()))
@@ -492,14 +485,7 @@ pub(crate) mod tests {
             .iter()
             .flat_map(|w| w.events.iter().map(|(_, e)| e.message_id))
             .collect();
-        let pending: Vec<_> = store
-            .outbox()
-            .pending(1000)
-            .await
-            .expect("pending")
-            .into_iter()
-            .map(|m| m.envelope.message_id)
-            .collect();
+        let pending = service_kit::store::testing::pending_message_ids(store, 1000).await;
         assert_eq!(pending, sent, "in the order of the writes");
     }
 

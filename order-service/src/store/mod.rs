@@ -421,14 +421,7 @@ pub(crate) mod tests {
             .flat_map(|w| w.outbox.iter().map(|(_, e)| e.message_id))
             .collect();
         assert!(sent.len() >= 2, "both transitions of ORD-2 send a signal");
-        let pending: Vec<_> = s
-            .outbox()
-            .pending(100)
-            .await
-            .expect("pending")
-            .into_iter()
-            .map(|m| m.envelope.message_id)
-            .collect();
+        let pending = service_kit::store::testing::pending_message_ids(s, 100).await;
         assert_eq!(pending, sent, "in the order of the writes");
 
         let (a, _) = workflow::create("ORD-3", demo_order(), Utc::now());

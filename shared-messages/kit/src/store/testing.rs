@@ -104,3 +104,19 @@ pub async fn an_undecodable_outbox_row_is_quarantined<S: OnDatabase + ?Sized>(
         "kept once"
     );
 }
+
+/// The ids of the first `limit` messages waiting in `store`'s outbox, in
+/// the order the relay would send them.
+pub async fn pending_message_ids<S: OnDatabase + ?Sized>(
+    store: &S,
+    limit: usize,
+) -> Vec<uuid::Uuid> {
+    store
+        .outbox()
+        .pending(limit)
+        .await
+        .expect("the outbox reads")
+        .into_iter()
+        .map(|m| m.envelope.message_id)
+        .collect()
+}
