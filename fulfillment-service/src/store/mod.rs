@@ -489,6 +489,80 @@ pub(crate) mod tests {
         assert_eq!(pending, sent, "in the order of the writes");
     }
 
+    /// Random transitions of a few fulfillments, stored in random batches:
+    /// whatever the batches, the store holds what storing the writes one
+    /// at a time in the same order would: each fulfillment's last state,
+    /// its history entries in order numbered 1..n, and every event in the
+    /// outbox in the order written. Seeded, so a failure repeats.
+    pub(crate) async fn random_batches_store_what_writes_one_at_a_time_would(store: &dyn Store) {
+        use crate::workflow::decide;
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+        let mut writes: Vec<Write> = Vec::new();
+        // Every fulfillment made, by index; the last six are the open ones.
+        let mut states: Vec<Fulfillment> = Vec::new();
+        let mut open: Vec<usize> = Vec::new();
+        while writes.len() < 200 {
+            if open.len() < 6 {
+                let w = write(1000 + states.len());
+                open.push(states.len());
+                states.push(w.state.clone());
+                writes.push(w);
+                continue;
+            }
+            let pick = rng.random_range(0..open.len());
+            let n = open[pick];
+            let state = &states[n];
+            let input = match rng.random_range(0..5) {
+                0 => Input::Pause,
+                1 => Input::Resume,
+                2 => Input::UpdateAddress(request(n).shipping_address),
+                3 if rng.random_range(0..10) == 0 => Input::Cancel {
+                    reason: "random".into(),
+                },
+                _ => Input::StepDone { step: state.step },
+            };
+            if let Some(w) = Write::of(&decide(state, input, now())) {
+                if w.state.status.is_final() {
+                    open.swap_remove(pick);
+                }
+                states[n] = w.state.clone();
+                writes.push(w);
+            }
+        }
+        let mut rest = &writes[..];
+        while !rest.is_empty() {
+            let (batch, after) = rest.split_at(rng.random_range(1..=rest.len().min(12)));
+            store.save_all(batch).await.expect("a batch stores");
+            rest = after;
+        }
+
+        for state in &states {
+            assert_eq!(
+                store.load(&state.id).await.expect("load").as_ref(),
+                Some(state),
+                "the last state of {}",
+                state.id
+            );
+            let written: Vec<&str> = writes
+                .iter()
+                .filter(|w| w.state.id == state.id)
+                .flat_map(|w| w.history.iter().map(|e| e.kind))
+                .collect();
+            let stored = store.history(&state.id).await.expect("history");
+            let kinds: Vec<&str> = stored.iter().map(|e| e.kind.as_str()).collect();
+            assert_eq!(kinds, written, "the history of {} in order", state.id);
+            let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=written.len() as u64).collect::<Vec<_>>());
+        }
+        let sent: Vec<_> = writes
+            .iter()
+            .flat_map(|w| w.events.iter().map(|(_, e)| e.message_id))
+            .collect();
+        let pending = service_kit::store::testing::pending_message_ids(store, 10_000).await;
+        assert_eq!(pending, sent, "every event in the order written");
+    }
+
     /// A commit whose outcome was lost is retried: the same creation stored
     /// twice succeeds both times and leaves one row.
     pub(crate) async fn creating_twice_stores_one_row(store: &dyn Store) {

@@ -365,6 +365,7 @@ mod tests {
         creating_twice_stores_one_row,
         one_batch_with_two_writes_of_a_fulfillment,
         a_batch_of_many_fulfillments_is_stored_whole,
+        random_batches_store_what_writes_one_at_a_time_would,
     );
 
     #[tokio::test]

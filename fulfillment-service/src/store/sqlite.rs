@@ -247,6 +247,7 @@ mod tests {
         |_| async { ((), SqliteStore::open(":memory:").expect("opens")) } => tests:
         one_batch_with_two_writes_of_a_fulfillment,
         a_batch_of_many_fulfillments_is_stored_whole,
+        random_batches_store_what_writes_one_at_a_time_would,
     );
 
     #[tokio::test]
