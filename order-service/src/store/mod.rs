@@ -443,6 +443,104 @@ pub(crate) mod tests {
         assert_eq!(s.get("ORD-3").await.expect("get"), None, "nothing stored");
     }
 
+    /// New orders and random transitions of them, stored in random
+    /// batches (an order's insert and its first transitions often in one):
+    /// whatever the batches, the store holds what storing the writes one
+    /// at a time in the same order would: each order's last state, its
+    /// history in order numbered 1..n, and every signal in the outbox in
+    /// the order written. Seeded, so a failure repeats.
+    pub(crate) async fn random_batches_store_what_writes_one_at_a_time_would(s: &dyn Store) {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+        let mut writes: Vec<Write> = Vec::new();
+        // Every order made, by index; the last six are the open ones.
+        let mut states: Vec<OrderState> = Vec::new();
+        let mut open: Vec<usize> = Vec::new();
+        let mut stalled: Vec<u32> = Vec::new();
+        while writes.len() < 200 {
+            if open.len() < 6 {
+                let id = format!("ORD-R{}", states.len());
+                let (state, events) = workflow::create(&id, demo_order(), Utc::now());
+                open.push(states.len());
+                states.push(state.clone());
+                stalled.push(0);
+                writes.push(Write {
+                    state,
+                    insert: true,
+                    outbox: Vec::new(),
+                    events,
+                });
+                continue;
+            }
+            let pick = rng.random_range(0..open.len());
+            let n = open[pick];
+            let input = match rng.random_range(0..7) {
+                0 => Input::InventoryChecked(Ok(Vec::new())),
+                1 => Input::PaymentProcessed(Ok(format!("tx-{n}"))),
+                2 => Input::PauseFulfillment,
+                3 => Input::ResumeFulfillment,
+                4 => Input::UpdateDetails(workflow::DetailsUpdate {
+                    customer_name: Some(format!("Customer {}", writes.len())),
+                    ..workflow::DetailsUpdate::default()
+                }),
+                5 if rng.random_range(0..10) == 0 => Input::Cancel { reason: None },
+                _ => Input::Advance,
+            };
+            let d = workflow::decide(&states[n], input, Context::at(Utc::now()));
+            let Some(state) = d.state else {
+                // An order waiting for what these inputs do not bring (its
+                // fulfillment) is left where it is.
+                stalled[n] += 1;
+                if stalled[n] > 20 {
+                    open.swap_remove(pick);
+                }
+                continue;
+            };
+            stalled[n] = 0;
+            if state.status.is_final() {
+                open.swap_remove(pick);
+            }
+            states[n] = state.clone();
+            writes.push(Write {
+                state,
+                insert: false,
+                outbox: d.messages,
+                events: d.history,
+            });
+        }
+        let mut rest = &writes[..];
+        while !rest.is_empty() {
+            let (batch, after) = rest.split_at(rng.random_range(1..=rest.len().min(12)));
+            s.save_all(batch).await.expect("a batch stores");
+            rest = after;
+        }
+
+        for state in &states {
+            let id = &state.order_id;
+            assert_eq!(
+                s.get(id).await.expect("get").as_ref(),
+                Some(state),
+                "the last state of {id}"
+            );
+            let written: Vec<&str> = writes
+                .iter()
+                .filter(|w| &w.state.order_id == id)
+                .flat_map(|w| w.events.iter().map(|e| e.kind.as_str()))
+                .collect();
+            let stored = s.history(id).await.expect("history");
+            let kinds: Vec<&str> = stored.iter().map(|e| e.kind.as_str()).collect();
+            assert_eq!(kinds, written, "the history of {id} in order");
+            let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, (1..=written.len() as u64).collect::<Vec<_>>());
+        }
+        let sent: Vec<_> = writes
+            .iter()
+            .flat_map(|w| w.outbox.iter().map(|(_, e)| e.message_id))
+            .collect();
+        let pending = service_kit::store::testing::pending_message_ids(s, 10_000).await;
+        assert_eq!(pending, sent, "every signal in the order written");
+    }
+
     /// One transaction with many new orders, each also transitioned: all
     /// stored, each with its whole history.
     pub(crate) async fn a_batch_of_many_orders_is_stored_whole(s: &dyn Store) {

@@ -423,6 +423,7 @@ mod tests {
         list_filters_paginates_and_counts,
         creating_the_same_order_twice_stores_it_once,
         one_batch_inserts_and_transitions_the_same_order,
+        random_batches_store_what_writes_one_at_a_time_would,
         a_batch_of_many_orders_is_stored_whole,
     );
 
