@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use service_kit::store::entities::Entities;
-use service_kit::store::postgres::{pipeline, prepared, Statement};
+use service_kit::store::postgres::{execute, pipeline, prepared, Statement};
 use service_kit::store::{history, outbox, Postgres};
 use shared_messages::messages::FulfillmentStatus;
 
@@ -87,9 +87,7 @@ fn append_history<'a>(
         return;
     }
     into.push(Box::pin(async move {
-        tx.execute(append, &[&ids, &kinds, &ats, &message_ids, &details])
-            .await?;
-        Ok(())
+        execute(tx, append, vec![&ids, &kinds, &ats, &message_ids, &details]).await
     }));
 }
 
@@ -189,22 +187,19 @@ impl Store for Postgres {
         // pipeline (sent together, answered in order).
         let mut statements: Vec<Statement<'_>> = Vec::new();
         let (t, upsert, rows) = (&*tx, &upsert, &rows);
-        statements.push(Box::pin(async move {
-            t.execute(
-                upsert,
-                &[
-                    &rows.ids,
-                    &rows.order_ids,
-                    &rows.statuses,
-                    &rows.finished,
-                    &rows.states,
-                    &rows.created,
-                    &rows.updated,
-                ],
-            )
-            .await?;
-            Ok(())
-        }));
+        statements.push(execute(
+            t,
+            upsert,
+            vec![
+                &rows.ids,
+                &rows.order_ids,
+                &rows.statuses,
+                &rows.finished,
+                &rows.states,
+                &rows.created,
+                &rows.updated,
+            ],
+        ));
         outbox::insert_pipelined(
             &mut statements,
             t,
@@ -221,10 +216,7 @@ impl Store for Postgres {
         );
         if !cleared.is_empty() {
             let (clear_tombstones, cleared) = (&clear_tombstones, &cleared);
-            statements.push(Box::pin(async move {
-                t.execute(clear_tombstones, &[cleared]).await?;
-                Ok(())
-            }));
+            statements.push(execute(t, clear_tombstones, vec![cleared]));
         }
         // With several replicas: only the owner of these fulfillments
         // commits (checked beside the pipeline).

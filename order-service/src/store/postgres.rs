@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 use message_bus::Route;
 use service_kit::store::entities::Entities;
-use service_kit::store::postgres::{pipeline, prepared, Statement};
+use service_kit::store::postgres::{execute, pipeline, prepared, Statement};
 use service_kit::store::{history, outbox, Postgres};
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
@@ -274,38 +274,32 @@ async fn write(store: &Postgres, parts: &[Part<'_>]) -> Result<(), StoreError> {
     }
     if !updates.ids.is_empty() {
         let (updates, update) = (&updates, &update);
-        statements.push(Box::pin(async move {
-            t.execute(
-                update,
-                &[
-                    &updates.ids,
-                    &updates.statuses,
-                    &updates.finished,
-                    &updates.json,
-                    &updates.updated,
-                ],
-            )
-            .await?;
-            Ok(())
-        }));
+        statements.push(execute(
+            t,
+            update,
+            vec![
+                &updates.ids,
+                &updates.statuses,
+                &updates.finished,
+                &updates.json,
+                &updates.updated,
+            ],
+        ));
     }
     if !entries.order_ids.is_empty() {
         let (entries, append_history) = (&entries, &append_history);
-        statements.push(Box::pin(async move {
-            t.execute(
-                append_history,
-                &[
-                    &entries.order_ids,
-                    &entries.seqs,
-                    &entries.kinds,
-                    &entries.ats,
-                    &entries.message_ids,
-                    &entries.details,
-                ],
-            )
-            .await?;
-            Ok(())
-        }));
+        statements.push(execute(
+            t,
+            append_history,
+            vec![
+                &entries.order_ids,
+                &entries.seqs,
+                &entries.kinds,
+                &entries.ats,
+                &entries.message_ids,
+                &entries.details,
+            ],
+        ));
     }
     outbox::insert_pipelined(
         &mut statements,

@@ -131,8 +131,7 @@ pub fn insert_pipelined<'a, 'm>(
         return;
     }
     into.push(Box::pin(async move {
-        tx.execute(insert, &columns.params()).await?;
-        Ok(())
+        super::postgres::execute(tx, insert, columns.params().to_vec()).await
     }));
 }
 

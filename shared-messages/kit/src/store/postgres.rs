@@ -223,6 +223,19 @@ pub async fn pipeline(statements: Vec<Statement<'_>>) -> Result<(), StoreError> 
     Ok(())
 }
 
+/// The prepared `statement` run with `params` in `tx`, as one statement
+/// of a [`pipeline`].
+pub fn execute<'a, 'b: 'a>(
+    tx: &'a tokio_postgres::Transaction<'b>,
+    statement: &'a tokio_postgres::Statement,
+    params: Vec<&'a (dyn tokio_postgres::types::ToSql + Sync)>,
+) -> Statement<'a> {
+    Box::pin(async move {
+        tx.execute(statement, &params).await?;
+        Ok(())
+    })
+}
+
 /// `queries` prepared on the transaction's connection: from deadpool's
 /// statement cache once each has been prepared there, else all prepared
 /// in one round trip.
