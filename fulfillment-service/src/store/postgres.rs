@@ -341,6 +341,13 @@ mod tests {
             let store = SCHEMA.open_postgres(&db.url).await.expect("open");
             tests::save_three_transitions(&store).await;
         }
+        // The rows were born claimed by the process that wrote them; its
+        // claims lapse as that process's do when it dies.
+        super::testdb::admin(
+            "UPDATE outbox SET claimed_until = now() - interval '1 second'".into(),
+            &db.name,
+        )
+        .expect("claims lapsed");
         let store = SCHEMA
             .open_postgres(&db.url)
             .await

@@ -3,13 +3,16 @@
 //! inside the caller's transaction) and what the relay reads and clears
 //! ([`OutboxStore`] for [`Sqlite`] and [`Postgres`]).
 //!
-//! On PostgreSQL, rows are claimed before they are published (`FOR UPDATE
-//! SKIP LOCKED`, then a short lease), so two replicas' relays do not send
-//! the same rows at once; a replica that dies holding a claim lets it
-//! lapse, and its rows go out from whoever reads next. The relay's claims
-//! and deletes commit without waiting for their WAL flush
-//! ([`Postgres::relay_client`](super::Postgres)): losing one in a crash of
-//! PostgreSQL only sends rows again.
+//! On PostgreSQL, every row is claimed by a short lease, so two replicas'
+//! relays do not send the same rows at once. A row is born claimed by the
+//! process that writes it ([`INSERT_POSTGRES`]), and that process's relay
+//! reads its own rows without writing them again. Rows nobody holds (a
+//! claim that lapsed because its process died or fell behind, a row
+//! written by another client) are claimed by whichever relay sweeps next
+//! (`FOR UPDATE SKIP LOCKED`, then the lease), at most every
+//! [`SWEEP_EVERY`]. The relay's claims and deletes commit without waiting
+//! for their WAL flush ([`Postgres::relay_client`](super::Postgres)):
+//! losing one in a crash of PostgreSQL only sends rows again.
 
 use chrono::Utc;
 use futures::future::BoxFuture;
@@ -19,10 +22,23 @@ use shared_messages::Envelope;
 
 use super::{quarantine, Postgres, Sqlite, StoreError};
 
-/// How long a relay's claim on outbox rows keeps other replicas off them.
-/// A batch is confirmed well within this; a claim left by a replica that
-/// died delays its rows by at most this much.
-const CLAIM_LEASE: &str = "10 seconds";
+/// How long a claim on outbox rows keeps other replicas off them: the
+/// claim a row is written with, and a sweep's. A batch is confirmed well
+/// within this; a claim left by a replica that died delays its rows by at
+/// most this much. (A macro, for the statements built with `concat!`.)
+macro_rules! claim_lease {
+    () => {
+        "10 seconds"
+    };
+}
+
+/// The setting that names, on each of a store's connections, the process
+/// whose rows it writes ([`Postgres`](super::Postgres)'s `owner`).
+pub(crate) const WRITER_SETTING: &str = "outbox.writer";
+
+/// How often a relay looks for rows nobody holds: written by a process
+/// that died, or whose claim lapsed. Its own rows it reads every round.
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The messages a transition sends, inside the caller's SQLite
 /// transaction.
@@ -70,9 +86,31 @@ pub async fn insert_postgres(
 /// over `unnest` inserts the rows in the order of the arrays and takes
 /// each row's `seq` (its column default, `nextval`) as it inserts it, so
 /// the rows get their `seq` in the order given, which is the order the
-/// relay publishes them in.
-pub const INSERT_POSTGRES: &str = "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::bytea[])";
+/// relay publishes them in. Each row is born claimed by the writing
+/// process (its connection's `outbox.writer`; a connection without it
+/// writes rows nobody holds), so that process's relay reads it without
+/// claiming it again.
+pub const INSERT_POSTGRES: &str = concat!(
+    "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, claimed_by, claimed_until)
+     SELECT u.*, current_setting('outbox.writer', true), now() + interval '",
+    claim_lease!(),
+    "' FROM unnest($1::text[], $2::text[], $3::bool[], $4::bytea[]) AS u"
+);
+
+/// The relay's read of the rows its own process wrote and still holds.
+const OWN_ROWS: &str = "SELECT seq, exchange, routing_key, mandatory, envelope FROM outbox
+     WHERE claimed_by = $1 AND claimed_until > now() ORDER BY seq LIMIT $2";
+
+/// The relay's sweep: claims the oldest rows nobody holds.
+const SWEEP: &str = concat!(
+    "UPDATE outbox SET claimed_by = $1, claimed_until = now() + interval '",
+    claim_lease!(),
+    "' WHERE seq IN (
+         SELECT seq FROM outbox
+         WHERE claimed_by IS NULL OR claimed_until <= now()
+         ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)
+     RETURNING seq, exchange, routing_key, mandatory, envelope"
+);
 
 /// The outbox rows of a transaction as the arrays [`INSERT_POSTGRES`]
 /// takes.
@@ -215,20 +253,20 @@ async fn pending_postgres(
     limit: usize,
 ) -> Result<Vec<OutboxMessage>, StoreError> {
     let mut client = store.relay_client().await?;
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = client
-        .query(
-            &format!(
-                "UPDATE outbox SET claimed_by = $1, claimed_until = now() + interval '{CLAIM_LEASE}'
-                 WHERE seq IN (
-                     SELECT seq FROM outbox
-                     WHERE claimed_by IS NULL OR claimed_by = $1 OR claimed_until < now()
-                     ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)
-                 RETURNING seq, exchange, routing_key, mandatory, envelope"
-            ),
-            &[&store.owner, &limit],
-        )
-        .await?;
+    let wanted = i64::try_from(limit).unwrap_or(i64::MAX);
+    let own = client.prepare_cached(OWN_ROWS).await?;
+    let mut rows = client.query(&own, &[&store.owner, &wanted]).await?;
+    // Due even while the process's own rows fill every batch, so rows left
+    // by a replica that died are never starved; again at once while there
+    // are more of them than a batch.
+    if store.sweep_due() {
+        let sweep = client.prepare_cached(SWEEP).await?;
+        let swept = client.query(&sweep, &[&store.owner, &wanted]).await?;
+        if swept.len() >= limit {
+            store.sweep_again();
+        }
+        rows.extend(swept);
+    }
     let mut messages = Vec::with_capacity(rows.len());
     for row in rows {
         let seq: i64 = row.get(0);
@@ -245,8 +283,12 @@ async fn pending_postgres(
             }
         }
     }
-    // RETURNING keeps no order; the relay publishes in seq order.
+    // RETURNING keeps no order; the relay publishes in seq order. What is
+    // past the limit stays claimed by this process, read next round.
     messages.sort_by_key(|m| m.seq);
+    // A row whose claim lapsed between the two reads may be in both.
+    messages.dedup_by_key(|m| m.seq);
+    messages.truncate(limit);
     Ok(messages)
 }
 
@@ -262,8 +304,12 @@ impl OutboxStore for Postgres {
     fn remove<'a>(&'a self, seqs: &'a [i64]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let client = self.relay_client().await.map_err(|e| e.to_string())?;
+            let delete = client
+                .prepare_cached("DELETE FROM outbox WHERE seq = ANY($1)")
+                .await
+                .map_err(|e| e.to_string())?;
             client
-                .execute("DELETE FROM outbox WHERE seq = ANY($1)", &[&seqs])
+                .execute(&delete, &[&seqs])
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string())

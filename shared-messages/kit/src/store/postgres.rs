@@ -30,16 +30,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use deadpool_postgres::Transaction;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use futures::future::BoxFuture;
 use refinery::Runner;
 
-use super::{migrate, StoreError};
+use super::{migrate, outbox, StoreError};
 use crate::postgres_tls;
 
 /// Longest wait for a connection to open: a PostgreSQL that does not
@@ -66,8 +66,12 @@ pub struct Postgres {
     /// The outbox relay's connections: commits that do not wait for the
     /// WAL flush (see the module's notes).
     relay_pool: Pool,
-    /// Marks this process's outbox claims; it re-reads its own at once.
+    /// Marks this process's outbox claims, and the rows it writes
+    /// (`outbox.writer` on each of its connections); its relay reads its
+    /// own rows without claiming them again.
     pub(crate) owner: String,
+    /// When the relay last swept the outbox for rows nobody holds.
+    last_sweep: Arc<Mutex<Option<Instant>>>,
     /// What every write of workflow state must pass, once set (the
     /// partition leases of [`crate::partitions`]); shared by all clones.
     guard: Arc<OnceLock<Arc<dyn WriteGuard>>>,
@@ -103,7 +107,11 @@ impl Postgres {
             config.get_options().unwrap_or_default(),
             STATEMENT_TIMEOUT_MS * 2
         );
+        let owner = uuid::Uuid::new_v4().to_string();
         let relay_options = format!("{options} -c synchronous_commit=off");
+        // The rows this process's transactions add to the outbox are born
+        // claimed by it (`outbox::INSERT_POSTGRES`).
+        let options = format!("{options} -c {}={owner}", outbox::WRITER_SETTING);
         config
             .options(options.trim())
             .connect_timeout(CONNECT_TIMEOUT)
@@ -119,7 +127,8 @@ impl Postgres {
         let store = Self {
             pool,
             relay_pool,
-            owner: uuid::Uuid::new_v4().to_string(),
+            owner,
+            last_sweep: Arc::default(),
             guard: Arc::new(OnceLock::new()),
         };
         let mut client = store.client().await?;
@@ -162,6 +171,23 @@ impl Postgres {
     /// the WAL flush. Only for writes that cost a resend if lost.
     pub(crate) async fn relay_client(&self) -> Result<Object, StoreError> {
         Ok(self.relay_pool.get().await?)
+    }
+
+    /// Is it time for the relay to sweep the outbox for rows nobody holds
+    /// ([`outbox::SWEEP_EVERY`])? Counts the sweep as done when it is.
+    pub(crate) fn sweep_due(&self) -> bool {
+        let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let due = last.is_none_or(|at| now.duration_since(at) >= outbox::SWEEP_EVERY);
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+
+    /// Makes the next sweep due at once: the last one found a full batch.
+    pub(crate) fn sweep_again(&self) {
+        *self.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 

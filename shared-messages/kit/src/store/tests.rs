@@ -156,6 +156,71 @@ async fn postgres_outbox_claims_are_exclusive_and_a_bad_row_is_quarantined() {
     assert_eq!(outbox::len_postgres(&**client).await.expect("len"), 1);
 }
 
+/// A row is born claimed by the process that writes it: its relay reads
+/// it at once, and another replica's sweep leaves it alone until the claim
+/// lapses; a row nobody holds goes to the first relay that sweeps.
+#[tokio::test]
+async fn postgres_outbox_rows_are_born_claimed_by_their_writer() {
+    let db = pg::TestDb::create("kit_outbox_writer");
+    let migrations = runner(PG_V1, PG_V2);
+    let open = || Postgres::open(&db.url, &migrations, 1);
+    let (writer, other) = (open().await.expect("opens"), open().await.expect("opens"));
+    let client = writer.client().await.expect("a connection");
+    outbox::insert_postgres(&**client, &[message(1), message(2)])
+        .await
+        .expect("rows stored");
+    let claims = client
+        .query("SELECT claimed_by FROM outbox ORDER BY seq", &[])
+        .await
+        .expect("reads the claims");
+    for claim in claims {
+        assert_eq!(
+            claim.get::<_, Option<String>>(0).as_deref(),
+            Some(&*writer.owner)
+        );
+    }
+    assert!(
+        other.pending(10).await.expect("reads").is_empty(),
+        "another replica leaves rows its writer holds"
+    );
+    assert_eq!(
+        writer.pending(10).await.expect("reads").len(),
+        2,
+        "the writer's relay reads them"
+    );
+
+    pg::admin(
+        "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
+             SELECT exchange, routing_key, mandatory, envelope FROM outbox;
+         UPDATE outbox SET claimed_until = now() - interval '1 second' WHERE seq = 1;"
+            .into(),
+        &db.name,
+    )
+    .expect("a lapsed claim and two rows nobody holds");
+    tokio::time::sleep(outbox::SWEEP_EVERY).await;
+    let mut swept: Vec<i64> = other
+        .pending(10)
+        .await
+        .expect("sweeps")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    swept.sort_unstable();
+    assert_eq!(
+        swept,
+        [1, 3, 4],
+        "the sweep takes the lapsed claim and the rows nobody holds"
+    );
+    let mine: Vec<i64> = writer
+        .pending(10)
+        .await
+        .expect("reads")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(mine, [2], "the writer keeps what it still holds");
+}
+
 /// Only the relay's own connections commit without waiting for the WAL
 /// flush; every other connection of the store waits as the server says.
 #[tokio::test]
