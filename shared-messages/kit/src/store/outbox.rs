@@ -88,26 +88,35 @@ pub async fn insert_postgres(
 /// the rows get their `seq` in the order given, which is the order the
 /// relay publishes them in. Each row is born claimed by the writing
 /// process (its connection's `outbox.writer`; a connection without it
-/// writes rows nobody holds), so that process's relay reads it without
-/// claiming it again.
+/// writes rows nobody holds: no `claimed_by`, `claimed_until` at
+/// `-infinity`), so that process's relay reads it without claiming it
+/// again.
 pub const INSERT_POSTGRES: &str = concat!(
     "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, claimed_by, claimed_until)
-     SELECT u.*, current_setting('outbox.writer', true), now() + interval '",
+     SELECT u.*, current_setting('outbox.writer', true),
+         CASE WHEN current_setting('outbox.writer', true) IS NULL THEN '-infinity'
+              ELSE now() + interval '",
     claim_lease!(),
-    "' FROM unnest($1::text[], $2::text[], $3::bool[], $4::bytea[]) AS u"
+    "' END FROM unnest($1::text[], $2::text[], $3::bool[], $4::bytea[]) AS u"
 );
 
-/// The relay's read of the rows its own process wrote and still holds.
+/// The relay's read of the rows its own process holds: a walk along the
+/// services' index on `(claimed_by, seq)`. A plain index scan marks the
+/// entries of rows already deleted as it passes them, so the next read
+/// skips them; a row whose claim lapsed is still read here until another
+/// relay's sweep takes it.
 const OWN_ROWS: &str = "SELECT seq, exchange, routing_key, mandatory, envelope FROM outbox
-     WHERE claimed_by = $1 AND claimed_until > now() ORDER BY seq LIMIT $2";
+     WHERE claimed_by = $1 ORDER BY seq LIMIT $2";
 
-/// The relay's sweep: claims the oldest rows nobody holds.
+/// The relay's sweep: claims the oldest rows nobody holds. A row without
+/// a claim has `claimed_until` at `-infinity` (the column's default in the
+/// services' schemas), so the sweep reads one column, which they index.
 const SWEEP: &str = concat!(
     "UPDATE outbox SET claimed_by = $1, claimed_until = now() + interval '",
     claim_lease!(),
     "' WHERE seq IN (
          SELECT seq FROM outbox
-         WHERE claimed_by IS NULL OR claimed_until <= now()
+         WHERE claimed_until <= now()
          ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED)
      RETURNING seq, exchange, routing_key, mandatory, envelope"
 );

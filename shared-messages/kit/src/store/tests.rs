@@ -16,7 +16,8 @@ const SQLITE_V2: &str = "CREATE TABLE quarantine (entity_id TEXT PRIMARY KEY,
     reason TEXT NOT NULL, quarantined_at TEXT NOT NULL);";
 const PG_V1: &str = "CREATE TABLE outbox (seq BIGSERIAL PRIMARY KEY, exchange TEXT NOT NULL,
     routing_key TEXT NOT NULL, mandatory BOOLEAN NOT NULL, envelope BYTEA NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now(), claimed_by TEXT, claimed_until TIMESTAMPTZ);";
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(), claimed_by TEXT,
+    claimed_until TIMESTAMPTZ NOT NULL DEFAULT '-infinity');";
 const PG_V2: &str = SQLITE_V2;
 
 fn runner(v1: &str, v2: &str) -> Runner {
