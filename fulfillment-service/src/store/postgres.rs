@@ -353,6 +353,7 @@ mod tests {
             .await
             .expect("reopen migrates idempotently");
         let pending = tests::reads_back_three_transitions(&store).await;
+        service_kit::store::testing::has_outbox_claims_and_room_for(&store, "fulfillments").await;
         let other = SCHEMA.open_postgres(&db.url).await.expect("second replica");
         service_kit::store::testing::another_replica_takes_no_claimed_rows(&other).await;
         tests::removes_what_was_sent(&store, &pending).await;

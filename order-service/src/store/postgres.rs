@@ -449,6 +449,7 @@ mod tests {
         }
         let s = SCHEMA.open_postgres(&db.url).await.expect("reopen");
         assert!(s.get("ORD-1").await.expect("get").is_some());
+        service_kit::store::testing::has_outbox_claims_and_room_for(&s, "orders").await;
     }
 
     #[tokio::test]

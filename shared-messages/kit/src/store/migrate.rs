@@ -1,9 +1,11 @@
 //! Schema migrations by refinery, on SQLite and PostgreSQL.
 //!
 //! Each service keeps one folder of migrations per backend
-//! (`migrations/sqlite`, `migrations/postgres`: `V<n>__<name>.sql`, append,
-//! never edit) and embeds them with `refinery::embed_migrations!`; refinery
-//! records what ran in `refinery_schema_history`.
+//! (`migrations/sqlite`, `migrations/postgres`: `V<n>__<name>.sql`, or
+//! `V<n>__<name>.rs` returning SQL the kit writes for both services, as
+//! [`outbox_claims_and_room_for`](super::schema::outbox_claims_and_room_for);
+//! append, never edit) and embeds them with `refinery::embed_migrations!`;
+//! refinery records what ran in `refinery_schema_history`.
 //!
 //! Databases migrated before refinery recorded their versions elsewhere:
 //! a `schema_migrations (version, ..)` table, or SQLite's

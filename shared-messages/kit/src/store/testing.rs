@@ -120,3 +120,35 @@ pub async fn pending_message_ids<S: OnDatabase + ?Sized>(
         .map(|m| m.envelope.message_id)
         .collect()
 }
+
+/// `store`'s schema has the kit's `outbox_claims_and_room_for(table)`:
+/// the outbox's claims on their indexes, `table` with room for rewrites
+/// and its state compressed with lz4.
+pub async fn has_outbox_claims_and_room_for(store: &super::Postgres, table: &str) {
+    let client = store.client().await.expect("a connection");
+    let indexes: Vec<String> = client
+        .query(
+            "SELECT indexname::TEXT FROM pg_indexes WHERE tablename = 'outbox' ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("reads the indexes")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for index in ["outbox_claimed_by", "outbox_claimed_until"] {
+        assert!(indexes.iter().any(|i| i == index), "{index} in {indexes:?}");
+    }
+    let row = client
+        .query_one(
+            "SELECT c.reloptions::TEXT, a.attcompression::TEXT FROM pg_class c
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'state'
+             WHERE c.relname = $1",
+            &[&table],
+        )
+        .await
+        .expect("reads the table's settings");
+    let (options, compression): (Option<String>, String) = (row.get(0), row.get(1));
+    assert_eq!(options.as_deref(), Some("{fillfactor=70}"), "{table}");
+    assert_eq!(compression, "l", "{table}.state compressed with lz4");
+}

@@ -199,27 +199,19 @@ async fn postgres_outbox_rows_are_born_claimed_by_their_writer() {
     )
     .expect("a lapsed claim and two rows nobody holds");
     tokio::time::sleep(outbox::SWEEP_EVERY).await;
-    let mut swept: Vec<i64> = other
-        .pending(10)
-        .await
-        .expect("sweeps")
-        .iter()
-        .map(|m| m.seq)
-        .collect();
-    swept.sort_unstable();
+    let seqs = |read: Vec<message_bus::outbox::OutboxMessage>| -> Vec<i64> {
+        read.iter().map(|m| m.seq).collect()
+    };
     assert_eq!(
-        swept,
+        seqs(other.pending(10).await.expect("sweeps")),
         [1, 3, 4],
-        "the sweep takes the lapsed claim and the rows nobody holds"
+        "the sweep takes the lapsed claim and the rows nobody holds, in order"
     );
-    let mine: Vec<i64> = writer
-        .pending(10)
-        .await
-        .expect("reads")
-        .iter()
-        .map(|m| m.seq)
-        .collect();
-    assert_eq!(mine, [2], "the writer keeps what it still holds");
+    assert_eq!(
+        seqs(writer.pending(10).await.expect("reads")),
+        [2],
+        "the writer keeps what it still holds"
+    );
 }
 
 /// Only the relay's own connections commit without waiting for the WAL
