@@ -214,6 +214,142 @@ async fn postgres_outbox_rows_are_born_claimed_by_their_writer() {
     );
 }
 
+/// Where a row's claim stands, as the test knows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Claim {
+    /// Held by this replica, its lease running.
+    Live(usize),
+    /// Its lease lapsed (its holder died or fell behind): anyone's.
+    Lapsed,
+}
+
+/// Over seeded random writes by three replicas, random reads and sends
+/// (some sends failing, so their rows stay), and random claims lapsing:
+/// no replica ever gets a row another holds under a live claim, each read
+/// is in seq order, and in the end every row written is sent.
+#[tokio::test]
+async fn random_writes_reads_and_lapses_share_no_live_claim_and_lose_no_row() {
+    use rand::{Rng, SeedableRng};
+    use std::collections::{BTreeMap, BTreeSet};
+    let db = pg::TestDb::create("kit_outbox_random");
+    let migrations = runner(PG_V1, PG_V2);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(
+            Postgres::open(&db.url, &migrations, 1)
+                .await
+                .expect("opens"),
+        );
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    let mut claims: BTreeMap<i64, Claim> = BTreeMap::new();
+    let mut sent = BTreeSet::new();
+    let mut next = 0u32;
+    for step in 0..150 {
+        if step == 75 {
+            // Sweeps run at most once a second: let them run again.
+            tokio::time::sleep(outbox::SWEEP_EVERY).await;
+        }
+        let r = rng.random_range(0..replicas.len());
+        match rng.random_range(0..5) {
+            0 | 1 => {
+                let messages: Vec<_> = (0..rng.random_range(1..4))
+                    .map(|_| {
+                        next += 1;
+                        message(next)
+                    })
+                    .collect();
+                let client = replicas[r].client().await.expect("a connection");
+                outbox::insert_postgres(&**client, &messages)
+                    .await
+                    .expect("rows stored");
+                let last = claims.keys().next_back().copied().unwrap_or(0);
+                for row in client
+                    .query("SELECT seq FROM outbox WHERE seq > $1", &[&last])
+                    .await
+                    .expect("reads the new rows")
+                {
+                    claims.insert(row.get(0), Claim::Live(r));
+                }
+            }
+            2 | 3 => {
+                let read = replicas[r]
+                    .pending(rng.random_range(1..6))
+                    .await
+                    .expect("reads");
+                let seqs: Vec<i64> = read.iter().map(|m| m.seq).collect();
+                assert!(
+                    seqs.windows(2).all(|w| w[0] < w[1]),
+                    "in seq order: {seqs:?}"
+                );
+                for seq in &seqs {
+                    let claim = claims.get(seq).copied();
+                    assert!(
+                        matches!(claim, Some(Claim::Live(h)) if h == r)
+                            || claim == Some(Claim::Lapsed),
+                        "step {step}: replica {r} read row {seq}, {claim:?}"
+                    );
+                    // Taken by another's sweep, its claim is this one's now.
+                    if claim == Some(Claim::Lapsed) {
+                        let claimed_by = replicas[r].client().await.expect("a connection");
+                        let owner: Option<String> = claimed_by
+                            .query_one("SELECT claimed_by FROM outbox WHERE seq = $1", &[seq])
+                            .await
+                            .expect("reads the claim")
+                            .get(0);
+                        if owner.as_deref() == Some(&*replicas[r].owner) {
+                            claims.insert(*seq, Claim::Live(r));
+                        }
+                    }
+                }
+                let confirmed: Vec<i64> = seqs
+                    .into_iter()
+                    .filter(|_| rng.random_range(0..4) > 0)
+                    .collect();
+                replicas[r].remove(&confirmed).await.expect("removes");
+                for seq in confirmed {
+                    claims.remove(&seq);
+                    sent.insert(seq);
+                }
+            }
+            _ => {
+                let held: Vec<i64> = claims.keys().copied().collect();
+                if let Some(&seq) = held.get(rng.random_range(0..held.len().max(1))) {
+                    pg::admin(
+                        format!(
+                            "UPDATE outbox SET claimed_until = now() - interval '1 second' WHERE seq = {seq}"
+                        ),
+                        &db.name,
+                    )
+                    .expect("a claim lapses");
+                    claims.insert(seq, Claim::Lapsed);
+                }
+            }
+        }
+    }
+    // Every holder dies: all claims lapse, and the sweeps send the rest.
+    pg::admin(
+        "UPDATE outbox SET claimed_until = now() - interval '1 second'".into(),
+        &db.name,
+    )
+    .expect("every claim lapses");
+    tokio::time::sleep(outbox::SWEEP_EVERY).await;
+    for replica in &replicas {
+        let read: Vec<i64> = replica
+            .pending(1000)
+            .await
+            .expect("reads")
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        replica.remove(&read).await.expect("removes");
+        sent.extend(read);
+    }
+    let written: BTreeSet<i64> = (1..=i64::from(next)).collect();
+    assert!(next > 50, "the run wrote rows ({next})");
+    assert_eq!(sent, written, "every row written is sent");
+}
+
 /// Only the relay's own connections commit without waiting for the WAL
 /// flush; every other connection of the store waits as the server says.
 #[tokio::test]
