@@ -276,6 +276,10 @@ async fn pending_postgres(
         }
         rows.extend(swept);
     }
+    // RETURNING keeps no order; the relay publishes in seq order. An own
+    // row whose claim lapsed is in both reads (the sweep renews it).
+    rows.sort_by_key(|row| row.get::<_, i64>(0));
+    rows.dedup_by_key(|row| row.get::<_, i64>(0));
     let mut messages = Vec::with_capacity(rows.len());
     for row in rows {
         let seq: i64 = row.get(0);
@@ -292,11 +296,7 @@ async fn pending_postgres(
             }
         }
     }
-    // RETURNING keeps no order; the relay publishes in seq order. What is
-    // past the limit stays claimed by this process, read next round.
-    messages.sort_by_key(|m| m.seq);
-    // A row whose claim lapsed between the two reads may be in both.
-    messages.dedup_by_key(|m| m.seq);
+    // What is past the limit stays claimed by this process, read next round.
     messages.truncate(limit);
     Ok(messages)
 }
