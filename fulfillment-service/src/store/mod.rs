@@ -149,6 +149,7 @@ pub(crate) mod tests {
     use crate::workflow::{create, Context, Input, Timing};
     use chrono::Utc;
     use message_bus::outbox::{OutboxMessage, OutboxSignal};
+    use service_kit::store::testing;
     use shared_messages::messages::{Address, FulfillmentRequest, OrderItem};
     use std::sync::Arc;
     use std::time::Duration;
@@ -429,18 +430,11 @@ pub(crate) mod tests {
             .flat_map(|w| w.history.iter().map(|e| e.kind))
             .collect();
         let history = store.history(id).await.expect("history");
-        let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
-        assert_eq!(kinds, written, "in the order written");
-        let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, (1..=written.len() as u64).collect::<Vec<_>>());
+        testing::history_is(&history, &written, "in the order written");
 
-        let sent: Vec<_> = batch
-            .iter()
-            .flat_map(|w| w.events.iter().map(|(_, e)| e.message_id))
-            .collect();
-        assert!(sent.len() >= 3, "each write sends an event");
-        let pending = service_kit::store::testing::pending_message_ids(store, 100).await;
-        assert_eq!(pending, sent, "in the order of the writes");
+        let events = batch.iter().flat_map(|w| &w.events);
+        let sent = testing::outbox_holds(store, events, "in the order of the writes").await;
+        assert!(sent >= 3, "each write sends an event");
 
         let later: Vec<Write> = Write::of(&decide(&batch[2].state, Input::Resume, now()))
             .into_iter()
@@ -472,21 +466,12 @@ pub(crate) mod tests {
                 store.load(&w.state.id).await.expect("load"),
                 Some(w.state.clone())
             );
-            let seqs: Vec<u64> = store
-                .history(&w.state.id)
-                .await
-                .expect("history")
-                .iter()
-                .map(|e| e.seq)
-                .collect();
-            assert_eq!(seqs, (1..=w.history.len() as u64).collect::<Vec<_>>());
+            let stored = store.history(&w.state.id).await.expect("history");
+            let written: Vec<&str> = w.history.iter().map(|e| e.kind).collect();
+            testing::history_is(&stored, &written, &w.state.id);
         }
-        let sent: Vec<_> = batch
-            .iter()
-            .flat_map(|w| w.events.iter().map(|(_, e)| e.message_id))
-            .collect();
-        let pending = service_kit::store::testing::pending_message_ids(store, 1000).await;
-        assert_eq!(pending, sent, "in the order of the writes");
+        let events = batch.iter().flat_map(|w| &w.events);
+        testing::outbox_holds(store, events, "in the order of the writes").await;
     }
 
     /// Random transitions of a few fulfillments, stored in random batches:
@@ -550,17 +535,11 @@ pub(crate) mod tests {
                 .flat_map(|w| w.history.iter().map(|e| e.kind))
                 .collect();
             let stored = store.history(&state.id).await.expect("history");
-            let kinds: Vec<&str> = stored.iter().map(|e| e.kind.as_str()).collect();
-            assert_eq!(kinds, written, "the history of {} in order", state.id);
-            let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
-            assert_eq!(seqs, (1..=written.len() as u64).collect::<Vec<_>>());
+            let what = format!("the history of {}", state.id);
+            testing::history_is(&stored, &written, &what);
         }
-        let sent: Vec<_> = writes
-            .iter()
-            .flat_map(|w| w.events.iter().map(|(_, e)| e.message_id))
-            .collect();
-        let pending = service_kit::store::testing::pending_message_ids(store, 10_000).await;
-        assert_eq!(pending, sent, "every event in the order written");
+        let events = writes.iter().flat_map(|w| &w.events);
+        testing::outbox_holds(store, events, "every event in the order written").await;
     }
 
     /// A commit whose outcome was lost is retried: the same creation stored

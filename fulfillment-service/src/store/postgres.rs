@@ -386,14 +386,13 @@ mod tests {
         let state = d.state.expect("created");
         super::testdb::admin(
             format!(
-                "{}{}
+                "{}
                 CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY,
                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
                 INSERT INTO schema_migrations (version) VALUES (1), (2);
                 INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
                 VALUES ('f-1', 'ORD-1', '{}', false, '{}', '{}', '{}');",
-                include_str!("../../migrations/postgres/V1__fulfillments_outbox.sql"),
-                include_str!("../../migrations/postgres/V2__history_tombstones_quarantine.sql"),
+                service_kit::store::testing::migrations_up_to(SCHEMA.postgres, 2),
                 state.status.as_str(),
                 serde_json::to_string(&state).expect("json"),
                 state.created_at.to_rfc3339(),

@@ -286,14 +286,13 @@ mod tests {
         rusqlite::Connection::open(&path)
             .expect("opens")
             .execute_batch(&format!(
-                "{}{}
+                "{}
                 INSERT INTO fulfillments (id, order_id, status, finished, state, created_at, updated_at)
                 VALUES ('f-1', 'ORD-1', '{}', 0, '{}', '{}', '{}');
                 INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
                 VALUES ('fulfillment.events', 'fulfillment.status.picking', 0, CAST('{}' AS BLOB));
                 PRAGMA user_version = 2;",
-                include_str!("../../migrations/sqlite/V1__fulfillments_outbox.sql"),
-                include_str!("../../migrations/sqlite/V2__history_tombstones_quarantine.sql"),
+                service_kit::store::testing::migrations_up_to(crate::store::SCHEMA.sqlite, 2),
                 state.status.as_str(),
                 serde_json::to_string(&state).expect("json"),
                 state.created_at.to_rfc3339(),

@@ -177,6 +177,7 @@ pub trait Store: OnDatabase {
 #[cfg(test)]
 pub(crate) mod tests {
     use chrono::Utc;
+    use service_kit::store::testing;
     use shared_messages::Envelope;
 
     use super::{Store, StoreError, Write};
@@ -403,26 +404,19 @@ pub(crate) mod tests {
             s.get("ORD-2").await.expect("get"),
             Some(batch[4].state.clone())
         );
-        let history = s.history("ORD-1").await.expect("history");
-        let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
         let written: Vec<&str> = [&batch[0], &batch[3]]
             .iter()
             .flat_map(|w| w.events.iter().map(|e| e.kind.as_str()))
             .collect();
-        assert_eq!(
-            kinds, written,
-            "the insert's entries, then the transition's"
+        testing::history_is(
+            &s.history("ORD-1").await.expect("history"),
+            &written,
+            "the insert's entries, then the transition's",
         );
-        let seqs: Vec<u64> = history.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, (1..=written.len() as u64).collect::<Vec<_>>());
 
-        let sent: Vec<_> = batch
-            .iter()
-            .flat_map(|w| w.outbox.iter().map(|(_, e)| e.message_id))
-            .collect();
-        assert!(sent.len() >= 2, "both transitions of ORD-2 send a signal");
-        let pending = service_kit::store::testing::pending_message_ids(s, 100).await;
-        assert_eq!(pending, sent, "in the order of the writes");
+        let sent = batch.iter().flat_map(|w| &w.outbox);
+        let sent = testing::outbox_holds(s, sent, "in the order of the writes").await;
+        assert!(sent >= 2, "both transitions of ORD-2 send a signal");
 
         let (a, _) = workflow::create("ORD-3", demo_order(), Utc::now());
         let mut b = OrderState::new("ORD-3", demo_order(), Utc::now());
@@ -528,17 +522,10 @@ pub(crate) mod tests {
                 .flat_map(|w| w.events.iter().map(|e| e.kind.as_str()))
                 .collect();
             let stored = s.history(id).await.expect("history");
-            let kinds: Vec<&str> = stored.iter().map(|e| e.kind.as_str()).collect();
-            assert_eq!(kinds, written, "the history of {id} in order");
-            let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
-            assert_eq!(seqs, (1..=written.len() as u64).collect::<Vec<_>>());
+            testing::history_is(&stored, &written, &format!("the history of {id}"));
         }
-        let sent: Vec<_> = writes
-            .iter()
-            .flat_map(|w| w.outbox.iter().map(|(_, e)| e.message_id))
-            .collect();
-        let pending = service_kit::store::testing::pending_message_ids(s, 10_000).await;
-        assert_eq!(pending, sent, "every signal in the order written");
+        let sent = writes.iter().flat_map(|w| &w.outbox);
+        testing::outbox_holds(s, sent, "every signal in the order written").await;
     }
 
     /// One transaction with many new orders, each also transitioned: all

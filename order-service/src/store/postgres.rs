@@ -509,15 +509,13 @@ mod tests {
         let order = OrderState::new("ORD-1", demo_order(), Utc::now());
         super::testdb::admin(
             format!(
-                "{}{}{}
+                "{}
                 CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY,
                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
                 INSERT INTO schema_migrations (version) VALUES (1), (2), (3);
                 INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
                 VALUES ('{}', '{}', '{}', false, '{}', '{}', '{}');",
-                include_str!("../../migrations/postgres/V1__orders_outbox.sql"),
-                include_str!("../../migrations/postgres/V2__order_history.sql"),
-                include_str!("../../migrations/postgres/V3__quarantine.sql"),
+                service_kit::store::testing::migrations_up_to(SCHEMA.postgres, 3),
                 order.order_id,
                 order.workflow_id,
                 order.status.as_str(),

@@ -349,14 +349,12 @@ mod tests {
     /// recorded in `schema_migrations`, one order stored.
     fn old_schema_with_one_order(order: &OrderState) -> String {
         format!(
-            "{}{}{}
+            "{}
             CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);
             INSERT INTO schema_migrations VALUES (1, 'then'), (2, 'then'), (3, 'then');
             INSERT INTO orders (id, workflow_id, status, finished, state, created_at, updated_at)
             VALUES ('{}', '{}', '{}', 0, '{}', '{}', '{}');",
-            include_str!("../../migrations/sqlite/V1__orders_outbox.sql"),
-            include_str!("../../migrations/sqlite/V2__order_history.sql"),
-            include_str!("../../migrations/sqlite/V3__quarantine.sql"),
+            service_kit::store::testing::migrations_up_to(crate::store::SCHEMA.sqlite, 3),
             order.order_id,
             order.workflow_id,
             order.status.as_str(),

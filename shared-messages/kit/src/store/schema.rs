@@ -84,11 +84,61 @@ pub fn outbox_claims_and_room_for(table: &str) -> String {
     )
 }
 
+/// The outbox table as each service's first migration (`V1`) created it
+/// on PostgreSQL, appended to that migration's own tables. Refinery keeps
+/// the checksum of every migration it applied and refuses a database
+/// whose migrations have changed since, so this renders the bytes each
+/// service's migration was released with: `pad` is the width its column
+/// names were aligned to (0: one space after each name).
+pub fn first_outbox_postgres(pad: usize) -> String {
+    first_outbox(
+        &[
+            ("seq", "BIGSERIAL PRIMARY KEY"),
+            ("exchange", "TEXT NOT NULL"),
+            ("routing_key", "TEXT NOT NULL"),
+            ("mandatory", "BOOLEAN NOT NULL"),
+            ("envelope", "BYTEA NOT NULL"),
+            ("created_at", "TIMESTAMPTZ NOT NULL DEFAULT now()"),
+            ("claimed_by", "TEXT"),
+            ("claimed_until", "TIMESTAMPTZ"),
+        ],
+        pad,
+    )
+}
+
+/// The outbox table of each service's first migration on SQLite, as
+/// [`first_outbox_postgres`]; `created_at` says whether the table had
+/// that column from the start (fulfillment-service's gained it later).
+pub fn first_outbox_sqlite(pad: usize, created_at: bool) -> String {
+    let columns = [
+        ("seq", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+        ("exchange", "TEXT NOT NULL"),
+        ("routing_key", "TEXT NOT NULL"),
+        ("mandatory", "INTEGER NOT NULL"),
+        ("envelope", "BLOB NOT NULL"),
+        ("created_at", "TEXT NOT NULL"),
+    ];
+    let kept = if created_at { 6 } else { 5 };
+    first_outbox(&columns[..kept], pad)
+}
+
+/// `CREATE TABLE outbox` with one column a line, as the first migrations
+/// laid it out.
+fn first_outbox(columns: &[(&str, &str)], pad: usize) -> String {
+    let lines: Vec<String> = columns
+        .iter()
+        .map(|(name, kind)| format!("        {name:<pad$} {kind}"))
+        .collect();
+    format!("    CREATE TABLE outbox (\n{}\n    );\n", lines.join(",\n"))
+}
+
 /// Embeds the calling crate's `migrations/sqlite` and
 /// `migrations/postgres` and names them `SCHEMA`, a
 /// [`Schema`](crate::store::schema::Schema) called `$name`:
 /// `service_kit::embed_schema!("orders");`. The crate depends on
-/// `refinery`, whose macro reads the files at build time.
+/// `refinery`, whose macro reads the files at build time. Its tests check
+/// the migrations against `migrations/released.lock`
+/// ([`migrations_are_as_released`](crate::store::testing::migrations_are_as_released)).
 #[macro_export]
 macro_rules! embed_schema {
     ($name:literal) => {
@@ -107,6 +157,20 @@ macro_rules! embed_schema {
             sqlite: embedded_migrations::sqlite::migrations::runner,
             postgres: embedded_migrations::postgres::migrations::runner,
         };
+
+        /// The migrations embedded are the ones released, by checksum
+        /// (`migrations/released.lock`).
+        #[cfg(test)]
+        #[test]
+        fn migrations_are_as_released() {
+            $crate::store::testing::migrations_are_as_released(
+                &SCHEMA,
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/migrations/released.lock"
+                )),
+            );
+        }
     };
 }
 

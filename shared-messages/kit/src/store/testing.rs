@@ -3,6 +3,7 @@
 
 use message_bus::metrics::METRICS;
 use message_bus::Route;
+use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
 use super::testdb::{admin, TestDb};
@@ -105,20 +106,35 @@ pub async fn an_undecodable_outbox_row_is_quarantined<S: OnDatabase + ?Sized>(
     );
 }
 
-/// The ids of the first `limit` messages waiting in `store`'s outbox, in
-/// the order the relay would send them.
-pub async fn pending_message_ids<S: OnDatabase + ?Sized>(
+/// `store`'s outbox holds the messages of `sent` (the `(route, envelope)`s
+/// of some writes, in the order written) and nothing else, in the order
+/// the relay sends them; answers how many.
+pub async fn outbox_holds<'a, S: OnDatabase + ?Sized>(
     store: &S,
-    limit: usize,
-) -> Vec<uuid::Uuid> {
-    store
+    sent: impl IntoIterator<Item = &'a (Route, Envelope)>,
+    what: &str,
+) -> usize {
+    let sent: Vec<uuid::Uuid> = sent.into_iter().map(|(_, e)| e.message_id).collect();
+    let pending: Vec<uuid::Uuid> = store
         .outbox()
-        .pending(limit)
+        .pending(sent.len() + 1)
         .await
         .expect("the outbox reads")
         .into_iter()
         .map(|m| m.envelope.message_id)
-        .collect()
+        .collect();
+    assert_eq!(pending, sent, "{what}");
+    sent.len()
+}
+
+/// A history as stored is the entries `written`: the same kinds in the
+/// same order, numbered from 1.
+pub fn history_is(stored: &[HistoryEvent], written: &[&str], what: &str) {
+    let kinds: Vec<&str> = stored.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, written, "{what}");
+    let seqs: Vec<u64> = stored.iter().map(|e| e.seq).collect();
+    let numbered: Vec<u64> = (1..=written.len() as u64).collect();
+    assert_eq!(seqs, numbered, "{what}: numbered from 1");
 }
 
 /// `store`'s schema has the kit's `outbox_claims_and_room_for(table)`:
@@ -151,4 +167,50 @@ pub async fn has_outbox_claims_and_room_for(store: &super::Postgres, table: &str
     let (options, compression): (Option<String>, String) = (row.get(0), row.get(1));
     assert_eq!(options.as_deref(), Some("{fillfactor=70}"), "{table}");
     assert_eq!(compression, "l", "{table}.state compressed with lz4");
+}
+
+/// Checks that the migrations `schema` embeds are the ones `released`
+/// lists (a service's `migrations/released.lock`): a line per migration,
+/// `<backend> <name> <refinery checksum>`, in order of version, `#` for a
+/// comment. Refinery refuses a database whose applied migrations have
+/// changed, so a released migration is never edited, only followed by a
+/// new one, which adds its line.
+pub fn migrations_are_as_released(schema: &super::schema::Schema, released: &str) {
+    let lines = |backend: &str, runner| -> Vec<String> {
+        in_order(runner)
+            .iter()
+            .map(|m| format!("{backend} {m} {}", m.checksum()))
+            .collect()
+    };
+    let mut embedded = lines("sqlite", schema.sqlite);
+    embedded.extend(lines("postgres", schema.postgres));
+    let released: Vec<&str> = released
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        embedded,
+        released,
+        "the migrations embedded, by checksum, against those released:\n{}",
+        embedded.join("\n")
+    );
+}
+
+/// The SQL of the migrations `runner` holds up to version `last`, in
+/// order: the schema an older release left, for a test to build by hand.
+pub fn migrations_up_to(runner: fn() -> refinery::Runner, last: i32) -> String {
+    in_order(runner)
+        .iter()
+        .filter(|m| m.version() <= last)
+        .filter_map(|m| m.sql())
+        .collect()
+}
+
+/// The migrations of `runner` by version (embedded, they come in the
+/// order their files were listed).
+fn in_order(runner: fn() -> refinery::Runner) -> Vec<refinery::Migration> {
+    let mut migrations = runner().get_migrations().clone();
+    migrations.sort_by_key(|m| m.version());
+    migrations
 }

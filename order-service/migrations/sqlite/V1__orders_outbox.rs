@@ -1,4 +1,10 @@
-    CREATE TABLE orders (
+//! The orders table and the outbox: the first schema. The outbox is the kit's, laid out as this
+//! file's SQL first was (its checksum is pinned in the store's tests).
+pub fn migration() -> String {
+    ORDERS.to_owned() + &service_kit::store::schema::first_outbox_sqlite(0, true)
+}
+
+const ORDERS: &str = "    CREATE TABLE orders (
         id TEXT PRIMARY KEY,
         workflow_id TEXT NOT NULL UNIQUE,
         status TEXT NOT NULL,
@@ -10,11 +16,4 @@
     CREATE INDEX orders_unfinished ON orders (finished) WHERE finished = 0;
     CREATE INDEX orders_status_created ON orders (status, created_at);
     CREATE INDEX orders_created ON orders (created_at);
-    CREATE TABLE outbox (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        exchange TEXT NOT NULL,
-        routing_key TEXT NOT NULL,
-        mandatory INTEGER NOT NULL,
-        envelope BLOB NOT NULL,
-        created_at TEXT NOT NULL
-    );
+";

@@ -1,4 +1,10 @@
-    CREATE TABLE orders (
+//! The orders table and the outbox: the first schema. The outbox is the kit's, laid out as this
+//! file's SQL first was (its checksum is pinned in the store's tests).
+pub fn migration() -> String {
+    ORDERS.to_owned() + &service_kit::store::schema::first_outbox_postgres(0)
+}
+
+const ORDERS: &str = "    CREATE TABLE orders (
         id TEXT PRIMARY KEY,
         workflow_id TEXT NOT NULL UNIQUE,
         status TEXT NOT NULL,
@@ -10,13 +16,4 @@
     CREATE INDEX orders_unfinished ON orders (created_at) WHERE NOT finished;
     CREATE INDEX orders_status_created ON orders (status, created_at DESC, id DESC);
     CREATE INDEX orders_created ON orders (created_at DESC, id DESC);
-    CREATE TABLE outbox (
-        seq BIGSERIAL PRIMARY KEY,
-        exchange TEXT NOT NULL,
-        routing_key TEXT NOT NULL,
-        mandatory BOOLEAN NOT NULL,
-        envelope BYTEA NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-        claimed_by TEXT,
-        claimed_until TIMESTAMPTZ
-    );
+";
