@@ -108,10 +108,11 @@ pub async fn build(config: Config) -> anyhow::Result<Running> {
         held,
         query_timeout: common.query_timeout,
     });
-    let listening =
-        serve::start::<http::HttpSpans, _>(env!("CARGO_PKG_NAME"), common, move |cfg| {
-            cfg.app_data(state.clone()).configure(http::configure);
-        })?;
+    let listening = serve::start::<http::HttpSpans, _>(
+        env!("CARGO_PKG_NAME"),
+        common,
+        service_kit::http::surface(state, http::configure),
+    )?;
     tracing::info!(
         http = %common.http_addr,
         port = listening.port,

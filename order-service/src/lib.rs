@@ -137,10 +137,11 @@ pub async fn build(config: Config) -> anyhow::Result<Running> {
         }
         _ => None,
     };
-    let listening =
-        serve::start::<http::HttpSpans, _>(env!("CARGO_PKG_NAME"), &config.common, move |cfg| {
-            cfg.app_data(state.clone()).configure(http::configure);
-        })?;
+    let listening = serve::start::<http::HttpSpans, _>(
+        env!("CARGO_PKG_NAME"),
+        &config.common,
+        service_kit::http::surface(state, http::configure),
+    )?;
     tracing::info!(
         addr = %config.common.http_addr,
         port = listening.port,

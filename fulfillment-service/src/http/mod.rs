@@ -20,7 +20,7 @@ use shared_messages::messages::{FulfillmentStatus, FulfillmentStatusView};
 
 use crate::actor::Registry;
 use crate::metrics::METRICS;
-use crate::store::Quarantined;
+use crate::store::{Quarantined, StoreError};
 use crate::workflow::Fulfillment;
 
 service_kit::http_spans!(HttpSpans);
@@ -75,7 +75,7 @@ static PAGE: Page = Page {
 
 #[async_trait::async_trait(?Send)]
 impl Surface for AppState {
-    type Quarantined = Quarantined;
+    const PAGE: &'static Page = &PAGE;
 
     fn broker_not_ready(&self) -> Option<String> {
         self.bus.not_ready_reason()
@@ -99,16 +99,8 @@ impl Surface for AppState {
         meta::document(env!("CARGO_PKG_VERSION"))
     }
 
-    async fn quarantined(&self) -> Result<Vec<Quarantined>, ApiError> {
-        self.registry
-            .store()
-            .quarantined()
-            .await
-            .map_err(ApiError::store)
-    }
-
-    fn page(&self) -> &'static Page {
-        &PAGE
+    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        self.registry.store().quarantined().await
     }
 
     fn partitions(&self) -> Option<Vec<u16>> {
@@ -116,11 +108,10 @@ impl Surface for AppState {
     }
 }
 
-/// Every route, plus extractor settings that turn bad input into JSON
-/// errors.
+/// The service's own routes (the kit's [`service_kit::http::surface`]
+/// adds the operations routes before them).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.configure(service_kit::http::configure::<AppState>)
-        .configure(fulfillments::configure);
+    fulfillments::configure(cfg);
 }
 
 #[cfg(test)]
@@ -128,7 +119,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use actix_web::{test, App};
+    use actix_web::test;
     use message_bus::outbox::OutboxSignal;
     use message_bus::BusConfig;
     use serde_json::{json, Value};
@@ -189,7 +180,7 @@ mod tests {
 
     #[actix_web::test]
     async fn the_lifecycle_over_http() {
-        let app = test::init_service(App::new().app_data(state()).configure(configure)).await;
+        let app = service_kit::http::test_service(state(), configure).await;
         let (code, body) = call!(
             app,
             test::TestRequest::post()
@@ -274,7 +265,7 @@ mod tests {
     #[actix_web::test]
     async fn history_and_quarantine_over_http() {
         let data = state();
-        let app = test::init_service(App::new().app_data(data.clone()).configure(configure)).await;
+        let app = service_kit::http::test_service(data.clone(), configure).await;
         let (code, _) = call!(
             app,
             test::TestRequest::post()
@@ -349,7 +340,7 @@ mod tests {
 
     #[actix_web::test]
     async fn bad_input_answers_json_errors() {
-        let app = test::init_service(App::new().app_data(state()).configure(configure)).await;
+        let app = service_kit::http::test_service(state(), configure).await;
         let cases = [
             (
                 test::TestRequest::post()
@@ -481,7 +472,7 @@ mod tests {
 
     #[actix_web::test]
     async fn every_documented_route_is_served() {
-        let app = test::init_service(App::new().app_data(state()).configure(configure)).await;
+        let app = service_kit::http::test_service(state(), configure).await;
         let served = service_kit::http::routes::check_served(&app, &meta::document("test")).await;
         assert!(served.as_ref().is_ok_and(|n| *n >= 15), "{served:?}");
     }

@@ -515,11 +515,8 @@ pub(crate) mod tests {
                 writes.push(w);
             }
         }
-        let mut rest = &writes[..];
-        while !rest.is_empty() {
-            let (batch, after) = rest.split_at(rng.random_range(1..=rest.len().min(12)));
+        for batch in testing::random_batches(&mut rng, &writes) {
             store.save_all(batch).await.expect("a batch stores");
-            rest = after;
         }
 
         for state in &states {

@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use actix_web::web;
 use service_kit::http::ui::Page;
-use service_kit::http::{ApiError, Surface};
+use service_kit::http::Surface;
 
 use crate::actor::{Orders, Quarantined};
 use crate::metrics::METRICS;
+use crate::store::StoreError;
 use crate::workflow::OrderStatus;
 
 service_kit::http_spans!(HttpSpans);
@@ -64,7 +65,7 @@ static PAGE: Page = Page {
 
 #[async_trait::async_trait(?Send)]
 impl Surface for AppState {
-    type Quarantined = Quarantined;
+    const PAGE: &'static Page = &PAGE;
 
     fn broker_not_ready(&self) -> Option<String> {
         self.orders.bus().not_ready_reason()
@@ -94,12 +95,8 @@ impl Surface for AppState {
         meta::document(env!("CARGO_PKG_VERSION"))
     }
 
-    async fn quarantined(&self) -> Result<Vec<Quarantined>, ApiError> {
-        self.orders.quarantined().await.map_err(ApiError::store)
-    }
-
-    fn page(&self) -> &'static Page {
-        &PAGE
+    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
+        self.orders.quarantined().await
     }
 
     fn partitions(&self) -> Option<Vec<u16>> {
@@ -107,17 +104,17 @@ impl Surface for AppState {
     }
 }
 
-/// Every route, with JSON error handlers for bodies, paths and queries.
+/// The service's own routes (the kit's [`service_kit::http::surface`]
+/// adds the operations routes before them).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.configure(service_kit::http::configure::<AppState>)
-        // fulfillment routes first: `/orders/fulfillment/...` is not an order id
-        .configure(fulfillment::configure)
+    // fulfillment routes first: `/orders/fulfillment/...` is not an order id
+    cfg.configure(fulfillment::configure)
         .configure(orders::configure);
 }
 
 #[cfg(test)]
 mod tests {
-    use actix_web::{test, App};
+    use actix_web::test;
     use serde_json::Value;
 
     use super::*;
@@ -132,7 +129,7 @@ mod tests {
     }
 
     async fn call(req: test::TestRequest) -> (u16, Value) {
-        let app = test::init_service(App::new().app_data(state()).configure(configure)).await;
+        let app = service_kit::http::test_service(state(), configure).await;
         let res = test::call_service(&app, req.to_request()).await;
         let code = res.status().as_u16();
         let body = test::read_body(res).await;
@@ -198,7 +195,7 @@ mod tests {
     #[actix_web::test]
     async fn waits_on_unknown_or_finished_orders_leave_no_watcher() {
         let state = state();
-        let app = test::init_service(App::new().app_data(state.clone()).configure(configure)).await;
+        let app = service_kit::http::test_service(state.clone(), configure).await;
         for _ in 0..3 {
             let req = test::TestRequest::get()
                 .uri("/orders/order-workflow-ORD-1-X/status?waitFor=SHIPPED&timeoutMs=50")
@@ -260,7 +257,7 @@ mod tests {
         assert_eq!((code, body["broker"].as_bool()), (503, Some(false)));
         let (code, _) = call(test::TestRequest::get().uri("/healthz")).await;
         assert_eq!(code, 200);
-        let app = test::init_service(App::new().app_data(state()).configure(configure)).await;
+        let app = service_kit::http::test_service(state(), configure).await;
         let res =
             test::call_service(&app, test::TestRequest::get().uri("/metrics").to_request()).await;
         let text = String::from_utf8(test::read_body(res).await.to_vec()).expect("utf-8");
@@ -270,7 +267,7 @@ mod tests {
     #[actix_web::test]
     async fn pause_and_resume_answer_what_the_order_decides() {
         let state = state();
-        let app = test::init_service(App::new().app_data(state.clone()).configure(configure)).await;
+        let app = service_kit::http::test_service(state.clone(), configure).await;
         let post = |uri: &str| test::TestRequest::post().uri(uri).to_request();
         // before the hand-over: nothing to pause or resume
         let (pending, events) =
@@ -312,7 +309,7 @@ mod tests {
 
     #[actix_web::test]
     async fn every_documented_route_is_served() {
-        let app = test::init_service(App::new().app_data(state()).configure(configure)).await;
+        let app = service_kit::http::test_service(state(), configure).await;
         let served = service_kit::http::routes::check_served(&app, &meta::document("test")).await;
         assert!(served.as_ref().is_ok_and(|n| *n >= 19), "{served:?}");
     }

@@ -502,11 +502,8 @@ pub(crate) mod tests {
                 events: d.history,
             });
         }
-        let mut rest = &writes[..];
-        while !rest.is_empty() {
-            let (batch, after) = rest.split_at(rng.random_range(1..=rest.len().min(12)));
+        for batch in testing::random_batches(&mut rng, &writes) {
             s.save_all(batch).await.expect("a batch stores");
-            rest = after;
         }
 
         for state in &states {

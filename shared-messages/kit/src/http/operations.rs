@@ -2,8 +2,8 @@
 //! never checks the broker), `/readyz` (broker and store, with why not),
 //! `/metrics` (Prometheus text), `/openapi.json`, `/quarantine` (rows set
 //! aside as unreadable) and `/` (the page for people). A service
-//! implements [`Surface`] on its handler state and calls
-//! [`configure`]`::<State>`.
+//! implements [`Surface`] on its handler state and serves it with
+//! [`crate::http::surface`].
 
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
@@ -11,13 +11,11 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
 use super::ui::Page;
+use crate::store::{Quarantined, StoreError};
 
 /// What the operations routes ask of a service.
 #[async_trait::async_trait(?Send)]
 pub trait Surface: Send + Sync + 'static {
-    /// A row set aside, as `/quarantine` lists it.
-    type Quarantined: Serialize;
-
     /// Why the broker side is not ready (not connected, a consumer not
     /// consuming), or `None` when it is.
     fn broker_not_ready(&self) -> Option<String>;
@@ -28,10 +26,11 @@ pub trait Surface: Send + Sync + 'static {
     async fn scrape(&self) -> String;
     /// The service's OpenAPI document (with [`document`]'s routes merged in).
     fn openapi(&self) -> utoipa::openapi::OpenApi;
-    /// The rows set aside, oldest first.
-    async fn quarantined(&self) -> Result<Vec<Self::Quarantined>, ApiError>;
     /// The page's settings.
-    fn page(&self) -> &'static Page;
+    const PAGE: &'static Page;
+
+    /// The rows set aside, oldest first.
+    async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
     /// The partitions this replica owns, when it runs as one of several
     /// replicas (`None` on a store of its own, which owns everything).
     fn partitions(&self) -> Option<Vec<u16>> {
@@ -194,22 +193,19 @@ pub async fn openapi<S: Surface>(state: web::Data<S>) -> HttpResponse {
         (status = 503, description = "the store does not answer", body = ErrorBody),
     ))]
 pub async fn quarantine<S: Surface>(state: web::Data<S>) -> Result<HttpResponse, ApiError> {
-    let items = state.quarantined().await?;
+    let items = state.quarantined().await.map_err(ApiError::store)?;
     Ok(HttpResponse::Ok().json(QuarantineView { items }))
 }
 
 /// The page for people (HTML, refreshes itself).
 #[utoipa::path(get, path = "/", tag = "operations", operation_id = "page",
     responses((status = 200, description = "an HTML page listing the workflows", content_type = "text/html", body = String)))]
-pub async fn page<S: Surface>(
-    state: web::Data<S>,
-    replica: Option<web::Data<ReplicaId>>,
-) -> HttpResponse {
+pub async fn page<S: Surface>(replica: Option<web::Data<ReplicaId>>) -> HttpResponse {
     let replica = replica.map(|r| r.0.clone()).unwrap_or_default();
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header(("cache-control", "no-store"))
-        .body(state.page().html(&replica))
+        .body(S::PAGE.html(&replica))
 }
 
 #[derive(utoipa::OpenApi)]

@@ -214,3 +214,17 @@ fn in_order(runner: fn() -> refinery::Runner) -> Vec<refinery::Migration> {
     migrations.sort_by_key(|m| m.version());
     migrations
 }
+
+/// `writes` cut, in order, into batches of 1 to 12 whose sizes `rng`
+/// draws: a group commit's transactions of any size, for a check that
+/// the batches change nothing.
+pub fn random_batches<'a, W>(rng: &mut impl rand::Rng, writes: &'a [W]) -> Vec<&'a [W]> {
+    let mut batches = Vec::new();
+    let mut rest = writes;
+    while !rest.is_empty() {
+        let (batch, after) = rest.split_at(rng.random_range(1..=rest.len().min(12)));
+        batches.push(batch);
+        rest = after;
+    }
+    batches
+}
