@@ -559,10 +559,11 @@ pub(crate) mod tests {
         assert_eq!(store.load(&w.state.id).await.expect("load"), Some(w.state));
     }
 
-    /// With an outbox row that does not decode stored first (the caller's
-    /// part), a good row is stored: the bad one is moved to the quarantine,
-    /// counted, and the good one still comes out.
+    /// With an outbox row that does not decode stored first, a good row is
+    /// stored: the bad one is moved to the quarantine, counted, and the
+    /// good one still comes out.
     pub(crate) async fn an_undecodable_outbox_row_is_quarantined(store: &dyn Store) {
+        testing::store_undecodable_outbox_row(store.db()).await;
         let w = write(4);
         store
             .save_all(std::slice::from_ref(&w))

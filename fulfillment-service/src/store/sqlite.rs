@@ -29,11 +29,6 @@ impl SqliteStore {
             db: super::SCHEMA.open_sqlite(Path::new(path))?,
         })
     }
-
-    #[cfg(test)]
-    fn db(&self) -> &Sqlite {
-        &self.db
-    }
 }
 
 fn parse(id: &str, json: &str) -> Result<Fulfillment, StoreError> {
@@ -248,15 +243,8 @@ mod tests {
         one_batch_with_two_writes_of_a_fulfillment,
         a_batch_of_many_fulfillments_is_stored_whole,
         random_batches_store_what_writes_one_at_a_time_would,
+        an_undecodable_outbox_row_is_quarantined,
     );
-
-    #[tokio::test]
-    async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
-        let store = SqliteStore::open(":memory:").expect("opens");
-        service_kit::store::testing::store_undecodable_outbox_row_sqlite(store.db())
-            .expect("a garbage row");
-        tests::an_undecodable_outbox_row_is_quarantined(&store).await;
-    }
 
     #[tokio::test]
     async fn state_and_events_are_stored_together_and_survive_reopen() {

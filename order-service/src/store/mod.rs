@@ -277,10 +277,11 @@ pub(crate) mod tests {
         outbox
     }
 
-    /// With an outbox row that does not decode stored first (the caller's
-    /// part), a good row is stored: the bad one is moved to the quarantine
-    /// and the good one still comes out.
+    /// With an outbox row that does not decode stored first, a good row is
+    /// stored: the bad one is moved to the quarantine and the good one
+    /// still comes out.
     pub(crate) async fn an_undecodable_outbox_row_is_quarantined(s: &dyn Store) {
+        testing::store_undecodable_outbox_row(s.db()).await;
         let outbox = advance_a_confirmed_order(s).await;
         service_kit::store::testing::an_undecodable_outbox_row_is_quarantined(s, &outbox).await;
     }

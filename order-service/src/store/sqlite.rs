@@ -266,15 +266,8 @@ mod tests {
         one_batch_inserts_and_transitions_the_same_order,
         random_batches_store_what_writes_one_at_a_time_would,
         a_batch_of_many_orders_is_stored_whole,
+        an_undecodable_outbox_row_is_quarantined,
     );
-
-    #[tokio::test]
-    async fn an_undecodable_outbox_row_is_quarantined_and_the_rest_go_out() {
-        let s = store();
-        service_kit::store::testing::store_undecodable_outbox_row_sqlite(&s.db)
-            .expect("a garbage row");
-        tests::an_undecodable_outbox_row_is_quarantined(&s).await;
-    }
 
     #[tokio::test]
     async fn a_group_commit_inserts_and_updates_together_or_not_at_all() {

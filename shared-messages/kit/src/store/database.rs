@@ -24,6 +24,14 @@ pub trait Database: Send + Sync + 'static {
     async fn quarantine(&self, entity_id: &str, reason: &str) -> Result<(), StoreError>;
     /// Every quarantined row, oldest first.
     async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError>;
+    /// Which database this is, for what only one backend does.
+    fn backend(&self) -> Backend<'_>;
+}
+
+/// One of the kit's databases, by backend.
+pub enum Backend<'a> {
+    Sqlite(&'a Sqlite),
+    Postgres(&'a Postgres),
 }
 
 /// A service's store on one of the kit's databases: the [`Database`]
@@ -82,6 +90,10 @@ impl Database for Sqlite {
     async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
         self.call(|conn| quarantine::list_sqlite(conn)).await
     }
+
+    fn backend(&self) -> Backend<'_> {
+        Backend::Sqlite(self)
+    }
 }
 
 #[async_trait]
@@ -109,6 +121,10 @@ impl Database for Postgres {
     async fn quarantined(&self) -> Result<Vec<Quarantined>, StoreError> {
         let client = self.client().await?;
         quarantine::list_postgres(&**client).await
+    }
+
+    fn backend(&self) -> Backend<'_> {
+        Backend::Postgres(self)
     }
 }
 

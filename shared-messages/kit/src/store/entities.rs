@@ -43,6 +43,55 @@ impl<T> Unfinished<T> {
     }
 }
 
+/// Entity rows as the column arrays a PostgreSQL `unnest` takes, one
+/// statement for a whole transaction: the columns every entity table has
+/// (`id`, `status`, `finished`, `state`, `created_at`, `updated_at`;
+/// times as RFC 3339 text). A service keeps its own columns beside them.
+#[derive(Debug, Default)]
+pub struct StateRows<'a> {
+    pub ids: Vec<&'a str>,
+    pub statuses: Vec<&'static str>,
+    pub finished: Vec<bool>,
+    /// Each entity's whole state, as JSON.
+    pub states: Vec<String>,
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+}
+
+/// One entity's row, as [`StateRows::push`] takes it.
+pub struct StateRow<'a> {
+    pub id: &'a str,
+    pub status: &'static str,
+    pub finished: bool,
+    pub state: String,
+    pub created_at: &'a chrono::DateTime<chrono::Utc>,
+    pub updated_at: &'a chrono::DateTime<chrono::Utc>,
+}
+
+impl<'a> StateRows<'a> {
+    /// Room for `n` rows.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(n),
+            statuses: Vec::with_capacity(n),
+            finished: Vec::with_capacity(n),
+            states: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
+            updated: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds `row` at the end of every array.
+    pub fn push(&mut self, row: StateRow<'a>) {
+        self.ids.push(row.id);
+        self.statuses.push(row.status);
+        self.finished.push(row.finished);
+        self.states.push(row.state);
+        self.created.push(row.created_at.to_rfc3339());
+        self.updated.push(row.updated_at.to_rfc3339());
+    }
+}
+
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or_default()
 }

@@ -35,7 +35,7 @@ pub mod testdb;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
-pub use database::{Database, OnDatabase, Opened};
+pub use database::{Backend, Database, OnDatabase, Opened};
 pub use error::StoreError;
 pub use postgres::{Postgres, WriteGuard};
 pub use quarantine::Quarantined;

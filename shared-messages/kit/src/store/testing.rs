@@ -6,8 +6,7 @@ use message_bus::Route;
 use shared_messages::history::HistoryEvent;
 use shared_messages::Envelope;
 
-use super::testdb::{admin, TestDb};
-use super::{OnDatabase, Sqlite, StoreError};
+use super::{Backend, Database, OnDatabase, StoreError};
 
 /// One `#[tokio::test]` per check, each on a store of its own:
 /// `store_checks!(open => checks: insert_and_get, list_pages);` runs
@@ -28,27 +27,31 @@ macro_rules! store_checks {
     };
 }
 
-/// An outbox row whose envelope is not JSON (`not json`), on SQLite.
-pub fn store_undecodable_outbox_row_sqlite(db: &Sqlite) -> Result<(), StoreError> {
-    db.blocking(|conn| {
-        conn.execute(
-            "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, created_at)
-             VALUES ('test.exchange', 'test.key', 1, ?1, ?2)",
-            rusqlite::params![b"not json".to_vec(), chrono::Utc::now().to_rfc3339()],
-        )?;
-        Ok(())
-    })
-}
-
-/// An outbox row whose envelope is not JSON (`not json`), in the test
-/// database `db`.
-pub fn store_undecodable_outbox_row_postgres(db: &TestDb) -> Result<(), String> {
-    admin(
-        "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
-         VALUES ('test.exchange', 'test.key', true, 'not json')"
-            .into(),
-        &db.name,
-    )
+/// Stores an outbox row whose envelope is not JSON (`not json`) in `db`.
+pub async fn store_undecodable_outbox_row(db: &dyn Database) {
+    match db.backend() {
+        Backend::Sqlite(sqlite) => sqlite.blocking(|conn| {
+            conn.execute(
+                "INSERT INTO outbox (exchange, routing_key, mandatory, envelope, created_at)
+                 VALUES ('test.exchange', 'test.key', 1, ?1, ?2)",
+                rusqlite::params![b"not json".to_vec(), chrono::Utc::now().to_rfc3339()],
+            )?;
+            Ok(())
+        }),
+        Backend::Postgres(postgres) => {
+            let client = postgres.client().await.expect("a connection");
+            client
+                .execute(
+                    "INSERT INTO outbox (exchange, routing_key, mandatory, envelope)
+                     VALUES ('test.exchange', 'test.key', true, 'not json')",
+                    &[],
+                )
+                .await
+                .map(drop)
+                .map_err(StoreError::from)
+        }
+    }
+    .expect("stores a row that does not decode");
 }
 
 /// `other`, a second replica opened on the same database, takes none of
