@@ -36,7 +36,7 @@ use message_bus::Route;
 use serde::{Deserialize, Serialize};
 use shared_messages::messages::{
     Address, CompletedStep, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus,
-    FulfillmentStatusChanged, FulfillmentStatusView, ReplyError,
+    FulfillmentStatusChanged, FulfillmentStatusView, ReplyError, Validate,
 };
 use shared_messages::topology::{
     fulfillment_event_key, fulfillment_progress_key, FULFILLMENT_EVENTS_EXCHANGE,

@@ -1,7 +1,7 @@
 //! The checks on what customers send, and the demo order.
 
 use serde::Deserialize;
-use shared_messages::messages::{Address, OrderItem};
+use shared_messages::messages::{Address, OrderItem, Validate};
 
 use crate::workflow::{check_email, OrderDetails, MAX_FIELD};
 

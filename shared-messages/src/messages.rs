@@ -26,9 +26,15 @@ pub struct Address {
     pub country: String,
 }
 
-impl Address {
-    /// What is missing, if anything, as a message a person can act on.
-    pub fn validate(&self) -> Result<(), String> {
+/// A message whose fields must also hold more than their types say (a
+/// field not empty, a list not empty).
+pub trait Validate {
+    /// What is wrong, if anything, as a message a person can act on.
+    fn validate(&self) -> Result<(), String>;
+}
+
+impl Validate for Address {
+    fn validate(&self) -> Result<(), String> {
         let fields = [
             ("street", &self.street),
             ("city", &self.city),
@@ -81,8 +87,8 @@ pub struct FulfillmentRequest {
     pub shipping_address: Address,
 }
 
-impl FulfillmentRequest {
-    pub fn validate(&self) -> Result<(), String> {
+impl Validate for FulfillmentRequest {
+    fn validate(&self) -> Result<(), String> {
         if self.order_id.trim().is_empty() {
             return Err("orderId must not be empty".into());
         }

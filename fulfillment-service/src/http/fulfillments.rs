@@ -2,7 +2,7 @@
 //! cancel, shipping address. Writes go to the fulfillment's actor directly (not
 //! through the broker) and answer once the outcome is stored.
 
-use actix_web::web::{Data, Json, Path, Query};
+use actix_web::web::{Data, Path, Query};
 use actix_web::HttpResponse;
 use serde::Deserialize;
 use shared_messages::history::History;
@@ -14,10 +14,10 @@ use shared_messages::messages::{
 use super::AppState;
 use crate::workflow::{Accepted, Input};
 use service_kit::http::error::{
-    BadBody, BadListQuery, BadReason, Lookup, NotFound, StoreDown, TooLarge,
+    BadBody, BadListQuery, BadReason, Lookup, NotFound, Refused, StoreDown, TooLarge,
 };
 use service_kit::http::paging::status_filter;
-use service_kit::http::{ApiError, ErrorBody, OptionalJson, Page, Reply};
+use service_kit::http::{ApiError, ErrorBody, OptionalJson, Page, Reply, Valid};
 
 /// Said when a cancel gives no reason.
 const DEFAULT_CANCEL_REASON: &str = "cancelled through the fulfillment API";
@@ -37,18 +37,15 @@ struct Id(
 );
 
 /// Start a fulfillment (created if new; a repeat of the same order answers
-/// the existing one with 200).
+/// the existing one with 200). Refused when it is not startable in its
+/// current state, or when the order id is one order-service mints (its
+/// fulfillment starts from order-service only).
 #[utoipa::path(post, path = "/fulfillments", tag = "fulfillments", operation_id = "createFulfillment",
-    request_body = FulfillmentRequest,
-    responses(
+    request_body = FulfillmentRequest, responses(
         (status = 201, description = "created and started", body = FulfillmentStatusView),
         (status = 200, description = "it already existed; started if it was waiting", body = FulfillmentStatusView),
-        (status = 409, description = "not startable in its current state, or the order id is one order-service mints (its fulfillment starts from order-service only)", body = ErrorBody),
-        BadBody, TooLarge, StoreDown,
-    ))]
-async fn create(state: Data<AppState>, body: Json<FulfillmentRequest>) -> Reply {
-    let request = body.into_inner();
-    request.validate().map_err(ApiError::InvalidField)?;
+        Refused, BadBody, TooLarge, StoreDown))]
+async fn create(state: Data<AppState>, Valid(request): Valid<FulfillmentRequest>) -> Reply {
     if ids::is_order_service_order_id(&request.order_id) {
         return Err(ApiError::Conflict(format!(
             "orderId {:?} is an order-service order id: its fulfillment is started by order-service only; use an order id of another shape for a direct fulfillment",
@@ -87,12 +84,8 @@ pub struct FulfillmentListView {
 }
 
 /// List fulfillments, newest first, optionally of one status.
-#[utoipa::path(get, path = "/fulfillments", tag = "fulfillments", operation_id = "listFulfillments",
-    params(ListParams),
-    responses(
-        (status = 200, description = "one page", body = FulfillmentListView),
-        BadListQuery, StoreDown,
-    ))]
+#[utoipa::path(get, path = "/fulfillments", tag = "fulfillments", operation_id = "listFulfillments", params(ListParams),
+    responses((status = 200, description = "one page", body = FulfillmentListView), BadListQuery, StoreDown))]
 async fn list(state: Data<AppState>, params: Query<ListParams>) -> Reply {
     let status = status_filter(
         params.status.as_deref(),
@@ -134,13 +127,10 @@ async fn progress(state: Data<AppState>, id: Path<String>) -> Reply {
 /// The fulfillment's history, oldest first: each signal received (by its
 /// message type), its creation, each step completed, each status change,
 /// refused cancels and an applied tombstone, with times and message ids.
-#[utoipa::path(get, path = "/fulfillments/{id}/history", tag = "fulfillments",
-    params(Id),
-    responses(
-        (status = 200, description = "its history", body = History),
-        (status = 404, description = "no such fulfillment, and no cancel waiting for it", body = ErrorBody),
-        StoreDown,
-    ))]
+#[utoipa::path(get, path = "/fulfillments/{id}/history", tag = "fulfillments", params(Id), responses(
+    (status = 200, description = "its history", body = History),
+    (status = 404, description = "no such fulfillment, and no cancel waiting for it", body = ErrorBody),
+    StoreDown))]
 async fn history(state: Data<AppState>, id: Path<String>) -> Reply {
     let events = state.registry.store().history(&id).await?;
     if events.is_empty() {
@@ -153,26 +143,17 @@ async fn history(state: Data<AppState>, id: Path<String>) -> Reply {
     }))
 }
 
-/// Pause at once; a step in progress is interrupted and run again on resume.
-#[utoipa::path(post, path = "/fulfillments/{id}/pause", tag = "fulfillments", operation_id = "pauseFulfillment",
-    params(Id),
-    responses(
-        (status = 200, description = "paused", body = FulfillmentStatusView),
-        (status = 409, description = "not pausable in its current state", body = ErrorBody),
-        NotFound, StoreDown,
-    ))]
+/// Pause at once; a step in progress is interrupted and run again on
+/// resume. Refused when it is not pausable in its current state.
+#[utoipa::path(post, path = "/fulfillments/{id}/pause", tag = "fulfillments", operation_id = "pauseFulfillment", params(Id),
+    responses((status = 200, description = "paused", body = FulfillmentStatusView), Refused, NotFound, StoreDown))]
 async fn pause(state: Data<AppState>, id: Path<String>) -> Reply {
     signal_and_show(&state, &id, Input::Pause).await
 }
 
-/// Resume at the step that was paused.
-#[utoipa::path(post, path = "/fulfillments/{id}/resume", tag = "fulfillments", operation_id = "resumeFulfillment",
-    params(Id),
-    responses(
-        (status = 200, description = "resumed", body = FulfillmentStatusView),
-        (status = 409, description = "not paused", body = ErrorBody),
-        NotFound, StoreDown,
-    ))]
+/// Resume at the step that was paused. Refused when it is not paused.
+#[utoipa::path(post, path = "/fulfillments/{id}/resume", tag = "fulfillments", operation_id = "resumeFulfillment", params(Id),
+    responses((status = 200, description = "resumed", body = FulfillmentStatusView), Refused, NotFound, StoreDown))]
 async fn resume(state: Data<AppState>, id: Path<String>) -> Reply {
     signal_and_show(&state, &id, Input::Resume).await
 }
@@ -184,15 +165,11 @@ pub struct CancelBody {
     reason: Option<String>,
 }
 
-/// Cancel at once, with an optional reason.
-#[utoipa::path(post, path = "/fulfillments/{id}/cancel", tag = "fulfillments", operation_id = "cancelFulfillment",
-    params(Id),
+/// Cancel at once, with an optional reason. Refused when it has already
+/// shipped, been cancelled or failed.
+#[utoipa::path(post, path = "/fulfillments/{id}/cancel", tag = "fulfillments", operation_id = "cancelFulfillment", params(Id),
     request_body(content = Option<CancelBody>, description = "optional"),
-    responses(
-        (status = 200, description = "cancelled", body = FulfillmentStatusView),
-        (status = 409, description = "already shipped, cancelled or failed", body = ErrorBody),
-        BadReason, NotFound, TooLarge, StoreDown,
-    ))]
+    responses((status = 200, description = "cancelled", body = FulfillmentStatusView), Refused, BadReason, NotFound, TooLarge, StoreDown))]
 async fn cancel(state: Data<AppState>, id: Path<String>, body: OptionalJson<CancelBody>) -> Reply {
     let reason = body.0.and_then(|b| b.reason);
     let reason = reason
@@ -201,18 +178,16 @@ async fn cancel(state: Data<AppState>, id: Path<String>, body: OptionalJson<Canc
     signal_and_show(&state, &id, Input::Cancel { reason }).await
 }
 
-/// A new shipping address (until the label is printed).
+/// A new shipping address (until the label is printed). Refused once the
+/// label is printed, or when it is finished.
 #[utoipa::path(patch, path = "/fulfillments/{id}/shipping-address", tag = "fulfillments", operation_id = "updateFulfillmentShippingAddress",
-    params(Id),
-    request_body = Address,
-    responses(
-        (status = 200, description = "updated", body = FulfillmentStatusView),
-        (status = 409, description = "the label is already printed, or it is finished", body = ErrorBody),
-        BadBody, NotFound, TooLarge, StoreDown,
-    ))]
-async fn shipping_address(state: Data<AppState>, id: Path<String>, body: Json<Address>) -> Reply {
-    let address = body.into_inner();
-    address.validate().map_err(ApiError::InvalidField)?;
+    params(Id), request_body = Address,
+    responses((status = 200, description = "updated", body = FulfillmentStatusView), Refused, BadBody, NotFound, TooLarge, StoreDown))]
+async fn shipping_address(
+    state: Data<AppState>,
+    id: Path<String>,
+    Valid(address): Valid<Address>,
+) -> Reply {
     signal_and_show(&state, &id, Input::UpdateAddress(address)).await
 }
 

@@ -35,9 +35,15 @@ pub enum Queried {
 }
 
 /// Documents, on a route that signals a fulfillment through RabbitMQ and
-/// waits for its verdict, its 503 and 504.
+/// answers its verdict, how that can end other than with 200: refused in
+/// its current state (the route's description says when), nothing of
+/// that id, RabbitMQ down, no answer in time.
 #[derive(utoipa::IntoResponses)]
 pub enum Signalled {
+    #[response(status = 409, description = "refused in its current state")]
+    Refused(ErrorBody),
+    #[response(status = 404, description = "nothing has this id")]
+    NotFound(ErrorBody),
     #[response(status = 503, description = "RabbitMQ unavailable")]
     BrokerDown(ErrorBody),
     #[response(

@@ -1,7 +1,7 @@
 //! `/orders/fulfillment/{fulfillmentWorkflowId}/...`: a fulfillment by its
 //! id, queried and signalled through RabbitMQ (never over HTTP).
 
-use actix_web::web::{Data, Json, Path};
+use actix_web::web::{Data, Path};
 use actix_web::HttpResponse;
 use message_bus::trace;
 use shared_messages::messages::{
@@ -14,8 +14,8 @@ use super::error::{Queried, Signalled};
 use super::views::SignalView;
 use super::AppState;
 use crate::bus;
-use service_kit::http::error::{BadBody, NotFound, TooLarge};
-use service_kit::http::{ApiError, ErrorBody, Reply};
+use service_kit::http::error::{BadBody, TooLarge};
+use service_kit::http::{ApiError, Reply, Valid};
 
 service_kit::routes!(status, progress, shipping_address);
 
@@ -58,11 +58,7 @@ async fn query(state: &AppState, id: &str, question: Message) -> Reply {
 
 /// The fulfillment's status, queried through RabbitMQ.
 #[utoipa::path(get, path = "/orders/fulfillment/{fulfillment_id}/status", tag = "fulfillment", operation_id = "getFulfillmentStatus",
-    params(FulfillmentId),
-    responses(
-        (status = 200, description = "the fulfillment", body = FulfillmentStatusView),
-        Queried,
-    ))]
+    params(FulfillmentId), responses((status = 200, description = "the fulfillment", body = FulfillmentStatusView), Queried))]
 async fn status(state: Data<AppState>, path: Path<String>) -> Reply {
     query(
         &state,
@@ -74,11 +70,7 @@ async fn status(state: Data<AppState>, path: Path<String>) -> Reply {
 
 /// The fulfillment's progress, queried through RabbitMQ.
 #[utoipa::path(get, path = "/orders/fulfillment/{fulfillment_id}/progress", tag = "fulfillment", operation_id = "getFulfillmentProgress",
-    params(FulfillmentId),
-    responses(
-        (status = 200, description = "the fulfillment's progress", body = FulfillmentProgressView),
-        Queried,
-    ))]
+    params(FulfillmentId), responses((status = 200, description = "the fulfillment's progress", body = FulfillmentProgressView), Queried))]
 async fn progress(state: Data<AppState>, path: Path<String>) -> Reply {
     query(
         &state,
@@ -88,18 +80,16 @@ async fn progress(state: Data<AppState>, path: Path<String>) -> Reply {
     .await
 }
 
-/// A new shipping address for the fulfillment (before its label is printed).
+/// A new shipping address for the fulfillment (before its label is
+/// printed). Refused once the label is printed.
 #[utoipa::path(patch, path = "/orders/fulfillment/{fulfillment_id}/shipping-address", tag = "fulfillment", operation_id = "updateFulfillmentShippingAddress",
-    params(FulfillmentId),
-    request_body = Address,
-    responses(
-        (status = 200, description = "updated", body = SignalView),
-        (status = 409, description = "the label is already printed", body = ErrorBody),
-        BadBody, NotFound, TooLarge, Signalled,
-    ))]
-async fn shipping_address(state: Data<AppState>, path: Path<String>, body: Json<Address>) -> Reply {
-    let address = body.into_inner();
-    address.validate().map_err(ApiError::InvalidField)?;
+    params(FulfillmentId), request_body = Address,
+    responses((status = 200, description = "updated", body = SignalView), BadBody, TooLarge, Signalled))]
+async fn shipping_address(
+    state: Data<AppState>,
+    path: Path<String>,
+    Valid(address): Valid<Address>,
+) -> Reply {
     let fulfillment_id = path.into_inner();
     let reply = bus::signal_with_reply(
         state.orders.bus(),

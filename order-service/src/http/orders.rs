@@ -25,7 +25,7 @@ use crate::workflow::{
     Accepted, DetailsUpdate, Input, OrderDetails, OrderState, OrderStatus, Rejection,
 };
 use service_kit::http::error::{
-    BadBody, BadListQuery, BadReason, Lookup, NotFound, StoreDown, TooLarge,
+    BadBody, BadListQuery, BadReason, Lookup, NotFound, Refused, StoreDown, TooLarge,
 };
 use service_kit::http::paging::status_filter;
 use service_kit::http::{ApiError, ErrorBody, OptionalJson, Page, Reply};
@@ -101,12 +101,8 @@ pub(super) async fn created_here(
 }
 
 /// Create an order; its saga starts at once.
-#[utoipa::path(post, path = "/orders", tag = "orders", operation_id = "createOrder",
-    request_body = CreateOrder,
-    responses(
-        (status = 201, description = "created; follow it by its workflowId", body = CreatedView),
-        BadBody, TooLarge, StoreDown,
-    ))]
+#[utoipa::path(post, path = "/orders", tag = "orders", operation_id = "createOrder", request_body = CreateOrder,
+    responses((status = 201, description = "created; follow it by its workflowId", body = CreatedView), BadBody, TooLarge, StoreDown))]
 async fn create(state: Data<AppState>, body: Json<CreateOrder>) -> Reply {
     let details = body
         .into_inner()
@@ -141,12 +137,8 @@ fn parse_status(value: Option<&str>) -> Result<Option<OrderStatus>, ApiError> {
 }
 
 /// List orders, newest first, optionally of one status.
-#[utoipa::path(get, path = "/orders", tag = "orders", operation_id = "listOrders",
-    params(ListParams),
-    responses(
-        (status = 200, description = "one page of orders", body = OrderListView),
-        BadListQuery, StoreDown,
-    ))]
+#[utoipa::path(get, path = "/orders", tag = "orders", operation_id = "listOrders", params(ListParams),
+    responses((status = 200, description = "one page of orders", body = OrderListView), BadListQuery, StoreDown))]
 async fn list(state: Data<AppState>, params: Query<ListParams>) -> Reply {
     let status = parse_status(params.status.as_deref())?;
     let Page { limit, offset } = Page::new(params.limit, params.offset)?;
@@ -331,14 +323,10 @@ async fn live_fulfillment_progress(
     }
 }
 
-/// Pause the order's fulfillment; answers fulfillment's verdict.
+/// Pause the order's fulfillment; answers fulfillment's verdict. Refused
+/// before fulfillment has started, or when it is not pausable now.
 #[utoipa::path(post, path = "/orders/{workflow_id}/fulfillment/pause", tag = "orders", operation_id = "pauseOrderFulfillment",
-    params(WorkflowId),
-    responses(
-        (status = 200, description = "paused", body = SignalView),
-        (status = 409, description = "fulfillment not started yet, or not pausable now", body = ErrorBody),
-        NotFound, Signalled,
-    ))]
+    params(WorkflowId), responses((status = 200, description = "paused", body = SignalView), Signalled))]
 async fn pause(state: Data<AppState>, path: Path<String>) -> Reply {
     if let Some(reply) =
         owner::elsewhere(&state, &path, OrderAction::PauseFulfillment, Duration::ZERO).await
@@ -349,13 +337,9 @@ async fn pause(state: Data<AppState>, path: Path<String>) -> Reply {
 }
 
 /// Resume the order's paused fulfillment, at the step that was paused.
+/// Refused before fulfillment has started, or when it is not paused.
 #[utoipa::path(post, path = "/orders/{workflow_id}/fulfillment/resume", tag = "orders", operation_id = "resumeOrderFulfillment",
-    params(WorkflowId),
-    responses(
-        (status = 200, description = "resumed", body = SignalView),
-        (status = 409, description = "fulfillment not started yet, or not paused", body = ErrorBody),
-        NotFound, Signalled,
-    ))]
+    params(WorkflowId), responses((status = 200, description = "resumed", body = SignalView), Signalled))]
 async fn resume(state: Data<AppState>, path: Path<String>) -> Reply {
     if let Some(reply) = owner::elsewhere(
         &state,
@@ -454,16 +438,13 @@ fn apply_error(workflow_id: &str, error: ApplyError) -> ApiError {
 /// that it has shipped (the order ends `SHIPPED`, nothing refunded: 409).
 /// The answer waits up to `QUERY_TIMEOUT_MS` for that outcome; 202 while
 /// it is still pending (follow it on the status or history route).
-#[utoipa::path(delete, path = "/orders/{workflow_id}", tag = "orders", operation_id = "cancelOrder",
-    params(WorkflowId),
-    request_body(content = Option<CancelBody>, description = "optional"),
-    responses(
+/// Refused when it has shipped, or is already cancelled or failed.
+#[utoipa::path(delete, path = "/orders/{workflow_id}", tag = "orders", operation_id = "cancelOrder", params(WorkflowId),
+    request_body(content = Option<CancelBody>, description = "optional"), responses(
         (status = 200, description = "cancelled", body = CancelledView),
         (status = 202, description = "cancel requested, the fulfillment has not answered yet (`status` is `CANCELLING`)", body = CancelledView),
-        (status = 409, description = "already shipped (the cancel was refused), cancelled or failed", body = ErrorBody),
         (status = 503, description = "the order's actor is restarting, or the store does not answer", body = ErrorBody),
-        BadReason, NotFound, TooLarge,
-    ))]
+        Refused, BadReason, NotFound, TooLarge))]
 async fn cancel(
     state: Data<AppState>,
     path: Path<String>,
@@ -520,16 +501,12 @@ pub(super) async fn cancel_here(state: &AppState, path: &str, reason: Option<Str
     }
 }
 
-/// Change the contact details or the address before fulfillment starts.
-#[utoipa::path(patch, path = "/orders/{workflow_id}", tag = "orders", operation_id = "updateOrder",
-    params(WorkflowId),
+/// Change the contact details or the address before fulfillment starts:
+/// 400 when there is nothing to change or a field is wrong, refused once
+/// fulfillment has started.
+#[utoipa::path(patch, path = "/orders/{workflow_id}", tag = "orders", operation_id = "updateOrder", params(WorkflowId),
     request_body = DetailsUpdate,
-    responses(
-        (status = 200, description = "the updated order", body = StatusView),
-        (status = 400, description = "nothing to change, or a field is wrong", body = ErrorBody),
-        (status = 409, description = "fulfillment has started", body = ErrorBody),
-        NotFound, TooLarge, StoreDown,
-    ))]
+    responses((status = 200, description = "the updated order", body = StatusView), BadBody, Refused, NotFound, TooLarge, StoreDown))]
 async fn update(state: Data<AppState>, path: Path<String>, body: Json<DetailsUpdate>) -> Reply {
     let update = body.into_inner();
     if update == DetailsUpdate::default() {

@@ -2,6 +2,7 @@
 //! details, pause or resume its fulfillment.
 
 use chrono::{DateTime, Utc};
+use shared_messages::messages::Validate;
 use shared_messages::Message;
 
 use super::{

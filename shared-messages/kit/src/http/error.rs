@@ -13,7 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use futures::future::LocalBoxFuture;
 use message_bus::BusError;
-use shared_messages::messages::{ReplyError, ReplyErrorCode};
+use shared_messages::messages::{ReplyError, ReplyErrorCode, Validate};
 
 /// Largest accepted request body, in both services: an order with the
 /// maximum 200 lines of long names, or a fulfillment request with as many
@@ -267,6 +267,26 @@ impl<T: serde::de::DeserializeOwned + 'static> FromRequest for OptionalJson<T> {
     }
 }
 
+/// A JSON body that must also be valid ([`Validate`]):
+/// `Valid(address): Valid<Address>`. A body that does not parse answers as
+/// with `web::Json`; one that parses but is not valid is 400
+/// `invalid_field`, saying what is wrong.
+pub struct Valid<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Validate + 'static> FromRequest for Valid<T> {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = web::Json::<T>::from_request(req, payload);
+        Box::pin(async move {
+            let body = body.await?.into_inner();
+            body.validate().map_err(ApiError::InvalidField)?;
+            Ok(Valid(body))
+        })
+    }
+}
+
 /// A store failure: 503 `store_unavailable`, the cause in the log (one
 /// vocabulary for both services).
 impl From<crate::store::StoreError> for ApiError {
@@ -434,6 +454,13 @@ pub struct BadListQuery(pub ErrorBody);
 #[derive(utoipa::IntoResponses)]
 #[response(status = 400, description = "the body is not `{reason}`")]
 pub struct BadReason(pub ErrorBody);
+
+/// Documents, on a route that asks a workflow for something it may
+/// refuse in its current state, its 409; the route's description says
+/// when, the error's message why.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 409, description = "refused in its current state")]
+pub struct Refused(pub ErrorBody);
 
 /// Documents, on a route whose path names one workflow, its 404 when there
 /// is none of that id.

@@ -11,7 +11,7 @@ pub mod paging;
 pub mod routes;
 pub mod ui;
 
-pub use error::{optional_json, ApiError, ErrorBody, OptionalJson, MAX_BODY_BYTES};
+pub use error::{optional_json, ApiError, ErrorBody, OptionalJson, Valid, MAX_BODY_BYTES};
 pub use operations::Surface;
 pub use paging::Page;
 pub use routes::Reply;
