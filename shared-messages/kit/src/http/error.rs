@@ -406,6 +406,56 @@ mod tests {
         }
     }
 
+    impl Validate for Reason {
+        fn validate(&self) -> Result<(), String> {
+            match &self.reason {
+                Some(r) if r.trim().is_empty() => Err("reason must not be blank".into()),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    async fn valid(Valid(body): Valid<Reason>) -> HttpResponse {
+        HttpResponse::Ok().json(body.reason)
+    }
+
+    /// A body that parses but is not valid is 400 `invalid_field` with
+    /// why; one that does not parse answers as `web::Json` does.
+    #[actix_web::test]
+    async fn a_valid_body_is_checked_after_it_parses() {
+        let app = web_test::init_service(
+            App::new()
+                .configure(extractors)
+                .route("/valid", web::post().to(valid)),
+        )
+        .await;
+        for (body, status, code) in [
+            (&b"{\"reason\": \"ok\"}"[..], 200, None),
+            (b"{\"reason\": \" \"}", 400, Some("invalid_field")),
+            (b"{oops", 400, Some("invalid_body")),
+        ] {
+            let res = web_test::call_service(
+                &app,
+                web_test::TestRequest::post()
+                    .uri("/valid")
+                    .insert_header(("content-type", "application/json"))
+                    .set_payload(body.to_vec())
+                    .to_request(),
+            )
+            .await;
+            assert_eq!(res.status().as_u16(), status);
+            let answer: serde_json::Value = web_test::read_body_json(res).await;
+            if let Some(code) = code {
+                assert_eq!(answer["error"], code, "{answer}");
+            }
+            if status == 400 && code == Some("invalid_field") {
+                assert!(answer["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("blank")));
+            }
+        }
+    }
+
     #[test]
     fn an_absent_body_is_none_and_a_wrong_one_an_error() {
         let parse = |s: &'static str| optional_json::<Reason>(Ok(web::Bytes::from(s)));
