@@ -28,12 +28,12 @@
 //! [`check_entity`]; how its delivery is then settled (ack, reply,
 //! dead-letter, retry) is [`crate::bus::settle`].
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use message_bus::Route;
 use serde::{Deserialize, Serialize};
+use service_kit::workflow::AppliedMessages;
 use shared_messages::messages::{
     Address, CompletedStep, FulfillmentProgressView, FulfillmentRequest, FulfillmentStatus,
     FulfillmentStatusChanged, FulfillmentStatusView, ReplyError, Validate,
@@ -43,11 +43,6 @@ use shared_messages::topology::{
 };
 use shared_messages::{ids, Envelope, Message};
 use uuid::Uuid;
-
-/// How many processed message ids each fulfillment remembers. A broker
-/// redelivers within seconds of a failure, so the last 64 cover every
-/// realistic redelivery while keeping the stored state small.
-pub const REMEMBERED_MESSAGE_IDS: usize = 64;
 
 /// Steps after picking: quality check, pack, label, ship.
 const STEPS_AFTER_PICKING: u32 = 4;
@@ -104,7 +99,8 @@ pub struct Tombstone {
     pub at: DateTime<Utc>,
 }
 
-/// The stored state of one fulfillment.
+/// The stored state of one fulfillment. What is unset is left out of the
+/// stored JSON, and read back as unset (as is a `null` of an older row).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Fulfillment {
@@ -113,24 +109,32 @@ pub struct Fulfillment {
     pub status: FulfillmentStatus,
     /// The order details; `None` while a workflow created by
     /// `StartFulfillmentWorkflow` waits for its start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<FulfillmentRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipping_address: Option<Address>,
     /// 0-based index of the step in hand; `total_steps()` once shipped.
     pub step: u32,
     /// The status to return to on resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_from: Option<FulfillmentStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracking_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipping_carrier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_delivery: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancellation_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub completed_steps: Vec<CompletedStep>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Number of transitions so far; names each event deterministically.
     pub seq: u64,
-    /// The last [`REMEMBERED_MESSAGE_IDS`] signal ids applied.
-    pub processed: VecDeque<Uuid>,
+    /// The last signals applied, by id.
+    pub processed: AppliedMessages,
     /// W3C trace context of the signal that created it (the order's
     /// trace); every event it publishes carries a child of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -328,7 +332,7 @@ pub fn create_after(
         created_at: now,
         updated_at: now,
         seq: 0,
-        processed: VecDeque::new(),
+        processed: AppliedMessages::default(),
         traceparent: None,
     };
     let mut history: Vec<Entry> = input.received(message_id, now).into_iter().collect();
@@ -681,10 +685,7 @@ impl Fulfillment {
 
     fn remember(&mut self, message_id: Option<Uuid>) {
         if let Some(id) = message_id {
-            self.processed.push_back(id);
-            while self.processed.len() > REMEMBERED_MESSAGE_IDS {
-                self.processed.pop_front();
-            }
+            self.processed.remember(id);
         }
     }
 
@@ -949,6 +950,29 @@ mod tests {
         d.reply.expect_err("rejected")
     }
 
+    /// A stored fulfillment leaves out what is unset, and reads back the
+    /// same; so does a row that stored those fields as `null`.
+    #[test]
+    fn what_is_unset_is_left_out_of_the_stored_state() {
+        let f = started(1);
+        let json = serde_json::to_value(&f).expect("json");
+        for unset in [
+            "trackingNumber",
+            "cancellationReason",
+            "error",
+            "pausedFrom",
+        ] {
+            assert!(json.get(unset).is_none(), "{unset} in {json}");
+        }
+        let back: Fulfillment = serde_json::from_value(json.clone()).expect("reads back");
+        assert_eq!(back, f);
+        let mut with_nulls = json;
+        with_nulls["trackingNumber"] = serde_json::Value::Null;
+        with_nulls["error"] = serde_json::Value::Null;
+        let older: Fulfillment = serde_json::from_value(with_nulls).expect("an older row");
+        assert_eq!(older, f);
+    }
+
     #[test]
     fn happy_path_step_by_step_with_exact_progress() {
         let mut f = started(2);
@@ -1186,11 +1210,11 @@ mod tests {
     #[test]
     fn remembered_ids_are_bounded() {
         let mut f = started(1);
-        for _ in 0..(REMEMBERED_MESSAGE_IDS + 10) {
+        for _ in 0..(AppliedMessages::KEPT + 10) {
             f = apply(&f, Input::Pause);
             f = apply(&f, Input::Resume);
         }
-        assert_eq!(f.processed.len(), REMEMBERED_MESSAGE_IDS);
+        assert_eq!(f.processed.len(), AppliedMessages::KEPT);
     }
 
     #[test]

@@ -295,11 +295,11 @@ mod tests {
     #[test]
     fn processed_ids_are_bounded() {
         let mut s = started();
-        for i in 0..(REMEMBERED_MESSAGES as i64 + 10) {
+        for i in 0..(AppliedMessages::KEPT as i64 + 10) {
             let (_, e) = event(FulfillmentStatus::Picking, 10 + i);
             s = step(&s, e).state;
         }
-        assert_eq!(s.processed_messages.len(), REMEMBERED_MESSAGES);
+        assert_eq!(s.processed_messages.len(), AppliedMessages::KEPT);
     }
 
     #[test]

@@ -41,12 +41,12 @@ mod timers;
 pub use control::check_email;
 pub use creation::create;
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use message_bus::Route;
 use serde::{Deserialize, Serialize};
+use service_kit::workflow::AppliedMessages;
 use shared_messages::history::HistoryEvent;
 use shared_messages::ids::{effect_message_id, fulfillment_workflow_id};
 use shared_messages::messages::{
@@ -59,11 +59,6 @@ use uuid::Uuid;
 
 /// Longest string accepted in any field, so one order cannot bloat the store.
 pub const MAX_FIELD: usize = 500;
-
-/// How many processed event ids an order remembers. Duplicates arrive
-/// close together (a redelivery after a lost ack), so a short memory is
-/// enough; the monotonic status check covers anything older.
-pub const REMEMBERED_MESSAGES: usize = 64;
 
 /// The least time between two re-sends of a start a poll found missing:
 /// while fulfillment-service works through a backlog, starts still queued
@@ -247,7 +242,7 @@ pub struct OrderState {
     pub error: Option<String>,
     pub history: Vec<StepRecord>,
     /// Ids of fulfillment events already applied (bounded).
-    pub processed_messages: VecDeque<Uuid>,
+    pub processed_messages: AppliedMessages,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// W3C trace context of the request that created the order; every
@@ -345,7 +340,7 @@ impl OrderState {
             cancellation_reason: None,
             error: None,
             history: Vec::new(),
-            processed_messages: VecDeque::new(),
+            processed_messages: AppliedMessages::default(),
             created_at: now,
             updated_at: now,
             traceparent: None,
@@ -396,10 +391,7 @@ impl OrderState {
     }
 
     fn remember(&mut self, id: Uuid) {
-        self.processed_messages.push_back(id);
-        while self.processed_messages.len() > REMEMBERED_MESSAGES {
-            self.processed_messages.pop_front();
-        }
+        self.processed_messages.remember(id);
     }
 }
 
