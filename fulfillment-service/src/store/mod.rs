@@ -188,7 +188,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn write(n: usize) -> Write {
+    pub(crate) fn write(n: usize) -> Write {
         let decision = create(
             &format!("fulfillment-ORD-{n}"),
             &Input::Start(request(n)),

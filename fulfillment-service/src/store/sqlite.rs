@@ -1,13 +1,16 @@
 //! The embedded SQLite store: one file, WAL journal, created on first
 //! start; its calls, and the group commit's transactions, run on the
-//! store's own `sqlite` thread (the service kit's [`Sqlite`]). Schema:
-//! `migrations/sqlite`.
+//! store's own `sqlite` thread (the service kit's [`Sqlite`]). The
+//! fulfillments it committed last are kept in memory ([`Recent`]), so a
+//! read of one needs no call to that thread. Schema: `migrations/sqlite`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
 use service_kit::store::entities::Entities;
+use service_kit::store::recent::{self, Recent};
 use service_kit::store::sqlite::{SqliteWrite, SqliteWrites};
 use service_kit::store::{history, outbox, Database, Sqlite};
 use shared_messages::messages::FulfillmentStatus;
@@ -20,6 +23,7 @@ use crate::workflow::{Entry, Fulfillment, Tombstone};
 
 pub struct SqliteStore {
     db: Sqlite,
+    recent: Arc<Recent<Fulfillment>>,
 }
 
 impl SqliteStore {
@@ -27,8 +31,14 @@ impl SqliteStore {
     pub fn open(path: &str) -> Result<Self, StoreError> {
         Ok(Self {
             db: super::SCHEMA.open_sqlite(Path::new(path))?,
+            recent: Arc::default(),
         })
     }
+}
+
+/// The fulfillment a write stores, by its id (for [`Recent`]).
+fn state(w: &Write) -> (&str, &Fulfillment) {
+    (&w.state.id, &w.state)
 }
 
 fn parse(id: &str, json: &str) -> Result<Fulfillment, StoreError> {
@@ -130,15 +140,18 @@ impl OnDatabase for SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn load(&self, id: &str) -> Result<Option<Fulfillment>, StoreError> {
+        if let Some(state) = self.recent.get(id) {
+            return Ok(Some(Fulfillment::clone(&state)));
+        }
         self.db.read_state("fulfillments", id, parse).await
     }
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        self.db.save_all(writes).await
+        recent::save_all(&self.db, &self.recent, writes, state).await
     }
 
     fn sqlite_writes(&self) -> Option<SqliteWrites<Write>> {
-        Some(self.db.group_writes())
+        Some(recent::group_writes(&self.db, &self.recent, state))
     }
 
     async fn unfinished(&self) -> Result<Unfinished, StoreError> {
@@ -245,6 +258,91 @@ mod tests {
         random_batches_store_what_writes_one_at_a_time_would,
         an_undecodable_outbox_row_is_quarantined,
     );
+
+    /// Fulfillments moved on through the group commit while readers read
+    /// them: a read never answers a state older than one the writer has
+    /// already answered as stored, and what is read from memory is what the
+    /// database holds. Seeded, so a failure repeats.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_never_go_back_behind_a_commit() {
+        use crate::store::{Batched, Writer};
+        use crate::workflow::decide;
+        use message_bus::outbox::OutboxSignal;
+        use rand::{Rng, SeedableRng};
+        use std::sync::atomic::{AtomicU64, Ordering};
+
+        const FULFILLMENTS: usize = 6;
+        let store = Arc::new(SqliteStore::open(":memory:").expect("opens"));
+        let writer = Writer::start("test-writer", Batched(store.clone()), OutboxSignal::new())
+            .expect("starts");
+        let committed: Arc<Vec<AtomicU64>> =
+            Arc::new((0..FULFILLMENTS).map(|_| AtomicU64::new(0)).collect());
+        let writers = (0..FULFILLMENTS).map(|n| {
+            let (writer, committed) = (writer.clone(), committed.clone());
+            tokio::spawn(async move {
+                let mut write = tests::write(n);
+                loop {
+                    let stored = writer.save(write).await.expect("stored").state;
+                    committed[n].store(stored.seq, Ordering::SeqCst);
+                    let step = Input::StepDone { step: stored.step };
+                    match Write::of(&decide(&stored, step, now())) {
+                        Some(next) => write = next,
+                        None => return stored,
+                    }
+                }
+            })
+        });
+        let readers = (0..2u64).map(|seed| {
+            let (store, committed) = (store.clone(), committed.clone());
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                for _ in 0..400 {
+                    let n = rng.random_range(0..FULFILLMENTS);
+                    let before = committed[n].load(Ordering::SeqCst);
+                    let id = format!("fulfillment-ORD-{n}");
+                    let read = store.load(&id).await.expect("reads");
+                    let seq = read.map(|f| f.seq).unwrap_or(0);
+                    assert!(
+                        seq >= before,
+                        "{id}: read seq {seq} after {before} was stored"
+                    );
+                    tokio::task::yield_now().await;
+                }
+            })
+        });
+        let readers = futures::future::join_all(readers);
+        let last = futures::future::join_all(writers).await;
+        for reader in readers.await {
+            reader.expect("a reader");
+        }
+        for state in last {
+            let state = state.expect("a writer");
+            assert!(state.status.is_final(), "{:?}", state.status);
+            let in_db = store.db.read_state("fulfillments", &state.id, parse).await;
+            assert_eq!(in_db.expect("reads"), Some(state.clone()), "the database");
+            let in_memory = store.load(&state.id).await.expect("reads");
+            assert_eq!(in_memory, Some(state), "memory, as the database");
+        }
+    }
+
+    /// A fulfillment this process committed is read while the store's
+    /// thread is busy: from memory, not through the thread.
+    #[tokio::test]
+    async fn a_committed_state_is_read_while_the_thread_is_busy() {
+        use service_kit::store::testing::{answers_at_once, HeldThread};
+        let store = SqliteStore::open(":memory:").expect("opens");
+        let w = tests::write(1);
+        store
+            .save_all(std::slice::from_ref(&w))
+            .await
+            .expect("saves");
+        let held = HeldThread::hold(&store.db).await;
+        let read = answers_at_once(store.load(&w.state.id)).await;
+        assert_eq!(read.expect("answered").expect("reads"), Some(w.state));
+        let unknown = answers_at_once(store.load("fulfillment-ORD-2")).await;
+        assert!(unknown.is_none(), "an unknown id needs the thread");
+        drop(held);
+    }
 
     #[tokio::test]
     async fn state_and_events_are_stored_together_and_survive_reopen() {

@@ -1,14 +1,17 @@
 //! The SQLite store (rusqlite, WAL, `synchronous=NORMAL`), on the service
 //! kit's [`Sqlite`]: one connection, its calls and the group commit's
-//! transactions on the store's own `sqlite` thread. Schema:
-//! `migrations/sqlite`.
+//! transactions on the store's own `sqlite` thread. The orders it
+//! committed last are kept in memory ([`Recent`]), so a read of one needs
+//! no call to that thread. Schema: `migrations/sqlite`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use message_bus::Route;
 use rusqlite::{params, Connection, OptionalExtension};
 use service_kit::store::entities::Entities;
+use service_kit::store::recent::{self, Recent};
 use service_kit::store::sqlite::{SqliteWrite, SqliteWrites};
 use service_kit::store::{history, outbox, Database, Sqlite};
 use shared_messages::history::HistoryEvent;
@@ -20,6 +23,7 @@ use crate::workflow::{OrderState, OrderStatus};
 
 pub struct SqliteStore {
     db: Sqlite,
+    recent: Arc<Recent<OrderState>>,
 }
 
 impl SqliteStore {
@@ -33,8 +37,14 @@ impl SqliteStore {
         };
         Ok(Self {
             db: super::SCHEMA.open_sqlite(path)?,
+            recent: Arc::default(),
         })
     }
+}
+
+/// The order a write stores, by its id (for [`Recent`]).
+fn state(w: &Write) -> (&str, &OrderState) {
+    (&w.state.order_id, &w.state)
 }
 
 fn rows(
@@ -149,12 +159,13 @@ impl OnDatabase for SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert(&self, state: &OrderState, events: &[HistoryEvent]) -> Result<(), StoreError> {
-        let (state, events) = (state.clone(), events.to_vec());
+        let (state, events, recent) = (state.clone(), events.to_vec(), self.recent.clone());
         self.db
             .call(move |conn| {
                 let tx = conn.transaction()?;
                 insert_in(&tx, &state, &events)?;
                 tx.commit()?;
+                recent.put(&state.order_id.clone(), state);
                 Ok(())
             })
             .await
@@ -167,25 +178,30 @@ impl Store for SqliteStore {
         events: &[HistoryEvent],
     ) -> Result<(), StoreError> {
         let (state, signals, events) = (state.clone(), signals.to_vec(), events.to_vec());
+        let recent = self.recent.clone();
         self.db
             .call(move |conn| {
                 let tx = conn.transaction()?;
                 save_in(&tx, &state, &signals, &events)?;
                 tx.commit()?;
+                recent.put(&state.order_id.clone(), state);
                 Ok(())
             })
             .await
     }
 
     async fn save_all(&self, writes: &[Write]) -> Result<(), StoreError> {
-        self.db.save_all(writes).await
+        recent::save_all(&self.db, &self.recent, writes, state).await
     }
 
     fn sqlite_writes(&self) -> Option<SqliteWrites<Write>> {
-        Some(self.db.group_writes())
+        Some(recent::group_writes(&self.db, &self.recent, state))
     }
 
     async fn get(&self, order_id: &str) -> Result<Option<OrderState>, StoreError> {
+        if let Some(state) = self.recent.get(order_id) {
+            return Ok(Some(OrderState::clone(&state)));
+        }
         self.db.read_state("orders", order_id, decode).await
     }
 
@@ -268,6 +284,34 @@ mod tests {
         a_batch_of_many_orders_is_stored_whole,
         an_undecodable_outbox_row_is_quarantined,
     );
+
+    /// An order this process committed (inserted, saved, or saved by the
+    /// group commit) is read while the store's thread is busy: from
+    /// memory, as stored.
+    #[tokio::test]
+    async fn committed_orders_are_read_while_the_thread_is_busy() {
+        use service_kit::store::testing::{answers_at_once, HeldThread};
+        let s = store();
+        let first = OrderState::new("ORD-1", demo_order(), Utc::now());
+        s.insert(&first, &[]).await.expect("insert");
+        let mut saved = OrderState::new("ORD-2", demo_order(), Utc::now());
+        s.insert(&saved, &[]).await.expect("insert");
+        saved.status = OrderStatus::Confirmed;
+        s.save(&saved, &[], &[]).await.expect("save");
+        let held = HeldThread::hold(&s.db).await;
+        for expected in [&first, &saved] {
+            let read = answers_at_once(s.get(&expected.order_id)).await;
+            assert_eq!(
+                read.expect("answered").expect("get").as_ref(),
+                Some(expected)
+            );
+        }
+        assert!(
+            answers_at_once(s.get("ORD-3")).await.is_none(),
+            "needs the thread"
+        );
+        drop(held);
+    }
 
     #[tokio::test]
     async fn a_group_commit_inserts_and_updates_together_or_not_at_all() {

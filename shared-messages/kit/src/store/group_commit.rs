@@ -32,7 +32,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::sqlite::{SaveAll, SqliteWrites};
+use super::sqlite::{SaveAll, SqliteWrites, Stored};
 use super::Sqlite;
 
 /// The most writes one transaction takes.
@@ -105,12 +105,18 @@ impl<S: BatchStore> GroupCommit<S> {
     /// nudges `outbox` after each commit that stored messages.
     pub fn start(name: &str, store: S, outbox: OutboxSignal) -> std::io::Result<Self> {
         let span = tracing::info_span!("group_commit", writer = %name);
-        if let Some(SqliteWrites { db, save_all }) = store.on_sqlite() {
+        if let Some(SqliteWrites {
+            db,
+            save_all,
+            stored,
+        }) = store.on_sqlite()
+        {
             let writer = Writer::Sqlite(Arc::new(OnSqlite {
                 store,
                 outbox,
                 db,
                 save_all,
+                stored,
                 span,
                 pending: Mutex::new(Vec::new()),
                 queued: AtomicBool::new(false),
@@ -157,6 +163,7 @@ struct OnSqlite<S: BatchStore> {
     outbox: OutboxSignal,
     db: Sqlite,
     save_all: SaveAll<S::Write, S::Error>,
+    stored: Option<Stored<S::Write>>,
     span: tracing::Span,
     pending: Mutex<Vec<Job<S>>>,
     /// A commit is queued on the SQLite thread (or about to be) and has
@@ -228,6 +235,9 @@ impl<S: BatchStore> OnSqlite<S> {
         let started = Instant::now();
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| (self.save_all)(conn, writes)));
         self.store.committed(started);
+        if let (Ok(Ok(())), Some(stored)) = (&result, &self.stored) {
+            stored(writes);
+        }
         settled(result, writes.len())
     }
 }
@@ -486,8 +496,9 @@ mod tests {
     }
 
     /// A table on SQLite through the writer on the SQLite thread: each
-    /// commit records its size and thread; refuses negatives, panics on -13.
-    struct OnTable(Sqlite);
+    /// commit records its size and thread; refuses negatives, panics on
+    /// -13; keeps the numbers it is told were stored.
+    struct OnTable(Sqlite, Arc<Mutex<Vec<i32>>>);
 
     fn save_on_table(conn: &mut Connection, writes: &[i32]) -> Result<(), StoreError> {
         let tx = conn.transaction()?;
@@ -518,9 +529,11 @@ mod tests {
             true
         }
         fn on_sqlite(&self) -> Option<SqliteWrites<i32>> {
+            let told = self.1.clone();
             Some(SqliteWrites {
                 db: self.0.clone(),
                 save_all: save_on_table,
+                stored: Some(Arc::new(move |writes| lock(&told).extend(writes))),
             })
         }
     }
@@ -559,17 +572,17 @@ mod tests {
     /// [`table`] and its group commit.
     fn table_and_writer() -> (Sqlite, GroupCommit<OnTable>) {
         let db = table();
-        let writer = GroupCommit::start("test-writer", OnTable(db.clone()), OutboxSignal::new())
-            .expect("starts");
+        let on = OnTable(db.clone(), Arc::default());
+        let writer = GroupCommit::start("test-writer", on, OutboxSignal::new()).expect("starts");
         (db, writer)
     }
 
     #[tokio::test]
     async fn on_sqlite_every_write_is_stored_once_on_the_sqlite_thread_and_a_bad_one_fails_alone() {
         let db = table();
-        let signal = OutboxSignal::new();
-        let writer =
-            GroupCommit::start("test-writer", OnTable(db.clone()), signal).expect("starts");
+        let told = Arc::default();
+        let on = OnTable(db.clone(), Arc::clone(&told));
+        let writer = GroupCommit::start("test-writer", on, OutboxSignal::new()).expect("starts");
         let results = futures::future::join_all((-1..100).map(|n| writer.save(n))).await;
         assert!(
             matches!(results[0], Err(CommitError::Store(_))),
@@ -580,6 +593,12 @@ mod tests {
         }
         let (numbers, commits) = stored(&db).await;
         assert_eq!(numbers, (0..100).collect::<Vec<_>>());
+        let mut told = lock(&told).clone();
+        told.sort_unstable();
+        assert_eq!(
+            told, numbers,
+            "told of each write committed, once; not of -1"
+        );
         assert!(
             commits.iter().all(|(_, t)| t.as_deref() == Some("sqlite")),
             "committed on the SQLite thread: {commits:?}"

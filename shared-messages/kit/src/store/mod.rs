@@ -28,6 +28,7 @@ pub mod migrate;
 pub mod outbox;
 pub mod postgres;
 pub mod quarantine;
+pub mod recent;
 pub mod schema;
 pub mod sqlite;
 #[cfg(any(test, feature = "test-support"))]

@@ -43,10 +43,16 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 pub struct SqliteWrites<W, E = StoreError> {
     pub db: Sqlite,
     pub save_all: SaveAll<W, E>,
+    /// Told of each batch once it has committed, on the SQLite thread
+    /// before the writes are answered (so in the order of the commits).
+    pub stored: Option<Stored<W>>,
 }
 
 /// Saves a batch of writes in one transaction on the connection.
 pub type SaveAll<W, E = StoreError> = fn(&mut Connection, &[W]) -> Result<(), E>;
+
+/// Told of a batch of writes that committed.
+pub type Stored<W> = Arc<dyn Fn(&[W]) + Send + Sync>;
 
 /// A store's write of its group commit, as it is stored on SQLite.
 pub trait SqliteWrite: Clone + Send + 'static {
@@ -161,6 +167,7 @@ impl Sqlite {
         SqliteWrites {
             db: self.clone(),
             save_all: |conn, writes| in_one_transaction(conn, writes, W::store),
+            stored: None,
         }
     }
 

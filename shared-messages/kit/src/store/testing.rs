@@ -231,3 +231,42 @@ pub fn random_batches<'a, W>(rng: &mut impl rand::Rng, writes: &'a [W]) -> Vec<&
     }
     batches
 }
+
+/// Holds the SQLite thread of `db` busy until dropped: a call that needs
+/// the thread waits till then (for a check of what is answered without it).
+pub struct HeldThread(Option<std::sync::mpsc::Sender<()>>);
+
+impl HeldThread {
+    /// Returns once the thread is busy.
+    pub async fn hold(db: &super::Sqlite) -> Self {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, busy) = tokio::sync::oneshot::channel();
+        let db = db.clone();
+        tokio::spawn(async move {
+            db.call(move |_| {
+                let _ = started.send(());
+                let _ = held.recv_timeout(std::time::Duration::from_secs(10));
+                Ok(())
+            })
+            .await
+        });
+        busy.await.expect("the SQLite thread is held");
+        Self(Some(release))
+    }
+}
+
+impl Drop for HeldThread {
+    fn drop(&mut self) {
+        if let Some(release) = self.0.take() {
+            let _ = release.send(());
+        }
+    }
+}
+
+/// Whether `read` answers within 200 ms (while a [`HeldThread`] holds the
+/// store's thread: whether it needs that thread).
+pub async fn answers_at_once<T>(read: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(std::time::Duration::from_millis(200), read)
+        .await
+        .ok()
+}
