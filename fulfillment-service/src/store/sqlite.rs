@@ -315,14 +315,22 @@ mod tests {
         for reader in readers.await {
             reader.expect("a reader");
         }
-        for state in last {
-            let state = state.expect("a writer");
+        for state in &last {
+            let state = state.as_ref().expect("a writer");
             assert!(state.status.is_final(), "{:?}", state.status);
             let in_db = store.db.read_state("fulfillments", &state.id, parse).await;
             assert_eq!(in_db.expect("reads"), Some(state.clone()), "the database");
-            let in_memory = store.load(&state.id).await.expect("reads");
-            assert_eq!(in_memory, Some(state), "memory, as the database");
         }
+        // What the group commit stored is read from memory: at once, with
+        // the store's thread held busy.
+        let held = service_kit::store::testing::HeldThread::hold(&store.db).await;
+        for state in &last {
+            let state = state.as_ref().expect("a writer");
+            let read = service_kit::store::testing::answers_at_once(store.load(&state.id)).await;
+            let read = read.expect("answered from memory").expect("reads");
+            assert_eq!(read.as_ref(), Some(state), "memory, as the database");
+        }
+        drop(held);
     }
 
     /// A fulfillment this process committed is read while the store's
