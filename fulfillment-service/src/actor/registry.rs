@@ -8,14 +8,14 @@ use actix_rt::ArbiterHandle;
 use chrono::Utc;
 use futures::future::{self, BoxFuture, FutureExt};
 use service_kit::actors::Actors;
-use service_kit::partitions::{Ids, Workflows};
+use service_kit::partitions::{partition_of, Ids, Workflows};
 use uuid::Uuid;
 
 use tokio::sync::oneshot;
 
 use super::{Creation, Deps, FulfillmentActor, Signal};
 use crate::metrics::METRICS;
-use crate::store::StoreError;
+use crate::store::{Found, StoreError};
 use crate::workflow::{self, DecisionExt as _, Fulfillment, Input, Reply, Timing};
 
 /// What [`Registry::recover`] did.
@@ -35,11 +35,15 @@ pub struct Registry {
 struct Inner {
     actors: Actors<FulfillmentActor>,
     /// Held while a signal to an actor that is not running reads the
-    /// stored state and decides (creates, spawns or stores at once).
-    creating: tokio::sync::Mutex<()>,
+    /// stored state and decides (creates, spawns or stores at once): one
+    /// of [`CREATION_LOCKS`], by id ([`Registry::creation_lock`]).
+    creating: Vec<tokio::sync::Mutex<()>>,
     deps: Deps,
     arbiter: ArbiterHandle,
 }
+
+/// How many creation locks the ids are spread over.
+const CREATION_LOCKS: usize = 64;
 
 impl Registry {
     /// A registry whose actors run on `arbiter`.
@@ -47,11 +51,21 @@ impl Registry {
         Self {
             inner: Arc::new(Inner {
                 actors: Actors::new(&METRICS),
-                creating: tokio::sync::Mutex::new(()),
+                creating: (0..CREATION_LOCKS)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
                 deps,
                 arbiter,
             }),
         }
+    }
+
+    /// The creation lock of `id`: two signals to one id take the same
+    /// lock, signals to different ids seldom do, so fulfillments created
+    /// together read the store together.
+    fn creation_lock(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        let lock = partition_of(id, CREATION_LOCKS as u16);
+        &self.inner.creating[usize::from(lock)]
     }
 
     fn actors(&self) -> MutexGuard<'_, HashMap<String, Addr<FulfillmentActor>>> {
@@ -193,7 +207,7 @@ impl Registry {
 
     /// Applies a signal. To a running actor, the message is handed to its
     /// mailbox before this returns, so signals keep the order of the calls;
-    /// otherwise the stored state is read under the creation lock (taken in
+    /// otherwise the stored state is read under the id's creation lock (taken in
     /// the order the futures are first polled) and the message handed on
     /// before the lock is let go. The future resolves once the outcome is
     /// stored.
@@ -210,12 +224,12 @@ impl Registry {
         let registry = self.clone();
         let id = id.to_owned();
         async move {
-            // Not running: finished, not yet spawned, or unknown. The
+            // Not running: finished, not yet spawned, or unknown. The id's
             // creation lock is held so two creators of one id cannot race.
             // Waiting for the outcome (a commit) happens after the lock is
             // let go, so creations of many fulfillments share commits.
             let outcome = {
-                let _creating = registry.inner.creating.lock().await;
+                let _creating = registry.creation_lock(&id).lock().await;
                 registry
                     .signal_stored(&id, message_id, traceparent, input)
                     .await?
@@ -245,18 +259,18 @@ impl Registry {
             now: Utc::now(),
             timing: deps.timing,
         };
-        let stored = deps.store.load(id).await?;
-        let decision = match stored {
-            Some(state) if !state.status.is_final() => {
-                let addr = self.spawn(state);
+        let decision = match deps.store.load_or_tombstone(id).await? {
+            Found::State(state) if !state.status.is_final() => {
+                let addr = self.spawn(*state);
                 let request = self.send(&addr, id, message_id, traceparent, input);
                 self.actors().insert(id.to_owned(), addr);
                 return Ok(request);
             }
-            Some(state) => workflow::decide(&state, input, ctx).traced(traceparent.as_deref()),
-            None if input.creates() => {
-                // A cancel that came first makes it start cancelled.
-                let tombstone = deps.store.tombstone(id).await?;
+            Found::State(state) => {
+                workflow::decide(&state, input, ctx).traced(traceparent.as_deref())
+            }
+            // A cancel that came first makes it start cancelled.
+            Found::Absent(tombstone) if input.creates() => {
                 let decision = workflow::create_after(id, &input, ctx, tombstone.as_ref())
                     .traced(traceparent.as_deref());
                 if decision.state.as_ref().is_some_and(|s| s.status.is_final()) {
@@ -276,7 +290,7 @@ impl Registry {
                 self.actors().insert(id.to_owned(), addr);
                 return Ok(stored);
             }
-            None => {
+            Found::Absent(_) => {
                 return match workflow::absent(id, &input, ctx) {
                     Ok((tombstone, history, reply)) => {
                         let added = deps.store.put_tombstone(&tombstone, &history).await?;
@@ -445,5 +459,64 @@ mod tests {
         );
         assert_eq!(store.tombstone(id).await.expect("reads"), None, "applied");
         assert_eq!(registry.live(), 0, "a cancelled fulfillment needs no actor");
+    }
+
+    /// Signals to fulfillments without a running actor, all sent at once
+    /// (24 ids over the 64 creation locks, so some ids share one), end as
+    /// the same signals sent one at a time: the same answers, the same
+    /// stored states, one actor per running fulfillment. Two creators of
+    /// one id that raced would create it twice or spawn two actors.
+    #[actix_web::test]
+    async fn signals_sent_at_once_to_fulfillments_without_actors_end_as_one_at_a_time() {
+        use rand::{Rng, SeedableRng};
+        for seed in 0..20u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let signals: Vec<(String, Uuid, Input)> = (0..120)
+                .map(|_| {
+                    let id = format!("fulfillment-ORD-{}", rng.random_range(0..24));
+                    let input = match rng.random_range(0..4) {
+                        0 | 1 => start(),
+                        2 => Input::Pause,
+                        _ => Input::Cancel {
+                            reason: format!("seed {seed}"),
+                        },
+                    };
+                    (id, Uuid::new_v4(), input)
+                })
+                .collect();
+            let send = |registry: &Registry, (id, message_id, input): &(String, Uuid, Input)| {
+                registry.signal(id, Some(*message_id), None, input.clone())
+            };
+            let together: Arc<dyn Store> = Arc::new(SqliteStore::open(":memory:").expect("store"));
+            let at_once = registry(together.clone());
+            let answers =
+                futures::future::join_all(signals.iter().map(|s| send(&at_once, s))).await;
+            let alone: Arc<dyn Store> = Arc::new(SqliteStore::open(":memory:").expect("store"));
+            let one_by_one = registry(alone.clone());
+            let mut expected = Vec::new();
+            for signal in &signals {
+                expected.push(send(&one_by_one, signal).await);
+            }
+            assert_eq!(
+                format!("{answers:?}"),
+                format!("{expected:?}"),
+                "seed {seed}: every signal answered as when sent alone"
+            );
+            for n in 0..24 {
+                let id = format!("fulfillment-ORD-{n}");
+                let status =
+                    |f: Option<Fulfillment>| f.map(|f| (f.status, f.seq, f.cancellation_reason));
+                assert_eq!(
+                    status(together.load(&id).await.expect("reads")),
+                    status(alone.load(&id).await.expect("reads")),
+                    "seed {seed}: {id} stored as when its signals came one at a time"
+                );
+            }
+            assert_eq!(
+                at_once.live(),
+                one_by_one.live(),
+                "seed {seed}: one actor per running fulfillment"
+            );
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension};
-use service_kit::store::entities::Entities;
+use service_kit::store::entities::{self, Entities};
 use service_kit::store::recent::{self, Recent};
 use service_kit::store::sqlite::{SqliteWrite, SqliteWrites};
 use service_kit::store::{history, outbox, Database, Sqlite};
@@ -18,7 +18,7 @@ use shared_messages::messages::FulfillmentStatus;
 use chrono::{DateTime, Utc};
 use shared_messages::history::HistoryEvent;
 
-use super::{OnDatabase, Store, StoreError, Unfinished, Write};
+use super::{Found, OnDatabase, Store, StoreError, Unfinished, Write};
 use crate::workflow::{Entry, Fulfillment, Tombstone};
 
 pub struct SqliteStore {
@@ -114,6 +114,26 @@ impl SqliteWrite for Write {
     }
 }
 
+/// The tombstone left for `id`, if any.
+fn tombstone(conn: &rusqlite::Connection, id: &str) -> Result<Option<Tombstone>, StoreError> {
+    let row: Option<(String, String, String)> = conn
+        .prepare_cached("SELECT reason, message_id, created_at FROM tombstones WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    row.map(|(reason, message_id, at)| {
+        Ok(Tombstone {
+            id: id.to_owned(),
+            reason,
+            message_id: message_id.parse().map_err(|e| StoreError::Corrupt {
+                id: id.to_owned(),
+                reason: format!("tombstone message id: {e}"),
+            })?,
+            at: time(id, &at)?,
+        })
+    })
+    .transpose()
+}
+
 fn rows_to_states(
     rows: impl Iterator<Item = rusqlite::Result<(String, String)>>,
 ) -> Result<Vec<Fulfillment>, StoreError> {
@@ -188,27 +208,21 @@ impl Store for SqliteStore {
 
     async fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, StoreError> {
         let id = id.to_owned();
+        self.db.call(move |conn| tombstone(conn, &id)).await
+    }
+
+    async fn load_or_tombstone(&self, id: &str) -> Result<Found, StoreError> {
+        if let Some(state) = self.recent.get(id) {
+            return Ok(Found::State(Box::new(Fulfillment::clone(&state))));
+        }
+        let id = id.to_owned();
         self.db
-            .call(move |conn| {
-                let row: Option<(String, String, String)> = conn
-                    .prepare_cached(
-                        "SELECT reason, message_id, created_at FROM tombstones WHERE id = ?1",
-                    )?
-                    .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                row.map(|(reason, message_id, at)| {
-                    Ok(Tombstone {
-                        id: id.clone(),
-                        reason,
-                        message_id: message_id.parse().map_err(|e| StoreError::Corrupt {
-                            id: id.clone(),
-                            reason: format!("tombstone message id: {e}"),
-                        })?,
-                        at: time(&id, &at)?,
-                    })
-                })
-                .transpose()
-            })
+            .call(
+                move |conn| match entities::state_sqlite(conn, "fulfillments", &id)? {
+                    Some(json) => Ok(Found::State(Box::new(parse(&id, &json)?))),
+                    None => Ok(Found::Absent(tombstone(conn, &id)?)),
+                },
+            )
             .await
     }
 
