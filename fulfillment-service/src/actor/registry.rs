@@ -502,19 +502,22 @@ mod tests {
                 format!("{expected:?}"),
                 "seed {seed}: every signal answered as when sent alone"
             );
+            let mut running = 0;
             for n in 0..24 {
                 let id = format!("fulfillment-ORD-{n}");
+                let stored = together.load(&id).await.expect("reads");
+                running += usize::from(stored.as_ref().is_some_and(|f| !f.status.is_final()));
                 let status =
                     |f: Option<Fulfillment>| f.map(|f| (f.status, f.seq, f.cancellation_reason));
                 assert_eq!(
-                    status(together.load(&id).await.expect("reads")),
+                    status(stored),
                     status(alone.load(&id).await.expect("reads")),
                     "seed {seed}: {id} stored as when its signals came one at a time"
                 );
             }
             assert_eq!(
                 at_once.live(),
-                one_by_one.live(),
+                running,
                 "seed {seed}: one actor per running fulfillment"
             );
         }
